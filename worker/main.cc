@@ -1,0 +1,304 @@
+// knockout-worker: the worker process. This version provides the model runtime's tools:
+//   knockout-worker forward --model DIR --ids 1,2,3 [--ids ...] [--json] [--full-logits]
+//   knockout-worker models inspect DIR [--json]
+//   knockout-worker models init-random --out DIR [sizes...]
+// Every failure prints one line naming the file, field or flag at fault and exits non-zero.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+
+#include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
+
+#include <iostream>
+#include <map>
+#include <sstream>
+#include <thread>
+
+#include "worker/model/checkpoint_files.h"
+#include "worker/model/config.h"
+#include "worker/model/hooks.h"
+#include "worker/model/model.h"
+#include "worker/model/safetensors.h"
+
+namespace {
+
+using knockout::Status;
+using knockout::StatusOr;
+namespace km = knockout::model;
+using nlohmann::json;
+
+struct RuntimeFlags {
+  std::string device = "cpu";
+  std::string dtype = "f32";
+  int threads = 0;  // 0: all cores
+};
+
+void AddRuntimeFlags(CLI::App* app, RuntimeFlags* flags) {
+  app->add_option("--device", flags->device, "cpu or cuda[:N]");
+  app->add_option("--dtype", flags->dtype, "compute dtype: f32, bf16 or f16");
+  app->add_option("--threads", flags->threads, "LibTorch CPU threads (default: all cores)")
+      ->check(CLI::NonNegativeNumber);
+}
+
+StatusOr<km::LoadOptions> ApplyRuntimeFlags(const RuntimeFlags& flags) {
+  const int threads = flags.threads > 0 ? flags.threads
+                                        : std::max(1u, std::thread::hardware_concurrency());
+  at::set_num_threads(threads);
+  km::LoadOptions options;
+  KO_ASSIGN_OR_RETURN(options.device, km::ParseDevice(flags.device));
+  KO_ASSIGN_OR_RETURN(options.dtype, km::ParseComputeDType(flags.dtype));
+  return options;
+}
+
+StatusOr<std::vector<int64_t>> ParseIds(const std::string& text) {
+  std::vector<int64_t> ids;
+  std::stringstream stream(text);
+  std::string item;
+  while (std::getline(stream, item, ',')) {
+    size_t used = 0;
+    long long value = 0;
+    try {
+      value = std::stoll(item, &used);
+    } catch (const std::exception&) {
+      used = 0;
+    }
+    if (used == 0 || used != item.size()) {
+      return Status::InvalidArgument("--ids \"" + text + "\": \"" + item +
+                                     "\" is not an integer token id");
+    }
+    ids.push_back(value);
+  }
+  if (ids.empty()) return Status::InvalidArgument("--ids: empty token list");
+  return ids;
+}
+
+int Fail(const Status& status) {
+  std::cerr << "knockout-worker: " << status.ToString() << "\n";
+  return 1;
+}
+
+// --- forward ---------------------------------------------------------------------------------
+
+struct ForwardFlags {
+  RuntimeFlags runtime;
+  std::string model;
+  std::vector<std::string> ids;
+  bool json = false;
+  bool full_logits = false;
+  int top_k = 10;
+};
+
+int RunForward(const ForwardFlags& flags) {
+  auto options = ApplyRuntimeFlags(flags.runtime);
+  if (!options.ok()) return Fail(options.status());
+  std::vector<std::vector<int64_t>> sequences;
+  for (const std::string& text : flags.ids) {
+    auto ids = ParseIds(text);
+    if (!ids.ok()) return Fail(ids.status());
+    sequences.push_back(*ids);
+  }
+  auto model = km::Model::Load(flags.model, *options);
+  if (!model.ok()) return Fail(model.status());
+  const km::ModelConfig& config = (*model)->config();
+  // One left-padded batch: the same path sweeps take (padding must not change the numbers).
+  km::Batch batch = km::MakeLeftPaddedBatch(sequences, config.pad_token_id.value_or(0),
+                                            (*model)->device());
+  km::ForwardRequest request;
+  request.input_ids = batch.input_ids;
+  request.attention_mask = batch.attention_mask;
+  request.logits = km::ForwardRequest::Logits::kLastPosition;
+  auto result = (*model)->Forward(request);
+  if (!result.ok()) return Fail(result.status().WithContext(flags.model));
+  at::Tensor last = result->logits.select(1, 0).to(at::kCPU).to(at::kDouble);  // [B, V]
+  const int64_t k = std::min<int64_t>(flags.top_k, config.vocab_size);
+  for (size_t i = 0; i < sequences.size(); ++i) {
+    at::Tensor row = last[i];
+    json out;
+    out["ids"] = sequences[i];
+    if (flags.full_logits) {
+      out["logits"] = std::vector<double>(row.data_ptr<double>(), row.data_ptr<double>() + row.numel());
+    } else {
+      auto top = row.topk(k);
+      at::Tensor values = std::get<0>(top).contiguous();
+      at::Tensor indices = std::get<1>(top).contiguous();
+      json entries = json::array();
+      for (int64_t j = 0; j < k; ++j) {
+        entries.push_back({{"token", indices[j].item<int64_t>()}, {"logit", values[j].item<double>()}});
+      }
+      out["logits"] = entries;
+    }
+    if (flags.json) {
+      std::cout << out.dump() << "\n";
+    } else {
+      std::cout << "sequence " << i << " (" << sequences[i].size() << " tokens): top "
+                << (flags.full_logits ? config.vocab_size : k) << " logits\n";
+      if (!flags.full_logits) {
+        for (const json& e : out["logits"]) {
+          std::cout << "  token " << e["token"] << "  logit " << e["logit"].get<double>() << "\n";
+        }
+      }
+    }
+  }
+  return 0;
+}
+
+// --- models inspect --------------------------------------------------------------------------
+
+int RunInspect(const std::string& dir, bool as_json) {
+  auto config = km::LoadModelConfig(dir);
+  if (!config.ok()) return Fail(config.status());
+  auto files = km::CheckpointWeightFiles(dir);
+  if (!files.ok()) return Fail(files.status());
+  std::map<std::string, int64_t> dtype_params;
+  int64_t tensors = 0, bytes = 0;
+  json file_list = json::array();
+  for (const std::string& path : *files) {
+    auto file = km::SafetensorsFile::Open(path);  // maps lazily: only the header is read
+    if (!file.ok()) return Fail(file.status());
+    for (const km::TensorInfo& info : (*file)->header().tensors) {
+      dtype_params[km::DTypeName(info.dtype)] += info.num_elements();
+      bytes += info.num_bytes();
+      ++tensors;
+    }
+    file_list.push_back(path);
+  }
+  const km::ModelConfig& c = *config;
+  json hooks = json::array();
+  for (const km::HookPoint& hook : km::AllHookPoints(c.num_layers)) hooks.push_back(hook.Name());
+  json out = {
+      {"architecture", c.architecture},
+      {"family", km::FamilyName(c.family)},
+      {"vocab_size", c.vocab_size},
+      {"hidden_size", c.hidden_size},
+      {"intermediate_size", c.intermediate_size},
+      {"num_layers", c.num_layers},
+      {"num_heads", c.num_heads},
+      {"num_kv_heads", c.num_kv_heads},
+      {"head_dim", c.head_dim},
+      {"tie_word_embeddings", c.tie_word_embeddings},
+      {"attention_bias", c.attention_bias},
+      {"rope_theta", c.rope_theta},
+      {"rope_scaling", c.rope_scaling ? (c.rope_scaling->type == km::RopeScaling::Type::kLlama3
+                                             ? "llama3"
+                                             : "linear")
+                                      : "none"},
+      {"torch_dtype", c.torch_dtype},
+      {"files", file_list},
+      {"tensors", tensors},
+      {"weight_bytes", bytes},
+      {"parameters_by_dtype", dtype_params},
+      {"hook_points", hooks},
+  };
+  if (c.sliding_window) out["sliding_window"] = *c.sliding_window;
+  if (as_json) {
+    std::cout << out.dump(2) << "\n";
+    return 0;
+  }
+  int64_t params = 0;
+  for (const auto& [name, n] : dtype_params) params += n;
+  std::cout << dir << "\n"
+            << "  architecture   " << c.architecture << " (" << km::FamilyName(c.family) << ")\n"
+            << "  layers         " << c.num_layers << "\n"
+            << "  d_model        " << c.hidden_size << "\n"
+            << "  heads          " << c.num_heads << " query, " << c.num_kv_heads
+            << " key/value, d_head " << c.head_dim << "\n"
+            << "  d_mlp          " << c.intermediate_size << "\n"
+            << "  vocab          " << c.vocab_size << (c.tie_word_embeddings ? " (tied)" : "")
+            << "\n"
+            << "  rope           theta " << c.rope_theta << ", scaling "
+            << out["rope_scaling"].get<std::string>() << "\n"
+            << "  parameters     " << params << " in " << tensors << " tensors, " << bytes
+            << " bytes, " << file_list.size() << " file(s)\n"
+            << "  dtypes        ";
+  for (const auto& [name, n] : dtype_params) std::cout << " " << name << ":" << n;
+  std::cout << "\n  hook points    " << hooks.size() << ": hook_embed, blocks.{0.."
+            << c.num_layers - 1
+            << "}.{hook_resid_pre, attn.hook_z, hook_attn_out, hook_resid_mid, mlp.hook_post, "
+               "hook_mlp_out, hook_resid_post}, ln_final.{hook_scale, hook_normalized}\n";
+  return 0;
+}
+
+// --- models init-random ----------------------------------------------------------------------
+
+struct InitFlags {
+  std::string out;
+  std::string architecture = "LlamaForCausalLM";
+  int64_t layers = 4, hidden = 128, heads = 4, kv_heads = 2, intermediate = 344, vocab = 1024;
+  bool tied = false;
+  uint64_t seed = 0;
+  double init_std = 0.02;
+  std::string dtype = "f32";
+};
+
+int RunInitRandom(const InitFlags& flags) {
+  json config_json = {
+      {"architectures", {flags.architecture}},   {"vocab_size", flags.vocab},
+      {"hidden_size", flags.hidden},             {"intermediate_size", flags.intermediate},
+      {"num_hidden_layers", flags.layers},       {"num_attention_heads", flags.heads},
+      {"num_key_value_heads", flags.kv_heads},   {"tie_word_embeddings", flags.tied},
+      {"rms_norm_eps", 1e-5},                    {"max_position_embeddings", 2048},
+      {"bos_token_id", 1},                       {"eos_token_id", 2},
+  };
+  auto config = km::ParseModelConfig(config_json.dump(), "init-random flags");
+  if (!config.ok()) return Fail(config.status());
+  auto storage = km::ParseComputeDType(flags.dtype);
+  if (!storage.ok()) return Fail(storage.status());
+  auto model = km::Model::Random(*config, flags.seed, flags.init_std, km::LoadOptions());
+  Status saved = model->Save(flags.out, *storage);
+  if (!saved.ok()) return Fail(saved);
+  std::cout << "wrote a random " << flags.architecture << " (" << flags.layers << " layers, d_model "
+            << flags.hidden << ", " << model->WeightBytes() / 4 << " parameters) to " << flags.out
+            << "\n";
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"knockout-worker: runs knockout shards and the model runtime's tools"};
+  app.require_subcommand(1);
+
+  ForwardFlags forward;
+  CLI::App* forward_cmd = app.add_subcommand("forward", "last-position logits of token sequences");
+  forward_cmd->add_option("--model", forward.model, "Hugging Face checkpoint directory")->required();
+  forward_cmd->add_option("--ids", forward.ids, "comma-separated token ids (repeat for a batch)")
+      ->required();
+  forward_cmd->add_flag("--json", forward.json, "one JSON object per sequence, one per line");
+  forward_cmd->add_flag("--full-logits", forward.full_logits, "print every logit, not the top k");
+  forward_cmd->add_option("--top-k", forward.top_k, "how many logits to print")
+      ->check(CLI::PositiveNumber);
+  AddRuntimeFlags(forward_cmd, &forward.runtime);
+
+  CLI::App* models_cmd = app.add_subcommand("models", "inspect or create checkpoints");
+  models_cmd->require_subcommand(1);
+  std::string inspect_dir;
+  bool inspect_json = false;
+  CLI::App* inspect_cmd = models_cmd->add_subcommand("inspect", "architecture, sizes, hook points");
+  inspect_cmd->add_option("dir", inspect_dir, "checkpoint directory")->required();
+  inspect_cmd->add_flag("--json", inspect_json, "print JSON");
+
+  InitFlags init;
+  CLI::App* init_cmd = models_cmd->add_subcommand("init-random", "write a random checkpoint");
+  init_cmd->add_option("--out", init.out, "output directory")->required();
+  init_cmd->add_option("--architecture", init.architecture, "LlamaForCausalLM, ...");
+  init_cmd->add_option("--layers", init.layers)->check(CLI::PositiveNumber);
+  init_cmd->add_option("--hidden", init.hidden)->check(CLI::PositiveNumber);
+  init_cmd->add_option("--heads", init.heads)->check(CLI::PositiveNumber);
+  init_cmd->add_option("--kv-heads", init.kv_heads)->check(CLI::PositiveNumber);
+  init_cmd->add_option("--intermediate", init.intermediate)->check(CLI::PositiveNumber);
+  init_cmd->add_option("--vocab", init.vocab)->check(CLI::PositiveNumber);
+  init_cmd->add_flag("--tied", init.tied, "tie the unembedding to the embedding");
+  init_cmd->add_option("--seed", init.seed);
+  init_cmd->add_option("--init-std", init.init_std)->check(CLI::PositiveNumber);
+  init_cmd->add_option("--dtype", init.dtype, "storage dtype: f32, bf16 or f16");
+
+  CLI11_PARSE(app, argc, argv);
+  try {
+    if (*forward_cmd) return RunForward(forward);
+    if (*inspect_cmd) return RunInspect(inspect_dir, inspect_json);
+    if (*init_cmd) return RunInitRandom(init);
+  } catch (const std::exception& e) {
+    return Fail(Status::Internal(e.what()));
+  }
+  return 1;
+}

@@ -1,0 +1,182 @@
+// Model::Load and Model::Save: Hugging Face checkpoint directories <-> ModelWeights.
+#include <ATen/ATen.h>
+#include <sys/stat.h>
+
+#include <cerrno>
+#include <cstdio>
+
+#include <cstring>
+#include <fstream>
+#include <map>
+#include <set>
+
+#include "worker/model/checkpoint_files.h"
+#include "worker/model/model.h"
+#include "worker/model/safetensors.h"
+
+namespace knockout::model {
+namespace {
+
+// Tensors that old checkpoints carry but that are derived, not learned.
+bool IsIgnorableTensor(const std::string& name) {
+  return name.find("rotary_emb.inv_freq") != std::string::npos;
+}
+
+StatusOr<at::ScalarType> WeightScalarType(DType dtype) {
+  switch (dtype) {
+    case DType::kF32: return at::kFloat;
+    case DType::kF16: return at::kHalf;
+    case DType::kBF16: return at::kBFloat16;
+    default: return Status::InvalidArgument(std::string("dtype ") + DTypeName(dtype) +
+                                            " is not a weight dtype (expected F32, F16 or BF16)");
+  }
+}
+
+// The safetensors files of a checkpoint and which file holds each tensor.
+struct CheckpointFiles {
+  std::vector<std::unique_ptr<SafetensorsFile>> files;
+  std::map<std::string, std::pair<const SafetensorsFile*, const TensorInfo*>> tensors;
+};
+
+StatusOr<CheckpointFiles> OpenCheckpointFiles(const std::string& dir) {
+  KO_ASSIGN_OR_RETURN(std::vector<std::string> paths, CheckpointWeightFiles(dir));
+  CheckpointFiles out;
+  for (const std::string& path : paths) {
+    KO_ASSIGN_OR_RETURN(std::unique_ptr<SafetensorsFile> file, SafetensorsFile::Open(path));
+    out.files.push_back(std::move(file));
+  }
+  for (const auto& file : out.files) {
+    for (const TensorInfo& info : file->header().tensors) {
+      auto [it, inserted] = out.tensors.emplace(info.name, std::make_pair(file.get(), &info));
+      if (!inserted) {
+        return Status::InvalidArgument(file->path() + ": tensor " + info.name +
+                                       " also appears in " + it->second.first->path());
+      }
+    }
+  }
+  return out;
+}
+
+std::string ShapeString(const std::vector<int64_t>& shape) {
+  std::string s = "[";
+  for (size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
+  return s + "]";
+}
+
+// Copies one tensor out of the mapping into a new tensor of the compute dtype on the device,
+// then drops the mapped pages so that loading never holds two full copies of the weights.
+StatusOr<at::Tensor> ReadTensor(const SafetensorsFile& file, const TensorInfo& info,
+                                const LoadOptions& options) {
+  KO_ASSIGN_OR_RETURN(at::ScalarType stored, WeightScalarType(info.dtype));
+  const uint8_t* data = file.TensorData(info);
+  at::Tensor result;
+  const size_t element = DTypeSize(info.dtype);
+  if (reinterpret_cast<uintptr_t>(data) % element != 0) {
+    // Unaligned data (legal in the format): copy bytes into an aligned buffer first.
+    at::Tensor aligned = at::empty(info.shape, at::TensorOptions().dtype(stored));
+    std::memcpy(aligned.data_ptr(), data, info.num_bytes());
+    result = aligned.to(options.device, options.dtype, /*non_blocking=*/false, /*copy=*/true);
+  } else {
+    at::Tensor view = at::from_blob(const_cast<uint8_t*>(data), info.shape,
+                                    at::TensorOptions().dtype(stored));
+    result = view.to(options.device, options.dtype, /*non_blocking=*/false, /*copy=*/true);
+  }
+  file.ReleaseTensor(info);
+  return result;
+}
+
+}  // namespace
+
+StatusOr<std::unique_ptr<Model>> Model::Load(const std::string& dir, const LoadOptions& options) {
+  KO_ASSIGN_OR_RETURN(ModelConfig config, LoadModelConfig(dir));
+  if (options.dtype != at::kFloat && options.dtype != at::kBFloat16 &&
+      options.dtype != at::kHalf) {
+    return Status::InvalidArgument("compute dtype must be float32, bfloat16 or float16");
+  }
+  KO_ASSIGN_OR_RETURN(CheckpointFiles files, OpenCheckpointFiles(dir));
+  try {
+    ModelWeights weights;
+    std::set<std::string> used;
+    for (const NamedWeightSlot& slot : WeightSlots(config, weights)) {
+      auto it = files.tensors.find(slot.name);
+      if (it == files.tensors.end()) {
+        return Status::NotFound(dir + ": missing tensor " + slot.name + " (config.json implies " +
+                                ShapeString(slot.shape) + ")");
+      }
+      const auto& [file, info] = it->second;
+      if (info->shape != slot.shape) {
+        return Status::InvalidArgument(
+            file->path() + ": tensor " + slot.name + " has shape " + ShapeString(info->shape) +
+            ", config.json implies " + ShapeString(slot.shape) + " (hidden_size " +
+            std::to_string(config.hidden_size) + ", heads " + std::to_string(config.num_heads) +
+            "/" + std::to_string(config.num_kv_heads) + ", head_dim " +
+            std::to_string(config.head_dim) + ", intermediate_size " +
+            std::to_string(config.intermediate_size) + ", vocab_size " +
+            std::to_string(config.vocab_size) + ")");
+      }
+      auto tensor = ReadTensor(*file, *info, options);
+      if (!tensor.ok()) return tensor.status().WithContext(file->path() + ": tensor " + slot.name);
+      *slot.tensor = std::move(tensor).value();
+      used.insert(slot.name);
+    }
+    for (const auto& [name, location] : files.tensors) {
+      if (used.count(name) || IsIgnorableTensor(name)) continue;
+      if (name == "lm_head.weight" && config.tie_word_embeddings) continue;  // saved tied copy
+      return Status::InvalidArgument(location.first->path() + ": unexpected tensor " + name +
+                                     " (not part of " + config.architecture + " with this "
+                                     "config.json)");
+    }
+    return std::unique_ptr<Model>(new Model(std::move(config), std::move(weights)));
+  } catch (const c10::Error& e) {
+    return Status::Internal(dir + ": loading failed in LibTorch: " + e.what_without_backtrace());
+  }
+}
+
+Status Model::Save(const std::string& dir, c10::ScalarType storage_dtype) const {
+  DType dtype;
+  std::string dtype_name;
+  if (storage_dtype == at::kFloat) {
+    dtype = DType::kF32;
+    dtype_name = "float32";
+  } else if (storage_dtype == at::kBFloat16) {
+    dtype = DType::kBF16;
+    dtype_name = "bfloat16";
+  } else if (storage_dtype == at::kHalf) {
+    dtype = DType::kF16;
+    dtype_name = "float16";
+  } else {
+    return Status::InvalidArgument("storage dtype must be float32, bfloat16 or float16");
+  }
+  if (::mkdir(dir.c_str(), 0755) != 0 && errno != EEXIST) {
+    return Status::IOError(dir + ": cannot create directory: " + std::strerror(errno));
+  }
+  std::vector<at::Tensor> keep_alive;
+  std::vector<TensorToWrite> tensors;
+  for (const auto& [name, tensor] : NamedParameters()) {
+    at::Tensor cpu = tensor.detach().to(at::kCPU, storage_dtype).contiguous();
+    keep_alive.push_back(cpu);
+    tensors.push_back({name, dtype, cpu.sizes().vec(), cpu.data_ptr(),
+                       static_cast<size_t>(cpu.numel() * cpu.element_size())});
+  }
+  KO_RETURN_IF_ERROR(WriteSafetensors(dir + "/model.safetensors", tensors, {{"format", "pt"}}));
+
+  ModelConfig config = config_;
+  config.torch_dtype = dtype_name;
+  const std::string path = dir + "/config.json";
+  const std::string tmp = path + ".tmp";
+  {
+    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
+    out << ModelConfigToJson(config);
+    if (!out.flush()) {
+      std::remove(tmp.c_str());
+      return Status::IOError(tmp + ": write failed");
+    }
+  }
+  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
+    std::remove(tmp.c_str());
+    return Status::IOError(path + ": rename failed: " + std::strerror(errno));
+  }
+  return Status::Ok();
+}
+
+}  // namespace knockout::model
