@@ -246,9 +246,10 @@ int RunInitRandom(const InitFlags& flags) {
   auto model = km::Model::Random(*config, flags.seed, flags.init_std, km::LoadOptions());
   Status saved = model->Save(flags.out, *storage);
   if (!saved.ok()) return Fail(saved);
+  int64_t parameters = 0;
+  for (const auto& [name, tensor] : model->NamedParameters()) parameters += tensor.numel();
   std::cout << "wrote a random " << flags.architecture << " (" << flags.layers << " layers, d_model "
-            << flags.hidden << ", " << model->WeightBytes() / 4 << " parameters) to " << flags.out
-            << "\n";
+            << flags.hidden << ", " << parameters << " parameters) to " << flags.out << "\n";
   return 0;
 }
 

@@ -1,0 +1,186 @@
+#include "storage/store.h"
+
+#include <rocksdb/db.h>
+#include <rocksdb/options.h>
+#include <rocksdb/write_batch.h>
+#include <sys/stat.h>
+
+#include <algorithm>
+#include <filesystem>
+
+#include "storage/keys.h"
+
+namespace knockout::storage {
+namespace {
+
+constexpr Family kFamilies[] = {Family::kMeta,    Family::kSweeps,  Family::kStages,
+                                Family::kShards,  Family::kPending, Family::kResults,
+                                Family::kArtifacts, Family::kWorkers};
+constexpr char kSchemaKey[] = "schema_version";
+
+std::string EncodeVersion(uint32_t version) {
+  std::string value;
+  AppendUint32(&value, version);
+  return value;
+}
+
+}  // namespace
+
+const char* FamilyName(Family family) {
+  switch (family) {
+    case Family::kMeta: return "meta";
+    case Family::kSweeps: return "sweeps";
+    case Family::kStages: return "stages";
+    case Family::kShards: return "shards";
+    case Family::kPending: return "pending";
+    case Family::kResults: return "results";
+    case Family::kArtifacts: return "artifacts";
+    case Family::kWorkers: return "workers";
+  }
+  return "unknown";
+}
+
+StatusOr<std::unique_ptr<Store>> Store::Open(const std::string& path) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  const bool exists = fs::exists(path, ec);
+  bool fresh = !exists;
+  if (exists) {
+    if (!fs::is_directory(path, ec)) {
+      return Status::InvalidArgument(path + ": exists and is not a directory");
+    }
+    if (fs::is_empty(path, ec)) {
+      fresh = true;
+    } else if (!fs::exists(fs::path(path) / "CURRENT", ec)) {
+      return Status::InvalidArgument(path +
+                                     ": not a knockout store (a non-empty directory without a "
+                                     "RocksDB database); choose another --store directory");
+    }
+  }
+
+  rocksdb::Options options;
+  options.create_if_missing = fresh;
+  options.create_missing_column_families = fresh;
+  std::vector<std::string> existing;
+  if (!fresh) {
+    rocksdb::Status s = rocksdb::DB::ListColumnFamilies(options, path, &existing);
+    if (!s.ok()) return Status::IOError(path + ": cannot read the database: " + s.ToString());
+    if (std::find(existing.begin(), existing.end(), "meta") == existing.end()) {
+      return Status::FailedPrecondition(path +
+                                        ": a RocksDB database that is not a knockout store (no "
+                                        "meta column family)");
+    }
+  }
+  // Open every family that exists (RocksDB requires it) plus ours.
+  std::vector<rocksdb::ColumnFamilyDescriptor> descriptors;
+  for (Family family : kFamilies) descriptors.emplace_back(FamilyName(family), rocksdb::ColumnFamilyOptions());
+  descriptors.emplace_back(rocksdb::kDefaultColumnFamilyName, rocksdb::ColumnFamilyOptions());
+  for (const std::string& name : existing) {
+    bool known = std::any_of(descriptors.begin(), descriptors.end(),
+                             [&](const auto& d) { return d.name == name; });
+    if (!known) descriptors.emplace_back(name, rocksdb::ColumnFamilyOptions());
+  }
+  if (!fresh) options.create_missing_column_families = true;  // a newer build may add families
+
+  rocksdb::DB* db = nullptr;
+  std::vector<rocksdb::ColumnFamilyHandle*> handles;
+  rocksdb::Status s = rocksdb::DB::Open(options, path, descriptors, &handles, &db);
+  if (!s.ok()) return Status::IOError(path + ": cannot open the store: " + s.ToString());
+
+  uint32_t version = kSchemaVersion;
+  std::string value;
+  s = db->Get(rocksdb::ReadOptions(), handles[0], kSchemaKey, &value);
+  Status problem;
+  if (s.IsNotFound()) {
+    if (fresh) {
+      rocksdb::WriteOptions write;
+      write.sync = true;
+      s = db->Put(write, handles[0], kSchemaKey, EncodeVersion(kSchemaVersion));
+      if (!s.ok()) problem = Status::IOError(path + ": cannot write the schema version: " + s.ToString());
+    } else {
+      problem = Status::FailedPrecondition(path + ": not a knockout store (no schema version)");
+    }
+  } else if (!s.ok()) {
+    problem = Status::IOError(path + ": cannot read the schema version: " + s.ToString());
+  } else {
+    KeyReader reader(value);
+    auto stored = reader.Uint32("schema_version");
+    if (!stored.ok() || !reader.done()) {
+      problem = Status::Corruption(path + ": malformed schema version");
+    } else if (*stored > kSchemaVersion) {
+      problem = Status::FailedPrecondition(
+          path + ": store schema version " + std::to_string(*stored) +
+          " is newer than this build's " + std::to_string(kSchemaVersion) +
+          "; upgrade knockout to open it");
+    } else {
+      version = *stored;
+    }
+  }
+  if (!problem.ok()) {
+    for (auto* handle : handles) db->DestroyColumnFamilyHandle(handle);
+    delete db;
+    return problem;
+  }
+  return std::unique_ptr<Store>(new Store(path, db, std::move(handles), version));
+}
+
+Store::Store(std::string path, rocksdb::DB* db, std::vector<rocksdb::ColumnFamilyHandle*> handles,
+             uint32_t schema_version)
+    : path_(std::move(path)), db_(db), handles_(std::move(handles)), schema_version_(schema_version) {}
+
+Store::~Store() {
+  for (auto* handle : handles_) db_->DestroyColumnFamilyHandle(handle);
+  delete db_;
+}
+
+rocksdb::ColumnFamilyHandle* Store::Handle(Family family) const {
+  return handles_[static_cast<size_t>(family)];
+}
+
+StatusOr<std::string> Store::Get(Family family, const std::string& key) const {
+  std::string value;
+  rocksdb::Status s = db_->Get(rocksdb::ReadOptions(), Handle(family), key, &value);
+  if (s.IsNotFound()) {
+    return Status::NotFound(std::string(FamilyName(family)) + ": key not found");
+  }
+  if (!s.ok()) return Status::IOError(path_ + ": read failed: " + s.ToString());
+  return value;
+}
+
+Store::Batch::Batch() = default;
+Store::Batch::~Batch() = default;
+
+void Store::Batch::Put(Family family, const std::string& key, const std::string& value) {
+  ops_.push_back({family, false, key, value});
+}
+
+void Store::Batch::Delete(Family family, const std::string& key) {
+  ops_.push_back({family, true, key, ""});
+}
+
+Status Store::Write(const Batch& batch, bool sync) {
+  rocksdb::WriteBatch write_batch;
+  for (const Batch::Op& op : batch.ops_) {
+    rocksdb::Status s = op.is_delete ? write_batch.Delete(Handle(op.family), op.key)
+                                     : write_batch.Put(Handle(op.family), op.key, op.value);
+    if (!s.ok()) return Status::Internal("cannot build a write batch: " + s.ToString());
+  }
+  rocksdb::WriteOptions options;
+  options.sync = sync;
+  rocksdb::Status s = db_->Write(options, &write_batch);
+  if (!s.ok()) return Status::IOError(path_ + ": write failed: " + s.ToString());
+  return Status::Ok();
+}
+
+StatusOr<std::vector<std::pair<std::string, std::string>>> Store::Scan(
+    Family family, const std::string& prefix) const {
+  std::vector<std::pair<std::string, std::string>> rows;
+  std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions(), Handle(family)));
+  for (it->Seek(prefix); it->Valid() && it->key().starts_with(prefix); it->Next()) {
+    rows.emplace_back(it->key().ToString(), it->value().ToString());
+  }
+  if (!it->status().ok()) return Status::IOError(path_ + ": scan failed: " + it->status().ToString());
+  return rows;
+}
+
+}  // namespace knockout::storage

@@ -1,0 +1,85 @@
+// Store: knockout's durable state in one RocksDB directory, with the column families of
+// design.md and a schema version checked on open. Later layers (the experiments engine, the
+// coordinator) build sweeps, shards, leases and results on top of it.
+// Thread-safety: a Store may be used from many threads at once (RocksDB is internally
+// synchronised); Open and destruction must not race with other calls.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "common/status.h"
+
+namespace rocksdb {
+class DB;
+class ColumnFamilyHandle;
+class WriteBatch;
+}  // namespace rocksdb
+
+namespace knockout::storage {
+
+// Column families, in the order of design.md.
+enum class Family { kMeta, kSweeps, kStages, kShards, kPending, kResults, kArtifacts, kWorkers };
+const char* FamilyName(Family family);
+
+class Store {
+ public:
+  // The schema this build writes and reads.
+  static constexpr uint32_t kSchemaVersion = 1;
+
+  // Opens (or, if `path` does not exist or is empty, creates) a store. Errors:
+  //   FailedPrecondition: the directory holds a store with a newer schema version (written by a
+  //     newer knockout), or a RocksDB database that is not a knockout store (no schema key);
+  //   InvalidArgument: `path` exists and is not a directory, or is a non-empty directory that
+  //     is not a RocksDB database;
+  //   IOError: RocksDB failed to open (message includes RocksDB's, e.g. a lock held by another
+  //     process).
+  static StatusOr<std::unique_ptr<Store>> Open(const std::string& path);
+  ~Store();
+  Store(const Store&) = delete;
+  Store& operator=(const Store&) = delete;
+
+  // Point read. NotFound (naming the family) if the key is absent.
+  StatusOr<std::string> Get(Family family, const std::string& key) const;
+
+  // A set of puts and deletes applied atomically: every state change is one batch.
+  class Batch {
+   public:
+    Batch();
+    ~Batch();
+    void Put(Family family, const std::string& key, const std::string& value);
+    void Delete(Family family, const std::string& key);
+
+   private:
+    friend class Store;
+    struct Op {
+      Family family;
+      bool is_delete;
+      std::string key, value;
+    };
+    std::vector<Op> ops_;
+  };
+  // Applies `batch` atomically. With `sync`, the WAL is synced before returning (results are
+  // acknowledged only after a synced commit).
+  Status Write(const Batch& batch, bool sync);
+
+  // Every (key, value) in `family` whose key starts with `prefix`, in key order.
+  StatusOr<std::vector<std::pair<std::string, std::string>>> Scan(Family family,
+                                                                  const std::string& prefix) const;
+
+  const std::string& path() const { return path_; }
+  uint32_t schema_version() const { return schema_version_; }
+
+ private:
+  Store(std::string path, rocksdb::DB* db, std::vector<rocksdb::ColumnFamilyHandle*> handles,
+        uint32_t schema_version);
+  rocksdb::ColumnFamilyHandle* Handle(Family family) const;
+
+  std::string path_;
+  rocksdb::DB* db_;
+  std::vector<rocksdb::ColumnFamilyHandle*> handles_;  // by Family, then the default family
+  uint32_t schema_version_;
+};
+
+}  // namespace knockout::storage
