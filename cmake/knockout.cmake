@@ -2,7 +2,7 @@
 
 # Warnings for our own code (not for generated code).
 function(knockout_warnings target)
-  target_compile_options(${target} PRIVATE -Wall -Wextra -Wno-unused-parameter)
+  target_compile_options(${target} PRIVATE -Wall -Wextra -Wno-unused-parameter -Wno-missing-field-initializers)
 endfunction()
 
 # knockout_add_test(NAME name SOURCES a_test.cc ... LIBS lib ... [PROPERTIES prop value ...])
@@ -14,5 +14,6 @@ function(knockout_add_test)
   knockout_warnings(${ARG_NAME})
   gtest_discover_tests(${ARG_NAME}
     DISCOVERY_TIMEOUT 60
+    NO_PRETTY_VALUES
     PROPERTIES ${ARG_PROPERTIES})
 endfunction()

@@ -97,7 +97,9 @@ TEST(StoreTest, RefusesNewerSchema) {
     std::string value;
     AppendUint32(&value, Store::kSchemaVersion + 1);
     for (size_t i = 0; i < names.size(); ++i) {
-      if (names[i] == "meta") ASSERT_TRUE(db->Put({}, handles[i], "schema_version", value).ok());
+      if (names[i] == "meta") {
+        ASSERT_TRUE(db->Put({}, handles[i], "schema_version", value).ok());
+      }
     }
     for (auto* h : handles) db->DestroyColumnFamilyHandle(h);
     delete db;

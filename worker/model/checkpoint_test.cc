@@ -191,7 +191,9 @@ TEST(BadCheckpointTest, GarbageFilesNeverCrash) {
     bytes[i] = static_cast<char>(bytes[i] ^ 0x5a);
     WriteFile(path, bytes);
     auto model = Model::Load(dir, LoadOptions());
-    if (!model.ok()) EXPECT_FALSE(model.status().message().empty());
+    if (!model.ok()) {
+      EXPECT_FALSE(model.status().message().empty());
+    }
   }
 }
 

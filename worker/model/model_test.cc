@@ -140,7 +140,9 @@ TEST(ModelTest, RejectsBadRequests) {
 TEST(ModelTest, ParsesDevicesAndDtypes) {
   EXPECT_TRUE(ParseDevice("cpu").ok());
   EXPECT_FALSE(ParseDevice("tpu").ok());
-  if (!at::hasCUDA()) EXPECT_FALSE(ParseDevice("cuda:0").ok());
+  if (!at::hasCUDA()) {
+    EXPECT_FALSE(ParseDevice("cuda:0").ok());
+  }
   EXPECT_EQ(*ParseComputeDType("bf16"), at::kBFloat16);
   EXPECT_FALSE(ParseComputeDType("int8").ok());
 }
