@@ -13,9 +13,16 @@ packages=(
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   librocksdb-dev libboost-dev libboost-system-dev
   libyaml-cpp-dev nlohmann-json3-dev libcli11-dev libspdlog-dev libfmt-dev libpcre2-dev
+  libutf8proc-dev                                # NFC/NFKC normalizers of tokenizers
   libgtest-dev libgmock-dev libbenchmark-dev
   python3-torch python3-numpy                    # independent numerical reference (/usr/bin/python3)
 )
+
+# The tokenizer tests compare against a JavaScript reference from the npm registry. Keep an
+# existing Node.js (it may come from another repository, whose nodejs conflicts with Debian's npm).
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+  packages+=(nodejs npm)
+fi
 
 missing=()
 for p in "${packages[@]}"; do

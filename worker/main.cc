@@ -2,6 +2,8 @@
 //   knockout-worker forward --model DIR --ids 1,2,3 [--ids ...] [--json] [--full-logits]
 //   knockout-worker models inspect DIR [--json]
 //   knockout-worker models init-random --out DIR [sizes...]
+//   knockout-worker tokenize --tokenizer PATH (--text T | --file F) [--json] [--special]
+//                            [--chat [--template NAME|STRING] [--system S]]
 // Every failure prints one line naming the file, field or flag at fault and exits non-zero.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -9,7 +11,9 @@
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 
+#include <fstream>
 #include <iostream>
+#include <optional>
 #include <map>
 #include <sstream>
 #include <thread>
@@ -19,6 +23,10 @@
 #include "worker/model/hooks.h"
 #include "worker/model/model.h"
 #include "worker/model/safetensors.h"
+#ifdef KNOCKOUT_HAVE_TOKENIZER
+#include "worker/tokenizer/chat_template.h"
+#include "worker/tokenizer/tokenizer.h"
+#endif
 
 namespace {
 
@@ -253,6 +261,92 @@ int RunInitRandom(const InitFlags& flags) {
   return 0;
 }
 
+// --- tokenize --------------------------------------------------------------------------------
+
+#ifdef KNOCKOUT_HAVE_TOKENIZER
+namespace kt = knockout::tokenizer;
+
+struct TokenizeFlags {
+  std::string tokenizer;
+  std::vector<std::string> texts;
+  std::string file;
+  bool json = false;
+  bool special = false;
+  bool chat = false;
+  std::string chat_template;  // family name or custom template; empty: detect
+  std::string system;
+};
+
+StatusOr<kt::ChatTemplate> ChooseTemplate(const kt::Tokenizer& tokenizer, const std::string& spec) {
+  if (spec.empty()) return kt::ChatTemplate::Detect(tokenizer);
+  if (spec.find("{instruction}") != std::string::npos) return kt::ChatTemplate::Custom(spec);
+  KO_ASSIGN_OR_RETURN(kt::ChatTemplate::Family family, kt::ChatTemplate::ParseFamily(spec));
+  return kt::ChatTemplate::BuiltIn(family, tokenizer.special_tokens().bos.value_or(""));
+}
+
+json TokenStrings(const kt::Tokenizer& tokenizer, const std::vector<int64_t>& ids) {
+  json tokens = json::array();
+  for (int64_t id : ids) tokens.push_back(tokenizer.IdToToken(id).value_or(""));
+  return tokens;
+}
+
+int RunTokenize(const TokenizeFlags& flags) {
+  auto tokenizer = kt::Tokenizer::Load(flags.tokenizer);
+  if (!tokenizer.ok()) return Fail(tokenizer.status());
+  // Inputs: each --text, then each line of --file (its line number kept for errors).
+  std::vector<std::pair<std::string, std::string>> inputs;  // (where, text)
+  for (const std::string& text : flags.texts) inputs.emplace_back("--text", text);
+  if (!flags.file.empty()) {
+    std::ifstream in(flags.file, std::ios::binary);
+    if (!in) return Fail(Status::NotFound(flags.file + ": cannot open"));
+    std::string line;
+    for (int64_t number = 1; std::getline(in, line); ++number) {
+      if (!line.empty() && line.back() == '\r') line.pop_back();
+      inputs.emplace_back(flags.file + ":" + std::to_string(number), line);
+    }
+  }
+  std::optional<kt::ChatTemplate> chat;
+  if (flags.chat) {
+    auto chosen = ChooseTemplate(**tokenizer, flags.chat_template);
+    if (!chosen.ok()) return Fail(chosen.status().WithContext(flags.tokenizer));
+    chat = *chosen;
+  }
+  for (const auto& [where, text] : inputs) {
+    json out;
+    if (chat) {
+      auto prompt = kt::TokenizeChat(**tokenizer, *chat, text, flags.system);
+      if (!prompt.ok()) return Fail(prompt.status().WithContext(where));
+      out = {{"instruction", text},
+             {"template", chat->FamilyName()},
+             {"rendered", chat->Render(text, flags.system).text()},
+             {"ids", prompt->ids},
+             {"tokens", TokenStrings(**tokenizer, prompt->ids)},
+             {"instruction_range", {prompt->instruction_begin, prompt->instruction_end}},
+             {"post_inst_range", {prompt->post_begin, prompt->size()}},
+             {"inst_last", prompt->inst_last()}};
+    } else {
+      auto encoding = (*tokenizer)->Encode(text, flags.special);
+      if (!encoding.ok()) return Fail(encoding.status().WithContext(where));
+      out = {{"text", text}, {"ids", encoding->ids}, {"tokens", encoding->tokens}};
+    }
+    if (flags.json) {
+      std::cout << out.dump(-1, ' ', false, json::error_handler_t::replace) << "\n";
+    } else {
+      std::cout << out["ids"].size() << " tokens:";
+      for (size_t i = 0; i < out["ids"].size(); ++i) {
+        std::cout << " " << out["tokens"][i].get<std::string>() << "(" << out["ids"][i] << ")";
+      }
+      std::cout << "\n";
+      if (chat) {
+        std::cout << "  instruction " << out["instruction_range"].dump() << ", post_inst "
+                  << out["post_inst_range"].dump() << ", inst_last " << out["inst_last"] << "\n";
+      }
+    }
+  }
+  return 0;
+}
+#endif
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -293,11 +387,37 @@ int main(int argc, char** argv) {
   init_cmd->add_option("--init-std", init.init_std)->check(CLI::PositiveNumber);
   init_cmd->add_option("--dtype", init.dtype, "storage dtype: f32, bf16 or f16");
 
+#ifdef KNOCKOUT_HAVE_TOKENIZER
+  TokenizeFlags tokenize;
+  CLI::App* tokenize_cmd =
+      app.add_subcommand("tokenize", "token ids of text (optionally through the chat template)");
+  tokenize_cmd->add_option("--tokenizer", tokenize.tokenizer,
+                           "tokenizer.json, or a directory holding one")->required();
+  auto* text_opt = tokenize_cmd->add_option("--text", tokenize.texts, "text to encode (repeatable)");
+  auto* file_opt = tokenize_cmd->add_option("--file", tokenize.file, "encode each line of a file");
+  tokenize_cmd->add_flag("--json", tokenize.json, "one JSON object per input, one per line");
+  tokenize_cmd->add_flag("--special", tokenize.special, "add the BOS/EOS special tokens");
+  tokenize_cmd->add_flag("--chat", tokenize.chat,
+                         "apply the chat template and report the instruction/post_inst ranges");
+  tokenize_cmd->add_option("--template", tokenize.chat_template,
+                           "llama3, llama2, chatml, gemma, or a string with {instruction} "
+                           "(default: detected from tokenizer_config.json)");
+  tokenize_cmd->add_option("--system", tokenize.system, "system prompt (default: none)");
+  tokenize_cmd->callback([&] {
+    if (text_opt->count() == 0 && file_opt->count() == 0) {
+      throw CLI::RequiredError("--text or --file");
+    }
+  });
+#endif
+
   CLI11_PARSE(app, argc, argv);
   try {
     if (*forward_cmd) return RunForward(forward);
     if (*inspect_cmd) return RunInspect(inspect_dir, inspect_json);
     if (*init_cmd) return RunInitRandom(init);
+#ifdef KNOCKOUT_HAVE_TOKENIZER
+    if (*tokenize_cmd) return RunTokenize(tokenize);
+#endif
   } catch (const std::exception& e) {
     return Fail(Status::Internal(e.what()));
   }

@@ -1,0 +1,101 @@
+// Chat templates and position bookkeeping: turns an instruction into the token ids a chat model
+// sees, and records where the instruction and the post-instruction template tokens are, so that
+// position selectors (`inst_last`, `post_inst`, `post_inst[-k]`, `all`, explicit indices)
+// resolve to exact indices, also under left padding (science.md: harmfulness is read at
+// t_inst, refusal at t_post_inst).
+// Thread-safety: ChatTemplate is an immutable value; Apply may be called concurrently.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "common/status.h"
+#include "worker/tokenizer/tokenizer.h"
+
+namespace knockout::tokenizer {
+
+// A single-turn template: `prefix` + instruction + `suffix`, rendered exactly as the family's
+// Jinja template renders one user message with add_generation_prompt=true.
+class ChatTemplate {
+ public:
+  enum class Family { kLlama3, kLlama2, kChatML, kGemma, kCustom };
+
+  // Built-in families. Llama 3 and Gemma trim the instruction (their Jinja templates apply
+  // `| trim`), Llama 2 strips it (`.strip()`); ChatML keeps it as is.
+  static ChatTemplate BuiltIn(Family family, const std::string& bos_token = "");
+  // "llama3", "llama2", "chatml" (also "qwen"), "gemma". InvalidArgument otherwise.
+  static StatusOr<Family> ParseFamily(const std::string& name);
+  // A custom template with exactly one `{instruction}` slot and at most one `{system}` slot
+  // (placed before the instruction). InvalidArgument naming the problem otherwise.
+  static StatusOr<ChatTemplate> Custom(const std::string& text);
+  // Picks the family from a tokenizer's Jinja chat template (tokenizer_config.json): markers
+  // `<|start_header_id|>` (Llama 3), `<|im_start|>` (ChatML), `<start_of_turn>` (Gemma),
+  // `[INST]` (Llama 2). NotFound if there is no template or no marker is recognised: the caller
+  // must then name a template explicitly.
+  static StatusOr<ChatTemplate> Detect(const Tokenizer& tokenizer);
+
+  Family family() const { return family_; }
+  const char* FamilyName() const;
+
+  // The rendered prompt, split into the three parts whose token ranges we report.
+  struct Rendered {
+    std::string prefix;       // BOS, system prompt, user header
+    std::string instruction;  // after trimming, if the family trims
+    std::string suffix;       // end-of-turn and assistant header: the post-instruction tokens
+    std::string text() const { return prefix + instruction + suffix; }
+  };
+  // `system` empty: no system prompt (the default).
+  Rendered Render(const std::string& instruction, const std::string& system = "") const;
+
+ private:
+  Family family_ = Family::kCustom;
+  std::string bos_;
+  std::string custom_;  // the custom template text
+};
+
+// Token ids of one prompt and the ranges that position selectors refer to, in the coordinates
+// of the unpadded prompt (0 .. ids.size()).
+struct TokenizedPrompt {
+  std::vector<int64_t> ids;
+  int64_t instruction_begin = 0;  // first token that contains instruction text
+  int64_t instruction_end = 0;    // one past the last instruction token
+  int64_t post_begin = 0;         // first post-instruction template token (== instruction_end)
+  // t_inst: the last instruction token.
+  int64_t inst_last() const { return instruction_end - 1; }
+  int64_t size() const { return static_cast<int64_t>(ids.size()); }
+};
+
+// Renders and tokenizes `instruction` (special tokens in the rendered text are matched as added
+// tokens; no extra BOS is added since the template carries it). Errors: InvalidArgument for an
+// empty instruction or invalid UTF-8; FailedPrecondition if the template's suffix tokens merge
+// with the instruction so that no post-instruction token can be identified.
+StatusOr<TokenizedPrompt> TokenizeChat(const Tokenizer& tokenizer, const ChatTemplate& chat,
+                                       const std::string& instruction,
+                                       const std::string& system = "");
+
+// A position selector from a spec: `inst_last`, `post_inst`, `post_inst[-k]` (the k-th
+// post-instruction token from the end, k >= 1), `all`, or explicit comma-separated indices
+// (negative ones count from the end: -1 is the last prompt token).
+class PositionSelector {
+ public:
+  // InvalidArgument naming the selector text if it is malformed.
+  static StatusOr<PositionSelector> Parse(const std::string& text);
+  // Indices into the unpadded prompt, ascending. InvalidArgument if an index falls outside the
+  // prompt or post_inst[-k] has fewer than k tokens.
+  StatusOr<std::vector<int64_t>> Resolve(const TokenizedPrompt& prompt) const;
+  // The same shifted into a left-padded batch row of width `padded_length`.
+  StatusOr<std::vector<int64_t>> ResolvePadded(const TokenizedPrompt& prompt,
+                                               int64_t padded_length) const;
+  const std::string& text() const { return text_; }
+
+ private:
+  enum class Kind { kInstLast, kPostInst, kPostInstFromEnd, kAll, kExplicit };
+  Kind kind_ = Kind::kAll;
+  int64_t k_ = 0;
+  std::vector<int64_t> indices_;
+  std::string text_;
+};
+
+}  // namespace knockout::tokenizer
