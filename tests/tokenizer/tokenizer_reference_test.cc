@@ -451,7 +451,11 @@ TEST_P(TokenizerReferenceTest, ChatTemplateMatchesReferenceRendering) {
     ++compared;
   }
   RecordProperty("compared", compared);
-  if (compared == 0) GTEST_SKIP() << "the reference renders no chat template for " << GetParam();
+  // Families the reference cannot render are covered by the documented literals of
+  // worker/tokenizer/chat_template_test.cc; here the reference must at least have said why.
+  if (compared == 0) {
+    EXPECT_FALSE(last_error.empty()) << "no chat entries compared for " << GetParam();
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(Families, TokenizerReferenceTest,
