@@ -5,6 +5,7 @@
 #include <cerrno>
 #include <cstdio>
 
+#include <algorithm>
 #include <cstring>
 #include <fstream>
 #include <map>
@@ -63,25 +64,43 @@ std::string ShapeString(const std::vector<int64_t>& shape) {
   return s + "]";
 }
 
-// Copies one tensor out of the mapping into a new tensor of the compute dtype on the device,
-// then drops the mapped pages so that loading never holds two full copies of the weights.
+// Copies one tensor out of the mapping into a new tensor of the compute dtype on the device, in
+// slices of rows, releasing each slice's mapped pages as soon as it is copied: the resident
+// memory never holds more than the weights copied so far plus one slice of mapped file (a whole
+// 32k x 4096 embedding would otherwise sit in RSS twice while it is converted).
+constexpr size_t kSliceBytes = 8 << 20;
+
 StatusOr<at::Tensor> ReadTensor(const SafetensorsFile& file, const TensorInfo& info,
                                 const LoadOptions& options) {
   KO_ASSIGN_OR_RETURN(at::ScalarType stored, WeightScalarType(info.dtype));
   const uint8_t* data = file.TensorData(info);
-  at::Tensor result;
   const size_t element = DTypeSize(info.dtype);
-  if (reinterpret_cast<uintptr_t>(data) % element != 0) {
-    // Unaligned data (legal in the format): copy bytes into an aligned buffer first.
-    at::Tensor aligned = at::empty(info.shape, at::TensorOptions().dtype(stored));
-    std::memcpy(aligned.data_ptr(), data, info.num_bytes());
-    result = aligned.to(options.device, options.dtype, /*non_blocking=*/false, /*copy=*/true);
-  } else {
-    at::Tensor view = at::from_blob(const_cast<uint8_t*>(data), info.shape,
-                                    at::TensorOptions().dtype(stored));
-    result = view.to(options.device, options.dtype, /*non_blocking=*/false, /*copy=*/true);
+  const auto source_options = at::TensorOptions().dtype(stored);
+  at::Tensor result =
+      at::empty(info.shape, at::TensorOptions().dtype(options.dtype).device(options.device));
+  if (result.numel() == 0) return result;
+  // Slices of rows along the first dimension (elements, for a 1-D tensor).
+  const int64_t rows = info.shape.empty() ? 1 : info.shape[0];
+  const size_t row_bytes = info.num_bytes() / static_cast<size_t>(rows);
+  const int64_t rows_per_slice = std::max<int64_t>(1, kSliceBytes / std::max<size_t>(row_bytes, 1));
+  std::vector<int64_t> slice_shape = info.shape;
+  for (int64_t row = 0; row < rows; row += rows_per_slice) {
+    const int64_t n = std::min(rows_per_slice, rows - row);
+    const uint8_t* slice = data + row * row_bytes;
+    at::Tensor source;
+    if (!slice_shape.empty()) slice_shape[0] = n;
+    if (reinterpret_cast<uintptr_t>(slice) % element != 0) {
+      // Unaligned data (legal in the format): copy the bytes into an aligned buffer first.
+      source = at::empty(slice_shape, source_options);
+      std::memcpy(source.data_ptr(), slice, n * row_bytes);
+    } else {
+      source = at::from_blob(const_cast<uint8_t*>(slice), slice_shape, source_options);
+    }
+    at::Tensor target = info.shape.empty() ? result : result.narrow(0, row, n);
+    target.copy_(source);  // converts dtype and moves to the device
+    file.file().Release(file.header().data_offset + info.begin + row * row_bytes,
+                        file.header().data_offset + info.begin + (row + n) * row_bytes);
   }
-  file.ReleaseTensor(info);
   return result;
 }
 
