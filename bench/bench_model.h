@@ -40,14 +40,15 @@ inline std::unique_ptr<model::Model> BenchModel(const model::LoadOptions& option
   return model::Model::Random(BenchConfig(), kSeed, kInitStd, options);
 }
 
-// A positive integer from the environment, or `fallback`.
-inline int64_t EnvInt(const char* name, int64_t fallback) {
+// An integer >= `minimum` from the environment, or `fallback`.
+inline int64_t EnvInt(const char* name, int64_t fallback, int64_t minimum = 1) {
   const char* value = std::getenv(name);
   if (!value || !*value) return fallback;
   char* end = nullptr;
   const long long parsed = std::strtoll(value, &end, 10);
-  if (*end != '\0' || parsed <= 0) {
-    std::fprintf(stderr, "%s=%s: expected a positive integer\n", name, value);
+  if (*end != '\0' || parsed < minimum) {
+    std::fprintf(stderr, "%s=%s: expected an integer >= %lld\n", name, value,
+                 static_cast<long long>(minimum));
     std::exit(2);
   }
   return parsed;
