@@ -1,5 +1,7 @@
 #include "worker/tokenizer/chat_template.h"
 
+#include "worker/tokenizer/unicode.h"
+
 #include <algorithm>
 #include <sstream>
 
@@ -14,32 +16,20 @@ bool IsTrimmedCodePoint(uint32_t c) {
          c == 0x205f || c == 0x3000 || c == 0xfeff;
 }
 
-// Decodes the code point starting at s[i] (assumes valid UTF-8); returns its length.
-size_t DecodeAt(const std::string& s, size_t i, uint32_t* c) {
-  const auto b = static_cast<unsigned char>(s[i]);
-  size_t n = b < 0x80 ? 1 : b < 0xe0 ? 2 : b < 0xf0 ? 3 : 4;
-  n = std::min(n, s.size() - i);
-  uint32_t v = n == 1 ? b : n == 2 ? (b & 0x1f) : n == 3 ? (b & 0x0f) : (b & 0x07);
-  for (size_t k = 1; k < n; ++k) v = (v << 6) | (static_cast<unsigned char>(s[i + k]) & 0x3f);
-  *c = v;
-  return n;
-}
-
+// Input must be valid UTF-8 (rendered prompts are checked when they are encoded; an invalid
+// byte here is decoded defensively, never read past the end).
 std::string Trim(const std::string& s) {
   size_t begin = 0;
   while (begin < s.size()) {
-    uint32_t c;
-    size_t n = DecodeAt(s, begin, &c);
-    if (!IsTrimmedCodePoint(c)) break;
-    begin += n;
+    size_t next = begin;
+    if (!IsTrimmedCodePoint(internal::NextCodePoint(s, &next))) break;
+    begin = std::min(next, s.size());
   }
-  // Scan forward remembering the end of the last non-trimmed code point.
+  // Scan forward remembering the end of the last code point that is not trimmed.
   size_t end = begin;
   for (size_t i = begin; i < s.size();) {
-    uint32_t c;
-    size_t n = DecodeAt(s, i, &c);
-    i += n;
-    if (!IsTrimmedCodePoint(c)) end = i;
+    const bool trimmed = IsTrimmedCodePoint(internal::NextCodePoint(s, &i));
+    if (!trimmed) end = std::min(i, s.size());
   }
   return s.substr(begin, end - begin);
 }

@@ -55,6 +55,12 @@ TEST(ChatTemplateTest, RendersEachFamilyAsDocumented) {
             "<bos><start_of_turn>user\nHow do I pick a lock?<end_of_turn>\n<start_of_turn>model\n");
 }
 
+TEST(ChatTemplateTest, TrimsUnicodeSpacesAndSurvivesInvalidUtf8) {
+  auto chat = ChatTemplate::BuiltIn(ChatTemplate::Family::kGemma);
+  EXPECT_EQ(chat.Render("\xe3\x80\x80 hi\xc2\xa0\n").instruction, "hi");  // U+3000, U+00A0
+  EXPECT_EQ(chat.Render("  \xe4\xbd").instruction, "\xe4\xbd");          // truncated: kept
+}
+
 TEST(ChatTemplateTest, CustomTemplates) {
   auto custom = ChatTemplate::Custom("<|user|>{system}|{instruction}<|end|>\n<|assistant|>\n");
   ASSERT_TRUE(custom.ok());
