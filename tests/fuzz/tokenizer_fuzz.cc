@@ -313,7 +313,9 @@ void CheckEncode(const Tokenizer& tok, const std::string& text, bool add_special
           enc->tokens[i]);
   }
   const auto& st = tok.special_tokens();
-  if (add_special && st.add_bos && st.bos_id) {
+  // Only for the fixed tokenizers: a fuzzed post-processor may legitimately place other special
+  // tokens before BOS (found by the fuzzer; not a memory error).
+  if (strict && add_special && st.add_bos && st.bos_id) {
     Check(!enc->ids.empty() && enc->ids.front() == *st.bos_id, "BOS missing");
   }
   auto dec = tok.Decode(enc->ids, false);
