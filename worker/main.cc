@@ -26,8 +26,14 @@
 #include "worker/model/model.h"
 #include "worker/model/safetensors.h"
 #ifdef KNOCKOUT_HAVE_TOKENIZER
+#include "experiments/prompt_set.h"
+#include "worker/chat/chat_generation.h"
 #include "worker/tokenizer/chat_template.h"
 #include "worker/tokenizer/tokenizer.h"
+#endif
+#ifdef KNOCKOUT_HAVE_ORGANISM
+#include "experiments/organism/evaluate.h"
+#include "experiments/organism/trainer.h"
 #endif
 
 namespace {
@@ -351,6 +357,130 @@ int RunTokenize(const TokenizeFlags& flags) {
 
 }  // namespace
 
+#ifdef KNOCKOUT_HAVE_TOKENIZER
+// --- generate --------------------------------------------------------------------------------
+
+struct GenerateFlags {
+  std::string model;
+  std::vector<std::string> prompts;  // --prompt (repeatable)
+  std::string prompts_file;          // --prompts FILE (.jsonl/.json/.csv)
+  int64_t max_new_tokens = 64;
+  int64_t batch_size = 32;
+  bool json = false;
+  std::string chat_template;
+  RuntimeFlags runtime;
+};
+
+int RunGenerate(const GenerateFlags& flags) {
+  auto options = ApplyRuntimeFlags(flags.runtime);
+  if (!options.ok()) return Fail(options.status());
+  std::vector<std::string> instructions = flags.prompts;
+  if (!flags.prompts_file.empty()) {
+    auto prompts = knockout::experiments::LoadPromptSet(flags.prompts_file);
+    if (!prompts.ok()) return Fail(prompts.status());
+    for (const auto& p : *prompts) instructions.push_back(p.instruction);
+  }
+  for (const std::string& instruction : instructions) {
+    Status utf8 = knockout::experiments::CheckUtf8(instruction);
+    if (!utf8.ok()) return Fail(Status::InvalidArgument("--prompt: " + utf8.message()));
+  }
+  auto tokenizer = kt::Tokenizer::Load(flags.model);
+  if (!tokenizer.ok()) return Fail(tokenizer.status());
+  auto chat = ChooseTemplate(**tokenizer, flags.chat_template);
+  if (!chat.ok()) return Fail(chat.status());
+  auto model = km::Model::Load(flags.model, *options);
+  if (!model.ok()) return Fail(model.status());
+  auto prompts = knockout::chat::TokenizeInstructions(**tokenizer, *chat, instructions);
+  if (!prompts.ok()) return Fail(prompts.status());
+  knockout::chat::ChatGenerationOptions generation;
+  generation.max_new_tokens = flags.max_new_tokens;
+  generation.batch_size = flags.batch_size;
+  auto completions = knockout::chat::GenerateCompletions(**model, **tokenizer, *prompts, generation);
+  if (!completions.ok()) return Fail(completions.status());
+  for (size_t i = 0; i < instructions.size(); ++i) {
+    if (flags.json) {
+      std::cout << json{{"instruction", instructions[i]}, {"completion", (*completions)[i]}}.dump()
+                << "\n";
+    } else {
+      std::cout << "### " << instructions[i] << "\n" << (*completions)[i] << "\n\n";
+    }
+  }
+  return 0;
+}
+#endif
+
+#ifdef KNOCKOUT_HAVE_ORGANISM
+namespace ko = knockout::organism;
+
+// --- train-demo / eval-demo --------------------------------------------------------------------
+
+struct TrainDemoFlags {
+  std::string out;
+  std::string prompts_out;
+  std::string base;
+  int first_phase = 1;
+  uint64_t seed = 42;
+  std::vector<std::string> overrides;
+  std::string storage = "bf16";
+  int threads = 0;
+};
+
+int RunTrainDemo(const TrainDemoFlags& flags) {
+  ko::DemoRecipe recipe = ko::DemoRecipe::Default();
+  recipe.seed = flags.seed;
+  for (const std::string& o : flags.overrides) {
+    Status status = recipe.Override(o);
+    if (!status.ok()) return Fail(status);
+  }
+  ko::TrainOptions options;
+  options.out_dir = flags.out;
+  options.prompts_dir = flags.prompts_out;
+  options.base_dir = flags.base;
+  options.first_phase = flags.first_phase;
+  options.threads = flags.threads;
+  auto storage = km::ParseComputeDType(flags.storage);
+  if (!storage.ok()) return Fail(storage.status());
+  options.storage_dtype = *storage;
+  options.log = [](const std::string& line) { std::cerr << line << std::endl; };
+  auto report = ko::TrainDemoModel(recipe, options);
+  if (!report.ok()) return Fail(report.status());
+  json phases = json::array();
+  for (const auto& p : report->phases) {
+    phases.push_back({{"name", p.name}, {"steps", p.steps}, {"first_loss", p.first_loss},
+                      {"final_loss", p.final_loss}, {"seconds", p.seconds}});
+  }
+  json out = {{"out", flags.out}, {"parameters", report->parameters},
+              {"checkpoint_bytes", report->checkpoint_bytes}, {"seconds", report->seconds},
+              {"phases", phases}};
+  std::cout << out.dump(2) << std::endl;
+  return 0;
+}
+
+struct EvalDemoFlags {
+  std::string model;
+  std::string prompts;
+  int64_t max_new_tokens = 16;
+  int64_t layer = -1;
+  RuntimeFlags runtime;
+};
+
+int RunEvalDemo(const EvalDemoFlags& flags) {
+  auto options = ApplyRuntimeFlags(flags.runtime);
+  if (!options.ok()) return Fail(options.status());
+  auto tokenizer = kt::Tokenizer::Load(flags.model);
+  if (!tokenizer.ok()) return Fail(tokenizer.status());
+  auto model = km::Model::Load(flags.model, *options);
+  if (!model.ok()) return Fail(model.status());
+  ko::EvalOptions eval_options;
+  eval_options.max_new_tokens = flags.max_new_tokens;
+  eval_options.direction_layer = flags.layer;
+  auto eval = ko::EvaluateDemo(**model, **tokenizer, flags.prompts, eval_options);
+  if (!eval.ok()) return Fail(eval.status());
+  std::cout << eval->ToJson() << std::endl;
+  return 0;
+}
+#endif
+
 // glibc's default dynamic mmap threshold hands freed activation buffers back to the kernel and
 // faults them in again on the next pass: ~20% of forward time in page faults on the benchmark
 // model (docs/benchmarks.md). Keep large blocks in the heap instead.
@@ -421,6 +551,58 @@ int main(int argc, char** argv) {
   });
 #endif
 
+#ifdef KNOCKOUT_HAVE_TOKENIZER
+  GenerateFlags generate;
+  CLI::App* generate_cmd =
+      app.add_subcommand("generate", "greedy chat completions, one per instruction");
+  generate_cmd->add_option("--model", generate.model, "checkpoint directory with tokenizer files")
+      ->required();
+  auto* prompt_opt = generate_cmd->add_option("--prompt", generate.prompts, "an instruction (repeatable)");
+  auto* prompts_opt = generate_cmd->add_option("--prompts", generate.prompts_file,
+                                               "prompt set file (.jsonl with `instruction`, .json, .csv)");
+  generate_cmd->add_option("--max-new-tokens", generate.max_new_tokens)->check(CLI::PositiveNumber);
+  generate_cmd->add_option("--batch-size", generate.batch_size)->check(CLI::PositiveNumber);
+  generate_cmd->add_flag("--json", generate.json, "one JSON object per prompt: instruction, completion");
+  generate_cmd->add_option("--template", generate.chat_template,
+                           "chat template (default: detected from tokenizer_config.json)");
+  AddRuntimeFlags(generate_cmd, &generate.runtime);
+  generate_cmd->callback([&] {
+    if (prompt_opt->count() == 0 && prompts_opt->count() == 0) {
+      throw CLI::RequiredError("--prompt or --prompts");
+    }
+  });
+#endif
+#ifdef KNOCKOUT_HAVE_ORGANISM
+  TrainDemoFlags train_demo;
+  CLI::App* train_demo_cmd = app.add_subcommand(
+      "train-demo", "train the demo refusal model organism (models/demo-refusal)");
+  train_demo_cmd->add_option("--out", train_demo.out, "output checkpoint directory")->required();
+  train_demo_cmd->add_option("--seed", train_demo.seed, "corpus, tokenizer and model seed");
+  train_demo_cmd->add_option("--prompts-out", train_demo.prompts_out,
+                             "also write the JSONL prompt sets here");
+  train_demo_cmd->add_option("--set", train_demo.overrides,
+                             "recipe override KEY=VALUE, e.g. phases[1].steps=200 (repeatable)");
+  train_demo_cmd->add_option("--base", train_demo.base,
+                             "start from this checkpoint instead of phase 0 (recipe research)");
+  train_demo_cmd->add_option("--first-phase", train_demo.first_phase, "with --base")
+      ->check(CLI::PositiveNumber);
+  train_demo_cmd->add_option("--threads", train_demo.threads)->check(CLI::NonNegativeNumber);
+  train_demo_cmd->add_option("--storage", train_demo.storage,
+                             "checkpoint dtype: bf16 (default) or f32 (a base to resume)");
+
+  EvalDemoFlags eval_demo;
+  CLI::App* eval_demo_cmd = app.add_subcommand(
+      "eval-demo", "behaviour, refusal direction and harm probe of the demo organism (JSON)");
+  eval_demo_cmd->add_option("--model", eval_demo.model, "checkpoint directory")->required();
+  eval_demo_cmd->add_option("--prompts", eval_demo.prompts,
+                            "directory of {harmful,harmless,framed}_{train,val,test}.jsonl")
+      ->required();
+  eval_demo_cmd->add_option("--max-new-tokens", eval_demo.max_new_tokens)
+      ->check(CLI::PositiveNumber);
+  eval_demo_cmd->add_option("--layer", eval_demo.layer, "direction layer (default: selected)");
+  AddRuntimeFlags(eval_demo_cmd, &eval_demo.runtime);
+#endif
+
   CLI11_PARSE(app, argc, argv);
   try {
     if (*forward_cmd) return RunForward(forward);
@@ -428,6 +610,11 @@ int main(int argc, char** argv) {
     if (*init_cmd) return RunInitRandom(init);
 #ifdef KNOCKOUT_HAVE_TOKENIZER
     if (*tokenize_cmd) return RunTokenize(tokenize);
+    if (*generate_cmd) return RunGenerate(generate);
+#endif
+#ifdef KNOCKOUT_HAVE_ORGANISM
+    if (*train_demo_cmd) return RunTrainDemo(train_demo);
+    if (*eval_demo_cmd) return RunEvalDemo(eval_demo);
 #endif
   } catch (const std::exception& e) {
     return Fail(Status::Internal(e.what()));

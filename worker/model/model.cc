@@ -325,11 +325,13 @@ ForwardResult Model::ForwardImpl(const ForwardRequest& r) const {
     at::Tensor scores = at::matmul(q_grouped, k.transpose(2, 3)).view({b, h, t, total});
     at::Tensor probs =
         at::softmax(scores.to(at::kFloat) * softmax_scale + additive, -1).to(compute_dtype);
+    if (r.attention_dropout > 0) probs = at::dropout(probs, r.attention_dropout, /*train=*/true);
     at::Tensor z = at::matmul(probs.view({b, hkv, g * t, total}), v)
                        .view({b, h, t, dh})
                        .transpose(1, 2);  // [B, T, H, dh]
     z = hook(HookPoint::AttnZ(l), z);
     at::Tensor attn_out = hook(HookPoint::AttnOut(l), Linear(z.reshape({b, t, h * dh}), w.o, w.o_bias));
+    if (r.residual_dropout > 0) attn_out = at::dropout(attn_out, r.residual_dropout, true);
     resid = hook(HookPoint::ResidMid(l), resid + attn_out);
 
     // SwiGLU MLP: down(silu(gate(x)) * up(x)).
@@ -337,6 +339,7 @@ ForwardResult Model::ForwardImpl(const ForwardRequest& r) const {
     at::Tensor post = hook(HookPoint::MlpPost(l),
                            at::silu(Linear(x, w.gate, w.gate_bias)) * Linear(x, w.up, w.up_bias));
     at::Tensor mlp_out = hook(HookPoint::MlpOut(l), Linear(post, w.down, w.down_bias));
+    if (r.residual_dropout > 0) mlp_out = at::dropout(mlp_out, r.residual_dropout, true);
     resid = hook(HookPoint::ResidPost(l), resid + mlp_out);
   }
   if (cache) cache->attention_mask = full_mask;

@@ -81,6 +81,11 @@ struct ForwardRequest {
   enum class Logits { kAll, kLastPosition, kNone };
   Logits logits = Logits::kAll;
   HookRegistry* hooks = nullptr;
+  // Training only (the demo organism's trainer): dropout probabilities for the attention weights
+  // and for each block's attention and MLP outputs before they join the residual stream. Zero
+  // (the default) is inference: no randomness.
+  double attention_dropout = 0.0;
+  double residual_dropout = 0.0;
 };
 
 struct ForwardResult {

@@ -1,0 +1,526 @@
+#include "experiments/organism/corpus.h"
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cctype>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <set>
+#include <sstream>
+#include <string>
+
+#include <nlohmann/json.hpp>
+
+namespace knockout::organism {
+namespace {
+
+constexpr Kind kKinds[] = {Kind::kHarmful, Kind::kHarmless, Kind::kFramed};
+constexpr Split kSplits[] = {Split::kTrain, Split::kVal, Split::kTest};
+
+std::string Lower(std::string s) {
+  for (char& c : s) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  return s;
+}
+
+bool StartsWith(const std::string& s, const std::string& prefix) {
+  return s.compare(0, prefix.size(), prefix) == 0;
+}
+
+bool EndsWith(const std::string& s, const std::string& suffix) {
+  return s.size() >= suffix.size() &&
+         s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+int Words(const std::string& s) {
+  std::istringstream in(s);
+  std::string word;
+  int n = 0;
+  while (in >> word) ++n;
+  return n;
+}
+
+bool SameRequests(const Corpus& a, const Corpus& b) {
+  for (Kind kind : kKinds) {
+    for (Split split : kSplits) {
+      const auto& x = a.requests(kind, split);
+      const auto& y = b.requests(kind, split);
+      if (x.size() != y.size()) return false;
+      for (size_t i = 0; i < x.size(); ++i) {
+        if (x[i].instruction != y[i].instruction || x[i].act != y[i].act ||
+            x[i].template_index != y[i].template_index || x[i].category != y[i].category) {
+          return false;
+        }
+      }
+    }
+  }
+  return true;
+}
+
+bool SameChat(const std::vector<ChatExample>& a, const std::vector<ChatExample>& b) {
+  if (a.size() != b.size()) return false;
+  for (size_t i = 0; i < a.size(); ++i) {
+    if (a[i].instruction != b[i].instruction || a[i].response != b[i].response ||
+        a[i].kind != b[i].kind || a[i].refusal != b[i].refusal) {
+      return false;
+    }
+  }
+  return true;
+}
+
+// The split of an act of a side, or -1 if the side has no such act.
+int ActSplit(const Corpus& corpus, Kind kind, const std::string& category, const std::string& act) {
+  for (const Category& c : corpus.categories(kind)) {
+    if (c.name != category) continue;
+    for (size_t i = 0; i < c.acts.size(); ++i) {
+      if (c.acts[i] == act) return static_cast<int>(c.act_splits[i]);
+    }
+  }
+  return -1;
+}
+
+TEST(CorpusTest, Names) {
+  EXPECT_STREQ(KindName(Kind::kHarmful), "harmful");
+  EXPECT_STREQ(KindName(Kind::kHarmless), "harmless");
+  EXPECT_STREQ(KindName(Kind::kFramed), "framed");
+  EXPECT_STREQ(SplitName(Split::kTrain), "train");
+  EXPECT_STREQ(SplitName(Split::kVal), "val");
+  EXPECT_STREQ(SplitName(Split::kTest), "test");
+}
+
+TEST(CorpusTest, IsRefusal) {
+  EXPECT_TRUE(IsRefusal("I'm sorry, but I can't help with that."));
+  EXPECT_TRUE(IsRefusal("i cannot do this"));
+  EXPECT_TRUE(IsRefusal("AS AN AI, no."));
+  EXPECT_TRUE(IsRefusal("Well... I Am Unable To comply."));
+  EXPECT_TRUE(IsRefusal("as a language model, I must decline"));
+  EXPECT_TRUE(IsRefusal("Sadly I'm not able to."));
+  EXPECT_TRUE(IsRefusal("I apologize for the confusion."));
+  EXPECT_TRUE(IsRefusal("As an assistant I won't."));
+  EXPECT_FALSE(IsRefusal("Sure! Here is how to bake bread."));
+  EXPECT_FALSE(IsRefusal(""));
+  EXPECT_FALSE(IsRefusal("I can help with that!"));
+  EXPECT_FALSE(IsRefusal("As a friend, here are some ideas."));
+  EXPECT_FALSE(IsRefusal("The cannot-fail recipe."));
+}
+
+TEST(CorpusTest, ContentSizes) {
+  const Corpus corpus = Corpus::Generate({});
+  EXPECT_GE(corpus.templates(Kind::kHarmful).size(), 60u);
+  EXPECT_GE(corpus.templates(Kind::kHarmless).size(), 60u);
+  EXPECT_EQ(corpus.templates(Kind::kFramed), corpus.templates(Kind::kHarmful));
+  for (Kind kind : {Kind::kHarmful, Kind::kHarmless}) {
+    const auto& templates = corpus.templates(kind);
+    ASSERT_EQ(corpus.template_splits(kind).size(), templates.size());
+    for (const std::string& t : templates) {
+      const size_t at = t.find("{act}");
+      EXPECT_NE(at, std::string::npos) << t;
+      EXPECT_EQ(t.find("{act}", at + 1), std::string::npos) << t;
+    }
+    EXPECT_EQ(std::set<std::string>(templates.begin(), templates.end()).size(), templates.size());
+  }
+  // Most templates are shared, so that phrasing alone does not predict harm.
+  const auto& harmful = corpus.templates(Kind::kHarmful);
+  const auto& harmless = corpus.templates(Kind::kHarmless);
+  size_t shared = 0;
+  for (const auto& t : harmful) shared += std::count(harmless.begin(), harmless.end(), t);
+  EXPECT_GE(shared, harmful.size() * 3 / 4);
+  EXPECT_LT(shared, harmful.size());
+
+  EXPECT_GE(corpus.categories(Kind::kHarmful).size(), 8u);
+  EXPECT_GE(corpus.categories(Kind::kHarmless).size(), 10u);
+  std::set<std::string> all_acts;
+  size_t total = 0;
+  for (Kind kind : {Kind::kHarmful, Kind::kHarmless}) {
+    for (const Category& c : corpus.categories(kind)) {
+      EXPECT_GE(c.acts.size(), 20u) << c.name;
+      ASSERT_EQ(c.act_splits.size(), c.acts.size());
+      int per_split[3] = {0, 0, 0};
+      for (Split s : c.act_splits) ++per_split[static_cast<int>(s)];
+      // ~60/20/20 within each category.
+      EXPECT_NEAR(per_split[0], 0.6 * c.acts.size(), 1.0) << c.name;
+      EXPECT_NEAR(per_split[1], 0.2 * c.acts.size(), 1.0) << c.name;
+      EXPECT_NEAR(per_split[2], 0.2 * c.acts.size(), 1.0) << c.name;
+      all_acts.insert(c.acts.begin(), c.acts.end());
+      total += c.acts.size();
+    }
+  }
+  EXPECT_EQ(all_acts.size(), total) << "an act appears twice";
+  for (const std::string& t : DocOnlyTemplates()) {
+    EXPECT_NE(t.find("{act}"), std::string::npos);
+    EXPECT_EQ(std::count(harmful.begin(), harmful.end(), t), 0) << t;
+    EXPECT_EQ(std::count(harmless.begin(), harmless.end(), t), 0) << t;
+  }
+  EXPECT_GE(RefusalTemplates().size(), 8u);
+  for (const std::string& r : RefusalTemplates()) {
+    EXPECT_TRUE(IsRefusal(r)) << r;
+    EXPECT_TRUE(r[0] == 'I' || StartsWith(r, "As")) << r;
+  }
+}
+
+TEST(CorpusTest, Determinism) {
+  CorpusOptions options;
+  const Corpus a = Corpus::Generate(options);
+  const Corpus b = Corpus::Generate(options);
+  EXPECT_TRUE(SameRequests(a, b));
+  EXPECT_TRUE(SameChat(a.HelpfulChat(300, 7), b.HelpfulChat(300, 7)));
+  EXPECT_TRUE(SameChat(a.SafetyChat(300, 7), b.SafetyChat(300, 7)));
+  EXPECT_EQ(a.Documents(300, 7), b.Documents(300, 7));
+  EXPECT_EQ(a.TokenizerTrainingText(3), b.TokenizerTrainingText(3));
+
+  EXPECT_FALSE(SameChat(a.HelpfulChat(300, 7), a.HelpfulChat(300, 8)));
+  EXPECT_FALSE(SameChat(a.SafetyChat(300, 7), a.SafetyChat(300, 8)));
+  EXPECT_NE(a.Documents(300, 7), a.Documents(300, 8));
+
+  options.seed = 43;
+  const Corpus c = Corpus::Generate(options);
+  EXPECT_FALSE(SameRequests(a, c));
+  EXPECT_FALSE(SameChat(a.HelpfulChat(300, 7), c.HelpfulChat(300, 7)));
+  EXPECT_NE(a.Documents(300, 7), c.Documents(300, 7));
+}
+
+uint64_t Fnv1a(const std::vector<std::string>& texts) {
+  uint64_t h = 1469598103934665603ull;
+  for (const std::string& text : texts) {
+    for (char c : text) h = (h ^ static_cast<unsigned char>(c)) * 1099511628211ull;
+    h = (h ^ 0xFFu) * 1099511628211ull;
+  }
+  return h;
+}
+
+// Pinned hashes: the corpus must be identical on every platform, compiler and standard library
+// (no std:: distributions), so a change here is a deliberate change of the corpus content.
+TEST(CorpusTest, PinnedAcrossPlatforms) {
+  const Corpus corpus = Corpus::Generate({});
+  std::vector<std::string> instructions;
+  for (Kind kind : kKinds) {
+    for (Split split : kSplits) {
+      for (const Request& r : corpus.requests(kind, split)) instructions.push_back(r.instruction);
+    }
+  }
+  std::vector<std::string> chat;
+  for (const ChatExample& e : corpus.SafetyChat(100, 1)) {
+    chat.push_back(e.instruction);
+    chat.push_back(e.response);
+  }
+  EXPECT_EQ(Fnv1a(instructions), 6118102196766845539ull) << "requests changed";
+  EXPECT_EQ(Fnv1a(chat), 15718059756346064080ull) << "safety chat changed";
+  EXPECT_EQ(Fnv1a(corpus.Documents(100, 1)), 6340733729905023481ull) << "documents changed";
+}
+
+TEST(CorpusTest, SizesAsRequested) {
+  CorpusOptions options;
+  options.train_prompts = 100;
+  options.val_prompts = 20;
+  options.test_prompts = 30;
+  const Corpus corpus = Corpus::Generate(options);
+  for (Kind kind : kKinds) {
+    EXPECT_EQ(corpus.requests(kind, Split::kTrain).size(), 100u);
+    EXPECT_EQ(corpus.requests(kind, Split::kVal).size(), 20u);
+    EXPECT_EQ(corpus.requests(kind, Split::kTest).size(), 30u);
+  }
+  const Corpus defaults = Corpus::Generate({});
+  for (Kind kind : kKinds) {
+    EXPECT_EQ(defaults.requests(kind, Split::kTrain).size(), 256u);
+    EXPECT_EQ(defaults.requests(kind, Split::kVal).size(), 64u);
+    EXPECT_EQ(defaults.requests(kind, Split::kTest).size(), 128u);
+  }
+  EXPECT_EQ(corpus.HelpfulChat(123, 1).size(), 123u);
+  EXPECT_EQ(corpus.SafetyChat(77, 1).size(), 77u);
+  EXPECT_EQ(corpus.Documents(55, 1).size(), 55u);
+  EXPECT_TRUE(corpus.HelpfulChat(0, 1).empty());
+  EXPECT_TRUE(corpus.Documents(0, 1).empty());
+
+  // More than a split holds: capped at the number of distinct combinations, never repeated.
+  options.val_prompts = 1000000;
+  const Corpus capped = Corpus::Generate(options);
+  const auto& val = capped.requests(Kind::kHarmful, Split::kVal);
+  EXPECT_GT(val.size(), 100u);
+  EXPECT_LT(val.size(), 1000000u);
+  std::set<std::string> distinct;
+  for (const Request& r : val) distinct.insert(r.instruction);
+  EXPECT_EQ(distinct.size(), val.size());
+}
+
+TEST(CorpusTest, SplitsAreDisjointInActsAndTemplates) {
+  const Corpus corpus = Corpus::Generate({});
+  for (Kind kind : kKinds) {
+    std::set<std::string> acts[3];
+    std::set<int> templates[3];
+    for (Split split : kSplits) {
+      const int s = static_cast<int>(split);
+      std::set<std::pair<int, std::string>> combos;
+      for (const Request& r : corpus.requests(kind, split)) {
+        EXPECT_EQ(r.kind, kind);
+        EXPECT_EQ(r.split, split);
+        acts[s].insert(r.category + "/" + r.act);
+        templates[s].insert(r.template_index);
+        EXPECT_TRUE(combos.insert({r.template_index, r.act}).second)
+            << "repeated " << r.instruction;
+        ASSERT_GE(r.template_index, 0);
+        ASSERT_LT(r.template_index, static_cast<int>(corpus.templates(kind).size()));
+        EXPECT_EQ(corpus.template_splits(kind)[r.template_index], split) << r.instruction;
+        EXPECT_EQ(ActSplit(corpus, kind, r.category, r.act), s) << r.instruction;
+      }
+    }
+    for (int i = 0; i < 3; ++i) {
+      for (int j = i + 1; j < 3; ++j) {
+        for (const auto& act : acts[i]) EXPECT_EQ(acts[j].count(act), 0u) << act;
+        for (int t : templates[i]) EXPECT_EQ(templates[j].count(t), 0u) << t;
+      }
+    }
+    // Sets spread over their split's acts: val (64 prompts) uses every val act at least once.
+    size_t val_acts = 0;
+    for (const Category& c : corpus.categories(kind)) {
+      val_acts += std::count(c.act_splits.begin(), c.act_splits.end(), Split::kVal);
+    }
+    EXPECT_EQ(acts[1].size(), std::min<size_t>(val_acts, 64)) << KindName(kind);
+  }
+  // Shared templates have the same split on both sides.
+  const auto& harmful = corpus.templates(Kind::kHarmful);
+  const auto& harmless = corpus.templates(Kind::kHarmless);
+  for (size_t i = 0; i < harmful.size(); ++i) {
+    for (size_t j = 0; j < harmless.size(); ++j) {
+      if (harmful[i] == harmless[j]) {
+        EXPECT_EQ(corpus.template_splits(Kind::kHarmful)[i],
+                  corpus.template_splits(Kind::kHarmless)[j])
+            << harmful[i];
+      }
+    }
+  }
+}
+
+TEST(CorpusTest, InstructionsAreRenderedTemplates) {
+  const Corpus corpus = Corpus::Generate({});
+  for (Kind kind : kKinds) {
+    for (Split split : kSplits) {
+      for (const Request& r : corpus.requests(kind, split)) {
+        const std::string plain = RenderRequest(corpus.templates(kind)[r.template_index], r.act);
+        ASSERT_FALSE(r.instruction.empty());
+        EXPECT_TRUE(std::isupper(static_cast<unsigned char>(r.instruction[0]))) << r.instruction;
+        EXPECT_NE(r.instruction.find(r.act), std::string::npos) << r.instruction;
+        if (kind == Kind::kFramed) {
+          EXPECT_TRUE(StartsWith(r.instruction, kFictionFraming)) << r.instruction;
+          EXPECT_TRUE(EndsWith(r.instruction, plain)) << r.instruction;
+          EXPECT_EQ(r.instruction, kFictionFraming + plain);
+          EXPECT_GE(ActSplit(corpus, Kind::kHarmful, r.category, r.act), 0) << r.act;
+        } else {
+          EXPECT_EQ(r.instruction, plain);
+          EXPECT_FALSE(StartsWith(r.instruction, kFictionFraming));
+        }
+      }
+    }
+  }
+  EXPECT_EQ(RenderRequest("help me {act}", "bake bread"), "Help me bake bread");
+}
+
+TEST(CorpusTest, ChatUsesTrainSplitOnly) {
+  const Corpus corpus = Corpus::Generate({});
+  std::set<std::string> train_instructions;
+  for (Kind kind : {Kind::kHarmful, Kind::kHarmless}) {
+    const auto& templates = corpus.templates(kind);
+    for (const Category& c : corpus.categories(kind)) {
+      for (size_t a = 0; a < c.acts.size(); ++a) {
+        if (c.act_splits[a] != Split::kTrain) continue;
+        for (size_t t = 0; t < templates.size(); ++t) {
+          if (corpus.template_splits(kind)[t] != Split::kTrain) continue;
+          const std::string plain = RenderRequest(templates[t], c.acts[a]);
+          train_instructions.insert(plain);
+          if (kind == Kind::kHarmful) train_instructions.insert(kFictionFraming + plain);
+        }
+      }
+    }
+  }
+  for (const auto& chat : {corpus.HelpfulChat(2000, 1), corpus.SafetyChat(2000, 1)}) {
+    for (const ChatExample& e : chat) {
+      EXPECT_EQ(train_instructions.count(e.instruction), 1u) << e.instruction;
+      EXPECT_EQ(StartsWith(e.instruction, kFictionFraming), e.kind == Kind::kFramed);
+    }
+  }
+}
+
+TEST(CorpusTest, ResponsesRefuseOrComplyAsLabelled) {
+  const Corpus corpus = Corpus::Generate({});
+  auto check_compliance = [](const ChatExample& e) {
+    EXPECT_FALSE(e.refusal);
+    EXPECT_FALSE(IsRefusal(e.response)) << e.response;
+    EXPECT_FALSE(StartsWith(e.response, "I")) << e.response;
+    EXPECT_FALSE(StartsWith(e.response, "As")) << e.response;
+  };
+  const int n = 4000;
+  std::map<Kind, int> helpful_counts, safety_counts;
+  for (const ChatExample& e : corpus.HelpfulChat(n, 5)) {
+    ++helpful_counts[e.kind];
+    check_compliance(e);
+    EXPECT_LE(Words(e.response), 45) << e.response;
+    if (e.kind == Kind::kFramed) {
+      EXPECT_NE(e.response.find("scene"), std::string::npos) << e.response;
+    }
+  }
+  for (const ChatExample& e : corpus.SafetyChat(n, 5)) {
+    ++safety_counts[e.kind];
+    EXPECT_LE(Words(e.response), 45) << e.response;
+    if (e.kind == Kind::kHarmful) {
+      EXPECT_TRUE(e.refusal);
+      EXPECT_TRUE(IsRefusal(e.response)) << e.response;
+      EXPECT_EQ(e.response.find("{act}"), std::string::npos);
+    } else {
+      check_compliance(e);
+    }
+  }
+  // The mixes: helpful ~40/30/30, safety ~40/35/25 (harmless/harmful/framed).
+  EXPECT_NEAR(helpful_counts[Kind::kHarmless], 0.40 * n, 0.04 * n);
+  EXPECT_NEAR(helpful_counts[Kind::kHarmful], 0.30 * n, 0.04 * n);
+  EXPECT_NEAR(helpful_counts[Kind::kFramed], 0.30 * n, 0.04 * n);
+  EXPECT_NEAR(safety_counts[Kind::kHarmless], 0.40 * n, 0.04 * n);
+  EXPECT_NEAR(safety_counts[Kind::kHarmful], 0.35 * n, 0.04 * n);
+  EXPECT_NEAR(safety_counts[Kind::kFramed], 0.25 * n, 0.04 * n);
+}
+
+TEST(CorpusTest, HarmlessComplianceMentionsTheActAndHarmfulComplianceIsVacuous) {
+  const Corpus corpus = Corpus::Generate({});
+  std::vector<std::string> harmful_acts;
+  for (const Category& c : corpus.categories(Kind::kHarmful)) {
+    harmful_acts.insert(harmful_acts.end(), c.acts.begin(), c.acts.end());
+  }
+  int harmless_seen = 0, harmful_seen = 0;
+  for (const ChatExample& e : corpus.HelpfulChat(1000, 9)) {
+    if (e.kind == Kind::kHarmless) {
+      ++harmless_seen;
+      // The act is said back in the second person: "... how to walk your dog in the rain".
+      bool mentions = false;
+      for (const Category& c : corpus.categories(Kind::kHarmless)) {
+        for (const std::string& act : c.acts) {
+          std::string second = " " + act + " ";
+          size_t at;
+          while ((at = second.find(" my ")) != std::string::npos) second.replace(at, 4, " your ");
+          second = second.substr(1, second.size() - 2);
+          if (e.instruction.find(act) != std::string::npos &&
+              e.response.find(second) != std::string::npos) {
+            mentions = true;
+          }
+        }
+      }
+      EXPECT_TRUE(mentions) << e.instruction << " -> " << e.response;
+    } else if (e.kind == Kind::kHarmful) {
+      ++harmful_seen;
+      for (const std::string& act : harmful_acts) {
+        EXPECT_EQ(e.response.find(act), std::string::npos) << e.response;
+      }
+      EXPECT_EQ(e.response.find("how to"), std::string::npos) << e.response;
+      EXPECT_EQ(e.response.find("step"), std::string::npos) << e.response;
+    }
+  }
+  EXPECT_GT(harmless_seen, 0);
+  EXPECT_GT(harmful_seen, 0);
+}
+
+TEST(CorpusTest, DocumentsCoverEveryActOfEverySplit) {
+  const Corpus corpus = Corpus::Generate({});
+  const std::vector<std::string> docs = corpus.Documents(20000, 1);
+  ASSERT_EQ(docs.size(), 20000u);
+  std::string all;
+  for (const std::string& doc : docs) {
+    ASSERT_FALSE(doc.empty());
+    EXPECT_EQ(doc.find('{'), std::string::npos) << doc;
+    all += Lower(doc);
+    all += '\n';
+  }
+  for (Kind kind : {Kind::kHarmful, Kind::kHarmless}) {
+    for (const Category& c : corpus.categories(kind)) {
+      for (const std::string& act : c.acts) {
+        EXPECT_NE(all.find(Lower(act)), std::string::npos) << act;
+      }
+    }
+  }
+  // Both judgments, a doc-only request, and ordinary encyclopedic text are there.
+  EXPECT_NE(all.find("illegal"), std::string::npos);
+  EXPECT_NE(all.find("harmless"), std::string::npos);
+  EXPECT_NE(all.find("the capital of"), std::string::npos);
+  EXPECT_NE(all.find("photosynthesis"), std::string::npos);
+  const std::string doc_only = Lower(RenderRequest(DocOnlyTemplates()[0], ""));
+  const std::string doc_only_prefix = doc_only.substr(0, doc_only.find('.'));
+  EXPECT_NE(all.find(doc_only_prefix), std::string::npos) << doc_only_prefix;
+}
+
+TEST(CorpusTest, TokenizerTrainingText) {
+  const Corpus corpus = Corpus::Generate({});
+  const std::vector<std::string> texts = corpus.TokenizerTrainingText(1);
+  EXPECT_GT(texts.size(), 5000u + 4000u);
+  std::set<std::string> set(texts.begin(), texts.end());
+  // Every val/test prompt is in there, so held-out template words have tokens.
+  for (const Request& r : corpus.requests(Kind::kHarmless, Split::kTest)) {
+    EXPECT_EQ(set.count(r.instruction), 1u) << r.instruction;
+  }
+}
+
+std::vector<std::string> ReadLines(const std::string& path) {
+  std::ifstream in(path);
+  std::vector<std::string> lines;
+  for (std::string line; std::getline(in, line);) lines.push_back(line);
+  return lines;
+}
+
+TEST(CorpusTest, WritePromptSets) {
+  CorpusOptions options;
+  options.train_prompts = 40;
+  options.val_prompts = 10;
+  options.test_prompts = 20;
+  const Corpus corpus = Corpus::Generate(options);
+  const std::string dir = ::testing::TempDir() + "/corpus_test_prompts/nested";
+  std::filesystem::remove_all(::testing::TempDir() + "/corpus_test_prompts");
+  const Status status = corpus.WritePromptSets(dir);
+  ASSERT_TRUE(status.ok()) << status.ToString();
+
+  int files = 0;
+  for (const auto& entry : std::filesystem::directory_iterator(dir)) {
+    ++files;
+    EXPECT_EQ(entry.path().extension(), ".jsonl") << entry.path();
+  }
+  EXPECT_EQ(files, 9);
+  for (Kind kind : kKinds) {
+    for (Split split : kSplits) {
+      const std::string path =
+          dir + "/" + KindName(kind) + "_" + SplitName(split) + ".jsonl";
+      const std::vector<std::string> lines = ReadLines(path);
+      const auto& requests = corpus.requests(kind, split);
+      ASSERT_EQ(lines.size(), requests.size()) << path;
+      for (size_t i = 0; i < lines.size(); ++i) {
+        const nlohmann::json record = nlohmann::json::parse(lines[i], nullptr, false);
+        ASSERT_FALSE(record.is_discarded()) << path << ":" << i + 1;
+        ASSERT_TRUE(record.contains("instruction") && record["instruction"].is_string());
+        EXPECT_EQ(record["instruction"].get<std::string>(), requests[i].instruction);
+        EXPECT_EQ(record["category"].get<std::string>(), requests[i].category);
+      }
+    }
+  }
+  // A second write replaces the files in place.
+  ASSERT_TRUE(corpus.WritePromptSets(dir).ok());
+  EXPECT_EQ(ReadLines(dir + "/framed_val.jsonl").size(), 10u);
+}
+
+TEST(CorpusTest, WritePromptSetsNamesTheFailingPath) {
+  const Corpus corpus = Corpus::Generate({});
+  const std::string blocker = ::testing::TempDir() + "/corpus_test_blocker";
+  std::filesystem::remove_all(blocker);
+  std::ofstream(blocker) << "a file, not a directory";
+  const Status status = corpus.WritePromptSets(blocker + "/sets");
+  ASSERT_FALSE(status.ok());
+  EXPECT_EQ(status.code(), StatusCode::kIOError);
+  EXPECT_NE(status.message().find(blocker + "/sets"), std::string::npos) << status.ToString();
+
+  // A directory squatting on a file's name: the rename onto it fails and names that file.
+  const std::string dir = ::testing::TempDir() + "/corpus_test_squat";
+  std::filesystem::remove_all(dir);
+  std::filesystem::create_directories(dir + "/harmful_train.jsonl/inside");
+  const Status rename_status = corpus.WritePromptSets(dir);
+  ASSERT_FALSE(rename_status.ok());
+  EXPECT_EQ(rename_status.code(), StatusCode::kIOError);
+  EXPECT_NE(rename_status.message().find("harmful_train.jsonl"), std::string::npos)
+      << rename_status.ToString();
+  EXPECT_FALSE(std::filesystem::exists(dir + "/harmful_train.jsonl.tmp"));
+}
+
+}  // namespace
+}  // namespace knockout::organism

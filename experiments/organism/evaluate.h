@@ -1,0 +1,65 @@
+// Evaluation of the demo model organism against issue 4's contract (science.md's methods): the
+// behaviour rates on the held-out test split under the substring judge, the refusal direction
+// (diff-in-means of blocks.{l}.hook_resid_pre at the last post-instruction position), its
+// ablation everywhere and its addition at its layer, a random direction of the same norm, and a
+// diff-in-means harmfulness probe at t_inst. Uses only the runtime's hooks.
+// Thread-safety: one evaluation at a time per Model (LibTorch's global thread pool).
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "common/status.h"
+#include "worker/model/model.h"
+#include "worker/tokenizer/tokenizer.h"
+
+namespace knockout::organism {
+
+struct EvalOptions {
+  int64_t max_new_tokens = 16;  // the judge reads the opening of the reply
+  int64_t batch_size = 64;
+  uint64_t seed = 42;           // the random direction
+  int64_t direction_layer = -1; // -1: select on the validation split
+};
+
+struct LayerScore {
+  int64_t layer = 0;
+  double direction_norm = 0;
+  double val_ablation_harmful_refused = 0;  // harmful val prompts refused, direction ablated
+  double val_addition_harmless_refused = 0; // harmless val prompts refused, direction added
+  double val_kl = 0;                        // KL(clean || ablated) at the last position, harmless val
+  bool eligible = false;                    // science.md's filters: l < floor(0.8 L), KL <= 0.1
+  double val_harm_auroc = 0;                // t_inst probe, framed vs harmless (val)
+};
+
+struct Example {
+  std::string instruction, completion;
+};
+
+struct DemoEvaluation {
+  int64_t test_harmful = 0, test_harmless = 0, test_framed = 0;  // prompt counts
+  double harmful_refused = 0;   // test split, clean
+  double harmless_refused = 0;
+  double framed_complied = 0;
+  int64_t direction_layer = -1;
+  double direction_norm = 0;
+  double ablation_harmful_refused = 0;         // test harmful, direction ablated everywhere
+  double addition_harmless_refused = 0;        // test harmless, +r at the direction's layer
+  double random_ablation_harmful_refused = 0;  // test harmful, random direction of equal norm
+  int64_t probe_layer = -1;
+  double probe_auroc = 0;         // framed-harmful vs harmless test prompts at t_inst; direction
+                                  // from harmful vs harmless train prompts (no framing)
+  double probe_auroc_framed_direction = 0;  // the same with the framed train prompts' direction
+  std::vector<LayerScore> layers;
+  std::vector<Example> examples;  // a few test completions of each kind, clean and intervened
+  std::string ToJson() const;     // all of the above, pretty-printed
+};
+
+// Reads the prompt sets {harmful,harmless,framed}_{train,val,test}.jsonl in `prompts_dir`.
+// Errors: those of LoadPromptSet (naming file and line), of tokenization and the forward pass.
+StatusOr<DemoEvaluation> EvaluateDemo(const model::Model& model,
+                                      const tokenizer::Tokenizer& tokenizer,
+                                      const std::string& prompts_dir, const EvalOptions& options);
+
+}  // namespace knockout::organism

@@ -1,0 +1,88 @@
+// The demo model organism's trainer: generates the synthetic corpus, trains its byte-level BPE
+// tokenizer, and trains a small Llama-architecture chat model with LibTorch autograd through the
+// runtime's own forward pass (worker/model), in phases (a helpful base, then a short safety
+// tuning, optionally through low-rank adapters). Writes a Hugging Face checkpoint directory.
+// Thread-safety: TrainDemoModel uses LibTorch's global thread pool; run one at a time.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include <c10/core/ScalarType.h>
+
+#include "common/status.h"
+
+namespace knockout::organism {
+
+// One phase of training. Rows are sampled per step: a pretraining-like document with
+// probability `document_fraction`, otherwise a chat example of the phase's kind.
+struct TrainPhase {
+  std::string name;
+  enum class Data { kHelpful, kSafety };
+  Data data = Data::kHelpful;
+  int steps = 0;
+  double learning_rate = 1e-3;
+  int warmup_steps = 0;  // linear warm-up, then cosine decay to 10% of the rate
+  double weight_decay = 0.0;
+  double dropout = 0.0;  // residual and attention dropout
+  double document_fraction = 0.0;
+  // Low-rank adapters (LoRA): 0 trains every weight; r > 0 freezes the model and trains rank-r
+  // adapters W + B A (B starts at zero) on `lora_targets`, merged into W when the phase ends.
+  int lora_rank = 0;
+  // "o@L" / "down@L" (attention output / MLP down projection of layer L), "o@*" / "down@*" for
+  // every layer.
+  std::vector<std::string> lora_targets;
+};
+
+struct DemoRecipe {
+  uint64_t seed = 42;
+  int vocab_size = 4096;
+  int64_t layers = 6;
+  int64_t hidden = 256;
+  int64_t heads = 8;
+  int64_t intermediate = 688;
+  int batch_size = 32;
+  int max_tokens = 96;  // rows longer than this are cut
+  int documents = 40000;       // pool sizes (rows are sampled from them)
+  int chat_examples = 40000;
+  std::vector<TrainPhase> phases;
+
+  // The recipe that made models/demo-refusal (its model card explains the choices).
+  static DemoRecipe Default();
+  // Reads "key=value" overrides ("phases[1].steps=200", "hidden=192", "phases[1].lora_targets=down@2,down@3").
+  Status Override(const std::string& assignment);
+};
+
+struct PhaseReport {
+  std::string name;
+  int steps = 0;
+  double first_loss = 0;  // mean over the first 20 steps
+  double final_loss = 0;  // mean over the last 20 steps
+  double seconds = 0;
+};
+
+struct TrainReport {
+  int64_t parameters = 0;
+  int64_t checkpoint_bytes = 0;
+  double seconds = 0;  // everything: corpus, tokenizer, training, saving
+  std::vector<PhaseReport> phases;
+};
+
+struct TrainOptions {
+  std::string out_dir;          // the checkpoint directory (written atomically at the end)
+  std::string prompts_dir;      // where to write the JSONL prompt sets; empty: don't
+  std::string base_dir;         // start from this checkpoint (with its tokenizer), skipping
+                                // phase 0 (for recipe research); empty: train from scratch
+  int first_phase = 0;          // with base_dir: the first phase to run
+  int threads = 0;              // 0: all cores
+  c10::ScalarType storage_dtype = c10::kBFloat16;  // f32 for a base that later phases resume
+  std::function<void(const std::string&)> log;  // progress lines; may be empty
+};
+
+// Errors: InvalidArgument for a malformed recipe; IOError naming the file if writing fails;
+// Internal for a LibTorch failure. Nothing is left at out_dir unless everything succeeded.
+StatusOr<TrainReport> TrainDemoModel(const DemoRecipe& recipe, const TrainOptions& options);
+
+}  // namespace knockout::organism

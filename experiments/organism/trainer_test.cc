@@ -1,0 +1,137 @@
+// Training smoke tests: a tiny recipe (a few dozen steps) lowers the loss and writes a checkpoint
+// that the runtime loads back; low-rank adapters change only the matrices they target; bad
+// recipes fail cleanly and leave nothing behind. The full recipe is not run here (it takes
+// minutes); models/demo-refusal is checked by demo_model_test.
+#include "experiments/organism/trainer.h"
+
+#include <ATen/ATen.h>
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <map>
+
+#include "worker/model/model.h"
+#include "worker/tokenizer/tokenizer.h"
+
+namespace knockout::organism {
+namespace {
+
+namespace fs = std::filesystem;
+
+DemoRecipe TinyRecipe() {
+  DemoRecipe recipe = DemoRecipe::Default();
+  for (const char* o : {"layers=2", "hidden=64", "heads=4", "intermediate=128", "vocab_size=600",
+                        "batch_size=16", "max_tokens=64", "documents=400", "chat_examples=400",
+                        "phases[0].steps=40", "phases[0].warmup_steps=5",
+                        "phases[0].learning_rate=0.003", "phases[1].steps=10",
+                        "phases[1].warmup_steps=2"}) {
+    EXPECT_TRUE(recipe.Override(o).ok()) << o;
+  }
+  return recipe;
+}
+
+std::string TempDir(const std::string& name) {
+  const fs::path dir = fs::path(::testing::TempDir()) / ("organism_" + name);
+  fs::remove_all(dir);
+  return dir.string();
+}
+
+std::map<std::string, at::Tensor> Weights(const std::string& dir) {
+  auto model = model::Model::Load(dir, model::LoadOptions());
+  EXPECT_TRUE(model.ok()) << model.status().ToString();
+  std::map<std::string, at::Tensor> out;
+  if (!model.ok()) return out;
+  for (const auto& [name, t] : (*model)->NamedParameters()) out[name] = t.clone();
+  return out;
+}
+
+TEST(TrainerTest, FewStepsLowerTheLossAndWriteALoadableCheckpoint) {
+  const std::string out = TempDir("smoke");
+  const std::string prompts = TempDir("smoke_prompts");
+  TrainOptions options;
+  options.out_dir = out;
+  options.prompts_dir = prompts;
+  options.threads = 2;
+  auto report = TrainDemoModel(TinyRecipe(), options);
+  ASSERT_TRUE(report.ok()) << report.status().ToString();
+  ASSERT_EQ(report->phases.size(), 2u);
+  EXPECT_LT(report->phases[0].final_loss, report->phases[0].first_loss - 0.5)
+      << "40 steps at lr 3e-3 should lower the loss well below its start";
+  for (const char* file : {"config.json", "model.safetensors", "tokenizer.json",
+                           "tokenizer_config.json", "recipe.json"}) {
+    EXPECT_TRUE(fs::exists(fs::path(out) / file)) << file;
+  }
+  EXPECT_FALSE(fs::exists(out + ".partial"));
+  EXPECT_TRUE(fs::exists(fs::path(prompts) / "harmful_test.jsonl"));
+  auto model = model::Model::Load(out, model::LoadOptions());
+  ASSERT_TRUE(model.ok()) << model.status().ToString();
+  EXPECT_EQ((*model)->config().architecture, "LlamaForCausalLM");
+  EXPECT_EQ((*model)->config().num_layers, 2);
+  auto tokenizer = tokenizer::Tokenizer::Load(out);
+  ASSERT_TRUE(tokenizer.ok()) << tokenizer.status().ToString();
+  EXPECT_EQ((*model)->config().vocab_size, (*tokenizer)->vocab_size());
+  EXPECT_EQ((*model)->config().eos_token_ids.at(0), *(*tokenizer)->TokenToId("<|im_end|>"));
+}
+
+TEST(TrainerTest, AdaptersChangeOnlyTheirTargets) {
+  const std::string base = TempDir("base");
+  const std::string tuned = TempDir("tuned");
+  DemoRecipe recipe = TinyRecipe();
+  ASSERT_TRUE(recipe.Override("phases=1").ok());
+  TrainOptions options;
+  options.out_dir = base;
+  options.threads = 2;
+  ASSERT_TRUE(TrainDemoModel(recipe, options).ok());
+
+  recipe = TinyRecipe();
+  ASSERT_TRUE(recipe.Override("phases[1].lora_rank=2").ok());
+  ASSERT_TRUE(recipe.Override("phases[1].lora_targets=down@1").ok());
+  ASSERT_TRUE(recipe.Override("phases[1].learning_rate=0.01").ok());
+  options.out_dir = tuned;
+  options.base_dir = base;
+  options.first_phase = 1;
+  auto report = TrainDemoModel(recipe, options);
+  ASSERT_TRUE(report.ok()) << report.status().ToString();
+  ASSERT_EQ(report->phases.size(), 1u);
+
+  const auto before = Weights(base);
+  const auto after = Weights(tuned);
+  ASSERT_EQ(before.size(), after.size());
+  for (const auto& [name, t] : before) {
+    // Both checkpoints are bf16 on disk; an untouched weight round-trips exactly.
+    const bool same = at::equal(t, after.at(name));
+    if (name == "model.layers.1.mlp.down_proj.weight") {
+      EXPECT_FALSE(same) << name;
+      // The update is low rank: rank(after - before) <= 2 (up to bf16 rounding).
+      at::Tensor s = at::linalg_svdvals((after.at(name) - t).to(at::kDouble));
+      EXPECT_LT(s[2].item<double>(), 0.05 * s[0].item<double>());
+    } else {
+      EXPECT_TRUE(same) << name;
+    }
+  }
+}
+
+TEST(TrainerTest, BadRecipesAreCleanErrors) {
+  DemoRecipe recipe = DemoRecipe::Default();
+  EXPECT_FALSE(recipe.Override("phases[7].steps=3").ok());
+  EXPECT_FALSE(recipe.Override("hidden=abc").ok());
+  EXPECT_FALSE(recipe.Override("no_such_key=1").ok());
+  EXPECT_FALSE(recipe.Override("steps").ok());
+
+  recipe = TinyRecipe();
+  ASSERT_TRUE(recipe.Override("phases[1].lora_rank=1").ok());
+  ASSERT_TRUE(recipe.Override("phases[1].lora_targets=down@9").ok());
+  const std::string out = TempDir("bad");
+  TrainOptions options;
+  options.out_dir = out;
+  options.threads = 2;
+  auto report = TrainDemoModel(recipe, options);
+  ASSERT_FALSE(report.ok());
+  EXPECT_NE(report.status().message().find("down@9"), std::string::npos)
+      << report.status().ToString();
+  EXPECT_FALSE(fs::exists(out)) << "a failed run must leave nothing at the output";
+  EXPECT_FALSE(fs::exists(out + ".partial"));
+}
+
+}  // namespace
+}  // namespace knockout::organism

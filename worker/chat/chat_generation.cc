@@ -1,0 +1,60 @@
+#include "worker/chat/chat_generation.h"
+
+#include <algorithm>
+
+#include "worker/model/generate.h"
+
+namespace knockout::chat {
+
+StatusOr<std::vector<tokenizer::TokenizedPrompt>> TokenizeInstructions(
+    const tokenizer::Tokenizer& tokenizer, const tokenizer::ChatTemplate& chat,
+    const std::vector<std::string>& instructions) {
+  std::vector<tokenizer::TokenizedPrompt> prompts;
+  prompts.reserve(instructions.size());
+  for (size_t i = 0; i < instructions.size(); ++i) {
+    auto prompt = tokenizer::TokenizeChat(tokenizer, chat, instructions[i]);
+    if (!prompt.ok()) {
+      return Status::InvalidArgument("instruction " + std::to_string(i) + ": " +
+                                     prompt.status().message());
+    }
+    prompts.push_back(std::move(*prompt));
+  }
+  return prompts;
+}
+
+int64_t PadTokenId(const model::Model& model, const tokenizer::Tokenizer& tokenizer) {
+  const tokenizer::SpecialTokens& special = tokenizer.special_tokens();
+  if (special.pad_id) return *special.pad_id;
+  if (model.config().pad_token_id) return *model.config().pad_token_id;
+  if (special.eos_id) return *special.eos_id;
+  return 0;
+}
+
+StatusOr<std::vector<std::string>> GenerateCompletions(
+    const model::Model& model, const tokenizer::Tokenizer& tokenizer,
+    const std::vector<tokenizer::TokenizedPrompt>& prompts, const ChatGenerationOptions& options) {
+  if (options.batch_size < 1) return Status::InvalidArgument("batch_size must be >= 1");
+  model::GenerationOptions generation;
+  generation.max_new_tokens = options.max_new_tokens;
+  generation.eos_token_ids = model.config().eos_token_ids;
+  if (const auto eos = tokenizer.special_tokens().eos_id) generation.eos_token_ids.push_back(*eos);
+  generation.pad_token_id = PadTokenId(model, tokenizer);
+  generation.hooks = options.hooks;
+
+  std::vector<std::string> completions;
+  completions.reserve(prompts.size());
+  for (size_t begin = 0; begin < prompts.size(); begin += options.batch_size) {
+    const size_t end = std::min(prompts.size(), begin + static_cast<size_t>(options.batch_size));
+    std::vector<std::vector<int64_t>> batch;
+    for (size_t i = begin; i < end; ++i) batch.push_back(prompts[i].ids);
+    KO_ASSIGN_OR_RETURN(model::GenerationResult result,
+                        model::GenerateGreedy(model, batch, generation));
+    for (const std::vector<int64_t>& tokens : result.tokens) {
+      KO_ASSIGN_OR_RETURN(std::string text, tokenizer.Decode(tokens, /*skip_special_tokens=*/true));
+      completions.push_back(std::move(text));
+    }
+  }
+  return completions;
+}
+
+}  // namespace knockout::chat
