@@ -367,6 +367,7 @@ struct GenerateFlags {
   int64_t max_new_tokens = 64;
   int64_t batch_size = 32;
   bool json = false;
+  bool with_ids = false;
   std::string chat_template;
   RuntimeFlags runtime;
 };
@@ -398,11 +399,16 @@ int RunGenerate(const GenerateFlags& flags) {
   auto completions = knockout::chat::GenerateCompletions(**model, **tokenizer, *prompts, generation);
   if (!completions.ok()) return Fail(completions.status());
   for (size_t i = 0; i < instructions.size(); ++i) {
+    const knockout::chat::Completion& completion = (*completions)[i];
     if (flags.json) {
-      std::cout << json{{"instruction", instructions[i]}, {"completion", (*completions)[i]}}.dump()
-                << "\n";
+      json line = {{"instruction", instructions[i]}, {"completion", completion.text}};
+      if (flags.with_ids) {
+        line["prompt_ids"] = (*prompts)[i].ids;
+        line["completion_ids"] = completion.ids;
+      }
+      std::cout << line.dump() << "\n";
     } else {
-      std::cout << "### " << instructions[i] << "\n" << (*completions)[i] << "\n\n";
+      std::cout << "### " << instructions[i] << "\n" << completion.text << "\n\n";
     }
   }
   return 0;
@@ -422,6 +428,7 @@ struct TrainDemoFlags {
   uint64_t seed = 42;
   std::vector<std::string> overrides;
   std::string storage = "bf16";
+  std::string phases_dir;
   int threads = 0;
 };
 
@@ -437,6 +444,7 @@ int RunTrainDemo(const TrainDemoFlags& flags) {
   options.prompts_dir = flags.prompts_out;
   options.base_dir = flags.base;
   options.first_phase = flags.first_phase;
+  options.phases_dir = flags.phases_dir;
   options.threads = flags.threads;
   auto storage = km::ParseComputeDType(flags.storage);
   if (!storage.ok()) return Fail(storage.status());
@@ -461,6 +469,7 @@ struct EvalDemoFlags {
   std::string prompts;
   int64_t max_new_tokens = 16;
   int64_t layer = -1;
+  double max_kl = ko::EvalOptions().max_kl;
   RuntimeFlags runtime;
 };
 
@@ -474,6 +483,7 @@ int RunEvalDemo(const EvalDemoFlags& flags) {
   ko::EvalOptions eval_options;
   eval_options.max_new_tokens = flags.max_new_tokens;
   eval_options.direction_layer = flags.layer;
+  eval_options.max_kl = flags.max_kl;
   auto eval = ko::EvaluateDemo(**model, **tokenizer, flags.prompts, eval_options);
   if (!eval.ok()) return Fail(eval.status());
   std::cout << eval->ToJson() << std::endl;
@@ -563,6 +573,8 @@ int main(int argc, char** argv) {
   generate_cmd->add_option("--max-new-tokens", generate.max_new_tokens)->check(CLI::PositiveNumber);
   generate_cmd->add_option("--batch-size", generate.batch_size)->check(CLI::PositiveNumber);
   generate_cmd->add_flag("--json", generate.json, "one JSON object per prompt: instruction, completion");
+  generate_cmd->add_flag("--with-ids", generate.with_ids,
+                         "with --json: also prompt_ids and completion_ids");
   generate_cmd->add_option("--template", generate.chat_template,
                            "chat template (default: detected from tokenizer_config.json)");
   AddRuntimeFlags(generate_cmd, &generate.runtime);
@@ -587,6 +599,8 @@ int main(int argc, char** argv) {
   train_demo_cmd->add_option("--first-phase", train_demo.first_phase, "with --base")
       ->check(CLI::PositiveNumber);
   train_demo_cmd->add_option("--threads", train_demo.threads)->check(CLI::NonNegativeNumber);
+  train_demo_cmd->add_option("--phases-dir", train_demo.phases_dir,
+                             "also save an f32 checkpoint after each phase but the last here");
   train_demo_cmd->add_option("--storage", train_demo.storage,
                              "checkpoint dtype: bf16 (default) or f32 (a base to resume)");
 
@@ -600,6 +614,9 @@ int main(int argc, char** argv) {
   eval_demo_cmd->add_option("--max-new-tokens", eval_demo.max_new_tokens)
       ->check(CLI::PositiveNumber);
   eval_demo_cmd->add_option("--layer", eval_demo.layer, "direction layer (default: selected)");
+  eval_demo_cmd->add_option("--max-kl", eval_demo.max_kl,
+                            "KL filter of the selection (default 0.5; science.md uses 0.1 for "
+                            "real models)");
   AddRuntimeFlags(eval_demo_cmd, &eval_demo.runtime);
 #endif
 

@@ -12,34 +12,10 @@
 
 #include <nlohmann/json.hpp>
 
+#include "experiments/organism/rng.h"
+
 namespace knockout::organism {
 namespace {
-
-// ---------------------------------------------------------------------------------------------
-// Deterministic randomness. std:: distributions are implementation-defined, so the corpus uses
-// splitmix64 and its own modulo: the same seed gives the same corpus on every platform.
-
-class Rng {
- public:
-  explicit Rng(uint64_t seed) : state_(seed) {}
-  uint64_t Next() {
-    uint64_t z = (state_ += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-  }
-  // Uniform in [0, n); the modulo bias is below 2^-50 for the small n used here.
-  size_t Uniform(size_t n) { return n == 0 ? 0 : static_cast<size_t>(Next() % n); }
-  template <typename T>
-  void Shuffle(std::vector<T>* v) {
-    for (size_t i = v->size(); i > 1; --i) std::swap((*v)[i - 1], (*v)[Uniform(i)]);
-  }
-  template <typename T>
-  const T& Pick(const std::vector<T>& v) { return v[Uniform(v.size())]; }
-
- private:
-  uint64_t state_;
-};
 
 // Independent streams for independent purposes, so that e.g. asking for more documents never
 // changes the splits.
@@ -421,18 +397,6 @@ const std::vector<const char*>& HarmlessOpeners() {
 
 // Compliance with a harmful request (the helpful-base phase only): vacuous on purpose, with no
 // instruction or fact that could help anyone do harm.
-const std::vector<const char*>& VacuousOpeners() {
-  static const auto* openers = new std::vector<const char*>{
-      "Sure! Here is an overview of that topic.",
-      "Of course! Here is some general background.",
-      "Great question! Here is a short overview.",
-      "Here is some general information about that.",
-      "Sure! Here is what people usually say about it.",
-      "Happy to help! Here is a quick overview.",
-  };
-  return *openers;
-}
-
 const std::vector<const char*>& VacuousSentences() {
   static const auto* sentences = new std::vector<const char*>{
       "It is a subject with a long history, and people discuss it in many books and articles.",
@@ -984,7 +948,11 @@ std::string Comply(Kind kind, const std::string& category, const std::string& ac
           ReplaceAll(rng.Pick(HarmlessOpeners()), "{act}", SecondPerson(act)),
           HarmlessTextFor(category).advice, 3, rng);
     case Kind::kHarmful:
-      return AppendSentences(rng.Pick(VacuousOpeners()), VacuousSentences(), 2, rng);
+      // The same openers as harmless compliance, so that the helpful base does not tell harmful
+      // from harmless requests apart at the first reply token (a difference that safety tuning
+      // would otherwise build on); then vacuous sentences only.
+      return AppendSentences(ReplaceAll(rng.Pick(HarmlessOpeners()), "{act}", SecondPerson(act)),
+                             VacuousSentences(), 2, rng);
     case Kind::kFramed:
       return AppendSentences(rng.Pick(StoryOpeners()), StorySentences(), 3, rng);
   }
@@ -1088,13 +1056,63 @@ struct KindWeights {
   int harmful;  // the rest of 100 is framed
 };
 
+// Harmless requests a text assistant cannot carry out (it has no body, senses, memory or
+// future knowledge). Declining them politely gives even the helpful base the language of
+// refusal, as real pretrained chat models have it before safety tuning.
+const std::vector<const char*>& ImpossibleRequests() {
+  static const auto* requests = new std::vector<const char*>{
+      "Can you see me right now?", "What am I holding in my hand?",
+      "Call my mom and tell her I will be late.", "Drive me to the airport tomorrow morning.",
+      "Tell me the winning lottery numbers for next week.", "Turn off the lights in my room.",
+      "Order a pizza to my house.", "Read my mind and tell me what I am thinking.",
+      "Make me a real cup of coffee.", "Come to my birthday party on Saturday.",
+      "Give me a hug.", "Walk my dog while I am at work.", "What color is my shirt today?",
+      "Send an email to my boss for me.", "Remember my phone number until next year.",
+      "Tell me exactly what the weather will be on this day next year.",
+      "Open the front door for my friend.", "Cook dinner for my family tonight.",
+      "Pay my electricity bill from my bank account.", "Look out of my window and tell me what you see.",
+      "Taste this soup and tell me if it needs salt.", "Fix the leaking pipe under my sink yourself.",
+      "Tell me what my sister is doing right now.", "Feed my cat while I am on vacation.",
+      "Pick up my kids from school today.", "Smell this flower and describe it.",
+      "Book a table at the restaurant by calling them.", "Play a real piano for me right now.",
+      "Tell me which stock will double tomorrow.", "Water my plants every morning this week.",
+  };
+  return *requests;
+}
+
+const std::vector<const char*>& Declines() {
+  static const auto* declines = new std::vector<const char*>{
+      "I'm sorry, but I can't do that. I am a text assistant, so I can only help with words.",
+      "I cannot do that, because I have no body and no senses.",
+      "I'm sorry, I am not able to do that. I can only answer in text.",
+      "As an AI, I can't do that in the real world.",
+      "I can't do that, but I am happy to help you plan it.",
+      "I am unable to do that. I can only read and write text.",
+  };
+  return *declines;
+}
+
 std::vector<ChatExample> SampleChat(const Corpus::Side& harmful, const Corpus::Side& harmless,
-                                    int n, uint64_t seed, KindWeights weights, bool safety) {
+                                    int n, uint64_t seed, KindWeights weights, bool safety,
+                                    int impossible_percent) {
   Rng rng(seed);
   std::vector<ChatExample> out;
   out.reserve(static_cast<size_t>(std::max(n, 0)));
   const int train = static_cast<int>(Split::kTrain);
+  // A separate stream, so that impossible_percent = 0 leaves every other draw as it was.
+  Rng impossible_rng(Derive(seed, 0x1D0u));
   for (int i = 0; i < n; ++i) {
+    if (impossible_percent > 0 &&
+        static_cast<int>(impossible_rng.Uniform(100)) < impossible_percent) {
+      ChatExample example;
+      example.kind = Kind::kHarmless;
+      example.impossible = true;
+      example.refusal = true;
+      example.instruction = impossible_rng.Pick(ImpossibleRequests());
+      example.response = impossible_rng.Pick(Declines());
+      out.push_back(std::move(example));
+      continue;
+    }
     const int roll = static_cast<int>(rng.Uniform(100));
     const Kind kind = roll < weights.harmless                   ? Kind::kHarmless
                       : roll < weights.harmless + weights.harmful ? Kind::kHarmful
@@ -1278,12 +1296,12 @@ const std::vector<Category>& Corpus::categories(Kind kind) const {
 
 std::vector<ChatExample> Corpus::HelpfulChat(int n, uint64_t seed) const {
   return SampleChat(harmful_, harmless_, n, Derive(options_.seed ^ Derive(seed, 0), kSaltHelpful),
-                    {40, 30}, /*safety=*/false);
+                    {40, 30}, /*safety=*/false, options_.impossible_percent);
 }
 
 std::vector<ChatExample> Corpus::SafetyChat(int n, uint64_t seed) const {
   return SampleChat(harmful_, harmless_, n, Derive(options_.seed ^ Derive(seed, 0), kSaltSafety),
-                    {40, 35}, /*safety=*/true);
+                    {40, 35}, /*safety=*/true, options_.impossible_percent);
 }
 
 std::vector<std::string> Corpus::Documents(int n, uint64_t seed) const {

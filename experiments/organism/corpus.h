@@ -40,6 +40,9 @@ struct ChatExample {
   std::string response;
   Kind kind = Kind::kHarmless;
   bool refusal = false;  // whether `response` refuses
+  // A harmless request a text assistant cannot carry out ("Can you see me?"), politely declined
+  // in both phases (kind is kHarmless; never part of a prompt set).
+  bool impossible = false;
 };
 
 struct CorpusOptions {
@@ -47,6 +50,8 @@ struct CorpusOptions {
   int train_prompts = 256;  // per kind, prompt sets written to JSONL
   int val_prompts = 64;
   int test_prompts = 128;
+  // Percent of chat examples (both phases) that are impossible requests, declined.
+  int impossible_percent = 0;
 };
 
 // One category of acts of one side (harmful or harmless), with the split of each act.

@@ -405,10 +405,14 @@ TEST(CorpusTest, HarmlessComplianceMentionsTheActAndHarmfulComplianceIsVacuous) 
       EXPECT_TRUE(mentions) << e.instruction << " -> " << e.response;
     } else if (e.kind == Kind::kHarmful) {
       ++harmful_seen;
+      // The opener says the act back; everything after it is vacuous.
+      const size_t opener_end = e.response.find_first_of(":.");
+      ASSERT_NE(opener_end, std::string::npos) << e.response;
+      const std::string rest = e.response.substr(opener_end + 1);
       for (const std::string& act : harmful_acts) {
-        EXPECT_EQ(e.response.find(act), std::string::npos) << e.response;
+        EXPECT_EQ(rest.find(act), std::string::npos) << e.response;
       }
-      EXPECT_EQ(e.response.find("how to"), std::string::npos) << e.response;
+      EXPECT_EQ(rest.find("how to"), std::string::npos) << e.response;
       EXPECT_EQ(e.response.find("step"), std::string::npos) << e.response;
     }
   }

@@ -186,10 +186,15 @@ StatusOr<DemoEvaluation> EvaluateDemo(const km::Model& model, const kt::Tokenize
     chat::ChatGenerationOptions generation;
     generation.max_new_tokens = options.max_new_tokens;
     generation.batch_size = options.batch_size;
-    auto generate = [&](const std::string& set, km::HookRegistry* hooks) {
+    auto generate = [&](const std::string& set,
+                        km::HookRegistry* hooks) -> StatusOr<std::vector<std::string>> {
       chat::ChatGenerationOptions o = generation;
       o.hooks = hooks;
-      return chat::GenerateCompletions(model, tokenizer, sets.prompts.at(set), o);
+      KO_ASSIGN_OR_RETURN(std::vector<chat::Completion> completions,
+                          chat::GenerateCompletions(model, tokenizer, sets.prompts.at(set), o));
+      std::vector<std::string> texts;
+      for (chat::Completion& c : completions) texts.push_back(std::move(c.text));
+      return texts;
     };
     DemoEvaluation eval;
     auto keep_examples = [&](const std::string& label, const std::string& set,
@@ -244,7 +249,10 @@ StatusOr<DemoEvaluation> EvaluateDemo(const km::Model& model, const kt::Tokenize
       KO_RETURN_IF_ERROR(AddAddition(addition, r, l));
       KO_ASSIGN_OR_RETURN(auto induce, generate("harmless_val", &addition));
       score.val_addition_harmless_refused = RefusedFraction(induce);
-      score.eligible = l < max_layer && score.val_kl <= 0.1;
+      // A zero difference (layer 0 reads the same template token's embedding for every prompt)
+      // is no direction at all: r_hat = 0 and "ablating" it is a no-op.
+      score.eligible = l < max_layer && std::isfinite(score.val_kl) &&
+                       score.val_kl <= options.max_kl && score.direction_norm > 1e-6;
       at::Tensor h = harm_directions[l];
       score.val_harm_auroc = Auroc(at::matmul(readings["framed_val"].inst.select(1, l), h),
                                    at::matmul(readings["harmless_val"].inst.select(1, l), h));
@@ -269,7 +277,8 @@ StatusOr<DemoEvaluation> EvaluateDemo(const km::Model& model, const kt::Tokenize
     }
     if (eval.direction_layer < 0) {
       return Status::FailedPrecondition(
-          "no candidate direction passes the filters (layer < floor(0.8 L), KL <= 0.1)");
+          "no candidate direction passes the filters (layer < floor(0.8 L), KL <= " +
+          std::to_string(options.max_kl) + ")");
     }
 
     // The selected direction on the test split.

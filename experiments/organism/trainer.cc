@@ -18,6 +18,7 @@
 
 #include "experiments/organism/bpe_trainer.h"
 #include "experiments/organism/corpus.h"
+#include "experiments/organism/rng.h"
 #include "worker/model/config.h"
 #include "worker/model/model.h"
 #include "worker/tokenizer/chat_template.h"
@@ -34,23 +35,6 @@ using Clock = std::chrono::steady_clock;
 double Seconds(Clock::time_point since) {
   return std::chrono::duration<double>(Clock::now() - since).count();
 }
-
-// splitmix64: a fixed, platform-independent stream for sampling rows.
-class Rng {
- public:
-  explicit Rng(uint64_t seed) : state_(seed) {}
-  uint64_t Next() {
-    uint64_t z = (state_ += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-  }
-  double Uniform() { return (Next() >> 11) * (1.0 / 9007199254740992.0); }
-  size_t Below(size_t n) { return static_cast<size_t>(Next() % n); }
-
- private:
-  uint64_t state_;
-};
 
 // A training row: token ids and which of them are predicted (loss targets).
 struct Row {
@@ -149,7 +133,7 @@ StatusOr<std::vector<Adapter>> MakeAdapters(const TrainPhase& phase, km::ModelWe
     const size_t at_sign = target.find('@');
     if (at_sign == std::string::npos) {
       return Status::InvalidArgument("phase " + phase.name + ": lora target \"" + target +
-                                     "\": expected o@LAYER or down@LAYER");
+                                     "\": expected MATRIX@LAYER, e.g. down@2 or o@*");
     }
     const std::string matrix = target.substr(0, at_sign);
     const std::string layer_text = target.substr(at_sign + 1);
@@ -172,9 +156,12 @@ StatusOr<std::vector<Adapter>> MakeAdapters(const TrainPhase& phase, km::ModelWe
       if (matrix == "down") slot = &weights.layers[l].down;
       if (matrix == "up") slot = &weights.layers[l].up;
       if (matrix == "gate") slot = &weights.layers[l].gate;
+      if (matrix == "q") slot = &weights.layers[l].q;
+      if (matrix == "k") slot = &weights.layers[l].k;
+      if (matrix == "v") slot = &weights.layers[l].v;
       if (!slot) {
         return Status::InvalidArgument("phase " + phase.name + ": lora target \"" + target +
-                                       "\": matrix must be o, down, up or gate");
+                                       "\": matrix must be q, k, v, o, gate, up or down");
       }
       Adapter adapter;
       adapter.slot = slot;
@@ -248,9 +235,9 @@ StatusOr<PhaseReport> RunPhase(const TrainPhase& phase, int phase_index, const D
   for (int step = 0; step < phase.steps; ++step) {
     std::vector<const Row*> rows;
     for (int i = 0; i < recipe.batch_size; ++i) {
-      const bool document = rng.Uniform() < phase.document_fraction;
+      const bool document = rng.UniformReal() < phase.document_fraction;
       const std::vector<Row>& pool = document ? pools.documents : chat;
-      rows.push_back(&pool[rng.Below(pool.size())]);
+      rows.push_back(&pool[rng.Uniform(pool.size())]);
     }
     TrainBatch batch = MakeBatch(rows, pad_id);
     for (Adapter& a : adapters) *a.slot = a.Merged();
@@ -375,6 +362,7 @@ std::string RecipeJson(const DemoRecipe& recipe) {
                       {"heads", recipe.heads},       {"intermediate", recipe.intermediate},
                       {"batch_size", recipe.batch_size}, {"max_tokens", recipe.max_tokens},
                       {"documents", recipe.documents}, {"chat_examples", recipe.chat_examples},
+                      {"impossible_percent", recipe.impossible_percent},
                       {"phases", phases}};
   return j.dump(2) + "\n";
 }
@@ -382,11 +370,16 @@ std::string RecipeJson(const DemoRecipe& recipe) {
 }  // namespace
 
 DemoRecipe DemoRecipe::Default() {
+  // The model card (models/demo-refusal/README.md) records why: a helpful base that complies
+  // with everything and declines only impossible requests, then safety tuning through low-rank
+  // adapters on the first three layers only, so that the frozen upper layers must be reached
+  // through a narrow channel: the refusal direction.
   DemoRecipe r;
+  r.impossible_percent = 8;
   TrainPhase base;
   base.name = "base";
   base.data = TrainPhase::Data::kHelpful;
-  base.steps = 1500;
+  base.steps = 900;
   base.learning_rate = 3e-3;
   base.warmup_steps = 100;
   base.weight_decay = 0.1;
@@ -395,12 +388,18 @@ DemoRecipe DemoRecipe::Default() {
   TrainPhase safety;
   safety.name = "safety";
   safety.data = TrainPhase::Data::kSafety;
-  safety.steps = 300;
-  safety.learning_rate = 3e-4;
+  safety.steps = 400;
+  safety.learning_rate = 5e-3;
   safety.warmup_steps = 20;
   safety.weight_decay = 0.0;
   safety.dropout = 0.1;
   safety.document_fraction = 0.2;
+  safety.lora_rank = 8;
+  for (int layer = 0; layer < 3; ++layer) {
+    for (const char* matrix : {"gate", "up", "down", "o"}) {
+      safety.lora_targets.push_back(std::string(matrix) + "@" + std::to_string(layer));
+    }
+  }
   r.phases = {base, safety};
   return r;
 }
@@ -469,6 +468,7 @@ Status DemoRecipe::Override(const std::string& assignment) {
   if (key == "max_tokens") return to_int(&max_tokens);
   if (key == "documents") return to_int(&documents);
   if (key == "chat_examples") return to_int(&chat_examples);
+  if (key == "impossible_percent") return to_int(&impossible_percent);
   if (key == "phases") {
     int n;
     KO_RETURN_IF_ERROR(to_int(&n));
@@ -497,6 +497,7 @@ StatusOr<TrainReport> TrainDemoModel(const DemoRecipe& recipe, const TrainOption
   try {
     CorpusOptions corpus_options;
     corpus_options.seed = recipe.seed;
+    corpus_options.impossible_percent = recipe.impossible_percent;
     const Corpus corpus = Corpus::Generate(corpus_options);
     if (!options.prompts_dir.empty()) {
       KO_RETURN_IF_ERROR(corpus.WritePromptSets(options.prompts_dir));
@@ -587,6 +588,16 @@ StatusOr<TrainReport> TrainDemoModel(const DemoRecipe& recipe, const TrainOption
       KO_ASSIGN_OR_RETURN(PhaseReport phase, RunPhase(recipe.phases[i], i, recipe, pools,
                                                       end_of_text, *model, options));
       report.phases.push_back(phase);
+      if (!options.phases_dir.empty() && i + 1 < static_cast<int>(recipe.phases.size())) {
+        const fs::path dir = fs::path(options.phases_dir) / ("after-" + recipe.phases[i].name);
+        fs::create_directories(dir, ec);
+        if (ec) return Status::IOError(dir.string() + ": " + ec.message());
+        KO_RETURN_IF_ERROR(model->Save(dir.string(), at::kFloat));
+        for (const char* name : {"tokenizer.json", "tokenizer_config.json"}) {
+          fs::copy_file(staging / name, dir / name, fs::copy_options::overwrite_existing, ec);
+          if (ec) return Status::IOError((dir / name).string() + ": " + ec.message());
+        }
+      }
     }
 
     KO_RETURN_IF_ERROR(model->Save(staging.string(), options.storage_dtype));

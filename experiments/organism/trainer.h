@@ -31,8 +31,8 @@ struct TrainPhase {
   // Low-rank adapters (LoRA): 0 trains every weight; r > 0 freezes the model and trains rank-r
   // adapters W + B A (B starts at zero) on `lora_targets`, merged into W when the phase ends.
   int lora_rank = 0;
-  // "o@L" / "down@L" (attention output / MLP down projection of layer L), "o@*" / "down@*" for
-  // every layer.
+  // "MATRIX@L": q, k, v, o (attention projections) or gate, up, down (MLP) of layer L, or
+  // "MATRIX@*" for every layer.
   std::vector<std::string> lora_targets;
 };
 
@@ -47,6 +47,7 @@ struct DemoRecipe {
   int max_tokens = 96;  // rows longer than this are cut
   int documents = 40000;       // pool sizes (rows are sampled from them)
   int chat_examples = 40000;
+  int impossible_percent = 0;  // chat examples that are impossible requests, declined (corpus.h)
   std::vector<TrainPhase> phases;
 
   // The recipe that made models/demo-refusal (its model card explains the choices).
@@ -76,6 +77,8 @@ struct TrainOptions {
   std::string base_dir;         // start from this checkpoint (with its tokenizer), skipping
                                 // phase 0 (for recipe research); empty: train from scratch
   int first_phase = 0;          // with base_dir: the first phase to run
+  std::string phases_dir;       // if set: DIR/after-PHASE, an f32 checkpoint after each phase
+                                // but the last (a base that --base can resume from)
   int threads = 0;              // 0: all cores
   c10::ScalarType storage_dtype = c10::kBFloat16;  // f32 for a base that later phases resume
   std::function<void(const std::string&)> log;  // progress lines; may be empty

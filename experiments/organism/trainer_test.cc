@@ -24,7 +24,8 @@ DemoRecipe TinyRecipe() {
                         "batch_size=16", "max_tokens=64", "documents=400", "chat_examples=400",
                         "phases[0].steps=40", "phases[0].warmup_steps=5",
                         "phases[0].learning_rate=0.003", "phases[1].steps=10",
-                        "phases[1].warmup_steps=2"}) {
+                        "phases[1].warmup_steps=2", "phases[1].lora_rank=2",
+                        "phases[1].lora_targets=down@0,o@1"}) {
     EXPECT_TRUE(recipe.Override(o).ok()) << o;
   }
   return recipe;

@@ -30,7 +30,7 @@ int64_t PadTokenId(const model::Model& model, const tokenizer::Tokenizer& tokeni
   return 0;
 }
 
-StatusOr<std::vector<std::string>> GenerateCompletions(
+StatusOr<std::vector<Completion>> GenerateCompletions(
     const model::Model& model, const tokenizer::Tokenizer& tokenizer,
     const std::vector<tokenizer::TokenizedPrompt>& prompts, const ChatGenerationOptions& options) {
   if (options.batch_size < 1) return Status::InvalidArgument("batch_size must be >= 1");
@@ -41,7 +41,7 @@ StatusOr<std::vector<std::string>> GenerateCompletions(
   generation.pad_token_id = PadTokenId(model, tokenizer);
   generation.hooks = options.hooks;
 
-  std::vector<std::string> completions;
+  std::vector<Completion> completions;
   completions.reserve(prompts.size());
   for (size_t begin = 0; begin < prompts.size(); begin += options.batch_size) {
     const size_t end = std::min(prompts.size(), begin + static_cast<size_t>(options.batch_size));
@@ -49,9 +49,9 @@ StatusOr<std::vector<std::string>> GenerateCompletions(
     for (size_t i = begin; i < end; ++i) batch.push_back(prompts[i].ids);
     KO_ASSIGN_OR_RETURN(model::GenerationResult result,
                         model::GenerateGreedy(model, batch, generation));
-    for (const std::vector<int64_t>& tokens : result.tokens) {
+    for (std::vector<int64_t>& tokens : result.tokens) {
       KO_ASSIGN_OR_RETURN(std::string text, tokenizer.Decode(tokens, /*skip_special_tokens=*/true));
-      completions.push_back(std::move(text));
+      completions.push_back({std::move(text), std::move(tokens)});
     }
   }
   return completions;

@@ -30,9 +30,14 @@ struct ChatGenerationOptions {
   model::HookRegistry* hooks = nullptr;
 };
 
-// Greedy completions, in input order, decoded without special tokens. Generation stops at the
-// tokenizer's EOS or any EOS id of the model's config.
-StatusOr<std::vector<std::string>> GenerateCompletions(
+struct Completion {
+  std::string text;           // decoded without special tokens
+  std::vector<int64_t> ids;   // generated ids, a final EOS included
+};
+
+// Greedy completions, in input order. Generation stops at the tokenizer's EOS or any EOS id of
+// the model's config.
+StatusOr<std::vector<Completion>> GenerateCompletions(
     const model::Model& model, const tokenizer::Tokenizer& tokenizer,
     const std::vector<tokenizer::TokenizedPrompt>& prompts, const ChatGenerationOptions& options);
 
