@@ -11,7 +11,6 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
-#include <map>
 #include <memory>
 #include <sstream>
 #include <thread>
@@ -252,7 +251,6 @@ StatusOr<PhaseReport> RunPhase(const TrainPhase& phase, int phase_index, const D
         at::Reduction::Mean, /*ignore_index=*/-100);
     optimizer.zero_grad();
     loss.backward();
-    at::Tensor norm = at::zeros({}, at::kDouble);
     // Clip the global gradient norm at 1 (stabilises the small-batch phases).
     double squared = 0;
     for (const at::Tensor& p : parameters) {
