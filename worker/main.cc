@@ -4,6 +4,10 @@
 //   knockout-worker models init-random --out DIR [sizes...]
 //   knockout-worker tokenize --tokenizer PATH (--text T | --file F) [--json] [--special]
 //                            [--chat [--template NAME|STRING] [--system S]]
+//   knockout-worker generate --model DIR (--prompt T | --prompts FILE) [--max-new-tokens N]
+//                            [--json [--with-ids]]
+//   knockout-worker train-demo --out DIR [--seed N] [--set KEY=VALUE ...] [--prompts-out DIR]
+//   knockout-worker eval-demo --model DIR --prompts DIR [--layer L] [--max-kl K]
 // Every failure prints one line naming the file, field or flag at fault and exits non-zero.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
