@@ -1,12 +1,7 @@
 #include "experiments/organism/bpe_trainer.h"
 
-#include <fcntl.h>
-#include <unistd.h>
-
 #include <algorithm>
 #include <array>
-#include <cerrno>
-#include <cstring>
 #include <filesystem>
 #include <queue>
 #include <string_view>
@@ -16,6 +11,8 @@
 #include <unordered_set>
 
 #include <nlohmann/json.hpp>
+
+#include "common/atomic_file.h"
 
 namespace knockout::organism {
 namespace {
@@ -400,41 +397,6 @@ StatusOr<std::vector<Word>> CountWords(const std::vector<std::string>& texts,
   return words;
 }
 
-// Writes `contents` to `path` through a temporary file in the same directory, so that readers
-// see either the old file or the complete new one.
-Status WriteFileAtomically(const std::filesystem::path& path, const std::string& contents) {
-  const std::string target = path.string();
-  const std::string temp = target + ".tmp." + std::to_string(::getpid());
-  auto fail = [&](const std::string& what) {
-    const std::string reason = std::strerror(errno);
-    ::unlink(temp.c_str());
-    return Status::IOError(target + ": " + what + ": " + reason);
-  };
-  const int fd = ::open(temp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd < 0) {
-    return Status::IOError(target + ": cannot create " + temp + ": " + std::strerror(errno));
-  }
-  size_t done = 0;
-  while (done < contents.size()) {
-    const ssize_t n = ::write(fd, contents.data() + done, contents.size() - done);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      const Status s = fail("write failed");
-      ::close(fd);
-      return s;
-    }
-    done += static_cast<size_t>(n);
-  }
-  if (::fsync(fd) != 0) {
-    const Status s = fail("fsync failed");
-    ::close(fd);
-    return s;
-  }
-  if (::close(fd) != 0) return fail("close failed");
-  if (::rename(temp.c_str(), target.c_str()) != 0) return fail("rename failed");
-  return Status::Ok();
-}
-
 OrderedJson ByteLevelComponent() {
   return OrderedJson{{"type", "ByteLevel"},
                      {"add_prefix_space", false},
@@ -661,9 +623,10 @@ Status WriteTokenizerFiles(const TrainedBpe& bpe, const std::string& dir) {
   std::error_code ec;
   fs::create_directories(dir, ec);
   if (ec) return Status::IOError(dir + ": cannot create the directory: " + ec.message());
-  KO_RETURN_IF_ERROR(WriteFileAtomically(fs::path(dir) / "tokenizer.json", bpe.TokenizerJson()));
+  KO_RETURN_IF_ERROR(WriteFileAtomically((fs::path(dir) / "tokenizer.json").string(), bpe.TokenizerJson()));
   KO_RETURN_IF_ERROR(
-      WriteFileAtomically(fs::path(dir) / "tokenizer_config.json", bpe.TokenizerConfigJson()));
+      WriteFileAtomically((fs::path(dir) / "tokenizer_config.json").string(),
+                          bpe.TokenizerConfigJson()));
   return Status::Ok();
 }
 

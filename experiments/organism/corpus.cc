@@ -2,9 +2,6 @@
 
 #include <algorithm>
 #include <cctype>
-#include <cerrno>
-#include <cstdio>
-#include <cstring>
 #include <filesystem>
 #include <set>
 #include <tuple>
@@ -12,6 +9,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "common/atomic_file.h"
 #include "experiments/organism/rng.h"
 
 namespace knockout::organism {
@@ -1384,7 +1382,6 @@ Status Corpus::WritePromptSets(const std::string& dir) const {
     for (Split split : {Split::kTrain, Split::kVal, Split::kTest}) {
       const std::string path =
           dir + "/" + KindName(kind) + "_" + SplitName(split) + ".jsonl";
-      const std::string tmp = path + ".tmp";
       std::string text;
       for (const Request& request : requests(kind, split)) {
         nlohmann::json record = {{"instruction", request.instruction},
@@ -1392,23 +1389,7 @@ Status Corpus::WritePromptSets(const std::string& dir) const {
         text += record.dump();
         text += '\n';
       }
-      std::FILE* file = std::fopen(tmp.c_str(), "wb");
-      if (file == nullptr) {
-        return Status::IOError(tmp + ": cannot open for writing: " + std::strerror(errno));
-      }
-      const bool written = std::fwrite(text.data(), 1, text.size(), file) == text.size();
-      const int write_errno = errno;
-      const bool closed = std::fclose(file) == 0;
-      if (!written || !closed) {
-        const int err = !written ? write_errno : errno;
-        std::remove(tmp.c_str());
-        return Status::IOError(tmp + ": write failed: " + std::strerror(err));
-      }
-      if (std::rename(tmp.c_str(), path.c_str()) != 0) {
-        const int err = errno;
-        std::remove(tmp.c_str());
-        return Status::IOError(path + ": cannot rename from " + tmp + ": " + std::strerror(err));
-      }
+      KO_RETURN_IF_ERROR(WriteFileAtomically(path, text));
     }
   }
   return Status::Ok();

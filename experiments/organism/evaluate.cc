@@ -49,20 +49,22 @@ StatusOr<Readings> Read(const km::Model& model, const Prompts& prompts, int64_t 
     request.logits = km::ForwardRequest::Logits::kNone;
     request.hooks = &hooks;
     KO_RETURN_IF_ERROR(model.Forward(request).status());
-    std::vector<at::Tensor> per_layer;
-    for (int64_t l = 0; l < n_layers; ++l) {
-      KO_ASSIGN_OR_RETURN(at::Tensor x, hooks.Cached(km::HookPoint::ResidPre(l).Name()));
-      per_layer.push_back(x.to(at::kDouble));
-    }
-    at::Tensor stacked = at::stack(per_layer, 2);  // [B, T, L, d]
-    const int64_t width = stacked.size(1);
+    // Only two positions per row are read: gather them before widening to float64.
+    const int64_t width = batch.input_ids.size(1);
     std::vector<int64_t> inst_index;
     for (size_t i = begin; i < end; ++i) {
       inst_index.push_back(width - prompts[i].size() + prompts[i].inst_last());
     }
-    last.push_back(stacked.select(1, width - 1));
-    at::Tensor index = at::tensor(inst_index, at::kLong).to(stacked.device());
-    inst.push_back(stacked.index({at::arange(stacked.size(0), index.options()), index}));
+    const at::Tensor index = at::tensor(inst_index, at::kLong).to(model.device());
+    const at::Tensor rows = at::arange(index.size(0), index.options());
+    std::vector<at::Tensor> last_per_layer, inst_per_layer;
+    for (int64_t l = 0; l < n_layers; ++l) {
+      KO_ASSIGN_OR_RETURN(at::Tensor x, hooks.Cached(km::HookPoint::ResidPre(l).Name()));
+      last_per_layer.push_back(x.select(1, width - 1).to(at::kDouble));
+      inst_per_layer.push_back(x.index({rows, index}).to(at::kDouble));
+    }
+    last.push_back(at::stack(last_per_layer, 1));  // [B, L, d]
+    inst.push_back(at::stack(inst_per_layer, 1));
   }
   return Readings{at::cat(last, 0).cpu(), at::cat(inst, 0).cpu()};
 }

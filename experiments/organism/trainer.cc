@@ -10,11 +10,11 @@
 #include <chrono>
 #include <cmath>
 #include <filesystem>
-#include <fstream>
 #include <memory>
 #include <sstream>
 #include <thread>
 
+#include "common/atomic_file.h"
 #include "experiments/organism/bpe_trainer.h"
 #include "experiments/organism/corpus.h"
 #include "experiments/organism/rng.h"
@@ -325,22 +325,6 @@ StatusOr<km::ModelConfig> DemoConfig(const DemoRecipe& recipe, const kt::Tokeniz
   return km::ParseModelConfig(config.dump(), "demo recipe");
 }
 
-Status WriteAtomically(const std::string& path, const std::string& text) {
-  const std::string tmp = path + ".tmp";
-  std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-  out << text;
-  if (!out.flush()) {
-    std::remove(tmp.c_str());
-    return Status::IOError(tmp + ": write failed");
-  }
-  out.close();
-  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
-    std::remove(tmp.c_str());
-    return Status::IOError(path + ": rename failed");
-  }
-  return Status::Ok();
-}
-
 std::string RecipeJson(const DemoRecipe& recipe) {
   nlohmann::json phases = nlohmann::json::array();
   for (const TrainPhase& p : recipe.phases) {
@@ -599,7 +583,8 @@ StatusOr<TrainReport> TrainDemoModel(const DemoRecipe& recipe, const TrainOption
     }
 
     KO_RETURN_IF_ERROR(model->Save(staging.string(), options.storage_dtype));
-    KO_RETURN_IF_ERROR(WriteAtomically((staging / "recipe.json").string(), RecipeJson(recipe)));
+    KO_RETURN_IF_ERROR(
+        WriteFileAtomically((staging / "recipe.json").string(), RecipeJson(recipe)));
     report.checkpoint_bytes = fs::file_size(staging / "model.safetensors", ec);
     // Files move one by one (each rename atomic), the weights last; other files in the output
     // directory (the model card) stay.

@@ -7,10 +7,10 @@
 
 #include <algorithm>
 #include <cstring>
-#include <fstream>
 #include <map>
 #include <set>
 
+#include "common/atomic_file.h"
 #include "worker/model/checkpoint_files.h"
 #include "worker/model/model.h"
 #include "worker/model/safetensors.h"
@@ -181,20 +181,7 @@ Status Model::Save(const std::string& dir, c10::ScalarType storage_dtype) const 
 
   ModelConfig config = config_;
   config.torch_dtype = dtype_name;
-  const std::string path = dir + "/config.json";
-  const std::string tmp = path + ".tmp";
-  {
-    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-    out << ModelConfigToJson(config);
-    if (!out.flush()) {
-      std::remove(tmp.c_str());
-      return Status::IOError(tmp + ": write failed");
-    }
-  }
-  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
-    std::remove(tmp.c_str());
-    return Status::IOError(path + ": rename failed: " + std::strerror(errno));
-  }
+  KO_RETURN_IF_ERROR(WriteFileAtomically(dir + "/config.json", ModelConfigToJson(config)));
   return Status::Ok();
 }
 
