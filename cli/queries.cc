@@ -1,0 +1,823 @@
+#include "cli/queries.h"
+
+#include <algorithm>
+#include <cctype>
+#include <cerrno>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <ctime>
+#include <deque>
+#include <map>
+#include <optional>
+#include <set>
+#include <utility>
+
+#include <nlohmann/json.hpp>
+
+#include "experiments/compensation.h"
+#include "worker/model/safetensors.h"
+
+namespace knockout::cli {
+namespace {
+
+using experiments::SweepStore;
+using Json = nlohmann::ordered_json;
+
+// ------------------------------------------------------------------------------------------
+// Tables: what every query builds before it is rendered in one of the output formats.
+
+struct Cell {
+  enum class Kind { kEmpty, kText, kInteger, kNumber, kBool };
+  Kind kind = Kind::kEmpty;
+  std::string text;
+  int64_t integer = 0;
+  double number = 0;
+  bool flag = false;
+  Json structured;  // jsonl: written instead of the text when set (e.g. a list of backups)
+
+  static Cell Empty() { return Cell(); }
+  static Cell Text(std::string value) {
+    Cell cell;
+    cell.kind = Kind::kText;
+    cell.text = std::move(value);
+    return cell;
+  }
+  static Cell Integer(int64_t value) {
+    Cell cell;
+    cell.kind = Kind::kInteger;
+    cell.integer = value;
+    return cell;
+  }
+  static Cell Number(double value) {
+    Cell cell;
+    cell.kind = Kind::kNumber;
+    cell.number = value;
+    return cell;
+  }
+  static Cell Bool(bool value) {
+    Cell cell;
+    cell.kind = Kind::kBool;
+    cell.flag = value;
+    return cell;
+  }
+  bool numeric() const { return kind == Kind::kInteger || kind == Kind::kNumber; }
+};
+
+struct Table {
+  std::string name;   // what a row is, for jsonl's "table" key: results, candidates, ...
+  std::string title;  // the heading in table format
+  std::vector<std::string> columns;
+  std::vector<std::vector<Cell>> rows;
+
+  int Column(const std::string& column) const {
+    const auto it = std::find(columns.begin(), columns.end(), column);
+    return it == columns.end() ? -1 : static_cast<int>(it - columns.begin());
+  }
+};
+
+std::string FormatDouble(double value, int significant) {
+  if (value == 0) value = 0;  // "-0" (e.g. 0 / -x) reads as a sign that is not there
+  if (std::isnan(value)) return "NaN";
+  if (std::isinf(value)) return value > 0 ? "inf" : "-inf";
+  char buffer[40];
+  std::snprintf(buffer, sizeof(buffer), "%.*g", significant, value);
+  return buffer;
+}
+
+// The shortest decimal text that reads back as exactly `value`.
+std::string FormatDoubleExact(double value) {
+  if (!std::isfinite(value)) return FormatDouble(value, 17);
+  for (int digits = 1; digits < 17; ++digits) {
+    std::string text = FormatDouble(value, digits);
+    if (std::strtod(text.c_str(), nullptr) == value) return text;
+  }
+  return FormatDouble(value, 17);
+}
+
+// Table format shows 4 significant digits; machine formats keep every bit.
+std::string CellText(const Cell& cell, bool exact) {
+  switch (cell.kind) {
+    case Cell::Kind::kEmpty: return "";
+    case Cell::Kind::kText: return cell.text;
+    case Cell::Kind::kInteger: return std::to_string(cell.integer);
+    case Cell::Kind::kNumber: return exact ? FormatDoubleExact(cell.number) : FormatDouble(cell.number, 4);
+    case Cell::Kind::kBool: return cell.flag ? "true" : "false";
+  }
+  return "";
+}
+
+Json CellJson(const Cell& cell) {
+  if (!cell.structured.is_null()) return cell.structured;
+  switch (cell.kind) {
+    case Cell::Kind::kEmpty: return nullptr;
+    case Cell::Kind::kText: return cell.text;
+    case Cell::Kind::kInteger: return cell.integer;
+    case Cell::Kind::kNumber:
+      if (!std::isfinite(cell.number)) return nullptr;
+      return cell.number;
+    case Cell::Kind::kBool: return cell.flag;
+  }
+  return nullptr;
+}
+
+// UTF-8 code points, for column widths.
+size_t DisplayWidth(const std::string& text) {
+  size_t width = 0;
+  for (unsigned char c : text) width += (c & 0xC0) != 0x80;
+  return width;
+}
+
+// One line, at most kMaxCell code points: control characters escaped, long text cut (the
+// machine formats keep it whole).
+constexpr size_t kMaxCell = 120;
+std::string DisplayText(const std::string& text) {
+  std::string out;
+  size_t width = 0;
+  for (size_t i = 0; i < text.size(); ++i) {
+    const unsigned char c = static_cast<unsigned char>(text[i]);
+    if ((c & 0xC0) != 0x80) {
+      if (width == kMaxCell - 3 && DisplayWidth(text.substr(i)) > 3) return out + "...";
+      ++width;
+    }
+    if (c == '\n') {
+      out += "\\n";
+    } else if (c == '\t') {
+      out += "\\t";
+    } else if (c == '\r') {
+      out += "\\r";
+    } else {
+      out.push_back(static_cast<char>(c));
+    }
+  }
+  return out;
+}
+
+void RenderAligned(const Table& table, std::ostream& out, const std::string& indent) {
+  std::vector<std::vector<std::string>> lines;
+  lines.push_back(table.columns);
+  for (const auto& row : table.rows) {
+    std::vector<std::string> line;
+    for (const Cell& cell : row) line.push_back(DisplayText(CellText(cell, /*exact=*/false)));
+    lines.push_back(std::move(line));
+  }
+  std::vector<size_t> widths(table.columns.size(), 0);
+  for (const auto& line : lines) {
+    for (size_t i = 0; i < line.size(); ++i) widths[i] = std::max(widths[i], DisplayWidth(line[i]));
+  }
+  for (size_t r = 0; r < lines.size(); ++r) {
+    std::string text = indent;
+    for (size_t i = 0; i < lines[r].size(); ++i) {
+      const std::string& value = lines[r][i];
+      const std::string pad(widths[i] - DisplayWidth(value), ' ');
+      const bool right = r > 0 && table.rows[r - 1][i].numeric();
+      if (i > 0) text += "  ";
+      text += right ? pad + value : value + pad;
+    }
+    while (!text.empty() && text.back() == ' ') text.pop_back();
+    out << text << "\n";
+  }
+  if (table.rows.empty()) out << indent << "(no rows)\n";
+}
+
+std::string CsvField(const std::string& text) {
+  const bool quote = text.find_first_of(",\"\r\n") != std::string::npos ||
+                     (!text.empty() && (text.front() == ' ' || text.back() == ' '));
+  if (!quote) return text;
+  std::string out = "\"";
+  for (char c : text) {
+    if (c == '"') out.push_back('"');
+    out.push_back(c);
+  }
+  return out + "\"";
+}
+
+void RenderCsv(const Table& table, std::ostream& out) {
+  for (size_t i = 0; i < table.columns.size(); ++i) {
+    out << (i ? "," : "") << CsvField(table.columns[i]);
+  }
+  out << "\n";
+  for (const auto& row : table.rows) {
+    for (size_t i = 0; i < row.size(); ++i) {
+      out << (i ? "," : "") << CsvField(CellText(row[i], /*exact=*/true));
+    }
+    out << "\n";
+  }
+}
+
+void RenderJsonl(const Table& table, std::ostream& out) {
+  for (const auto& row : table.rows) {
+    Json object = Json::object();
+    object["table"] = table.name;
+    for (size_t i = 0; i < row.size(); ++i) object[table.columns[i]] = CellJson(row[i]);
+    // Replace, not throw, on invalid UTF-8 in stored text (a completion cut mid-character).
+    out << object.dump(-1, ' ', false, Json::error_handler_t::replace) << "\n";
+  }
+}
+
+void RenderTables(const std::vector<Table>& tables, OutputFormat format, std::ostream& out) {
+  for (size_t t = 0; t < tables.size(); ++t) {
+    switch (format) {
+      case OutputFormat::kTable:
+        if (t > 0) out << "\n";
+        out << "# " << tables[t].title << "\n";
+        RenderAligned(tables[t], out, "");
+        break;
+      case OutputFormat::kCsv:
+        if (t > 0) out << "\n";
+        RenderCsv(tables[t], out);
+        break;
+      case OutputFormat::kJsonl:
+        RenderJsonl(tables[t], out);
+        break;
+    }
+  }
+}
+
+// ------------------------------------------------------------------------------------------
+// --where filters
+
+struct Filter {
+  std::string text;  // as given, for messages
+  std::string field;
+  std::string value;
+};
+
+StatusOr<std::vector<Filter>> ParseFilters(const std::vector<std::string>& where) {
+  std::vector<Filter> filters;
+  for (const std::string& text : where) {
+    const size_t equals = text.find('=');
+    if (equals == std::string::npos || equals == 0) {
+      return Status::InvalidArgument("filter \"" + text + "\": expected FIELD=VALUE");
+    }
+    filters.push_back({text, text.substr(0, equals), text.substr(equals + 1)});
+  }
+  return filters;
+}
+
+bool ParseNumber(const std::string& text, double* value) {
+  if (text.empty() || std::isspace(static_cast<unsigned char>(text.front()))) return false;
+  char* end = nullptr;
+  errno = 0;
+  *value = std::strtod(text.c_str(), &end);
+  return end == text.c_str() + text.size() && errno != ERANGE;
+}
+
+bool CellMatches(const Cell& cell, const std::string& wanted) {
+  double wanted_number = 0;
+  const bool wanted_is_number = ParseNumber(wanted, &wanted_number);
+  double number = 0;
+  bool is_number = false;
+  switch (cell.kind) {
+    case Cell::Kind::kEmpty: return wanted.empty();
+    case Cell::Kind::kBool:
+      if (wanted == "true" || wanted == "false") return cell.flag == (wanted == "true");
+      return wanted_is_number && wanted_number == (cell.flag ? 1.0 : 0.0);
+    case Cell::Kind::kInteger:
+      number = static_cast<double>(cell.integer);
+      is_number = true;
+      break;
+    case Cell::Kind::kNumber:
+      number = cell.number;
+      is_number = true;
+      break;
+    case Cell::Kind::kText:
+      is_number = ParseNumber(cell.text, &number);
+      break;
+  }
+  if (is_number && wanted_is_number) {
+    const double scale = std::max({1.0, std::fabs(number), std::fabs(wanted_number)});
+    return std::fabs(number - wanted_number) <= 1e-9 * scale;
+  }
+  return CellText(cell, /*exact=*/true) == wanted;
+}
+
+// Keeps the rows that pass every filter; drops tables that lack a filtered column.
+// InvalidArgument for a field that no table has, listing the columns there are.
+Status ApplyFilters(const std::vector<Filter>& filters, std::vector<Table>* tables) {
+  if (filters.empty()) return Status::Ok();
+  std::vector<std::string> known;
+  for (const Table& table : *tables) {
+    for (const std::string& column : table.columns) {
+      if (std::find(known.begin(), known.end(), column) == known.end()) known.push_back(column);
+    }
+  }
+  for (const Filter& filter : filters) {
+    if (std::find(known.begin(), known.end(), filter.field) != known.end()) continue;
+    std::string list;
+    for (const std::string& column : known) list += (list.empty() ? "" : ", ") + column;
+    return Status::InvalidArgument("filter \"" + filter.text + "\": unknown field \"" +
+                                   filter.field + "\"; fields: " +
+                                   (list.empty() ? "none (nothing to filter)" : list));
+  }
+  std::vector<Table> kept;
+  for (Table& table : *tables) {
+    std::vector<std::pair<int, const Filter*>> checks;
+    for (const Filter& filter : filters) checks.emplace_back(table.Column(filter.field), &filter);
+    if (std::any_of(checks.begin(), checks.end(), [](const auto& c) { return c.first < 0; })) {
+      continue;
+    }
+    std::vector<std::vector<Cell>> rows;
+    for (auto& row : table.rows) {
+      const bool pass = std::all_of(checks.begin(), checks.end(), [&](const auto& check) {
+        return CellMatches(row[check.first], check.second->value);
+      });
+      if (pass) rows.push_back(std::move(row));
+    }
+    table.rows = std::move(rows);
+    kept.push_back(std::move(table));
+  }
+  *tables = std::move(kept);
+  return Status::Ok();
+}
+
+// ------------------------------------------------------------------------------------------
+// Reading the store
+
+std::string StateName(v1::RunState state) {
+  switch (state) {
+    case v1::PENDING: return "pending";
+    case v1::RUNNING: return "running";
+    case v1::DONE: return "done";
+    case v1::FAILED: return "failed";
+    default: return "unknown";
+  }
+}
+
+std::string SpecStageKind(const v1::Stage& stage) {
+  switch (stage.kind_case()) {
+    case v1::Stage::kExtractDirections: return "extract_directions";
+    case v1::Stage::kSelectDirection: return "select_direction";
+    case v1::Stage::kKnockoutSweep: return "knockout_sweep";
+    case v1::Stage::kGenerate: return "generate";
+    case v1::Stage::kOrthogonalize: return "orthogonalize";
+    case v1::Stage::KIND_NOT_SET: break;
+  }
+  return "unknown";
+}
+
+std::string UtcTime(uint64_t unix_ms) {
+  const std::time_t seconds = static_cast<std::time_t>(unix_ms / 1000);
+  std::tm tm{};
+  if (gmtime_r(&seconds, &tm) == nullptr) return std::to_string(unix_ms) + " ms";
+  char buffer[32];
+  std::strftime(buffer, sizeof(buffer), "%Y-%m-%dT%H:%M:%SZ", &tm);
+  return buffer;
+}
+
+// The stages a query covers: every expanded stage, or the one named `name`.
+// InvalidArgument for an unknown name (listing the stages); FailedPrecondition for a stage of
+// the spec that has not been expanded yet.
+StatusOr<std::vector<v1::StageRecord>> SelectStages(const SweepStore& store,
+                                                    const std::string& sweep,
+                                                    const std::string& name) {
+  KO_ASSIGN_OR_RETURN(auto stages, store.ListStages(sweep));
+  if (name.empty()) return stages;
+  for (const v1::StageRecord& stage : stages) {
+    if (stage.name() == name) return std::vector<v1::StageRecord>{stage};
+  }
+  KO_ASSIGN_OR_RETURN(const v1::SweepRecord record, store.GetSweep(sweep));
+  std::vector<std::string> names;
+  for (const v1::StageRecord& stage : stages) names.push_back(stage.name());
+  for (const v1::Stage& stage : record.spec().stages()) {
+    if (stage.name() == name) {
+      return Status::FailedPrecondition("sweep " + sweep + ": stage \"" + name +
+                                        "\" has not started yet (no shards)");
+    }
+    if (std::find(names.begin(), names.end(), stage.name()) == names.end()) {
+      names.push_back(stage.name());
+    }
+  }
+  std::string list;
+  for (const std::string& stage : names) list += (list.empty() ? "" : ", ") + stage;
+  return Status::InvalidArgument("sweep " + sweep + " has no stage \"" + name + "\"; stages: " +
+                                 (list.empty() ? "none" : list));
+}
+
+// Trial index -> label, from the stage's shards (a trial may sit in several: same label).
+StatusOr<std::map<uint32_t, v1::TrialLabel>> TrialLabels(const SweepStore& store,
+                                                         const std::string& sweep,
+                                                         uint32_t stage) {
+  KO_ASSIGN_OR_RETURN(auto shards, store.ListShards(sweep, stage));
+  std::map<uint32_t, v1::TrialLabel> labels;
+  for (const v1::ShardRecord& shard : shards) {
+    for (const v1::Trial& trial : shard.shard().trials()) labels[trial.index()] = trial.label();
+  }
+  return labels;
+}
+
+template <typename Message>
+StatusOr<Message> ParseArtifact(const std::string& sweep, const std::string& name,
+                                const std::string& bytes) {
+  Message message;
+  if (!message.ParseFromString(bytes)) {
+    return Status::Corruption("sweep " + sweep + ": artifact '" + name + "' (" +
+                              std::to_string(bytes.size()) + " bytes) does not parse as " +
+                              message.GetTypeName());
+  }
+  return message;
+}
+
+// An artifact that may not exist yet (the stage has not finished): nullopt when NotFound.
+template <typename Message>
+StatusOr<std::optional<Message>> OptionalArtifact(const SweepStore& store,
+                                                  const std::string& sweep,
+                                                  const std::string& name) {
+  auto bytes = store.GetArtifact(sweep, name);
+  if (!bytes.ok()) {
+    if (bytes.status().code() == StatusCode::kNotFound) return std::optional<Message>();
+    return bytes.status();
+  }
+  KO_ASSIGN_OR_RETURN(Message message, ParseArtifact<Message>(sweep, name, *bytes));
+  return std::optional<Message>(std::move(message));
+}
+
+std::string Title(const v1::StageRecord& stage, const std::string& what) {
+  return stage.name() + " (" + stage.kind() + "): " + what;
+}
+
+// ------------------------------------------------------------------------------------------
+// Result tables by stage kind
+
+StatusOr<Table> ResultsTable(const SweepStore& store, const std::string& sweep,
+                             const v1::StageRecord& stage, bool per_prompt) {
+  KO_ASSIGN_OR_RETURN(auto rows, store.Rows(sweep, stage.index(), !per_prompt));
+  KO_ASSIGN_OR_RETURN(auto labels, TrialLabels(store, sweep, stage.index()));
+  rows.erase(std::remove_if(rows.begin(), rows.end(),
+                            [&](const v1::ResultRow& row) { return (row.prompt() >= 0) != per_prompt; }),
+             rows.end());
+  std::set<std::string> keys;
+  for (const v1::ResultRow& row : rows) {
+    for (const auto& [key, value] : row.values()) keys.insert(key);
+  }
+  Table table;
+  table.name = "results";
+  table.title = Title(stage, per_prompt ? "results per prompt" : "results (means over prompts)");
+  table.columns = {"stage",     "trial",       "unit_kind", "layer", "unit",      "ablation",
+                   "positions", "direction",   "coefficient", "role", "prompt_set"};
+  if (per_prompt) table.columns.push_back("prompt");
+  table.columns.insert(table.columns.end(), keys.begin(), keys.end());
+  for (const v1::ResultRow& row : rows) {
+    std::vector<Cell> cells = {Cell::Text(stage.name()), Cell::Integer(row.trial())};
+    const auto label = labels.find(row.trial());
+    if (label != labels.end()) {
+      const v1::TrialLabel& l = label->second;
+      cells.insert(cells.end(), {Cell::Text(l.unit_kind()), Cell::Integer(l.layer()),
+                                 Cell::Integer(l.unit()), Cell::Text(l.ablation()),
+                                 Cell::Text(l.positions()), Cell::Text(l.direction()),
+                                 Cell::Number(l.coefficient()), Cell::Text(l.role())});
+    } else {
+      cells.resize(cells.size() + 8);  // a row whose trial no shard lists: shown unlabelled
+    }
+    cells.push_back(Cell::Text(row.prompt_set()));
+    if (per_prompt) cells.push_back(Cell::Integer(row.prompt()));
+    for (const std::string& key : keys) {
+      const auto value = row.values().find(key);
+      cells.push_back(value == row.values().end() ? Cell::Empty() : Cell::Number(value->second));
+    }
+    table.rows.push_back(std::move(cells));
+  }
+  return table;
+}
+
+StatusOr<Table> DirectionsTable(const SweepStore& store, const std::string& sweep,
+                                const v1::StageRecord& stage) {
+  KO_ASSIGN_OR_RETURN(auto artifacts,
+                      store.ListArtifacts(sweep, "direction/" + stage.name() + "/"));
+  Table table;
+  table.name = "directions";
+  table.title = Title(stage, "directions");
+  table.columns = {"stage", "layer", "position", "hook", "norm", "positive_count",
+                   "negative_count", "dim"};
+  for (const auto& [name, bytes] : artifacts) {
+    KO_ASSIGN_OR_RETURN(auto direction, ParseArtifact<v1::DirectionArtifact>(sweep, name, bytes));
+    table.rows.push_back({Cell::Text(stage.name()), Cell::Integer(direction.layer()),
+                          Cell::Text(direction.position()), Cell::Text(direction.hook()),
+                          Cell::Number(direction.norm()),
+                          Cell::Integer(static_cast<int64_t>(direction.positive_count())),
+                          Cell::Integer(static_cast<int64_t>(direction.negative_count())),
+                          Cell::Integer(direction.values_size())});
+  }
+  return table;
+}
+
+Table CandidatesTable(const v1::StageRecord& stage, const v1::SelectionArtifact& selection) {
+  Table table;
+  table.name = "candidates";
+  table.title = Title(stage, selection.chosen() >= 0
+                                 ? "candidates (chosen: #" + std::to_string(selection.chosen()) + ")"
+                                 : "candidates (none passed the filters)");
+  table.columns = {"stage",  "candidate", "layer",  "position", "bypass",
+                   "induce", "kl",        "passed", "rejected", "chosen"};
+  for (int i = 0; i < selection.candidates_size(); ++i) {
+    const v1::CandidateScore& c = selection.candidates(i);
+    table.rows.push_back({Cell::Text(stage.name()), Cell::Integer(i), Cell::Integer(c.layer()),
+                          Cell::Text(c.position()), Cell::Number(c.bypass()),
+                          Cell::Number(c.induce()), Cell::Number(c.kl()), Cell::Bool(c.passed()),
+                          Cell::Text(c.rejected()), Cell::Bool(i == selection.chosen())});
+  }
+  return table;
+}
+
+StatusOr<Table> CompletionsTable(const SweepStore& store, const std::string& sweep,
+                                 const v1::StageRecord& stage, bool per_prompt) {
+  KO_ASSIGN_OR_RETURN(auto completions, store.Completions(sweep, stage.index()));
+  Table table;
+  if (per_prompt) {
+    table.name = "completions";
+    table.title = Title(stage, "completions");
+    table.columns = {"stage",   "condition",   "prompt_set", "prompt",
+                     "refused", "instruction", "text"};
+    for (const v1::CompletionRecord& c : completions) {
+      table.rows.push_back({Cell::Text(stage.name()), Cell::Text(c.condition()),
+                            Cell::Text(c.set()), Cell::Integer(c.prompt()), Cell::Bool(c.refused()),
+                            Cell::Text(c.instruction()), Cell::Text(c.text())});
+    }
+    return table;
+  }
+  table.name = "refusal";
+  table.title = Title(stage, "refusal rate");
+  table.columns = {"stage", "condition", "prompt_set", "prompts", "refused", "refusal_rate"};
+  std::map<std::pair<std::string, std::string>, std::pair<int64_t, int64_t>> counts;
+  for (const v1::CompletionRecord& c : completions) {
+    auto& [prompts, refused] = counts[{c.condition(), c.set()}];
+    ++prompts;
+    refused += c.refused() ? 1 : 0;
+  }
+  for (const auto& [key, count] : counts) {
+    table.rows.push_back({Cell::Text(stage.name()), Cell::Text(key.first), Cell::Text(key.second),
+                          Cell::Integer(count.first), Cell::Integer(count.second),
+                          Cell::Number(static_cast<double>(count.second) / count.first)});
+  }
+  return table;
+}
+
+Status AppendStageTables(const SweepStore& store, const std::string& sweep,
+                         const v1::StageRecord& stage, bool per_prompt,
+                         std::vector<Table>* tables) {
+  const std::string& kind = stage.kind();
+  if (kind == "extract_directions") {
+    KO_ASSIGN_OR_RETURN(Table table, DirectionsTable(store, sweep, stage));
+    tables->push_back(std::move(table));
+    return Status::Ok();
+  }
+  if (kind == "generate" || kind == "orthogonalize") {
+    KO_ASSIGN_OR_RETURN(Table table, CompletionsTable(store, sweep, stage, per_prompt));
+    tables->push_back(std::move(table));
+    if (kind == "orthogonalize") {
+      KO_ASSIGN_OR_RETURN(auto artifact, OptionalArtifact<v1::OrthogonalizeArtifact>(
+                                             store, sweep, "orthogonalize/" + stage.name()));
+      if (artifact) {
+        Table checkpoint;
+        checkpoint.name = "checkpoint";
+        checkpoint.title = Title(stage, "weight-orthogonalized checkpoint");
+        checkpoint.columns = {"stage", "output", "direction"};
+        checkpoint.rows.push_back({Cell::Text(stage.name()), Cell::Text(artifact->output()),
+                                   Cell::Text(artifact->direction())});
+        tables->push_back(std::move(checkpoint));
+      }
+    }
+    return Status::Ok();
+  }
+  // knockout_sweep, select_direction, and kinds this version does not know that report rows.
+  KO_ASSIGN_OR_RETURN(Table results, ResultsTable(store, sweep, stage, per_prompt));
+  tables->push_back(std::move(results));
+  if (kind == "select_direction") {
+    KO_ASSIGN_OR_RETURN(auto selection, OptionalArtifact<v1::SelectionArtifact>(
+                                            store, sweep, "selection/" + stage.name()));
+    if (selection) tables->push_back(CandidatesTable(stage, *selection));
+  }
+  return Status::Ok();
+}
+
+// ------------------------------------------------------------------------------------------
+// Compensation
+
+std::string UnitName(const std::string& unit_kind, int layer, int unit) {
+  const std::string prefix = "L" + std::to_string(layer);
+  if (unit_kind == "head") return prefix + "H" + std::to_string(unit);
+  if (unit_kind == "neuron") return prefix + "N" + std::to_string(unit);
+  if (unit_kind.empty()) return prefix + "#" + std::to_string(unit);
+  if (unit < 0) return prefix + "." + unit_kind;
+  return prefix + "." + unit_kind + "#" + std::to_string(unit);
+}
+
+// Downstream readings are of the swept kind; whole-layer (and direction) sweeps read
+// attn_out (unit 0) and mlp_out (unit 1) of every later layer.
+std::string DownstreamName(const std::string& swept_kind, int layer, int unit) {
+  if (swept_kind == "head" || swept_kind == "neuron") return UnitName(swept_kind, layer, unit);
+  if (unit == 0) return UnitName("attn_out", layer, -1);
+  if (unit == 1) return UnitName("mlp_out", layer, -1);
+  return UnitName("", layer, unit);
+}
+
+std::string SignedShort(double value) {
+  std::string text = FormatDouble(value, 4);
+  return value > 0 ? "+" + text : text;
+}
+
+Table CompensationTable(
+    const std::vector<std::pair<std::string, experiments::CompensationRow>>& rows) {
+  Table table;
+  table.name = "compensation";
+  table.title = "compensation (C = TE - DE), by |TE|";
+  table.columns = {"stage",  "trial", "unit", "layer",  "ablation",   "positions", "prompt_set",
+                   "te",     "de",    "c",    "c/|de|", "norm_share", "explained", "backups"};
+  for (const auto& [stage, row] : rows) {
+    const v1::TrialLabel& label = row.label;
+    std::string backups_text;
+    Json backups = Json::array();
+    for (const experiments::UnitChange& change : row.top_backups) {
+      if (!change.compensating) continue;
+      const std::string name = DownstreamName(label.unit_kind(), change.layer, change.unit);
+      backups_text += (backups_text.empty() ? "" : ", ") + name + " " + SignedShort(change.change);
+      backups.push_back(Json{{"unit", name},         {"layer", change.layer},
+                             {"index", change.unit}, {"clean", change.clean},
+                             {"ablated", change.ablated}, {"change", change.change}});
+    }
+    Cell backups_cell = Cell::Text(backups_text);
+    backups_cell.structured = std::move(backups);
+    table.rows.push_back({Cell::Text(stage), Cell::Integer(row.trial),
+                          Cell::Text(UnitName(label.unit_kind(), label.layer(), label.unit())),
+                          Cell::Integer(label.layer()), Cell::Text(label.ablation()),
+                          Cell::Text(label.positions()), Cell::Text(row.prompt_set),
+                          Cell::Number(row.te), Cell::Number(row.de), Cell::Number(row.c),
+                          Cell::Number(row.ratio), Cell::Number(row.norm_share),
+                          Cell::Number(row.explained), std::move(backups_cell)});
+  }
+  return table;
+}
+
+}  // namespace
+
+// ------------------------------------------------------------------------------------------
+
+StatusOr<OutputFormat> ParseOutputFormat(const std::string& name) {
+  if (name == "table") return OutputFormat::kTable;
+  if (name == "csv") return OutputFormat::kCsv;
+  if (name == "jsonl") return OutputFormat::kJsonl;
+  return Status::InvalidArgument("unknown output format \"" + name +
+                                 "\"; formats: table, csv, jsonl");
+}
+
+Status PrintStatus(const SweepStore& store, const std::string& sweep_or_empty,
+                   std::ostream& out) {
+  std::vector<v1::SweepRecord> sweeps;
+  if (sweep_or_empty.empty()) {
+    KO_ASSIGN_OR_RETURN(sweeps, store.ListSweeps());
+  } else {
+    KO_ASSIGN_OR_RETURN(const std::string id, store.ResolveSweep(sweep_or_empty));
+    KO_ASSIGN_OR_RETURN(v1::SweepRecord sweep, store.GetSweep(id));
+    sweeps.push_back(std::move(sweep));
+  }
+  if (sweeps.empty()) {
+    out << "no sweeps\n";
+    return Status::Ok();
+  }
+  for (size_t s = 0; s < sweeps.size(); ++s) {
+    const v1::SweepRecord& sweep = sweeps[s];
+    if (s > 0) out << "\n";
+    out << "sweep " << sweep.id() << "  " << sweep.name() << "  " << StateName(sweep.state())
+        << "  created " << UtcTime(sweep.created_unix_ms()) << "\n";
+    if (!sweep.error().empty()) out << "  error: " << sweep.error() << "\n";
+    KO_ASSIGN_OR_RETURN(auto stages, store.ListStages(sweep.id()));
+    Table table;
+    table.columns = {"stage", "name", "kind", "state", "shards", "trials"};
+    std::set<uint32_t> listed;
+    for (const v1::StageRecord& stage : stages) {
+      listed.insert(stage.index());
+      table.rows.push_back(
+          {Cell::Integer(stage.index()), Cell::Text(stage.name()), Cell::Text(stage.kind()),
+           Cell::Text(StateName(stage.state())),
+           Cell::Text(std::to_string(stage.shards_done()) + "/" +
+                      std::to_string(stage.shards_total())),
+           Cell::Integer(static_cast<int64_t>(stage.trials_total()))});
+    }
+    for (int i = 0; i < sweep.spec().stages_size(); ++i) {
+      if (listed.count(static_cast<uint32_t>(i))) continue;
+      const v1::Stage& stage = sweep.spec().stages(i);
+      table.rows.push_back({Cell::Integer(i), Cell::Text(stage.name()),
+                            Cell::Text(SpecStageKind(stage)), Cell::Text("waiting"),
+                            Cell::Text("-"), Cell::Empty()});
+    }
+    std::stable_sort(table.rows.begin(), table.rows.end(),
+                     [](const auto& a, const auto& b) { return a[0].integer < b[0].integer; });
+    RenderAligned(table, out, "  ");
+  }
+  return Status::Ok();
+}
+
+Status PrintResults(const SweepStore& store, const ResultsQuery& query, std::ostream& out) {
+  KO_ASSIGN_OR_RETURN(const auto filters, ParseFilters(query.where));
+  KO_ASSIGN_OR_RETURN(const std::string sweep, store.ResolveSweep(query.sweep));
+  KO_ASSIGN_OR_RETURN(const auto stages, SelectStages(store, sweep, query.stage));
+  std::vector<Table> tables;
+  for (const v1::StageRecord& stage : stages) {
+    const Status status = AppendStageTables(store, sweep, stage, query.per_prompt, &tables);
+    if (!status.ok()) return status.WithContext("stage " + stage.name());
+  }
+  KO_RETURN_IF_ERROR(ApplyFilters(filters, &tables));
+  RenderTables(tables, query.format, out);
+  return Status::Ok();
+}
+
+Status PrintCompensation(const SweepStore& store, const std::string& sweep_name,
+                         const std::string& stage_name, int top, std::ostream& out,
+                         OutputFormat format) {
+  if (top < 0) {
+    return Status::InvalidArgument("--top " + std::to_string(top) + ": must be 0 or more");
+  }
+  KO_ASSIGN_OR_RETURN(const std::string sweep, store.ResolveSweep(sweep_name));
+  KO_ASSIGN_OR_RETURN(const auto stages, SelectStages(store, sweep, stage_name));
+  std::vector<std::pair<std::string, experiments::CompensationRow>> rows;
+  for (const v1::StageRecord& stage : stages) {
+    if (stage.kind() != "knockout_sweep") {
+      if (stage_name.empty()) continue;
+      return Status::InvalidArgument("stage \"" + stage.name() + "\" is a " + stage.kind() +
+                                     " stage; compensation reads knockout_sweep stages");
+    }
+    KO_ASSIGN_OR_RETURN(auto aggregates, store.Rows(sweep, stage.index(), true));
+    const bool has_readings =
+        std::any_of(aggregates.begin(), aggregates.end(),
+                    [](const v1::ResultRow& row) { return row.downstream_size() > 0; });
+    if (stage_name.empty() && !has_readings) continue;
+    KO_ASSIGN_OR_RETURN(auto labels, TrialLabels(store, sweep, stage.index()));
+    auto computed = experiments::ComputeCompensation(aggregates, labels, top);
+    if (!computed.ok()) return computed.status().WithContext("stage " + stage.name());
+    for (auto& row : *computed) rows.emplace_back(stage.name(), std::move(row));
+  }
+  if (stage_name.empty() && rows.empty()) {
+    return Status::NotFound("sweep " + sweep +
+                            ": no knockout_sweep stage has downstream readings (run one with "
+                            "compensation: true)");
+  }
+  std::stable_sort(rows.begin(), rows.end(), [](const auto& a, const auto& b) {
+    return std::fabs(a.second.te) > std::fabs(b.second.te);
+  });
+  RenderTables({CompensationTable(rows)}, format, out);
+  return Status::Ok();
+}
+
+Status ExportDirections(const SweepStore& store, const std::string& sweep_name,
+                        const std::string& path) {
+  KO_ASSIGN_OR_RETURN(const std::string sweep, store.ResolveSweep(sweep_name));
+  struct Export {
+    std::string name;
+    Json metadata;
+    std::vector<float> values;
+  };
+  std::deque<Export> exports;  // stable addresses: the writer reads the values in place
+  auto add = [&](const std::string& name, const v1::DirectionArtifact& direction,
+                 const std::string& stage) {
+    Json metadata = {{"stage", stage},
+                     {"layer", direction.layer()},
+                     {"position", direction.position()},
+                     {"hook", direction.hook()},
+                     {"norm", direction.norm()},
+                     {"positive_count", direction.positive_count()},
+                     {"negative_count", direction.negative_count()}};
+    exports.push_back({name, std::move(metadata),
+                       std::vector<float>(direction.values().begin(), direction.values().end())});
+  };
+
+  const std::string direction_prefix = "direction/";
+  KO_ASSIGN_OR_RETURN(auto directions, store.ListArtifacts(sweep, direction_prefix));
+  for (const auto& [key, bytes] : directions) {
+    KO_ASSIGN_OR_RETURN(auto direction, ParseArtifact<v1::DirectionArtifact>(sweep, key, bytes));
+    // "direction/<stage>/L003/<position>": the stage from the key if the artifact lacks it.
+    std::string stage = direction.stage();
+    if (stage.empty()) {
+      const size_t slash = key.find('/', direction_prefix.size());
+      stage = key.substr(direction_prefix.size(), slash - direction_prefix.size());
+    }
+    add(stage + "/L" + std::to_string(direction.layer()) + "/" + direction.position(), direction,
+        stage);
+  }
+  const std::string selection_prefix = "selection/";
+  KO_ASSIGN_OR_RETURN(auto selections, store.ListArtifacts(sweep, selection_prefix));
+  for (const auto& [key, bytes] : selections) {
+    KO_ASSIGN_OR_RETURN(auto selection, ParseArtifact<v1::SelectionArtifact>(sweep, key, bytes));
+    if (selection.chosen() < 0 || selection.direction().values_size() == 0) continue;
+    const std::string stage =
+        selection.stage().empty() ? key.substr(selection_prefix.size()) : selection.stage();
+    add(stage + "/best", selection.direction(), stage);
+    exports.back().metadata["source_stage"] = selection.direction().stage();
+  }
+  if (exports.empty()) {
+    return Status::NotFound("sweep " + sweep +
+                            ": no directions yet (no extract_directions stage has finished)");
+  }
+
+  std::vector<model::TensorToWrite> tensors;
+  // "format": "pt" is the convention of torch-saved files; "knockout_format" says what they are.
+  std::map<std::string, std::string> metadata = {
+      {"format", "pt"}, {"knockout_format", "directions/1"}, {"sweep", sweep}};
+  for (const Export& e : exports) {
+    tensors.push_back({e.name, model::DType::kF32, {static_cast<int64_t>(e.values.size())},
+                       e.values.data(), e.values.size() * sizeof(float)});
+    metadata[e.name] = e.metadata.dump(-1, ' ', false, Json::error_handler_t::replace);
+  }
+  return model::WriteSafetensors(path, tensors, metadata);
+}
+
+}  // namespace knockout::cli

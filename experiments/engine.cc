@@ -1,0 +1,703 @@
+#include "experiments/engine.h"
+
+#include <google/protobuf/io/coded_stream.h>
+#include <google/protobuf/io/zero_copy_stream_impl_lite.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <functional>
+#include <map>
+#include <set>
+
+#include "experiments/prompt_set.h"
+
+namespace knockout::experiments {
+namespace {
+
+constexpr uint32_t kDefaultShardTrials = 64;
+constexpr uint32_t kDefaultShardPrompts = 64;
+
+uint64_t Fnv1a(const std::string& bytes) {
+  uint64_t h = 1469598103934665603ull;
+  for (unsigned char c : bytes) {
+    h ^= c;
+    h *= 1099511628211ull;
+  }
+  return h;
+}
+
+std::string DeterministicBytes(const google::protobuf::Message& message) {
+  std::string bytes;
+  google::protobuf::io::StringOutputStream stream(&bytes);
+  google::protobuf::io::CodedOutputStream coded(&stream);
+  coded.SetSerializationDeterministic(true);
+  message.SerializeToCodedStream(&coded);
+  coded.Trim();
+  return bytes;
+}
+
+std::string Serialize(const google::protobuf::Message& message) { return DeterministicBytes(message); }
+
+uint64_t NowMs() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+const char* StageKind(const v1::Stage& stage) {
+  switch (stage.kind_case()) {
+    case v1::Stage::kExtractDirections: return "extract_directions";
+    case v1::Stage::kSelectDirection: return "select_direction";
+    case v1::Stage::kKnockoutSweep: return "knockout_sweep";
+    case v1::Stage::kGenerate: return "generate";
+    case v1::Stage::kOrthogonalize: return "orthogonalize";
+    default: return "unknown";
+  }
+}
+
+uint32_t ShardTrials(const v1::SweepSpec& spec, const v1::Stage& stage) {
+  if (stage.shard_trials() > 0) return stage.shard_trials();
+  return spec.shard_trials() > 0 ? spec.shard_trials() : kDefaultShardTrials;
+}
+uint32_t ShardPrompts(const v1::SweepSpec& spec, const v1::Stage& stage) {
+  if (stage.shard_prompts() > 0) return stage.shard_prompts();
+  return spec.shard_prompts() > 0 ? spec.shard_prompts() : kDefaultShardPrompts;
+}
+
+StatusOr<std::vector<Prompt>> LoadSet(const v1::SweepSpec& spec, const std::string& name) {
+  for (const v1::PromptSetRef& ref : spec.prompt_sets()) {
+    if (ref.name() != name) continue;
+    PromptSetOptions options;
+    if (!ref.field().empty()) options.field = ref.field();
+    if (!ref.csv_column().empty()) options.csv_column = ref.csv_column();
+    KO_ASSIGN_OR_RETURN(std::vector<Prompt> prompts, LoadPromptSet(ref.path(), options));
+    if (ref.limit() > 0 && prompts.size() > ref.limit()) prompts.resize(ref.limit());
+    return prompts;
+  }
+  return Status::InvalidArgument("prompt set " + name + " is not defined in the spec");
+}
+
+Status AddSet(const v1::SweepSpec& spec, const std::string& name,
+              google::protobuf::RepeatedPtrField<v1::ShardPrompt>* out) {
+  KO_ASSIGN_OR_RETURN(std::vector<Prompt> prompts, LoadSet(spec, name));
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    v1::ShardPrompt* p = out->Add();
+    p->set_set(name);
+    p->set_index(static_cast<uint32_t>(i));
+    p->set_instruction(prompts[i].instruction);
+  }
+  return Status::Ok();
+}
+
+const char* AblationName(v1::Ablation::Kind kind) {
+  switch (kind) {
+    case v1::Ablation::ZERO: return "zero";
+    case v1::Ablation::MEAN: return "mean";
+    case v1::Ablation::RESAMPLE: return "resample";
+    case v1::Ablation::DIRECTIONAL: return "directional";
+    case v1::Ablation::ADD: return "add";
+    default: return "unspecified";
+  }
+}
+
+std::vector<int> Layers(const google::protobuf::RepeatedField<int32_t>& listed, int64_t n) {
+  std::vector<int> layers(listed.begin(), listed.end());
+  if (layers.empty()) {
+    for (int l = 0; l < n; ++l) layers.push_back(l);
+  }
+  return layers;
+}
+
+// Resolves direction references to shard tensors. With no store (planning), it only names them.
+class Directions {
+ public:
+  Directions(const SweepStore* store, std::string sweep) : store_(store), sweep_(std::move(sweep)) {}
+
+  // The artifact a reference names; `target_layer` stands in for an unset layer.
+  StatusOr<v1::DirectionArtifact> Get(const v1::DirectionRef& ref, int target_layer) const {
+    v1::DirectionArtifact direction;
+    if (!store_) return direction;
+    if (ref.best()) {
+      KO_ASSIGN_OR_RETURN(std::string bytes, store_->GetArtifact(sweep_, SelectionArtifactName(ref.stage())));
+      v1::SelectionArtifact selection;
+      if (!selection.ParseFromString(bytes)) return Status::Corruption("selection/" + ref.stage());
+      return selection.direction();
+    }
+    const int layer = ref.layer() >= 0 ? ref.layer() : target_layer;
+    const std::string name = DirectionArtifactName(ref.stage(), layer, PositionsName(ref.position()));
+    KO_ASSIGN_OR_RETURN(std::string bytes, store_->GetArtifact(sweep_, name));
+    if (!direction.ParseFromString(bytes)) return Status::Corruption(name);
+    return direction;
+  }
+
+  // Adds the direction to `shard` (once) and returns its tensor name.
+  StatusOr<std::string> Attach(const v1::DirectionRef& ref, int target_layer, v1::Shard* shard) const {
+    std::string name = ref.best() ? ref.stage() + ".best"
+                                  : ref.stage() + "@" + std::to_string(ref.layer() >= 0 ? ref.layer() : target_layer) +
+                                        "/" + PositionsName(ref.position());
+    if (!shard) return name;
+    for (const auto& t : shard->tensors()) {
+      if (t.name() == name) return name;
+    }
+    KO_ASSIGN_OR_RETURN(v1::DirectionArtifact direction, Get(ref, target_layer));
+    v1::TensorData* tensor = shard->add_tensors();
+    tensor->set_name(name);
+    tensor->add_shape(direction.values_size());
+    *tensor->mutable_values() = direction.values();
+    return name;
+  }
+
+ private:
+  const SweepStore* store_;
+  std::string sweep_;
+};
+
+// The trials of a knockout_sweep stage, in a fixed order: target, layer, unit, ablation,
+// positions. Directions are attached to `shard` (null when only counting).
+StatusOr<std::vector<v1::Trial>> KnockoutTrials(const v1::KnockoutSweepStage& stage,
+                                                const ModelShape& shape, const Directions& directions,
+                                                v1::Shard* shard) {
+  std::vector<v1::Trial> trials;
+  for (const v1::Target& target : stage.targets()) {
+    for (int layer : Layers(target.layers(), shape.num_layers)) {
+      std::vector<int> units;
+      std::string hook, kind;
+      const std::string l = "blocks." + std::to_string(layer);
+      switch (target.kind()) {
+        case v1::Target::HEADS:
+          hook = l + ".attn.hook_z", kind = "head";
+          units.assign(target.units().begin(), target.units().end());
+          if (units.empty()) {
+            for (int h = 0; h < shape.num_heads; ++h) units.push_back(h);
+          }
+          break;
+        case v1::Target::NEURONS:
+          hook = l + ".mlp.hook_post", kind = "neuron";
+          units.assign(target.units().begin(), target.units().end());
+          if (units.empty()) {
+            return Status::Unimplemented(
+                "neuron targets need listed units: top_k selection by score is not implemented yet");
+          }
+          break;
+        case v1::Target::DIRECTION: hook = l + ".hook_resid_pre", kind = "direction", units = {-1}; break;
+        case v1::Target::ATTN_OUT: hook = l + ".hook_attn_out", kind = "attn_out", units = {-1}; break;
+        case v1::Target::MLP_OUT: hook = l + ".hook_mlp_out", kind = "mlp_out", units = {-1}; break;
+        default: return Status::InvalidArgument("target without a kind");
+      }
+      std::string tensor;
+      if (target.kind() == v1::Target::DIRECTION) {
+        KO_ASSIGN_OR_RETURN(tensor, directions.Attach(target.direction(), layer, shard));
+      }
+      for (int unit : units) {
+        for (const v1::Ablation& ablation : stage.ablations()) {
+          for (const v1::Positions& positions : stage.positions()) {
+            v1::Trial trial;
+            v1::Edit* edit = trial.add_edits();
+            edit->set_hook(hook);
+            *edit->mutable_ablation() = ablation;
+            if (unit >= 0) edit->add_units(unit);
+            edit->set_tensor(tensor);
+            *edit->mutable_positions() = positions;
+            v1::TrialLabel* label = trial.mutable_label();
+            label->set_unit_kind(kind);
+            label->set_layer(layer);
+            label->set_unit(unit);
+            label->set_ablation(AblationName(ablation.kind()));
+            label->set_positions(PositionsName(positions));
+            label->set_direction(tensor);
+            label->set_coefficient(ablation.coefficient());
+            trials.push_back(std::move(trial));
+          }
+        }
+      }
+    }
+  }
+  for (size_t i = 0; i < trials.size(); ++i) trials[i].set_index(static_cast<uint32_t>(i));
+  return trials;
+}
+
+// Candidates of a selection: the direction artifacts of the candidate stage, in name order.
+StatusOr<std::vector<v1::DirectionArtifact>> Candidates(const SweepStore& store,
+                                                        const std::string& sweep,
+                                                        const std::string& stage) {
+  KO_ASSIGN_OR_RETURN(auto artifacts, store.ListArtifacts(sweep, "direction/" + stage + "/"));
+  std::vector<v1::DirectionArtifact> out;
+  for (const auto& [name, bytes] : artifacts) {
+    v1::DirectionArtifact d;
+    if (!d.ParseFromString(bytes)) return Status::Corruption("artifact " + name);
+    out.push_back(std::move(d));
+  }
+  return out;
+}
+
+v1::TensorData* AddTensor(v1::Shard* shard, const std::string& name, const v1::DirectionArtifact& d) {
+  v1::TensorData* t = shard->add_tensors();
+  t->set_name(name);
+  t->add_shape(d.values_size());
+  *t->mutable_values() = d.values();
+  return t;
+}
+
+// Selection trials per candidate (science.md): "ablate" = directional ablation at every layer
+// on both validation sets (bypass on harmful, KL on harmless); "induce" = activation addition
+// at the candidate's layer on the harmless set.
+std::vector<v1::Trial> SelectionTrials(const v1::SelectDirectionStage& stage,
+                                       const std::vector<v1::DirectionArtifact>& candidates) {
+  std::vector<v1::Trial> trials;
+  for (const v1::DirectionArtifact& c : candidates) {
+    const std::string tensor = c.stage() + "@" + std::to_string(c.layer()) + "/" + c.position();
+    for (const char* role : {"ablate", "induce"}) {
+      v1::Trial trial;
+      v1::Edit* edit = trial.add_edits();
+      edit->set_tensor(tensor);
+      if (std::string(role) == "ablate") {
+        edit->set_every_layer(true);
+        edit->mutable_ablation()->set_kind(v1::Ablation::DIRECTIONAL);
+      } else {
+        edit->set_hook("blocks." + std::to_string(c.layer()) + ".hook_resid_pre");
+        edit->mutable_ablation()->set_kind(v1::Ablation::ADD);
+        edit->mutable_ablation()->set_coefficient(1.0);
+        trial.set_prompt_set(stage.harmless());
+      }
+      v1::TrialLabel* label = trial.mutable_label();
+      label->set_unit_kind("candidate");
+      label->set_layer(c.layer());
+      label->set_unit(-1);
+      label->set_ablation(std::string(role) == "ablate" ? "directional" : "add");
+      label->set_positions(c.position());
+      label->set_direction(tensor);
+      label->set_coefficient(std::string(role) == "ablate" ? 0.0 : 1.0);
+      label->set_role(role);
+      trials.push_back(std::move(trial));
+    }
+  }
+  for (size_t i = 0; i < trials.size(); ++i) trials[i].set_index(static_cast<uint32_t>(i));
+  return trials;
+}
+
+// Splits `trials` into shards of at most `per_shard`, each a copy of `base` (prompts, tensors).
+std::vector<v1::Shard> ShardTrialList(const v1::Shard& base, const std::vector<v1::Trial>& trials,
+                                      uint32_t per_shard) {
+  std::vector<v1::Shard> shards;
+  for (size_t begin = 0; begin < trials.size(); begin += per_shard) {
+    v1::Shard shard = base;
+    const size_t end = std::min(trials.size(), begin + per_shard);
+    for (size_t i = begin; i < end; ++i) *shard.add_trials() = trials[i];
+    shard.set_index(static_cast<uint32_t>(shards.size()));
+    shards.push_back(std::move(shard));
+  }
+  return shards;
+}
+
+// Splits the prompts of `base` into shards of at most `per_shard`.
+std::vector<v1::Shard> ShardPromptList(const v1::Shard& base, uint32_t per_shard) {
+  std::vector<v1::Shard> shards;
+  for (int begin = 0; begin < base.prompts_size(); begin += per_shard) {
+    v1::Shard shard = base;
+    shard.clear_prompts();
+    const int end = std::min(base.prompts_size(), begin + static_cast<int>(per_shard));
+    for (int i = begin; i < end; ++i) *shard.add_prompts() = base.prompts(i);
+    shard.set_index(static_cast<uint32_t>(shards.size()));
+    shards.push_back(std::move(shard));
+  }
+  return shards;
+}
+
+StatusOr<std::string> ReferenceSet(const v1::KnockoutSweepStage& stage) {
+  std::set<std::string> sets;
+  for (const v1::Ablation& a : stage.ablations()) {
+    if (!a.reference_set().empty()) sets.insert(a.reference_set());
+  }
+  if (sets.size() > 1) {
+    return Status::Unimplemented("a knockout_sweep stage supports one reference_set; split the stage");
+  }
+  return sets.empty() ? std::string() : *sets.begin();
+}
+
+}  // namespace
+
+std::string SweepIdFor(const v1::SweepSpec& spec) {
+  v1::SweepSpec canonical = spec;
+  canonical.clear_source();
+  char hex[17];
+  std::snprintf(hex, sizeof(hex), "%016llx",
+                static_cast<unsigned long long>(Fnv1a(DeterministicBytes(canonical))));
+  return spec.name() + "-" + std::string(hex).substr(0, 8);
+}
+
+std::string DirectionArtifactName(const std::string& stage, int layer, const std::string& position) {
+  char l[16];
+  std::snprintf(l, sizeof(l), "L%03d", layer);
+  return "direction/" + stage + "/" + l + "/" + position;
+}
+std::string SelectionArtifactName(const std::string& stage) { return "selection/" + stage; }
+std::string OrthogonalizeArtifactName(const std::string& stage) { return "orthogonalize/" + stage; }
+
+StatusOr<std::vector<v1::Shard>> SweepEngine::Expand(const v1::SweepSpec& spec,
+                                                     const std::string& sweep,
+                                                     uint32_t index) const {
+  const v1::Stage& stage = spec.stages(index);
+  v1::Shard base;
+  base.set_sweep_id(sweep);
+  base.set_stage(index);
+  base.set_stage_name(stage.name());
+  *base.mutable_model() = spec.model();
+  *base.mutable_metrics() = spec.metrics();
+  base.set_seed(spec.seed());
+  Directions directions(store_, sweep);
+  switch (stage.kind_case()) {
+    case v1::Stage::kExtractDirections: {
+      const auto& s = stage.extract_directions();
+      base.set_kind(v1::Shard::EXTRACT);
+      KO_RETURN_IF_ERROR(AddSet(spec, s.positive(), base.mutable_prompts()));
+      KO_RETURN_IF_ERROR(AddSet(spec, s.negative(), base.mutable_prompts()));
+      *base.mutable_layers() = s.layers();
+      *base.mutable_positions() = s.positions();
+      base.set_hook(s.hook().empty() ? "resid_pre" : s.hook());
+      return ShardPromptList(base, ShardPrompts(spec, stage));
+    }
+    case v1::Stage::kSelectDirection: {
+      const auto& s = stage.select_direction();
+      base.set_kind(v1::Shard::TRIALS);
+      KO_RETURN_IF_ERROR(AddSet(spec, s.harmful(), base.mutable_prompts()));
+      KO_RETURN_IF_ERROR(AddSet(spec, s.harmless(), base.mutable_prompts()));
+      KO_ASSIGN_OR_RETURN(auto candidates, Candidates(*store_, sweep, s.candidates()));
+      if (candidates.empty()) {
+        return Status::FailedPrecondition("stage " + stage.name() + ": stage " + s.candidates() +
+                                          " produced no candidate directions");
+      }
+      for (const auto& c : candidates) {
+        AddTensor(&base, c.stage() + "@" + std::to_string(c.layer()) + "/" + c.position(), c);
+      }
+      return ShardTrialList(base, SelectionTrials(s, candidates), ShardTrials(spec, stage));
+    }
+    case v1::Stage::kKnockoutSweep: {
+      const auto& s = stage.knockout_sweep();
+      base.set_kind(v1::Shard::TRIALS);
+      base.set_compensation(s.compensation());
+      for (const std::string& set : s.prompt_sets()) {
+        KO_RETURN_IF_ERROR(AddSet(spec, set, base.mutable_prompts()));
+      }
+      KO_ASSIGN_OR_RETURN(std::string reference, ReferenceSet(s));
+      if (!reference.empty()) KO_RETURN_IF_ERROR(AddSet(spec, reference, base.mutable_reference_prompts()));
+      KO_ASSIGN_OR_RETURN(auto trials, KnockoutTrials(s, shape_, directions, &base));
+      // Every shard holds all the stage's prompts, so a trial's aggregate is computed in one place.
+      return ShardTrialList(base, trials, ShardTrials(spec, stage));
+    }
+    case v1::Stage::kGenerate: {
+      const auto& s = stage.generate();
+      base.set_kind(v1::Shard::GENERATE);
+      base.set_max_new_tokens(s.max_new_tokens());
+      for (const std::string& set : s.prompt_sets()) {
+        KO_RETURN_IF_ERROR(AddSet(spec, set, base.mutable_prompts()));
+      }
+      uint32_t trial_index = 0;
+      for (const v1::GenerateCondition& c : s.conditions()) {
+        v1::Trial* trial = base.add_trials();
+        trial->set_index(trial_index++);
+        trial->mutable_label()->set_unit_kind("condition");
+        trial->mutable_label()->set_role(c.name());
+        if (c.kind() == v1::GenerateCondition::BASELINE) continue;
+        KO_ASSIGN_OR_RETURN(v1::DirectionArtifact d, directions.Get(c.direction(), -1));
+        KO_ASSIGN_OR_RETURN(std::string tensor, directions.Attach(c.direction(), d.layer(), &base));
+        v1::Edit* edit = trial->add_edits();
+        edit->set_tensor(tensor);
+        trial->mutable_label()->set_direction(tensor);
+        if (c.kind() == v1::GenerateCondition::ABLATE) {
+          edit->set_every_layer(true);
+          edit->mutable_ablation()->set_kind(v1::Ablation::DIRECTIONAL);
+          trial->mutable_label()->set_ablation("directional");
+        } else {
+          const int layer = c.layer() >= 0 ? c.layer() : d.layer();
+          edit->set_hook("blocks." + std::to_string(layer) + ".hook_resid_pre");
+          edit->mutable_ablation()->set_kind(v1::Ablation::ADD);
+          edit->mutable_ablation()->set_coefficient(c.coefficient());
+          trial->mutable_label()->set_ablation("add");
+          trial->mutable_label()->set_layer(layer);
+          trial->mutable_label()->set_coefficient(c.coefficient());
+        }
+      }
+      return ShardPromptList(base, ShardPrompts(spec, stage));
+    }
+    case v1::Stage::kOrthogonalize: {
+      const auto& s = stage.orthogonalize();
+      base.set_kind(v1::Shard::ORTHOGONALIZE);
+      base.set_max_new_tokens(s.max_new_tokens());
+      for (const std::string& set : s.prompt_sets()) {
+        KO_RETURN_IF_ERROR(AddSet(spec, set, base.mutable_prompts()));
+      }
+      KO_ASSIGN_OR_RETURN(std::string tensor, directions.Attach(s.direction(), -1, &base));
+      base.set_output(!s.output().empty() ? s.output()
+                                          : store_->store()->path() + "/checkpoints/" + sweep + "/" +
+                                                stage.name());
+      v1::Trial* trial = base.add_trials();
+      trial->mutable_label()->set_unit_kind("condition");
+      trial->mutable_label()->set_role("orthogonalized");
+      trial->mutable_label()->set_direction(tensor);
+      base.set_index(0);
+      return std::vector<v1::Shard>{base};
+    }
+    default:
+      return Status::InvalidArgument("stage " + stage.name() + " has no kind");
+  }
+}
+
+StatusOr<std::vector<std::pair<std::string, std::string>>> SweepEngine::Finalize(
+    const v1::SweepRecord& sweep, uint32_t index) const {
+  const v1::Stage& stage = sweep.spec().stages(index);
+  std::vector<std::pair<std::string, std::string>> artifacts;
+  if (stage.has_extract_directions()) {
+    const auto& s = stage.extract_directions();
+    KO_ASSIGN_OR_RETURN(auto sums, store_->PartialSums(sweep.id(), index));
+    // (layer, position) -> set -> (sum, count), reduced in float64.
+    std::map<std::pair<int, std::string>, std::map<std::string, std::pair<std::vector<double>, uint64_t>>> acc;
+    for (const v1::PartialSum& ps : sums) {
+      auto& [sum, count] = acc[{ps.layer(), ps.position()}][ps.set()];
+      if (sum.empty()) sum.assign(ps.sum_size(), 0.0);
+      if (static_cast<int>(sum.size()) != ps.sum_size()) {
+        return Status::Corruption("partial sums of different sizes at layer " + std::to_string(ps.layer()));
+      }
+      for (int i = 0; i < ps.sum_size(); ++i) sum[i] += ps.sum(i);
+      count += ps.count();
+    }
+    for (const auto& [key, by_set] : acc) {
+      auto pos = by_set.find(s.positive());
+      auto neg = by_set.find(s.negative());
+      if (pos == by_set.end() || neg == by_set.end() || pos->second.second == 0 || neg->second.second == 0) {
+        return Status::FailedPrecondition("stage " + stage.name() + ": no prompts of one set at layer " +
+                                          std::to_string(key.first));
+      }
+      v1::DirectionArtifact d;
+      d.set_stage(stage.name());
+      d.set_layer(key.first);
+      d.set_position(key.second);
+      d.set_hook(s.hook().empty() ? "resid_pre" : s.hook());
+      d.set_positive_count(pos->second.second);
+      d.set_negative_count(neg->second.second);
+      double norm = 0;
+      for (size_t i = 0; i < pos->second.first.size(); ++i) {
+        const double v = pos->second.first[i] / pos->second.second - neg->second.first[i] / neg->second.second;
+        d.add_values(static_cast<float>(v));
+        norm += v * v;
+      }
+      d.set_norm(std::sqrt(norm));
+      artifacts.emplace_back(DirectionArtifactName(stage.name(), key.first, key.second), Serialize(d));
+    }
+  } else if (stage.has_select_direction()) {
+    const auto& s = stage.select_direction();
+    KO_ASSIGN_OR_RETURN(auto candidates, Candidates(*store_, sweep.id(), s.candidates()));
+    KO_ASSIGN_OR_RETURN(auto shards, store_->ListShards(sweep.id(), index));
+    std::map<uint32_t, v1::TrialLabel> labels;
+    for (const auto& record : shards) {
+      for (const auto& trial : record.shard().trials()) labels[trial.index()] = trial.label();
+    }
+    KO_ASSIGN_OR_RETURN(auto rows, store_->Rows(sweep.id(), index, /*aggregates_only=*/true));
+    std::map<std::string, v1::CandidateScore> scores;  // by direction tensor name
+    const double nan = std::nan("");
+    for (const auto& c : candidates) {
+      v1::CandidateScore score;
+      score.set_layer(c.layer());
+      score.set_position(c.position());
+      score.set_bypass(nan), score.set_induce(nan), score.set_kl(nan);
+      scores[c.stage() + "@" + std::to_string(c.layer()) + "/" + c.position()] = score;
+    }
+    for (const v1::ResultRow& row : rows) {
+      const v1::TrialLabel& label = labels[row.trial()];
+      auto it = scores.find(label.direction());
+      if (it == scores.end()) continue;
+      auto value = [&](const char* key) {
+        auto v = row.values().find(key);
+        return v == row.values().end() ? nan : v->second;
+      };
+      if (label.role() == "ablate" && row.prompt_set() == s.harmful()) it->second.set_bypass(value("refusal_score"));
+      if (label.role() == "ablate" && row.prompt_set() == s.harmless()) it->second.set_kl(value("kl"));
+      if (label.role() == "induce" && row.prompt_set() == s.harmless()) it->second.set_induce(value("refusal_score"));
+    }
+    const double fraction = s.max_layer_fraction() > 0 ? s.max_layer_fraction() : 0.8;
+    const int max_layer = static_cast<int>(std::floor(fraction * shape_.num_layers));
+    v1::SelectionArtifact selection;
+    selection.set_stage(stage.name());
+    selection.set_chosen(-1);
+    int i = 0;
+    for (const auto& c : candidates) {
+      v1::CandidateScore score = scores[c.stage() + "@" + std::to_string(c.layer()) + "/" + c.position()];
+      std::string why;
+      if (std::isnan(score.bypass()) || std::isnan(score.induce()) || std::isnan(score.kl())) {
+        why = "NaN score";
+      } else if (score.layer() >= max_layer) {
+        why = "layer >= " + std::to_string(max_layer);
+      } else if (score.kl() > s.max_kl()) {
+        why = "kl > " + std::to_string(s.max_kl());
+      } else if (score.induce() < s.min_induce()) {
+        why = "induce < " + std::to_string(s.min_induce());
+      }
+      score.set_passed(why.empty());
+      score.set_rejected(why);
+      *selection.add_candidates() = score;
+      if (why.empty() && (selection.chosen() < 0 ||
+                          score.bypass() < selection.candidates(selection.chosen()).bypass())) {
+        selection.set_chosen(i);
+        *selection.mutable_direction() = c;
+      }
+      ++i;
+    }
+    if (selection.chosen() < 0) {
+      return Status::FailedPrecondition(
+          "stage " + stage.name() + ": no candidate direction passes the filters (layer < " +
+          std::to_string(max_layer) + ", kl <= " + std::to_string(s.max_kl()) + ", induce >= " +
+          std::to_string(s.min_induce()) + "); see `knockout results " + sweep.id() + " --stage " +
+          stage.name() + "`");
+    }
+    artifacts.emplace_back(SelectionArtifactName(stage.name()), Serialize(selection));
+  } else if (stage.has_orthogonalize()) {
+    KO_ASSIGN_OR_RETURN(auto shards, store_->ListShards(sweep.id(), index));
+    v1::OrthogonalizeArtifact o;
+    if (!shards.empty()) {
+      o.set_output(shards[0].shard().output());
+      if (shards[0].shard().tensors_size() > 0) o.set_direction(shards[0].shard().tensors(0).name());
+    }
+    artifacts.emplace_back(OrthogonalizeArtifactName(stage.name()), Serialize(o));
+  }
+  return artifacts;
+}
+
+StatusOr<std::string> SweepEngine::Submit(const v1::SweepSpec& spec, bool* resumed) {
+  const std::string id = SweepIdFor(spec);
+  auto existing = store_->GetSweep(id);
+  if (existing.ok()) {
+    if (resumed) *resumed = true;
+    return id;
+  }
+  if (existing.status().code() != StatusCode::kNotFound) return existing.status();
+  v1::SweepRecord record;
+  record.set_id(id);
+  record.set_name(spec.name());
+  *record.mutable_spec() = spec;
+  record.set_created_unix_ms(NowMs());
+  record.set_state(v1::RUNNING);
+  KO_RETURN_IF_ERROR(store_->CreateSweep(record));
+  if (resumed) *resumed = false;
+  return id;
+}
+
+StatusOr<std::vector<v1::ShardRecord>> SweepEngine::Advance(const std::string& id) {
+  for (;;) {
+    KO_ASSIGN_OR_RETURN(v1::SweepRecord sweep, store_->GetSweep(id));
+    if (sweep.state() == v1::DONE) return std::vector<v1::ShardRecord>{};
+    if (sweep.state() == v1::FAILED) {
+      return Status::FailedPrecondition("sweep " + id + " failed: " + sweep.error());
+    }
+    const uint32_t expanded = sweep.stages_expanded();
+    if (expanded > 0) {
+      const uint32_t current = expanded - 1;
+      KO_ASSIGN_OR_RETURN(v1::StageRecord stage, store_->GetStage(id, current));
+      if (stage.state() != v1::DONE) {
+        KO_ASSIGN_OR_RETURN(auto pending, store_->PendingShards(id, current));
+        if (!pending.empty()) return pending;
+        auto artifacts = Finalize(sweep, current);
+        if (!artifacts.ok()) {
+          KO_RETURN_IF_ERROR(Fail(id, artifacts.status().message()));
+          return artifacts.status();
+        }
+        stage.set_state(v1::DONE);
+        if (expanded == static_cast<uint32_t>(sweep.spec().stages_size())) sweep.set_state(v1::DONE);
+        KO_RETURN_IF_ERROR(store_->FinishStage(sweep, stage, *artifacts));
+        continue;
+      }
+    }
+    if (expanded == static_cast<uint32_t>(sweep.spec().stages_size())) {
+      sweep.set_state(v1::DONE);
+      KO_RETURN_IF_ERROR(store_->UpdateSweep(sweep));
+      continue;
+    }
+    auto shards = Expand(sweep.spec(), id, expanded);
+    if (!shards.ok()) {
+      KO_RETURN_IF_ERROR(Fail(id, shards.status().message()));
+      return shards.status();
+    }
+    v1::StageRecord stage;
+    stage.set_index(expanded);
+    stage.set_name(sweep.spec().stages(expanded).name());
+    stage.set_kind(StageKind(sweep.spec().stages(expanded)));
+    stage.set_state(v1::PENDING);
+    stage.set_shards_total(static_cast<uint32_t>(shards->size()));
+    uint64_t trials = 0;
+    for (const auto& s : *shards) trials += s.trials_size();
+    stage.set_trials_total(trials);
+    sweep.set_stages_expanded(expanded + 1);
+    KO_RETURN_IF_ERROR(store_->ExpandStage(sweep, stage, *shards));
+  }
+}
+
+Status SweepEngine::Commit(const v1::ShardResult& result, uint32_t attempt) {
+  return store_->CommitShard(result, attempt);
+}
+
+Status SweepEngine::Fail(const std::string& id, const std::string& error) {
+  KO_ASSIGN_OR_RETURN(v1::SweepRecord sweep, store_->GetSweep(id));
+  sweep.set_state(v1::FAILED);
+  sweep.set_error(error);
+  return store_->UpdateSweep(sweep);
+}
+
+StatusOr<std::vector<StagePlan>> PlanSweep(const v1::SweepSpec& spec, const ModelShape& shape) {
+  std::vector<StagePlan> plans;
+  std::map<std::string, uint64_t> candidates;  // extract stage -> layers x positions
+  auto count = [&](const std::string& set) -> StatusOr<uint64_t> {
+    KO_ASSIGN_OR_RETURN(auto prompts, LoadSet(spec, set));
+    return static_cast<uint64_t>(prompts.size());
+  };
+  auto ceil_div = [](uint64_t a, uint64_t b) { return b == 0 ? 0 : (a + b - 1) / b; };
+  Directions names(nullptr, "");
+  for (const v1::Stage& stage : spec.stages()) {
+    StagePlan plan;
+    plan.name = stage.name();
+    plan.kind = StageKind(stage);
+    const uint64_t per_trials = ShardTrials(spec, stage), per_prompts = ShardPrompts(spec, stage);
+    if (stage.has_extract_directions()) {
+      const auto& s = stage.extract_directions();
+      KO_ASSIGN_OR_RETURN(uint64_t a, count(s.positive()));
+      KO_ASSIGN_OR_RETURN(uint64_t b, count(s.negative()));
+      plan.prompts = a + b;
+      plan.shards = ceil_div(plan.prompts, per_prompts);
+      candidates[stage.name()] =
+          Layers(s.layers(), shape.num_layers).size() * static_cast<uint64_t>(s.positions_size());
+    } else if (stage.has_select_direction()) {
+      const auto& s = stage.select_direction();
+      KO_ASSIGN_OR_RETURN(uint64_t a, count(s.harmful()));
+      KO_ASSIGN_OR_RETURN(uint64_t b, count(s.harmless()));
+      plan.prompts = a + b;
+      plan.trials = 2 * candidates[s.candidates()];
+      plan.shards = ceil_div(plan.trials, per_trials);
+    } else if (stage.has_knockout_sweep()) {
+      const auto& s = stage.knockout_sweep();
+      for (const std::string& set : s.prompt_sets()) {
+        KO_ASSIGN_OR_RETURN(uint64_t n, count(set));
+        plan.prompts += n;
+      }
+      KO_ASSIGN_OR_RETURN(auto trials, KnockoutTrials(s, shape, names, nullptr));
+      plan.trials = trials.size();
+      plan.shards = ceil_div(plan.trials, per_trials);
+    } else if (stage.has_generate()) {
+      for (const std::string& set : stage.generate().prompt_sets()) {
+        KO_ASSIGN_OR_RETURN(uint64_t n, count(set));
+        plan.prompts += n;
+      }
+      plan.trials = stage.generate().conditions_size();
+      plan.shards = ceil_div(plan.prompts, per_prompts);
+    } else if (stage.has_orthogonalize()) {
+      for (const std::string& set : stage.orthogonalize().prompt_sets()) {
+        KO_ASSIGN_OR_RETURN(uint64_t n, count(set));
+        plan.prompts += n;
+      }
+      plan.trials = 1;
+      plan.shards = 1;
+    }
+    plans.push_back(plan);
+  }
+  return plans;
+}
+
+}  // namespace knockout::experiments

@@ -1,0 +1,77 @@
+// The sweep engine: turns a spec into stages and deterministic shards, and moves a sweep through
+// them over the store — expand a stage, hand out its pending shards, commit results, run the
+// stage's finaliser (diff-in-means reduction, direction selection), expand the next stage.
+// Every transition is one store write batch, so a process killed at any point resumes where
+// the store says it was. Torch-free: the embedded runner drives it today, the coordinator later.
+//
+// Thread-safety: not thread-safe; one engine per sweep driver (commits may come from one thread
+// that owns the engine).
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "common/status.h"
+#include "experiments/spec.h"
+#include "experiments/sweep_store.h"
+#include "knockout/v1/sweep.pb.h"
+
+namespace knockout::experiments {
+
+// The sweep id of a spec: its name and a hash of its canonical (deterministic) serialisation,
+// so that submitting the same spec again resumes the same sweep.
+std::string SweepIdFor(const v1::SweepSpec& spec);
+
+// Artifact names (sweep_store.h): direction/<stage>/L<layer:03>/<position>, selection/<stage>.
+std::string DirectionArtifactName(const std::string& stage, int layer, const std::string& position);
+std::string SelectionArtifactName(const std::string& stage);
+std::string OrthogonalizeArtifactName(const std::string& stage);
+
+class SweepEngine {
+ public:
+  // `store` must outlive the engine. `shape` is the model's (from its config.json).
+  SweepEngine(SweepStore* store, ModelShape shape) : store_(store), shape_(shape) {}
+
+  // Creates the sweep of `spec`, or finds it if it exists (`*resumed` = true). The spec must be
+  // validated already. Returns the sweep id.
+  StatusOr<std::string> Submit(const v1::SweepSpec& spec, bool* resumed);
+
+  // Brings the sweep to its next runnable state: finalises a stage whose shards are all done,
+  // expands the next stage, marks the sweep DONE after the last. Returns the pending shards of
+  // the current stage, or nothing when the sweep is DONE or FAILED. A finaliser that cannot
+  // produce its artifact (no candidate passes the selection filters) fails the sweep with that
+  // reason, and the error is returned.
+  StatusOr<std::vector<v1::ShardRecord>> Advance(const std::string& sweep);
+
+  // Stores a shard's result (first commit wins; see SweepStore::CommitShard).
+  Status Commit(const v1::ShardResult& result, uint32_t attempt);
+  // Marks the sweep FAILED with `error` (e.g. a shard that cannot run).
+  Status Fail(const std::string& sweep, const std::string& error);
+
+  // The shards of stage `index` of `spec` (exposed for `knockout validate` and tests): reads the
+  // prompt sets and the artifacts of earlier stages from the store.
+  StatusOr<std::vector<v1::Shard>> Expand(const v1::SweepSpec& spec, const std::string& sweep,
+                                          uint32_t index) const;
+
+ private:
+  StatusOr<std::vector<std::pair<std::string, std::string>>> Finalize(
+      const v1::SweepRecord& sweep, uint32_t index) const;
+
+  SweepStore* store_;
+  ModelShape shape_;
+};
+
+// How many shards and trials each stage will have, without a store or a model run: what
+// `knockout validate` prints. Stages that depend on earlier results (selection candidates)
+// are counted from the spec (candidates = layers x positions).
+struct StagePlan {
+  std::string name;
+  std::string kind;
+  uint64_t shards = 0;
+  uint64_t trials = 0;
+  uint64_t prompts = 0;
+};
+StatusOr<std::vector<StagePlan>> PlanSweep(const v1::SweepSpec& spec, const ModelShape& shape);
+
+}  // namespace knockout::experiments

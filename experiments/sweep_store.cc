@@ -1,0 +1,467 @@
+#include "experiments/sweep_store.h"
+
+#include <google/protobuf/io/coded_stream.h>
+#include <google/protobuf/io/zero_copy_stream_impl_lite.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <set>
+#include <tuple>
+
+#include "storage/keys.h"
+
+namespace knockout::experiments {
+namespace {
+
+using storage::AppendString;
+using storage::AppendUint32;
+using storage::Family;
+using storage::Store;
+
+// The three kinds of rows under a stage in the results family (the u32 after the stage).
+constexpr uint32_t kRowKind = 0;
+constexpr uint32_t kPartialSumKind = 1;
+constexpr uint32_t kCompletionKind = 2;
+
+// Keys carry binary lengths and integers: printable bytes are kept so that ids and names stay
+// readable in error messages, the rest are shown as \xNN.
+std::string PrintableKey(const std::string& key) {
+  std::string out;
+  for (unsigned char c : key) {
+    if (c >= 0x20 && c < 0x7f && c != '\\') {
+      out.push_back(static_cast<char>(c));
+    } else {
+      char buffer[5];
+      std::snprintf(buffer, sizeof(buffer), "\\x%02x", c);
+      out += buffer;
+    }
+  }
+  return out;
+}
+
+// "shards key sweep=s1 stage=0 shard=2 ("\x00...")": what names a key in every message.
+std::string KeyName(Family family, const std::string& label, const std::string& key) {
+  return std::string(storage::FamilyName(family)) + " key " + label + " (\"" + PrintableKey(key) +
+         "\")";
+}
+
+std::string SweepKey(const std::string& sweep) {
+  std::string key;
+  AppendString(&key, sweep);
+  return key;
+}
+
+std::string StageKey(const std::string& sweep, uint32_t stage) {
+  std::string key = SweepKey(sweep);
+  AppendUint32(&key, stage);
+  return key;
+}
+
+std::string ShardKey(const std::string& sweep, uint32_t stage, uint32_t shard) {
+  std::string key = StageKey(sweep, stage);
+  AppendUint32(&key, shard);
+  return key;
+}
+
+std::string ResultsPrefix(const std::string& sweep, uint32_t stage, uint32_t kind) {
+  std::string key = StageKey(sweep, stage);
+  AppendUint32(&key, kind);
+  return key;
+}
+
+// The artifact name is the key's last component and is appended raw, not length-prefixed, so
+// that a prefix scan finds names by their prefix and returns them in name order.
+std::string ArtifactKey(const std::string& sweep, const std::string& name) {
+  return SweepKey(sweep) + name;
+}
+
+std::string StageLabel(const std::string& sweep, uint32_t stage) {
+  return "sweep=" + sweep + " stage=" + std::to_string(stage);
+}
+
+std::string ShardLabel(const std::string& sweep, uint32_t stage, uint32_t shard) {
+  return StageLabel(sweep, stage) + " shard=" + std::to_string(shard);
+}
+
+// Deterministic: equal records give equal bytes (map fields in key order), so stored values can
+// be compared and hashed.
+StatusOr<std::string> Serialize(const google::protobuf::MessageLite& message) {
+  std::string out;
+  bool ok = false;
+  {
+    google::protobuf::io::StringOutputStream stream(&out);
+    google::protobuf::io::CodedOutputStream coded(&stream);
+    coded.SetSerializationDeterministic(true);
+    ok = message.SerializeToCodedStream(&coded) && !coded.HadError();
+  }
+  if (!ok) return Status::Internal("cannot serialise " + message.GetTypeName());
+  return out;
+}
+
+template <typename Message>
+StatusOr<Message> Parse(Family family, const std::string& label, const std::string& key,
+                        const std::string& value) {
+  Message message;
+  if (!message.ParseFromString(value)) {
+    return Status::Corruption(KeyName(family, label, key) + ": value (" +
+                              std::to_string(value.size()) + " bytes) does not parse as " +
+                              message.GetTypeName());
+  }
+  return message;
+}
+
+// A point read that turns the store's NotFound into one naming what is missing.
+template <typename Message>
+StatusOr<Message> GetRecord(const Store& store, Family family, const std::string& label,
+                            const std::string& key) {
+  auto value = store.Get(family, key);
+  if (!value.ok()) {
+    if (value.status().code() == StatusCode::kNotFound) {
+      return Status::NotFound(KeyName(family, label, key) + ": not found");
+    }
+    return value.status().WithContext(KeyName(family, label, key));
+  }
+  return Parse<Message>(family, label, key, *value);
+}
+
+// Whether `key` exists (NotFound is an answer, other errors are errors).
+StatusOr<bool> Exists(const Store& store, Family family, const std::string& key) {
+  auto value = store.Get(family, key);
+  if (value.ok()) return true;
+  if (value.status().code() == StatusCode::kNotFound) return false;
+  return value.status();
+}
+
+// Every value under `prefix` parsed as Message, in key order; `keep` filters on the key.
+template <typename Message, typename Keep>
+StatusOr<std::vector<Message>> ScanRecords(const Store& store, Family family,
+                                           const std::string& label, const std::string& prefix,
+                                           Keep keep) {
+  KO_ASSIGN_OR_RETURN(auto entries, store.Scan(family, prefix));
+  std::vector<Message> records;
+  records.reserve(entries.size());
+  for (const auto& [key, value] : entries) {
+    if (!keep(key)) continue;
+    KO_ASSIGN_OR_RETURN(Message record, Parse<Message>(family, label, key, value));
+    records.push_back(std::move(record));
+  }
+  return records;
+}
+
+template <typename Message>
+StatusOr<std::vector<Message>> ScanRecords(const Store& store, Family family,
+                                           const std::string& label, const std::string& prefix) {
+  return ScanRecords<Message>(store, family, label, prefix, [](const std::string&) { return true; });
+}
+
+// The u32 at the end of a key (a result row's prompt+1).
+uint32_t TrailingUint32(const std::string& key) {
+  if (key.size() < 4) return UINT32_MAX;
+  uint32_t value = 0;
+  for (size_t i = key.size() - 4; i < key.size(); ++i) {
+    value = (value << 8) | static_cast<uint8_t>(key[i]);
+  }
+  return value;
+}
+
+bool SweepOrder(const v1::SweepRecord& a, const v1::SweepRecord& b) {
+  return std::make_tuple(a.created_unix_ms(), a.id()) <
+         std::make_tuple(b.created_unix_ms(), b.id());
+}
+
+}  // namespace
+
+// ------------------------------------------------------------------------------------------
+// Sweeps
+
+Status SweepStore::CreateSweep(const v1::SweepRecord& sweep) {
+  if (sweep.id().empty()) return Status::InvalidArgument("sweep record without an id");
+  const std::string key = SweepKey(sweep.id());
+  std::lock_guard<std::mutex> lock(mu_);
+  KO_ASSIGN_OR_RETURN(bool exists, Exists(*store_, Family::kSweeps, key));
+  if (exists) return Status::FailedPrecondition("sweep " + sweep.id() + " already exists");
+  KO_ASSIGN_OR_RETURN(std::string value, Serialize(sweep));
+  Store::Batch batch;
+  batch.Put(Family::kSweeps, key, value);
+  return store_->Write(batch, /*sync=*/true);
+}
+
+StatusOr<v1::SweepRecord> SweepStore::GetSweep(const std::string& id) const {
+  auto record = GetRecord<v1::SweepRecord>(*store_, Family::kSweeps, "sweep=" + id, SweepKey(id));
+  if (!record.ok() && record.status().code() == StatusCode::kNotFound) {
+    return Status::NotFound("sweep " + id + " not found");
+  }
+  return record;
+}
+
+StatusOr<std::vector<v1::SweepRecord>> SweepStore::ListSweeps() const {
+  KO_ASSIGN_OR_RETURN(auto sweeps,
+                      ScanRecords<v1::SweepRecord>(*store_, Family::kSweeps, "sweep", ""));
+  std::sort(sweeps.begin(), sweeps.end(), SweepOrder);
+  return sweeps;
+}
+
+StatusOr<std::string> SweepStore::ResolveSweep(const std::string& id_or_name) const {
+  KO_ASSIGN_OR_RETURN(bool is_id, Exists(*store_, Family::kSweeps, SweepKey(id_or_name)));
+  if (is_id) return id_or_name;
+  KO_ASSIGN_OR_RETURN(auto sweeps, ListSweeps());
+  // Oldest first, so the last match is the latest sweep of that name.
+  for (auto it = sweeps.rbegin(); it != sweeps.rend(); ++it) {
+    if (it->name() == id_or_name) return it->id();
+  }
+  std::string message = "no sweep with id or name '" + id_or_name + "'";
+  if (sweeps.empty()) return Status::NotFound(message + "; the store has no sweeps");
+  constexpr size_t kListed = 10;
+  message += "; latest sweeps (id name):";
+  size_t listed = 0;
+  for (auto it = sweeps.rbegin(); it != sweeps.rend() && listed < kListed; ++it, ++listed) {
+    message += (listed == 0 ? " " : ", ") + it->id() + " " + it->name();
+  }
+  if (sweeps.size() > kListed) {
+    message += " (and " + std::to_string(sweeps.size() - kListed) + " more)";
+  }
+  return Status::NotFound(message);
+}
+
+Status SweepStore::UpdateSweep(const v1::SweepRecord& sweep) {
+  const std::string key = SweepKey(sweep.id());
+  std::lock_guard<std::mutex> lock(mu_);
+  KO_ASSIGN_OR_RETURN(bool exists, Exists(*store_, Family::kSweeps, key));
+  if (!exists) return Status::NotFound("sweep " + sweep.id() + " not found");
+  KO_ASSIGN_OR_RETURN(std::string value, Serialize(sweep));
+  Store::Batch batch;
+  batch.Put(Family::kSweeps, key, value);
+  return store_->Write(batch, /*sync=*/true);
+}
+
+// ------------------------------------------------------------------------------------------
+// Stages and shards
+
+Status SweepStore::ExpandStage(const v1::SweepRecord& updated_sweep, const v1::StageRecord& stage,
+                               const std::vector<v1::Shard>& shards) {
+  const std::string& sweep = updated_sweep.id();
+  const std::string stage_label = StageLabel(sweep, stage.index());
+  std::set<uint32_t> indices;
+  for (const v1::Shard& shard : shards) {
+    if (shard.sweep_id() != sweep || shard.stage() != stage.index()) {
+      return Status::InvalidArgument(
+          stage_label + ": shard " + std::to_string(shard.index()) + " belongs to sweep=" +
+          shard.sweep_id() + " stage=" + std::to_string(shard.stage()));
+    }
+    if (!indices.insert(shard.index()).second) {
+      return Status::InvalidArgument(stage_label + ": shard " + std::to_string(shard.index()) +
+                                     " given twice");
+    }
+  }
+
+  Store::Batch batch;
+  KO_ASSIGN_OR_RETURN(std::string stage_value, Serialize(stage));
+  batch.Put(Family::kStages, StageKey(sweep, stage.index()), stage_value);
+  for (const v1::Shard& shard : shards) {
+    v1::ShardRecord record;
+    *record.mutable_shard() = shard;
+    record.set_state(v1::PENDING);
+    KO_ASSIGN_OR_RETURN(std::string value, Serialize(record));
+    const std::string key = ShardKey(sweep, stage.index(), shard.index());
+    batch.Put(Family::kShards, key, value);
+    batch.Put(Family::kPending, key, "");
+  }
+  KO_ASSIGN_OR_RETURN(std::string sweep_value, Serialize(updated_sweep));
+  batch.Put(Family::kSweeps, SweepKey(sweep), sweep_value);
+
+  std::lock_guard<std::mutex> lock(mu_);
+  KO_ASSIGN_OR_RETURN(bool exists,
+                      Exists(*store_, Family::kStages, StageKey(sweep, stage.index())));
+  if (exists) return Status::FailedPrecondition(stage_label + " is already expanded");
+  return store_->Write(batch, /*sync=*/true);
+}
+
+StatusOr<std::vector<v1::StageRecord>> SweepStore::ListStages(const std::string& sweep) const {
+  return ScanRecords<v1::StageRecord>(*store_, Family::kStages, "sweep=" + sweep,
+                                      SweepKey(sweep));
+}
+
+StatusOr<v1::StageRecord> SweepStore::GetStage(const std::string& sweep, uint32_t stage) const {
+  return GetRecord<v1::StageRecord>(*store_, Family::kStages, StageLabel(sweep, stage),
+                                    StageKey(sweep, stage));
+}
+
+StatusOr<std::vector<v1::ShardRecord>> SweepStore::ListShards(const std::string& sweep,
+                                                              uint32_t stage) const {
+  return ScanRecords<v1::ShardRecord>(*store_, Family::kShards, StageLabel(sweep, stage),
+                                      StageKey(sweep, stage));
+}
+
+StatusOr<std::vector<v1::ShardRecord>> SweepStore::PendingShards(const std::string& sweep,
+                                                                 uint32_t stage) const {
+  KO_ASSIGN_OR_RETURN(auto pending, store_->Scan(Family::kPending, StageKey(sweep, stage)));
+  std::vector<v1::ShardRecord> shards;
+  shards.reserve(pending.size());
+  for (const auto& entry : pending) {
+    const std::string& key = entry.first;
+    auto record = GetRecord<v1::ShardRecord>(*store_, Family::kShards, StageLabel(sweep, stage),
+                                             key);
+    if (!record.ok() && record.status().code() == StatusCode::kNotFound) {
+      // The pending index points at a shard the store does not hold.
+      return Status::Corruption(KeyName(Family::kPending, StageLabel(sweep, stage), key) +
+                                ": pending shard has no shard record");
+    }
+    KO_RETURN_IF_ERROR(record.status());
+    shards.push_back(std::move(record).value());
+  }
+  return shards;
+}
+
+// Read-check-write under mu_: within this process two commits of one shard cannot both pass
+// the DONE check, and commits of different shards of a stage cannot lose a shards_done
+// increment. RocksDB's directory lock keeps other processes out, so whoever embeds the store
+// (the coordinator) owns all commits; if it ever shares the store across processes it must
+// serialise commits per stage itself.
+Status SweepStore::CommitShard(const v1::ShardResult& result, uint32_t attempt, bool* duplicate) {
+  if (duplicate != nullptr) *duplicate = false;
+  const std::string& sweep = result.sweep_id();
+  const uint32_t stage = result.stage();
+  const std::string shard_label = ShardLabel(sweep, stage, result.index());
+  const std::string shard_key = ShardKey(sweep, stage, result.index());
+
+  // Everything that does not depend on stored state is encoded before taking the lock.
+  Store::Batch batch;
+  for (const v1::ResultRow& row : result.rows()) {
+    if (row.prompt() < -1) {
+      return Status::InvalidArgument(shard_label + ": result row of trial " +
+                                     std::to_string(row.trial()) + " has prompt " +
+                                     std::to_string(row.prompt()) + " (expected >= -1)");
+    }
+    std::string key = ResultsPrefix(sweep, stage, kRowKind);
+    AppendUint32(&key, row.trial());
+    AppendString(&key, row.prompt_set());
+    AppendUint32(&key, static_cast<uint32_t>(row.prompt() + 1));
+    KO_ASSIGN_OR_RETURN(std::string value, Serialize(row));
+    batch.Put(Family::kResults, key, value);
+  }
+  for (int n = 0; n < result.sums_size(); ++n) {
+    std::string key = ResultsPrefix(sweep, stage, kPartialSumKind);
+    AppendUint32(&key, result.index());
+    AppendUint32(&key, static_cast<uint32_t>(n));
+    KO_ASSIGN_OR_RETURN(std::string value, Serialize(result.sums(n)));
+    batch.Put(Family::kResults, key, value);
+  }
+  for (const v1::CompletionRecord& completion : result.completions()) {
+    std::string key = ResultsPrefix(sweep, stage, kCompletionKind);
+    AppendString(&key, completion.condition());
+    AppendString(&key, completion.set());
+    AppendUint32(&key, completion.prompt());
+    KO_ASSIGN_OR_RETURN(std::string value, Serialize(completion));
+    batch.Put(Family::kResults, key, value);
+  }
+
+  std::lock_guard<std::mutex> lock(mu_);
+  KO_ASSIGN_OR_RETURN(v1::ShardRecord shard, GetRecord<v1::ShardRecord>(
+                                                 *store_, Family::kShards, shard_label, shard_key));
+  if (shard.state() == v1::DONE) {
+    if (duplicate != nullptr) *duplicate = true;
+    return Status::Ok();
+  }
+  KO_ASSIGN_OR_RETURN(v1::StageRecord stage_record,
+                      GetRecord<v1::StageRecord>(*store_, Family::kStages,
+                                                 StageLabel(sweep, stage), StageKey(sweep, stage)));
+  shard.set_state(v1::DONE);
+  shard.set_attempt(attempt);
+  stage_record.set_shards_done(stage_record.shards_done() + 1);
+  if (stage_record.state() == v1::PENDING) stage_record.set_state(v1::RUNNING);
+
+  KO_ASSIGN_OR_RETURN(std::string shard_value, Serialize(shard));
+  KO_ASSIGN_OR_RETURN(std::string stage_value, Serialize(stage_record));
+  batch.Put(Family::kShards, shard_key, shard_value);
+  batch.Delete(Family::kPending, shard_key);
+  batch.Put(Family::kStages, StageKey(sweep, stage), stage_value);
+  return store_->Write(batch, /*sync=*/true);
+}
+
+Status SweepStore::FailShard(const std::string& sweep, uint32_t stage, uint32_t shard_index,
+                             uint32_t attempt, const std::string& error) {
+  const std::string key = ShardKey(sweep, stage, shard_index);
+  std::lock_guard<std::mutex> lock(mu_);
+  KO_ASSIGN_OR_RETURN(v1::ShardRecord shard,
+                      GetRecord<v1::ShardRecord>(*store_, Family::kShards,
+                                                 ShardLabel(sweep, stage, shard_index), key));
+  // A late failure report of a shard that another attempt already committed changes nothing:
+  // first commit wins.
+  if (shard.state() == v1::DONE) return Status::Ok();
+  shard.set_state(v1::FAILED);
+  shard.set_attempt(attempt);
+  shard.set_error(error);
+  KO_ASSIGN_OR_RETURN(std::string value, Serialize(shard));
+  Store::Batch batch;
+  batch.Put(Family::kShards, key, value);  // the pending key stays: the shard may be retried
+  return store_->Write(batch, /*sync=*/true);
+}
+
+Status SweepStore::FinishStage(const v1::SweepRecord& updated_sweep, const v1::StageRecord& stage,
+                               const std::vector<std::pair<std::string, std::string>>& artifacts) {
+  const std::string& sweep = updated_sweep.id();
+  Store::Batch batch;
+  for (const auto& [name, bytes] : artifacts) {
+    if (name.empty()) {
+      return Status::InvalidArgument(StageLabel(sweep, stage.index()) +
+                                     ": artifact with an empty name");
+    }
+    batch.Put(Family::kArtifacts, ArtifactKey(sweep, name), bytes);
+  }
+  v1::StageRecord done = stage;
+  done.set_state(v1::DONE);
+  KO_ASSIGN_OR_RETURN(std::string stage_value, Serialize(done));
+  KO_ASSIGN_OR_RETURN(std::string sweep_value, Serialize(updated_sweep));
+  batch.Put(Family::kStages, StageKey(sweep, stage.index()), stage_value);
+  batch.Put(Family::kSweeps, SweepKey(sweep), sweep_value);
+  std::lock_guard<std::mutex> lock(mu_);
+  return store_->Write(batch, /*sync=*/true);
+}
+
+// ------------------------------------------------------------------------------------------
+// Results and artifacts
+
+StatusOr<std::vector<v1::ResultRow>> SweepStore::Rows(const std::string& sweep, uint32_t stage,
+                                                      bool aggregates_only) const {
+  // Aggregate rows (prompt+1 == 0) are interleaved with per-prompt rows in key order, so they
+  // are filtered by key before their values are parsed.
+  return ScanRecords<v1::ResultRow>(
+      *store_, Family::kResults, StageLabel(sweep, stage) + " rows",
+      ResultsPrefix(sweep, stage, kRowKind), [aggregates_only](const std::string& key) {
+        return !aggregates_only || TrailingUint32(key) == 0;
+      });
+}
+
+StatusOr<std::vector<v1::PartialSum>> SweepStore::PartialSums(const std::string& sweep,
+                                                              uint32_t stage) const {
+  return ScanRecords<v1::PartialSum>(*store_, Family::kResults,
+                                     StageLabel(sweep, stage) + " partial sums",
+                                     ResultsPrefix(sweep, stage, kPartialSumKind));
+}
+
+StatusOr<std::vector<v1::CompletionRecord>> SweepStore::Completions(const std::string& sweep,
+                                                                    uint32_t stage) const {
+  return ScanRecords<v1::CompletionRecord>(*store_, Family::kResults,
+                                           StageLabel(sweep, stage) + " completions",
+                                           ResultsPrefix(sweep, stage, kCompletionKind));
+}
+
+StatusOr<std::string> SweepStore::GetArtifact(const std::string& sweep,
+                                              const std::string& name) const {
+  const std::string key = ArtifactKey(sweep, name);
+  auto value = store_->Get(Family::kArtifacts, key);
+  if (!value.ok() && value.status().code() == StatusCode::kNotFound) {
+    return Status::NotFound("sweep " + sweep + ": no artifact '" + name + "'");
+  }
+  return value;
+}
+
+StatusOr<std::vector<std::pair<std::string, std::string>>> SweepStore::ListArtifacts(
+    const std::string& sweep, const std::string& prefix) const {
+  const std::string sweep_key = SweepKey(sweep);
+  KO_ASSIGN_OR_RETURN(auto entries, store_->Scan(Family::kArtifacts, sweep_key + prefix));
+  for (auto& entry : entries) entry.first.erase(0, sweep_key.size());
+  return entries;
+}
+
+}  // namespace knockout::experiments

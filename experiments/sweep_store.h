@@ -1,0 +1,105 @@
+// SweepStore: what sweeps, stages, shards, results and artifacts mean in the RocksDB store.
+// Every state change is one write batch; result commits are synced before they return.
+// Used by the embedded runner today and by the coordinator later (no LibTorch here).
+//
+// Key layout (storage/keys.h encoding: big-endian integers, length-prefixed strings):
+//   sweeps:    sweep                                        -> SweepRecord
+//   stages:    sweep, stage(u32)                            -> StageRecord
+//   shards:    sweep, stage(u32), shard(u32)                -> ShardRecord
+//   pending:   sweep, stage(u32), shard(u32)                -> "" (present while not done)
+//   results:   sweep, stage(u32), 0(u32), trial(u32), set, prompt+1(u32) -> ResultRow
+//                                                              (prompt+1 == 0: the aggregate row)
+//              sweep, stage(u32), 1(u32), shard(u32), n(u32) -> PartialSum
+//              sweep, stage(u32), 2(u32), condition, set, prompt(u32) -> CompletionRecord
+//   artifacts: sweep, name (raw bytes, not length-prefixed: it is the last component, so a
+//              prefix scan lists names in name order)   -> bytes (a serialised artifact)
+// Values are protos serialised deterministically; one that does not parse is Corruption naming
+// the family and the key.
+//
+// Thread-safety: safe to share between threads (the Store is). Read-modify-write operations
+// (create, expand, commit, fail, update, finish) are serialised by an internal mutex, which makes
+// first-commit-wins exact within one process; the RocksDB directory lock keeps other processes
+// out, so the process embedding the store (the runner, later the coordinator) owns all commits.
+#pragma once
+
+#include <mutex>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "common/status.h"
+#include "knockout/v1/sweep.pb.h"
+#include "storage/store.h"
+
+namespace knockout::experiments {
+
+class SweepStore {
+ public:
+  // `store` must outlive this object.
+  explicit SweepStore(storage::Store* store) : store_(store) {}
+
+  // Creates the sweep record. FailedPrecondition if a sweep with this id exists.
+  Status CreateSweep(const v1::SweepRecord& sweep);
+  // NotFound naming the id.
+  StatusOr<v1::SweepRecord> GetSweep(const std::string& id) const;
+  // Every sweep, oldest first (by created_unix_ms, then id).
+  StatusOr<std::vector<v1::SweepRecord>> ListSweeps() const;
+  // `id_or_name` is a sweep id, or a spec name (the latest sweep of that name). NotFound lists
+  // what exists.
+  StatusOr<std::string> ResolveSweep(const std::string& id_or_name) const;
+
+  // Writes, in one synced batch: the stage record, one ShardRecord (state PENDING) and one
+  // pending key per shard, and the updated sweep record (stages_expanded advanced by the
+  // caller). FailedPrecondition if the stage already exists (expansion happens once).
+  Status ExpandStage(const v1::SweepRecord& updated_sweep, const v1::StageRecord& stage,
+                     const std::vector<v1::Shard>& shards);
+  StatusOr<std::vector<v1::StageRecord>> ListStages(const std::string& sweep) const;
+  StatusOr<v1::StageRecord> GetStage(const std::string& sweep, uint32_t stage) const;
+  StatusOr<std::vector<v1::ShardRecord>> ListShards(const std::string& sweep,
+                                                    uint32_t stage) const;
+  // Shards of a stage still pending (not DONE), in index order.
+  StatusOr<std::vector<v1::ShardRecord>> PendingShards(const std::string& sweep,
+                                                       uint32_t stage) const;
+
+  // Commits a shard's result in one synced batch: every row, partial sum and completion, the
+  // shard record (DONE, attempt), the pending key removed, the stage's shards_done advanced.
+  // First commit wins: if the shard is already DONE, returns OK and writes nothing
+  // (`*duplicate` set to true when given). NotFound if the shard does not exist.
+  Status CommitShard(const v1::ShardResult& result, uint32_t attempt, bool* duplicate = nullptr);
+  // Records a failed attempt (state FAILED, the error kept) without touching results; the
+  // pending key stays (the shard may be retried). A shard already DONE is left as it is (OK).
+  // NotFound if the shard does not exist.
+  Status FailShard(const std::string& sweep, uint32_t stage, uint32_t shard, uint32_t attempt,
+                   const std::string& error);
+
+  // Finishes a stage in one synced batch: its artifacts, the stage record (state DONE) and the
+  // sweep record (e.g. state DONE after the last stage).
+  Status FinishStage(const v1::SweepRecord& updated_sweep, const v1::StageRecord& stage,
+                     const std::vector<std::pair<std::string, std::string>>& artifacts);
+  // Replaces the sweep record (synced). NotFound if no sweep has its id.
+  Status UpdateSweep(const v1::SweepRecord& sweep);
+
+  // Result rows of a stage in key order (trial, set, prompt; the aggregate row of a trial
+  // first). `aggregates_only` skips per-prompt rows.
+  StatusOr<std::vector<v1::ResultRow>> Rows(const std::string& sweep, uint32_t stage,
+                                            bool aggregates_only) const;
+  StatusOr<std::vector<v1::PartialSum>> PartialSums(const std::string& sweep,
+                                                    uint32_t stage) const;
+  StatusOr<std::vector<v1::CompletionRecord>> Completions(const std::string& sweep,
+                                                          uint32_t stage) const;
+
+  // Artifacts by name (e.g. "extract/3/post_inst[-1]", "select"). NotFound naming it.
+  StatusOr<std::string> GetArtifact(const std::string& sweep, const std::string& name) const;
+  // Every artifact of a sweep whose name starts with `prefix`, in name order.
+  StatusOr<std::vector<std::pair<std::string, std::string>>> ListArtifacts(
+      const std::string& sweep, const std::string& prefix) const;
+
+  storage::Store* store() const { return store_; }
+
+ private:
+  storage::Store* store_;
+  // Guards every read-check-write sequence (a shard's DONE check, a stage's shards_done).
+  std::mutex mu_;
+};
+
+}  // namespace knockout::experiments
