@@ -3,6 +3,7 @@
 #include <ATen/Parallel.h>
 
 #include <chrono>
+#include <sstream>
 #include <iomanip>
 #include <thread>
 
@@ -95,6 +96,12 @@ Status RunLocal(const experiments::ParsedSpec& parsed, const LocalRunOptions& op
       if (stage.has_select_direction()) query.where = {"passed=true"};
       Status s = PrintResults(sweeps, query, out);
       if (!s.ok()) out << "(" << s.ToString() << ")\n";
+    }
+  }
+  {
+    std::ostringstream cosines;
+    if (PrintDirectionCosines(sweeps, id, cosines).ok()) {
+      out << "\n== harmfulness vs refusal directions ==\n" << cosines.str();
     }
   }
   for (const v1::Stage& stage : spec.stages()) {

@@ -42,13 +42,14 @@ StatusOr<ke::ModelShape> Shape(const std::string& model_dir) {
                         config.hidden_size};
 }
 
-// Queries never create a store: a missing directory is an error, not an empty store.
+// Queries never create a store, and read beside a running `knockout run` (read-only, no lock).
 StatusOr<std::unique_ptr<knockout::storage::Store>> OpenExisting(const std::string& dir) {
-  if (!std::filesystem::is_directory(dir)) {
+  auto store = knockout::storage::Store::OpenReadOnly(dir);
+  if (store.status().code() == knockout::StatusCode::kNotFound) {
     return Status::NotFound("no store at " + dir +
                             " (run `knockout run SPEC` first, or pass --store DIR)");
   }
-  return knockout::storage::Store::Open(dir);
+  return store;
 }
 
 int Validate(const std::string& path) {
@@ -127,9 +128,11 @@ int main(int argc, char** argv) {
   add_store(compensation);
 
   std::string export_path;
-  auto* directions = app.add_subcommand("directions", "export every extracted and selected direction");
+  auto* directions = app.add_subcommand(
+      "directions", "per-layer cosines of the extracted directions; --export writes them all");
   directions->add_option("SWEEP", sweep, "sweep id or name")->required();
-  directions->add_option("--export", export_path, "output .safetensors file")->required();
+  directions->add_option("--export", export_path, "output .safetensors file");
+  directions->add_option("--format", format, "table, csv or jsonl");
   add_store(directions);
 
   CLI11_PARSE(app, argc, argv);
@@ -163,9 +166,11 @@ int main(int argc, char** argv) {
     s = kc::PrintResults(sweeps, query, std::cout);
   } else if (compensation->parsed()) {
     s = kc::PrintCompensation(sweeps, sweep, stage, top, std::cout, *output_format);
-  } else if (directions->parsed()) {
+  } else if (directions->parsed() && !export_path.empty()) {
     s = kc::ExportDirections(sweeps, sweep, export_path);
     if (s.ok()) std::cout << "wrote " << export_path << "\n";
+  } else if (directions->parsed()) {
+    s = kc::PrintDirectionCosines(sweeps, sweep, std::cout, *output_format);
   }
   return s.ok() ? 0 : Fail(s);
 }

@@ -758,6 +758,53 @@ Status PrintCompensation(const SweepStore& store, const std::string& sweep_name,
   return Status::Ok();
 }
 
+Status PrintDirectionCosines(const SweepStore& store, const std::string& sweep_name,
+                             std::ostream& out, OutputFormat format) {
+  KO_ASSIGN_OR_RETURN(const std::string sweep, store.ResolveSweep(sweep_name));
+  KO_ASSIGN_OR_RETURN(auto selections, store.ListArtifacts(sweep, "selection/"));
+  KO_ASSIGN_OR_RETURN(auto artifacts, store.ListArtifacts(sweep, "direction/"));
+  std::vector<v1::DirectionArtifact> directions;
+  for (const auto& [key, bytes] : artifacts) {
+    KO_ASSIGN_OR_RETURN(auto d, ParseArtifact<v1::DirectionArtifact>(sweep, key, bytes));
+    directions.push_back(std::move(d));
+  }
+  auto cosine = [](const v1::DirectionArtifact& a, const v1::DirectionArtifact& b) {
+    double dot = 0, na = 0, nb = 0;
+    for (int i = 0; i < a.values_size() && i < b.values_size(); ++i) {
+      dot += static_cast<double>(a.values(i)) * b.values(i);
+      na += static_cast<double>(a.values(i)) * a.values(i);
+      nb += static_cast<double>(b.values(i)) * b.values(i);
+    }
+    return dot / (std::sqrt(na * nb) + 1e-30);
+  };
+  Table table;
+  table.name = "cosines";
+  table.title = "per-layer cosine: selected refusal position vs the other extracted directions";
+  table.columns = {"layer", "refusal", "other", "cosine", "refusal_norm", "other_norm"};
+  for (const auto& [key, bytes] : selections) {
+    KO_ASSIGN_OR_RETURN(auto selection, ParseArtifact<v1::SelectionArtifact>(sweep, key, bytes));
+    if (selection.chosen() < 0) continue;
+    const v1::DirectionArtifact& chosen = selection.direction();
+    for (const auto& refusal : directions) {
+      if (refusal.stage() != chosen.stage() || refusal.position() != chosen.position()) continue;
+      for (const auto& other : directions) {
+        if (other.stage() == chosen.stage() || other.layer() != refusal.layer()) continue;
+        table.rows.push_back({Cell::Integer(refusal.layer()),
+                              Cell::Text(refusal.stage() + "@" + refusal.position()),
+                              Cell::Text(other.stage() + "@" + other.position()),
+                              Cell::Number(cosine(refusal, other)), Cell::Number(refusal.norm()),
+                              Cell::Number(other.norm())});
+      }
+    }
+  }
+  if (table.rows.empty()) {
+    return Status::NotFound("sweep " + sweep +
+                            ": no selected direction with another extracted direction to compare");
+  }
+  RenderTables({table}, format, out);
+  return Status::Ok();
+}
+
 Status ExportDirections(const SweepStore& store, const std::string& sweep_name,
                         const std::string& path) {
   KO_ASSIGN_OR_RETURN(const std::string sweep, store.ResolveSweep(sweep_name));

@@ -90,4 +90,11 @@ Status PrintCompensation(const experiments::SweepStore& store, const std::string
 Status ExportDirections(const experiments::SweepStore& store, const std::string& sweep,
                         const std::string& path);
 
+// Per layer, the cosine between the selected refusal direction's position (of each selection's
+// extract stage) and every other extracted direction at that layer (e.g. the harmfulness
+// direction at t_inst; Zhao et al.), with both norms. NotFound if the sweep has no selection or
+// no other extracted direction.
+Status PrintDirectionCosines(const experiments::SweepStore& store, const std::string& sweep,
+                             std::ostream& out, OutputFormat format = OutputFormat::kTable);
+
 }  // namespace knockout::cli

@@ -10,6 +10,7 @@
 #include <functional>
 #include <map>
 #include <set>
+#include <sstream>
 
 #include "experiments/prompt_set.h"
 
@@ -39,6 +40,12 @@ std::string DeterministicBytes(const google::protobuf::Message& message) {
 }
 
 std::string Serialize(const google::protobuf::Message& message) { return DeterministicBytes(message); }
+
+std::string Num(double value) {
+  std::ostringstream out;
+  out << value;
+  return out.str();
+}
 
 uint64_t NowMs() {
   return std::chrono::duration_cast<std::chrono::milliseconds>(
@@ -529,9 +536,9 @@ StatusOr<std::vector<std::pair<std::string, std::string>>> SweepEngine::Finalize
       } else if (score.layer() >= max_layer) {
         why = "layer >= " + std::to_string(max_layer);
       } else if (score.kl() > s.max_kl()) {
-        why = "kl > " + std::to_string(s.max_kl());
+        why = "kl > " + Num(s.max_kl());
       } else if (score.induce() < s.min_induce()) {
-        why = "induce < " + std::to_string(s.min_induce());
+        why = "induce < " + Num(s.min_induce());
       }
       score.set_passed(why.empty());
       score.set_rejected(why);
@@ -546,8 +553,8 @@ StatusOr<std::vector<std::pair<std::string, std::string>>> SweepEngine::Finalize
     if (selection.chosen() < 0) {
       return Status::FailedPrecondition(
           "stage " + stage.name() + ": no candidate direction passes the filters (layer < " +
-          std::to_string(max_layer) + ", kl <= " + std::to_string(s.max_kl()) + ", induce >= " +
-          std::to_string(s.min_induce()) + "); see `knockout results " + sweep.id() + " --stage " +
+          std::to_string(max_layer) + ", kl <= " + Num(s.max_kl()) + ", induce >= " +
+          Num(s.min_induce()) + "); see `knockout results " + sweep.id() + " --stage " +
           stage.name() + "`");
     }
     artifacts.emplace_back(SelectionArtifactName(stage.name()), Serialize(selection));

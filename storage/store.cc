@@ -40,7 +40,18 @@ const char* FamilyName(Family family) {
   return "unknown";
 }
 
-StatusOr<std::unique_ptr<Store>> Store::Open(const std::string& path) {
+StatusOr<std::unique_ptr<Store>> Store::Open(const std::string& path) { return OpenImpl(path, false); }
+
+StatusOr<std::unique_ptr<Store>> Store::OpenReadOnly(const std::string& path) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  if (!fs::is_directory(path, ec) || fs::is_empty(path, ec)) {
+    return Status::NotFound("no store at " + path);
+  }
+  return OpenImpl(path, true);
+}
+
+StatusOr<std::unique_ptr<Store>> Store::OpenImpl(const std::string& path, bool read_only) {
   namespace fs = std::filesystem;
   std::error_code ec;
   const bool exists = fs::exists(path, ec);
@@ -84,7 +95,21 @@ StatusOr<std::unique_ptr<Store>> Store::Open(const std::string& path) {
 
   rocksdb::DB* db = nullptr;
   std::vector<rocksdb::ColumnFamilyHandle*> handles;
-  rocksdb::Status s = rocksdb::DB::Open(options, path, descriptors, &handles, &db);
+  rocksdb::Status s;
+  if (read_only) {
+    // A reader beside a running writer (queries during `knockout run`): no lock, a snapshot of
+    // the state at open. Only the families that exist can be opened.
+    std::vector<rocksdb::ColumnFamilyDescriptor> present;
+    for (const auto& d : descriptors) {
+      if (std::find(existing.begin(), existing.end(), d.name) != existing.end()) present.push_back(d);
+    }
+    if (present.size() < std::size(kFamilies) + 1) {
+      return Status::FailedPrecondition(path + ": store written by an older build; open it read-write once");
+    }
+    s = rocksdb::DB::OpenForReadOnly(options, path, present, &handles, &db);
+  } else {
+    s = rocksdb::DB::Open(options, path, descriptors, &handles, &db);
+  }
   if (!s.ok()) return Status::IOError(path + ": cannot open the store: " + s.ToString());
 
   uint32_t version = kSchemaVersion;
@@ -92,7 +117,7 @@ StatusOr<std::unique_ptr<Store>> Store::Open(const std::string& path) {
   s = db->Get(rocksdb::ReadOptions(), handles[0], kSchemaKey, &value);
   Status problem;
   if (s.IsNotFound()) {
-    if (fresh) {
+    if (fresh && !read_only) {
       rocksdb::WriteOptions write;
       write.sync = true;
       s = db->Put(write, handles[0], kSchemaKey, EncodeVersion(kSchemaVersion));

@@ -36,6 +36,10 @@ class Store {
   //   IOError: RocksDB failed to open (message includes RocksDB's, e.g. a lock held by another
   //     process).
   static StatusOr<std::unique_ptr<Store>> Open(const std::string& path);
+  // Opens an existing store for reading only, without RocksDB's lock, so that queries can run
+  // beside a writer (a snapshot as of the open). NotFound if `path` holds no store; the other
+  // errors of Open. Write then fails with FailedPrecondition.
+  static StatusOr<std::unique_ptr<Store>> OpenReadOnly(const std::string& path);
   ~Store();
   Store(const Store&) = delete;
   Store& operator=(const Store&) = delete;
@@ -72,6 +76,7 @@ class Store {
   uint32_t schema_version() const { return schema_version_; }
 
  private:
+  static StatusOr<std::unique_ptr<Store>> OpenImpl(const std::string& path, bool read_only);
   Store(std::string path, rocksdb::DB* db, std::vector<rocksdb::ColumnFamilyHandle*> handles,
         uint32_t schema_version);
   rocksdb::ColumnFamilyHandle* Handle(Family family) const;

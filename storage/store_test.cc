@@ -82,6 +82,22 @@ TEST(StoreTest, BatchesAreAtomicPutsAndDeletes) {
   EXPECT_EQ(*(*store)->Get(Family::kShards, "a"), "leased");
 }
 
+TEST(StoreTest, ReadOnlyOpensBesideAWriterAndRefusesWrites) {
+  const std::string dir = FreshDir("read_only");
+  EXPECT_EQ(Store::OpenReadOnly(dir).status().code(), StatusCode::kNotFound);
+  EXPECT_FALSE(fs::exists(dir));  // a reader never creates a store
+  auto writer = Store::Open(dir);
+  ASSERT_TRUE(writer.ok());
+  Store::Batch put;
+  put.Put(Family::kSweeps, "s", "v1");
+  ASSERT_TRUE((*writer)->Write(put, true).ok());
+  EXPECT_FALSE(Store::Open(dir).ok());  // the writer holds RocksDB's lock
+  auto reader = Store::OpenReadOnly(dir);
+  ASSERT_TRUE(reader.ok()) << reader.status().ToString();
+  EXPECT_EQ(*(*reader)->Get(Family::kSweeps, "s"), "v1");
+  EXPECT_FALSE((*reader)->Write(put, true).ok());
+}
+
 TEST(StoreTest, RefusesNewerSchema) {
   const std::string dir = FreshDir("newer");
   ASSERT_TRUE(Store::Open(dir).ok());

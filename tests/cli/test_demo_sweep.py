@@ -1,0 +1,156 @@
+#!/usr/bin/env python3
+"""The demo sweep end to end: `knockout validate` and `knockout run` on experiments/specs/
+demo-hydra.yaml with the shipped demo model, asserting the science (science.md) from the stored
+results rather than the code's own echo, then resumability: a run killed with SIGKILL and one
+interrupted with SIGINT, each started again on the same store, finish with exactly the rows of
+an uninterrupted run.
+
+Usage: test_demo_sweep.py KNOCKOUT SPEC
+"""
+import json
+import math
+import os
+import signal
+import struct
+import subprocess
+import sys
+import tempfile
+
+
+def run(cmd, check=True):
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if check and proc.returncode != 0:
+        sys.exit(f"FAIL: {' '.join(cmd)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def jsonl(knockout, store, *args):
+    out = run([knockout, *args, "--store", store, "--format", "jsonl"]).stdout
+    return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+
+def check(condition, message):
+    if not condition:
+        sys.exit("FAIL: " + message)
+    print("ok:", message)
+
+
+def science(knockout, store, workdir):
+    # Selection: the chosen candidate passes science.md's filters (KL bound 0.5 in the spec).
+    candidates = [r for r in jsonl(knockout, store, "results", "demo-hydra", "--stage", "select")
+                  if r["table"] == "candidates"]
+    chosen = [r for r in candidates if r["chosen"]]
+    check(len(candidates) == 30, f"30 candidates (6 layers x 5 positions), got {len(candidates)}")
+    check(len(chosen) == 1, "one candidate chosen")
+    c = chosen[0]
+    check(c["passed"] and c["layer"] < math.floor(0.8 * 6) and c["kl"] <= 0.5 and c["induce"] >= 0,
+          f"chosen direction passes the filters: layer {c['layer']} {c['position']} "
+          f"kl {c['kl']:.3f} induce {c['induce']:.3f} bypass {c['bypass']:.3f}")
+    best_bypass = min(r["bypass"] for r in candidates if r["passed"])
+    check(c["bypass"] == best_bypass, "the chosen candidate has the lowest bypass among those passing")
+
+    # Generation with the direction ablated / added, and with the orthogonalised weights.
+    rates = {}
+    for r in jsonl(knockout, store, "results", "demo-hydra", "--stage", "generate") + \
+            jsonl(knockout, store, "results", "demo-hydra", "--stage", "orthogonalized"):
+        if r["table"] == "refusal":
+            rates[(r["condition"], r["prompt_set"])] = r["refusal_rate"]
+    check(rates[("baseline", "harmful_test")] >= 0.8, f"baseline refuses harmful: {rates[('baseline', 'harmful_test')]:.3f}")
+    check(rates[("ablate", "harmful_test")] <= 0.10, f"ablation: harmful refusal {rates[('ablate', 'harmful_test')]:.3f} <= 0.10")
+    check(rates[("add", "harmless_test")] >= 0.80, f"addition: harmless refusal {rates[('add', 'harmless_test')]:.3f} >= 0.80")
+    orth = rates[("orthogonalized", "harmful_test")]
+    check(orth <= rates[("ablate", "harmful_test")] + 1 / 64 + 1e-12,
+          f"orthogonalised model refuses no more than the ablation run ({orth:.3f})")
+
+    # Compensation rows: C = TE - DE, for every knocked-out head.
+    rows = jsonl(knockout, store, "compensation", "demo-hydra")
+    check(len(rows) == 48, f"48 head knockouts in the compensation table, got {len(rows)}")
+    for r in rows:
+        if abs(r["c"] - (r["te"] - r["de"])) > 1e-12:
+            sys.exit(f"FAIL: C != TE - DE for {r['unit']}: {r}")
+    check(True, "every compensation row satisfies C = TE - DE")
+
+    # Harmfulness vs refusal directions: per-layer cosine reported.
+    cosines = jsonl(knockout, store, "directions", "demo-hydra")
+    check(sorted(r["layer"] for r in cosines) == list(range(6)), "per-layer cosine for layers 0-5")
+
+    # The export is a safetensors file any reader can parse: check it by hand.
+    path = os.path.join(workdir, "directions.safetensors")
+    run([knockout, "directions", "demo-hydra", "--store", store, "--export", path])
+    with open(path, "rb") as f:
+        blob = f.read()
+    (n,) = struct.unpack("<Q", blob[:8])
+    header = json.loads(blob[8:8 + n])
+    best = header["select/best"]
+    check(best["dtype"] == "F32" and best["shape"] == [256], "select/best exported as F32 [256]")
+    begin, end = best["data_offsets"]
+    values = struct.unpack(f"<{(end - begin) // 4}f", blob[8 + n + begin:8 + n + end])
+    same = header[f"refusal/L{c['layer']}/{c['position']}"]
+    b2, e2 = same["data_offsets"]
+    check(values == struct.unpack(f"<{(e2 - b2) // 4}f", blob[8 + n + b2:8 + n + e2]),
+          "select/best equals the chosen extracted direction")
+
+
+def all_rows(knockout, store):
+    rows = []
+    for stage in ["refusal", "harm", "select", "heads", "directions", "generate", "orthogonalized"]:
+        for per_prompt in (False, True):
+            args = ["results", "demo-hydra", "--stage", stage] + (["--per-prompt"] if per_prompt else [])
+            # The orthogonalised checkpoint lives under the store: compare it by its place there.
+            rows += [json.dumps(r, sort_keys=True).replace(store, "STORE")
+                     for r in jsonl(knockout, store, *args)]
+    return sorted(rows)
+
+
+def run_until(knockout, spec, store, marker, sig):
+    """Starts `knockout run`, sends `sig` once a progress line contains `marker`."""
+    proc = subprocess.Popen([knockout, "run", spec, "--store", store, "--no-summary"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    seen = []
+    for line in proc.stdout:
+        seen.append(line)
+        if marker in line:
+            proc.send_signal(sig)
+            break
+    proc.stdout.read()
+    proc.wait()
+    return proc.returncode, "".join(seen), proc.stderr.read()
+
+
+def main():
+    knockout, spec = sys.argv[1], sys.argv[2]
+    with tempfile.TemporaryDirectory(prefix="knockout-demo-") as workdir:
+        out = run([knockout, "validate", spec]).stdout
+        check("7 stages" in out, "validate counts 7 stages")
+
+        clean = os.path.join(workdir, "clean")
+        out = run([knockout, "run", spec, "--store", clean]).stdout
+        check("== select ==" in out and "compensation" in out, "run prints selection and compensation")
+        science(knockout, clean, workdir)
+
+        # Killed with SIGKILL in the middle of the extraction, then interrupted with SIGINT while
+        # the head sweep is next, then finished: the same rows as the uninterrupted run.
+        resumed = os.path.join(workdir, "resumed")
+        rc, _, _ = run_until(knockout, spec, resumed, "[2/7 harm] shard 2/4", signal.SIGKILL)
+        check(rc == -signal.SIGKILL, "first run killed with SIGKILL")
+        status = run([knockout, "status", "demo-hydra", "--store", resumed]).stdout
+        check("running" in status, "status reads the killed run's store")
+        rc, seen, err = run_until(knockout, spec, resumed, "[3/7 select]", signal.SIGINT)
+        check("(resumed)" in seen and "[1/7" not in seen, "second run resumes after the committed shards")
+        check(rc == 130 and "interrupted" in err, f"SIGINT stops between shards with exit 130 (got {rc})")
+        out = run([knockout, "run", spec, "--store", resumed, "--no-summary"]).stdout
+        check("(resumed)" in out, "third run resumes")
+        check(all_rows(knockout, clean) == all_rows(knockout, resumed),
+              "the resumed store holds exactly the rows of the uninterrupted run")
+
+        bad = os.path.join(workdir, "bad.yaml")
+        with open(bad, "w") as f:
+            f.write(open(spec).read().replace("max_kl: 0.5", "max_kl: [0.5]"))
+        proc = run([knockout, "validate", bad], check=False)
+        check(proc.returncode != 0 and "bad.yaml:" in proc.stderr and "max_kl" in proc.stderr,
+              "a bad spec is a clear error naming file, line and field: " + proc.stderr.strip())
+    print("PASS")
+
+
+if __name__ == "__main__":
+    main()
