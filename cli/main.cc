@@ -14,7 +14,6 @@
 #include "experiments/spec.h"
 #include "experiments/sweep_store.h"
 #include "storage/store.h"
-#include "worker/model/config.h"
 
 namespace {
 
@@ -36,12 +35,6 @@ int Fail(const Status& status) {
   return 1;
 }
 
-StatusOr<ke::ModelShape> Shape(const std::string& model_dir) {
-  KO_ASSIGN_OR_RETURN(knockout::model::ModelConfig config, knockout::model::LoadModelConfig(model_dir));
-  return ke::ModelShape{config.num_layers, config.num_heads, config.intermediate_size,
-                        config.hidden_size};
-}
-
 // Queries never create a store, and read beside a running `knockout run` (read-only, no lock).
 StatusOr<std::unique_ptr<knockout::storage::Store>> OpenExisting(const std::string& dir) {
   auto store = knockout::storage::Store::OpenReadOnly(dir);
@@ -55,7 +48,7 @@ StatusOr<std::unique_ptr<knockout::storage::Store>> OpenExisting(const std::stri
 int Validate(const std::string& path) {
   auto parsed = ke::LoadSpec(path);
   if (!parsed.ok()) return Fail(parsed.status());
-  auto shape = Shape(parsed->spec.model().path());
+  auto shape = kc::ReadModelShape(parsed->spec.model().path());
   if (!shape.ok()) return Fail(shape.status().WithContext(parsed->Where("model.path")));
   if (Status s = ke::ValidateSpecFiles(*parsed, *shape); !s.ok()) return Fail(s);
   auto plan = ke::PlanSweep(parsed->spec, *shape);

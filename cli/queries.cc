@@ -604,8 +604,10 @@ std::string UnitName(const std::string& unit_kind, int layer, int unit) {
 
 // Downstream readings are of the swept kind; whole-layer (and direction) sweeps read
 // attn_out (unit 0) and mlp_out (unit 1) of every later layer.
+// The executor reads heads downstream of head knockouts, and whole attention (0) and MLP (1)
+// outputs downstream of everything else (neurons included: a layer has too many to list).
 std::string DownstreamName(const std::string& swept_kind, int layer, int unit) {
-  if (swept_kind == "head" || swept_kind == "neuron") return UnitName(swept_kind, layer, unit);
+  if (swept_kind == "head") return UnitName(swept_kind, layer, unit);
   if (unit == 0) return UnitName("attn_out", layer, -1);
   if (unit == 1) return UnitName("mlp_out", layer, -1);
   return UnitName("", layer, unit);

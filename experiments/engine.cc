@@ -165,7 +165,7 @@ class Directions {
 // positions. Directions are attached to `shard` (null when only counting).
 StatusOr<std::vector<v1::Trial>> KnockoutTrials(const v1::KnockoutSweepStage& stage,
                                                 const ModelShape& shape, const Directions& directions,
-                                                v1::Shard* shard) {
+                                                const NeuronRanker& ranker, v1::Shard* shard) {
   std::vector<v1::Trial> trials;
   for (const v1::Target& target : stage.targets()) {
     for (int layer : Layers(target.layers(), shape.num_layers)) {
@@ -183,9 +183,14 @@ StatusOr<std::vector<v1::Trial>> KnockoutTrials(const v1::KnockoutSweepStage& st
         case v1::Target::NEURONS:
           hook = l + ".mlp.hook_post", kind = "neuron";
           units.assign(target.units().begin(), target.units().end());
-          if (units.empty()) {
-            return Status::Unimplemented(
-                "neuron targets need listed units: top_k selection by score is not implemented yet");
+          if (units.empty() && !shard) {
+            for (uint32_t i = 0; i < target.top_k(); ++i) units.push_back(static_cast<int>(i));
+          } else if (units.empty()) {
+            if (!ranker) return Status::Unimplemented("neuron top_k needs a neuron ranker");
+            KO_ASSIGN_OR_RETURN(v1::DirectionArtifact d, directions.Get(target.score_direction(), layer));
+            std::vector<float> values(d.values().begin(), d.values().end());
+            KO_ASSIGN_OR_RETURN(auto ranked, ranker(layer, target.score(), values, target.top_k()));
+            units.assign(ranked.begin(), ranked.end());
           }
           break;
         case v1::Target::DIRECTION: hook = l + ".hook_resid_pre", kind = "direction", units = {-1}; break;
@@ -389,7 +394,7 @@ StatusOr<std::vector<v1::Shard>> SweepEngine::Expand(const v1::SweepSpec& spec,
       }
       KO_ASSIGN_OR_RETURN(std::string reference, ReferenceSet(s));
       if (!reference.empty()) KO_RETURN_IF_ERROR(AddSet(spec, reference, base.mutable_reference_prompts()));
-      KO_ASSIGN_OR_RETURN(auto trials, KnockoutTrials(s, shape_, directions, &base));
+      KO_ASSIGN_OR_RETURN(auto trials, KnockoutTrials(s, shape_, directions, ranker_, &base));
       // Every shard holds all the stage's prompts, so a trial's aggregate is computed in one place.
       return ShardTrialList(base, trials, ShardTrials(spec, stage));
     }
@@ -684,7 +689,7 @@ StatusOr<std::vector<StagePlan>> PlanSweep(const v1::SweepSpec& spec, const Mode
         KO_ASSIGN_OR_RETURN(uint64_t n, count(set));
         plan.prompts += n;
       }
-      KO_ASSIGN_OR_RETURN(auto trials, KnockoutTrials(s, shape, names, nullptr));
+      KO_ASSIGN_OR_RETURN(auto trials, KnockoutTrials(s, shape, names, nullptr, nullptr));
       plan.trials = trials.size();
       plan.shards = ceil_div(plan.trials, per_trials);
     } else if (stage.has_generate()) {

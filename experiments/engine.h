@@ -9,6 +9,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -28,10 +29,19 @@ std::string DirectionArtifactName(const std::string& stage, int layer, const std
 std::string SelectionArtifactName(const std::string& stage);
 std::string OrthogonalizeArtifactName(const std::string& stage);
 
+// Ranks the MLP neurons of `layer` for a neuron target with `top_k`: returns the indices of the
+// `k` best by the target's score (e.g. "direction_cosine": |cos(W_down[:, n], direction)|). The
+// engine is torch-free and never reads weights itself: the caller, which knows the checkpoint,
+// provides this.
+using NeuronRanker = std::function<StatusOr<std::vector<int32_t>>(
+    int layer, const std::string& score, const std::vector<float>& direction, uint32_t k)>;
+
 class SweepEngine {
  public:
-  // `store` must outlive the engine. `shape` is the model's (from its config.json).
-  SweepEngine(SweepStore* store, ModelShape shape) : store_(store), shape_(shape) {}
+  // `store` must outlive the engine. `shape` is the model's (from its config.json). Without a
+  // ranker, neuron targets must list their units.
+  SweepEngine(SweepStore* store, ModelShape shape, NeuronRanker ranker = nullptr)
+      : store_(store), shape_(shape), ranker_(std::move(ranker)) {}
 
   // Creates the sweep of `spec`, or finds it if it exists (`*resumed` = true). The spec must be
   // validated already. Returns the sweep id.
@@ -60,6 +70,7 @@ class SweepEngine {
 
   SweepStore* store_;
   ModelShape shape_;
+  NeuronRanker ranker_;
 };
 
 // How many shards and trials each stage will have, without a store or a model run: what

@@ -63,8 +63,11 @@ def science(knockout, store, workdir):
           f"orthogonalised model refuses no more than the ablation run ({orth:.3f})")
 
     # Compensation rows: C = TE - DE, for every knocked-out head.
-    rows = jsonl(knockout, store, "compensation", "demo-hydra")
+    rows = jsonl(knockout, store, "compensation", "demo-hydra", "--stage", "heads")
     check(len(rows) == 48, f"48 head knockouts in the compensation table, got {len(rows)}")
+    neurons = jsonl(knockout, store, "compensation", "demo-hydra", "--stage", "neurons")
+    check(len(neurons) == 16, f"16 neuron knockouts (top 4 x 4 layers), got {len(neurons)}")
+    rows += neurons
     for r in rows:
         if abs(r["c"] - (r["te"] - r["de"])) > 1e-12:
             sys.exit(f"FAIL: C != TE - DE for {r['unit']}: {r}")
@@ -93,7 +96,8 @@ def science(knockout, store, workdir):
 
 def all_rows(knockout, store):
     rows = []
-    for stage in ["refusal", "harm", "select", "heads", "directions", "generate", "orthogonalized"]:
+    for stage in ["refusal", "harm", "select", "heads", "directions", "neurons", "generate",
+                  "orthogonalized"]:
         for per_prompt in (False, True):
             args = ["results", "demo-hydra", "--stage", stage] + (["--per-prompt"] if per_prompt else [])
             # The orthogonalised checkpoint lives under the store: compare it by its place there.
@@ -121,7 +125,7 @@ def main():
     knockout, spec = sys.argv[1], sys.argv[2]
     with tempfile.TemporaryDirectory(prefix="knockout-demo-") as workdir:
         out = run([knockout, "validate", spec]).stdout
-        check("7 stages" in out, "validate counts 7 stages")
+        check("8 stages" in out, "validate counts 8 stages")
 
         clean = os.path.join(workdir, "clean")
         out = run([knockout, "run", spec, "--store", clean]).stdout
@@ -131,12 +135,12 @@ def main():
         # Killed with SIGKILL in the middle of the extraction, then interrupted with SIGINT while
         # the head sweep is next, then finished: the same rows as the uninterrupted run.
         resumed = os.path.join(workdir, "resumed")
-        rc, _, _ = run_until(knockout, spec, resumed, "[2/7 harm] shard 2/4", signal.SIGKILL)
+        rc, _, _ = run_until(knockout, spec, resumed, "[2/8 harm] shard 2/4", signal.SIGKILL)
         check(rc == -signal.SIGKILL, "first run killed with SIGKILL")
         status = run([knockout, "status", "demo-hydra", "--store", resumed]).stdout
         check("running" in status, "status reads the killed run's store")
-        rc, seen, err = run_until(knockout, spec, resumed, "[3/7 select]", signal.SIGINT)
-        check("(resumed)" in seen and "[1/7" not in seen, "second run resumes after the committed shards")
+        rc, seen, err = run_until(knockout, spec, resumed, "[3/8 select]", signal.SIGINT)
+        check("(resumed)" in seen and "[1/8" not in seen, "second run resumes after the committed shards")
         check(rc == 130 and "interrupted" in err, f"SIGINT stops between shards with exit 130 (got {rc})")
         out = run([knockout, "run", spec, "--store", resumed, "--no-summary"]).stdout
         check("(resumed)" in out, "third run resumes")
