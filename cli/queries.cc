@@ -564,6 +564,13 @@ Status AppendStageTables(const SweepStore& store, const std::string& sweep,
   if (kind == "generate" || kind == "orthogonalize") {
     KO_ASSIGN_OR_RETURN(Table table, CompletionsTable(store, sweep, stage, per_prompt));
     tables->push_back(std::move(table));
+    // Capability cost (cross-entropy on the text set per condition), when the spec asks for it.
+    KO_ASSIGN_OR_RETURN(Table results, ResultsTable(store, sweep, stage, false));
+    if (!results.rows.empty()) {
+      results.name = "cross_entropy";
+      results.title = Title(stage, "cross-entropy on the text set per condition");
+      tables->push_back(std::move(results));
+    }
     if (kind == "orthogonalize") {
       KO_ASSIGN_OR_RETURN(auto artifact, OptionalArtifact<v1::OrthogonalizeArtifact>(
                                              store, sweep, "orthogonalize/" + stage.name()));

@@ -431,7 +431,12 @@ StatusOr<std::vector<v1::Shard>> SweepEngine::Expand(const v1::SweepSpec& spec,
           trial->mutable_label()->set_coefficient(c.coefficient());
         }
       }
-      return ShardPromptList(base, ShardPrompts(spec, stage));
+      std::vector<v1::Shard> shards = ShardPromptList(base, ShardPrompts(spec, stage));
+      // Capability cost: the cross-entropy on the text set under each condition, once (shard 0).
+      if (!spec.metrics().text_set().empty() && !shards.empty()) {
+        KO_RETURN_IF_ERROR(AddSet(spec, spec.metrics().text_set(), shards[0].mutable_reference_prompts()));
+      }
+      return shards;
     }
     case v1::Stage::kOrthogonalize: {
       const auto& s = stage.orthogonalize();

@@ -835,6 +835,41 @@ StatusOr<std::vector<v1::CompletionRecord>> Generate(const km::Model& model, con
   return records;
 }
 
+// Mean next-token cross-entropy (nats) of the reference prompts read as plain text (no chat
+// template, the tokenizer's BOS policy), under the registry's interventions at every position.
+StatusOr<std::pair<double, int64_t>> CrossEntropy(const km::Model& model, const LoadedModel& m,
+                                                  const v1::Shard& shard, km::HookRegistry* hooks,
+                                                  int64_t batch_size) {
+  std::vector<std::vector<int64_t>> texts;
+  for (const auto& p : shard.reference_prompts()) {
+    KO_ASSIGN_OR_RETURN(kt::Encoding encoding, m.tokenizer->Encode(p.instruction(), true));
+    if (encoding.ids.size() >= 2) texts.push_back(encoding.ids);
+  }
+  double total = 0;
+  int64_t tokens = 0;
+  const int64_t pad_id = chat::PadTokenId(model, *m.tokenizer);
+  for (size_t begin = 0; begin < texts.size(); begin += batch_size) {
+    const size_t end = std::min(texts.size(), begin + static_cast<size_t>(batch_size));
+    std::vector<std::vector<int64_t>> part(texts.begin() + begin, texts.begin() + end);
+    km::Batch batch = km::MakeLeftPaddedBatch(part, pad_id, model.device());
+    km::ForwardRequest request;
+    request.input_ids = batch.input_ids;
+    request.attention_mask = batch.attention_mask;
+    request.hooks = hooks;
+    KO_ASSIGN_OR_RETURN(km::ForwardResult result, model.Forward(request));
+    at::Tensor logp = at::log_softmax(result.logits.to(at::kDouble), -1);
+    const int64_t t = batch.input_ids.size(1);
+    at::Tensor targets = batch.input_ids.narrow(1, 1, t - 1).unsqueeze(-1);
+    at::Tensor nll = -logp.narrow(1, 0, t - 1).gather(-1, targets).squeeze(-1);
+    // A pair counts where both the predicting and the predicted column are real tokens.
+    at::Tensor real = (batch.attention_mask.narrow(1, 0, t - 1) * batch.attention_mask.narrow(1, 1, t - 1))
+                          .to(at::kDouble);
+    total += (nll * real).sum().item<double>();
+    tokens += real.sum().item<double>();
+  }
+  return std::make_pair(tokens > 0 ? total / tokens : std::nan(""), tokens);
+}
+
 StatusOr<v1::ShardResult> RunGenerate(const LoadedModel& m, const v1::Shard& shard,
                                       int64_t batch_size) {
   const km::Model& model = *m.model;
@@ -873,6 +908,15 @@ StatusOr<v1::ShardResult> RunGenerate(const LoadedModel& m, const v1::Shard& sha
     }
     KO_ASSIGN_OR_RETURN(auto records, Generate(model, m, shard, &hooks, trial.label().role(), batch_size));
     for (auto& r : records) *out.add_completions() = std::move(r);
+    if (shard.reference_prompts_size() > 0 && !shard.metrics().text_set().empty()) {
+      KO_ASSIGN_OR_RETURN(auto ce, CrossEntropy(model, m, shard, &hooks, batch_size));
+      v1::ResultRow* row = out.add_rows();
+      row->set_trial(trial.index());
+      row->set_prompt_set(shard.metrics().text_set());
+      row->set_prompt(-1);
+      (*row->mutable_values())["cross_entropy"] = ce.first;
+      (*row->mutable_values())["tokens"] = static_cast<double>(ce.second);
+    }
   }
   out.set_trials_run(shard.trials_size());
   return out;
