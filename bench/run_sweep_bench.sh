@@ -8,8 +8,9 @@
 #   ninja -C build -j2 sweep_bench knockout-worker && bench/run_sweep_bench.sh build
 #
 # Environment: THREADS (2), OUT_DIR (a new temp dir), PYTHON (/usr/bin/python3), REPEAT (3, timed
-# executor runs per process, best kept), ROWS_POST ("96 128 256 512 1024 1152") and ROWS_ALL
-# ("96 256 1152"): the max_batch_rows values tried (each in its own process, so peak RSS is per
+# executor runs per process, best kept; REPEAT_ALL (2) for all positions), ROWS_POST ("layer 128 256 512 1024 all") and ROWS_ALL
+# ("layer 256"): the max_batch_rows values tried ("layer" = heads x prompts, the rows of one
+# layer's trials: 64 for the demo model, 96 for the big one; "all" = every row in one chunk) (each in its own process, so peak RSS is per
 # run), NAIVE_REPEAT (1), PY_MAX_TRIALS_BIG (48: the Python loop times the first N trials of the big
 # model and extrapolates), QUIET_WAIT (120 s to wait for an idle machine before each run),
 # MAX_OTHER (0.05) and RETRIES (2) (bench/measure.py: rerun while other processes used more than
@@ -22,8 +23,9 @@ BUILD=${1:-build}
 THREADS=${THREADS:-2}
 PYTHON=${PYTHON:-/usr/bin/python3}
 REPEAT=${REPEAT:-3}
-ROWS_POST=${ROWS_POST:-"96 128 256 512 1024 1152"}
-ROWS_ALL=${ROWS_ALL:-"96 256 1152"}
+REPEAT_ALL=${REPEAT_ALL:-2}
+ROWS_POST=${ROWS_POST:-"layer 128 256 512 1024 all"}
+ROWS_ALL=${ROWS_ALL:-"layer 256"}
 NAIVE_REPEAT=${NAIVE_REPEAT:-1}
 PY_MAX_TRIALS_BIG=${PY_MAX_TRIALS_BIG:-48}
 QUIET_WAIT=${QUIET_WAIT:-120}
@@ -81,11 +83,11 @@ for model in $MODELS; do
   measure "$model.clean" "$BENCH" --mode clean --model "$dir" --threads "$THREADS" --repeat "$REPEAT" \
     --json "$OUT_DIR/$model.clean.json"
   for pos in $POSITIONS; do
-    flag=""; rows=$ROWS_POST
-    if [[ $pos == all ]]; then flag="--all-positions"; rows=$ROWS_ALL; fi
+    flag=""; rows=$ROWS_POST; repeat=$REPEAT
+    if [[ $pos == all ]]; then flag="--all-positions"; rows=$ROWS_ALL; repeat=$REPEAT_ALL; fi
     for r in $rows; do
       measure "$model.$pos.executor.$r" "$BENCH" --mode executor --model "$dir" --threads "$THREADS" \
-        --repeat "$REPEAT" --batch-rows "$r" $flag --json "$OUT_DIR/$model.$pos.executor.$r.json"
+        --repeat "$repeat" --batch-rows "$r" $flag --json "$OUT_DIR/$model.$pos.executor.$r.json"
     done
     measure "$model.$pos.naive" "$BENCH" --mode naive --model "$dir" --threads "$THREADS" \
       --repeat "$NAIVE_REPEAT" $flag --json "$OUT_DIR/$model.$pos.naive.json"
@@ -135,6 +137,7 @@ for model in ("demo", "big"):
         py_best = max(py)[0] if py else None
         ex = []
         for f in sorted(glob.glob(os.path.join(out, f"{model}.{pos}.executor.*.json"))):
+            if f.endswith(".meta.json"): continue
             j = json.load(open(f)); j["_other"] = other(os.path.basename(f)); ex.append(j)
         if not ex and not py: continue
         label = "demo (6L d256)" if model == "demo" else "random 12L d768 V32000"

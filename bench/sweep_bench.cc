@@ -10,7 +10,7 @@
 // clean pass, trials and result rows), best of --repeat runs in this process.
 //
 //   sweep_bench --mode executor|naive --model DIR [--threads 2] [--prompts 8] [--tokens 48]
-//       [--intervened 6] [--all-positions] [--repeat 3] [--batch-rows 96,128,256]
+//       [--intervened 6] [--all-positions] [--repeat 3] [--batch-rows layer,128,256,all]
 //       [--chat-template T] [--refusal-token I] [--inference-mode] [--no-malloc-tune]
 //       [--json OUT]
 //   sweep_bench --mode clean  ...   the same shard with one clean trial only: tokenisation plus
@@ -62,6 +62,8 @@ namespace v1 = knockout::v1;
 constexpr const char* kDefaultTemplate =
     "<|im_start|>user\n{instruction}<|im_end|>\n<|im_start|>assistant\n\n";
 
+constexpr int64_t kRowsLayer = -1, kRowsAll = -2;
+
 struct Options {
   std::string mode;
   std::string model;
@@ -88,7 +90,7 @@ int Usage() {
   std::fprintf(stderr,
                "usage: sweep_bench --mode executor|naive|clean|peak [--model DIR] [--threads N]\n"
                "  [--prompts 8] [--tokens 48] [--intervened 6] [--all-positions] [--repeat R]\n"
-               "  [--batch-rows 96,256,...] [--chat-template T] [--refusal-token I]\n"
+               "  [--batch-rows layer,256,...,all] [--chat-template T] [--refusal-token I]\n"
                "  [--inference-mode] [--no-malloc-tune] [--json OUT]\n");
   return 2;
 }
@@ -122,7 +124,10 @@ Options Parse(int argc, char** argv) {
       o.batch_rows.clear();
       std::stringstream ss(next());
       std::string item;
-      while (std::getline(ss, item, ',')) o.batch_rows.push_back(ParseInt(a, item, 1));
+      while (std::getline(ss, item, ',')) {
+        // "layer": heads x prompts, the rows of one layer's trials; "all": every row at once.
+        o.batch_rows.push_back(item == "layer" ? kRowsLayer : item == "all" ? kRowsAll : ParseInt(a, item, 1));
+      }
       if (o.batch_rows.empty()) Fail("--batch-rows: empty list");
     } else if (a == "--chat-template") o.chat_template = next();
     else if (a == "--refusal-token") o.refusal_token = next();
@@ -431,7 +436,11 @@ int main(int argc, char** argv) {
          << ",\"trials\":" << trials << ",\"load_seconds\":" << load_s
          << ",\"inference_mode\":" << (o.inference_mode ? "true" : "false") << ",\"runs\":[";
     std::vector<int64_t> rows_list = o.batch_rows;
-    if (o.mode != "executor") rows_list = {o.batch_rows.front()};
+    if (o.mode != "executor") rows_list = {256};  // unused by naive and clean runs
+    for (int64_t& r : rows_list) {
+      if (r == kRowsLayer) r = info.heads * o.prompts;
+      if (r == kRowsAll) r = info.layers * info.heads * o.prompts;
+    }
     double best_rate = 0;
     for (size_t bi = 0; bi < rows_list.size(); ++bi) {
       ke::ExecutorOptions options;

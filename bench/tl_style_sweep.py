@@ -139,19 +139,7 @@ def forward_with_hooks(cfg, w, input_ids, attention_mask, fwd_hooks=()):
     B, T = input_ids.shape
     nh, nkv, dh, eps = cfg["num_attention_heads"], cfg["num_key_value_heads"], ref.head_dim(cfg), cfg["rms_norm_eps"]
     x = hook("hook_embed", w["model.embed_tokens.weight"][input_ids])
-    # position ids from the mask, as HF generate does: cumsum(mask) - 1 (pads clamped to 0)
-    pos = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-    freqs = pos[..., None].float() * ref.rope_inv_freq(cfg)
-    emb = torch.cat((freqs, freqs), dim=-1)
-    cos, sin = emb.cos()[:, None], emb.sin()[:, None]  # [B,1,T,dh]
-    i = torch.arange(T)[:, None]
-    j = torch.arange(T)[None, :]
-    allowed = (j <= i)[None] & attention_mask.bool()[:, None, :]
-    sliding = cfg.get("sliding_window") if cfg["model_type"] == "mistral" or cfg.get("use_sliding_window") else None
-    if sliding is not None:
-        allowed = allowed & ((i - j) < sliding)[None]
-    allowed = allowed | (torch.eye(T, dtype=torch.bool)[None] & ~allowed.any(-1, keepdim=True))
-    allowed = allowed[:, None]  # [B,1,T,T]
+    cos, sin, allowed = ref.rope_and_mask(cfg, attention_mask)
 
     def lin(h, name):
         return F.linear(h, w[name + ".weight"], w.get(name + ".bias"))

@@ -202,12 +202,9 @@ def rotate_half(x):
     return torch.cat((-x2, x1), dim=-1)
 
 
-def forward(cfg, w, input_ids, attention_mask):
-    """Full-sequence float32 forward -> logits [B,T,V]. Weights are upcast to fp32."""
-    w = {k: v.float() for k, v in w.items()}
-    B, T = input_ids.shape
-    nh, nkv, dh, eps = cfg["num_attention_heads"], cfg["num_key_value_heads"], head_dim(cfg), cfg["rms_norm_eps"]
-    x = w["model.embed_tokens.weight"][input_ids]
+def rope_and_mask(cfg, attention_mask):
+    """RoPE tables [B,1,T,dh] and the boolean attention mask [B,1,T,T] of a left-padded batch."""
+    T = attention_mask.shape[1]
     # position_ids from the mask (HF generate: cumsum(mask)-1, pads filled with a constant)
     pos = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
     freqs = pos[..., None].float() * rope_inv_freq(cfg)  # LlamaRotaryEmbedding.forward
@@ -223,6 +220,16 @@ def forward(cfg, w, input_ids, attention_mask):
     # fully-masked rows (left-pad queries): let them see themselves; never compared
     allowed = allowed | (torch.eye(T, dtype=torch.bool)[None] & ~allowed.any(-1, keepdim=True))
     allowed = allowed[:, None]  # [B,1,T,T]
+    return cos, sin, allowed
+
+
+def forward(cfg, w, input_ids, attention_mask):
+    """Full-sequence float32 forward -> logits [B,T,V]. Weights are upcast to fp32."""
+    w = {k: v.float() for k, v in w.items()}
+    B, T = input_ids.shape
+    nh, nkv, dh, eps = cfg["num_attention_heads"], cfg["num_key_value_heads"], head_dim(cfg), cfg["rms_norm_eps"]
+    x = w["model.embed_tokens.weight"][input_ids]
+    cos, sin, allowed = rope_and_mask(cfg, attention_mask)
 
     def lin(h, name, bias=True):
         return F.linear(h, w[name + ".weight"], w.get(name + ".bias") if bias else None)
