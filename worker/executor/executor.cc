@@ -475,6 +475,20 @@ std::vector<std::pair<int, int>> TrialRunner::DownstreamUnits(const v1::Trial& t
   return units;
 }
 
+// If `prompts` is one list of distinct prompts repeated (p0 p1 .. pk p0 p1 .. pk ...), that list;
+// otherwise empty.
+std::vector<int64_t> PromptCycle(const std::vector<int64_t>& prompts) {
+  size_t k = 1;
+  while (k < prompts.size() && prompts[k] != prompts[0]) ++k;
+  if (prompts.empty() || prompts.size() % k != 0) return {};
+  std::vector<int64_t> cycle(prompts.begin(), prompts.begin() + k);
+  if (std::set<int64_t>(cycle.begin(), cycle.end()).size() != k) return {};
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    if (prompts[i] != cycle[i % k]) return {};
+  }
+  return cycle;
+}
+
 Status TrialRunner::RunChunk(const std::vector<Row>& rows) {
   const int64_t b = static_cast<int64_t>(rows.size());
   const int64_t t = batch_.length;
@@ -516,7 +530,15 @@ Status TrialRunner::RunChunk(const std::vector<Row>& rows) {
   km::KVCache kv;
   const int64_t new_cols = t - start_col;
   if (start_col > 0) {
-    kv = clean_.kv.SelectRows(device_index).Prefix(start_col);
+    // Trials over the same prompts repeat one prompt list: the rows then share the prompts'
+    // clean keys/values instead of each holding a copy (KVCache::shared_prefix).
+    std::vector<int64_t> cycle = PromptCycle(prompts);
+    if (!cycle.empty()) {
+      kv = clean_.kv.SelectRows(at::tensor(cycle, at::kLong).to(model_.device())).Prefix(start_col);
+      kv.shared_prefix = true;
+    } else {
+      kv = clean_.kv.SelectRows(device_index).Prefix(start_col);
+    }
   }
   request.kv_cache = &kv;
   request.attention_mask = batch_.mask.index_select(0, device_index).narrow(1, start_col, new_cols);
@@ -684,8 +706,17 @@ StatusOr<v1::ShardResult> TrialRunner::Run() {
     std::stable_sort(rows.begin(), rows.end(), [](const Row& a, const Row& b) {
       return a.start_layer != b.start_layer ? a.start_layer < b.start_layer : a.start_col < b.start_col;
     });
-    for (size_t begin = 0; begin < rows.size(); begin += options_.max_batch_rows) {
-      const size_t end = std::min(rows.size(), begin + static_cast<size_t>(options_.max_batch_rows));
+    // Chunks hold whole trials when every trial has as many rows, so that a chunk's rows repeat
+    // one prompt list (shared prefix keys/values).
+    std::map<int, size_t> per_trial;
+    for (const Row& r : rows) ++per_trial[r.trial];
+    size_t chunk = static_cast<size_t>(options_.max_batch_rows);
+    const size_t q = per_trial.empty() ? 1 : per_trial.begin()->second;
+    if (std::all_of(per_trial.begin(), per_trial.end(), [&](const auto& e) { return e.second == q; })) {
+      chunk = std::max(q, chunk / q * q);
+    }
+    for (size_t begin = 0; begin < rows.size(); begin += chunk) {
+      const size_t end = std::min(rows.size(), begin + chunk);
       KO_RETURN_IF_ERROR(RunChunk(std::vector<Row>(rows.begin() + begin, rows.begin() + end)));
     }
   } else {

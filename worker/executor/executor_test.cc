@@ -143,8 +143,17 @@ void ExpectSameResults(const v1::ShardResult& fast, const v1::ShardResult& naive
     ASSERT_EQ(row.values_size(), other->values_size()) << "trial " << row.trial();
     for (const auto& [key, value] : row.values()) {
       ASSERT_TRUE(other->values().count(key)) << key;
-      EXPECT_NEAR(value, other->values().at(key), tol)
-          << "trial " << row.trial() << " prompt " << row.prompt() << " " << key;
+      // 1e-5, relative to the refusal score for the quantities derived from it (te, de, the
+      // norm effect), absolute for KL. The refusal score amplifies float32
+      // rounding of the logits by 1 / (1 - p_R), and the two runs sum attention in different
+      // orders (shared-prefix keys, other batch shapes).
+      const double expected = other->values().at(key);
+      const double scale = key == "kl" || key == "prompts"
+                               ? 1.0
+                               : 1 + std::abs(other->values().at("refusal_score"));
+      EXPECT_LE(std::abs(value - expected), tol * scale)
+          << "trial " << row.trial() << " prompt " << row.prompt() << " " << key << ": " << value
+          << " vs " << expected;
       ++compared;
     }
     ASSERT_EQ(row.downstream_size(), other->downstream_size());

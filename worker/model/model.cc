@@ -222,10 +222,13 @@ Status Model::CheckRequest(const ForwardRequest& r) const {
        r.attention_mask.size(1) != t)) {
     return Status::InvalidArgument("attention_mask must be [batch, tokens] like the input");
   }
-  if (r.kv_cache && r.kv_cache->length() > 0 && r.kv_cache->attention_mask.size(0) != b) {
-    return Status::InvalidArgument("the KV cache holds " +
-                                   std::to_string(r.kv_cache->attention_mask.size(0)) +
-                                   " rows, the request " + std::to_string(b));
+  if (r.kv_cache && r.kv_cache->length() > 0) {
+    const int64_t rows = r.kv_cache->attention_mask.size(0);
+    if (r.kv_cache->shared_prefix ? b % rows != 0 : rows != b) {
+      return Status::InvalidArgument("the KV cache holds " + std::to_string(rows) +
+                                     " rows, the request " + std::to_string(b) +
+                                     (r.kv_cache->shared_prefix ? " (not a multiple)" : ""));
+    }
   }
   return Status::Ok();
 }
@@ -268,8 +271,15 @@ ForwardResult Model::ForwardImpl(const ForwardRequest& r) const {
   at::Tensor new_mask = r.attention_mask.defined()
                             ? r.attention_mask.to(dev, at::kLong)
                             : at::ones({b, t}, at::TensorOptions().dtype(at::kLong).device(dev));
-  at::Tensor full_mask = past > 0 ? at::cat({cache->attention_mask.to(dev, at::kLong), new_mask}, 1)
-                                  : new_mask;
+  const bool shared = past > 0 && cache->shared_prefix;
+  const int64_t prefix_rows = shared ? cache->attention_mask.size(0) : b;
+  const int64_t reps = b / prefix_rows;
+  at::Tensor past_mask;
+  if (past > 0) {
+    past_mask = cache->attention_mask.to(dev, at::kLong);
+    if (shared) past_mask = past_mask.repeat({reps, 1});
+  }
+  at::Tensor full_mask = past > 0 ? at::cat({past_mask, new_mask}, 1) : new_mask;
   const int64_t total = past + t;
   at::Tensor positions =
       (full_mask.cumsum(1) - 1).clamp_min(0).narrow(1, past, t);  // [B, T]
@@ -311,7 +321,7 @@ ForwardResult Model::ForwardImpl(const ForwardRequest& r) const {
     at::Tensor v = Linear(x, w.v, w.v_bias).view({b, t, hkv, dh}).transpose(1, 2);
     q = q * cos + RotateHalf(q) * sin;
     k = k * cos + RotateHalf(k) * sin;
-    if (cache) {
+    if (cache && !shared) {
       if (past > 0 && cache->keys[l].defined()) {
         k = at::cat({cache->keys[l], k}, 2);
         v = at::cat({cache->values[l], v}, 2);
@@ -322,13 +332,42 @@ ForwardResult Model::ForwardImpl(const ForwardRequest& r) const {
     // Grouped-query attention without copying keys/values: the g query heads that share a
     // key/value head (HF repeat_kv: query head i uses kv head i / g) are stacked along rows.
     at::Tensor q_grouped = q.reshape({b, hkv, g * t, dh});
-    at::Tensor scores = at::matmul(q_grouped, k.transpose(2, 3)).view({b, h, t, total});
+    at::Tensor scores;
+    if (shared) {
+      // Rows of the same prompt share its prefix keys: fold the repetitions into the matmul's
+      // row dimension ([P, hkv, reps*g*t, dh] x [P, hkv, dh, past]) instead of copying keys.
+      at::Tensor q_folded = q_grouped.view({reps, prefix_rows, hkv, g * t, dh})
+                                .permute({1, 2, 0, 3, 4})
+                                .reshape({prefix_rows, hkv, reps * g * t, dh});
+      at::Tensor past_scores = at::matmul(q_folded, cache->keys[l].transpose(2, 3))
+                                   .view({prefix_rows, hkv, reps, g * t, past})
+                                   .permute({2, 0, 1, 3, 4})
+                                   .reshape({b, hkv, g * t, past});
+      scores = at::cat({past_scores, at::matmul(q_grouped, k.transpose(2, 3))}, -1)
+                   .view({b, h, t, total});
+    } else {
+      scores = at::matmul(q_grouped, k.transpose(2, 3)).view({b, h, t, total});
+    }
     at::Tensor probs =
         at::softmax(scores.to(at::kFloat) * softmax_scale + additive, -1).to(compute_dtype);
     if (r.attention_dropout > 0) probs = at::dropout(probs, r.attention_dropout, /*train=*/true);
-    at::Tensor z = at::matmul(probs.view({b, hkv, g * t, total}), v)
-                       .view({b, h, t, dh})
-                       .transpose(1, 2);  // [B, T, H, dh]
+    at::Tensor z;
+    if (shared) {
+      at::Tensor grouped = probs.view({b, hkv, g * t, total});
+      at::Tensor past_probs = grouped.narrow(-1, 0, past)
+                                  .reshape({reps, prefix_rows, hkv, g * t, past})
+                                  .permute({1, 2, 0, 3, 4})
+                                  .reshape({prefix_rows, hkv, reps * g * t, past});
+      at::Tensor from_past = at::matmul(past_probs, cache->values[l])
+                                 .view({prefix_rows, hkv, reps, g * t, dh})
+                                 .permute({2, 0, 1, 3, 4})
+                                 .reshape({b, hkv, g * t, dh});
+      z = (from_past + at::matmul(grouped.narrow(-1, past, t), v)).view({b, h, t, dh}).transpose(1, 2);
+    } else {
+      z = at::matmul(probs.view({b, hkv, g * t, total}), v)
+              .view({b, h, t, dh})
+              .transpose(1, 2);  // [B, T, H, dh]
+    }
     z = hook(HookPoint::AttnZ(l), z);
     at::Tensor attn_out = hook(HookPoint::AttnOut(l), Linear(z.reshape({b, t, h * dh}), w.o, w.o_bias));
     if (r.residual_dropout > 0) attn_out = at::dropout(attn_out, r.residual_dropout, true);
@@ -342,7 +381,7 @@ ForwardResult Model::ForwardImpl(const ForwardRequest& r) const {
     if (r.residual_dropout > 0) mlp_out = at::dropout(mlp_out, r.residual_dropout, true);
     resid = hook(HookPoint::ResidPost(l), resid + mlp_out);
   }
-  if (cache) cache->attention_mask = full_mask;
+  if (cache && !shared) cache->attention_mask = full_mask;
 
   ForwardResult result;
   result.residual = resid;

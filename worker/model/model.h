@@ -56,6 +56,11 @@ struct KVCache {
   std::vector<at::Tensor> values;
   at::Tensor attention_mask;  // [B, T_past], 1 for real tokens, 0 for padding
 
+  // Shared-prefix mode (many trials over the same prompts): the cache holds P rows and batch row
+  // b reads cache row b % P (the batch is reps x P, prompt-minor). The prefix keys/values are
+  // then never copied per row; the pass does not append to such a cache.
+  bool shared_prefix = false;
+
   int64_t length() const { return attention_mask.defined() ? attention_mask.size(1) : 0; }
   // The first `length` columns (for sequence-prefix reuse: clean keys/values of earlier tokens).
   KVCache Prefix(int64_t length) const;
