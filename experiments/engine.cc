@@ -585,6 +585,12 @@ StatusOr<std::string> SweepEngine::Submit(const v1::SweepSpec& spec, bool* resum
   auto existing = store_->GetSweep(id);
   if (existing.ok()) {
     if (resumed) *resumed = true;
+    if (existing->state() == v1::FAILED) {
+      // Submitting again retries: failed shards are still pending, a failed finaliser reruns.
+      existing->set_state(v1::RUNNING);
+      existing->clear_error();
+      KO_RETURN_IF_ERROR(store_->UpdateSweep(*existing));
+    }
     return id;
   }
   if (existing.status().code() != StatusCode::kNotFound) return existing.status();

@@ -43,7 +43,8 @@ class SweepEngine {
   SweepEngine(SweepStore* store, ModelShape shape, NeuronRanker ranker = nullptr)
       : store_(store), shape_(shape), ranker_(std::move(ranker)) {}
 
-  // Creates the sweep of `spec`, or finds it if it exists (`*resumed` = true). The spec must be
+  // Creates the sweep of `spec`, or finds it if it exists (`*resumed` = true; a FAILED sweep is
+  // set RUNNING again, so that its failed shards and finaliser are retried). The spec must be
   // validated already. Returns the sweep id.
   StatusOr<std::string> Submit(const v1::SweepSpec& spec, bool* resumed);
 

@@ -1,0 +1,238 @@
+// The sweep engine without a model: stage expansion, the float64 diff-in-means reduction, the
+// selection filters of science.md, the state machine over the store, retry after failure.
+// Results are written by hand, standing in for a worker.
+#include "experiments/engine.h"
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+
+namespace knockout::experiments {
+namespace {
+
+namespace fs = std::filesystem;
+
+class EngineTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = fs::path(::testing::TempDir()) / "engine_test";
+    fs::remove_all(dir_);
+    fs::create_directories(dir_);
+    WritePrompts("harmful.jsonl", 5);
+    WritePrompts("harmless.jsonl", 3);
+    auto store = storage::Store::Open((dir_ / "store").string());
+    ASSERT_TRUE(store.ok()) << store.status().ToString();
+    store_ = std::move(*store);
+    sweeps_ = std::make_unique<SweepStore>(store_.get());
+  }
+  void TearDown() override {
+    sweeps_.reset();
+    store_.reset();
+    fs::remove_all(dir_);
+  }
+
+  void WritePrompts(const std::string& name, int n) {
+    std::ofstream out(dir_ / name);
+    for (int i = 0; i < n; ++i) out << "{\"instruction\": \"" << name << " request " << i << "\"}\n";
+  }
+
+  // 4 layers; candidates at post_inst[-1] of every layer; selection with KL bound 0.5.
+  ParsedSpec Spec(int shard_prompts = 4) {
+    const std::string yaml = R"(name: unit
+model: {path: model}
+prompt_sets:
+  harmful: harmful.jsonl
+  harmless: harmless.jsonl
+shard_prompts: )" + std::to_string(shard_prompts) + R"(
+stages:
+  - name: refusal
+    extract_directions: {positive: harmful, negative: harmless, positions: ["post_inst[-1]"]}
+  - name: select
+    select_direction: {candidates: refusal, harmful: harmful, harmless: harmless, max_kl: 0.5}
+  - name: dirs
+    knockout_sweep:
+      prompt_sets: [harmful]
+      targets: [{kind: direction, direction: select.best, layers: [0]}]
+      ablations: [directional]
+      positions: [inst_last, post_inst]
+  - name: heads
+    knockout_sweep:
+      prompt_sets: [harmful]
+      targets: [{kind: heads, layers: [1, 2]}]
+      ablations: [zero]
+      positions: [post_inst]
+)";
+    std::ofstream(dir_ / "spec.yaml") << yaml;
+    auto parsed = LoadSpec((dir_ / "spec.yaml").string());
+    EXPECT_TRUE(parsed.ok()) << parsed.status().ToString();
+    return *parsed;
+  }
+
+  static constexpr ModelShape kShape{4, 3, 16, 2};
+  fs::path dir_;
+  std::unique_ptr<storage::Store> store_;
+  std::unique_ptr<SweepStore> sweeps_;
+};
+
+// Partial sums as a worker would report them: prompt i of set s contributes value(s, i, layer).
+v1::ShardResult ExtractResult(const v1::Shard& shard) {
+  v1::ShardResult result;
+  result.set_sweep_id(shard.sweep_id());
+  result.set_stage(shard.stage());
+  result.set_index(shard.index());
+  std::map<std::string, std::vector<int>> by_set;
+  for (const auto& p : shard.prompts()) by_set[p.set()].push_back(p.index());
+  for (int layer = 0; layer < 4; ++layer) {
+    for (const auto& [set, indices] : by_set) {
+      v1::PartialSum* sum = result.add_sums();
+      sum->set_layer(layer);
+      sum->set_position("post_inst[-1]");
+      sum->set_set(set);
+      sum->set_count(indices.size());
+      double a = 0, b = 0;
+      for (int i : indices) {
+        a += (set == "harmful" ? 1.0 : -1.0) * (layer + 1) + 0.1 * i;
+        b += 1e8 + i;  // large offsets that a float32 reduction would lose
+      }
+      sum->add_sum(a);
+      sum->add_sum(b);
+    }
+  }
+  return result;
+}
+
+TEST_F(EngineTest, SameSpecSameIdAndShards) {
+  ParsedSpec spec = Spec();
+  EXPECT_EQ(SweepIdFor(spec.spec), SweepIdFor(Spec().spec));
+  v1::SweepSpec other = spec.spec;
+  other.set_seed(7);
+  EXPECT_NE(SweepIdFor(spec.spec), SweepIdFor(other));
+  SweepEngine engine(sweeps_.get(), kShape);
+  auto a = engine.Expand(spec.spec, "s", 0);
+  auto b = engine.Expand(spec.spec, "s", 0);
+  ASSERT_TRUE(a.ok() && b.ok()) << a.status().ToString();
+  ASSERT_EQ(a->size(), 2u);  // 8 prompts, 4 per shard
+  for (size_t i = 0; i < a->size(); ++i) EXPECT_EQ((*a)[i].SerializeAsString(), (*b)[i].SerializeAsString());
+  auto plan = PlanSweep(spec.spec, kShape);
+  ASSERT_TRUE(plan.ok()) << plan.status().ToString();
+  EXPECT_EQ((*plan)[0].shards, 2u);
+  EXPECT_EQ((*plan)[1].trials, 8u);      // 4 candidates x (ablate, induce)
+  EXPECT_EQ((*plan)[2].trials, 2u);      // the direction at layer 0 x 2 positions
+  EXPECT_EQ((*plan)[3].trials, 6u);      // 3 heads x 2 layers
+}
+
+TEST_F(EngineTest, ExtractionSelectionAndKnockoutOverTheStore) {
+  ParsedSpec spec = Spec();
+  SweepEngine engine(sweeps_.get(), kShape);
+  bool resumed = true;
+  auto id = engine.Submit(spec.spec, &resumed);
+  ASSERT_TRUE(id.ok()) << id.status().ToString();
+  EXPECT_FALSE(resumed);
+
+  auto pending = engine.Advance(*id);
+  ASSERT_TRUE(pending.ok()) << pending.status().ToString();
+  ASSERT_EQ(pending->size(), 2u);
+  for (const auto& record : *pending) ASSERT_TRUE(engine.Commit(ExtractResult(record.shard()), 1).ok());
+
+  // Finalising the extraction: mean(harmful) - mean(harmless) in float64.
+  pending = engine.Advance(*id);
+  ASSERT_TRUE(pending.ok()) << pending.status().ToString();
+  for (int layer = 0; layer < 4; ++layer) {
+    auto bytes = sweeps_->GetArtifact(*id, DirectionArtifactName("refusal", layer, "post_inst[-1]"));
+    ASSERT_TRUE(bytes.ok()) << bytes.status().ToString();
+    v1::DirectionArtifact d;
+    ASSERT_TRUE(d.ParseFromString(*bytes));
+    const double pos = (layer + 1) + 0.1 * 2.0, neg = -(layer + 1) + 0.1 * 1.0;  // mean index 2, 1
+    EXPECT_NEAR(d.values(0), pos - neg, 1e-5);
+    EXPECT_NEAR(d.values(1), 2.0 - 1.0, 1e-6);  // 1e8 offsets cancel exactly in float64
+    EXPECT_EQ(d.positive_count(), 5u);
+    EXPECT_EQ(d.negative_count(), 3u);
+  }
+
+  // Selection trials: per candidate, "ablate" on both sets and "induce" on harmless.
+  ASSERT_EQ(pending->size(), 1u);
+  const v1::Shard& select = (*pending)[0].shard();
+  ASSERT_EQ(select.trials_size(), 8);
+  v1::ShardResult result;
+  result.set_sweep_id(*id);
+  result.set_stage(select.stage());
+  result.set_index(select.index());
+  // Layer 0: lowest bypass but KL 3 (breaks the model); layer 1: passes; layer 2: passes with a
+  // worse bypass; layer 3 >= floor(0.8 * 4): dropped whatever its scores.
+  const double bypass[] = {-9, -4, -2, -10}, kl[] = {3.0, 0.2, 0.1, 0.0}, induce[] = {1, 2, 3, 4};
+  for (const v1::Trial& trial : select.trials()) {
+    const int l = trial.label().layer();
+    auto add = [&](const std::string& set, double score, double k) {
+      v1::ResultRow* row = result.add_rows();
+      row->set_trial(trial.index());
+      row->set_prompt_set(set);
+      row->set_prompt(-1);
+      (*row->mutable_values())["refusal_score"] = score;
+      (*row->mutable_values())["kl"] = k;
+    };
+    if (trial.label().role() == "ablate") {
+      add("harmful", bypass[l], 0);
+      add("harmless", 0, kl[l]);
+    } else {
+      add("harmless", induce[l], 0);
+    }
+  }
+  ASSERT_TRUE(engine.Commit(result, 1).ok());
+  pending = engine.Advance(*id);
+  ASSERT_TRUE(pending.ok()) << pending.status().ToString();
+  auto bytes = sweeps_->GetArtifact(*id, SelectionArtifactName("select"));
+  ASSERT_TRUE(bytes.ok());
+  v1::SelectionArtifact selection;
+  ASSERT_TRUE(selection.ParseFromString(*bytes));
+  ASSERT_EQ(selection.candidates_size(), 4);
+  EXPECT_EQ(selection.direction().layer(), 1);
+  EXPECT_FALSE(selection.candidates(0).passed());
+  EXPECT_NE(selection.candidates(0).rejected().find("kl"), std::string::npos);
+  EXPECT_FALSE(selection.candidates(3).passed());
+  EXPECT_NE(selection.candidates(3).rejected().find("layer"), std::string::npos);
+
+  // The knockout stage carries the selected direction as a tensor of its shards.
+  ASSERT_EQ(pending->size(), 1u);
+  const v1::Shard& dirs = (*pending)[0].shard();
+  EXPECT_EQ(dirs.trials_size(), 2);
+  ASSERT_EQ(dirs.tensors_size(), 1);
+  EXPECT_EQ(dirs.tensors(0).name(), "select.best");
+  EXPECT_EQ(dirs.tensors(0).values(0), selection.direction().values(0));
+  EXPECT_EQ(dirs.trials(0).edits(0).hook(), "blocks.0.hook_resid_pre");
+
+  // Submitting again finds the same sweep.
+  auto again = engine.Submit(spec.spec, &resumed);
+  ASSERT_TRUE(again.ok());
+  EXPECT_EQ(*again, *id);
+  EXPECT_TRUE(resumed);
+}
+
+TEST_F(EngineTest, NoCandidatePassingFailsTheSweepAndResubmittingRetries) {
+  ParsedSpec spec = Spec(/*shard_prompts=*/64);
+  SweepEngine engine(sweeps_.get(), kShape);
+  auto id = engine.Submit(spec.spec, nullptr);
+  ASSERT_TRUE(id.ok());
+  auto pending = engine.Advance(*id);
+  ASSERT_TRUE(pending.ok());
+  ASSERT_TRUE(engine.Commit(ExtractResult((*pending)[0].shard()), 1).ok());
+  pending = engine.Advance(*id);
+  ASSERT_TRUE(pending.ok());
+  v1::ShardResult empty;  // no rows: every score is NaN
+  empty.set_sweep_id(*id);
+  empty.set_stage(1);
+  ASSERT_TRUE(engine.Commit(empty, 1).ok());
+  auto failed = engine.Advance(*id);
+  ASSERT_FALSE(failed.ok());
+  EXPECT_NE(failed.status().message().find("no candidate direction passes"), std::string::npos)
+      << failed.status().ToString();
+  auto record = sweeps_->GetSweep(*id);
+  ASSERT_TRUE(record.ok());
+  EXPECT_EQ(record->state(), v1::FAILED);
+  ASSERT_TRUE(engine.Submit(spec.spec, nullptr).ok());
+  EXPECT_EQ(sweeps_->GetSweep(*id)->state(), v1::RUNNING);
+}
+
+}  // namespace
+}  // namespace knockout::experiments
