@@ -7,14 +7,16 @@
 #   bench/run_sweep_bench.sh [BUILD_DIR]        (default: build; needs sweep_bench and knockout-worker)
 #   ninja -C build -j2 sweep_bench knockout-worker && bench/run_sweep_bench.sh build
 #
-# Environment: THREADS (2), OUT_DIR (a new temp dir), PYTHON (/usr/bin/python3), REPEAT (3, timed
-# executor runs per process, best kept; REPEAT_ALL (2) for all positions), ROWS_POST ("layer 128 256 512 1024 all") and ROWS_ALL
-# ("layer 256"): the max_batch_rows values tried ("layer" = heads x prompts, the rows of one
-# layer's trials: 64 for the demo model, 96 for the big one; "all" = every row in one chunk) (each in its own process, so peak RSS is per
-# run), NAIVE_REPEAT (1), PY_MAX_TRIALS_BIG (48: the Python loop times the first N trials of the big
-# model and extrapolates), QUIET_WAIT (120 s to wait for an idle machine before each run),
-# MAX_OTHER (0.05) and RETRIES (2) (bench/measure.py: rerun while other processes used more than
-# MAX_OTHER of the CPU), MODELS ("demo big"), POSITIONS ("post all"), SKIP_PYTHON=1.
+# Environment: THREADS (2), OUT_DIR (a new temp dir), PYTHON (/usr/bin/python3), MODELS ("demo big"),
+# POSITIONS ("post all"), SKIP_PYTHON=1; ROWS_POST ("layer 128 256 512 1024") and ROWS_ALL
+# ("layer 256"): the max_batch_rows values tried, each in its own process so that peak RSS is per
+# run ("layer" = heads x prompts, the rows of one layer's trials: 64 for the demo model, 96 for the
+# big one; "all" = every row in one chunk); REPEAT (3) timed executor runs per process, best kept
+# (REPEAT_ALL (2) for all positions, REPEAT_LARGE (1) for 512 rows and more, which are slow);
+# NAIVE_REPEAT (1); PY_MAX_TRIALS_BIG (48: the Python loop times the first 48 trials of the big
+# model and extrapolates); QUIET_WAIT (120 s to wait for an idle machine before each run),
+# MAX_OTHER (0.05) and RETRIES (2): bench/measure.py reruns a run while other processes used more
+# than MAX_OTHER of the CPU during it.
 # The Python baseline runs twice per case, with glibc malloc's defaults and with the tuning that
 # knockout-worker and sweep_bench apply (GLIBC_TUNABLES); speed-ups are against the faster one.
 set -euo pipefail
@@ -24,7 +26,8 @@ THREADS=${THREADS:-2}
 PYTHON=${PYTHON:-/usr/bin/python3}
 REPEAT=${REPEAT:-3}
 REPEAT_ALL=${REPEAT_ALL:-2}
-ROWS_POST=${ROWS_POST:-"layer 128 256 512 1024 all"}
+REPEAT_LARGE=${REPEAT_LARGE:-1}
+ROWS_POST=${ROWS_POST:-"layer 128 256 512 1024"}
 ROWS_ALL=${ROWS_ALL:-"layer 256"}
 NAIVE_REPEAT=${NAIVE_REPEAT:-1}
 PY_MAX_TRIALS_BIG=${PY_MAX_TRIALS_BIG:-48}
@@ -86,11 +89,15 @@ for model in $MODELS; do
     flag=""; rows=$ROWS_POST; repeat=$REPEAT
     if [[ $pos == all ]]; then flag="--all-positions"; rows=$ROWS_ALL; repeat=$REPEAT_ALL; fi
     for r in $rows; do
+      n=$repeat
+      if [[ $r == all ]] || { [[ $r =~ ^[0-9]+$ ]] && (( r >= 512 )); }; then n=$REPEAT_LARGE; fi
       measure "$model.$pos.executor.$r" "$BENCH" --mode executor --model "$dir" --threads "$THREADS" \
-        --repeat "$repeat" --batch-rows "$r" $flag --json "$OUT_DIR/$model.$pos.executor.$r.json"
+        --repeat "$n" --batch-rows "$r" $flag --json "$OUT_DIR/$model.$pos.executor.$r.json"
     done
     measure "$model.$pos.naive" "$BENCH" --mode naive --model "$dir" --threads "$THREADS" \
       --repeat "$NAIVE_REPEAT" $flag --json "$OUT_DIR/$model.$pos.naive.json"
+    # Same shapes as sweep_bench: 8 prompts x 48 tokens, the last 6 zeroed (random ids; the work is
+    # the same); refusal id 40 is "I", the token sweep_bench's shard names.
     if [[ -z ${SKIP_PYTHON:-} ]]; then
       for malloc in default tuned; do
         env_cmd=(env)
@@ -110,14 +117,15 @@ out = sys.argv[1]
 def load(name):
     p = os.path.join(out, name)
     return json.load(open(p)) if os.path.exists(p) else None
-def other(name):
+def other(name):  # CPU used by other processes during the run (bench/measure.py), as a percentage
     m = os.path.join(out, name.replace(".json", ".log") + ".meta.json")
-    return json.load(open(m))["other_cpu_frac"] if os.path.exists(m) else None
+    return f"{100 * json.load(open(m))['other_cpu_frac']:.1f}%" if os.path.exists(m) else "-"
 peak = load("peak.json")
 peak_g = peak["peak_gflops"] if peak else None
-print(f"\nfloat32 matmul peak ({peak['threads'] if peak else '?'} threads): " +
-      ", ".join(f"{s['name']}: {s['gflops']:.1f}" for s in (peak["shapes"] if peak else [])) +
-      f" GFLOP/s; peak used below = {peak_g:.1f} GFLOP/s (other-CPU {other('peak.json')})\n")
+if peak:
+    print(f"\nfloat32 matmul peak ({peak['threads']} threads): " +
+          ", ".join(f"{s['name']}: {s['gflops']:.1f}" for s in peak["shapes"]) +
+          f" GFLOP/s; peak used below = {peak_g:.1f} GFLOP/s (other-CPU {other('peak.json')})\n")
 for model in ("demo", "big"):
     c = load(f"{model}.clean.json")
     if c:

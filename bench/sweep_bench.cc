@@ -13,11 +13,14 @@
 //       [--intervened 6] [--all-positions] [--repeat 3] [--batch-rows layer,128,256,all]
 //       [--chat-template T] [--refusal-token I] [--inference-mode] [--no-malloc-tune]
 //       [--json OUT]
+//     --batch-rows: ExecutorOptions::max_batch_rows values, each timed in turn ("layer": heads x
+//     prompts, the rows of one layer's trials; "all": every row in one chunk).
+//     --inference-mode: run the shard under c10::InferenceMode (the worker does not).
 //   sweep_bench --mode clean  ...   the same shard with one clean trial only: tokenisation plus
 //                                   the clean pass (what every executor run pays once)
 //   sweep_bench --mode peak [--threads 2] [--repeat 10] [--json OUT]
-//                                   float32 matmul GFLOP/s (at::mm 2048^3 and the linear shapes
-//                                   the executor runs)
+//                                   float32 matmul GFLOP/s, best of --repeat: at::mm 2048^3 and
+//                                   the linear shapes the executor runs; the peak is the best shape
 //
 // FLOPs are counted analytically, 2 per multiply-add, for the matmuls the executor really runs:
 // its rows are sorted by (first layer, first column) and cut into chunks of --batch-rows; each
@@ -46,6 +49,7 @@
 #include <functional>
 #include <sstream>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "worker/executor/executor.h"
@@ -191,14 +195,23 @@ std::vector<PeakResult> MeasurePeak(int repeat) {
     time_best("mm 2048x2048x2048", 2.0 * 2048 * 2048 * 2048, [&] { (void)at::mm(a, b); });
   }
   // The executor's linear layers (x @ W^T), [rows, in] x [out, in]^T: 96 rows x 6 columns = 576,
-  // and a larger chunk, 1536 rows x 6 = 9216 (d 768, MLP 2048).
+  // 384 x 6 = 2304, 1536 x 6 = 9216 (d 768, MLP 2048); and the demo model's (d 256, MLP 688),
+  // 64 rows x 6 = 384 (reported, but the peak is the best of all shapes).
+  std::vector<std::tuple<int64_t, int64_t, int64_t>> shapes;
   for (int64_t m : {576, 2304, 9216}) {
     for (auto [in, outd] : {std::pair<int64_t, int64_t>{768, 2048}, {2048, 768}, {768, 768}}) {
-      at::Tensor x = at::randn({m, in}), w = at::randn({outd, in});
-      time_best("linear [" + std::to_string(m) + "," + std::to_string(in) + "]x[" +
-                    std::to_string(in) + "," + std::to_string(outd) + "]",
-                2.0 * m * in * outd, [&] { (void)at::linear(x, w); });
+      shapes.emplace_back(m, in, outd);
     }
+  }
+  for (auto [in, outd] : {std::pair<int64_t, int64_t>{256, 688}, {688, 256}, {256, 256}}) {
+    shapes.emplace_back(384, in, outd);
+  }
+  for (const auto& shape : shapes) {
+    const int64_t m = std::get<0>(shape), in = std::get<1>(shape), outd = std::get<2>(shape);
+    at::Tensor x = at::randn({m, in}), w = at::randn({outd, in});
+    time_best("linear [" + std::to_string(m) + "," + std::to_string(in) + "]x[" + std::to_string(in) +
+                  "," + std::to_string(outd) + "]",
+              2.0 * m * in * outd, [&] { (void)at::linear(x, w); });
   }
   return out;
 }

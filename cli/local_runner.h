@@ -20,7 +20,7 @@ namespace knockout::cli {
 struct LocalRunOptions {
   std::string store_dir;
   int threads = 0;                // LibTorch CPU threads; 0: all cores
-  int64_t max_batch_rows = 256;   // rows stacked per forward pass
+  int64_t max_batch_rows = 128;   // rows stacked per forward pass
   bool summary = true;            // print the selection, refusal and compensation tables at the end
   const std::atomic<bool>* stop = nullptr;  // set (e.g. by SIGINT) to stop between shards
 };

@@ -109,6 +109,8 @@ StatusOr<at::Tensor> FindTensor(const std::map<std::string, at::Tensor>& tensors
 // ------------------------------------------------------------------------------------------
 // Metrics at the last position
 
+constexpr int64_t kMetricBlockRows = 32;
+
 // log p_R - log(1 - p_R) per row, from float logits [B, V] (computed in float64).
 at::Tensor RefusalScore(const at::Tensor& logits, const at::Tensor& refusal_ids) {
   at::Tensor logp = at::log_softmax(logits.to(at::kDouble), -1);
@@ -556,9 +558,17 @@ Status TrialRunner::RunChunk(const std::vector<Row>& rows) {
 
   at::Tensor logits = result.logits.select(1, result.logits.size(1) - 1).to(at::kCPU);  // [B, V]
   at::Tensor clean_logits = clean_.logits.index_select(0, device_index).to(at::kCPU);
-  at::Tensor score = RefusalScore(logits, refusal_ids_);
+  // In blocks of rows: float64 copies of [B, vocab] logits would be large allocations that
+  // glibc maps and unmaps on every chunk (page faults dominated large batches).
+  std::vector<at::Tensor> score_blocks, kl_blocks;
+  for (int64_t r0 = 0; r0 < b; r0 += kMetricBlockRows) {
+    const int64_t n = std::min<int64_t>(kMetricBlockRows, b - r0);
+    score_blocks.push_back(RefusalScore(logits.narrow(0, r0, n), refusal_ids_));
+    kl_blocks.push_back(Kl(clean_logits.narrow(0, r0, n), logits.narrow(0, r0, n)));
+  }
+  at::Tensor score = at::cat(score_blocks);
+  at::Tensor kl = at::cat(kl_blocks);
   at::Tensor clean_score = clean_.score.index_select(0, index.to(clean_.score.device())).to(at::kCPU);
-  at::Tensor kl = Kl(clean_logits, logits);
   at::Tensor diff, clean_diff;
   if (positive_ids_.defined()) {
     diff = LogitDiff(logits, positive_ids_, negative_ids_);

@@ -58,7 +58,9 @@ struct LoadedModel {
 StatusOr<LoadedModel> LoadModel(const v1::ModelRef& ref);
 
 struct ExecutorOptions {
-  int64_t max_batch_rows = 256;  // (trial, prompt) rows stacked in one forward pass
+  // (trial, prompt) rows stacked in one forward pass. ~100 is best on 2 CPU cores for a
+  // 12-layer d768 model (docs/benchmarks.md); larger batches gain nothing there.
+  int64_t max_batch_rows = 128;
   bool reuse_prefixes = true;    // false: one full forward per trial (the naive reference)
   int64_t generation_batch = 64;
 };
