@@ -17,7 +17,9 @@ namespace fs = std::filesystem;
 class EngineTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    dir_ = fs::path(::testing::TempDir()) / "engine_test";
+    // One directory per test: ctest runs the tests of this binary in parallel processes.
+    dir_ = fs::path(::testing::TempDir()) /
+           (std::string("engine_test_") + ::testing::UnitTest::GetInstance()->current_test_info()->name());
     fs::remove_all(dir_);
     fs::create_directories(dir_);
     WritePrompts("harmful.jsonl", 5);

@@ -96,7 +96,7 @@ TEST(SpecTest, DemoSpecParsesWithDefaults) {
   EXPECT_EQ(spec.shard_trials(), 64u);
   EXPECT_EQ(parsed->lines.at("model.path"), 8);
 
-  ASSERT_EQ(spec.stages_size(), 7);
+  ASSERT_EQ(spec.stages_size(), 8);
   const auto& refusal = spec.stages(0).extract_directions();
   EXPECT_TRUE(refusal.layers().empty());  // all
   EXPECT_EQ(refusal.hook(), "resid_pre");
@@ -126,7 +126,16 @@ TEST(SpecTest, DemoSpecParsesWithDefaults) {
   EXPECT_EQ(directions.ablations(0).kind(), Ablation::DIRECTIONAL);
   EXPECT_FALSE(directions.compensation());
 
-  const auto& generate = spec.stages(5).generate();
+  const auto& neurons = spec.stages(5).knockout_sweep();
+  ASSERT_EQ(neurons.targets_size(), 1);
+  EXPECT_EQ(neurons.targets(0).kind(), Target::NEURONS);
+  EXPECT_EQ(neurons.targets(0).top_k(), 4u);
+  EXPECT_EQ(neurons.targets(0).score(), "direction_cosine");
+  EXPECT_EQ(neurons.ablations(0).kind(), Ablation::MEAN);
+  EXPECT_EQ(neurons.ablations(0).reference_set(), "harmless_val");
+  EXPECT_EQ(spec.metrics().text_set(), "harmless_val");
+
+  const auto& generate = spec.stages(6).generate();
   EXPECT_EQ(generate.max_new_tokens(), 16u);
   ASSERT_EQ(generate.conditions_size(), 3);
   EXPECT_EQ(generate.conditions(0).kind(), GenerateCondition::BASELINE);
@@ -134,7 +143,7 @@ TEST(SpecTest, DemoSpecParsesWithDefaults) {
   EXPECT_DOUBLE_EQ(generate.conditions(2).coefficient(), 1.0);
   EXPECT_EQ(generate.conditions(2).layer(), -1);
 
-  const auto& orthogonalize = spec.stages(6).orthogonalize();
+  const auto& orthogonalize = spec.stages(7).orthogonalize();
   EXPECT_EQ(DirectionRefName(orthogonalize.direction()), "select.best");
   EXPECT_TRUE(orthogonalize.output().empty());
   EXPECT_EQ(orthogonalize.prompt_sets_size(), 2);
