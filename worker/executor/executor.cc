@@ -168,8 +168,7 @@ class TrialRunner {
                                                     const std::vector<int64_t>& prompts,
                                                     const at::Tensor& rows_mask);
   StatusOr<km::Intervention> MakeIntervention(const v1::Edit& edit, const km::HookPoint& hook,
-                                              const std::vector<int64_t>& prompts,
-                                              const at::Tensor& rows_mask);
+                                              const std::vector<int64_t>& prompts);
   Status RunChunk(const std::vector<Row>& rows);
   at::Tensor Unembed(const at::Tensor& x32, const at::Tensor& scale) const;
   at::Tensor OwnWrite(const km::HookPoint& hook, const at::Tensor& ablated_last,
@@ -362,8 +361,7 @@ at::Tensor AlignReference(const at::Tensor& ref, const at::Tensor& ref_mask, int
 
 StatusOr<km::Intervention> TrialRunner::MakeIntervention(const v1::Edit& edit,
                                                          const km::HookPoint& hook,
-                                                         const std::vector<int64_t>& prompts,
-                                                         const at::Tensor& rows_mask) {
+                                                         const std::vector<int64_t>& prompts) {
   km::Intervention intervention;
   switch (edit.ablation().kind()) {
     case v1::Ablation::ZERO:
@@ -401,7 +399,6 @@ StatusOr<km::Intervention> TrialRunner::MakeIntervention(const v1::Edit& edit,
   if (edit.units_size() > 0) {
     intervention = intervention.OnUnits(std::vector<int64_t>(edit.units().begin(), edit.units().end()));
   }
-  (void)rows_mask;
   return intervention;
 }
 
@@ -427,7 +424,7 @@ StatusOr<std::vector<km::InterventionSite>> TrialRunner::Sites(const v1::Trial& 
     for (const km::HookPoint& hook : hooks) {
       km::InterventionSite site;
       site.hook = hook;
-      KO_ASSIGN_OR_RETURN(site.intervention, MakeIntervention(edit, hook, prompts, rows_mask));
+      KO_ASSIGN_OR_RETURN(site.intervention, MakeIntervention(edit, hook, prompts));
       // Rows of other trials are untouched; positions are per row.
       site.rows = rows_mask;
       site.positions = positions;
