@@ -8,8 +8,8 @@
 #   ninja -C build -j2 sweep_bench knockout-worker && bench/run_sweep_bench.sh build
 #
 # Environment: THREADS (2), OUT_DIR (a new temp dir), PYTHON (/usr/bin/python3), MODELS ("demo big"),
-# POSITIONS ("post all"), SKIP_PYTHON=1; ROWS_POST ("layer 128 256 512 1024") and ROWS_ALL
-# ("layer 256"): the max_batch_rows values tried, each in its own process so that peak RSS is per
+# POSITIONS ("post all"), SKIP_PYTHON=1, SKIP_NAIVE=1; ROWS_POST ("layer 128 256 512 1024") and ROWS_ALL
+# ("layer 128"): the max_batch_rows values tried, each in its own process so that peak RSS is per
 # run ("layer" = heads x prompts, the rows of one layer's trials: 64 for the demo model, 96 for the
 # big one; "all" = every row in one chunk); REPEAT (3) timed executor runs per process, best kept
 # (REPEAT_ALL (2) for all positions, REPEAT_LARGE (1) for 512 rows and more, which are slow);
@@ -28,7 +28,7 @@ REPEAT=${REPEAT:-3}
 REPEAT_ALL=${REPEAT_ALL:-2}
 REPEAT_LARGE=${REPEAT_LARGE:-1}
 ROWS_POST=${ROWS_POST:-"layer 128 256 512 1024"}
-ROWS_ALL=${ROWS_ALL:-"layer 256"}
+ROWS_ALL=${ROWS_ALL:-"layer 128"}
 NAIVE_REPEAT=${NAIVE_REPEAT:-1}
 PY_MAX_TRIALS_BIG=${PY_MAX_TRIALS_BIG:-48}
 QUIET_WAIT=${QUIET_WAIT:-120}
@@ -94,8 +94,10 @@ for model in $MODELS; do
       measure "$model.$pos.executor.$r" "$BENCH" --mode executor --model "$dir" --threads "$THREADS" \
         --repeat "$n" --batch-rows "$r" $flag --json "$OUT_DIR/$model.$pos.executor.$r.json"
     done
-    measure "$model.$pos.naive" "$BENCH" --mode naive --model "$dir" --threads "$THREADS" \
-      --repeat "$NAIVE_REPEAT" $flag --json "$OUT_DIR/$model.$pos.naive.json"
+    if [[ -z ${SKIP_NAIVE:-} ]]; then
+      measure "$model.$pos.naive" "$BENCH" --mode naive --model "$dir" --threads "$THREADS" \
+        --repeat "$NAIVE_REPEAT" $flag --json "$OUT_DIR/$model.$pos.naive.json"
+    fi
     # Same shapes as sweep_bench: 8 prompts x 48 tokens, the last 6 zeroed (random ids; the work is
     # the same); refusal id 40 is "I", the token sweep_bench's shard names.
     if [[ -z ${SKIP_PYTHON:-} ]]; then

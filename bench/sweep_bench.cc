@@ -23,8 +23,9 @@
 //                                   the linear shapes the executor runs; the peak is the best shape
 //
 // FLOPs are counted analytically, 2 per multiply-add, for the matmuls the executor really runs:
-// its rows are sorted by (first layer, first column) and cut into chunks of --batch-rows; each
-// chunk starts at the smallest layer and column of its rows (executor.cc, RunChunk), so a chunk
+// its rows are sorted by (first layer, first column) and cut into chunks of --batch-rows (rounded
+// down to whole trials, as the executor does when every trial has as many rows); each chunk
+// starts at the smallest layer and column of its rows (executor.cc, RunChunk), so a chunk
 // that straddles layers recomputes some rows from an earlier layer than they need. Per chunk
 // row and recomputed column, for every layer that runs: q, k, v, o projections, attention
 // scores and values over the full key length, gate/up/down; then the final unembedding (last
@@ -373,8 +374,11 @@ Flops CountFlops(const knockout::model::ModelConfig& c, const Options& o, int64_
     // One chunk per trial, a full forward from layer 0 with logits at every column.
     f.executed += static_cast<double>(n * c.num_heads) * chunk(o.prompts, tokens, 0, true);
   } else {
-    for (size_t begin = 0; begin < row_layer.size(); begin += batch_rows) {
-      const size_t end = std::min(row_layer.size(), begin + static_cast<size_t>(batch_rows));
+    // Every trial has `prompts` rows, so the executor rounds chunks to whole trials.
+    const size_t rows_per_chunk = static_cast<size_t>(
+        std::max<int64_t>(o.prompts, batch_rows / o.prompts * o.prompts));
+    for (size_t begin = 0; begin < row_layer.size(); begin += rows_per_chunk) {
+      const size_t end = std::min(row_layer.size(), begin + rows_per_chunk);
       f.executed += chunk(static_cast<double>(end - begin), tokens - col, row_layer[begin], false);
     }
   }
