@@ -1,5 +1,7 @@
 #include "cli/queries.h"
 
+#include "experiments/engine.h"
+
 #include <algorithm>
 #include <cctype>
 #include <cerrno>
@@ -342,18 +344,6 @@ std::string StateName(v1::RunState state) {
     case v1::FAILED: return "failed";
     default: return "unknown";
   }
-}
-
-std::string SpecStageKind(const v1::Stage& stage) {
-  switch (stage.kind_case()) {
-    case v1::Stage::kExtractDirections: return "extract_directions";
-    case v1::Stage::kSelectDirection: return "select_direction";
-    case v1::Stage::kKnockoutSweep: return "knockout_sweep";
-    case v1::Stage::kGenerate: return "generate";
-    case v1::Stage::kOrthogonalize: return "orthogonalize";
-    case v1::Stage::KIND_NOT_SET: break;
-  }
-  return "unknown";
 }
 
 std::string UtcTime(uint64_t unix_ms) {
@@ -706,7 +696,7 @@ Status PrintStatus(const SweepStore& store, const std::string& sweep_or_empty,
       if (listed.count(static_cast<uint32_t>(i))) continue;
       const v1::Stage& stage = sweep.spec().stages(i);
       table.rows.push_back({Cell::Integer(i), Cell::Text(stage.name()),
-                            Cell::Text(SpecStageKind(stage)), Cell::Text("waiting"),
+                            Cell::Text(experiments::StageKindName(stage)), Cell::Text("waiting"),
                             Cell::Text("-"), Cell::Empty()});
     }
     std::stable_sort(table.rows.begin(), table.rows.end(),

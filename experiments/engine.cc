@@ -53,7 +53,17 @@ uint64_t NowMs() {
       .count();
 }
 
-const char* StageKind(const v1::Stage& stage) {
+// The shard tensor name of a direction: "<stage>@<layer>/<position>".
+std::string TensorName(const std::string& stage, int layer, const std::string& position) {
+  return stage + "@" + std::to_string(layer) + "/" + position;
+}
+std::string TensorName(const v1::DirectionArtifact& d) {
+  return TensorName(d.stage(), d.layer(), d.position());
+}
+
+}  // namespace
+
+const char* StageKindName(const v1::Stage& stage) {
   switch (stage.kind_case()) {
     case v1::Stage::kExtractDirections: return "extract_directions";
     case v1::Stage::kSelectDirection: return "select_direction";
@@ -63,6 +73,8 @@ const char* StageKind(const v1::Stage& stage) {
     default: return "unknown";
   }
 }
+
+namespace {
 
 uint32_t ShardTrials(const v1::SweepSpec& spec, const v1::Stage& stage) {
   if (stage.shard_trials() > 0) return stage.shard_trials();
@@ -142,8 +154,8 @@ class Directions {
   // Adds the direction to `shard` (once) and returns its tensor name.
   StatusOr<std::string> Attach(const v1::DirectionRef& ref, int target_layer, v1::Shard* shard) const {
     std::string name = ref.best() ? ref.stage() + ".best"
-                                  : ref.stage() + "@" + std::to_string(ref.layer() >= 0 ? ref.layer() : target_layer) +
-                                        "/" + PositionsName(ref.position());
+                                  : TensorName(ref.stage(), ref.layer() >= 0 ? ref.layer() : target_layer,
+                                               PositionsName(ref.position()));
     if (!shard) return name;
     for (const auto& t : shard->tensors()) {
       if (t.name() == name) return name;
@@ -259,7 +271,7 @@ std::vector<v1::Trial> SelectionTrials(const v1::SelectDirectionStage& stage,
                                        const std::vector<v1::DirectionArtifact>& candidates) {
   std::vector<v1::Trial> trials;
   for (const v1::DirectionArtifact& c : candidates) {
-    const std::string tensor = c.stage() + "@" + std::to_string(c.layer()) + "/" + c.position();
+    const std::string tensor = TensorName(c);
     for (const char* role : {"ablate", "induce"}) {
       v1::Trial trial;
       v1::Edit* edit = trial.add_edits();
@@ -381,7 +393,7 @@ StatusOr<std::vector<v1::Shard>> SweepEngine::Expand(const v1::SweepSpec& spec,
                                           " produced no candidate directions");
       }
       for (const auto& c : candidates) {
-        AddTensor(&base, c.stage() + "@" + std::to_string(c.layer()) + "/" + c.position(), c);
+        AddTensor(&base, TensorName(c), c);
       }
       return ShardTrialList(base, SelectionTrials(s, candidates), ShardTrials(spec, stage));
     }
@@ -518,7 +530,7 @@ StatusOr<std::vector<std::pair<std::string, std::string>>> SweepEngine::Finalize
       score.set_layer(c.layer());
       score.set_position(c.position());
       score.set_bypass(nan), score.set_induce(nan), score.set_kl(nan);
-      scores[c.stage() + "@" + std::to_string(c.layer()) + "/" + c.position()] = score;
+      scores[TensorName(c)] = score;
     }
     for (const v1::ResultRow& row : rows) {
       const v1::TrialLabel& label = labels[row.trial()];
@@ -539,7 +551,7 @@ StatusOr<std::vector<std::pair<std::string, std::string>>> SweepEngine::Finalize
     selection.set_chosen(-1);
     int i = 0;
     for (const auto& c : candidates) {
-      v1::CandidateScore score = scores[c.stage() + "@" + std::to_string(c.layer()) + "/" + c.position()];
+      v1::CandidateScore score = scores[TensorName(c)];
       std::string why;
       if (std::isnan(score.bypass()) || std::isnan(score.induce()) || std::isnan(score.kl())) {
         why = "NaN score";
@@ -643,7 +655,7 @@ StatusOr<std::vector<v1::ShardRecord>> SweepEngine::Advance(const std::string& i
     v1::StageRecord stage;
     stage.set_index(expanded);
     stage.set_name(sweep.spec().stages(expanded).name());
-    stage.set_kind(StageKind(sweep.spec().stages(expanded)));
+    stage.set_kind(StageKindName(sweep.spec().stages(expanded)));
     stage.set_state(v1::PENDING);
     stage.set_shards_total(static_cast<uint32_t>(shards->size()));
     uint64_t trials = 0;
@@ -677,7 +689,7 @@ StatusOr<std::vector<StagePlan>> PlanSweep(const v1::SweepSpec& spec, const Mode
   for (const v1::Stage& stage : spec.stages()) {
     StagePlan plan;
     plan.name = stage.name();
-    plan.kind = StageKind(stage);
+    plan.kind = StageKindName(stage);
     const uint64_t per_trials = ShardTrials(spec, stage), per_prompts = ShardPrompts(spec, stage);
     if (stage.has_extract_directions()) {
       const auto& s = stage.extract_directions();

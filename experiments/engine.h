@@ -24,6 +24,10 @@ namespace knockout::experiments {
 // so that submitting the same spec again resumes the same sweep.
 std::string SweepIdFor(const v1::SweepSpec& spec);
 
+// "extract_directions", "select_direction", "knockout_sweep", "generate", "orthogonalize"
+// (StageRecord.kind), or "unknown".
+const char* StageKindName(const v1::Stage& stage);
+
 // Artifact names (sweep_store.h): direction/<stage>/L<layer:03>/<position>, selection/<stage>.
 std::string DirectionArtifactName(const std::string& stage, int layer, const std::string& position);
 std::string SelectionArtifactName(const std::string& stage);

@@ -106,6 +106,23 @@ StatusOr<at::Tensor> FindTensor(const std::map<std::string, at::Tensor>& tensors
   return it->second;
 }
 
+// The hook points an edit applies at: its hook, or with `every_layer` (science.md's directional
+// ablation) every layer's resid_pre, attn_out and mlp_out.
+StatusOr<std::vector<km::HookPoint>> EditHooks(const v1::Edit& edit, int64_t num_layers) {
+  std::vector<km::HookPoint> hooks;
+  if (edit.every_layer()) {
+    for (int64_t l = 0; l < num_layers; ++l) {
+      hooks.push_back(km::HookPoint::ResidPre(l));
+      hooks.push_back(km::HookPoint::AttnOut(l));
+      hooks.push_back(km::HookPoint::MlpOut(l));
+    }
+    return hooks;
+  }
+  KO_ASSIGN_OR_RETURN(km::HookPoint hook, km::HookPoint::Parse(edit.hook(), num_layers));
+  hooks.push_back(hook);
+  return hooks;
+}
+
 // ------------------------------------------------------------------------------------------
 // Metrics at the last position
 
@@ -410,17 +427,7 @@ StatusOr<std::vector<km::InterventionSite>> TrialRunner::Sites(const v1::Trial& 
   for (const v1::Edit& edit : trial.edits()) {
     at::Tensor positions =
         position_masks_.at(experiments::PositionsName(edit.positions())).index_select(0, index);
-    std::vector<km::HookPoint> hooks;
-    if (edit.every_layer()) {
-      for (int64_t l = 0; l < config_.num_layers; ++l) {
-        hooks.push_back(km::HookPoint::ResidPre(l));
-        hooks.push_back(km::HookPoint::AttnOut(l));
-        hooks.push_back(km::HookPoint::MlpOut(l));
-      }
-    } else {
-      KO_ASSIGN_OR_RETURN(km::HookPoint hook, km::HookPoint::Parse(edit.hook(), config_.num_layers));
-      hooks.push_back(hook);
-    }
+    KO_ASSIGN_OR_RETURN(std::vector<km::HookPoint> hooks, EditHooks(edit, config_.num_layers));
     for (const km::HookPoint& hook : hooks) {
       km::InterventionSite site;
       site.hook = hook;
@@ -917,18 +924,8 @@ StatusOr<v1::ShardResult> RunGenerate(const LoadedModel& m, const v1::Shard& sha
     km::HookRegistry hooks(model.config());
     for (const v1::Edit& edit : trial.edits()) {
       KO_ASSIGN_OR_RETURN(at::Tensor r, FindTensor(tensors, edit.tensor()));
-      std::vector<km::HookPoint> points;
+      KO_ASSIGN_OR_RETURN(std::vector<km::HookPoint> points, EditHooks(edit, model.config().num_layers));
       km::Intervention intervention;
-      if (edit.every_layer()) {
-        for (int64_t l = 0; l < model.config().num_layers; ++l) {
-          points.push_back(km::HookPoint::ResidPre(l));
-          points.push_back(km::HookPoint::AttnOut(l));
-          points.push_back(km::HookPoint::MlpOut(l));
-        }
-      } else {
-        KO_ASSIGN_OR_RETURN(km::HookPoint hook, km::HookPoint::Parse(edit.hook(), model.config().num_layers));
-        points.push_back(hook);
-      }
       if (edit.ablation().kind() == v1::Ablation::DIRECTIONAL) {
         intervention = km::Intervention::Directional(r);
       } else if (edit.ablation().kind() == v1::Ablation::ADD) {
