@@ -25,13 +25,6 @@ struct LocalRunOptions {
   const std::atomic<bool>* stop = nullptr;  // set (e.g. by SIGINT) to stop between shards
 };
 
-// The model's shape from DIR/config.json (NotFound / InvalidArgument naming the file).
-StatusOr<experiments::ModelShape> ReadModelShape(const std::string& model_dir);
-
-// Ranks neurons by |cos(W_down[:, n], direction)| ("direction_cosine"), reading the layer's
-// down_proj weight from the checkpoint's safetensors (f32, bf16 or f16).
-experiments::NeuronRanker MakeNeuronRanker(const std::string& model_dir);
-
 // Runs (or resumes) the sweep of `parsed` to completion. Prints the sweep id first, then one
 // progress line per shard, then the summary. Errors: those of validation, of the model load,
 // of a shard (the sweep is then marked FAILED with the message), FailedPrecondition "interrupted"

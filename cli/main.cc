@@ -10,6 +10,7 @@
 
 #include "cli/local_runner.h"
 #include "cli/queries.h"
+#include "experiments/checkpoint_info.h"
 #include "experiments/engine.h"
 #include "experiments/spec.h"
 #include "experiments/sweep_store.h"
@@ -48,7 +49,7 @@ StatusOr<std::unique_ptr<knockout::storage::Store>> OpenExisting(const std::stri
 int Validate(const std::string& path) {
   auto parsed = ke::LoadSpec(path);
   if (!parsed.ok()) return Fail(parsed.status());
-  auto shape = kc::ReadModelShape(parsed->spec.model().path());
+  auto shape = ke::ReadModelShape(parsed->spec.model().path());
   if (!shape.ok()) return Fail(shape.status().WithContext(parsed->Where("model.path")));
   if (Status s = ke::ValidateSpecFiles(*parsed, *shape); !s.ok()) return Fail(s);
   auto plan = ke::PlanSweep(parsed->spec, *shape);

@@ -23,7 +23,7 @@
 namespace knockout::cli {
 namespace {
 
-using experiments::SweepStore;
+using experiments::SweepReader;
 using Json = nlohmann::ordered_json;
 
 // ------------------------------------------------------------------------------------------
@@ -358,7 +358,7 @@ std::string UtcTime(uint64_t unix_ms) {
 // The stages a query covers: every expanded stage, or the one named `name`.
 // InvalidArgument for an unknown name (listing the stages); FailedPrecondition for a stage of
 // the spec that has not been expanded yet.
-StatusOr<std::vector<v1::StageRecord>> SelectStages(const SweepStore& store,
+StatusOr<std::vector<v1::StageRecord>> SelectStages(const SweepReader& store,
                                                     const std::string& sweep,
                                                     const std::string& name) {
   KO_ASSIGN_OR_RETURN(auto stages, store.ListStages(sweep));
@@ -385,7 +385,7 @@ StatusOr<std::vector<v1::StageRecord>> SelectStages(const SweepStore& store,
 }
 
 // Trial index -> label, from the stage's shards (a trial may sit in several: same label).
-StatusOr<std::map<uint32_t, v1::TrialLabel>> TrialLabels(const SweepStore& store,
+StatusOr<std::map<uint32_t, v1::TrialLabel>> TrialLabels(const SweepReader& store,
                                                          const std::string& sweep,
                                                          uint32_t stage) {
   KO_ASSIGN_OR_RETURN(auto shards, store.ListShards(sweep, stage));
@@ -410,7 +410,7 @@ StatusOr<Message> ParseArtifact(const std::string& sweep, const std::string& nam
 
 // An artifact that may not exist yet (the stage has not finished): nullopt when NotFound.
 template <typename Message>
-StatusOr<std::optional<Message>> OptionalArtifact(const SweepStore& store,
+StatusOr<std::optional<Message>> OptionalArtifact(const SweepReader& store,
                                                   const std::string& sweep,
                                                   const std::string& name) {
   auto bytes = store.GetArtifact(sweep, name);
@@ -429,7 +429,7 @@ std::string Title(const v1::StageRecord& stage, const std::string& what) {
 // ------------------------------------------------------------------------------------------
 // Result tables by stage kind
 
-StatusOr<Table> ResultsTable(const SweepStore& store, const std::string& sweep,
+StatusOr<Table> ResultsTable(const SweepReader& store, const std::string& sweep,
                              const v1::StageRecord& stage, bool per_prompt) {
   KO_ASSIGN_OR_RETURN(auto rows, store.Rows(sweep, stage.index(), !per_prompt));
   KO_ASSIGN_OR_RETURN(auto labels, TrialLabels(store, sweep, stage.index()));
@@ -470,7 +470,7 @@ StatusOr<Table> ResultsTable(const SweepStore& store, const std::string& sweep,
   return table;
 }
 
-StatusOr<Table> DirectionsTable(const SweepStore& store, const std::string& sweep,
+StatusOr<Table> DirectionsTable(const SweepReader& store, const std::string& sweep,
                                 const v1::StageRecord& stage) {
   KO_ASSIGN_OR_RETURN(auto artifacts,
                       store.ListArtifacts(sweep, "direction/" + stage.name() + "/"));
@@ -509,7 +509,7 @@ Table CandidatesTable(const v1::StageRecord& stage, const v1::SelectionArtifact&
   return table;
 }
 
-StatusOr<Table> CompletionsTable(const SweepStore& store, const std::string& sweep,
+StatusOr<Table> CompletionsTable(const SweepReader& store, const std::string& sweep,
                                  const v1::StageRecord& stage, bool per_prompt) {
   KO_ASSIGN_OR_RETURN(auto completions, store.Completions(sweep, stage.index()));
   Table table;
@@ -542,7 +542,7 @@ StatusOr<Table> CompletionsTable(const SweepStore& store, const std::string& swe
   return table;
 }
 
-Status AppendStageTables(const SweepStore& store, const std::string& sweep,
+Status AppendStageTables(const SweepReader& store, const std::string& sweep,
                          const v1::StageRecord& stage, bool per_prompt,
                          std::vector<Table>* tables) {
   const std::string& kind = stage.kind();
@@ -659,7 +659,7 @@ StatusOr<OutputFormat> ParseOutputFormat(const std::string& name) {
                                  "\"; formats: table, csv, jsonl");
 }
 
-Status PrintStatus(const SweepStore& store, const std::string& sweep_or_empty,
+Status PrintStatus(const SweepReader& store, const std::string& sweep_or_empty,
                    std::ostream& out) {
   std::vector<v1::SweepRecord> sweeps;
   if (sweep_or_empty.empty()) {
@@ -706,7 +706,7 @@ Status PrintStatus(const SweepStore& store, const std::string& sweep_or_empty,
   return Status::Ok();
 }
 
-Status PrintResults(const SweepStore& store, const ResultsQuery& query, std::ostream& out) {
+Status PrintResults(const SweepReader& store, const ResultsQuery& query, std::ostream& out) {
   KO_ASSIGN_OR_RETURN(const auto filters, ParseFilters(query.where));
   KO_ASSIGN_OR_RETURN(const std::string sweep, store.ResolveSweep(query.sweep));
   KO_ASSIGN_OR_RETURN(const auto stages, SelectStages(store, sweep, query.stage));
@@ -720,7 +720,7 @@ Status PrintResults(const SweepStore& store, const ResultsQuery& query, std::ost
   return Status::Ok();
 }
 
-Status PrintCompensation(const SweepStore& store, const std::string& sweep_name,
+Status PrintCompensation(const SweepReader& store, const std::string& sweep_name,
                          const std::string& stage_name, int top, std::ostream& out,
                          OutputFormat format) {
   if (top < 0) {
@@ -757,7 +757,7 @@ Status PrintCompensation(const SweepStore& store, const std::string& sweep_name,
   return Status::Ok();
 }
 
-Status PrintDirectionCosines(const SweepStore& store, const std::string& sweep_name,
+Status PrintDirectionCosines(const SweepReader& store, const std::string& sweep_name,
                              std::ostream& out, OutputFormat format) {
   KO_ASSIGN_OR_RETURN(const std::string sweep, store.ResolveSweep(sweep_name));
   KO_ASSIGN_OR_RETURN(auto selections, store.ListArtifacts(sweep, "selection/"));
@@ -804,7 +804,7 @@ Status PrintDirectionCosines(const SweepStore& store, const std::string& sweep_n
   return Status::Ok();
 }
 
-Status ExportDirections(const SweepStore& store, const std::string& sweep_name,
+Status ExportDirections(const SweepReader& store, const std::string& sweep_name,
                         const std::string& path) {
   KO_ASSIGN_OR_RETURN(const std::string sweep, store.ResolveSweep(sweep_name));
   struct Export {

@@ -10,7 +10,7 @@
 #include <vector>
 
 #include "common/status.h"
-#include "experiments/sweep_store.h"
+#include "experiments/sweep_reader.h"
 
 namespace knockout::cli {
 
@@ -28,7 +28,7 @@ StatusOr<OutputFormat> ParseOutputFormat(const std::string& name);
 // state, shards done/total, trials); stages of the spec not yet expanded are listed as
 // "waiting". `sweep_or_empty`: a sweep id or name (the latest of that name) to show only that
 // sweep. Errors: NotFound from SweepStore::ResolveSweep (it lists what exists); store errors.
-Status PrintStatus(const experiments::SweepStore& store, const std::string& sweep_or_empty,
+Status PrintStatus(const experiments::SweepReader& store, const std::string& sweep_or_empty,
                    std::ostream& out);
 
 struct ResultsQuery {
@@ -60,7 +60,7 @@ struct ResultsQuery {
 // Errors: NotFound (sweep); InvalidArgument for an unknown stage (lists the stages), a filter
 // that is not FIELD=VALUE, or a field no printed table has (lists the columns); Corruption if a
 // stored artifact does not parse; store errors.
-Status PrintResults(const experiments::SweepStore& store, const ResultsQuery& query,
+Status PrintResults(const experiments::SweepReader& store, const ResultsQuery& query,
                     std::ostream& out);
 
 // Per knocked-out unit and prompt set, sorted by |TE| descending: stage, trial, unit ("L3H2",
@@ -75,7 +75,7 @@ Status PrintResults(const experiments::SweepStore& store, const ResultsQuery& qu
 // readings); InvalidArgument (unknown stage, listing them; a stage that is not a knockout_sweep;
 // top < 0); the errors of experiments::ComputeCompensation (a row without te/de names its
 // trial); store errors.
-Status PrintCompensation(const experiments::SweepStore& store, const std::string& sweep,
+Status PrintCompensation(const experiments::SweepReader& store, const std::string& sweep,
                          const std::string& stage, int top, std::ostream& out,
                          OutputFormat format = OutputFormat::kTable);
 
@@ -87,14 +87,14 @@ Status PrintCompensation(const experiments::SweepStore& store, const std::string
 // norm, positive_count, negative_count, and for "best" source_stage (the extract stage).
 // Errors: NotFound (sweep; or it has no direction artifacts yet); Corruption (an artifact does
 // not parse); InvalidArgument/IOError from model::WriteSafetensors (naming the path).
-Status ExportDirections(const experiments::SweepStore& store, const std::string& sweep,
+Status ExportDirections(const experiments::SweepReader& store, const std::string& sweep,
                         const std::string& path);
 
 // Per layer, the cosine between the selected refusal direction's position (of each selection's
 // extract stage) and every other extracted direction at that layer (e.g. the harmfulness
 // direction at t_inst; Zhao et al.), with both norms. NotFound if the sweep has no selection or
 // no other extracted direction.
-Status PrintDirectionCosines(const experiments::SweepStore& store, const std::string& sweep,
+Status PrintDirectionCosines(const experiments::SweepReader& store, const std::string& sweep,
                              std::ostream& out, OutputFormat format = OutputFormat::kTable);
 
 }  // namespace knockout::cli

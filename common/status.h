@@ -21,6 +21,9 @@ enum class StatusCode {
   kUnimplemented,      // well-formed input that this version does not support (an architecture)
   kFailedPrecondition, // the system is not in a state where the call can succeed
   kInternal,           // a bug or an exception from a dependency that we did not expect
+  kPermissionDenied,   // the caller may not do this (a result for a shard it never leased)
+  kUnavailable,        // a peer (the coordinator) cannot be reached now; retrying may succeed
+  kUnauthenticated,    // no or a wrong bearer token
 };
 
 const char* StatusCodeName(StatusCode code);
@@ -40,6 +43,13 @@ class [[nodiscard]] Status {
     return {StatusCode::kFailedPrecondition, std::move(m)};
   }
   static Status Internal(std::string m) { return {StatusCode::kInternal, std::move(m)}; }
+  static Status PermissionDenied(std::string m) {
+    return {StatusCode::kPermissionDenied, std::move(m)};
+  }
+  static Status Unavailable(std::string m) { return {StatusCode::kUnavailable, std::move(m)}; }
+  static Status Unauthenticated(std::string m) {
+    return {StatusCode::kUnauthenticated, std::move(m)};
+  }
 
   bool ok() const { return code_ == StatusCode::kOk; }
   StatusCode code() const { return code_; }
@@ -73,6 +83,9 @@ inline const char* StatusCodeName(StatusCode code) {
     case StatusCode::kUnimplemented: return "Unimplemented";
     case StatusCode::kFailedPrecondition: return "FailedPrecondition";
     case StatusCode::kInternal: return "Internal";
+    case StatusCode::kPermissionDenied: return "PermissionDenied";
+    case StatusCode::kUnavailable: return "Unavailable";
+    case StatusCode::kUnauthenticated: return "Unauthenticated";
   }
   return "Unknown";
 }

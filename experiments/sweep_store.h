@@ -28,12 +28,13 @@
 #include <vector>
 
 #include "common/status.h"
+#include "experiments/sweep_reader.h"
 #include "knockout/v1/sweep.pb.h"
 #include "storage/store.h"
 
 namespace knockout::experiments {
 
-class SweepStore {
+class SweepStore : public SweepReader {
  public:
   // `store` must outlive this object.
   explicit SweepStore(storage::Store* store) : store_(store) {}
@@ -41,22 +42,22 @@ class SweepStore {
   // Creates the sweep record. FailedPrecondition if a sweep with this id exists.
   Status CreateSweep(const v1::SweepRecord& sweep);
   // NotFound naming the id.
-  StatusOr<v1::SweepRecord> GetSweep(const std::string& id) const;
+  StatusOr<v1::SweepRecord> GetSweep(const std::string& id) const override;
   // Every sweep, oldest first (by created_unix_ms, then id).
-  StatusOr<std::vector<v1::SweepRecord>> ListSweeps() const;
+  StatusOr<std::vector<v1::SweepRecord>> ListSweeps() const override;
   // `id_or_name` is a sweep id, or a spec name (the latest sweep of that name). NotFound lists
   // what exists.
-  StatusOr<std::string> ResolveSweep(const std::string& id_or_name) const;
+  StatusOr<std::string> ResolveSweep(const std::string& id_or_name) const override;
 
   // Writes, in one synced batch: the stage record, one ShardRecord (state PENDING) and one
   // pending key per shard, and the updated sweep record (stages_expanded advanced by the
   // caller). FailedPrecondition if the stage already exists (expansion happens once).
   Status ExpandStage(const v1::SweepRecord& updated_sweep, const v1::StageRecord& stage,
                      const std::vector<v1::Shard>& shards);
-  StatusOr<std::vector<v1::StageRecord>> ListStages(const std::string& sweep) const;
+  StatusOr<std::vector<v1::StageRecord>> ListStages(const std::string& sweep) const override;
   StatusOr<v1::StageRecord> GetStage(const std::string& sweep, uint32_t stage) const;
   StatusOr<std::vector<v1::ShardRecord>> ListShards(const std::string& sweep,
-                                                    uint32_t stage) const;
+                                                    uint32_t stage) const override;
   // Shards of a stage still pending (not DONE), in index order.
   StatusOr<std::vector<v1::ShardRecord>> PendingShards(const std::string& sweep,
                                                        uint32_t stage) const;
@@ -82,17 +83,17 @@ class SweepStore {
   // Result rows of a stage in key order (trial, set, prompt; the aggregate row of a trial
   // first). `aggregates_only` skips per-prompt rows.
   StatusOr<std::vector<v1::ResultRow>> Rows(const std::string& sweep, uint32_t stage,
-                                            bool aggregates_only) const;
+                                            bool aggregates_only) const override;
   StatusOr<std::vector<v1::PartialSum>> PartialSums(const std::string& sweep,
                                                     uint32_t stage) const;
   StatusOr<std::vector<v1::CompletionRecord>> Completions(const std::string& sweep,
-                                                          uint32_t stage) const;
+                                                          uint32_t stage) const override;
 
   // Artifacts by name (e.g. "extract/3/post_inst[-1]", "select"). NotFound naming it.
-  StatusOr<std::string> GetArtifact(const std::string& sweep, const std::string& name) const;
+  StatusOr<std::string> GetArtifact(const std::string& sweep, const std::string& name) const override;
   // Every artifact of a sweep whose name starts with `prefix`, in name order.
   StatusOr<std::vector<std::pair<std::string, std::string>>> ListArtifacts(
-      const std::string& sweep, const std::string& prefix) const;
+      const std::string& sweep, const std::string& prefix) const override;
 
   storage::Store* store() const { return store_; }
 

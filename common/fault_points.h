@@ -1,0 +1,33 @@
+// Named fault points for tests (RocksDB's sync points, Ray's rpc_chaos): code marks a place with
+// KO_FAULT_POINT("report.after_commit") and a test arms it to crash the process there or to make
+// the caller drop a reply. Compiled in only when KNOCKOUT_FAULT_POINTS is defined (the CMake
+// option of the same name, on in test builds); otherwise the macro is a constant kNone and the
+// optimiser removes the branch.
+//
+// Arming: fault::Arm(name, action, after) in-process, or the environment variable
+// KNOCKOUT_FAULTS="name=action[@n],..." read on first use (action: crash | drop | error; n: fire
+// on the n-th hit, default 1; each fires once).
+// Thread-safety: Arm/Hit may be called from any thread (a mutex guards the table).
+#pragma once
+
+#include <string>
+
+namespace knockout::fault {
+
+enum class Action { kNone, kCrash, kDrop, kError };
+
+#ifdef KNOCKOUT_FAULT_POINTS
+// Records a hit of `name`; returns the armed action when it fires (kCrash never returns: the
+// process exits at once with status 86, like kill -9 without cleanup).
+Action Hit(const char* name);
+// Arms `name` to fire `action` on hit number `after` (1 = the next hit).
+void Arm(const std::string& name, Action action, int after = 1);
+void DisarmAll();
+#define KO_FAULT_POINT(name) ::knockout::fault::Hit(name)
+#else
+inline void Arm(const std::string&, Action, int = 1) {}
+inline void DisarmAll() {}
+#define KO_FAULT_POINT(name) (::knockout::fault::Action::kNone)
+#endif
+
+}  // namespace knockout::fault

@@ -1,0 +1,139 @@
+// The coordinator's core, without gRPC: sweeps submitted to the experiments engine, shards
+// leased to pulling workers with durable deadlines, heartbeats, expiry and retries, idempotent
+// result commits, cancellation, and the progress views the CLI shows. Every state change is one
+// write batch in the store (sweep_store.h), so a coordinator restarted on the same directory
+// resumes every sweep, and leases keep their deadlines. The gRPC service (service.h) is a thin
+// layer over this class; tests drive it directly with a FakeClock.
+//
+// Leasing: a worker asks for `capacity` shards and says which model it has loaded. Pending shards
+// of sweeps on that model come first (model affinity); then sweeps by priority (higher first),
+// round robin across sweeps of equal priority (fairness); within a sweep, shards in index order.
+// A lease lasts options.lease_ms from the grant or the last heartbeat. An expired lease returns
+// the shard to pending with the attempt counted (AttemptError kept); after max_attempts counted
+// attempts the shard is FAILED and so is its sweep (the error names the shard and its history).
+//
+// Reports: first commit wins. A report for a DONE shard is acknowledged (duplicate) and ignored;
+// one from an expired lease is committed if the shard is not DONE (late). A report from a worker
+// that never held a lease on the shard is PermissionDenied and stores nothing. After a commit
+// that completes a stage, the engine's finaliser runs and the next stage is expanded.
+//
+// Thread-safety: all public methods may be called concurrently; one mutex serialises state
+// changes (the store's group commit happens inside Report, which takes many reports at once).
+#pragma once
+
+#include <condition_variable>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "common/status.h"
+#include "coordinator/clock.h"
+#include "experiments/sweep_store.h"
+#include "knockout/v1/coordinator.pb.h"
+
+namespace knockout::coordinator {
+
+struct SchedulerOptions {
+  uint32_t lease_ms = 30'000;      // lease length; workers heartbeat every lease_ms / 3
+  uint32_t max_attempts = 3;       // counted attempts before a shard fails
+  uint32_t retry_after_ms = 500;   // told to a worker when nothing is pending
+  uint32_t max_failures_shown = 20;
+};
+
+// Counters for the metrics endpoint (monotonic unless noted).
+struct SchedulerCounters {
+  uint64_t leases_granted = 0;
+  uint64_t leases_expired = 0;
+  uint64_t leases_released = 0;
+  uint64_t reports_committed = 0;
+  uint64_t reports_duplicate = 0;
+  uint64_t reports_late = 0;
+  uint64_t rows_committed = 0;
+  // Gauges: shards by state over every RUNNING sweep's expanded stages, workers heard from
+  // within two lease periods.
+  uint64_t shards_pending = 0;
+  uint64_t shards_running = 0;
+  uint64_t shards_done = 0;
+  uint64_t shards_failed = 0;
+  uint64_t workers_alive = 0;
+  std::vector<v1::WorkerStatus> workers;  // every known worker, with its throughput
+};
+
+class Scheduler {
+ public:
+  // Opens the scheduler over `store` (which must outlive it): reads every sweep, re-runs
+  // Advance for RUNNING sweeps (a finaliser interrupted by a crash runs again), and rebuilds the
+  // in-memory pending queues and lease table from the shard records. Leases keep their stored
+  // deadlines. Errors: those of the store (Corruption naming the key, IOError).
+  static StatusOr<std::unique_ptr<Scheduler>> Open(experiments::SweepStore* store,
+                                                   const Clock* clock,
+                                                   SchedulerOptions options = {});
+
+  // Parses the YAML (errors name request.spec_label, the line and the field), resolves relative
+  // paths against base_dir, reads the model's config.json and checks the spec against it and
+  // its prompt files, then creates the sweep (or resumes it: same spec, same id; a FAILED or
+  // CANCELLED sweep runs again) and expands its first stage. InvalidArgument / NotFound for a
+  // bad spec; nothing is stored then.
+  StatusOr<v1::SubmitSweepResponse> Submit(const v1::SubmitSweepRequest& request);
+
+  // Progress of one sweep (`sweep`: id or name). NotFound lists the sweeps that exist.
+  StatusOr<v1::SweepProgress> Progress(const std::string& sweep) const;
+  StatusOr<std::vector<v1::SweepProgress>> List() const;
+
+  // Marks the sweep CANCELLED: its pending shards are no longer leased and heartbeats of
+  // workers holding its shards answer keep = false. Cancelling a DONE sweep is
+  // FailedPrecondition; a CANCELLED one is a no-op. NotFound for an unknown sweep.
+  StatusOr<v1::SweepProgress> Cancel(const std::string& sweep);
+
+  // Grants up to max(1, capacity) shards, records the leases (state RUNNING, worker, deadline,
+  // attempt + 1) and the worker record in one batch. No shard: an empty list and
+  // retry_after_ms. InvalidArgument for an empty worker id.
+  StatusOr<v1::LeaseShardsResponse> Lease(const v1::LeaseShardsRequest& request);
+
+  // Per lease: keep (the worker still holds it: deadline extended, written in one batch) or
+  // drop with a reason. InvalidArgument for an empty worker id.
+  StatusOr<v1::HeartbeatResponse> Heartbeat(const v1::HeartbeatRequest& request);
+
+  // Commits many reports in one synced write batch (group commit) and returns one result per
+  // request, in order. Per report: InvalidArgument (the result names another shard than the
+  // lease, a trial index the shard does not have), NotFound (sweep or shard), PermissionDenied
+  // (the worker never held a lease on the shard); none of these stores anything.
+  std::vector<StatusOr<v1::ReportResultsResponse>> Report(
+      const std::vector<const v1::ReportResultsRequest*>& requests);
+
+  // Gives a lease back (see coordinator.proto). A lease the worker does not hold (expired,
+  // re-leased, done) is OK and changes nothing. NotFound for an unknown sweep or shard.
+  Status Release(const v1::ReleaseShardRequest& request);
+
+  // Returns every lease whose deadline has passed to pending (or FAILED after max_attempts) in
+  // one batch. Returns how many expired. The service calls it on a timer; tests call it after
+  // advancing the FakeClock. Lease and Heartbeat also expire what is due before they act.
+  StatusOr<int> ExpireLeases();
+
+  // A counter bumped at every state change; WaitForChange blocks until it differs from `seen`
+  // or `timeout_ms` passes, and returns the current value (WatchSweep's wake-up).
+  uint64_t change_counter() const;
+  uint64_t WaitForChange(uint64_t seen, uint32_t timeout_ms) const;
+
+  SchedulerCounters Counters() const;
+  const SchedulerOptions& options() const { return options_; }
+
+ private:
+  Scheduler(experiments::SweepStore* store, const Clock* clock, SchedulerOptions options);
+
+  // Implementation state is private to scheduler.cc; the members below are guarded by mu_.
+  struct State;
+  experiments::SweepStore* store_;
+  const Clock* clock_;
+  SchedulerOptions options_;
+  mutable std::mutex mu_;
+  mutable std::condition_variable changed_;
+  std::unique_ptr<State> state_;  // GUARDED_BY(mu_)
+  uint64_t changes_ = 0;          // GUARDED_BY(mu_)
+};
+
+}  // namespace knockout::coordinator
