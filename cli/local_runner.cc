@@ -1,88 +1,129 @@
 #include "cli/local_runner.h"
 
-#include <ATen/Parallel.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
-#include <cmath>
-#include <cstring>
-#include <sstream>
+#include <deque>
+#include <filesystem>
+#include <fstream>
 #include <iomanip>
+#include <mutex>
+#include <sstream>
 #include <thread>
+#include <vector>
 
 #include "cli/queries.h"
+#include "cli/remote.h"
+#include "coordinator/server.h"
 #include "experiments/checkpoint_info.h"
-#include "experiments/engine.h"
 #include "experiments/sweep_store.h"
+#include "proto/channel.h"
 #include "storage/store.h"
-#include "worker/executor/executor.h"
-#include "worker/model/checkpoint_files.h"
-#include "worker/model/config.h"
-#include "worker/model/safetensors.h"
 
 namespace knockout::cli {
 
-Status RunLocal(const experiments::ParsedSpec& parsed, const LocalRunOptions& options,
-                std::ostream& out) {
-  const v1::SweepSpec& spec = parsed.spec;
-  KO_ASSIGN_OR_RETURN(experiments::ModelShape shape, experiments::ReadModelShape(spec.model().path()));
-  KO_RETURN_IF_ERROR(experiments::ValidateSpecFiles(parsed, shape));
-  const int threads = options.threads > 0
-                          ? options.threads
-                          : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
-  at::set_num_threads(threads);
+namespace fs = std::filesystem;
 
-  KO_ASSIGN_OR_RETURN(auto store, storage::Store::Open(options.store_dir));
-  experiments::SweepStore sweeps(store.get());
-  experiments::SweepEngine engine(&sweeps, shape, experiments::MakeNeuronRanker(spec.model().path()));
-  bool resumed = false;
-  KO_ASSIGN_OR_RETURN(std::string id, engine.Submit(spec, &resumed));
-  out << "sweep " << id << (resumed ? " (resumed)" : "") << " in " << options.store_dir << "\n"
-      << std::flush;
+namespace {
 
-  std::unique_ptr<executor::LoadedModel> model;
-  std::unique_ptr<executor::ShardExecutor> shard_executor;
-  const auto start = std::chrono::steady_clock::now();
-  for (;;) {
-    KO_ASSIGN_OR_RETURN(auto pending, engine.Advance(id));
-    if (pending.empty()) break;
-    if (!model) {
-      KO_ASSIGN_OR_RETURN(executor::LoadedModel loaded, executor::LoadModel(spec.model()));
-      model = std::make_unique<executor::LoadedModel>(std::move(loaded));
-      executor::ExecutorOptions executor_options;
-      executor_options.max_batch_rows = options.max_batch_rows;
-      shard_executor = std::make_unique<executor::ShardExecutor>(*model, executor_options);
+// knockout-worker: next to this executable (an install), or in the build tree's worker/.
+StatusOr<std::string> FindWorkerBinary(const std::string& configured) {
+  if (!configured.empty()) {
+    if (access(configured.c_str(), X_OK) != 0) {
+      return Status::NotFound(configured + ": not an executable (--worker-binary)");
     }
-    const v1::Shard& first = pending.front().shard();
-    KO_ASSIGN_OR_RETURN(v1::StageRecord stage, sweeps.GetStage(id, first.stage()));
-    for (const v1::ShardRecord& record : pending) {
-      if (options.stop && options.stop->load()) {
-        return Status::FailedPrecondition("interrupted; run the same command again to resume sweep " + id);
-      }
-      auto result = shard_executor->Run(record.shard());
-      if (!result.ok()) {
-        const Status failed = result.status().WithContext("sweep " + id);
-        KO_RETURN_IF_ERROR(sweeps.FailShard(id, first.stage(), record.shard().index(),
-                                            record.attempt() + 1, failed.message()));
-        KO_RETURN_IF_ERROR(engine.Fail(id, failed.message()));
-        return failed;
-      }
-      KO_RETURN_IF_ERROR(engine.Commit(*result, record.attempt() + 1));
-      KO_ASSIGN_OR_RETURN(stage, sweeps.GetStage(id, first.stage()));
-      out << "  [" << stage.index() + 1 << "/" << spec.stages_size() << " " << stage.name() << "] shard "
-          << stage.shards_done() << "/" << stage.shards_total() << ": "
-          << record.shard().trials_size() << " trials, " << record.shard().prompts_size()
-          << " prompts, " << std::fixed << std::setprecision(2) << result->seconds() << " s\n"
-          << std::flush;
+    return configured;
+  }
+  if (const char* env = std::getenv("KNOCKOUT_WORKER"); env && *env) return std::string(env);
+  std::error_code error;
+  const fs::path self = fs::read_symlink("/proc/self/exe", error);
+  if (!error) {
+    for (const fs::path& candidate :
+         {self.parent_path() / "knockout-worker", self.parent_path() / ".." / "worker" / "knockout-worker"}) {
+      if (access(candidate.c_str(), X_OK) == 0) return candidate.lexically_normal().string();
     }
   }
-  const double seconds =
-      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  out << "sweep " << id << " done (" << std::fixed << std::setprecision(1) << seconds
-      << " s this run)\n";
-  if (!options.summary) return Status::Ok();
+  return Status::NotFound(
+      "knockout-worker not found next to knockout or in ../worker/; set KNOCKOUT_WORKER or pass "
+      "--worker-binary");
+}
 
-  // The summary: selections, refusal rates and the top of the compensation table.
+struct WorkerProcess {
+  pid_t pid = -1;
+  std::string log;
+  int exit_status = 0;  // waitpid status once reaped
+  bool reaped = false;
+};
+
+// Starts one worker. Its output goes to `log`; it is killed if this process dies (kill -9
+// included), so that no orphan keeps pulling from a coordinator that is gone.
+StatusOr<pid_t> SpawnWorker(const std::vector<std::string>& argv, const std::string& log) {
+  const int fd = open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0) return Status::IOError(log + ": cannot open the worker log");
+  std::vector<char*> args;
+  for (const std::string& arg : argv) args.push_back(const_cast<char*>(arg.c_str()));
+  args.push_back(nullptr);
+  const pid_t parent = getpid();
+  const pid_t pid = fork();
+  if (pid < 0) {
+    close(fd);
+    return Status::Internal("fork failed");
+  }
+  if (pid == 0) {
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (getppid() != parent) _exit(1);  // the parent died before prctl took effect
+    // Own process group: a terminal's Ctrl-C reaches the CLI, which stops the workers itself.
+    setpgid(0, 0);
+    dup2(fd, STDOUT_FILENO);
+    dup2(fd, STDERR_FILENO);
+    execv(args[0], args.data());
+    _exit(127);
+  }
+  close(fd);
+  return pid;
+}
+
+std::string LogTail(const std::string& path, int lines) {
+  std::ifstream file(path);
+  std::deque<std::string> tail;
+  std::string line;
+  while (std::getline(file, line)) {
+    tail.push_back(line);
+    if (static_cast<int>(tail.size()) > lines) tail.pop_front();
+  }
+  std::string text;
+  for (const std::string& l : tail) text += "\n    " + l;
+  return text;
+}
+
+// Stops the workers: SIGTERM (they give their leases back), then SIGKILL after `grace`.
+void StopWorkers(std::vector<WorkerProcess>& workers, std::chrono::milliseconds grace) {
+  for (WorkerProcess& worker : workers) {
+    if (!worker.reaped) kill(worker.pid, SIGTERM);
+  }
+  const auto deadline = std::chrono::steady_clock::now() + grace;
+  for (WorkerProcess& worker : workers) {
+    while (!worker.reaped) {
+      if (waitpid(worker.pid, &worker.exit_status, WNOHANG) == worker.pid) {
+        worker.reaped = true;
+      } else if (std::chrono::steady_clock::now() > deadline) {
+        kill(worker.pid, SIGKILL);
+        waitpid(worker.pid, &worker.exit_status, 0);
+        worker.reaped = true;
+      } else {
+        std::this_thread::sleep_for(std::chrono::milliseconds(20));
+      }
+    }
+  }
+}
+
+void PrintSummary(const v1::SweepSpec& spec, const experiments::SweepReader& sweeps,
+                  const std::string& id, std::ostream& out) {
   for (const v1::Stage& stage : spec.stages()) {
     if (stage.has_select_direction() || stage.has_generate() || stage.has_orthogonalize()) {
       out << "\n== " << stage.name() << " ==\n";
@@ -114,6 +155,129 @@ Status RunLocal(const experiments::ParsedSpec& parsed, const LocalRunOptions& op
       for (int n = 0; n < 12 && std::getline(lines, line); ++n) out << line << "\n";
     }
   }
+}
+
+}  // namespace
+
+Status RunLocal(const experiments::ParsedSpec& parsed, const LocalRunOptions& options,
+                std::ostream& out) {
+  const v1::SweepSpec& spec = parsed.spec;
+  KO_ASSIGN_OR_RETURN(experiments::ModelShape shape, experiments::ReadModelShape(spec.model().path()));
+  KO_RETURN_IF_ERROR(experiments::ValidateSpecFiles(parsed, shape));
+  KO_ASSIGN_OR_RETURN(const std::string worker_binary, FindWorkerBinary(options.worker_binary));
+  const int workers_wanted = std::max(1, options.workers);
+  const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  const int threads = options.threads > 0 ? options.threads : std::max(1, cores / workers_wanted);
+
+  // The coordinator, embedded, on a free loopback port. Its log lines (start-up) stay quiet.
+  std::ostringstream server_log;
+  coordinator::ServerOptions server_options;
+  server_options.store_dir = options.store_dir;
+  server_options.listen = "127.0.0.1:0";
+  server_options.scheduler.lease_ms = options.lease_ms;
+  // Every lease in the store belongs to workers of an earlier run of this command, which died
+  // with it: give them back at once instead of waiting for their deadlines.
+  server_options.scheduler.release_leases_on_open = true;
+  server_options.log = &server_log;
+  KO_ASSIGN_OR_RETURN(auto server, coordinator::Server::Start(server_options));
+
+  rpc::ChannelOptions channel;
+  channel.address = server->address();
+  KO_ASSIGN_OR_RETURN(auto client, rpc::CoordinatorClient::Connect(channel));
+  KO_ASSIGN_OR_RETURN(v1::SubmitSweepResponse submitted,
+                      SubmitSpec(*client, spec.source(), /*priority=*/0));
+  const std::string id = submitted.sweep_id();
+  out << "sweep " << id << (submitted.resumed() ? " (resumed)" : "") << " in "
+      << options.store_dir << "\n"
+      << std::flush;
+
+  std::vector<WorkerProcess> workers;
+  const bool already_finished = submitted.progress().sweep().state() == v1::DONE;
+  for (int i = 0; i < workers_wanted && !already_finished; ++i) {
+    WorkerProcess worker;
+    worker.log = (fs::path(options.store_dir) / ("worker-" + std::to_string(i + 1) + ".log")).string();
+    const std::vector<std::string> argv = {
+        worker_binary, "--coordinator", server->address(), "--threads", std::to_string(threads),
+        "--batch-rows", std::to_string(options.max_batch_rows), "--name",
+        "local-" + std::to_string(i + 1)};
+    auto pid = SpawnWorker(argv, worker.log);
+    if (!pid.ok()) {
+      StopWorkers(workers, std::chrono::seconds(5));
+      return pid.status();
+    }
+    worker.pid = *pid;
+    workers.push_back(worker);
+  }
+
+  // A worker that exits by itself (a fatal error: a model that does not load...) ends the run:
+  // nobody else would take its shards in embedded mode.
+  std::atomic<bool> stop{false};
+  std::mutex died_mu;
+  std::string died;
+  std::atomic<bool> watching{true};
+  std::thread monitor([&] {
+    while (watching.load()) {
+      if (options.stop && options.stop->load()) stop = true;
+      for (WorkerProcess& worker : workers) {
+        if (worker.reaped) continue;
+        if (waitpid(worker.pid, &worker.exit_status, WNOHANG) == worker.pid) {
+          worker.reaped = true;
+          std::lock_guard<std::mutex> lock(died_mu);
+          std::ostringstream why;
+          why << "worker " << worker.pid << " exited (";
+          if (WIFEXITED(worker.exit_status)) {
+            why << "status " << WEXITSTATUS(worker.exit_status);
+          } else {
+            why << "signal " << WTERMSIG(worker.exit_status);
+          }
+          why << "); last lines of " << worker.log << ":" << LogTail(worker.log, 8);
+          died = why.str();
+          stop = true;
+        }
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+  });
+
+  WatchOptions watch;
+  watch.shard_lines = true;
+  watch.interval_ms = 100;
+  watch.stop = &stop;
+  watch.since = &submitted.progress();
+  v1::SweepProgress final;
+  const auto start = std::chrono::steady_clock::now();
+  Status watched = WatchProgress(*client, id, watch, out, &final);
+  watching = false;
+  monitor.join();
+  StopWorkers(workers, std::chrono::seconds(10));
+  server->Shutdown();
+
+  if (!died.empty() && !(options.stop && options.stop->load())) {
+    return Status::Internal(died);
+  }
+  if (!watched.ok()) {
+    if (watched.code() == StatusCode::kFailedPrecondition) {
+      return Status::FailedPrecondition("interrupted; run the same command again to resume sweep " +
+                                        id);
+    }
+    return watched;
+  }
+  if (final.sweep().state() == v1::FAILED) {
+    return Status::FailedPrecondition("sweep " + id + " failed: " + final.sweep().error());
+  }
+  if (final.sweep().state() == v1::CANCELLED) {
+    return Status::FailedPrecondition("sweep " + id + " was cancelled");
+  }
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  out << "sweep " << id << " done (" << std::fixed << std::setprecision(1) << seconds
+      << " s this run)\n";
+  if (!options.summary) return Status::Ok();
+
+  // The summary reads the store the coordinator has just closed.
+  KO_ASSIGN_OR_RETURN(auto store, storage::Store::OpenReadOnly(options.store_dir));
+  experiments::SweepStore sweeps(store.get());
+  PrintSummary(spec, sweeps, id, out);
   return Status::Ok();
 }
 

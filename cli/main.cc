@@ -1,5 +1,7 @@
-// knockout: the command researchers use. Runs sweeps locally (embedded engine + executor over a
-// local store), validates specs, and queries stores: status, results, compensation, directions.
+// knockout: the command researchers use. Validates specs; runs sweeps on one machine (`run`: an
+// embedded coordinator on loopback plus local knockout-worker processes); submits, watches and
+// cancels sweeps on a coordinator (`--coordinator ADDR`); and queries results from a local store
+// (`--store DIR`) or a coordinator: status, results, compensation, directions. Torch-free.
 #include <CLI/CLI.hpp>
 
 #include <atomic>
@@ -7,13 +9,18 @@
 #include <filesystem>
 #include <iomanip>
 #include <iostream>
+#include <sstream>
+#include <thread>
+#include <unistd.h>
 
 #include "cli/local_runner.h"
 #include "cli/queries.h"
+#include "cli/remote.h"
 #include "experiments/checkpoint_info.h"
 #include "experiments/engine.h"
 #include "experiments/spec.h"
 #include "experiments/sweep_store.h"
+#include "proto/channel.h"
 #include "storage/store.h"
 
 namespace {
@@ -26,9 +33,35 @@ using knockout::StatusOr;
 std::atomic<bool> g_stop{false};
 void OnSignal(int) { g_stop.store(true); }
 
-std::string DefaultStore() {
-  const char* env = std::getenv("KNOCKOUT_STORE");
-  return env && *env ? env : "knockout-store";
+std::string FromEnvironment(const char* name, const char* fallback) {
+  const char* env = std::getenv(name);
+  return env && *env ? env : fallback;
+}
+
+// Where the data comes from: a local store directory, or a coordinator (--coordinator or
+// $KNOCKOUT_COORDINATOR) with its TLS and token settings.
+struct Source {
+  std::string store_dir = FromEnvironment("KNOCKOUT_STORE", "knockout-store");
+  knockout::rpc::ChannelOptions channel;
+  bool remote() const { return !channel.address.empty(); }
+};
+
+void AddStoreFlag(CLI::App* cmd, Source* source) {
+  cmd->add_option("--store", source->store_dir,
+                  "store directory (default: $KNOCKOUT_STORE or ./knockout-store)");
+}
+
+void AddCoordinatorFlags(CLI::App* cmd, Source* source, bool required) {
+  auto* option = cmd->add_option("--coordinator", source->channel.address,
+                                 "coordinator address HOST:PORT (default: $KNOCKOUT_COORDINATOR)");
+  if (required) option->required(source->channel.address.empty());
+  cmd->add_option("--token-file", source->channel.token_file,
+                  "bearer token file (default: $KNOCKOUT_TOKEN_FILE)");
+  cmd->add_option("--tls-ca", source->channel.tls_ca, "PEM CA of the coordinator's certificate");
+  cmd->add_option("--tls-cert", source->channel.tls_cert, "PEM client certificate (mutual TLS)");
+  cmd->add_option("--tls-key", source->channel.tls_key, "PEM client key (mutual TLS)");
+  cmd->add_option("--tls-server-name", source->channel.tls_server_name,
+                  "name to check the coordinator's certificate against");
 }
 
 int Fail(const Status& status) {
@@ -73,14 +106,62 @@ int Validate(const std::string& path) {
   return 0;
 }
 
+// `status SWEEP --watch` (and `submit --watch`): a coordinator's WatchSweep stream, drawn in
+// place on a terminal; on a local store, the status table re-read every second. Exit status:
+// 0 when the sweep is done, 1 when it failed or was cancelled, 130 on Ctrl-C.
+int Watch(const knockout::rpc::CoordinatorClient* client, const Source& source,
+          const std::string& sweep) {
+  if (sweep.empty()) return Fail(Status::InvalidArgument("--watch follows one sweep: name it"));
+  std::signal(SIGINT, OnSignal);
+  std::signal(SIGTERM, OnSignal);
+  if (client) {
+    kc::WatchOptions options;
+    options.live = isatty(STDOUT_FILENO);
+    options.stop = &g_stop;
+    knockout::v1::SweepProgress final;
+    Status s = kc::WatchProgress(*client, sweep, options, std::cout, &final);
+    if (!s.ok()) {
+      Fail(s);
+      return g_stop.load() ? 130 : 1;
+    }
+    return final.sweep().state() == knockout::v1::DONE ? 0 : 1;
+  }
+  // A local store is written by `knockout run` in another process: re-open it read-only (a
+  // snapshot each time) until the sweep ends.
+  while (!g_stop.load()) {
+    auto store = OpenExisting(source.store_dir);
+    if (!store.ok()) return Fail(store.status());
+    ke::SweepStore sweeps(store->get());
+    auto id = sweeps.ResolveSweep(sweep);
+    if (!id.ok()) return Fail(id.status());
+    auto record = sweeps.GetSweep(*id);
+    if (!record.ok()) return Fail(record.status());
+    std::ostringstream table;
+    if (Status s = kc::PrintStatus(sweeps, *id, table); !s.ok()) return Fail(s);
+    if (isatty(STDOUT_FILENO)) std::cout << "\x1b[H\x1b[J";
+    std::cout << table.str() << std::flush;
+    const auto state = record->state();
+    if (state == knockout::v1::DONE) return 0;
+    if (state == knockout::v1::FAILED || state == knockout::v1::CANCELLED) return 1;
+    for (int i = 0; i < 20 && !g_stop.load(); ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+  }
+  return 130;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   CLI::App app{"knockout: ablation sweeps inside transformer language models"};
   app.require_subcommand(1);
-  std::string store_dir = DefaultStore();
-  auto add_store = [&](CLI::App* cmd) {
-    cmd->add_option("--store", store_dir, "store directory (default: $KNOCKOUT_STORE or ./knockout-store)");
+  Source source;
+  source.channel.address = FromEnvironment("KNOCKOUT_COORDINATOR", "");
+  source.channel.token_file = FromEnvironment("KNOCKOUT_TOKEN_FILE", "");
+  // Query commands read a local store, or a coordinator when one is named.
+  auto add_source = [&](CLI::App* cmd) {
+    AddStoreFlag(cmd, &source);
+    AddCoordinatorFlags(cmd, &source, /*required=*/false);
   };
 
   std::string spec_path;
@@ -89,18 +170,39 @@ int main(int argc, char** argv) {
 
   kc::LocalRunOptions run_options;
   bool no_summary = false;
-  auto* run = app.add_subcommand("run", "run (or resume) a sweep locally");
+  auto* run = app.add_subcommand(
+      "run", "run (or resume) a sweep on this machine: embedded coordinator + local workers");
   run->add_option("SPEC", spec_path, "sweep spec (YAML)")->required();
-  add_store(run);
-  run->add_option("--threads", run_options.threads, "LibTorch CPU threads (default: all cores)");
+  AddStoreFlag(run, &source);
+  run->add_option("--workers", run_options.workers, "worker processes (default 1)")
+      ->check(CLI::PositiveNumber);
+  run->add_option("--threads", run_options.threads,
+                  "LibTorch CPU threads per worker (default: cores / workers)");
+  run->add_option("--worker-binary", run_options.worker_binary,
+                  "knockout-worker to start (default: next to knockout, or $KNOCKOUT_WORKER)");
   run->add_option("--batch-rows", run_options.max_batch_rows, "trial rows per forward pass")
       ->check(CLI::PositiveNumber);
   run->add_flag("--no-summary", no_summary, "do not print the summary tables");
 
+  uint32_t priority = 0;
+  bool follow = false;
+  auto* submit = app.add_subcommand("submit", "submit a sweep to a coordinator; prints its id");
+  submit->add_option("SPEC", spec_path, "sweep spec (YAML)")->required();
+  submit->add_option("--priority", priority, "higher is leased first (default 0)");
+  submit->add_flag("--watch", follow, "follow its progress until it ends");
+  AddCoordinatorFlags(submit, &source, /*required=*/true);
+
   std::string sweep;
-  auto* status = app.add_subcommand("status", "list sweeps with their stages and progress");
+  bool watch = false;
+  auto* status = app.add_subcommand("status", "sweeps with their stages and progress");
   status->add_option("SWEEP", sweep, "sweep id or name");
-  add_store(status);
+  status->add_flag("--watch", watch,
+                   "follow one sweep live: progress bar, shards per state, ETA, workers, errors");
+  add_source(status);
+
+  auto* cancel = app.add_subcommand("cancel", "cancel a sweep on a coordinator");
+  cancel->add_option("SWEEP", sweep, "sweep id or name")->required();
+  AddCoordinatorFlags(cancel, &source, /*required=*/true);
 
   kc::ResultsQuery query;
   std::string format = "table";
@@ -110,7 +212,7 @@ int main(int argc, char** argv) {
   results->add_option("--where", query.where, "FIELD=VALUE filter (repeatable)");
   results->add_option("--format", format, "table, csv or jsonl");
   results->add_flag("--per-prompt", query.per_prompt, "per-prompt rows instead of aggregates");
-  add_store(results);
+  add_source(results);
 
   std::string stage;
   int top = 5;
@@ -119,7 +221,7 @@ int main(int argc, char** argv) {
   compensation->add_option("--stage", stage, "a knockout_sweep stage (default: all with readings)");
   compensation->add_option("--top", top, "backup units shown per row")->check(CLI::NonNegativeNumber);
   compensation->add_option("--format", format, "table, csv or jsonl");
-  add_store(compensation);
+  add_source(compensation);
 
   std::string export_path;
   auto* directions = app.add_subcommand(
@@ -127,7 +229,7 @@ int main(int argc, char** argv) {
   directions->add_option("SWEEP", sweep, "sweep id or name")->required();
   directions->add_option("--export", export_path, "output .safetensors file");
   directions->add_option("--format", format, "table, csv or jsonl");
-  add_store(directions);
+  add_source(directions);
 
   CLI11_PARSE(app, argc, argv);
 
@@ -137,7 +239,7 @@ int main(int argc, char** argv) {
     if (!parsed.ok()) return Fail(parsed.status());
     std::signal(SIGINT, OnSignal);
     std::signal(SIGTERM, OnSignal);
-    run_options.store_dir = store_dir;
+    run_options.store_dir = source.store_dir;
     run_options.summary = !no_summary;
     run_options.stop = &g_stop;
     Status s = kc::RunLocal(*parsed, run_options, std::cout);
@@ -147,24 +249,67 @@ int main(int argc, char** argv) {
     }
     return 0;
   }
-  auto store = OpenExisting(store_dir);
-  if (!store.ok()) return Fail(store.status());
-  ke::SweepStore sweeps(store->get());
+
   auto output_format = kc::ParseOutputFormat(format);
   if (!output_format.ok()) return Fail(output_format.status());
+
+  std::unique_ptr<knockout::rpc::CoordinatorClient> client;
+  if (source.remote()) {
+    auto connected = knockout::rpc::CoordinatorClient::Connect(source.channel);
+    if (!connected.ok()) return Fail(connected.status());
+    client = std::move(*connected);
+  }
+  if (submit->parsed()) {
+    auto response = kc::SubmitSpec(*client, spec_path, priority);
+    if (!response.ok()) return Fail(response.status());
+    std::cout << response->sweep_id() << (response->resumed() ? " (resumed)" : "") << "\n"
+              << std::flush;
+    if (!follow) return 0;
+    sweep = response->sweep_id();
+    watch = true;
+  }
+  if (cancel->parsed()) {
+    auto progress = kc::CancelSweep(*client, sweep);
+    if (!progress.ok()) return Fail(progress.status());
+    std::cout << "sweep " << progress->sweep().id() << " "
+              << kc::RunStateName(progress->sweep().state()) << "\n";
+    return 0;
+  }
+  if (watch) return Watch(client.get(), source, sweep);
+
+  std::unique_ptr<knockout::storage::Store> store;
+  std::unique_ptr<ke::SweepStore> local;
+  std::unique_ptr<kc::RemoteSweepReader> remote;
+  const ke::SweepReader* reader = nullptr;
+  if (client) {
+    remote = std::make_unique<kc::RemoteSweepReader>(client.get());
+    reader = remote.get();
+  } else {
+    auto opened = OpenExisting(source.store_dir);
+    if (!opened.ok()) return Fail(opened.status());
+    store = std::move(*opened);
+    local = std::make_unique<ke::SweepStore>(store.get());
+    reader = local.get();
+  }
   Status s;
   if (status->parsed()) {
-    s = kc::PrintStatus(sweeps, sweep, std::cout);
+    s = kc::PrintStatus(*reader, sweep, std::cout);
+    // A coordinator also knows the live side: shards per state, workers, failed attempts.
+    if (s.ok() && remote && !sweep.empty()) {
+      auto progress = remote->Progress(sweep);
+      if (!progress.ok()) return Fail(progress.status());
+      std::cout << "\n" << kc::RenderProgress(*progress, 0);
+    }
   } else if (results->parsed()) {
     query.format = *output_format;
-    s = kc::PrintResults(sweeps, query, std::cout);
+    s = kc::PrintResults(*reader, query, std::cout);
   } else if (compensation->parsed()) {
-    s = kc::PrintCompensation(sweeps, sweep, stage, top, std::cout, *output_format);
+    s = kc::PrintCompensation(*reader, sweep, stage, top, std::cout, *output_format);
   } else if (directions->parsed() && !export_path.empty()) {
-    s = kc::ExportDirections(sweeps, sweep, export_path);
+    s = kc::ExportDirections(*reader, sweep, export_path);
     if (s.ok()) std::cout << "wrote " << export_path << "\n";
   } else if (directions->parsed()) {
-    s = kc::PrintDirectionCosines(sweeps, sweep, std::cout, *output_format);
+    s = kc::PrintDirectionCosines(*reader, sweep, std::cout, *output_format);
   }
   return s.ok() ? 0 : Fail(s);
 }

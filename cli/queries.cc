@@ -336,16 +336,6 @@ Status ApplyFilters(const std::vector<Filter>& filters, std::vector<Table>* tabl
 // ------------------------------------------------------------------------------------------
 // Reading the store
 
-std::string StateName(v1::RunState state) {
-  switch (state) {
-    case v1::PENDING: return "pending";
-    case v1::RUNNING: return "running";
-    case v1::DONE: return "done";
-    case v1::FAILED: return "failed";
-    default: return "unknown";
-  }
-}
-
 std::string UtcTime(uint64_t unix_ms) {
   const std::time_t seconds = static_cast<std::time_t>(unix_ms / 1000);
   std::tm tm{};
@@ -651,6 +641,17 @@ Table CompensationTable(
 
 // ------------------------------------------------------------------------------------------
 
+std::string RunStateName(v1::RunState state) {
+  switch (state) {
+    case v1::PENDING: return "pending";
+    case v1::RUNNING: return "running";
+    case v1::DONE: return "done";
+    case v1::FAILED: return "failed";
+    case v1::CANCELLED: return "cancelled";
+    default: return "unknown";
+  }
+}
+
 StatusOr<OutputFormat> ParseOutputFormat(const std::string& name) {
   if (name == "table") return OutputFormat::kTable;
   if (name == "csv") return OutputFormat::kCsv;
@@ -676,7 +677,7 @@ Status PrintStatus(const SweepReader& store, const std::string& sweep_or_empty,
   for (size_t s = 0; s < sweeps.size(); ++s) {
     const v1::SweepRecord& sweep = sweeps[s];
     if (s > 0) out << "\n";
-    out << "sweep " << sweep.id() << "  " << sweep.name() << "  " << StateName(sweep.state())
+    out << "sweep " << sweep.id() << "  " << sweep.name() << "  " << RunStateName(sweep.state())
         << "  created " << UtcTime(sweep.created_unix_ms()) << "\n";
     if (!sweep.error().empty()) out << "  error: " << sweep.error() << "\n";
     KO_ASSIGN_OR_RETURN(auto stages, store.ListStages(sweep.id()));
@@ -687,7 +688,7 @@ Status PrintStatus(const SweepReader& store, const std::string& sweep_or_empty,
       listed.insert(stage.index());
       table.rows.push_back(
           {Cell::Integer(stage.index()), Cell::Text(stage.name()), Cell::Text(stage.kind()),
-           Cell::Text(StateName(stage.state())),
+           Cell::Text(RunStateName(stage.state())),
            Cell::Text(std::to_string(stage.shards_done()) + "/" +
                       std::to_string(stage.shards_total())),
            Cell::Integer(static_cast<int64_t>(stage.trials_total()))});

@@ -21,6 +21,9 @@ namespace knockout::cli {
 // "candidates", ...), full precision, NaN as null.
 enum class OutputFormat { kTable, kCsv, kJsonl };
 
+// "pending", "running", "done", "failed", "cancelled" ("unknown" otherwise).
+std::string RunStateName(v1::RunState state);
+
 // "table", "csv" or "jsonl". InvalidArgument listing those for anything else.
 StatusOr<OutputFormat> ParseOutputFormat(const std::string& name);
 

@@ -1,5 +1,8 @@
 #include "cli/queries.h"
 
+#include "experiments/sweep_store.h"
+#include "storage/store.h"
+
 #include <gtest/gtest.h>
 
 #include <cmath>

@@ -1,1 +1,949 @@
-// placeholder: being written
+#include "coordinator/scheduler.h"
+
+#include <algorithm>
+#include <chrono>
+#include <filesystem>
+#include <map>
+#include <set>
+#include <tuple>
+#include <utility>
+
+#include "common/fault_points.h"
+#include "experiments/checkpoint_info.h"
+#include "experiments/engine.h"
+#include "experiments/spec.h"
+
+namespace knockout::coordinator {
+namespace {
+
+namespace fs = std::filesystem;
+using experiments::RecordUpdate;
+using experiments::ShardCommit;
+using experiments::SweepEngine;
+
+// (sweep, stage, shard): a shard's identity in the lease table.
+using ShardKey = std::tuple<std::string, uint32_t, uint32_t>;
+
+ShardKey KeyOf(const v1::Shard& shard) { return {shard.sweep_id(), shard.stage(), shard.index()}; }
+
+// "sweep=demo-1a2b3c4d stage=heads (1) shard=3": how a shard is named in errors and reasons.
+std::string ShardName(const v1::Shard& shard) {
+  return "sweep=" + shard.sweep_id() + " stage=" + shard.stage_name() + " (" +
+         std::to_string(shard.stage()) + ") shard=" + std::to_string(shard.index());
+}
+
+std::string RefName(const v1::LeaseRef& ref) {
+  return "sweep=" + ref.sweep_id() + " stage=" + std::to_string(ref.stage()) +
+         " shard=" + std::to_string(ref.shard()) + " attempt=" + std::to_string(ref.attempt());
+}
+
+// Every failed attempt of a shard, oldest first: what a sweep failed by this shard says.
+std::string AttemptHistory(const v1::ShardRecord& record) {
+  std::string history;
+  for (const v1::AttemptError& error : record.errors()) {
+    if (!history.empty()) history += "; ";
+    history += "attempt " + std::to_string(error.attempt()) + " (worker " + error.worker() + ")" +
+               (error.counted() ? "" : " [not counted]") + ": " + error.error();
+  }
+  return history;
+}
+
+bool Contains(const google::protobuf::RepeatedPtrField<std::string>& list, const std::string& s) {
+  return std::find(list.begin(), list.end(), s) != list.end();
+}
+
+}  // namespace
+
+// Everything behind mu_. The store is the source of truth; these are its indexes for leasing:
+// per RUNNING sweep the shards that may be leased, and the lease table of RUNNING shards.
+// Methods require the owner's mu_ (every caller holds it).
+struct Scheduler::State {
+  struct Sweep {
+    v1::SweepRecord record;
+    std::set<std::pair<uint32_t, uint32_t>> pending;  // (stage, shard) leasable, in index order
+    std::set<std::pair<uint32_t, uint32_t>> failed;   // shards in state FAILED (queued again)
+    uint64_t last_served = 0;  // grant sequence of its last lease: round robin among equals
+  };
+  struct LeaseEntry {
+    std::string worker;
+    uint64_t deadline_ms = 0;
+    uint32_t attempt = 0;
+  };
+
+  State(Scheduler* owner, experiments::SweepStore* store, const Clock* clock,
+        const SchedulerOptions& options)
+      : owner(owner), store(store), clock(clock), options(options) {}
+
+  Scheduler* owner;
+  experiments::SweepStore* store;
+  const Clock* clock;
+  SchedulerOptions options;
+
+  std::map<std::string, Sweep> sweeps;  // every sweep in the store
+  std::map<std::string, std::unique_ptr<SweepEngine>> engines;
+  std::map<ShardKey, LeaseEntry> leases;
+  std::map<std::string, v1::WorkerRecord> workers;
+  std::set<std::string> advance_due;  // sweeps whose Advance failed on a store error: retried
+  uint64_t grant_sequence = 0;
+  SchedulerCounters counters;  // the monotonic counters; gauges are computed when asked
+
+  void Changed() {
+    ++owner->changes_;
+    owner->changed_.notify_all();
+  }
+
+  // ----------------------------------------------------------------------------------------
+  // Sweeps
+
+  // The sweep's engine, created once from the stored spec's model config.
+  StatusOr<SweepEngine*> Engine(const v1::SweepRecord& record) {
+    auto it = engines.find(record.id());
+    if (it != engines.end()) return it->second.get();
+    const std::string& model = record.spec().model().path();
+    KO_ASSIGN_OR_RETURN(experiments::ModelShape shape, experiments::ReadModelShape(model));
+    auto engine =
+        std::make_unique<SweepEngine>(store, shape, experiments::MakeNeuronRanker(model));
+    SweepEngine* raw = engine.get();
+    engines.emplace(record.id(), std::move(engine));
+    return raw;
+  }
+
+  void DropLeasesOf(const std::string& id) {
+    for (auto it = leases.lower_bound({id, 0, 0});
+         it != leases.end() && std::get<0>(it->first) == id;) {
+      it = leases.erase(it);
+    }
+  }
+
+  // Re-reads the sweep record and, if it is RUNNING, its current stage's shards: PENDING and
+  // FAILED ones become leasable, RUNNING ones enter the lease table with their stored deadline.
+  Status LoadSweep(const std::string& id) {
+    KO_ASSIGN_OR_RETURN(v1::SweepRecord record, store->GetSweep(id));
+    Sweep& sweep = sweeps[id];
+    sweep.record = std::move(record);
+    sweep.pending.clear();
+    sweep.failed.clear();
+    DropLeasesOf(id);
+    if (sweep.record.state() != v1::RUNNING || sweep.record.stages_expanded() == 0) {
+      return Status::Ok();
+    }
+    const uint32_t stage = sweep.record.stages_expanded() - 1;
+    KO_ASSIGN_OR_RETURN(auto shards, store->ListShards(id, stage));
+    for (const v1::ShardRecord& shard : shards) {
+      const std::pair<uint32_t, uint32_t> at{stage, shard.shard().index()};
+      switch (shard.state()) {
+        case v1::RUNNING:
+          leases[{id, stage, shard.shard().index()}] =
+              LeaseEntry{shard.worker(), shard.lease_deadline_unix_ms(), shard.attempt()};
+          break;
+        case v1::FAILED:
+          // Only a sweep resumed outside the coordinator has these (the embedded runner's
+          // FailShard); they run again like pending ones.
+          sweep.failed.insert(at);
+          sweep.pending.insert(at);
+          break;
+        case v1::DONE:
+          break;
+        default:
+          sweep.pending.insert(at);
+      }
+    }
+    return Status::Ok();
+  }
+
+  // Marks the sweep FAILED now (synced) and forgets its queue and leases.
+  Status FailSweep(const std::string& id, const std::string& error) {
+    KO_ASSIGN_OR_RETURN(v1::SweepRecord record, store->GetSweep(id));
+    record.set_state(v1::FAILED);
+    record.set_error(error);
+    KO_RETURN_IF_ERROR(store->UpdateSweep(record));
+    Changed();
+    return LoadSweep(id);
+  }
+
+  // Whether the engine has something to do: the sweep has no stage yet, or its current stage is
+  // complete (finaliser, next stage) or finished (next stage, sweep DONE).
+  StatusOr<bool> NeedsAdvance(const v1::SweepRecord& record) {
+    if (record.stages_expanded() == 0) return true;
+    KO_ASSIGN_OR_RETURN(v1::StageRecord stage,
+                        store->GetStage(record.id(), record.stages_expanded() - 1));
+    return stage.state() == v1::DONE || stage.shards_done() >= stage.shards_total();
+  }
+
+  // Runs the engine's Advance on a RUNNING sweep, then reloads its queue. A finaliser or
+  // expansion error fails the sweep (the engine records it) and is not an error here; a store
+  // error is returned, and the sweep is retried at the next ExpireLeases.
+  Status AdvanceSweep(const std::string& id) {
+    advance_due.erase(id);
+    KO_ASSIGN_OR_RETURN(v1::SweepRecord record, store->GetSweep(id));
+    if (record.state() != v1::RUNNING) return LoadSweep(id);
+    StatusOr<SweepEngine*> engine = Engine(record);
+    if (!engine.ok()) {
+      KO_ASSIGN_OR_RETURN(bool needed, NeedsAdvance(record));
+      // Without the model's shape the next stage cannot be expanded; until then the current
+      // stage's shards can still run.
+      if (!needed) return LoadSweep(id);
+      return FailSweep(id, "cannot advance to the next stage: " + engine.status().ToString());
+    }
+    auto advanced = (*engine)->Advance(id);
+    if (!advanced.ok()) {
+      KO_ASSIGN_OR_RETURN(v1::SweepRecord now, store->GetSweep(id));
+      if (now.state() != v1::FAILED) {
+        advance_due.insert(id);
+        return advanced.status().WithContext("sweep " + id);
+      }
+    }
+    Changed();
+    return LoadSweep(id);
+  }
+
+  // After a failed or cancelled sweep is submitted again: its failed shards get their attempts
+  // back and shards still marked RUNNING (their workers were told to drop them) are pending
+  // again; the history is kept, the resets are not counted.
+  Status ResetShards(const std::string& id, const std::string& reason) {
+    KO_ASSIGN_OR_RETURN(v1::SweepRecord record, store->GetSweep(id));
+    if (record.stages_expanded() == 0) return Status::Ok();
+    const uint32_t stage = record.stages_expanded() - 1;
+    KO_ASSIGN_OR_RETURN(auto shards, store->ListShards(id, stage));
+    RecordUpdate update;
+    const uint64_t now = clock->NowMs();
+    for (v1::ShardRecord& shard : shards) {
+      if (shard.state() == v1::FAILED) {
+        shard.set_failed_attempts(0);
+      } else if (shard.state() == v1::RUNNING) {
+        v1::AttemptError* error = shard.add_errors();
+        error->set_attempt(shard.attempt());
+        error->set_worker(shard.worker());
+        error->set_error(reason);
+        error->set_unix_ms(now);
+        error->set_counted(false);
+      } else {
+        continue;
+      }
+      shard.set_state(v1::PENDING);
+      shard.clear_worker();
+      shard.set_lease_deadline_unix_ms(0);
+      update.shards.push_back(std::move(shard));
+    }
+    return store->WriteRecords(update, /*sync=*/true);
+  }
+
+  // ----------------------------------------------------------------------------------------
+  // Workers
+
+  // A copy of the worker's record seen now (a new one if unknown): changes are made on the copy
+  // and kept only once they are written.
+  v1::WorkerRecord SeenWorker(const std::string& id, uint64_t now) const {
+    v1::WorkerRecord worker;
+    auto it = workers.find(id);
+    if (it != workers.end()) {
+      worker = it->second;
+    } else {
+      worker.mutable_info()->set_id(id);
+      worker.set_first_seen_unix_ms(now);
+    }
+    worker.set_last_seen_unix_ms(now);
+    return worker;
+  }
+
+  v1::WorkerStatus WorkerStatusOf(const v1::WorkerRecord& worker, uint64_t now) const {
+    v1::WorkerStatus status;
+    *status.mutable_info() = worker.info();
+    const uint64_t last_seen = worker.last_seen_unix_ms();
+    status.set_alive(last_seen + 2ull * options.lease_ms >= now);
+    status.set_last_seen_unix_ms(last_seen);
+    status.set_loaded_model(worker.loaded_model());
+    uint32_t held = 0;
+    for (const auto& [key, lease] : leases) held += lease.worker == worker.info().id();
+    status.set_leases_held(held);
+    status.set_shards_done(worker.shards_done());
+    status.set_trials_run(worker.trials_run());
+    status.set_busy_seconds(worker.busy_seconds());
+    status.set_trials_per_second(worker.busy_seconds() > 0
+                                     ? static_cast<double>(worker.trials_run()) /
+                                           worker.busy_seconds()
+                                     : 0.0);
+    return status;
+  }
+
+  // ----------------------------------------------------------------------------------------
+  // Failed attempts
+
+  // Records a failed attempt on `shard` (RUNNING): back to PENDING, or FAILED once counted
+  // failures reach max_attempts. Returns whether it failed for good.
+  bool RecordFailure(v1::ShardRecord* shard, const std::string& worker, const std::string& error,
+                     bool counted, uint64_t now) const {
+    v1::AttemptError* attempt = shard->add_errors();
+    attempt->set_attempt(shard->attempt());
+    attempt->set_worker(worker);
+    attempt->set_error(error);
+    attempt->set_unix_ms(now);
+    attempt->set_counted(counted);
+    shard->clear_worker();
+    shard->set_lease_deadline_unix_ms(0);
+    if (counted) {
+      shard->set_failed_attempts(shard->failed_attempts() + 1);
+      shard->set_error(error);
+    }
+    const bool failed = counted && shard->failed_attempts() >= options.max_attempts;
+    shard->set_state(failed ? v1::FAILED : v1::PENDING);
+    return failed;
+  }
+
+  // The sweep record that a shard failed for good turns into.
+  StatusOr<v1::SweepRecord> FailedSweep(const v1::ShardRecord& shard) const {
+    auto it = sweeps.find(shard.shard().sweep_id());
+    if (it == sweeps.end()) return Status::NotFound("sweep " + shard.shard().sweep_id());
+    v1::SweepRecord record = it->second.record;
+    record.set_state(v1::FAILED);
+    record.set_error("shard " + ShardName(shard.shard()) + " failed " +
+                     std::to_string(shard.failed_attempts()) + " times (max_attempts " +
+                     std::to_string(options.max_attempts) + "): " + AttemptHistory(shard));
+    return record;
+  }
+
+  // Applies, after a successful write, what `update` did to shards and sweeps: failed sweeps
+  // lose their queue and leases, pending shards are leasable again.
+  void ApplyReturned(const RecordUpdate& update) {
+    for (const v1::SweepRecord& record : update.sweeps) {
+      Sweep& sweep = sweeps[record.id()];
+      sweep.record = record;
+      sweep.pending.clear();
+      sweep.failed.clear();
+      DropLeasesOf(record.id());
+    }
+    for (const v1::ShardRecord& shard : update.shards) {
+      leases.erase(KeyOf(shard.shard()));
+      auto it = sweeps.find(shard.shard().sweep_id());
+      if (it == sweeps.end() || it->second.record.state() != v1::RUNNING) continue;
+      if (shard.state() == v1::PENDING) {
+        it->second.pending.insert({shard.shard().stage(), shard.shard().index()});
+      }
+    }
+  }
+
+  StatusOr<int> Expire(uint64_t now) {
+    // Sweeps whose Advance hit a store error get another try here (the service's timer).
+    for (const std::string& id : std::set<std::string>(advance_due)) {
+      (void)AdvanceSweep(id);  // still failing: stays due
+    }
+    RecordUpdate update;
+    std::set<std::string> failing;
+    std::vector<std::pair<ShardKey, v1::RunState>> stale;  // the store moved on without us
+    for (const auto& [key, lease] : leases) {
+      if (lease.deadline_ms >= now) continue;
+      const auto& [sweep, stage, index] = key;
+      KO_ASSIGN_OR_RETURN(v1::ShardRecord shard, store->GetShard(sweep, stage, index));
+      if (shard.state() != v1::RUNNING) {
+        stale.emplace_back(key, shard.state());
+        continue;
+      }
+      const bool failed = RecordFailure(&shard, lease.worker,
+                                        "lease expired (worker " + lease.worker + ")",
+                                        /*counted=*/true, now);
+      if (failed && failing.insert(sweep).second) {
+        KO_ASSIGN_OR_RETURN(v1::SweepRecord record, FailedSweep(shard));
+        update.sweeps.push_back(std::move(record));
+      }
+      update.shards.push_back(std::move(shard));
+    }
+    for (const auto& [key, stored] : stale) {
+      leases.erase(key);
+      auto sweep = sweeps.find(std::get<0>(key));
+      if (stored != v1::DONE && sweep != sweeps.end() &&
+          sweep->second.record.state() == v1::RUNNING) {
+        sweep->second.pending.insert({std::get<1>(key), std::get<2>(key)});
+      }
+    }
+    if (update.empty()) return 0;
+    KO_RETURN_IF_ERROR(store->WriteRecords(update, /*sync=*/!update.sweeps.empty()));
+    ApplyReturned(update);
+    const int expired = static_cast<int>(update.shards.size());
+    counters.leases_expired += expired;
+    Changed();
+    return expired;
+  }
+
+  // ----------------------------------------------------------------------------------------
+  // Progress
+
+  StatusOr<v1::SweepProgress> Progress(const std::string& id) const {
+    const uint64_t now = clock->NowMs();
+    v1::SweepProgress progress;
+    KO_ASSIGN_OR_RETURN(*progress.mutable_sweep(), store->GetSweep(id));
+    KO_ASSIGN_OR_RETURN(auto stages, store->ListStages(id));
+    std::vector<v1::ShardFailure> failures;
+    std::vector<uint64_t> failure_times;
+    std::set<std::string> worker_ids;
+    for (const v1::StageRecord& stage : stages) {
+      *progress.add_stages() = stage;
+      KO_ASSIGN_OR_RETURN(auto shards, store->ListShards(id, stage.index()));
+      for (const v1::ShardRecord& shard : shards) {
+        progress.set_shards_total(progress.shards_total() + 1);
+        switch (shard.state()) {
+          case v1::RUNNING: progress.set_shards_running(progress.shards_running() + 1); break;
+          case v1::DONE: progress.set_shards_done(progress.shards_done() + 1); break;
+          case v1::FAILED: progress.set_shards_failed(progress.shards_failed() + 1); break;
+          default: progress.set_shards_pending(progress.shards_pending() + 1);
+        }
+        if ((shard.state() == v1::RUNNING || shard.state() == v1::DONE) &&
+            !shard.worker().empty()) {
+          worker_ids.insert(shard.worker());
+        }
+        if (shard.errors_size() > 0 || shard.state() == v1::FAILED) {
+          v1::ShardFailure failure;
+          failure.set_stage(stage.index());
+          failure.set_shard(shard.shard().index());
+          failure.set_state(shard.state());
+          *failure.mutable_errors() = shard.errors();
+          failures.push_back(std::move(failure));
+        }
+      }
+    }
+    // Most recent first: by the time of the last error.
+    auto last_error = [](const v1::ShardFailure& f) {
+      return f.errors().empty() ? 0 : f.errors(f.errors_size() - 1).unix_ms();
+    };
+    std::stable_sort(failures.begin(), failures.end(),
+                     [&](const v1::ShardFailure& a, const v1::ShardFailure& b) {
+                       return last_error(a) > last_error(b);
+                     });
+    if (failures.size() > options.max_failures_shown) failures.resize(options.max_failures_shown);
+    for (auto& failure : failures) *progress.add_failures() = std::move(failure);
+    for (const auto& [key, lease] : leases) {
+      if (std::get<0>(key) == id) worker_ids.insert(lease.worker);
+    }
+    for (const std::string& worker : worker_ids) {
+      auto it = workers.find(worker);
+      if (it != workers.end()) {
+        *progress.add_workers() = WorkerStatusOf(it->second, now);
+      } else {
+        // A worker of a store written by the embedded runner: known by name only.
+        v1::WorkerStatus* status = progress.add_workers();
+        status->mutable_info()->set_id(worker);
+      }
+    }
+    progress.set_unix_ms(now);
+    return progress;
+  }
+};
+
+// ------------------------------------------------------------------------------------------
+
+Scheduler::Scheduler(experiments::SweepStore* store, const Clock* clock, SchedulerOptions options)
+    : store_(store), clock_(clock), options_(options) {
+  if (options_.max_attempts == 0) options_.max_attempts = 1;
+  state_ = std::make_unique<State>(this, store_, clock_, options_);
+}
+
+Scheduler::~Scheduler() = default;
+
+StatusOr<std::unique_ptr<Scheduler>> Scheduler::Open(experiments::SweepStore* store,
+                                                     const Clock* clock,
+                                                     SchedulerOptions options) {
+  std::unique_ptr<Scheduler> scheduler(new Scheduler(store, clock, options));
+  std::lock_guard<std::mutex> lock(scheduler->mu_);
+  State& state = *scheduler->state_;
+  KO_ASSIGN_OR_RETURN(auto workers, store->ListWorkers());
+  for (auto& worker : workers) state.workers[worker.info().id()] = std::move(worker);
+  KO_ASSIGN_OR_RETURN(auto sweeps, store->ListSweeps());
+  for (const v1::SweepRecord& sweep : sweeps) {
+    state.sweeps[sweep.id()].record = sweep;
+    if (sweep.state() != v1::RUNNING) continue;
+    if (options.release_leases_on_open) {
+      KO_RETURN_IF_ERROR(state.ResetShards(
+          sweep.id(), "lease released: the run that held it ended (coordinator restarted)"));
+    }
+    // A finaliser or an expansion interrupted by a crash runs again here.
+    KO_RETURN_IF_ERROR(state.AdvanceSweep(sweep.id()));
+  }
+  return scheduler;
+}
+
+StatusOr<v1::SubmitSweepResponse> Scheduler::Submit(const v1::SubmitSweepRequest& request) {
+  const std::string& label = request.spec_label().empty() ? "spec" : request.spec_label();
+  const std::string& base_dir = request.base_dir();
+  if (!base_dir.empty() && !fs::path(base_dir).is_absolute()) {
+    return Status::InvalidArgument(label + ": base_dir '" + base_dir + "' is not absolute");
+  }
+  // Everything that can reject the spec happens before the store is touched.
+  KO_ASSIGN_OR_RETURN(experiments::ParsedSpec parsed,
+                      experiments::ParseSpec(request.spec_yaml(), label));
+  experiments::ResolveSpecPaths(base_dir, &parsed.spec);
+  parsed.spec.set_source(
+      base_dir.empty() ? label : (fs::path(base_dir) / label).lexically_normal().string());
+  auto shape = experiments::ReadModelShape(parsed.spec.model().path());
+  if (!shape.ok()) return shape.status().WithContext(parsed.Where("model.path"));
+  KO_RETURN_IF_ERROR(experiments::ValidateSpecFiles(parsed, *shape));
+
+  std::lock_guard<std::mutex> lock(mu_);
+  State& state = *state_;
+  const std::string id = experiments::SweepIdFor(parsed.spec);
+  auto previous = store_->GetSweep(id);
+  if (!previous.ok() && previous.status().code() != StatusCode::kNotFound) {
+    return previous.status();
+  }
+  auto& engine = state.engines[id];
+  if (!engine) {
+    engine = std::make_unique<SweepEngine>(
+        store_, *shape, experiments::MakeNeuronRanker(parsed.spec.model().path()));
+  }
+  bool resumed = false;
+  KO_ASSIGN_OR_RETURN(std::string sweep_id,
+                      engine->Submit(parsed.spec, &resumed, request.priority()));
+  if (previous.ok() &&
+      (previous->state() == v1::FAILED || previous->state() == v1::CANCELLED)) {
+    KO_RETURN_IF_ERROR(state.ResetShards(sweep_id, "lease dropped: the sweep was stopped"));
+  }
+  state.Changed();
+  KO_RETURN_IF_ERROR(state.AdvanceSweep(sweep_id));
+  KO_ASSIGN_OR_RETURN(v1::SweepProgress progress, state.Progress(sweep_id));
+  if (progress.sweep().state() == v1::FAILED) {
+    // The first stage could not be expanded (or a rerun finaliser failed again).
+    return Status::FailedPrecondition("sweep " + sweep_id + " failed: " + progress.sweep().error());
+  }
+  v1::SubmitSweepResponse response;
+  response.set_sweep_id(sweep_id);
+  response.set_resumed(resumed);
+  *response.mutable_progress() = std::move(progress);
+  return response;
+}
+
+StatusOr<v1::SweepProgress> Scheduler::Progress(const std::string& sweep) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  KO_ASSIGN_OR_RETURN(std::string id, store_->ResolveSweep(sweep));
+  return state_->Progress(id);
+}
+
+StatusOr<std::vector<v1::SweepProgress>> Scheduler::List() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  KO_ASSIGN_OR_RETURN(auto sweeps, store_->ListSweeps());
+  std::vector<v1::SweepProgress> out;
+  out.reserve(sweeps.size());
+  for (const v1::SweepRecord& sweep : sweeps) {
+    KO_ASSIGN_OR_RETURN(v1::SweepProgress progress, state_->Progress(sweep.id()));
+    out.push_back(std::move(progress));
+  }
+  return out;
+}
+
+StatusOr<v1::SweepProgress> Scheduler::Cancel(const std::string& sweep) {
+  std::lock_guard<std::mutex> lock(mu_);
+  State& state = *state_;
+  KO_ASSIGN_OR_RETURN(std::string id, store_->ResolveSweep(sweep));
+  KO_ASSIGN_OR_RETURN(v1::SweepRecord record, store_->GetSweep(id));
+  if (record.state() == v1::DONE) {
+    return Status::FailedPrecondition("sweep " + id + " is done; there is nothing to cancel");
+  }
+  if (record.state() != v1::CANCELLED) {
+    record.set_state(v1::CANCELLED);
+    KO_RETURN_IF_ERROR(store_->UpdateSweep(record));
+    // Shards stay as they are in the store; without a queue and leases nothing is leased, and
+    // heartbeats see the sweep's state.
+    KO_RETURN_IF_ERROR(state.LoadSweep(id));
+    state.Changed();
+  }
+  return state.Progress(id);
+}
+
+StatusOr<v1::LeaseShardsResponse> Scheduler::Lease(const v1::LeaseShardsRequest& request) {
+  const std::string& worker_id = request.worker().id();
+  if (worker_id.empty()) return Status::InvalidArgument("LeaseShards: empty worker id");
+  std::lock_guard<std::mutex> lock(mu_);
+  State& state = *state_;
+  const uint64_t now = clock_->NowMs();
+  KO_RETURN_IF_ERROR(state.Expire(now).status());
+
+  v1::WorkerRecord worker = state.SeenWorker(worker_id, now);
+  *worker.mutable_info() = request.worker();
+  worker.set_loaded_model(request.loaded_model());
+
+  // Picks shards one at a time: affinity, then priority, then the sweep served least recently
+  // (round robin), then the oldest sweep; within a sweep the lowest (stage, shard).
+  const uint32_t capacity = std::max<uint32_t>(1, request.capacity());
+  RecordUpdate update;
+  std::vector<std::pair<State::Sweep*, std::pair<uint32_t, uint32_t>>> taken;
+  while (update.shards.size() < capacity) {
+    State::Sweep* best = nullptr;
+    auto rank = [&](const State::Sweep& s) {
+      const bool affinity = !request.loaded_model().empty() &&
+                            s.record.spec().model().path() == request.loaded_model();
+      // Larger is better; negations turn "smaller first" into "larger first".
+      return std::make_tuple(affinity, s.record.priority(), -static_cast<int64_t>(s.last_served),
+                             -static_cast<int64_t>(s.record.created_unix_ms()));
+    };
+    for (auto& [id, sweep] : state.sweeps) {
+      if (sweep.record.state() != v1::RUNNING || sweep.pending.empty()) continue;
+      if (best == nullptr || rank(sweep) > rank(*best)) best = &sweep;  // ties: lower id
+    }
+    if (best == nullptr) break;
+    const auto at = *best->pending.begin();
+    best->pending.erase(best->pending.begin());
+    best->failed.erase(at);
+    best->last_served = ++state.grant_sequence;
+    taken.emplace_back(best, at);
+    auto record = store_->GetShard(best->record.id(), at.first, at.second);
+    if (!record.ok() || (record->state() != v1::PENDING && record->state() != v1::FAILED)) {
+      // The store disagrees with the queue (done meanwhile): not leasable, not put back.
+      taken.pop_back();
+      if (!record.ok() && record.status().code() != StatusCode::kNotFound) {
+        for (auto& [sweep, shard] : taken) sweep->pending.insert(shard);
+        return record.status();
+      }
+      continue;
+    }
+    record->set_state(v1::RUNNING);
+    record->set_worker(worker_id);
+    record->set_lease_deadline_unix_ms(now + options_.lease_ms);
+    record->set_attempt(record->attempt() + 1);
+    if (!Contains(record->leased_to(), worker_id)) record->add_leased_to(worker_id);
+    update.shards.push_back(std::move(record).value());
+  }
+
+  v1::LeaseShardsResponse response;
+  response.set_lease_ms(options_.lease_ms);
+  if (update.shards.empty()) {
+    // Idle polls are not written: last_seen matters for liveness, which lives in memory.
+    state.workers[worker_id] = std::move(worker);
+    response.set_retry_after_ms(options_.retry_after_ms);
+    return response;
+  }
+  update.workers.push_back(worker);
+  // Not synced: a grant lost to a power failure is a shard leased again, never a lost result.
+  if (Status written = store_->WriteRecords(update, /*sync=*/false); !written.ok()) {
+    for (auto& [sweep, shard] : taken) sweep->pending.insert(shard);
+    return written;
+  }
+  state.workers[worker_id] = std::move(worker);
+  for (const v1::ShardRecord& record : update.shards) {
+    state.leases[KeyOf(record.shard())] =
+        State::LeaseEntry{worker_id, record.lease_deadline_unix_ms(), record.attempt()};
+    v1::Lease* lease = response.add_leases();
+    v1::LeaseRef* ref = lease->mutable_ref();
+    ref->set_sweep_id(record.shard().sweep_id());
+    ref->set_stage(record.shard().stage());
+    ref->set_shard(record.shard().index());
+    ref->set_attempt(record.attempt());
+    *lease->mutable_shard() = record.shard();
+    lease->set_deadline_unix_ms(record.lease_deadline_unix_ms());
+  }
+  state.counters.leases_granted += update.shards.size();
+  state.Changed();
+  return response;
+}
+
+StatusOr<v1::HeartbeatResponse> Scheduler::Heartbeat(const v1::HeartbeatRequest& request) {
+  const std::string& worker_id = request.worker_id();
+  if (worker_id.empty()) return Status::InvalidArgument("Heartbeat: empty worker id");
+  std::lock_guard<std::mutex> lock(mu_);
+  State& state = *state_;
+  const uint64_t now = clock_->NowMs();
+  KO_RETURN_IF_ERROR(state.Expire(now).status());
+
+  v1::HeartbeatResponse response;
+  response.set_lease_ms(options_.lease_ms);
+  RecordUpdate update;
+  const uint64_t deadline = now + options_.lease_ms;
+  for (const v1::LeaseRef& ref : request.leases()) {
+    v1::LeaseStatus* status = response.add_leases();
+    *status->mutable_ref() = ref;
+    status->set_keep(false);
+    auto sweep = state.sweeps.find(ref.sweep_id());
+    if (sweep == state.sweeps.end()) {
+      status->set_reason("sweep not found");
+      continue;
+    }
+    const v1::RunState sweep_state = sweep->second.record.state();
+    if (sweep_state == v1::CANCELLED) {
+      status->set_reason("sweep cancelled");
+      continue;
+    }
+    if (sweep_state == v1::FAILED) {
+      status->set_reason("sweep failed");
+      continue;
+    }
+    const ShardKey key{ref.sweep_id(), ref.stage(), ref.shard()};
+    auto lease = state.leases.find(key);
+    if (lease != state.leases.end() && lease->second.worker == worker_id &&
+        lease->second.attempt == ref.attempt()) {
+      auto record = store_->GetShard(ref.sweep_id(), ref.stage(), ref.shard());
+      if (!record.ok()) return record.status();
+      record->set_lease_deadline_unix_ms(deadline);
+      update.shards.push_back(std::move(record).value());
+      status->set_keep(true);
+      status->set_deadline_unix_ms(deadline);
+      continue;
+    }
+    if (lease != state.leases.end()) {
+      status->set_reason("lease expired; shard re-leased to " + lease->second.worker);
+      continue;
+    }
+    auto record = store_->GetShard(ref.sweep_id(), ref.stage(), ref.shard());
+    if (!record.ok() && record.status().code() == StatusCode::kNotFound) {
+      status->set_reason("shard not found");
+    } else if (!record.ok()) {
+      return record.status();
+    } else if (record->state() == v1::DONE || sweep_state == v1::DONE) {
+      status->set_reason("shard already done");
+    } else {
+      status->set_reason("lease expired");
+    }
+  }
+  v1::WorkerRecord worker = state.SeenWorker(worker_id, now);
+  update.workers.push_back(worker);
+  // Not synced: a renewal lost to a power failure at worst expires a lease early.
+  KO_RETURN_IF_ERROR(store_->WriteRecords(update, /*sync=*/false));
+  state.workers[worker_id] = std::move(worker);
+  for (const v1::ShardRecord& record : update.shards) {
+    state.leases[KeyOf(record.shard())].deadline_ms = deadline;
+  }
+  return response;
+}
+
+std::vector<StatusOr<v1::ReportResultsResponse>> Scheduler::Report(
+    const std::vector<const v1::ReportResultsRequest*>& requests) {
+  std::vector<StatusOr<v1::ReportResultsResponse>> out(
+      requests.size(), Status::Internal("report not processed"));
+  if (requests.empty()) return out;
+  std::lock_guard<std::mutex> lock(mu_);
+  State& state = *state_;
+  const uint64_t now = clock_->NowMs();
+
+  // Validation: each report on its own; shards read once, so that a shard reported twice in
+  // one call is committed once (the second is a duplicate).
+  std::map<ShardKey, v1::ShardRecord> shards;
+  std::set<ShardKey> committing;
+  std::vector<ShardCommit> commits;
+  std::vector<size_t> commit_request;  // commits[i] answers requests[commit_request[i]]
+  std::vector<bool> late;
+  std::map<std::string, v1::WorkerRecord> workers;  // copies, kept if the write succeeds
+  auto worker_of = [&](const std::string& id) -> v1::WorkerRecord& {
+    auto it = workers.find(id);
+    if (it != workers.end()) return it->second;
+    return workers[id] = state.SeenWorker(id, now);
+  };
+  for (size_t i = 0; i < requests.size(); ++i) {
+    const v1::ReportResultsRequest& request = *requests[i];
+    const v1::LeaseRef& ref = request.lease();
+    const v1::ShardResult& result = request.result();
+    if (request.worker_id().empty()) {
+      out[i] = Status::InvalidArgument("ReportResults: empty worker id");
+      continue;
+    }
+    if (ref.sweep_id() != result.sweep_id() || ref.stage() != result.stage() ||
+        ref.shard() != result.index()) {
+      out[i] = Status::InvalidArgument(
+          "result of sweep=" + result.sweep_id() + " stage=" + std::to_string(result.stage()) +
+          " shard=" + std::to_string(result.index()) + " reported for lease " + RefName(ref));
+      continue;
+    }
+    if (state.sweeps.find(ref.sweep_id()) == state.sweeps.end()) {
+      out[i] = Status::NotFound("sweep " + ref.sweep_id() + " not found");
+      continue;
+    }
+    const ShardKey key{ref.sweep_id(), ref.stage(), ref.shard()};
+    auto shard_it = shards.find(key);
+    if (shard_it == shards.end()) {
+      auto record = store_->GetShard(ref.sweep_id(), ref.stage(), ref.shard());
+      if (!record.ok()) {
+        out[i] = record.status();
+        continue;
+      }
+      shard_it = shards.emplace(key, std::move(record).value()).first;
+    }
+    const v1::ShardRecord& shard = shard_it->second;
+    if (!Contains(shard.leased_to(), request.worker_id())) {
+      out[i] = Status::PermissionDenied("worker " + request.worker_id() +
+                                        " never held a lease on " + ShardName(shard.shard()));
+      continue;
+    }
+    std::set<uint32_t> trials;
+    for (const v1::Trial& trial : shard.shard().trials()) trials.insert(trial.index());
+    Status rows_ok;
+    for (const v1::ResultRow& row : result.rows()) {
+      if (trials.count(row.trial()) == 0) {
+        rows_ok = Status::InvalidArgument("result row of trial " + std::to_string(row.trial()) +
+                                          ": " + ShardName(shard.shard()) +
+                                          " has no such trial");
+        break;
+      }
+      if (row.prompt() < -1) {
+        rows_ok = Status::InvalidArgument("result row of trial " + std::to_string(row.trial()) +
+                                          " has prompt " + std::to_string(row.prompt()) +
+                                          " (expected >= -1)");
+        break;
+      }
+    }
+    if (!rows_ok.ok()) {
+      out[i] = rows_ok;
+      continue;
+    }
+    worker_of(request.worker_id());
+    if (shard.state() == v1::DONE || committing.count(key) > 0) {
+      v1::ReportResultsResponse duplicate;
+      duplicate.set_duplicate(true);
+      out[i] = duplicate;
+      ++state.counters.reports_duplicate;
+      continue;
+    }
+    auto lease = state.leases.find(key);
+    const bool current = lease != state.leases.end() &&
+                         lease->second.worker == request.worker_id() &&
+                         lease->second.attempt == ref.attempt();
+    committing.insert(key);
+    ShardCommit commit;
+    commit.result = &result;
+    commit.attempt = ref.attempt();
+    commit.worker = request.worker_id();
+    commits.push_back(commit);
+    commit_request.push_back(i);
+    late.push_back(!current);
+    v1::WorkerRecord& worker = worker_of(request.worker_id());
+    worker.set_shards_done(worker.shards_done() + 1);
+    worker.set_trials_run(worker.trials_run() + result.trials_run());
+    worker.set_busy_seconds(worker.busy_seconds() + result.seconds());
+  }
+
+  std::vector<v1::WorkerRecord> worker_records;
+  for (const auto& [id, worker] : workers) worker_records.push_back(worker);
+  std::vector<bool> duplicate;
+  Status written;
+  if (fault::Action action = KO_FAULT_POINT("scheduler.before_commit");
+      action == fault::Action::kError) {
+    written = Status::Unavailable("fault injected at scheduler.before_commit");
+  } else {
+    written = store_->CommitShards(commits, &duplicate, worker_records);
+  }
+  if (!written.ok()) {
+    for (size_t c = 0; c < commits.size(); ++c) out[commit_request[c]] = written;
+    return out;
+  }
+  (void)KO_FAULT_POINT("scheduler.after_commit");  // kCrash: acknowledged to nobody, durable
+
+  for (auto& [id, worker] : workers) state.workers[id] = std::move(worker);
+  std::set<std::string> touched;
+  for (size_t c = 0; c < commits.size(); ++c) {
+    v1::ReportResultsResponse response;
+    if (duplicate[c]) {
+      response.set_duplicate(true);
+      ++state.counters.reports_duplicate;
+    } else {
+      const v1::ShardResult& result = *commits[c].result;
+      state.leases.erase({result.sweep_id(), result.stage(), result.index()});
+      auto sweep = state.sweeps.find(result.sweep_id());
+      if (sweep != state.sweeps.end()) {
+        sweep->second.pending.erase({result.stage(), result.index()});
+        sweep->second.failed.erase({result.stage(), result.index()});
+      }
+      touched.insert(result.sweep_id());
+      response.set_late(late[c]);
+      ++state.counters.reports_committed;
+      state.counters.reports_late += late[c];
+      state.counters.rows_committed += result.rows_size();
+    }
+    out[commit_request[c]] = response;
+  }
+  if (!commits.empty()) state.Changed();
+
+  // A stage whose last shard just committed: its finaliser and the next stage's expansion.
+  // The commits are durable whatever happens here; a store error is retried by ExpireLeases.
+  for (const std::string& id : touched) {
+    auto sweep = state.sweeps.find(id);
+    if (sweep == state.sweeps.end() || sweep->second.record.state() != v1::RUNNING) continue;
+    auto needed = state.NeedsAdvance(sweep->second.record);
+    if (!needed.ok()) {
+      state.advance_due.insert(id);
+      continue;
+    }
+    if (*needed) (void)state.AdvanceSweep(id);  // failures are kept in advance_due
+  }
+  return out;
+}
+
+Status Scheduler::Release(const v1::ReleaseShardRequest& request) {
+  const std::string& worker_id = request.worker_id();
+  if (worker_id.empty()) return Status::InvalidArgument("ReleaseShard: empty worker id");
+  std::lock_guard<std::mutex> lock(mu_);
+  State& state = *state_;
+  const uint64_t now = clock_->NowMs();
+  const v1::LeaseRef& ref = request.lease();
+  if (state.sweeps.find(ref.sweep_id()) == state.sweeps.end()) {
+    return Status::NotFound("sweep " + ref.sweep_id() + " not found");
+  }
+  KO_ASSIGN_OR_RETURN(v1::ShardRecord shard,
+                      store_->GetShard(ref.sweep_id(), ref.stage(), ref.shard()));
+  auto lease = state.leases.find({ref.sweep_id(), ref.stage(), ref.shard()});
+  if (lease == state.leases.end() || lease->second.worker != worker_id ||
+      lease->second.attempt != ref.attempt() || shard.state() != v1::RUNNING) {
+    return Status::Ok();  // not this worker's current lease: nothing to give back
+  }
+  const bool counted = !request.error().empty();
+  const std::string error = counted ? request.error() : "released by the worker";
+  RecordUpdate update;
+  if (state.RecordFailure(&shard, worker_id, error, counted, now)) {
+    KO_ASSIGN_OR_RETURN(v1::SweepRecord record, state.FailedSweep(shard));
+    update.sweeps.push_back(std::move(record));
+  }
+  update.shards.push_back(std::move(shard));
+  v1::WorkerRecord worker = state.SeenWorker(worker_id, now);
+  update.workers.push_back(worker);
+  KO_RETURN_IF_ERROR(store_->WriteRecords(update, /*sync=*/!update.sweeps.empty()));
+  state.workers[worker_id] = std::move(worker);
+  state.ApplyReturned(update);
+  ++state.counters.leases_released;
+  state.Changed();
+  return Status::Ok();
+}
+
+StatusOr<int> Scheduler::ExpireLeases() {
+  std::lock_guard<std::mutex> lock(mu_);
+  return state_->Expire(clock_->NowMs());
+}
+
+uint64_t Scheduler::change_counter() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return changes_;
+}
+
+uint64_t Scheduler::WaitForChange(uint64_t seen, uint32_t timeout_ms) const {
+  std::unique_lock<std::mutex> lock(mu_);
+  changed_.wait_for(lock, std::chrono::milliseconds(timeout_ms),
+                    [&] { return changes_ != seen; });
+  return changes_;
+}
+
+SchedulerCounters Scheduler::Counters() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  const State& state = *state_;
+  const uint64_t now = clock_->NowMs();
+  SchedulerCounters counters = state.counters;
+  // Gauges from the in-memory indexes (no shard scan): pending and failed from the queues,
+  // running from the lease table, done from the stage records.
+  for (const auto& [id, sweep] : state.sweeps) {
+    if (sweep.record.state() != v1::RUNNING) continue;
+    for (const auto& at : sweep.pending) {
+      if (sweep.failed.count(at) > 0) {
+        ++counters.shards_failed;
+      } else {
+        ++counters.shards_pending;
+      }
+    }
+    auto stages = store_->ListStages(id);
+    if (!stages.ok()) continue;  // a gauge, not worth failing a metrics scrape
+    for (const v1::StageRecord& stage : *stages) counters.shards_done += stage.shards_done();
+  }
+  for (const auto& [key, lease] : state.leases) {
+    auto sweep = state.sweeps.find(std::get<0>(key));
+    if (sweep != state.sweeps.end() && sweep->second.record.state() == v1::RUNNING) {
+      ++counters.shards_running;
+    }
+  }
+  for (const auto& [id, worker] : state.workers) {
+    v1::WorkerStatus status = state.WorkerStatusOf(worker, now);
+    counters.workers_alive += status.alive();
+    counters.workers.push_back(std::move(status));
+  }
+  return counters;
+}
+
+}  // namespace knockout::coordinator

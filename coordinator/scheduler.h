@@ -42,6 +42,10 @@ struct SchedulerOptions {
   uint32_t max_attempts = 3;       // counted attempts before a shard fails
   uint32_t retry_after_ms = 500;   // told to a worker when nothing is pending
   uint32_t max_failures_shown = 20;
+  // At Open, give every lease in the store back (not counted) instead of waiting for its
+  // deadline: right when the workers that held them cannot be alive, as in the embedded mode,
+  // whose workers die with the process that ran the coordinator.
+  bool release_leases_on_open = false;
 };
 
 // Counters for the metrics endpoint (monotonic unless noted).
@@ -72,12 +76,19 @@ class Scheduler {
   static StatusOr<std::unique_ptr<Scheduler>> Open(experiments::SweepStore* store,
                                                    const Clock* clock,
                                                    SchedulerOptions options = {});
+  ~Scheduler();  // defined where State is complete
+  Scheduler(const Scheduler&) = delete;
+  Scheduler& operator=(const Scheduler&) = delete;
 
   // Parses the YAML (errors name request.spec_label, the line and the field), resolves relative
   // paths against base_dir, reads the model's config.json and checks the spec against it and
   // its prompt files, then creates the sweep (or resumes it: same spec, same id; a FAILED or
-  // CANCELLED sweep runs again) and expands its first stage. InvalidArgument / NotFound for a
-  // bad spec; nothing is stored then.
+  // CANCELLED sweep runs again: its failed shards get their attempts back, shards held when it
+  // stopped are pending again, neither counted) and expands its first stage. The request's
+  // priority is stored in SweepRecord.priority (a resubmission replaces it). InvalidArgument /
+  // NotFound for a bad spec or a base_dir that is not absolute; nothing is stored then.
+  // FailedPrecondition naming the sweep if its stage cannot be expanded or a rerun finaliser
+  // fails again (the sweep is stored FAILED with that error).
   StatusOr<v1::SubmitSweepResponse> Submit(const v1::SubmitSweepRequest& request);
 
   // Progress of one sweep (`sweep`: id or name). NotFound lists the sweeps that exist.
@@ -85,33 +96,44 @@ class Scheduler {
   StatusOr<std::vector<v1::SweepProgress>> List() const;
 
   // Marks the sweep CANCELLED: its pending shards are no longer leased and heartbeats of
-  // workers holding its shards answer keep = false. Cancelling a DONE sweep is
+  // workers holding its shards answer keep = false. Shard records stay as they are (a lease of
+  // a cancelled sweep never expires into a counted failure). Cancelling a DONE sweep is
   // FailedPrecondition; a CANCELLED one is a no-op. NotFound for an unknown sweep.
   StatusOr<v1::SweepProgress> Cancel(const std::string& sweep);
 
   // Grants up to max(1, capacity) shards, records the leases (state RUNNING, worker, deadline,
-  // attempt + 1) and the worker record in one batch. No shard: an empty list and
-  // retry_after_ms. InvalidArgument for an empty worker id.
+  // attempt + 1, leased_to) and the worker record in one batch, not synced (a grant lost to a
+  // power failure is a shard leased again, never a lost result). No shard: an empty list and
+  // retry_after_ms (the worker's last_seen is then updated in memory only).
+  // InvalidArgument for an empty worker id.
   StatusOr<v1::LeaseShardsResponse> Lease(const v1::LeaseShardsRequest& request);
 
-  // Per lease: keep (the worker still holds it: deadline extended, written in one batch) or
-  // drop with a reason. InvalidArgument for an empty worker id.
+  // Per lease: keep (the worker still holds it: deadline extended, written in one unsynced
+  // batch with the worker's last_seen) or drop with a reason: "sweep cancelled", "sweep
+  // failed", "shard already done", "lease expired; shard re-leased to W", "lease expired",
+  // "sweep not found", "shard not found". InvalidArgument for an empty worker id.
   StatusOr<v1::HeartbeatResponse> Heartbeat(const v1::HeartbeatRequest& request);
 
   // Commits many reports in one synced write batch (group commit) and returns one result per
   // request, in order. Per report: InvalidArgument (the result names another shard than the
   // lease, a trial index the shard does not have), NotFound (sweep or shard), PermissionDenied
-  // (the worker never held a lease on the shard); none of these stores anything.
+  // (the worker never held a lease on the shard); none of these stores anything. Accepted
+  // reports answer duplicate (the shard was DONE, or an earlier report of the call commits it)
+  // or late (committed though the lease was no longer the worker's current one). If the write
+  // fails, every accepted report gets its error. Fault points "scheduler.before_commit" and
+  // "scheduler.after_commit" surround the synced write (kError before it: Unavailable).
   std::vector<StatusOr<v1::ReportResultsResponse>> Report(
       const std::vector<const v1::ReportResultsRequest*>& requests);
 
   // Gives a lease back (see coordinator.proto). A lease the worker does not hold (expired,
-  // re-leased, done) is OK and changes nothing. NotFound for an unknown sweep or shard.
+  // re-leased, done) is OK and changes nothing. A counted failure that uses up max_attempts
+  // fails the shard and its sweep in the same batch. NotFound for an unknown sweep or shard.
   Status Release(const v1::ReleaseShardRequest& request);
 
   // Returns every lease whose deadline has passed to pending (or FAILED after max_attempts) in
   // one batch. Returns how many expired. The service calls it on a timer; tests call it after
-  // advancing the FakeClock. Lease and Heartbeat also expire what is due before they act.
+  // advancing the FakeClock. Lease and Heartbeat also expire what is due before they act. It
+  // also retries a stage advance (finaliser, expansion) that a store error interrupted.
   StatusOr<int> ExpireLeases();
 
   // A counter bumped at every state change; WaitForChange blocks until it differs from `seen`

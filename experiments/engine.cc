@@ -592,17 +592,21 @@ StatusOr<std::vector<std::pair<std::string, std::string>>> SweepEngine::Finalize
   return artifacts;
 }
 
-StatusOr<std::string> SweepEngine::Submit(const v1::SweepSpec& spec, bool* resumed) {
+StatusOr<std::string> SweepEngine::Submit(const v1::SweepSpec& spec, bool* resumed,
+                                          uint32_t priority) {
   const std::string id = SweepIdFor(spec);
   auto existing = store_->GetSweep(id);
   if (existing.ok()) {
     if (resumed) *resumed = true;
-    if (existing->state() == v1::FAILED) {
+    bool changed = existing->priority() != priority;
+    existing->set_priority(priority);
+    if (existing->state() == v1::FAILED || existing->state() == v1::CANCELLED) {
       // Submitting again retries: failed shards are still pending, a failed finaliser reruns.
       existing->set_state(v1::RUNNING);
       existing->clear_error();
-      KO_RETURN_IF_ERROR(store_->UpdateSweep(*existing));
+      changed = true;
     }
+    if (changed) KO_RETURN_IF_ERROR(store_->UpdateSweep(*existing));
     return id;
   }
   if (existing.status().code() != StatusCode::kNotFound) return existing.status();
@@ -612,6 +616,7 @@ StatusOr<std::string> SweepEngine::Submit(const v1::SweepSpec& spec, bool* resum
   *record.mutable_spec() = spec;
   record.set_created_unix_ms(NowMs());
   record.set_state(v1::RUNNING);
+  record.set_priority(priority);
   KO_RETURN_IF_ERROR(store_->CreateSweep(record));
   if (resumed) *resumed = false;
   return id;
@@ -623,6 +628,10 @@ StatusOr<std::vector<v1::ShardRecord>> SweepEngine::Advance(const std::string& i
     if (sweep.state() == v1::DONE) return std::vector<v1::ShardRecord>{};
     if (sweep.state() == v1::FAILED) {
       return Status::FailedPrecondition("sweep " + id + " failed: " + sweep.error());
+    }
+    if (sweep.state() == v1::CANCELLED) {
+      // A cancelled sweep neither finalises nor expands until it is submitted again.
+      return Status::FailedPrecondition("sweep " + id + " is cancelled; submit it again to resume");
     }
     const uint32_t expanded = sweep.stages_expanded();
     if (expanded > 0) {

@@ -47,14 +47,16 @@ class SweepEngine {
   SweepEngine(SweepStore* store, ModelShape shape, NeuronRanker ranker = nullptr)
       : store_(store), shape_(shape), ranker_(std::move(ranker)) {}
 
-  // Creates the sweep of `spec`, or finds it if it exists (`*resumed` = true; a FAILED sweep is
-  // set RUNNING again, so that its failed shards and finaliser are retried). The spec must be
-  // validated already. Returns the sweep id.
-  StatusOr<std::string> Submit(const v1::SweepSpec& spec, bool* resumed);
+  // Creates the sweep of `spec` with `priority` (SweepRecord.priority), or finds it if it
+  // exists (`*resumed` = true; a FAILED or CANCELLED sweep is set RUNNING again, so that its
+  // failed shards and finaliser are retried; the priority is updated to the one given). The spec
+  // must be validated already. Returns the sweep id.
+  StatusOr<std::string> Submit(const v1::SweepSpec& spec, bool* resumed, uint32_t priority = 0);
 
   // Brings the sweep to its next runnable state: finalises a stage whose shards are all done,
   // expands the next stage, marks the sweep DONE after the last. Returns the pending shards of
-  // the current stage, or nothing when the sweep is DONE or FAILED. A finaliser that cannot
+  // the current stage, or nothing when the sweep is DONE (FailedPrecondition when it is FAILED
+  // or CANCELLED: it runs again only when submitted again). A finaliser that cannot
   // produce its artifact (no candidate passes the selection filters) fails the sweep with that
   // reason, and the error is returned.
   StatusOr<std::vector<v1::ShardRecord>> Advance(const std::string& sweep);

@@ -1035,15 +1035,6 @@ std::string ResolveAgainst(const fs::path& dir, const std::string& path) {
   return (dir / path).lexically_normal().string();
 }
 
-void ResolvePaths(const fs::path& dir, v1::SweepSpec* spec) {
-  spec->mutable_model()->set_path(ResolveAgainst(dir, spec->model().path()));
-  for (auto& set : *spec->mutable_prompt_sets()) set.set_path(ResolveAgainst(dir, set.path()));
-  for (auto& stage : *spec->mutable_stages()) {
-    if (!stage.has_orthogonalize() || stage.orthogonalize().output().empty()) continue;
-    auto* orthogonalize = stage.mutable_orthogonalize();
-    orthogonalize->set_output(ResolveAgainst(dir, orthogonalize->output()));
-  }
-}
 
 Status CheckIndexRange(const ParsedSpec& parsed, const std::string& field,
                        const google::protobuf::RepeatedField<int32_t>& indices, int64_t limit,
@@ -1182,9 +1173,20 @@ StatusOr<ParsedSpec> LoadSpec(const std::string& path) {
   text << file.rdbuf();
   if (!file.good() && !file.eof()) return Status::IOError(path + ": could not read the spec file");
   KO_ASSIGN_OR_RETURN(ParsedSpec parsed, ParseSpec(text.str(), path));
-  ResolvePaths(fs::path(path).parent_path(), &parsed.spec);
+  ResolveSpecPaths(fs::path(path).parent_path().string(), &parsed.spec);
   parsed.spec.set_source(path);
   return parsed;
+}
+
+void ResolveSpecPaths(const std::string& base_dir, v1::SweepSpec* spec) {
+  const fs::path dir(base_dir);
+  spec->mutable_model()->set_path(ResolveAgainst(dir, spec->model().path()));
+  for (auto& set : *spec->mutable_prompt_sets()) set.set_path(ResolveAgainst(dir, set.path()));
+  for (auto& stage : *spec->mutable_stages()) {
+    if (!stage.has_orthogonalize() || stage.orthogonalize().output().empty()) continue;
+    auto* orthogonalize = stage.mutable_orthogonalize();
+    orthogonalize->set_output(ResolveAgainst(dir, orthogonalize->output()));
+  }
 }
 
 Status ValidateSpecFiles(const ParsedSpec& parsed, const ModelShape& shape) {

@@ -39,6 +39,11 @@ StatusOr<ParsedSpec> ParseSpec(const std::string& yaml_text, const std::string& 
 // outputs) against the file's directory and sets spec.source. NotFound if FILE is missing.
 StatusOr<ParsedSpec> LoadSpec(const std::string& path);
 
+// Resolves the spec's relative paths (model, prompt sets, orthogonalize outputs) against
+// `base_dir`, as LoadSpec does with the file's directory: what the coordinator uses for a spec
+// sent as text with the directory it came from. Absolute and empty paths stay as they are.
+void ResolveSpecPaths(const std::string& base_dir, v1::SweepSpec* spec);
+
 // Checks a parsed spec against the model's shape (read by the caller from config.json) and the
 // files it names: every layer/head/neuron index is in range, every prompt set loads and holds
 // at least one prompt. Errors name the spec file, line and field.

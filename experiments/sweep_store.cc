@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <map>
 #include <set>
 #include <tuple>
 
@@ -234,6 +235,46 @@ Status SweepStore::UpdateSweep(const v1::SweepRecord& sweep) {
   return store_->Write(batch, /*sync=*/true);
 }
 
+Status SweepStore::WriteRecords(const RecordUpdate& update, bool sync) {
+  if (update.empty()) return Status::Ok();
+  Store::Batch batch;
+  std::vector<std::pair<std::string, std::string>> shard_keys;  // key, label
+  for (const v1::SweepRecord& sweep : update.sweeps) {
+    KO_ASSIGN_OR_RETURN(std::string value, Serialize(sweep));
+    batch.Put(Family::kSweeps, SweepKey(sweep.id()), value);
+  }
+  for (const v1::ShardRecord& record : update.shards) {
+    const v1::Shard& shard = record.shard();
+    const std::string key = ShardKey(shard.sweep_id(), shard.stage(), shard.index());
+    KO_ASSIGN_OR_RETURN(std::string value, Serialize(record));
+    batch.Put(Family::kShards, key, value);
+    shard_keys.emplace_back(key, ShardLabel(shard.sweep_id(), shard.stage(), shard.index()));
+  }
+  for (const v1::WorkerRecord& worker : update.workers) {
+    if (worker.info().id().empty()) return Status::InvalidArgument("worker record without an id");
+    KO_ASSIGN_OR_RETURN(std::string value, Serialize(worker));
+    batch.Put(Family::kWorkers, worker.info().id(), value);
+  }
+
+  std::lock_guard<std::mutex> lock(mu_);
+  for (const v1::SweepRecord& sweep : update.sweeps) {
+    KO_ASSIGN_OR_RETURN(bool exists, Exists(*store_, Family::kSweeps, SweepKey(sweep.id())));
+    if (!exists) return Status::NotFound("sweep " + sweep.id() + " not found");
+  }
+  for (const auto& [key, label] : shard_keys) {
+    KO_ASSIGN_OR_RETURN(v1::ShardRecord stored,
+                        GetRecord<v1::ShardRecord>(*store_, Family::kShards, label, key));
+    if (stored.state() == v1::DONE) {
+      return Status::FailedPrecondition(label + " is already done; its record is not replaced");
+    }
+  }
+  return store_->Write(batch, sync);
+}
+
+StatusOr<std::vector<v1::WorkerRecord>> SweepStore::ListWorkers() const {
+  return ScanRecords<v1::WorkerRecord>(*store_, Family::kWorkers, "worker", "");
+}
+
 // ------------------------------------------------------------------------------------------
 // Stages and shards
 
@@ -312,39 +353,56 @@ StatusOr<std::vector<v1::ShardRecord>> SweepStore::PendingShards(const std::stri
   return shards;
 }
 
-// Read-check-write under mu_: within this process two commits of one shard cannot both pass
-// the DONE check, and commits of different shards of a stage cannot lose a shards_done
-// increment. RocksDB's directory lock keeps other processes out, so whoever embeds the store
-// (the coordinator) owns all commits; if it ever shares the store across processes it must
-// serialise commits per stage itself.
+StatusOr<v1::ShardRecord> SweepStore::GetShard(const std::string& sweep, uint32_t stage,
+                                               uint32_t shard) const {
+  return GetRecord<v1::ShardRecord>(*store_, Family::kShards, ShardLabel(sweep, stage, shard),
+                                    ShardKey(sweep, stage, shard));
+}
+
 Status SweepStore::CommitShard(const v1::ShardResult& result, uint32_t attempt, bool* duplicate) {
-  if (duplicate != nullptr) *duplicate = false;
+  std::vector<bool> duplicates;
+  ShardCommit commit;
+  commit.result = &result;
+  commit.attempt = attempt;
+  const Status status = CommitShards({commit}, &duplicates);
+  if (duplicate != nullptr) *duplicate = status.ok() && duplicates[0];
+  return status;
+}
+
+namespace {
+
+struct EncodedPut {
+  Family family;
+  std::string key, value;
+};
+
+// The rows, partial sums and completions of one result, encoded outside the lock (they do not
+// depend on stored state).
+StatusOr<std::vector<EncodedPut>> EncodeResult(const v1::ShardResult& result) {
   const std::string& sweep = result.sweep_id();
   const uint32_t stage = result.stage();
-  const std::string shard_label = ShardLabel(sweep, stage, result.index());
-  const std::string shard_key = ShardKey(sweep, stage, result.index());
-
-  // Everything that does not depend on stored state is encoded before taking the lock.
-  Store::Batch batch;
+  std::vector<EncodedPut> puts;
+  puts.reserve(result.rows_size() + result.sums_size() + result.completions_size());
   for (const v1::ResultRow& row : result.rows()) {
     if (row.prompt() < -1) {
-      return Status::InvalidArgument(shard_label + ": result row of trial " +
-                                     std::to_string(row.trial()) + " has prompt " +
-                                     std::to_string(row.prompt()) + " (expected >= -1)");
+      return Status::InvalidArgument(ShardLabel(sweep, stage, result.index()) +
+                                     ": result row of trial " + std::to_string(row.trial()) +
+                                     " has prompt " + std::to_string(row.prompt()) +
+                                     " (expected >= -1)");
     }
     std::string key = ResultsPrefix(sweep, stage, kRowKind);
     AppendUint32(&key, row.trial());
     AppendString(&key, row.prompt_set());
     AppendUint32(&key, static_cast<uint32_t>(row.prompt() + 1));
     KO_ASSIGN_OR_RETURN(std::string value, Serialize(row));
-    batch.Put(Family::kResults, key, value);
+    puts.push_back({Family::kResults, std::move(key), std::move(value)});
   }
   for (int n = 0; n < result.sums_size(); ++n) {
     std::string key = ResultsPrefix(sweep, stage, kPartialSumKind);
     AppendUint32(&key, result.index());
     AppendUint32(&key, static_cast<uint32_t>(n));
     KO_ASSIGN_OR_RETURN(std::string value, Serialize(result.sums(n)));
-    batch.Put(Family::kResults, key, value);
+    puts.push_back({Family::kResults, std::move(key), std::move(value)});
   }
   for (const v1::CompletionRecord& completion : result.completions()) {
     std::string key = ResultsPrefix(sweep, stage, kCompletionKind);
@@ -352,29 +410,89 @@ Status SweepStore::CommitShard(const v1::ShardResult& result, uint32_t attempt, 
     AppendString(&key, completion.set());
     AppendUint32(&key, completion.prompt());
     KO_ASSIGN_OR_RETURN(std::string value, Serialize(completion));
-    batch.Put(Family::kResults, key, value);
+    puts.push_back({Family::kResults, std::move(key), std::move(value)});
+  }
+  return puts;
+}
+
+}  // namespace
+
+// Read-check-write under mu_: within this process two commits of one shard cannot both pass
+// the DONE check, and commits of different shards of a stage cannot lose a shards_done
+// increment. RocksDB's directory lock keeps other processes out, so whoever embeds the store
+// (the coordinator) owns all commits; if it ever shares the store across processes it must
+// serialise commits per stage itself.
+Status SweepStore::CommitShards(const std::vector<ShardCommit>& commits,
+                                std::vector<bool>* duplicate,
+                                const std::vector<v1::WorkerRecord>& workers) {
+  if (duplicate != nullptr) duplicate->assign(commits.size(), false);
+  std::vector<std::vector<EncodedPut>> encoded;
+  encoded.reserve(commits.size());
+  for (const ShardCommit& commit : commits) {
+    if (commit.result == nullptr) return Status::InvalidArgument("shard commit without a result");
+    KO_ASSIGN_OR_RETURN(auto puts, EncodeResult(*commit.result));
+    encoded.push_back(std::move(puts));
+  }
+  std::vector<std::pair<std::string, std::string>> worker_values;
+  for (const v1::WorkerRecord& worker : workers) {
+    if (worker.info().id().empty()) return Status::InvalidArgument("worker record without an id");
+    KO_ASSIGN_OR_RETURN(std::string value, Serialize(worker));
+    worker_values.emplace_back(worker.info().id(), std::move(value));
   }
 
   std::lock_guard<std::mutex> lock(mu_);
-  KO_ASSIGN_OR_RETURN(v1::ShardRecord shard, GetRecord<v1::ShardRecord>(
-                                                 *store_, Family::kShards, shard_label, shard_key));
-  if (shard.state() == v1::DONE) {
-    if (duplicate != nullptr) *duplicate = true;
-    return Status::Ok();
-  }
-  KO_ASSIGN_OR_RETURN(v1::StageRecord stage_record,
-                      GetRecord<v1::StageRecord>(*store_, Family::kStages,
-                                                 StageLabel(sweep, stage), StageKey(sweep, stage)));
-  shard.set_state(v1::DONE);
-  shard.set_attempt(attempt);
-  stage_record.set_shards_done(stage_record.shards_done() + 1);
-  if (stage_record.state() == v1::PENDING) stage_record.set_state(v1::RUNNING);
+  // Records read once and updated in place, so that several commits of one stage (or a shard
+  // given twice) see each other's effect before the one write.
+  std::map<std::string, v1::ShardRecord> shards;
+  std::map<std::string, v1::StageRecord> stages;
+  Store::Batch batch;
+  bool any = false;
+  for (size_t i = 0; i < commits.size(); ++i) {
+    const v1::ShardResult& result = *commits[i].result;
+    const std::string& sweep = result.sweep_id();
+    const uint32_t stage = result.stage();
+    const std::string shard_key = ShardKey(sweep, stage, result.index());
+    auto shard_it = shards.find(shard_key);
+    if (shard_it == shards.end()) {
+      KO_ASSIGN_OR_RETURN(v1::ShardRecord shard,
+                          GetRecord<v1::ShardRecord>(*store_, Family::kShards,
+                                                     ShardLabel(sweep, stage, result.index()),
+                                                     shard_key));
+      shard_it = shards.emplace(shard_key, std::move(shard)).first;
+    }
+    v1::ShardRecord& shard = shard_it->second;
+    if (shard.state() == v1::DONE) {
+      if (duplicate != nullptr) (*duplicate)[i] = true;
+      continue;
+    }
+    const std::string stage_key = StageKey(sweep, stage);
+    auto stage_it = stages.find(stage_key);
+    if (stage_it == stages.end()) {
+      KO_ASSIGN_OR_RETURN(v1::StageRecord record,
+                          GetRecord<v1::StageRecord>(*store_, Family::kStages,
+                                                     StageLabel(sweep, stage), stage_key));
+      stage_it = stages.emplace(stage_key, std::move(record)).first;
+    }
+    v1::StageRecord& stage_record = stage_it->second;
+    shard.set_state(v1::DONE);
+    shard.set_attempt(commits[i].attempt);
+    if (!commits[i].worker.empty()) shard.set_worker(commits[i].worker);
+    shard.set_lease_deadline_unix_ms(0);
+    stage_record.set_shards_done(stage_record.shards_done() + 1);
+    if (stage_record.state() == v1::PENDING) stage_record.set_state(v1::RUNNING);
 
-  KO_ASSIGN_OR_RETURN(std::string shard_value, Serialize(shard));
-  KO_ASSIGN_OR_RETURN(std::string stage_value, Serialize(stage_record));
-  batch.Put(Family::kShards, shard_key, shard_value);
-  batch.Delete(Family::kPending, shard_key);
-  batch.Put(Family::kStages, StageKey(sweep, stage), stage_value);
+    for (const EncodedPut& put : encoded[i]) batch.Put(put.family, put.key, put.value);
+    KO_ASSIGN_OR_RETURN(std::string shard_value, Serialize(shard));
+    batch.Put(Family::kShards, shard_key, shard_value);
+    batch.Delete(Family::kPending, shard_key);
+    any = true;
+  }
+  for (const auto& [key, record] : stages) {
+    KO_ASSIGN_OR_RETURN(std::string value, Serialize(record));
+    batch.Put(Family::kStages, key, value);
+  }
+  for (const auto& [id, value] : worker_values) batch.Put(Family::kWorkers, id, value);
+  if (!any && worker_values.empty()) return Status::Ok();  // only duplicates: nothing to write
   return store_->Write(batch, /*sync=*/true);
 }
 

@@ -13,6 +13,7 @@
 //              sweep, stage(u32), 2(u32), condition, set, prompt(u32) -> CompletionRecord
 //   artifacts: sweep, name (raw bytes, not length-prefixed: it is the last component, so a
 //              prefix scan lists names in name order)   -> bytes (a serialised artifact)
+//   workers:   worker id (raw bytes)                        -> WorkerRecord (coordinator.proto)
 // Values are protos serialised deterministically; one that does not parse is Corruption naming
 // the family and the key.
 //
@@ -29,10 +30,27 @@
 
 #include "common/status.h"
 #include "experiments/sweep_reader.h"
+#include "knockout/v1/coordinator.pb.h"
 #include "knockout/v1/sweep.pb.h"
 #include "storage/store.h"
 
 namespace knockout::experiments {
+
+// One shard result to commit, with the lease it came from (SweepStore::CommitShards).
+struct ShardCommit {
+  const v1::ShardResult* result = nullptr;  // not owned; must outlive the call
+  uint32_t attempt = 0;                     // the committing lease's number (ShardRecord.attempt)
+  std::string worker;                       // ShardRecord.worker once DONE; "" keeps the stored one
+};
+
+// Records replaced together in one write batch: what the coordinator writes when it grants,
+// renews, expires or takes back leases (SweepStore::WriteRecords).
+struct RecordUpdate {
+  std::vector<v1::SweepRecord> sweeps;
+  std::vector<v1::ShardRecord> shards;
+  std::vector<v1::WorkerRecord> workers;
+  bool empty() const { return sweeps.empty() && shards.empty() && workers.empty(); }
+};
 
 class SweepStore : public SweepReader {
  public:
@@ -61,12 +79,23 @@ class SweepStore : public SweepReader {
   // Shards of a stage still pending (not DONE), in index order.
   StatusOr<std::vector<v1::ShardRecord>> PendingShards(const std::string& sweep,
                                                        uint32_t stage) const;
+  // One shard record. NotFound naming the sweep, stage and shard.
+  StatusOr<v1::ShardRecord> GetShard(const std::string& sweep, uint32_t stage,
+                                     uint32_t shard) const;
 
   // Commits a shard's result in one synced batch: every row, partial sum and completion, the
   // shard record (DONE, attempt), the pending key removed, the stage's shards_done advanced.
   // First commit wins: if the shard is already DONE, returns OK and writes nothing
   // (`*duplicate` set to true when given). NotFound if the shard does not exist.
   Status CommitShard(const v1::ShardResult& result, uint32_t attempt, bool* duplicate = nullptr);
+  // Group commit: does for every commit what CommitShard does, all in ONE synced batch, together
+  // with `workers` (replaced as given). Per commit, `(*duplicate)[i]` (resized to commits.size())
+  // is true when its shard was already DONE, or committed by an earlier entry of the same call:
+  // nothing of it is written. Several shards of one stage advance shards_done by their number.
+  // NotFound if a shard does not exist, InvalidArgument for a malformed row (prompt < -1) or a
+  // commit without a result; nothing at all is written then.
+  Status CommitShards(const std::vector<ShardCommit>& commits, std::vector<bool>* duplicate,
+                      const std::vector<v1::WorkerRecord>& workers = {});
   // Records a failed attempt (state FAILED, the error kept) without touching results; the
   // pending key stays (the shard may be retried). A shard already DONE is left as it is (OK).
   // NotFound if the shard does not exist.
@@ -79,6 +108,16 @@ class SweepStore : public SweepReader {
                      const std::vector<std::pair<std::string, std::string>>& artifacts);
   // Replaces the sweep record (synced). NotFound if no sweep has its id.
   Status UpdateSweep(const v1::SweepRecord& sweep);
+
+  // Replaces sweep, shard and worker records in one batch (synced if `sync`): the coordinator's
+  // lease grants, renewals, expiries and releases. The caller read-modify-writes the records
+  // and must serialise that itself (the coordinator's mutex). First commit wins all the same:
+  // a shard that is DONE in the store is never overwritten (FailedPrecondition naming it).
+  // NotFound if a sweep or shard does not exist. Nothing is written on error.
+  Status WriteRecords(const RecordUpdate& update, bool sync);
+
+  // Workers (the coordinator's record of who leased and committed what), in id order.
+  StatusOr<std::vector<v1::WorkerRecord>> ListWorkers() const;
 
   // Result rows of a stage in key order (trial, set, prompt; the aggregate row of a trial
   // first). `aggregates_only` skips per-prompt rows.

@@ -12,6 +12,8 @@ packages=(
   libtorch-dev libopenblas0-openmp               # without OpenBLAS matmul is ~30x slower
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   librocksdb-dev libboost-dev libboost-system-dev
+  prometheus-cpp-dev libssl-dev openssl          # coordinator metrics endpoint, TLS
+  iproute2 nftables                              # multi-host test: network namespaces, partitions
   libyaml-cpp-dev nlohmann-json3-dev libcli11-dev libspdlog-dev libfmt-dev libpcre2-dev
   libutf8proc-dev                                # NFC/NFKC normalizers of tokenizers
   libgtest-dev libgmock-dev libbenchmark-dev

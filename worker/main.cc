@@ -1,4 +1,12 @@
-// knockout-worker: the worker process. This version provides the model runtime's tools:
+// knockout-worker: the worker process.
+//   knockout-worker --coordinator HOST:PORT [--device cuda:0] [--threads N] [--capacity N]
+//                   [--batch-rows N] [--token-file F] [--tls-ca F [--tls-cert F --tls-key F]]
+//                   [--tls-server-name N] [--name N]
+// runs the agent (worker/agent): it leases shards from the coordinator, runs them, reports the
+// results, and keeps retrying while the coordinator is unreachable. SIGTERM/SIGINT release the
+// leases it holds and exit 0 at once, even with a shard still executing; a fatal error (protocol
+// mismatch, refused token, unreadable file) prints one line `knockout-worker: <error>` and
+// exits 1. Log lines go to stderr. Its subcommands are the model runtime's tools:
 //   knockout-worker forward --model DIR --ids 1,2,3 [--ids ...] [--json] [--full-logits]
 //   knockout-worker models inspect DIR [--json]
 //   knockout-worker models init-random --out DIR [sizes...]
@@ -38,6 +46,13 @@
 #ifdef KNOCKOUT_HAVE_ORGANISM
 #include "experiments/organism/evaluate.h"
 #include "experiments/organism/trainer.h"
+#endif
+#ifdef KNOCKOUT_HAVE_AGENT
+#include <atomic>
+#include <csignal>
+#include <cstdlib>
+
+#include "worker/agent/agent.h"
 #endif
 
 namespace {
@@ -495,6 +510,57 @@ int RunEvalDemo(const EvalDemoFlags& flags) {
 }
 #endif
 
+#ifdef KNOCKOUT_HAVE_AGENT
+// --- the agent (--coordinator) ---------------------------------------------------------------
+
+struct AgentFlags {
+  std::string coordinator;
+  std::string device;
+  int threads = 0;
+  uint32_t capacity = 1;
+  int64_t batch_rows = 128;
+  std::string token_file, tls_ca, tls_cert, tls_key, tls_server_name;
+  std::string name;
+};
+
+// Set by SIGTERM/SIGINT; the agent polls it (a lock-free atomic store is async-signal-safe).
+std::atomic<bool> g_stop{false};
+static_assert(std::atomic<bool>::is_always_lock_free);
+
+extern "C" void OnStopSignal(int) { g_stop.store(true); }
+
+int RunAgentProcess(const AgentFlags& flags) {
+  struct sigaction action = {};
+  action.sa_handler = OnStopSignal;
+  sigemptyset(&action.sa_mask);
+  sigaction(SIGTERM, &action, nullptr);
+  sigaction(SIGINT, &action, nullptr);
+
+  knockout::agent::AgentOptions options;
+  options.channel.address = flags.coordinator;
+  options.channel.token_file = flags.token_file;
+  options.channel.tls_ca = flags.tls_ca;
+  options.channel.tls_cert = flags.tls_cert;
+  options.channel.tls_key = flags.tls_key;
+  options.channel.tls_server_name = flags.tls_server_name;
+  options.device = flags.device;
+  options.threads = flags.threads;
+  options.capacity = flags.capacity;
+  options.max_batch_rows = flags.batch_rows;
+  options.name = flags.name;
+  options.stop = &g_stop;
+  options.log = &std::cerr;
+  // Never destroyed: destroying it waits for a shard still executing, and a stopped worker must
+  // exit at once (its leases are released; the shard's work is lost either way).
+  auto* agent = new knockout::agent::Agent(std::move(options));
+  const Status status = agent->Run();
+  const int code = status.ok() ? 0 : Fail(status);
+  std::cout.flush();
+  std::cerr.flush();
+  std::_Exit(code);
+}
+#endif
+
 // glibc's default dynamic mmap threshold hands freed activation buffers back to the kernel and
 // faults them in again on the next pass: ~20% of forward time in page faults on the benchmark
 // model (docs/benchmarks.md). Keep large blocks in the heap instead.
@@ -506,7 +572,38 @@ void TuneAllocator() {
 int main(int argc, char** argv) {
   TuneAllocator();
   CLI::App app{"knockout-worker: runs knockout shards and the model runtime's tools"};
-  app.require_subcommand(1);
+  // A subcommand (a tool), or none with --coordinator (the agent).
+  app.require_subcommand(0, 1);
+#ifdef KNOCKOUT_HAVE_AGENT
+  AgentFlags agent;
+  auto* coordinator_opt = app.add_option("--coordinator", agent.coordinator,
+                                         "run the worker agent against this coordinator (host:port)");
+  app.add_option("--device", agent.device,
+                 "agent: cpu or cuda[:N] for every shard (default: as the sweep's model says)");
+  app.add_option("--threads", agent.threads, "agent: LibTorch CPU threads (default: all cores)")
+      ->check(CLI::NonNegativeNumber);
+  app.add_option("--capacity", agent.capacity, "agent: shards leased at once (default 1)")
+      ->check(CLI::PositiveNumber);
+  app.add_option("--batch-rows", agent.batch_rows,
+                 "agent: (trial, prompt) rows per forward pass (default 128)")
+      ->check(CLI::PositiveNumber);
+  // Files are read (and a missing one reported in the one-line error format) by the agent.
+  app.add_option("--token-file", agent.token_file, "agent: file holding the bearer token");
+  app.add_option("--tls-ca", agent.tls_ca, "agent: PEM CA of the coordinator's certificate (TLS)");
+  auto* tls_cert_opt = app.add_option("--tls-cert", agent.tls_cert,
+                                      "agent: PEM client certificate (mutual TLS)");
+  auto* tls_key_opt = app.add_option("--tls-key", agent.tls_key, "agent: PEM client key");
+  tls_cert_opt->needs(tls_key_opt);
+  tls_key_opt->needs(tls_cert_opt);
+  app.add_option("--tls-server-name", agent.tls_server_name,
+                 "agent: name to check the coordinator's certificate against");
+  app.add_option("--name", agent.name, "agent: worker id prefix (default: the host name)");
+  // The agent's options mean nothing to the tools: refuse them without --coordinator.
+  for (CLI::Option* option : app.get_options()) {
+    if (option == coordinator_opt || option == app.get_help_ptr()) continue;
+    option->needs(coordinator_opt);
+  }
+#endif
 
   ForwardFlags forward;
   CLI::App* forward_cmd = app.add_subcommand("forward", "last-position logits of token sequences");
@@ -625,6 +722,28 @@ int main(int argc, char** argv) {
 #endif
 
   CLI11_PARSE(app, argc, argv);
+  const bool any_subcommand = !app.get_subcommands().empty();
+#ifdef KNOCKOUT_HAVE_AGENT
+  if (coordinator_opt->count() > 0) {
+    if (any_subcommand) {
+      return Fail(Status::InvalidArgument("--coordinator runs the worker agent and takes no "
+                                          "subcommand"));
+    }
+    try {
+      return RunAgentProcess(agent);
+    } catch (const std::exception& e) {
+      return Fail(Status::Internal(e.what()));
+    }
+  }
+#endif
+  if (!any_subcommand) {
+    std::cerr << app.help();
+#ifdef KNOCKOUT_HAVE_AGENT
+    return Fail(Status::InvalidArgument("give a subcommand, or --coordinator to run the agent"));
+#else
+    return Fail(Status::InvalidArgument("give a subcommand"));
+#endif
+  }
   try {
     if (*forward_cmd) return RunForward(forward);
     if (*inspect_cmd) return RunInspect(inspect_dir, inspect_json);

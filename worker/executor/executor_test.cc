@@ -206,7 +206,9 @@ TEST_F(ExecutorTest, ScienceProperties) {
         EXPECT_NEAR(v.at("de"), 0.0, 1e-6) << "trial " << row.trial();
       }
     }
-    if (trial.edits_size() == 1 && trial.edits(0).every_layer()) EXPECT_FALSE(v.count("de"));
+    if (trial.edits_size() == 1 && trial.edits(0).every_layer()) {
+      EXPECT_FALSE(v.count("de"));
+    }
     if (row.prompt() == -1 && trial.edits_size() == 1 &&
         trial.edits(0).hook().find("attn.hook_z") != std::string::npos) {
       // Heads of later layers only.

@@ -1,0 +1,248 @@
+// coordinator_bench: how many shard round trips (LeaseShards + a synced ReportResults) the
+// coordinator sustains, and how fast it ingests result rows, with N simulated workers on
+// loopback (issue 6). Client and server share this machine's cores, like the measurements in
+// build-notes.md.
+//
+//   coordinator_bench [--workers 8,64,512] [--seconds 5] [--warmup 1] [--rows 64]
+//                     [--dir /tmp] [--json OUT]
+//
+// Per worker count: a fresh store and an in-process coordinator::Server on 127.0.0.1:0; sweeps
+// over a config-only 32-layer x 32-head model (the coordinator never loads weights), one trial
+// per shard, enough shards that nobody runs dry. Each simulated worker is a thread with its own
+// worker id that loops: LeaseShards(capacity 1), then ReportResults with `--rows` result rows for
+// the leased trial (fake values; the coordinator commits them like real ones, synced, first
+// commit wins). Counted after the warm-up: round trips per second, result rows per second, and
+// the p50 / p99 latency of LeaseShards and of ReportResults.
+#include <CLI/CLI.hpp>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <mutex>
+#include <sstream>
+#include <thread>
+#include <vector>
+
+#include "coordinator/server.h"
+#include "proto/channel.h"
+#include "proto/protocol.h"
+
+namespace {
+
+namespace fs = std::filesystem;
+namespace kc = knockout::coordinator;
+namespace v1 = knockout::v1;
+using Clock = std::chrono::steady_clock;
+
+constexpr int kLayers = 32, kHeads = 32;
+
+void WriteFile(const fs::path& path, const std::string& text) {
+  std::ofstream(path) << text;
+}
+
+// A model directory with only config.json, a prompt set, and a spec whose knockout_sweep has
+// kLayers * kHeads * 2 ablations * 5 positions = 10240 one-trial shards.
+std::string MakeInputs(const fs::path& dir, int index) {
+  fs::create_directories(dir / "model");
+  WriteFile(dir / "model" / "config.json", R"({
+  "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 1024,
+  "intermediate_size": 2816, "num_attention_heads": 32, "num_hidden_layers": 32,
+  "num_key_value_heads": 32, "vocab_size": 32000, "rms_norm_eps": 1e-5,
+  "max_position_embeddings": 2048, "rope_theta": 10000.0, "tie_word_embeddings": false})");
+  WriteFile(dir / "prompts.jsonl",
+            "{\"instruction\": \"a\"}\n{\"instruction\": \"b\"}\n{\"instruction\": \"c\"}\n");
+  std::ostringstream spec;
+  spec << "name: bench-" << index << "\nmodel: {path: model}\n"
+       << "prompt_sets:\n  p: {path: prompts.jsonl}\n"
+       << "metrics: {refusal_tokens: [\"I\"]}\nshard_trials: 1\n"
+       << "stages:\n  - name: heads\n    knockout_sweep:\n      prompt_sets: [p]\n"
+       << "      targets: [{kind: heads}]\n"
+       << "      ablations: [zero, {kind: mean, reference_set: p}]\n"
+       << "      positions: [post_inst, inst_last, all, \"post_inst[-1]\", \"post_inst[-2]\"]\n";
+  return spec.str();
+}
+
+double Percentile(std::vector<double>& values, double q) {
+  if (values.empty()) return 0;
+  const size_t k = std::min(values.size() - 1, static_cast<size_t>(q * values.size()));
+  std::nth_element(values.begin(), values.begin() + k, values.end());
+  return values[k];
+}
+
+struct Result {
+  int workers = 0;
+  double seconds = 0;
+  uint64_t round_trips = 0, rows = 0, errors = 0;
+  double lease_p50 = 0, lease_p99 = 0, report_p50 = 0, report_p99 = 0;
+};
+
+Result RunOne(int workers, double seconds, double warmup, int rows_per_report, const fs::path& root) {
+  const fs::path dir = root / ("coordinator-bench-" + std::to_string(workers));
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  kc::ServerOptions options;
+  options.store_dir = (dir / "store").string();
+  options.listen = "127.0.0.1:0";
+  std::ostringstream quiet;
+  options.log = &quiet;
+  auto server = kc::Server::Start(options);
+  if (!server.ok()) {
+    std::cerr << "coordinator_bench: " << server.status().ToString() << "\n";
+    std::exit(1);
+  }
+  knockout::rpc::ChannelOptions channel;
+  channel.address = (*server)->address();
+
+  // Enough shards for the fastest expected rate (10240 per sweep).
+  const double wanted = 8000.0 * (seconds + warmup);
+  for (int i = 0; i * 10240.0 < wanted; ++i) {
+    const fs::path inputs = dir / ("inputs-" + std::to_string(i));
+    v1::SubmitSweepRequest request;
+    *request.mutable_version() = knockout::CurrentProtocol();
+    request.set_spec_yaml(MakeInputs(inputs, i));
+    request.set_spec_label("bench.yaml");
+    request.set_base_dir(inputs.string());
+    auto submitted = (*server)->scheduler()->Submit(request);
+    if (!submitted.ok()) {
+      std::cerr << "coordinator_bench: " << submitted.status().ToString() << "\n";
+      std::exit(1);
+    }
+  }
+
+  // A channel per 8 simulated workers (each its own TCP connection), as separate processes
+  // would have.
+  std::vector<std::unique_ptr<knockout::rpc::CoordinatorClient>> clients;
+  for (int i = 0; i < (workers + 7) / 8; ++i) {
+    auto client = knockout::rpc::CoordinatorClient::Connect(channel);
+    if (!client.ok()) std::exit(1);
+    clients.push_back(std::move(*client));
+  }
+
+  std::atomic<bool> measuring{false}, stop{false};
+  std::mutex mu;
+  Result result;
+  result.workers = workers;
+  std::vector<double> lease_ms, report_ms;
+  std::vector<std::thread> threads;
+  for (int w = 0; w < workers; ++w) {
+    threads.emplace_back([&, w] {
+      const knockout::rpc::CoordinatorClient& client = *clients[w / 8];
+      v1::LeaseShardsRequest lease;
+      *lease.mutable_version() = knockout::CurrentProtocol();
+      lease.mutable_worker()->set_id("bench-" + std::to_string(w));
+      lease.mutable_worker()->set_host("localhost");
+      lease.set_capacity(1);
+      std::vector<double> my_lease, my_report;
+      uint64_t trips = 0, rows = 0, errors = 0;
+      while (!stop.load()) {
+        const auto t0 = Clock::now();
+        v1::LeaseShardsResponse leased;
+        auto context = client.MakeContext(std::chrono::seconds(30));
+        grpc::Status status = client.stub()->LeaseShards(context.get(), lease, &leased);
+        const auto t1 = Clock::now();
+        if (!status.ok() || leased.leases_size() == 0) {
+          ++errors;
+          std::this_thread::sleep_for(std::chrono::milliseconds(5));
+          continue;
+        }
+        const v1::Lease& granted = leased.leases(0);
+        v1::ReportResultsRequest report;
+        *report.mutable_version() = knockout::CurrentProtocol();
+        report.set_worker_id(lease.worker().id());
+        *report.mutable_lease() = granted.ref();
+        v1::ShardResult* shard_result = report.mutable_result();
+        shard_result->set_sweep_id(granted.ref().sweep_id());
+        shard_result->set_stage(granted.ref().stage());
+        shard_result->set_index(granted.ref().shard());
+        shard_result->set_seconds(0.001);
+        shard_result->set_trials_run(1);
+        const uint32_t trial = granted.shard().trials(0).index();
+        for (int r = 0; r < rows_per_report; ++r) {
+          v1::ResultRow* row = shard_result->add_rows();
+          row->set_trial(trial);
+          row->set_prompt_set("p");
+          row->set_prompt(r);
+          (*row->mutable_values())["refusal_score"] = 0.5 + r;
+          (*row->mutable_values())["kl"] = 0.01 * r;
+        }
+        v1::ReportResultsResponse reported;
+        auto report_context = client.MakeContext(std::chrono::seconds(30));
+        status = client.stub()->ReportResults(report_context.get(), report, &reported);
+        const auto t2 = Clock::now();
+        if (!status.ok()) {
+          ++errors;
+          continue;
+        }
+        if (measuring.load()) {
+          ++trips;
+          rows += rows_per_report;
+          my_lease.push_back(std::chrono::duration<double, std::milli>(t1 - t0).count());
+          my_report.push_back(std::chrono::duration<double, std::milli>(t2 - t1).count());
+        }
+      }
+      std::lock_guard<std::mutex> lock(mu);
+      result.round_trips += trips;
+      result.rows += rows;
+      result.errors += errors;
+      lease_ms.insert(lease_ms.end(), my_lease.begin(), my_lease.end());
+      report_ms.insert(report_ms.end(), my_report.begin(), my_report.end());
+    });
+  }
+  std::this_thread::sleep_for(std::chrono::duration<double>(warmup));
+  measuring = true;
+  const auto start = Clock::now();
+  std::this_thread::sleep_for(std::chrono::duration<double>(seconds));
+  measuring = false;
+  result.seconds = std::chrono::duration<double>(Clock::now() - start).count();
+  stop = true;
+  for (std::thread& thread : threads) thread.join();
+  result.lease_p50 = Percentile(lease_ms, 0.50);
+  result.lease_p99 = Percentile(lease_ms, 0.99);
+  result.report_p50 = Percentile(report_ms, 0.50);
+  result.report_p99 = Percentile(report_ms, 0.99);
+  (*server)->Shutdown();
+  server->reset();
+  fs::remove_all(dir);
+  return result;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"coordinator_bench: shard round trips and result ingestion on loopback"};
+  std::vector<int> worker_counts = {8, 64, 512};
+  double seconds = 5, warmup = 1;
+  int rows = 64;
+  std::string root = fs::temp_directory_path().string(), json_path;
+  app.add_option("--workers", worker_counts, "simulated worker counts")->delimiter(',');
+  app.add_option("--seconds", seconds, "measured seconds per count");
+  app.add_option("--warmup", warmup, "seconds before measuring");
+  app.add_option("--rows", rows, "result rows per report");
+  app.add_option("--dir", root, "where the temporary stores go");
+  app.add_option("--json", json_path, "also write the results as JSON lines");
+  CLI11_PARSE(app, argc, argv);
+
+  std::printf("| simulated workers | round trips/s | result rows/s | lease p50 / p99 (ms) | "
+              "report p50 / p99 (ms) | errors |\n|---|---|---|---|---|---|\n");
+  std::ofstream json;
+  if (!json_path.empty()) json.open(json_path);
+  for (int workers : worker_counts) {
+    const Result r = RunOne(workers, seconds, warmup, rows, root);
+    const double trips = r.round_trips / r.seconds, row_rate = r.rows / r.seconds;
+    std::printf("| %d | %.0f | %.0f | %.2f / %.2f | %.2f / %.2f | %llu |\n", workers, trips,
+                row_rate, r.lease_p50, r.lease_p99, r.report_p50, r.report_p99,
+                static_cast<unsigned long long>(r.errors));
+    std::fflush(stdout);
+    if (json.is_open()) {
+      json << "{\"workers\": " << workers << ", \"round_trips_per_s\": " << trips
+           << ", \"rows_per_s\": " << row_rate << ", \"lease_p50_ms\": " << r.lease_p50
+           << ", \"lease_p99_ms\": " << r.lease_p99 << ", \"report_p50_ms\": " << r.report_p50
+           << ", \"report_p99_ms\": " << r.report_p99 << ", \"errors\": " << r.errors << "}\n";
+    }
+  }
+  return 0;
+}

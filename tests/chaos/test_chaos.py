@@ -1,0 +1,223 @@
+#!/usr/bin/env python3
+"""Chaos test of the distributed runtime, in three phases like Ray's chaos tests.
+
+A 400-shard sweep (tests/chaos/chaos-sweep.yaml) on the shipped demo model runs on a
+knockout-coordinator and 3 knockout-worker processes:
+  1. warm-up: until the first shards are committed;
+  2. no faults: a few seconds of normal running;
+  3. faults: every ~second a random worker is killed with SIGKILL and restarted, and once the
+     coordinator itself is killed with SIGKILL and restarted on the same store and port.
+The sweep must then complete, every shard must hold exactly one committed result, and the
+results must equal, bit for bit, those of a fault-free embedded run (`knockout run`).
+
+Usage: test_chaos.py KNOCKOUT KNOCKOUT_COORDINATOR KNOCKOUT_WORKER SPEC
+"""
+import json
+import os
+import random
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+LEASE_SECONDS = "1.5"
+WORKERS = 3
+
+
+def fail(message):
+    sys.exit("FAIL: " + message)
+
+
+def check(condition, message):
+    if not condition:
+        fail(message)
+    print("ok:", message, flush=True)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run(cmd, check_rc=True, timeout=300):
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    if check_rc and proc.returncode != 0:
+        fail(f"{' '.join(cmd)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+class Cluster:
+    def __init__(self, args, workdir):
+        self.knockout, self.coordinator_bin, self.worker_bin, self.spec = args
+        self.workdir = workdir
+        self.store = os.path.join(workdir, "store")
+        self.port = free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        self.coordinator = None
+        self.workers = []
+        self.started = 0
+
+    def start_coordinator(self):
+        log = open(os.path.join(self.workdir, "coordinator.log"), "a")
+        self.coordinator = subprocess.Popen(
+            [self.coordinator_bin, "--store", self.store, "--listen", self.address,
+             "--lease-seconds", LEASE_SECONDS],
+            stdout=subprocess.PIPE, stderr=log, text=True)
+        line = self.coordinator.stdout.readline()
+        if "listening on" not in line:
+            fail(f"coordinator did not start: {line!r}; see {log.name}")
+
+    def kill_coordinator(self):
+        self.coordinator.send_signal(signal.SIGKILL)
+        self.coordinator.wait()
+
+    def start_worker(self):
+        self.started += 1
+        log = open(os.path.join(self.workdir, f"worker-{self.started}.log"), "w")
+        proc = subprocess.Popen(
+            [self.worker_bin, "--coordinator", self.address, "--threads", "1",
+             "--name", f"chaos-{self.started}"],
+            stdout=log, stderr=subprocess.STDOUT)
+        self.workers.append(proc)
+
+    def kill_random_worker(self):
+        victim = random.choice(self.workers)
+        victim.send_signal(signal.SIGKILL)
+        victim.wait()
+        self.workers.remove(victim)
+        self.start_worker()
+
+    def progress(self):
+        """(state, shards done, shards total of the expanded stages) or None if unreachable."""
+        proc = run([self.knockout, "status", "chaos", "--coordinator", self.address],
+                   check_rc=False, timeout=30)
+        if proc.returncode != 0:
+            return None
+        head = re.search(r"^sweep \S+\s+\S+\s+(\w+)", proc.stdout, re.M)
+        counts = re.findall(r"\s(\d+)/(\d+)\s", proc.stdout)
+        if not head:
+            return None
+        done = sum(int(a) for a, _ in counts)
+        total = sum(int(b) for _, b in counts)
+        return head.group(1), done, total, proc.stdout
+
+    def stop(self):
+        for proc in self.workers:
+            proc.send_signal(signal.SIGTERM)
+        for proc in self.workers:
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        if self.coordinator and self.coordinator.poll() is None:
+            self.coordinator.send_signal(signal.SIGTERM)
+            self.coordinator.wait(timeout=30)
+
+
+def rows(knockout, source_args, per_prompt):
+    args = [knockout, "results", "chaos", "--format", "jsonl", *source_args]
+    if per_prompt:
+        args.append("--per-prompt")
+    out = run(args).stdout
+    return sorted(out.splitlines())
+
+
+def main():
+    if len(sys.argv) != 5:
+        sys.exit(__doc__)
+    random.seed(int(os.environ.get("CHAOS_SEED", "20261128")))
+    knockout, _, _, spec = sys.argv[1:]
+    with tempfile.TemporaryDirectory(prefix="knockout-chaos-") as workdir:
+        # The reference: a fault-free embedded run, one thread per worker like the chaos workers
+        # (the same reduction order, so the comparison can be exact).
+        reference = os.path.join(workdir, "reference")
+        start = time.time()
+        run([knockout, "run", spec, "--store", reference, "--workers", "1", "--threads", "1",
+             "--no-summary"], timeout=900)
+        print(f"reference run: {time.time() - start:.1f} s", flush=True)
+
+        cluster = Cluster(sys.argv[1:], workdir)
+        try:
+            cluster.start_coordinator()
+            submitted = run([knockout, "submit", spec, "--coordinator", cluster.address]).stdout
+            check(submitted.startswith("chaos-"), f"submit returns the sweep id ({submitted.strip()})")
+            for _ in range(WORKERS):
+                cluster.start_worker()
+
+            # Phase 1: warm-up.
+            deadline = time.time() + 120
+            while True:
+                p = cluster.progress()
+                if p and p[1] >= 20:
+                    break
+                if time.time() > deadline:
+                    fail(f"warm-up: fewer than 20 shards in 120 s: {p}")
+                time.sleep(0.2)
+            print(f"warm-up done: {p[1]}/{p[2]}", flush=True)
+            # Phase 2: no faults.
+            time.sleep(2)
+            # Phase 3: faults.
+            worker_kills = coordinator_kills = 0
+            phase_start = time.time()
+            while True:
+                p = cluster.progress()
+                if p and p[0] != "running":
+                    break
+                if coordinator_kills == 0 and time.time() - phase_start > 2.5:
+                    cluster.kill_coordinator()
+                    coordinator_kills += 1
+                    time.sleep(0.5)
+                    cluster.start_coordinator()
+                    print("coordinator killed and restarted", flush=True)
+                else:
+                    cluster.kill_random_worker()
+                    worker_kills += 1
+                time.sleep(random.uniform(0.6, 1.2))
+                if p and p[2] > 0 and p[1] >= 0.85 * 400:
+                    break
+            print(f"fault phase: {worker_kills} worker kills, {coordinator_kills} coordinator "
+                  f"kill(s), {time.time() - phase_start:.1f} s", flush=True)
+            check(worker_kills >= 3 and coordinator_kills == 1,
+                  "the fault phase killed workers and the coordinator before the sweep ended")
+
+            deadline = time.time() + 300
+            while True:
+                p = cluster.progress()
+                if p and p[0] != "running":
+                    break
+                if time.time() > deadline:
+                    fail(f"the sweep did not finish after the faults: {p}")
+                time.sleep(0.5)
+            check(p[0] == "done", f"the sweep completes (state {p[0]})")
+            check(p[1] == p[2] == 400, f"all 400 shards are done ({p[1]}/{p[2]})")
+            status = p[3]
+            check("lease expired" in status,
+                  "leases of killed workers expired and their shards were redone")
+
+            remote = ["--coordinator", cluster.address]
+            for per_prompt in (False, True):
+                got = rows(knockout, remote, per_prompt)
+                want = rows(knockout, ["--store", reference], per_prompt)
+                kind = "per-prompt" if per_prompt else "aggregate"
+                keys = [json.dumps({k: v for k, v in json.loads(r).items()
+                                    if k in ("stage", "trial", "prompt_set", "prompt")})
+                        for r in got]
+                check(len(keys) == len(set(keys)), f"{kind}: one committed row per key ({len(keys)})")
+                check(got == want, f"{kind} rows equal the fault-free run's exactly ({len(got)} rows)")
+            ref_dirs = os.path.join(workdir, "ref.safetensors")
+            got_dirs = os.path.join(workdir, "got.safetensors")
+            run([knockout, "directions", "chaos", "--store", reference, "--export", ref_dirs])
+            run([knockout, "directions", "chaos", *remote, "--export", got_dirs])
+            with open(ref_dirs, "rb") as a, open(got_dirs, "rb") as b:
+                check(a.read() == b.read(), "the reduced directions equal the fault-free run's")
+        finally:
+            cluster.stop()
+    print("chaos test passed")
+
+
+if __name__ == "__main__":
+    main()
