@@ -215,8 +215,9 @@ std::string RenderProgress(const v1::SweepProgress& progress, double rate) {
   const v1::SweepRecord& sweep = progress.sweep();
   const int stages_total = sweep.spec().stages_size();
   const v1::StageRecord* current = nullptr;
+  // The first stage not done, or the last one.
   for (const v1::StageRecord& stage : progress.stages()) {
-    if (!current || stage.state() != v1::DONE) current = &stage;
+    current = &stage;
     if (stage.state() != v1::DONE) break;
   }
   out << "sweep " << sweep.id() << "  " << RunStateName(sweep.state());
