@@ -5,8 +5,10 @@ A 392-shard sweep (tests/chaos/chaos-sweep.yaml) on the shipped demo model runs 
 knockout-coordinator and 3 knockout-worker processes:
   1. warm-up: until the first shards are committed;
   2. no faults: a few seconds of normal running;
-  3. faults: every ~second a random worker is killed with SIGKILL and restarted, and once the
-     coordinator itself is killed with SIGKILL and restarted on the same store and port.
+  3. faults: every ~second a random worker is killed with SIGKILL and restarted; the
+     coordinator is killed once with SIGKILL and once by its own fault point right after a
+     synced commit (scheduler.after_commit), each time restarted on the same store and port;
+     earlier, one committed report's reply is dropped (report.drop_response).
 The sweep must then complete, every shard must hold exactly one committed result, and the
 results must equal, bit for bit, those of a fault-free embedded run (`knockout run`).
 
@@ -15,13 +17,15 @@ Usage: test_chaos.py KNOCKOUT KNOCKOUT_COORDINATOR KNOCKOUT_WORKER SPEC
 import json
 import os
 import random
-import re
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from chaos_common import check, fail, parse_status, sh  # noqa: E402
 
 LEASE_SECONDS = "1.5"
 # Kills are deliberate and frequent here: a shard may lose several leases in a row (its worker
@@ -31,14 +35,6 @@ SHARDS = 392
 WORKERS = 3
 
 
-def fail(message):
-    sys.exit("FAIL: " + message)
-
-
-def check(condition, message):
-    if not condition:
-        fail(message)
-    print("ok:", message, flush=True)
 
 
 def free_port():
@@ -46,12 +42,6 @@ def free_port():
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
-
-def run(cmd, check_rc=True, timeout=300):
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-    if check_rc and proc.returncode != 0:
-        fail(f"{' '.join(cmd)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
-    return proc
 
 
 class Cluster:
@@ -65,12 +55,14 @@ class Cluster:
         self.workers = []
         self.started = 0
 
-    def start_coordinator(self):
+    def start_coordinator(self, faults=""):
+        """`faults`: fault points to arm (common/fault_points.h), e.g. "report.drop_response=drop@30"."""
         log = open(os.path.join(self.workdir, "coordinator.log"), "a")
+        env = dict(os.environ, KNOCKOUT_FAULTS=faults)
         self.coordinator = subprocess.Popen(
             [self.coordinator_bin, "--store", self.store, "--listen", self.address,
              "--lease-seconds", LEASE_SECONDS, "--max-attempts", MAX_ATTEMPTS],
-            stdout=subprocess.PIPE, stderr=log, text=True)
+            stdout=subprocess.PIPE, stderr=log, text=True, env=env)
         line = self.coordinator.stdout.readline()
         if "listening on" not in line:
             fail(f"coordinator did not start: {line!r}; see {log.name}")
@@ -97,18 +89,9 @@ class Cluster:
 
     def progress(self):
         """(state, shards done, shards total of the expanded stages) or None if unreachable."""
-        proc = run([self.knockout, "status", "chaos", "--coordinator", self.address],
-                   check_rc=False, timeout=30)
-        if proc.returncode != 0:
-            return None
-        head = re.search(r"^sweep \S+\s+\S+\s+(\w+)", proc.stdout, re.M)
-        # The stage table's rows: "  1  heads  knockout_sweep  running  12/384  384".
-        counts = re.findall(r"^\s+\d+\s+\S+\s+\S+\s+\w+\s+(\d+)/(\d+)\s", proc.stdout, re.M)
-        if not head:
-            return None
-        done = sum(int(a) for a, _ in counts)
-        total = sum(int(b) for _, b in counts)
-        return head.group(1), done, total, proc.stdout
+        proc = sh(self.knockout, "status", "chaos", "--coordinator", self.address,
+                  check_rc=False, timeout=30)
+        return parse_status(proc.stdout) if proc.returncode == 0 else None
 
     def stop(self):
         for proc in self.workers:
@@ -127,7 +110,7 @@ def rows(knockout, source_args, per_prompt):
     args = [knockout, "results", "chaos", "--format", "jsonl", *source_args]
     if per_prompt:
         args.append("--per-prompt")
-    out = run(args).stdout
+    out = sh(*args).stdout
     return sorted(out.splitlines())
 
 
@@ -141,14 +124,16 @@ def main():
         # (the same reduction order, so the comparison can be exact).
         reference = os.path.join(workdir, "reference")
         start = time.time()
-        run([knockout, "run", spec, "--store", reference, "--workers", "1", "--threads", "1",
-             "--no-summary"], timeout=900)
+        sh(knockout, "run", spec, "--store", reference, "--workers", "1", "--threads", "1",
+           "--no-summary", timeout=900)
         print(f"reference run: {time.time() - start:.1f} s", flush=True)
 
         cluster = Cluster(sys.argv[1:], workdir)
         try:
-            cluster.start_coordinator()
-            submitted = run([knockout, "submit", spec, "--coordinator", cluster.address]).stdout
+            # The first coordinator drops the reply to one committed report: that worker's retry
+            # must be acknowledged as a duplicate, not stored twice.
+            cluster.start_coordinator(faults="report.drop_response=drop@30")
+            submitted = sh(knockout, "submit", spec, "--coordinator", cluster.address).stdout
             check(submitted.startswith("chaos-"), f"submit returns the sweep id ({submitted.strip()})")
             for _ in range(WORKERS):
                 cluster.start_worker()
@@ -165,10 +150,19 @@ def main():
             print(f"warm-up done: {p[1]}/{p[2]}", flush=True)
             # Phase 2: no faults.
             time.sleep(2)
-            # Phase 3: faults.
-            worker_kills = coordinator_kills = 0
+            # Phase 3: faults. Workers are killed with SIGKILL at random; the coordinator once
+            # with SIGKILL from outside, and once more by its own fault point, right after a
+            # synced commit and before any reply (exit status 86); both times it is restarted on
+            # the same store and port.
+            worker_kills = coordinator_kills = coordinator_crashes = 0
             phase_start = time.time()
             while True:
+                if cluster.coordinator.poll() is not None:
+                    check(cluster.coordinator.returncode == 86,
+                          f"the coordinator crashed at its after-commit fault point "
+                          f"(exit {cluster.coordinator.returncode})")
+                    coordinator_crashes += 1
+                    cluster.start_coordinator()
                 p = cluster.progress()
                 if p and p[0] != "running":
                     break
@@ -176,17 +170,18 @@ def main():
                     cluster.kill_coordinator()
                     coordinator_kills += 1
                     time.sleep(0.5)
-                    cluster.start_coordinator()
+                    cluster.start_coordinator(faults="scheduler.after_commit=crash@40")
                     print("coordinator killed and restarted", flush=True)
                 else:
                     cluster.kill_random_worker()
                     worker_kills += 1
                 time.sleep(random.uniform(0.6, 1.2))
-                if p and p[2] > 0 and p[1] >= 0.85 * SHARDS:
+                if p and p[2] > 0 and p[1] >= 0.85 * SHARDS and coordinator_crashes:
                     break
             print(f"fault phase: {worker_kills} worker kills, {coordinator_kills} coordinator "
-                  f"kill(s), {time.time() - phase_start:.1f} s", flush=True)
-            check(worker_kills >= 3 and coordinator_kills == 1,
+                  f"kill(s), {coordinator_crashes} fault-point crash(es), "
+                  f"{time.time() - phase_start:.1f} s", flush=True)
+            check(worker_kills >= 3 and coordinator_kills == 1 and coordinator_crashes == 1,
                   "the fault phase killed workers and the coordinator before the sweep ended")
 
             deadline = time.time() + 300
@@ -202,6 +197,14 @@ def main():
             status = p[3]
             check("lease expired" in status,
                   "leases of killed workers expired and their shards were redone")
+            duplicates = 0
+            for name in os.listdir(workdir):
+                if name.startswith("worker-"):
+                    with open(os.path.join(workdir, name)) as f:
+                        duplicates += f.read().count("(duplicate)")
+            check(duplicates >= 1,
+                  f"the report whose reply was dropped was retried and acknowledged as a "
+                  f"duplicate ({duplicates} duplicate acknowledgements in the worker logs)")
 
             remote = ["--coordinator", cluster.address]
             for per_prompt in (False, True):
@@ -216,8 +219,8 @@ def main():
                 check(got == want, f"{kind} rows equal the fault-free run's exactly ({len(got)} rows)")
             ref_dirs = os.path.join(workdir, "ref.safetensors")
             got_dirs = os.path.join(workdir, "got.safetensors")
-            run([knockout, "directions", "chaos", "--store", reference, "--export", ref_dirs])
-            run([knockout, "directions", "chaos", *remote, "--export", got_dirs])
+            sh(knockout, "directions", "chaos", "--store", reference, "--export", ref_dirs)
+            sh(knockout, "directions", "chaos", *remote, "--export", got_dirs)
             with open(ref_dirs, "rb") as a, open(got_dirs, "rb") as b:
                 check(a.read() == b.read(), "the reduced directions equal the fault-free run's")
         finally:

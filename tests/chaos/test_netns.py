@@ -19,25 +19,14 @@ import sys
 import tempfile
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from chaos_common import check, fail, parse_status, sh  # noqa: E402
+
 SUBNET = "10.199.{}.{}"
 LEASE_SECONDS = "2"
 
 
-def fail(message):
-    sys.exit("FAIL: " + message)
 
-
-def check(condition, message):
-    if not condition:
-        fail(message)
-    print("ok:", message, flush=True)
-
-
-def sh(*cmd, check_rc=True, timeout=120):
-    proc = subprocess.run(list(cmd), capture_output=True, text=True, timeout=timeout)
-    if check_rc and proc.returncode != 0:
-        fail(f"{' '.join(cmd)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
-    return proc
 
 
 def skip(reason):
@@ -155,11 +144,7 @@ def main():
                 proc = client(net.coord, "status", "chaos", *tls, check_rc=False)
                 if proc.returncode != 0:
                     return None
-                head = re.search(r"^sweep \S+\s+\S+\s+(\w+)", proc.stdout, re.M)
-                counts = re.findall(r"^\s+\d+\s+\S+\s+\S+\s+\w+\s+(\d+)/(\d+)\s", proc.stdout,
-                                    re.M)
-                return (head.group(1) if head else "?", sum(int(a) for a, _ in counts),
-                        sum(int(b) for _, b in counts), proc.stdout)
+                return parse_status(proc.stdout)
 
             deadline = time.time() + 120
             while True:
