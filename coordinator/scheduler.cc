@@ -68,7 +68,18 @@ struct Scheduler::State {
     std::string worker;
     uint64_t deadline_ms = 0;
     uint32_t attempt = 0;
+    // Copies of the shard record's trial indices and leased_to: what Report validates against,
+    // so that a report of a leased shard needs no store read.
+    std::vector<uint32_t> trials;
+    std::vector<std::string> leased_to;
   };
+  static LeaseEntry EntryOf(const v1::ShardRecord& record) {
+    LeaseEntry entry{record.worker(), record.lease_deadline_unix_ms(), record.attempt(), {}, {}};
+    entry.trials.reserve(record.shard().trials_size());
+    for (const v1::Trial& trial : record.shard().trials()) entry.trials.push_back(trial.index());
+    entry.leased_to.assign(record.leased_to().begin(), record.leased_to().end());
+    return entry;
+  }
 
   State(Scheduler* owner, experiments::SweepStore* store, const Clock* clock,
         const SchedulerOptions& options)
@@ -84,6 +95,12 @@ struct Scheduler::State {
   std::map<ShardKey, LeaseEntry> leases;
   std::map<std::string, v1::WorkerRecord> workers;
   std::set<std::string> advance_due;  // sweeps whose Advance failed on a store error: retried
+  // Shards of the commit being written (outside mu_): not in any pending queue, and neither
+  // expired nor leased until Report has applied (or undone) it.
+  std::set<ShardKey> committing;
+  // Workers whose record Lease wrote while a commit was being written: that record lacks the
+  // commit's counts, so Report writes the merged one again.
+  std::set<std::string> written_during_commit;
   uint64_t grant_sequence = 0;
   SchedulerCounters counters;  // the monotonic counters; gauges are computed when asked
 
@@ -133,8 +150,7 @@ struct Scheduler::State {
       const std::pair<uint32_t, uint32_t> at{stage, shard.shard().index()};
       switch (shard.state()) {
         case v1::RUNNING:
-          leases[{id, stage, shard.shard().index()}] =
-              LeaseEntry{shard.worker(), shard.lease_deadline_unix_ms(), shard.attempt()};
+          leases[{id, stage, shard.shard().index()}] = EntryOf(shard);
           break;
         case v1::FAILED:
           // Only a sweep resumed outside the coordinator has these (the embedded runner's
@@ -323,15 +339,20 @@ struct Scheduler::State {
   }
 
   StatusOr<int> Expire(uint64_t now) {
-    // Sweeps whose Advance hit a store error get another try here (the service's timer).
-    for (const std::string& id : std::set<std::string>(advance_due)) {
-      (void)AdvanceSweep(id);  // still failing: stays due
+    // Sweeps whose Advance hit a store error get another try here (the service's timer); not
+    // while a commit is being written (Lease runs beside it): the next call retries.
+    if (committing.empty()) {
+      for (const std::string& id : std::set<std::string>(advance_due)) {
+        (void)AdvanceSweep(id);  // still failing: stays due
+      }
     }
     RecordUpdate update;
     std::set<std::string> failing;
     std::vector<std::pair<ShardKey, v1::RunState>> stale;  // the store moved on without us
     for (const auto& [key, lease] : leases) {
       if (lease.deadline_ms >= now) continue;
+      // Being committed: its result wins; if the write fails, it expires at a later call.
+      if (committing.count(key) > 0) continue;
       const auto& [sweep, stage, index] = key;
       KO_ASSIGN_OR_RETURN(v1::ShardRecord shard, store->GetShard(sweep, stage, index));
       if (shard.state() != v1::RUNNING) {
@@ -476,6 +497,7 @@ StatusOr<v1::SubmitSweepResponse> Scheduler::Submit(const v1::SubmitSweepRequest
   if (!shape.ok()) return shape.status().WithContext(parsed.Where("model.path"));
   KO_RETURN_IF_ERROR(experiments::ValidateSpecFiles(parsed, *shape));
 
+  std::lock_guard<std::mutex> commit_lock(commit_mu_);
   std::lock_guard<std::mutex> lock(mu_);
   State& state = *state_;
   const std::string id = experiments::SweepIdFor(parsed.spec);
@@ -528,6 +550,7 @@ StatusOr<std::vector<v1::SweepProgress>> Scheduler::List() const {
 }
 
 StatusOr<v1::SweepProgress> Scheduler::Cancel(const std::string& sweep) {
+  std::lock_guard<std::mutex> commit_lock(commit_mu_);
   std::lock_guard<std::mutex> lock(mu_);
   State& state = *state_;
   KO_ASSIGN_OR_RETURN(std::string id, store_->ResolveSweep(sweep));
@@ -615,9 +638,9 @@ StatusOr<v1::LeaseShardsResponse> Scheduler::Lease(const v1::LeaseShardsRequest&
     return written;
   }
   state.workers[worker_id] = std::move(worker);
+  if (!state.committing.empty()) state.written_during_commit.insert(worker_id);
   for (const v1::ShardRecord& record : update.shards) {
-    state.leases[KeyOf(record.shard())] =
-        State::LeaseEntry{worker_id, record.lease_deadline_unix_ms(), record.attempt()};
+    state.leases[KeyOf(record.shard())] = State::EntryOf(record);
     v1::Lease* lease = response.add_leases();
     v1::LeaseRef* ref = lease->mutable_ref();
     ref->set_sweep_id(record.shard().sweep_id());
@@ -635,6 +658,7 @@ StatusOr<v1::LeaseShardsResponse> Scheduler::Lease(const v1::LeaseShardsRequest&
 StatusOr<v1::HeartbeatResponse> Scheduler::Heartbeat(const v1::HeartbeatRequest& request) {
   const std::string& worker_id = request.worker_id();
   if (worker_id.empty()) return Status::InvalidArgument("Heartbeat: empty worker id");
+  std::lock_guard<std::mutex> commit_lock(commit_mu_);
   std::lock_guard<std::mutex> lock(mu_);
   State& state = *state_;
   const uint64_t now = clock_->NowMs();
@@ -705,22 +729,36 @@ std::vector<StatusOr<v1::ReportResultsResponse>> Scheduler::Report(
   std::vector<StatusOr<v1::ReportResultsResponse>> out(
       requests.size(), Status::Internal("report not processed"));
   if (requests.empty()) return out;
-  std::lock_guard<std::mutex> lock(mu_);
+  // One commit at a time, and no Heartbeat, Release, expiry timer, Submit or Cancel while it is
+  // written; Lease runs beside the write (under mu_ only) and leaves committing shards alone.
+  std::lock_guard<std::mutex> commit_lock(commit_mu_);
+  std::unique_lock<std::mutex> lock(mu_);
   State& state = *state_;
   const uint64_t now = clock_->NowMs();
 
-  // Validation: each report on its own; shards read once, so that a shard reported twice in
-  // one call is committed once (the second is a duplicate).
+  // Validation: each report on its own. A shard in the lease table is validated against the
+  // entry's cached trials and leased_to (it is not DONE: committing one erases its entry);
+  // any other shard is read from the store once, so that a shard reported twice in one call is
+  // committed once (the second is a duplicate).
   std::map<ShardKey, v1::ShardRecord> shards;
-  std::set<ShardKey> committing;
   std::vector<ShardCommit> commits;
   std::vector<size_t> commit_request;  // commits[i] answers requests[commit_request[i]]
   std::vector<bool> late;
+  std::vector<std::pair<std::string, std::pair<uint32_t, uint32_t>>> unqueued;  // undo on error
   std::map<std::string, v1::WorkerRecord> workers;  // copies, kept if the write succeeds
   auto worker_of = [&](const std::string& id) -> v1::WorkerRecord& {
     auto it = workers.find(id);
     if (it != workers.end()) return it->second;
     return workers[id] = state.SeenWorker(id, now);
+  };
+  auto stored = [&](const ShardKey& key) -> StatusOr<const v1::ShardRecord*> {
+    auto it = shards.find(key);
+    if (it == shards.end()) {
+      const auto& [sweep, stage, index] = key;
+      KO_ASSIGN_OR_RETURN(v1::ShardRecord record, store_->GetShard(sweep, stage, index));
+      it = shards.emplace(key, std::move(record)).first;
+    }
+    return &it->second;
   };
   for (size_t i = 0; i < requests.size(); ++i) {
     const v1::ReportResultsRequest& request = *requests[i];
@@ -742,29 +780,47 @@ std::vector<StatusOr<v1::ReportResultsResponse>> Scheduler::Report(
       continue;
     }
     const ShardKey key{ref.sweep_id(), ref.stage(), ref.shard()};
-    auto shard_it = shards.find(key);
-    if (shard_it == shards.end()) {
-      auto record = store_->GetShard(ref.sweep_id(), ref.stage(), ref.shard());
-      if (!record.ok()) {
-        out[i] = record.status();
+    auto lease = state.leases.find(key);
+    const State::LeaseEntry* entry = lease != state.leases.end() ? &lease->second : nullptr;
+    const v1::ShardRecord* record = nullptr;
+    if (entry == nullptr) {
+      auto read = stored(key);
+      if (!read.ok()) {
+        out[i] = read.status();
         continue;
       }
-      shard_it = shards.emplace(key, std::move(record).value()).first;
+      record = *read;
     }
-    const v1::ShardRecord& shard = shard_it->second;
-    if (!Contains(shard.leased_to(), request.worker_id())) {
+    const bool held =
+        entry != nullptr
+            ? std::find(entry->leased_to.begin(), entry->leased_to.end(), request.worker_id()) !=
+                  entry->leased_to.end()
+            : Contains(record->leased_to(), request.worker_id());
+    // Errors name the shard with its stage name, which only the record has.
+    auto name = [&]() -> std::string {
+      if (record == nullptr) {
+        auto read = stored(key);
+        if (!read.ok()) return RefName(ref);
+        record = *read;
+      }
+      return ShardName(record->shard());
+    };
+    if (!held) {
       out[i] = Status::PermissionDenied("worker " + request.worker_id() +
-                                        " never held a lease on " + ShardName(shard.shard()));
+                                        " never held a lease on " + name());
       continue;
     }
     std::set<uint32_t> trials;
-    for (const v1::Trial& trial : shard.shard().trials()) trials.insert(trial.index());
+    if (entry != nullptr) {
+      trials.insert(entry->trials.begin(), entry->trials.end());
+    } else {
+      for (const v1::Trial& trial : record->shard().trials()) trials.insert(trial.index());
+    }
     Status rows_ok;
     for (const v1::ResultRow& row : result.rows()) {
       if (trials.count(row.trial()) == 0) {
         rows_ok = Status::InvalidArgument("result row of trial " + std::to_string(row.trial()) +
-                                          ": " + ShardName(shard.shard()) +
-                                          " has no such trial");
+                                          ": " + name() + " has no such trial");
         break;
       }
       if (row.prompt() < -1) {
@@ -779,18 +835,21 @@ std::vector<StatusOr<v1::ReportResultsResponse>> Scheduler::Report(
       continue;
     }
     worker_of(request.worker_id());
-    if (shard.state() == v1::DONE || committing.count(key) > 0) {
+    if ((entry == nullptr && record->state() == v1::DONE) || state.committing.count(key) > 0) {
       v1::ReportResultsResponse duplicate;
       duplicate.set_duplicate(true);
       out[i] = duplicate;
       ++state.counters.reports_duplicate;
       continue;
     }
-    auto lease = state.leases.find(key);
-    const bool current = lease != state.leases.end() &&
-                         lease->second.worker == request.worker_id() &&
-                         lease->second.attempt == ref.attempt();
-    committing.insert(key);
+    const bool current = entry != nullptr && entry->worker == request.worker_id() &&
+                         entry->attempt == ref.attempt();
+    state.committing.insert(key);
+    // Out of the queue while it is written, so that Lease cannot grant it meanwhile.
+    State::Sweep& sweep = state.sweeps[ref.sweep_id()];
+    if (sweep.pending.erase({ref.stage(), ref.shard()}) > 0) {
+      unqueued.emplace_back(ref.sweep_id(), std::make_pair(ref.stage(), ref.shard()));
+    }
     ShardCommit commit;
     commit.result = &result;
     commit.attempt = ref.attempt();
@@ -808,19 +867,54 @@ std::vector<StatusOr<v1::ReportResultsResponse>> Scheduler::Report(
   for (const auto& [id, worker] : workers) worker_records.push_back(worker);
   std::vector<bool> duplicate;
   Status written;
+  // The synced write without mu_: the committing shards are kept out of Lease's and expiry's
+  // way, and commit_mu_ keeps everything else that could touch them out.
+  lock.unlock();
   if (fault::Action action = KO_FAULT_POINT("scheduler.before_commit");
       action == fault::Action::kError) {
     written = Status::Unavailable("fault injected at scheduler.before_commit");
   } else {
     written = store_->CommitShards(commits, &duplicate, worker_records);
   }
+  if (written.ok()) {
+    (void)KO_FAULT_POINT("scheduler.after_commit");  // kCrash: acknowledged to nobody, durable
+  }
+  lock.lock();
+  state.committing.clear();
+  std::set<std::string> rewrite;
+  rewrite.swap(state.written_during_commit);
   if (!written.ok()) {
+    // Nothing was written: the shards are leasable again as they were.
+    for (const auto& [id, at] : unqueued) {
+      auto sweep = state.sweeps.find(id);
+      if (sweep != state.sweeps.end() && sweep->second.record.state() == v1::RUNNING) {
+        sweep->second.pending.insert(at);
+      }
+    }
     for (size_t c = 0; c < commits.size(); ++c) out[commit_request[c]] = written;
     return out;
   }
-  (void)KO_FAULT_POINT("scheduler.after_commit");  // kCrash: acknowledged to nobody, durable
 
-  for (auto& [id, worker] : workers) state.workers[id] = std::move(worker);
+  RecordUpdate refreshed;
+  for (auto& [id, worker] : workers) {
+    // Lease may have updated the worker meanwhile (last_seen, its info): keep the newer
+    // last_seen; the counts are only changed here.
+    auto it = state.workers.find(id);
+    if (it != state.workers.end() &&
+        it->second.last_seen_unix_ms() > worker.last_seen_unix_ms()) {
+      worker.set_last_seen_unix_ms(it->second.last_seen_unix_ms());
+    }
+    if (it != state.workers.end()) {
+      *worker.mutable_info() = it->second.info();
+      worker.set_loaded_model(it->second.loaded_model());
+    }
+    state.workers[id] = worker;
+    if (rewrite.count(id) > 0) refreshed.workers.push_back(std::move(worker));
+  }
+  if (!refreshed.empty()) {
+    // Not synced, like the lease grant that wrote the stale copy; statistics only.
+    (void)store_->WriteRecords(refreshed, /*sync=*/false);
+  }
   std::set<std::string> touched;
   for (size_t c = 0; c < commits.size(); ++c) {
     v1::ReportResultsResponse response;
@@ -863,6 +957,7 @@ std::vector<StatusOr<v1::ReportResultsResponse>> Scheduler::Report(
 Status Scheduler::Release(const v1::ReleaseShardRequest& request) {
   const std::string& worker_id = request.worker_id();
   if (worker_id.empty()) return Status::InvalidArgument("ReleaseShard: empty worker id");
+  std::lock_guard<std::mutex> commit_lock(commit_mu_);
   std::lock_guard<std::mutex> lock(mu_);
   State& state = *state_;
   const uint64_t now = clock_->NowMs();
@@ -896,6 +991,7 @@ Status Scheduler::Release(const v1::ReleaseShardRequest& request) {
 }
 
 StatusOr<int> Scheduler::ExpireLeases() {
+  std::lock_guard<std::mutex> commit_lock(commit_mu_);
   std::lock_guard<std::mutex> lock(mu_);
   return state_->Expire(clock_->NowMs());
 }

@@ -17,8 +17,12 @@
 // that never held a lease on the shard is PermissionDenied and stores nothing. After a commit
 // that completes a stage, the engine's finaliser runs and the next stage is expanded.
 //
-// Thread-safety: all public methods may be called concurrently; one mutex serialises state
-// changes (the store's group commit happens inside Report, which takes many reports at once).
+// Thread-safety: all public methods may be called concurrently; one mutex (mu_) guards the
+// in-memory state. Report's synced group commit is written without mu_: its shards are marked
+// committing first (Lease, expiry and the queues leave them alone), so that lease grants do not
+// wait for the fdatasync. commit_mu_ serialises Report with the other state changes that may
+// touch committing shards (Heartbeat, Release, ExpireLeases, Submit, Cancel); Lease, the
+// progress views and the counters take mu_ only.
 #pragma once
 
 #include <condition_variable>
@@ -152,6 +156,7 @@ class Scheduler {
   experiments::SweepStore* store_;
   const Clock* clock_;
   SchedulerOptions options_;
+  std::mutex commit_mu_;  // taken before mu_; see "Thread-safety" above
   mutable std::mutex mu_;
   mutable std::condition_variable changed_;
   std::unique_ptr<State> state_;  // GUARDED_BY(mu_)

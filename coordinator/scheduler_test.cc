@@ -8,6 +8,7 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cctype>
 #include <filesystem>
 #include <fstream>
@@ -15,6 +16,7 @@
 #include <memory>
 #include <set>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "storage/store.h"
@@ -895,6 +897,74 @@ TEST_F(SchedulerTest, ListShowsEverySweepOldestFirst) {
   std::set<std::string> ids{(*listed)[0].sweep().id(), (*listed)[1].sweep().id()};
   EXPECT_EQ(ids, (std::set<std::string>{a, b}));
   for (const auto& progress : *listed) EXPECT_EQ(progress.shards_total(), 4u);
+}
+
+// Report writes its group commit without the scheduler's mutex; Lease runs meanwhile and must
+// neither grant a shard being committed nor fail on one (its record turning DONE under it).
+TEST_F(SchedulerTest, LeaseRunsBesideAGroupCommitWithoutTouchingItsShards) {
+  const std::string id = Submit("unit");
+  v1::LeaseShardsResponse first = Lease("w1", 100);
+  std::vector<uint32_t> stage0;
+  for (const v1::Lease& lease : first.leases()) {
+    if (lease.ref().stage() == 0) stage0.push_back(lease.ref().shard());
+  }
+  ASSERT_GE(stage0.size(), 2u);
+  // Every lease expires: the shards are pending again, w1's reports are late but still win.
+  clock_.Advance(kLeaseMs + 1);
+  ASSERT_EQ(*scheduler_->ExpireLeases(), first.leases_size());
+
+  std::vector<v1::ReportResultsRequest> requests;
+  for (const v1::Lease& lease : first.leases()) requests.push_back(ReportRequest("w1", lease));
+  std::vector<const v1::ReportResultsRequest*> pointers;
+  for (const auto& request : requests) pointers.push_back(&request);
+
+  std::atomic<bool> reported{false};
+  std::vector<StatusOr<v1::ReportResultsResponse>> responses;
+  std::thread reporter([&] {
+    responses = scheduler_->Report(pointers);
+    reported = true;
+  });
+  std::vector<v1::Lease> granted;
+  std::vector<Status> lease_errors;
+  for (int i = 0; !reported.load() || i < 3; ++i) {
+    v1::LeaseShardsRequest request;
+    request.mutable_worker()->set_id("w2");
+    request.set_capacity(1);
+    auto response = scheduler_->Lease(request);
+    if (!response.ok()) {
+      lease_errors.push_back(response.status());
+      continue;
+    }
+    for (const v1::Lease& lease : response->leases()) granted.push_back(lease);
+  }
+  reporter.join();
+  EXPECT_TRUE(lease_errors.empty()) << lease_errors.front().ToString();
+  ASSERT_EQ(responses.size(), requests.size());
+  for (const auto& response : responses) {
+    ASSERT_TRUE(response.ok()) << response.status().ToString();
+    EXPECT_FALSE(response->duplicate());
+    EXPECT_TRUE(response->late());
+  }
+  for (uint32_t shard : stage0) {
+    const v1::ShardRecord record = Shard(id, 0, shard);
+    EXPECT_EQ(record.state(), v1::DONE) << shard;
+    EXPECT_EQ(record.worker(), "w1") << shard;
+  }
+  // A stage-0 shard w2 got before the commit is done now: its heartbeat says drop.
+  for (const v1::Lease& lease : granted) {
+    if (lease.ref().stage() != 0) continue;
+    v1::HeartbeatResponse beat = Heartbeat("w2", {lease.ref()});
+    ASSERT_EQ(beat.leases_size(), 1);
+    EXPECT_FALSE(beat.leases(0).keep());
+  }
+  auto stage = sweeps_->GetStage(id, 0);
+  ASSERT_TRUE(stage.ok());
+  EXPECT_EQ(stage->shards_done(), stage0.size());
+  size_t rows = 0;  // each result once: an aggregate and a per-prompt row per trial
+  for (const auto& request : requests) {
+    if (request.result().stage() == 0) rows += request.result().rows_size();
+  }
+  EXPECT_EQ(RowCount(id, 0), rows);
 }
 
 }  // namespace

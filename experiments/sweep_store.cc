@@ -256,12 +256,23 @@ Status SweepStore::WriteRecords(const RecordUpdate& update, bool sync) {
     batch.Put(Family::kWorkers, worker.info().id(), value);
   }
 
-  std::lock_guard<std::mutex> lock(mu_);
+  std::unique_lock<std::mutex> lock(mu_);
+  // A shard whose commit is being written: wait for it, so that the DONE check below sees it.
+  in_flight_done_.wait(lock, [&] {
+    for (const auto& [key, label] : shard_keys) {
+      if (in_flight_.count(key) > 0) return false;
+    }
+    return true;
+  });
   for (const v1::SweepRecord& sweep : update.sweeps) {
     KO_ASSIGN_OR_RETURN(bool exists, Exists(*store_, Family::kSweeps, SweepKey(sweep.id())));
     if (!exists) return Status::NotFound("sweep " + sweep.id() + " not found");
   }
   for (const auto& [key, label] : shard_keys) {
+    // The pending key exists exactly while a shard is not DONE (ExpandStage writes it,
+    // CommitShards deletes it): a cheap answer for the usual case, without parsing the record.
+    KO_ASSIGN_OR_RETURN(bool pending, Exists(*store_, Family::kPending, key));
+    if (pending) continue;
     KO_ASSIGN_OR_RETURN(v1::ShardRecord stored,
                         GetRecord<v1::ShardRecord>(*store_, Family::kShards, label, key));
     if (stored.state() == v1::DONE) {
@@ -310,6 +321,7 @@ Status SweepStore::ExpandStage(const v1::SweepRecord& updated_sweep, const v1::S
   KO_ASSIGN_OR_RETURN(std::string sweep_value, Serialize(updated_sweep));
   batch.Put(Family::kSweeps, SweepKey(sweep), sweep_value);
 
+  std::lock_guard<std::mutex> commit_lock(commit_mu_);
   std::lock_guard<std::mutex> lock(mu_);
   KO_ASSIGN_OR_RETURN(bool exists,
                       Exists(*store_, Family::kStages, StageKey(sweep, stage.index())));
@@ -417,11 +429,13 @@ StatusOr<std::vector<EncodedPut>> EncodeResult(const v1::ShardResult& result) {
 
 }  // namespace
 
-// Read-check-write under mu_: within this process two commits of one shard cannot both pass
-// the DONE check, and commits of different shards of a stage cannot lose a shards_done
-// increment. RocksDB's directory lock keeps other processes out, so whoever embeds the store
-// (the coordinator) owns all commits; if it ever shares the store across processes it must
-// serialise commits per stage itself.
+// Read-check-write under commit_mu_ (held to the end): within this process two commits of one
+// shard cannot both pass the DONE check, and commits of different shards of a stage cannot lose
+// a shards_done increment. mu_ is held only while the records are read and the shards marked in
+// flight, so that WriteRecords (lease grants) of other shards need not wait for the fdatasync
+// (a WriteRecords of one of these shards waits for the commit to end). RocksDB's directory lock keeps other processes out, so
+// whoever embeds the store (the coordinator) owns all commits; if it ever shares the store
+// across processes it must serialise commits per stage itself.
 Status SweepStore::CommitShards(const std::vector<ShardCommit>& commits,
                                 std::vector<bool>* duplicate,
                                 const std::vector<v1::WorkerRecord>& workers) {
@@ -440,7 +454,8 @@ Status SweepStore::CommitShards(const std::vector<ShardCommit>& commits,
     worker_values.emplace_back(worker.info().id(), std::move(value));
   }
 
-  std::lock_guard<std::mutex> lock(mu_);
+  std::lock_guard<std::mutex> commit_lock(commit_mu_);
+  std::unique_lock<std::mutex> lock(mu_);
   // Records read once and updated in place, so that several commits of one stage (or a shard
   // given twice) see each other's effect before the one write.
   std::map<std::string, v1::ShardRecord> shards;
@@ -492,13 +507,32 @@ Status SweepStore::CommitShards(const std::vector<ShardCommit>& commits,
     batch.Put(Family::kStages, key, value);
   }
   for (const auto& [id, value] : worker_values) batch.Put(Family::kWorkers, id, value);
-  if (!any && worker_values.empty()) return Status::Ok();  // only duplicates: nothing to write
-  return store_->Write(batch, /*sync=*/true);
+  if (!any && worker_values.empty()) {
+    // Only duplicates: nothing to write, but the commit that made them DONE may be readable and
+    // not yet durable (Store::Write syncs after writing, and that sync may have failed). An
+    // empty synced write syncs the log up to here, so a duplicate is acknowledged only once the
+    // first commit is durable.
+    if (commits.empty()) return Status::Ok();
+    lock.unlock();
+    return store_->Write(Store::Batch(), /*sync=*/true);
+  }
+  std::vector<std::string> marked;
+  for (const auto& [key, shard] : shards) {
+    if (shard.state() == v1::DONE && in_flight_.insert(key).second) marked.push_back(key);
+  }
+  lock.unlock();
+  const Status written = store_->Write(batch, /*sync=*/true);
+  lock.lock();
+  for (const std::string& key : marked) in_flight_.erase(key);
+  lock.unlock();
+  if (!marked.empty()) in_flight_done_.notify_all();
+  return written;
 }
 
 Status SweepStore::FailShard(const std::string& sweep, uint32_t stage, uint32_t shard_index,
                              uint32_t attempt, const std::string& error) {
   const std::string key = ShardKey(sweep, stage, shard_index);
+  std::lock_guard<std::mutex> commit_lock(commit_mu_);
   std::lock_guard<std::mutex> lock(mu_);
   KO_ASSIGN_OR_RETURN(v1::ShardRecord shard,
                       GetRecord<v1::ShardRecord>(*store_, Family::kShards,
@@ -532,6 +566,7 @@ Status SweepStore::FinishStage(const v1::SweepRecord& updated_sweep, const v1::S
   KO_ASSIGN_OR_RETURN(std::string sweep_value, Serialize(updated_sweep));
   batch.Put(Family::kStages, StageKey(sweep, stage.index()), stage_value);
   batch.Put(Family::kSweeps, SweepKey(sweep), sweep_value);
+  std::lock_guard<std::mutex> commit_lock(commit_mu_);
   std::lock_guard<std::mutex> lock(mu_);
   return store_->Write(batch, /*sync=*/true);
 }

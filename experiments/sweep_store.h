@@ -18,12 +18,17 @@
 // the family and the key.
 //
 // Thread-safety: safe to share between threads (the Store is). Read-modify-write operations
-// (create, expand, commit, fail, update, finish) are serialised by an internal mutex, which makes
+// (create, expand, commit, fail, update, finish) are serialised by internal mutexes, which makes
 // first-commit-wins exact within one process; the RocksDB directory lock keeps other processes
 // out, so the process embedding the store (the runner, later the coordinator) owns all commits.
+// A result commit's synced write happens outside the mutex that WriteRecords takes: the shards
+// it commits are marked in flight instead, and only a WriteRecords touching one of them waits
+// for it, so that the coordinator's unsynced lease grants do not queue behind every fdatasync.
 #pragma once
 
+#include <condition_variable>
 #include <mutex>
+#include <set>
 #include <string>
 #include <utility>
 #include <vector>
@@ -138,8 +143,16 @@ class SweepStore : public SweepReader {
 
  private:
   storage::Store* store_;
-  // Guards every read-check-write sequence (a shard's DONE check, a stage's shards_done).
+  // Serialises the operations that read-modify-write shard or stage records (commit, expand,
+  // fail, finish), across their synced write; taken before mu_.
+  std::mutex commit_mu_;
+  // Guards every read-check-write sequence (a shard's DONE check, a sweep's existence) and
+  // in_flight_; held across the write except by CommitShards (see in_flight_).
   std::mutex mu_;
+  std::condition_variable in_flight_done_;
+  // Shard keys whose commit is being written (outside mu_): WriteRecords waits for them, then
+  // sees them DONE, so a commit in flight is never overwritten. GUARDED_BY(mu_)
+  std::set<std::string> in_flight_;
 };
 
 }  // namespace knockout::experiments

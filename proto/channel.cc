@@ -8,16 +8,6 @@ namespace knockout::rpc {
 
 namespace {
 
-// Reads a whole file; NotFound naming it (the caller says what the file was for).
-StatusOr<std::string> ReadFile(const std::string& path, const std::string& what) {
-  std::ifstream file(path, std::ios::binary);
-  if (!file) return Status::NotFound(what + " " + path + ": cannot be read");
-  std::ostringstream text;
-  text << file.rdbuf();
-  if (file.bad()) return Status::NotFound(what + " " + path + ": cannot be read");
-  return text.str();
-}
-
 std::string Trim(const std::string& text) {
   const char* kSpace = " \t\r\n\f\v";
   const size_t begin = text.find_first_not_of(kSpace);
@@ -28,8 +18,17 @@ std::string Trim(const std::string& text) {
 
 }  // namespace
 
+StatusOr<std::string> ReadPemOrTokenFile(const std::string& path, const std::string& what) {
+  std::ifstream file(path, std::ios::binary);
+  if (!file) return Status::NotFound(what + " " + path + ": cannot be read");
+  std::ostringstream text;
+  text << file.rdbuf();
+  if (file.bad()) return Status::NotFound(what + " " + path + ": cannot be read");
+  return text.str();
+}
+
 StatusOr<std::string> ReadTokenFile(const std::string& path) {
-  KO_ASSIGN_OR_RETURN(std::string text, ReadFile(path, "token file"));
+  KO_ASSIGN_OR_RETURN(std::string text, ReadPemOrTokenFile(path, "token file"));
   std::string token = Trim(text);
   if (token.empty()) return Status::InvalidArgument("token file " + path + " is empty");
   // A token with a line break or control character could not travel as one metadata value.
@@ -127,10 +126,10 @@ StatusOr<std::unique_ptr<CoordinatorClient>> CoordinatorClient::Connect(
   grpc::ChannelArguments arguments;
   if (!options.tls_ca.empty()) {
     grpc::SslCredentialsOptions ssl;
-    KO_ASSIGN_OR_RETURN(ssl.pem_root_certs, ReadFile(options.tls_ca, "TLS CA file"));
+    KO_ASSIGN_OR_RETURN(ssl.pem_root_certs, ReadPemOrTokenFile(options.tls_ca, "TLS CA file"));
     if (!options.tls_cert.empty()) {
-      KO_ASSIGN_OR_RETURN(ssl.pem_cert_chain, ReadFile(options.tls_cert, "TLS certificate"));
-      KO_ASSIGN_OR_RETURN(ssl.pem_private_key, ReadFile(options.tls_key, "TLS key"));
+      KO_ASSIGN_OR_RETURN(ssl.pem_cert_chain, ReadPemOrTokenFile(options.tls_cert, "TLS certificate"));
+      KO_ASSIGN_OR_RETURN(ssl.pem_private_key, ReadPemOrTokenFile(options.tls_key, "TLS key"));
     }
     credentials = grpc::SslCredentials(ssl);
     if (!options.tls_server_name.empty()) {

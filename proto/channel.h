@@ -31,6 +31,9 @@ struct ChannelOptions {
 constexpr const char* kAuthorizationHeader = "authorization";
 constexpr const char* kBearerPrefix = "Bearer ";
 
+// Reads a whole PEM or token file; NotFound "<what> <path>: cannot be read".
+StatusOr<std::string> ReadPemOrTokenFile(const std::string& path, const std::string& what);
+
 // Reads a token file: its content without surrounding whitespace. NotFound / InvalidArgument
 // (empty) naming the file.
 StatusOr<std::string> ReadTokenFile(const std::string& path);

@@ -13,6 +13,7 @@ packages=(
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   librocksdb-dev libboost-dev libboost-system-dev
   prometheus-cpp-dev libssl-dev openssl          # coordinator metrics endpoint, TLS
+  libjemalloc-dev                                # the coordinator's allocator (optional)
   iproute2 nftables                              # multi-host test: network namespaces, partitions
   libyaml-cpp-dev nlohmann-json3-dev libcli11-dev libspdlog-dev libfmt-dev libpcre2-dev
   libutf8proc-dev                                # NFC/NFKC normalizers of tokenizers

@@ -190,10 +190,22 @@ Status Store::Write(const Batch& batch, bool sync) {
                                      : write_batch.Put(Handle(op.family), op.key, op.value);
     if (!s.ok()) return Status::Internal("cannot build a write batch: " + s.ToString());
   }
+  // A synced write is written unsynced, then the WAL is synced with SyncWAL before returning:
+  // just as durable when this returns, but RocksDB's write queue is not held during the
+  // fdatasync, so unsynced writes (the coordinator's lease grants) do not wait for it
+  // (coordinator_bench, 64 workers: ~15% more round trips). The batch is readable a moment
+  // before it is durable, and stays readable if the sync fails; the WAL is sequential, so any
+  // later successful synced write (even of an empty batch) makes it durable too.
   rocksdb::WriteOptions options;
-  options.sync = sync;
+  options.sync = false;
   rocksdb::Status s = db_->Write(options, &write_batch);
   if (!s.ok()) return Status::IOError(path_ + ": write failed: " + s.ToString());
+  if (sync) {
+    s = db_->SyncWAL();
+    if (!s.ok()) {
+      return Status::IOError(path_ + ": syncing the write-ahead log failed: " + s.ToString());
+    }
+  }
   return Status::Ok();
 }
 
