@@ -112,7 +112,6 @@ StatusOr<ListenAddress> ParseListen(const std::string& listen) {
   return address;
 }
 
-
 // gRPC only says "cannot start" for a bad certificate; OpenSSL can say which file is wrong.
 Status CheckCertificateAndKey(const std::string& cert_pem, const std::string& cert_path,
                               const std::string& key_pem, const std::string& key_path) {
@@ -757,7 +756,8 @@ Status Server::Impl::Start() {
 
   std::shared_ptr<grpc::ServerCredentials> credentials;
   if (tls) {
-    KO_ASSIGN_OR_RETURN(std::string cert, rpc::ReadPemOrTokenFile(options.tls_cert, "TLS certificate"));
+    KO_ASSIGN_OR_RETURN(std::string cert,
+                        rpc::ReadPemOrTokenFile(options.tls_cert, "TLS certificate"));
     KO_ASSIGN_OR_RETURN(std::string key, rpc::ReadPemOrTokenFile(options.tls_key, "TLS key"));
     KO_RETURN_IF_ERROR(CheckCertificateAndKey(cert, options.tls_cert, key, options.tls_key));
     grpc::SslServerCredentialsOptions ssl(
