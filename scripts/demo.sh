@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The main job: set up, build, and run the demo sweep of the experiments engine
 # (experiments/specs/demo-hydra.yaml) on the shipped demo model (models/demo-refusal), embedded
-# mode (a coordinator on loopback plus a knockout-worker process, as on a cluster): extract candidate refusal directions (post-instruction tokens) and harmfulness directions
-# (t_inst), select the refusal direction with science.md's filters, knock out every attention
+# mode (a coordinator on loopback plus a knockout-worker process, as on a cluster): extract
+# candidate refusal directions (post-instruction tokens) and harmfulness directions (t_inst),
+# select the refusal direction with science.md's filters, knock out every attention
 # head (with compensation) and each direction at every layer, generate with the direction
 # ablated and added, and write an orthogonalised checkpoint. Prints the selection, the refusal
 # rates, the harmfulness/refusal cosines and the top of the compensation table.
