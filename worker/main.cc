@@ -513,15 +513,6 @@ int RunEvalDemo(const EvalDemoFlags& flags) {
 #ifdef KNOCKOUT_HAVE_AGENT
 // --- the agent (--coordinator) ---------------------------------------------------------------
 
-struct AgentFlags {
-  std::string coordinator;
-  std::string device;
-  int threads = 0;
-  uint32_t capacity = 1;
-  int64_t batch_rows = 128;
-  std::string token_file, tls_ca, tls_cert, tls_key, tls_server_name;
-  std::string name;
-};
 
 // Set by SIGTERM/SIGINT; the agent polls it (a lock-free atomic store is async-signal-safe).
 std::atomic<bool> g_stop{false};
@@ -529,25 +520,14 @@ static_assert(std::atomic<bool>::is_always_lock_free);
 
 extern "C" void OnStopSignal(int) { g_stop.store(true); }
 
-int RunAgentProcess(const AgentFlags& flags) {
+// `options`: as parsed from the flags; the stop flag and the log are set here.
+int RunAgentProcess(knockout::agent::AgentOptions options) {
   struct sigaction action = {};
   action.sa_handler = OnStopSignal;
   sigemptyset(&action.sa_mask);
   sigaction(SIGTERM, &action, nullptr);
   sigaction(SIGINT, &action, nullptr);
 
-  knockout::agent::AgentOptions options;
-  options.channel.address = flags.coordinator;
-  options.channel.token_file = flags.token_file;
-  options.channel.tls_ca = flags.tls_ca;
-  options.channel.tls_cert = flags.tls_cert;
-  options.channel.tls_key = flags.tls_key;
-  options.channel.tls_server_name = flags.tls_server_name;
-  options.device = flags.device;
-  options.threads = flags.threads;
-  options.capacity = flags.capacity;
-  options.max_batch_rows = flags.batch_rows;
-  options.name = flags.name;
   options.stop = &g_stop;
   options.log = &std::cerr;
   // Never destroyed: destroying it waits for a shard still executing, and a stopped worker must
@@ -575,8 +555,8 @@ int main(int argc, char** argv) {
   // A subcommand (a tool), or none with --coordinator (the agent).
   app.require_subcommand(0, 1);
 #ifdef KNOCKOUT_HAVE_AGENT
-  AgentFlags agent;
-  auto* coordinator_opt = app.add_option("--coordinator", agent.coordinator,
+  knockout::agent::AgentOptions agent;
+  auto* coordinator_opt = app.add_option("--coordinator", agent.channel.address,
                                          "run the worker agent against this coordinator (host:port)");
   app.add_option("--device", agent.device,
                  "agent: cpu or cuda[:N] for every shard (default: as the sweep's model says)");
@@ -584,18 +564,21 @@ int main(int argc, char** argv) {
       ->check(CLI::NonNegativeNumber);
   app.add_option("--capacity", agent.capacity, "agent: shards leased at once (default 1)")
       ->check(CLI::PositiveNumber);
-  app.add_option("--batch-rows", agent.batch_rows,
+  app.add_option("--batch-rows", agent.max_batch_rows,
                  "agent: (trial, prompt) rows per forward pass (default 128)")
       ->check(CLI::PositiveNumber);
   // Files are read (and a missing one reported in the one-line error format) by the agent.
-  app.add_option("--token-file", agent.token_file, "agent: file holding the bearer token");
-  app.add_option("--tls-ca", agent.tls_ca, "agent: PEM CA of the coordinator's certificate (TLS)");
-  auto* tls_cert_opt = app.add_option("--tls-cert", agent.tls_cert,
+  app.add_option("--token-file", agent.channel.token_file,
+                 "agent: file holding the bearer token");
+  app.add_option("--tls-ca", agent.channel.tls_ca,
+                 "agent: PEM CA of the coordinator's certificate (TLS)");
+  auto* tls_cert_opt = app.add_option("--tls-cert", agent.channel.tls_cert,
                                       "agent: PEM client certificate (mutual TLS)");
-  auto* tls_key_opt = app.add_option("--tls-key", agent.tls_key, "agent: PEM client key");
+  auto* tls_key_opt =
+      app.add_option("--tls-key", agent.channel.tls_key, "agent: PEM client key");
   tls_cert_opt->needs(tls_key_opt);
   tls_key_opt->needs(tls_cert_opt);
-  app.add_option("--tls-server-name", agent.tls_server_name,
+  app.add_option("--tls-server-name", agent.channel.tls_server_name,
                  "agent: name to check the coordinator's certificate against");
   app.add_option("--name", agent.name, "agent: worker id prefix (default: the host name)");
   // The agent's options mean nothing to the tools: refuse them without --coordinator.
@@ -730,7 +713,7 @@ int main(int argc, char** argv) {
                                           "subcommand"));
     }
     try {
-      return RunAgentProcess(agent);
+      return RunAgentProcess(std::move(agent));
     } catch (const std::exception& e) {
       return Fail(Status::Internal(e.what()));
     }

@@ -3,6 +3,7 @@ runner that fails with the command's output, and the parser of `knockout status 
 import re
 import subprocess
 import sys
+import time
 
 
 def fail(message):
@@ -31,3 +32,16 @@ def parse_status(text):
     # "  1  heads  knockout_sweep  running  12/384  384"
     counts = re.findall(r"^\s+\d+\s+\S+\s+\S+\s+\w+\s+(\d+)/(\d+)\s", text, re.M)
     return (head.group(1), sum(int(a) for a, _ in counts), sum(int(b) for _, b in counts), text)
+
+
+def wait_until(progress, ready, timeout, what, interval=0.3):
+    """Polls `progress()` (a parse_status result, or None while unreachable) until
+    `ready(result)`; fails naming `what` and the last result after `timeout` seconds."""
+    deadline = time.time() + timeout
+    while True:
+        p = progress()
+        if p and ready(p):
+            return p
+        if time.time() > deadline:
+            fail(f"{what} within {timeout} s: {p}")
+        time.sleep(interval)

@@ -25,7 +25,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from chaos_common import check, fail, parse_status, sh  # noqa: E402
+from chaos_common import check, fail, parse_status, sh, wait_until  # noqa: E402
 
 LEASE_SECONDS = "1.5"
 # Kills are deliberate and frequent here: a shard may lose several leases in a row (its worker
@@ -139,14 +139,8 @@ def main():
                 cluster.start_worker()
 
             # Phase 1: warm-up.
-            deadline = time.time() + 120
-            while True:
-                p = cluster.progress()
-                if p and p[1] >= 20:
-                    break
-                if time.time() > deadline:
-                    fail(f"warm-up: fewer than 20 shards in 120 s: {p}")
-                time.sleep(0.2)
+            p = wait_until(cluster.progress, lambda p: p[1] >= 20, 120,
+                           "warm-up: 20 shards done", interval=0.2)
             print(f"warm-up done: {p[1]}/{p[2]}", flush=True)
             # Phase 2: no faults.
             time.sleep(2)
@@ -184,14 +178,8 @@ def main():
             check(worker_kills >= 3 and coordinator_kills == 1 and coordinator_crashes == 1,
                   "the fault phase killed workers and the coordinator before the sweep ended")
 
-            deadline = time.time() + 300
-            while True:
-                p = cluster.progress()
-                if p and p[0] != "running":
-                    break
-                if time.time() > deadline:
-                    fail(f"the sweep did not finish after the faults: {p}")
-                time.sleep(0.5)
+            p = wait_until(cluster.progress, lambda p: p[0] != "running", 300,
+                           "the sweep finishes after the faults", interval=0.5)
             check(p[0] == "done", f"the sweep completes (state {p[0]})\n{p[3]}")
             check(p[1] == p[2] == SHARDS, f"all {SHARDS} shards are done ({p[1]}/{p[2]})")
             status = p[3]

@@ -20,7 +20,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from chaos_common import check, fail, parse_status, sh  # noqa: E402
+from chaos_common import check, fail, parse_status, sh, wait_until  # noqa: E402
 
 SUBNET = "10.199.{}.{}"
 LEASE_SECONDS = "2"
@@ -146,14 +146,7 @@ def main():
                     return None
                 return parse_status(proc.stdout)
 
-            deadline = time.time() + 120
-            while True:
-                p = progress()
-                if p and p[1] >= 40:
-                    break
-                if time.time() > deadline:
-                    fail(f"no progress over the network: {p}")
-                time.sleep(0.3)
+            p = wait_until(progress, lambda p: p[1] >= 40, 120, "progress over the network")
             check(True, f"workers in three namespaces make progress ({p[1]}/{p[2]})")
 
             # Partition host0 right after it is granted a lease (the log line comes before it
@@ -187,14 +180,8 @@ def main():
                   f"the partitioned worker's lease on {held.strip()} expired: " +
                   (lines[0].strip() if lines else "(not in the status)"))
 
-            deadline = time.time() + 300
-            while True:
-                p = progress()
-                if p and p[0] != "running":
-                    break
-                if time.time() > deadline:
-                    fail(f"the sweep did not finish: {p}")
-                time.sleep(0.5)
+            p = wait_until(progress, lambda p: p[0] != "running", 300, "the sweep finishes",
+                           interval=0.5)
             check(p[0] == "done", f"the sweep completes\n{p[3]}")
             # host0 finished the shard during the partition; its report, retried once the link
             # was back, came after another worker's commit: acknowledged as a duplicate and
