@@ -2,7 +2,8 @@
 //
 // One v1::Shard of kind TRIALS with one trial per (layer, head): a zero ablation of
 // blocks.{l}.attn.hook_z, unit h, at the post-instruction positions (or at every position with
-// --all-positions); refusal score and KL read at the last position; compensation off. The
+// --all-positions); refusal score and KL read at the last position; compensation off unless
+// --compensation (DE, the norm's effect and the downstream readings, as `compensation: true`). The
 // prompts are chat-templated instructions padded to exactly --tokens tokens, of which exactly
 // --intervened are post-instruction template tokens (checked; the default custom template
 // "<|im_start|>user\n{instruction}<|im_end|>\n<|im_start|>assistant\n\n" has 6 with the demo
@@ -10,7 +11,8 @@
 // clean pass, trials and result rows), best of --repeat runs in this process.
 //
 //   sweep_bench --mode executor|naive --model DIR [--threads 2] [--prompts 8] [--tokens 48]
-//       [--intervened 6] [--all-positions] [--repeat 3] [--batch-rows layer,128,256,all]
+//       [--intervened 6] [--all-positions] [--compensation] [--repeat 3]
+//       [--batch-rows layer,128,256,all]
 //       [--chat-template T] [--refusal-token I] [--inference-mode] [--no-malloc-tune]
 //       [--json OUT]
 //     --batch-rows: ExecutorOptions::max_batch_rows values, each timed in turn ("layer": heads x
@@ -77,6 +79,7 @@ struct Options {
   int tokens = 48;
   int intervened = 6;
   bool all_positions = false;
+  bool compensation = false;
   int repeat = 3;
   std::vector<int64_t> batch_rows = {256};
   std::string chat_template = kDefaultTemplate;
@@ -94,7 +97,8 @@ struct Options {
 int Usage() {
   std::fprintf(stderr,
                "usage: sweep_bench --mode executor|naive|clean|peak [--model DIR] [--threads N]\n"
-               "  [--prompts 8] [--tokens 48] [--intervened 6] [--all-positions] [--repeat R]\n"
+               "  [--prompts 8] [--tokens 48] [--intervened 6] [--all-positions] [--compensation]\n"
+               "  [--repeat R]\n"
                "  [--batch-rows layer,256,...,all] [--chat-template T] [--refusal-token I]\n"
                "  [--inference-mode] [--no-malloc-tune] [--json OUT]\n");
   return 2;
@@ -124,6 +128,7 @@ Options Parse(int argc, char** argv) {
     else if (a == "--tokens") o.tokens = ParseInt(a, next(), 2);
     else if (a == "--intervened") o.intervened = ParseInt(a, next(), 1);
     else if (a == "--all-positions") o.all_positions = true;
+    else if (a == "--compensation") o.compensation = true;
     else if (a == "--repeat") o.repeat = ParseInt(a, next(), 1);
     else if (a == "--batch-rows") {
       o.batch_rows.clear();
@@ -283,7 +288,7 @@ ShardInfo BuildShard(const ke::LoadedModel& m, const Options& o, const v1::Model
   shard.set_stage_name("heads");
   shard.set_kind(v1::Shard::TRIALS);
   *shard.mutable_model() = ref;
-  shard.set_compensation(false);
+  shard.set_compensation(o.compensation);
   shard.mutable_metrics()->add_refusal_tokens(o.refusal_token);
   const int n_bases = sizeof(kBases) / sizeof(kBases[0]);
   for (int p = 0; p < o.prompts; ++p) {

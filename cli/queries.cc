@@ -437,6 +437,10 @@ StatusOr<Table> ResultsTable(const SweepReader& store, const std::string& sweep,
                    "positions", "direction",   "coefficient", "role", "prompt_set"};
   if (per_prompt) table.columns.push_back("prompt");
   table.columns.insert(table.columns.end(), keys.begin(), keys.end());
+  // Per-prompt rows left out of their aggregate's means (non-finite values) say why.
+  const bool errors = std::any_of(rows.begin(), rows.end(),
+                                  [](const v1::ResultRow& row) { return !row.error().empty(); });
+  if (errors) table.columns.push_back("error");
   for (const v1::ResultRow& row : rows) {
     std::vector<Cell> cells = {Cell::Text(stage.name()), Cell::Integer(row.trial())};
     const auto label = labels.find(row.trial());
@@ -455,6 +459,7 @@ StatusOr<Table> ResultsTable(const SweepReader& store, const std::string& sweep,
       const auto value = row.values().find(key);
       cells.push_back(value == row.values().end() ? Cell::Empty() : Cell::Number(value->second));
     }
+    if (errors) cells.push_back(Cell::Text(row.error()));
     table.rows.push_back(std::move(cells));
   }
   return table;
@@ -589,11 +594,13 @@ std::string UnitName(const std::string& unit_kind, int layer, int unit) {
   return prefix + "." + unit_kind + "#" + std::to_string(unit);
 }
 
-// Downstream readings are of the swept kind; whole-layer (and direction) sweeps read
-// attn_out (unit 0) and mlp_out (unit 1) of every later layer.
-// The executor reads heads downstream of head knockouts, and whole attention (0) and MLP (1)
-// outputs downstream of everything else (neurons included: a layer has too many to list).
-std::string DownstreamName(const std::string& swept_kind, int layer, int unit) {
+// A downstream reading's name from its kind (v1::UnitReading::Kind). Rows stored before kinds
+// read heads downstream of head knockouts, else attention (unit 0) and MLP (unit 1) outputs.
+std::string DownstreamName(const std::string& swept_kind, v1::UnitReading::Kind kind, int layer,
+                           int unit) {
+  if (kind == v1::UnitReading::HEAD) return UnitName("head", layer, unit);
+  if (kind == v1::UnitReading::ATTN_OUT) return UnitName("attn_out", layer, -1);
+  if (kind == v1::UnitReading::MLP_OUT) return UnitName("mlp_out", layer, -1);
   if (swept_kind == "head") return UnitName(swept_kind, layer, unit);
   if (unit == 0) return UnitName("attn_out", layer, -1);
   if (unit == 1) return UnitName("mlp_out", layer, -1);
@@ -610,15 +617,19 @@ Table CompensationTable(
   Table table;
   table.name = "compensation";
   table.title = "compensation (C = TE - DE), by |TE|";
-  table.columns = {"stage",  "trial", "unit", "layer",  "ablation",   "positions", "prompt_set",
-                   "te",     "de",    "c",    "c/|de|", "norm_share", "explained", "backups"};
+  // C = norm_effect + explained + unexplained: the final norm's part, the sum of the read
+  // downstream units' changes (`read` says which units), and the rest (non-linearity).
+  table.columns = {"stage",       "trial",     "unit",        "layer",     "ablation",
+                   "positions",   "prompt_set", "te",         "de",        "c",
+                   "c/|de|",      "norm_effect", "explained", "unexplained", "norm_share",
+                   "read",        "backups"};
   for (const auto& [stage, row] : rows) {
     const v1::TrialLabel& label = row.label;
     std::string backups_text;
     Json backups = Json::array();
     for (const experiments::UnitChange& change : row.top_backups) {
       if (!change.compensating) continue;
-      const std::string name = DownstreamName(label.unit_kind(), change.layer, change.unit);
+      const std::string name = DownstreamName(label.unit_kind(), change.kind, change.layer, change.unit);
       backups_text += (backups_text.empty() ? "" : ", ") + name + " " + SignedShort(change.change);
       backups.push_back(Json{{"unit", name},         {"layer", change.layer},
                              {"index", change.unit}, {"clean", change.clean},
@@ -631,8 +642,11 @@ Table CompensationTable(
                           Cell::Integer(label.layer()), Cell::Text(label.ablation()),
                           Cell::Text(label.positions()), Cell::Text(row.prompt_set),
                           Cell::Number(row.te), Cell::Number(row.de), Cell::Number(row.c),
-                          Cell::Number(row.ratio), Cell::Number(row.norm_share),
-                          Cell::Number(row.explained), std::move(backups_cell)});
+                          std::isnan(row.ratio) ? Cell::Text("-") : Cell::Number(row.ratio),
+                          Cell::Number(row.norm_effect),
+                          Cell::Number(row.explained), Cell::Number(row.unexplained),
+                          Cell::Number(row.norm_share), Cell::Text(row.read),
+                          std::move(backups_cell)});
   }
   return table;
 }

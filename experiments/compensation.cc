@@ -38,6 +38,22 @@ StatusOr<double> RequiredValue(const v1::ResultRow& row, const std::string& key)
 
 int Sign(double x) { return x > 0 ? 1 : (x < 0 ? -1 : 0); }
 
+// "heads+mlp_out", "attn_out+mlp_out", ...: the kinds of the row's readings, in kind order.
+std::string ReadKinds(const v1::ResultRow& row) {
+  std::set<int> kinds;
+  for (const v1::UnitReading& r : row.downstream()) kinds.insert(r.kind());
+  if (kinds.empty()) return "none";
+  std::string out;
+  for (int kind : kinds) {
+    const char* name = kind == v1::UnitReading::HEAD       ? "heads"
+                       : kind == v1::UnitReading::ATTN_OUT ? "attn_out"
+                       : kind == v1::UnitReading::MLP_OUT  ? "mlp_out"
+                                                           : "units";
+    out += (out.empty() ? "" : "+") + std::string(name);
+  }
+  return out;
+}
+
 std::vector<UnitChange> RankBackups(const v1::ResultRow& row, int reference_sign, int top_n,
                                     double* explained) {
   std::vector<UnitChange> changes;
@@ -45,6 +61,7 @@ std::vector<UnitChange> RankBackups(const v1::ResultRow& row, int reference_sign
   *explained = 0;
   for (const v1::UnitReading& reading : row.downstream()) {
     UnitChange change;
+    change.kind = reading.kind();
     change.layer = reading.layer();
     change.unit = reading.unit();
     change.clean = reading.clean();
@@ -95,11 +112,14 @@ StatusOr<std::vector<CompensationRow>> ComputeCompensation(
     result.refusal_score = ValueOr(row, "refusal_score", kNaN);
     result.clean_refusal_score = ValueOr(row, "clean_refusal_score", kNaN);
     result.c = result.te - result.de;
-    result.ratio = std::fabs(result.de) < kCompensationTiny ? kNaN : result.c / std::fabs(result.de);
+    const bool de_matters = std::fabs(result.de) >= kCompensationTiny &&
+                            std::fabs(result.de) >= kRatioMinDeShare * std::fabs(result.te);
+    result.ratio = de_matters ? result.c / std::fabs(result.de) : kNaN;
     result.norm_effect = ValueOr(row, "norm_effect", kNaN);
     result.norm_share =
         std::fabs(result.c) < kCompensationTiny ? kNaN : result.norm_effect / result.c;
     result.downstream_count = static_cast<size_t>(row.downstream_size());
+    result.read = ReadKinds(row);
     result.top_backups = RankBackups(row, CompensationReferenceSign(result.te, result.de), top_n,
                                      &result.explained);
     result.unexplained = result.c - result.norm_effect - result.explained;

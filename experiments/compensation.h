@@ -17,8 +17,11 @@ namespace knockout::experiments {
 // One downstream unit's linearised direct effect on the metric in the clean and the ablated run
 // (v1::UnitReading), and its change.
 struct UnitChange {
+  // HEAD (unit = head), ATTN_OUT or MLP_OUT; KIND_UNSPECIFIED for rows stored before kinds
+  // (unit 0 = attn_out, 1 = mlp_out, or a head when the swept unit was a head).
+  v1::UnitReading::Kind kind = v1::UnitReading::KIND_UNSPECIFIED;
   int32_t layer = 0;
-  int32_t unit = 0;  // head / neuron; whole-layer kinds: 0 = attn_out, 1 = mlp_out
+  int32_t unit = 0;
   double clean = 0;
   double ablated = 0;
   double change = 0;          // ablated - clean
@@ -36,7 +39,10 @@ struct CompensationRow {
   double te = 0;                   // total effect: M(ablated) - M(clean)
   double de = 0;                   // direct effect: downstream and final-norm scale frozen
   double c = 0;                    // compensation: te - de
-  double ratio = 0;                // c / |de|; NaN if |de| < kCompensationTiny
+  // c / |de|; NaN (shown as "-") unless |de| >= kRatioMinDeShare * |te| and |de| >=
+  // kCompensationTiny: where the direct effect is negligible against the total, the ratio is
+  // noise divided by almost nothing.
+  double ratio = 0;
   double norm_effect = 0;          // part of te due to the final norm's scale; NaN if absent
   double norm_share = 0;           // norm_effect / c; NaN if |c| < kCompensationTiny or norm_effect absent
   double explained = 0;            // sum of every downstream unit's change (not only the top)
@@ -44,6 +50,9 @@ struct CompensationRow {
   // account for (units of other kinds, the metric's non-linearity). NaN if norm_effect absent.
   double unexplained = 0;
   size_t downstream_count = 0;     // readings the row carried (0: compensation not recorded)
+  // Which downstream units were read (and so make up `explained`): e.g. "heads+mlp_out" after a
+  // head, "attn_out+mlp_out" after a neuron or a direction; "none" without readings.
+  std::string read;
   // The top `top_n` downstream units: compensating ones first, each group by |change|
   // descending (ties: layer, unit).
   std::vector<UnitChange> top_backups;
@@ -51,6 +60,8 @@ struct CompensationRow {
 
 // |x| below this counts as zero for the ratios.
 inline constexpr double kCompensationTiny = 1e-12;
+// C / |DE| is reported only where |DE| is at least this fraction of |TE|.
+inline constexpr double kRatioMinDeShare = 0.05;
 
 // Which way "growing back" points. Knocking out u removes its direct contribution, moving the
 // metric by DE; a backup unit's direct effect changes the other way and pushes the metric back

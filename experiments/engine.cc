@@ -113,8 +113,10 @@ Status AddSet(const v1::SweepSpec& spec, const std::string& name,
 const char* AblationName(v1::Ablation::Kind kind) {
   switch (kind) {
     case v1::Ablation::ZERO: return "zero";
-    case v1::Ablation::MEAN: return "mean";
+    case v1::Ablation::MEAN: return "mean_per_position";
+    case v1::Ablation::MEAN_ALL_POSITIONS: return "mean_all_positions";
     case v1::Ablation::RESAMPLE: return "resample";
+    case v1::Ablation::PROJECT: return "project";
     case v1::Ablation::DIRECTIONAL: return "directional";
     case v1::Ablation::ADD: return "add";
     default: return "unspecified";
@@ -219,7 +221,13 @@ StatusOr<std::vector<v1::Trial>> KnockoutTrials(const v1::KnockoutSweepStage& st
           for (const v1::Positions& positions : stage.positions()) {
             v1::Trial trial;
             v1::Edit* edit = trial.add_edits();
-            edit->set_hook(hook);
+            // Directional ablation is science.md's: every layer's resid_pre, attn_out and
+            // mlp_out (the target's layer only says which direction); project acts at the hook.
+            if (ablation.kind() == v1::Ablation::DIRECTIONAL) {
+              edit->set_every_layer(true);
+            } else {
+              edit->set_hook(hook);
+            }
             *edit->mutable_ablation() = ablation;
             if (unit >= 0) edit->add_units(unit);
             edit->set_tensor(tensor);

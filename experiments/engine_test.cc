@@ -57,7 +57,7 @@ stages:
     knockout_sweep:
       prompt_sets: [harmful]
       targets: [{kind: direction, direction: select.best, layers: [0]}]
-      ablations: [directional]
+      ablations: [project, directional]
       positions: [inst_last, post_inst]
   - name: heads
     knockout_sweep:
@@ -121,7 +121,7 @@ TEST_F(EngineTest, SameSpecSameIdAndShards) {
   ASSERT_TRUE(plan.ok()) << plan.status().ToString();
   EXPECT_EQ((*plan)[0].shards, 2u);
   EXPECT_EQ((*plan)[1].trials, 8u);      // 4 candidates x (ablate, induce)
-  EXPECT_EQ((*plan)[2].trials, 2u);      // the direction at layer 0 x 2 positions
+  EXPECT_EQ((*plan)[2].trials, 4u);      // the direction at layer 0 x (project, directional) x 2 positions
   EXPECT_EQ((*plan)[3].trials, 6u);      // 3 heads x 2 layers
 }
 
@@ -198,7 +198,13 @@ TEST_F(EngineTest, ExtractionSelectionAndKnockoutOverTheStore) {
   // The knockout stage carries the selected direction as a tensor of its shards.
   ASSERT_EQ(pending->size(), 1u);
   const v1::Shard& dirs = (*pending)[0].shard();
-  EXPECT_EQ(dirs.trials_size(), 2);
+  EXPECT_EQ(dirs.trials_size(), 4);
+  // project acts at the target's hook; directional is science.md's ablation at every layer.
+  EXPECT_EQ(dirs.trials(0).label().ablation(), "project");
+  EXPECT_FALSE(dirs.trials(0).edits(0).every_layer());
+  EXPECT_EQ(dirs.trials(2).label().ablation(), "directional");
+  EXPECT_TRUE(dirs.trials(2).edits(0).every_layer());
+  EXPECT_TRUE(dirs.trials(2).edits(0).hook().empty());
   ASSERT_EQ(dirs.tensors_size(), 1);
   EXPECT_EQ(dirs.tensors(0).name(), "select.best");
   EXPECT_EQ(dirs.tensors(0).values(0), selection.direction().values(0));

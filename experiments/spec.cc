@@ -140,11 +140,17 @@ const NameTable<Target::Kind>& TargetKinds() {
 }
 
 const NameTable<Ablation::Kind>& AblationKinds() {
-  static const auto* table = new NameTable<Ablation::Kind>{{"zero", Ablation::ZERO},
-                                                           {"mean", Ablation::MEAN},
-                                                           {"resample", Ablation::RESAMPLE},
-                                                           {"directional", Ablation::DIRECTIONAL},
-                                                           {"add", Ablation::ADD}};
+  // Names say what is done (proto/knockout/v1/sweep.proto, Ablation.Kind): `directional` is
+  // science.md's ablation at every layer, `project` the same projection at the target's one
+  // hook point; the two means say what they average over.
+  static const auto* table =
+      new NameTable<Ablation::Kind>{{"zero", Ablation::ZERO},
+                                    {"mean_per_position", Ablation::MEAN},
+                                    {"mean_all_positions", Ablation::MEAN_ALL_POSITIONS},
+                                    {"resample", Ablation::RESAMPLE},
+                                    {"project", Ablation::PROJECT},
+                                    {"directional", Ablation::DIRECTIONAL},
+                                    {"add", Ablation::ADD}};
   return *table;
 }
 
@@ -889,6 +895,13 @@ Status SpecParser::ReadNeuronSelection(const YAML::Node& node, const std::string
 // mean and resample.
 Status SpecParser::ReadAblation(const YAML::Node& node, const std::string& path, Ablation* out) {
   Ablation::Kind kind = Ablation::ABLATION_UNSPECIFIED;
+  const YAML::Node kind_node = node.IsMap() ? node["kind"] : node;
+  if (kind_node.IsScalar() && kind_node.Scalar() == "mean") {
+    return Fail(node.IsMap() ? Join(path, "kind") : path,
+                "`mean` is ambiguous: use mean_per_position (the reference set's mean at the same "
+                "position counted from the prompt's end) or mean_all_positions (one mean over all "
+                "its tokens)");
+  }
   if (node.IsScalar()) {
     KO_RETURN_IF_ERROR(ReadEnum(node, path, AblationKinds(), "ablation", &kind));
   } else {
@@ -899,7 +912,8 @@ Status SpecParser::ReadAblation(const YAML::Node& node, const std::string& path,
         ReadEnum(node["kind"], Join(path, "kind"), AblationKinds(), "ablation", &kind));
   }
   out->set_kind(kind);
-  const bool needs_reference = kind == Ablation::MEAN || kind == Ablation::RESAMPLE;
+  const bool needs_reference = kind == Ablation::MEAN || kind == Ablation::MEAN_ALL_POSITIONS ||
+                               kind == Ablation::RESAMPLE;
   const std::string_view name = NameOf(AblationKinds(), kind);
   if (node.IsMap() && node["reference_set"].IsDefined() && !needs_reference) {
     return Fail(Join(path, "reference_set"), "applies only to mean and resample ablations");
@@ -931,7 +945,8 @@ Status SpecParser::CheckAblationFits(const v1::KnockoutSweepStage& sweep,
                                      const std::string& path) const {
   for (int a = 0; a < sweep.ablations_size(); ++a) {
     const Ablation::Kind kind = sweep.ablations(a).kind();
-    const bool along_direction = kind == Ablation::DIRECTIONAL || kind == Ablation::ADD;
+    const bool along_direction =
+        kind == Ablation::DIRECTIONAL || kind == Ablation::PROJECT || kind == Ablation::ADD;
     const std::string name(NameOf(AblationKinds(), kind));
     for (int t = 0; t < sweep.targets_size(); ++t) {
       const Target::Kind target = sweep.targets(t).kind();
@@ -942,7 +957,7 @@ Status SpecParser::CheckAblationFits(const v1::KnockoutSweepStage& sweep,
       return Fail(at, along_direction
                           ? name + " ablation applies only to direction targets; " + target_name
                           : name + " ablation does not apply to direction targets (" + target_name +
-                                "; use directional or add)");
+                                "; use project, directional or add)");
     }
   }
   return Status::Ok();

@@ -123,7 +123,7 @@ TEST(SpecTest, DemoSpecParsesWithDefaults) {
   ASSERT_EQ(directions.targets_size(), 2);
   EXPECT_EQ(DirectionRefName(directions.targets(0).direction()), "select.best");
   EXPECT_EQ(DirectionRefName(directions.targets(1).direction()), "harm@*/inst_last");
-  EXPECT_EQ(directions.ablations(0).kind(), Ablation::DIRECTIONAL);
+  EXPECT_EQ(directions.ablations(0).kind(), Ablation::PROJECT);  // at one layer, not every layer
   EXPECT_FALSE(directions.compensation());
 
   const auto& neurons = spec.stages(5).knockout_sweep();
@@ -218,10 +218,14 @@ std::vector<BadSpec> BadSpecs() {
        false, "t.yaml:12: stages[1].name", "duplicate stage name \"refusal\" (also stages[0])"},
       {"syntax error", kHeader + "      hook: resid_pre: x\n", false, "t.yaml:12",
        "illegal map value"},
-      {"mean ablation without reference_set", Knockout("{kind: heads}", "[mean]"), false,
-       "t.yaml:17: stages[1].ablations[0].reference_set", "mean ablation needs a reference_set"},
+      {"mean ablation without reference_set", Knockout("{kind: heads}", "[mean_per_position]"), false,
+       "t.yaml:17: stages[1].ablations[0].reference_set",
+       "mean_per_position ablation needs a reference_set"},
+      // A mean that does not say what it averages over is refused (names say what was done).
+      {"bare mean", Knockout("{kind: heads}", "[{kind: mean, reference_set: harmless}]"), false,
+       "t.yaml:17: stages[1].ablations[0].kind", "`mean` is ambiguous: use mean_per_position"},
       {"mean ablation with an unknown reference_set",
-       Knockout("{kind: heads}", "[{kind: mean, reference_set: nope}]"), false,
+       Knockout("{kind: heads}", "[{kind: mean_per_position, reference_set: nope}]"), false,
        "t.yaml:17: stages[1].ablations[0].reference_set", "unknown prompt set \"nope\""},
       {"directional ablation on heads", Knockout("{kind: heads}", "[zero, directional]"), false,
        "t.yaml:17: stages[1].ablations[1]",

@@ -19,11 +19,15 @@
 //   norm_effect = M(x_ablated / scale_ablated) - M(x_ablated / scale_clean), the final norm's
 //   part of te; and the downstream readings: each downstream unit's direct effect on s,
 //   linearised at the clean run (grad of s w.r.t. the logits, scale frozen), clean and ablated.
+// Every score goes through one float64 unembedding of the final residual (metrics.h). Prompts
+// run in blocks of max_batch_rows, so memory does not grow with a shard's prompt count. The
+// kinds' implementations: trials.cc, extract.cc, generate.cc (README.md).
 //
 // Thread-safety: a ShardExecutor only reads its model; Run may be called from several threads
 // if LibTorch's own threading is acceptable to the caller.
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -61,8 +65,13 @@ struct ExecutorOptions {
   // (trial, prompt) rows stacked in one forward pass. ~100 is best on 2 CPU cores for a
   // 12-layer d768 model (docs/benchmarks.md); larger batches gain nothing there.
   int64_t max_batch_rows = 128;
+  // Also the prompts per clean pass and per reference pass: a shard's peak memory is bounded by
+  // this block size, not by its number of prompts.
   bool reuse_prefixes = true;    // false: one full forward per trial (the naive reference)
   int64_t generation_batch = 64;
+  // Asked between chunks of trials; true stops the shard with an Unavailable error (the agent's
+  // shard deadline, or the worker shutting down). Unset: never.
+  std::function<bool()> should_stop;
 };
 
 class ShardExecutor {

@@ -211,12 +211,133 @@ TEST_F(ExecutorTest, ScienceProperties) {
     }
     if (row.prompt() == -1 && trial.edits_size() == 1 &&
         trial.edits(0).hook().find("attn.hook_z") != std::string::npos) {
-      // Heads of later layers only.
+      // Every write after the head: heads of later layers and MLP outputs from its own layer on
+      // (the demo model has 6 layers of 8 heads).
       const int layer = trial.label().layer();
-      EXPECT_EQ(row.downstream_size(), (5 - layer) * 8);
-      for (const auto& r : row.downstream()) EXPECT_GT(r.layer(), layer);
+      EXPECT_EQ(row.downstream_size(), (5 - layer) * 8 + (6 - layer));
+      for (const auto& r : row.downstream()) {
+        if (r.kind() == v1::UnitReading::HEAD) {
+          EXPECT_GT(r.layer(), layer);
+        } else {
+          EXPECT_EQ(r.kind(), v1::UnitReading::MLP_OUT);
+          EXPECT_GE(r.layer(), layer);
+        }
+      }
+    }
+    if (row.prompt() == -1 && trial.edits_size() == 1 &&
+        trial.edits(0).hook().find("mlp.hook_post") != std::string::npos) {
+      // After a neuron of layer l: attention and MLP outputs of later layers, never heads.
+      const int layer = trial.label().layer();
+      EXPECT_EQ(row.downstream_size(), 2 * (5 - layer));
+      for (const auto& r : row.downstream()) {
+        EXPECT_NE(r.kind(), v1::UnitReading::HEAD);
+        EXPECT_GT(r.layer(), layer);
+      }
     }
   }
+}
+
+// Which downstream units a trial reads, and its values, follow from the trial alone: the mixed
+// shard (head trials beside neuron, direction and MLP-output trials) run as one shard and as
+// one shard per trial stores the same rows. Before the fix a neuron trial read heads whenever
+// a head trial shared its shard.
+TEST_F(ExecutorTest, RowsDoNotDependOnShardBoundaries) {
+  const v1::Shard whole = MixedShard(/*compensation=*/true);
+  auto together = ShardExecutor(*model_, {}).Run(whole);
+  ASSERT_TRUE(together.ok()) << together.status().ToString();
+  auto rows = ByKey(*together);
+  int compared = 0;
+  for (const v1::Trial& trial : whole.trials()) {
+    v1::Shard alone = whole;
+    alone.clear_trials();
+    *alone.add_trials() = trial;
+    auto single = ShardExecutor(*model_, {}).Run(alone);
+    ASSERT_TRUE(single.ok()) << single.status().ToString();
+    for (const auto& row : single->rows()) {
+      const v1::ResultRow* other = rows.at({row.trial(), row.prompt()});
+      ASSERT_EQ(row.values_size(), other->values_size()) << "trial " << row.trial();
+      for (const auto& [key, value] : row.values()) {
+        const double scale = key == "kl" || key == "prompts" ? 1.0 : 1 + std::abs(row.values().at("refusal_score"));
+        EXPECT_NEAR(value, other->values().at(key), 1e-6 * scale) << "trial " << row.trial() << " " << key;
+      }
+      ASSERT_EQ(row.downstream_size(), other->downstream_size()) << "trial " << row.trial();
+      for (int i = 0; i < row.downstream_size(); ++i) {
+        EXPECT_EQ(row.downstream(i).kind(), other->downstream(i).kind());
+        EXPECT_EQ(row.downstream(i).layer(), other->downstream(i).layer());
+        EXPECT_EQ(row.downstream(i).unit(), other->downstream(i).unit());
+        EXPECT_NEAR(row.downstream(i).ablated(), other->downstream(i).ablated(), 1e-6);
+        ++compared;
+      }
+    }
+  }
+  EXPECT_GT(compared, 200);
+}
+
+// Prompts run in blocks of max_batch_rows (bounded memory): blocks of 2 prompts give the rows
+// of one block holding all of them.
+TEST_F(ExecutorTest, PromptBlocksEqualOneBlock) {
+  const v1::Shard shard = MixedShard(/*compensation=*/true);
+  ExecutorOptions small;
+  small.max_batch_rows = 2;
+  auto blocked = ShardExecutor(*model_, small).Run(shard);
+  ASSERT_TRUE(blocked.ok()) << blocked.status().ToString();
+  auto whole = ShardExecutor(*model_, {}).Run(shard);
+  ASSERT_TRUE(whole.ok()) << whole.status().ToString();
+  ExpectSameResults(*blocked, *whole, 1e-5);
+}
+
+// A non-finite per-prompt value is an error on its row, and the aggregate leaves that prompt out
+// of every mean (never out of one mean only): here an activation addition large enough to
+// overflow float32 makes every prompt's scores non-finite.
+TEST_F(ExecutorTest, NonFiniteValuesAreRowErrors) {
+  v1::Shard shard = MixedShard(/*compensation=*/true);
+  v1::Trial overflow = shard.trials(shard.trials_size() - 2);  // the layer-3 addition
+  ASSERT_EQ(overflow.edits(0).ablation().kind(), v1::Ablation::ADD);
+  overflow.mutable_edits(0)->mutable_ablation()->set_coefficient(1e38);
+  overflow.set_index(1000);
+  *shard.add_trials() = overflow;
+  auto result = ShardExecutor(*model_, {}).Run(shard);
+  ASSERT_TRUE(result.ok()) << result.status().ToString();
+  int errors = 0;
+  for (const auto& row : result->rows()) {
+    if (row.trial() != 1000) {
+      EXPECT_TRUE(row.error().empty()) << row.error();
+      continue;
+    }
+    if (row.prompt() >= 0) {
+      EXPECT_NE(row.error().find("non-finite"), std::string::npos);
+      ++errors;
+    } else {
+      EXPECT_EQ(row.values().at("excluded_prompts"), 3);
+      EXPECT_EQ(row.values().at("prompts"), 0);
+    }
+  }
+  EXPECT_EQ(errors, 3);
+}
+
+// Resample never draws the prompt itself: with the shard's own prompts as the reference set and
+// a seed whose formula points prompt 0 at itself, every prompt's activation is replaced by
+// another prompt's, so every TE is non-zero (a prompt resampled from itself has TE 0 exactly).
+TEST_F(ExecutorTest, ResampleNeverDrawsThePromptItself) {
+  v1::Shard shard = MixedShard(/*compensation=*/false);
+  shard.clear_reference_prompts();
+  for (const auto& p : shard.prompts()) *shard.add_reference_prompts() = p;
+  shard.set_seed(0);  // (0 * 7919 + 0) mod 3 = 0: prompt 0 would read itself
+  shard.clear_trials();
+  v1::Trial* trial = shard.add_trials();
+  v1::Edit* edit = trial->add_edits();
+  edit->set_hook("blocks.1.hook_resid_pre");
+  edit->mutable_ablation()->set_kind(v1::Ablation::RESAMPLE);
+  *edit->mutable_positions() = Pos(v1::Positions::ALL);
+  auto result = ShardExecutor(*model_, {}).Run(shard);
+  ASSERT_TRUE(result.ok()) << result.status().ToString();
+  int rows = 0;
+  for (const auto& row : result->rows()) {
+    if (row.prompt() < 0) continue;
+    EXPECT_GT(std::abs(row.values().at("te")), 1e-4) << "prompt " << row.prompt();
+    ++rows;
+  }
+  EXPECT_EQ(rows, 3);
 }
 
 TEST_F(ExecutorTest, BadShardsAreErrorsNotCrashes) {

@@ -1,0 +1,63 @@
+#include "worker/executor/metrics.h"
+
+#include <algorithm>
+
+#include "worker/model/model.h"
+
+namespace knockout::executor::internal {
+
+namespace {
+// Vocabulary rows converted to float64 at a time: bounded scratch (~64 MB at d = 4096).
+int64_t VocabBlock(int64_t d_model) { return std::max<int64_t>(1024, (int64_t{1} << 23) / std::max<int64_t>(1, d_model)); }
+}  // namespace
+
+at::Tensor FinalScale(const model::Model& model, const at::Tensor& x32) {
+  return at::sqrt(x32.to(at::kFloat).pow(2).mean(-1, /*keepdim=*/true) + model.config().rms_norm_eps);
+}
+
+at::Tensor MetricUnembed(const model::Model& model, const at::Tensor& x32, const at::Tensor& scale) {
+  const model::ModelWeights& w = model.weights();
+  at::Tensor normalized =
+      x32.to(at::kDouble) / scale.to(x32.device(), at::kDouble) * w.final_norm.to(x32.device(), at::kDouble);
+  const int64_t vocab = w.lm_head.size(0);
+  const int64_t block = VocabBlock(w.lm_head.size(1));
+  if (vocab <= block) return at::linear(normalized, w.lm_head.to(at::kDouble)).to(at::kCPU);
+  at::Tensor logits = at::empty({x32.size(0), vocab}, normalized.options());
+  for (int64_t v0 = 0; v0 < vocab; v0 += block) {
+    const int64_t n = std::min(block, vocab - v0);
+    logits.narrow(1, v0, n).copy_(at::linear(normalized, w.lm_head.narrow(0, v0, n).to(at::kDouble)));
+  }
+  return logits.to(at::kCPU);
+}
+
+at::Tensor RefusalScore(const at::Tensor& logits64, const at::Tensor& refusal_ids) {
+  at::Tensor logp = at::log_softmax(logits64, -1);
+  at::Tensor log_pr = at::logsumexp(logp.index_select(1, refusal_ids), -1);
+  return log_pr - at::log1p(-at::exp(log_pr));
+}
+
+at::Tensor Kl(const at::Tensor& clean_logits64, const at::Tensor& logits64) {
+  at::Tensor p = at::softmax(clean_logits64, -1);
+  at::Tensor q = at::softmax(logits64, -1);
+  const double eps = 1e-6;
+  return (p * (at::log(p + eps) - at::log(q + eps))).sum(-1);
+}
+
+at::Tensor LogitDiff(const at::Tensor& logits64, const at::Tensor& positive, const at::Tensor& negative) {
+  return logits64.index_select(1, positive).mean(-1) - logits64.index_select(1, negative).mean(-1);
+}
+
+at::Tensor MetricDirection(const model::Model& model, const at::Tensor& clean_logits64,
+                           const at::Tensor& refusal_ids, const at::Tensor& scale) {
+  at::Tensor p = at::softmax(clean_logits64, -1);
+  at::Tensor pr = p.index_select(1, refusal_ids).sum(-1, true);
+  at::Tensor in_r = at::zeros({p.size(1)}, at::kDouble).index_fill_(0, refusal_ids, 1.0);
+  at::Tensor grad = (p * (in_r.unsqueeze(0) - pr) / (pr * (1 - pr))).to(at::kFloat);  // [B, V]
+  const model::ModelWeights& w = model.weights();
+  // grad @ W_U in float32 on the model's device (a [B, V] x [V, d] product, no float64 copy of
+  // W_U), then through the norm's weight with the scale frozen.
+  at::Tensor through = at::matmul(grad.to(model.device()), w.lm_head.to(at::kFloat));
+  return through * w.final_norm.to(at::kFloat) / scale.to(model.device(), at::kFloat);
+}
+
+}  // namespace knockout::executor::internal

@@ -1,0 +1,42 @@
+// Internal to worker/executor: the metrics read at the last prompt position (science.md) and
+// the one unembedding path every score goes through.
+//
+// Every refusal score a TRIALS shard stores — clean, ablated, the direct-effect run (clean
+// residual plus the unit's change of write, final norm's scale frozen) and the final norm's
+// counterfactual — is computed by MetricUnembed from a float32 final residual and an RMS scale,
+// in float64, then by RefusalScore. One path and one precision for TE, DE and the norm effect,
+// so that C = TE - DE carries no rounding of one side only (whatever the model's compute dtype).
+// The unembedding matrix is converted to float64 in vocabulary blocks per call (never a whole
+// float64 copy of it), so memory stays bounded by rows x vocabulary.
+// Thread-safety: free functions over values.
+#pragma once
+
+#include <ATen/ATen.h>
+
+namespace knockout::model {
+class Model;
+}
+
+namespace knockout::executor::internal {
+
+// RMS scale of the final norm for float32 residuals [B, d]: sqrt(mean(x^2) + eps), [B, 1].
+at::Tensor FinalScale(const model::Model& model, const at::Tensor& x32);
+
+// float64 logits [B, V] (CPU) of residuals x32 [B, d] normalised by `scale` [B, 1]:
+// ((x / scale) * w_norm) @ W_U^T, the model's final norm and unembedding (Llama/Qwen2 RMSNorm).
+at::Tensor MetricUnembed(const model::Model& model, const at::Tensor& x32, const at::Tensor& scale);
+
+// s = log p_R - log(1 - p_R) per row of float64 logits [B, V]; refusal_ids int64 [R] (CPU).
+at::Tensor RefusalScore(const at::Tensor& logits64, const at::Tensor& refusal_ids);
+// KL(P_clean || P) per row, float64, eps 1e-6 inside the logs (science.md).
+at::Tensor Kl(const at::Tensor& clean_logits64, const at::Tensor& logits64);
+// mean logit of `positive` minus mean logit of `negative`, per row.
+at::Tensor LogitDiff(const at::Tensor& logits64, const at::Tensor& positive, const at::Tensor& negative);
+
+// d s / d x_final with the final norm's scale frozen at `scale` (float32 [B, d] on the model's
+// device), from the clean float64 logits: grad_logits s = p (1[R] - p_R) / (p_R (1 - p_R)),
+// back through W_U and the norm's weight. The linearised direct effect of a write w is w . m.
+at::Tensor MetricDirection(const model::Model& model, const at::Tensor& clean_logits64,
+                           const at::Tensor& refusal_ids, const at::Tensor& scale);
+
+}  // namespace knockout::executor::internal

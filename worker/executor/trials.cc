@@ -1,0 +1,898 @@
+// TRIALS shards (knockout sweeps, direction selection): the batched, prefix-reusing trial runner.
+//
+// Memory is bounded by the block size, not by the shard's prompt count: prompts are processed
+// in blocks of at most ExecutorOptions::max_batch_rows. Each block gets its own clean pass
+// (residual stream and keys/values of its prompts, the compensation hooks at the last column
+// only), then every trial's rows over the block's prompts run in chunks; per-prompt results are
+// kept (they are the shard's result) and aggregated at the end. The reference (mean) pass also
+// runs in blocks and keeps only the means; resample sources are computed per block.
+#include <ATen/ATen.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <map>
+#include <numeric>
+#include <set>
+
+#include "worker/chat/chat_generation.h"
+#include "worker/executor/metrics.h"
+#include "worker/executor/shard_common.h"
+#include "worker/executor/shard_kinds.h"
+#include "worker/model/hooks.h"
+#include "worker/model/model.h"
+#include "worker/tokenizer/tokenizer.h"
+
+namespace knockout::executor::internal {
+namespace {
+
+namespace km = knockout::model;
+
+constexpr int64_t kMetricBlockRows = 32;
+
+// A downstream unit whose direct effect a trial reads (UnitReading).
+struct Downstream {
+  v1::UnitReading::Kind kind;
+  int layer;
+  int unit;
+};
+
+// What a trial needs, worked out once per shard.
+struct TrialPlan {
+  int64_t start_layer = 0;
+  std::vector<int64_t> prompts;  // shard prompt indices the trial runs on
+  bool has_de = false;           // one edit at one hook: its own change of write is defined
+  km::HookPoint own_hook;
+  std::vector<Downstream> downstream;
+  bool reads_heads = false;
+};
+
+// The downstream units of a trial follow from its own unit alone (never from other trials of
+// its shard): every write to the residual stream made after the knocked-out unit. For a head
+// at layer l: the heads of later layers and the MLP outputs of layers >= l (the other heads of
+// layer l read the same input and do not change). After an MLP-side unit (neuron, mlp_out,
+// resid_post) of layer l: attention and MLP outputs of later layers. After attn_out/resid_mid
+// of layer l: the MLP output of layer l, then later layers. A resid_pre edit at l: layers >= l.
+// Directional ablation at every layer (or several edits at once) has no single unit: no
+// readings, and no DE.
+std::vector<Downstream> DownstreamUnits(const TrialPlan& plan, const v1::Trial& trial,
+                                        const km::ModelConfig& config) {
+  std::vector<Downstream> units;
+  if (!plan.has_de) return units;
+  const km::HookPoint& hook = plan.own_hook;
+  const int layer = static_cast<int>(std::max<int64_t>(hook.layer, 0));
+  const int n = static_cast<int>(config.num_layers);
+  if (hook.kind == km::HookKind::kAttnZ) {
+    for (int l = layer; l < n; ++l) {
+      if (l > layer) {
+        for (int h = 0; h < config.num_heads; ++h) units.push_back({v1::UnitReading::HEAD, l, h});
+      }
+      units.push_back({v1::UnitReading::MLP_OUT, l, -1});
+    }
+    return units;
+  }
+  const bool after_mlp = hook.kind == km::HookKind::kMlpPost || hook.kind == km::HookKind::kMlpOut ||
+                         hook.kind == km::HookKind::kResidPost;
+  const bool after_attn = hook.kind == km::HookKind::kAttnOut || hook.kind == km::HookKind::kResidMid;
+  (void)trial;
+  for (int l = layer; l < n; ++l) {
+    if (!(l == layer && (after_attn || after_mlp))) units.push_back({v1::UnitReading::ATTN_OUT, l, -1});
+    if (!(l == layer && after_mlp)) units.push_back({v1::UnitReading::MLP_OUT, l, -1});
+  }
+  return units;
+}
+
+// If `prompts` is one list of distinct prompts repeated (p0 p1 .. pk p0 p1 .. pk ...), that list;
+// otherwise empty.
+std::vector<int64_t> PromptCycle(const std::vector<int64_t>& prompts) {
+  size_t k = 1;
+  while (k < prompts.size() && prompts[k] != prompts[0]) ++k;
+  if (prompts.empty() || prompts.size() % k != 0) return {};
+  std::vector<int64_t> cycle(prompts.begin(), prompts.begin() + k);
+  if (std::set<int64_t>(cycle.begin(), cycle.end()).size() != k) return {};
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    if (prompts[i] != cycle[i % k]) return {};
+  }
+  return cycle;
+}
+
+// One (trial, prompt) row of the stacked batch.
+struct Row {
+  int trial = 0;        // index into shard.trials
+  int64_t prompt = 0;   // shard prompt index
+  int64_t start_layer = 0;
+  int64_t start_col = 0;
+};
+
+// The clean run of a block of prompts.
+struct Block {
+  std::vector<int64_t> prompts;        // shard prompt indices
+  std::map<int64_t, int64_t> local;    // shard prompt index -> row of the block's tensors
+  std::vector<at::Tensor> resid_pre;   // per layer [Pb, T, d]
+  km::KVCache kv;
+  std::map<std::string, at::Tensor> last;  // compensation hooks at the last column, [Pb, ...]
+  at::Tensor final_last;               // float32 [Pb, d]: residual after the last layer, last column
+  at::Tensor scale_last;               // float32 [Pb, 1]
+  at::Tensor metric_direction;         // float32 [Pb, d]
+  std::map<std::string, at::Tensor> resample;  // hook -> [Pb, T, ...] source per block prompt
+};
+
+class TrialRunner {
+ public:
+  TrialRunner(const LoadedModel& m, const ExecutorOptions& options, const v1::Shard& shard)
+      : m_(m), model_(*m.model), config_(m.model->config()), options_(options), shard_(shard) {}
+
+  StatusOr<v1::ShardResult> Run();
+
+ private:
+  Status Prepare();
+  Status PlanTrials();
+  Status ReferenceMeans();
+  StatusOr<Block> CleanPass(const std::vector<int64_t>& prompts);
+  Status ResampleSources(Block* block);
+  // One chunk of rows in one forward pass.
+  struct Chunk {
+    explicit Chunk(const km::ModelConfig& config) : hooks(config) {}
+    std::vector<Row> rows;
+    std::vector<int64_t> prompts;              // shard prompt index per row
+    at::Tensor local_index;                    // block row per row (model device)
+    std::map<int, std::vector<int64_t>> trial_rows;
+    int64_t start_layer = 0;
+    int64_t new_cols = 0;                      // columns the pass recomputed
+    bool reads_heads = false;
+    km::HookRegistry hooks;                    // its interventions and caches
+    at::Tensor x_ablated;                      // float32 [B, d]: final residual, last column
+  };
+  struct ChunkMetrics {
+    std::vector<double> score, clean, kl, diff, clean_diff, de, norm;
+    std::vector<bool> has_de;
+  };
+  Status RunBlock(Block& block);
+  Status RunChunk(const Block& block, const std::vector<Row>& rows);
+  Status ForwardChunk(const Block& block, const std::vector<Row>& rows, Chunk* chunk);
+  ChunkMetrics ComputeMetrics(const Block& block, const Chunk& chunk) const;
+  std::vector<std::vector<v1::UnitReading>> ReadDownstream(const Block& block, const Chunk& chunk) const;
+  void StoreRows(const Chunk& chunk, const ChunkMetrics& metrics,
+                 std::vector<std::vector<v1::UnitReading>>* readings);
+
+  StatusOr<std::vector<km::InterventionSite>> Sites(const Block& block, const v1::Trial& trial,
+                                                    const std::vector<int64_t>& prompts,
+                                                    const at::Tensor& rows_mask);
+  StatusOr<km::Intervention> MakeIntervention(const Block& block, const v1::Edit& edit,
+                                              const std::vector<int64_t>& prompts);
+  at::Tensor OwnWrite(const km::HookPoint& hook, const at::Tensor& ablated_last,
+                      const at::Tensor& clean_last) const;
+  std::set<std::string> CompensationHooks() const;
+  v1::ShardResult Assemble() const;
+  int64_t BlockRows() const { return std::max<int64_t>(1, options_.max_batch_rows); }
+
+  const LoadedModel& m_;
+  const km::Model& model_;
+  const km::ModelConfig& config_;
+  const ExecutorOptions& options_;
+  const v1::Shard& shard_;
+
+  PromptBatch batch_;
+  PromptBatch reference_;
+  std::map<std::string, at::Tensor> tensors_;
+  std::map<std::string, at::Tensor> position_masks_;  // by selector text, [P, T] on the CPU
+  at::Tensor refusal_ids_, positive_ids_, negative_ids_;
+  std::vector<TrialPlan> plans_;
+  std::vector<std::vector<int64_t>> start_cols_;       // [trial][prompt], -1: not run
+  std::set<std::string> mean_hooks_;      // hooks of mean / resample edits
+  bool any_resample_ = false;
+  std::map<std::string, at::Tensor> mean_per_position_;  // hook -> [T, ...] aligned from the end
+  std::map<std::string, at::Tensor> mean_all_positions_; // hook -> [...]
+
+  struct RowValues {
+    std::map<std::string, double> values;
+    std::vector<v1::UnitReading> downstream;
+    std::string error;
+  };
+  std::map<std::pair<int, int64_t>, RowValues> results_;
+};
+
+Status TrialRunner::Prepare() {
+  const int64_t pad_id = chat::PadTokenId(model_, *m_.tokenizer);
+  KO_ASSIGN_OR_RETURN(batch_, Tokenize(m_, shard_.prompts(), pad_id));
+  if (shard_.reference_prompts_size() > 0) {
+    KO_ASSIGN_OR_RETURN(reference_, Tokenize(m_, shard_.reference_prompts(), pad_id));
+  }
+  KO_ASSIGN_OR_RETURN(tensors_, ShardTensors(shard_));
+  const v1::MetricsSpec& metrics = shard_.metrics();
+  if (metrics.refusal_tokens_size() == 0) {
+    return Status::InvalidArgument("metrics.refusal_tokens: empty (the refusal score needs them)");
+  }
+  KO_ASSIGN_OR_RETURN(auto refusal, ResolveTokens(*m_.tokenizer, metrics.refusal_tokens(), "refusal_tokens"));
+  refusal_ids_ = at::tensor(refusal, at::kLong);
+  if (metrics.positive_tokens_size() > 0 && metrics.negative_tokens_size() > 0) {
+    KO_ASSIGN_OR_RETURN(auto pos, ResolveTokens(*m_.tokenizer, metrics.positive_tokens(), "positive_tokens"));
+    KO_ASSIGN_OR_RETURN(auto neg, ResolveTokens(*m_.tokenizer, metrics.negative_tokens(), "negative_tokens"));
+    positive_ids_ = at::tensor(pos, at::kLong);
+    negative_ids_ = at::tensor(neg, at::kLong);
+  }
+  for (const v1::Trial& trial : shard_.trials()) {
+    for (const v1::Edit& edit : trial.edits()) {
+      const std::string key = PositionsKey(edit.positions());
+      if (!position_masks_.count(key)) {
+        auto mask = PositionMask(edit.positions(), batch_);
+        if (!mask.ok()) return mask.status().WithContext("trial " + std::to_string(trial.index()));
+        position_masks_[key] = *mask;
+      }
+      const v1::Ablation::Kind kind = edit.ablation().kind();
+      if (kind == v1::Ablation::MEAN || kind == v1::Ablation::MEAN_ALL_POSITIONS ||
+          kind == v1::Ablation::RESAMPLE) {
+        if (reference_.tokenized.empty()) {
+          return Status::InvalidArgument("trial " + std::to_string(trial.index()) +
+                                         ": mean/resample ablation needs reference prompts");
+        }
+        mean_hooks_.insert(edit.hook());
+        if (kind == v1::Ablation::RESAMPLE) any_resample_ = true;
+      }
+    }
+  }
+  return PlanTrials();
+}
+
+Status TrialRunner::PlanTrials() {
+  const int64_t p_count = shard_.prompts_size();
+  plans_.resize(shard_.trials_size());
+  start_cols_.assign(shard_.trials_size(), std::vector<int64_t>(p_count, -1));
+  for (int ti = 0; ti < shard_.trials_size(); ++ti) {
+    const v1::Trial& trial = shard_.trials(ti);
+    TrialPlan& plan = plans_[ti];
+    int64_t layer = config_.num_layers;
+    for (const v1::Edit& edit : trial.edits()) {
+      if (edit.every_layer()) {
+        layer = 0;
+        continue;
+      }
+      KO_ASSIGN_OR_RETURN(km::HookPoint hook, km::HookPoint::Parse(edit.hook(), config_.num_layers));
+      layer = std::min<int64_t>(layer, hook.layer < 0 ? 0 : hook.layer);
+      plan.own_hook = hook;
+    }
+    if (trial.edits_size() == 0) layer = config_.num_layers - 1;  // the clean run
+    plan.start_layer = layer;
+    plan.has_de = trial.edits_size() == 1 && !trial.edits(0).every_layer();
+    if (shard_.compensation()) {
+      plan.downstream = DownstreamUnits(plan, trial, config_);
+      for (const Downstream& d : plan.downstream) plan.reads_heads |= d.kind == v1::UnitReading::HEAD;
+    }
+    for (int64_t p = 0; p < p_count; ++p) {
+      if (!trial.prompt_set().empty() && shard_.prompts(p).set() != trial.prompt_set()) continue;
+      int64_t col = batch_.length - 1;
+      for (const v1::Edit& edit : trial.edits()) {
+        at::Tensor cols = position_masks_.at(PositionsKey(edit.positions()))[p].nonzero();
+        if (cols.numel() == 0) {
+          return Status::InvalidArgument("trial " + std::to_string(trial.index()) +
+                                         ": positions select nothing in prompt " + std::to_string(p));
+        }
+        col = std::min(col, cols.min().item<int64_t>());
+      }
+      plan.prompts.push_back(p);
+      start_cols_[ti][p] = col;
+    }
+  }
+  return Status::Ok();
+}
+
+// Means of the mean/resample hooks over the reference prompts, in row blocks: per column
+// counted from the prompt's end (aligned to the shard's width; columns no reference prompt has
+// take the all-positions mean) and over all real tokens.
+Status TrialRunner::ReferenceMeans() {
+  if (mean_hooks_.empty()) return Status::Ok();
+  const int64_t r = reference_.ids.size(0), tr = reference_.length, t = batch_.length;
+  std::map<std::string, at::Tensor> col_sum, total;
+  at::Tensor col_count = at::zeros({tr}, at::kDouble);
+  double count = 0;
+  for (int64_t r0 = 0; r0 < r; r0 += BlockRows()) {
+    const int64_t n = std::min(BlockRows(), r - r0);
+    km::HookRegistry hooks(config_);
+    int64_t last_layer = 0;
+    for (const std::string& name : mean_hooks_) {
+      KO_RETURN_IF_ERROR(hooks.Cache(name));
+      KO_ASSIGN_OR_RETURN(km::HookPoint hook, km::HookPoint::Parse(name, config_.num_layers));
+      last_layer = std::max<int64_t>(last_layer, hook.layer);
+    }
+    km::ForwardRequest request;
+    request.input_ids = reference_.ids.narrow(0, r0, n);
+    request.attention_mask = reference_.mask.narrow(0, r0, n);
+    request.logits = km::ForwardRequest::Logits::kNone;
+    request.end_layer = last_layer + 1;
+    request.hooks = &hooks;
+    KO_ASSIGN_OR_RETURN(km::ForwardResult unused, model_.Forward(request));
+    (void)unused;
+    at::Tensor mask = reference_.mask.narrow(0, r0, n).to(at::kCPU, at::kDouble);  // [n, tr]
+    col_count += mask.sum(0);
+    count += mask.sum().item<double>();
+    for (const std::string& name : mean_hooks_) {
+      at::Tensor x = hooks.cache().at(name).to(at::kCPU, at::kDouble);  // [n, tr, ...]
+      std::vector<int64_t> mshape = {n, tr};
+      mshape.resize(x.dim(), 1);
+      at::Tensor masked = x * mask.view(mshape);
+      at::Tensor cs = masked.sum(0);
+      at::Tensor tot = masked.sum(at::IntArrayRef{0, 1});
+      if (!col_sum.count(name)) {
+        col_sum[name] = cs;
+        total[name] = tot;
+      } else {
+        col_sum[name] += cs;
+        total[name] += tot;
+      }
+    }
+  }
+  for (const std::string& name : mean_hooks_) {
+    at::Tensor overall = total[name] / std::max(count, 1.0);
+    std::vector<int64_t> cshape = {tr};
+    cshape.resize(col_sum[name].dim(), 1);
+    at::Tensor col_mean = col_sum[name] / col_count.clamp_min(1).view(cshape);
+    std::vector<int64_t> shape = {t};
+    shape.insert(shape.end(), overall.sizes().begin(), overall.sizes().end());
+    at::Tensor aligned = overall.unsqueeze(0).expand(shape).clone();
+    const int64_t overlap = std::min(t, tr);
+    at::Tensor has = (col_count.narrow(0, tr - overlap, overlap) > 0);
+    std::vector<int64_t> hshape = {overlap};
+    hshape.resize(aligned.dim(), 1);
+    aligned.narrow(0, t - overlap, overlap)
+        .copy_(at::where(has.view(hshape), col_mean.narrow(0, tr - overlap, overlap),
+                         aligned.narrow(0, t - overlap, overlap)));
+    mean_per_position_[name] = aligned.to(at::kFloat);
+    mean_all_positions_[name] = overall.to(at::kFloat);
+  }
+  return Status::Ok();
+}
+
+std::set<std::string> TrialRunner::CompensationHooks() const {
+  std::set<std::string> names;
+  bool heads = false;
+  for (const TrialPlan& plan : plans_) {
+    heads |= plan.reads_heads;
+    if (plan.has_de) names.insert(plan.own_hook.Name());
+  }
+  for (int64_t l = 0; l < config_.num_layers; ++l) {
+    names.insert(km::HookPoint::AttnOut(l).Name());
+    names.insert(km::HookPoint::MlpOut(l).Name());
+    if (heads) names.insert(km::HookPoint::AttnZ(l).Name());
+  }
+  return names;
+}
+
+StatusOr<Block> TrialRunner::CleanPass(const std::vector<int64_t>& prompts) {
+  Block block;
+  block.prompts = prompts;
+  for (size_t i = 0; i < prompts.size(); ++i) block.local[prompts[i]] = static_cast<int64_t>(i);
+  at::Tensor index = at::tensor(prompts, at::kLong).to(model_.device());
+  km::HookRegistry hooks(config_);
+  for (int64_t l = 0; l < config_.num_layers; ++l) hooks.Cache(km::HookPoint::ResidPre(l));
+  std::set<std::string> compensation;
+  if (shard_.compensation()) {
+    compensation = CompensationHooks();
+    for (const std::string& name : compensation) KO_RETURN_IF_ERROR(hooks.Cache(name));
+  }
+  km::ForwardRequest request;
+  request.input_ids = batch_.ids.index_select(0, index);
+  request.attention_mask = batch_.mask.index_select(0, index);
+  request.kv_cache = &block.kv;
+  request.logits = km::ForwardRequest::Logits::kNone;
+  request.hooks = &hooks;
+  KO_ASSIGN_OR_RETURN(km::ForwardResult result, model_.Forward(request));
+  const int64_t t = batch_.length;
+  for (int64_t l = 0; l < config_.num_layers; ++l) {
+    block.resid_pre.push_back(hooks.cache().at(km::HookPoint::ResidPre(l).Name()));
+  }
+  for (const std::string& name : compensation) {
+    block.last[name] = hooks.cache().at(name).select(1, t - 1).to(at::kFloat).clone();
+  }
+  block.final_last = result.residual.select(1, t - 1).to(at::kFloat);
+  block.scale_last = FinalScale(model_, block.final_last);
+  if (shard_.compensation()) {
+    at::Tensor clean_logits = MetricUnembed(model_, block.final_last, block.scale_last);
+    block.metric_direction = MetricDirection(model_, clean_logits, refusal_ids_, block.scale_last);
+  }
+  return block;
+}
+
+// Resample sources of the block's prompts: prompt p reads reference prompt
+// (p * 7919 + seed) mod R, the next one if that is the prompt itself (same set and index);
+// aligned from the end, columns the source lacks taking the per-position mean.
+Status TrialRunner::ResampleSources(Block* block) {
+  if (!any_resample_) return Status::Ok();
+  const int64_t r = reference_.ids.size(0), tr = reference_.length, t = batch_.length;
+  std::vector<int64_t> sources;
+  for (int64_t p : block->prompts) {
+    const v1::ShardPrompt& prompt = shard_.prompts(p);
+    int64_t s = static_cast<int64_t>((static_cast<uint64_t>(p) * 7919u + shard_.seed()) % r);
+    for (int64_t tries = 0; tries < r; ++tries) {
+      const v1::ShardPrompt& ref = shard_.reference_prompts(s);
+      if (!(ref.set() == prompt.set() && ref.index() == prompt.index())) break;
+      s = (s + 1) % r;
+      if (tries + 1 == r) {
+        return Status::InvalidArgument("resample: the reference set holds only the prompt itself (" +
+                                       prompt.set() + "[" + std::to_string(prompt.index()) + "])");
+      }
+    }
+    sources.push_back(s);
+  }
+  std::vector<int64_t> distinct = sources;
+  std::sort(distinct.begin(), distinct.end());
+  distinct.erase(std::unique(distinct.begin(), distinct.end()), distinct.end());
+  std::map<int64_t, int64_t> row_of;
+  for (size_t i = 0; i < distinct.size(); ++i) row_of[distinct[i]] = static_cast<int64_t>(i);
+  at::Tensor index = at::tensor(distinct, at::kLong).to(model_.device());
+  km::HookRegistry hooks(config_);
+  for (const std::string& name : mean_hooks_) KO_RETURN_IF_ERROR(hooks.Cache(name));
+  km::ForwardRequest request;
+  request.input_ids = reference_.ids.index_select(0, index);
+  request.attention_mask = reference_.mask.index_select(0, index);
+  request.logits = km::ForwardRequest::Logits::kNone;
+  request.hooks = &hooks;
+  KO_ASSIGN_OR_RETURN(km::ForwardResult unused, model_.Forward(request));
+  (void)unused;
+  const int64_t overlap = std::min(t, tr);
+  at::Tensor ref_mask = reference_.mask.index_select(0, index).to(at::kCPU).to(at::kBool);
+  for (const std::string& name : mean_hooks_) {
+    at::Tensor acts = hooks.cache().at(name).to(at::kCPU, at::kFloat);  // [S, tr, ...]
+    const at::Tensor& mean = mean_per_position_.at(name);                // [t, ...]
+    std::vector<at::Tensor> rows;
+    std::vector<int64_t> hshape = {overlap};
+    hshape.resize(mean.dim(), 1);
+    for (int64_t s : sources) {
+      const int64_t i = row_of[s];
+      at::Tensor row = mean.clone();
+      at::Tensor src = acts[i].narrow(0, tr - overlap, overlap);
+      at::Tensor real = ref_mask[i].narrow(0, tr - overlap, overlap);
+      row.narrow(0, t - overlap, overlap)
+          .copy_(at::where(real.view(hshape), src, row.narrow(0, t - overlap, overlap)));
+      rows.push_back(row);
+    }
+    block->resample[name] = at::stack(rows, 0);
+  }
+  return Status::Ok();
+}
+
+StatusOr<km::Intervention> TrialRunner::MakeIntervention(const Block& block, const v1::Edit& edit,
+                                                         const std::vector<int64_t>& prompts) {
+  km::Intervention intervention;
+  switch (edit.ablation().kind()) {
+    case v1::Ablation::ZERO:
+      intervention = km::Intervention::Zero();
+      break;
+    case v1::Ablation::MEAN: {
+      // Per position: one [T, ...] mean shared by every row (expanded, not copied).
+      const at::Tensor& mean = mean_per_position_.at(edit.hook());
+      std::vector<int64_t> shape = {static_cast<int64_t>(prompts.size())};
+      shape.insert(shape.end(), mean.sizes().begin(), mean.sizes().end());
+      intervention = km::Intervention::Resample(mean.unsqueeze(0).expand(shape));
+      break;
+    }
+    case v1::Ablation::MEAN_ALL_POSITIONS:
+      intervention = km::Intervention::Mean(mean_all_positions_.at(edit.hook()));
+      break;
+    case v1::Ablation::RESAMPLE: {
+      std::vector<int64_t> local;
+      for (int64_t p : prompts) local.push_back(block.local.at(p));
+      intervention = km::Intervention::Resample(
+          block.resample.at(edit.hook()).index_select(0, at::tensor(local, at::kLong)));
+      break;
+    }
+    case v1::Ablation::DIRECTIONAL:
+    case v1::Ablation::PROJECT: {
+      KO_ASSIGN_OR_RETURN(at::Tensor r, FindTensor(tensors_, edit.tensor()));
+      intervention = km::Intervention::Directional(r);
+      break;
+    }
+    case v1::Ablation::ADD: {
+      KO_ASSIGN_OR_RETURN(at::Tensor r, FindTensor(tensors_, edit.tensor()));
+      intervention = km::Intervention::Add(r, edit.ablation().coefficient());
+      break;
+    }
+    default:
+      return Status::InvalidArgument(edit.hook() + ": edit without an ablation kind");
+  }
+  if (edit.units_size() > 0) {
+    intervention = intervention.OnUnits(std::vector<int64_t>(edit.units().begin(), edit.units().end()));
+  }
+  return intervention;
+}
+
+StatusOr<std::vector<km::InterventionSite>> TrialRunner::Sites(const Block& block,
+                                                               const v1::Trial& trial,
+                                                               const std::vector<int64_t>& prompts,
+                                                               const at::Tensor& rows_mask) {
+  std::vector<km::InterventionSite> sites;
+  at::Tensor index = at::tensor(prompts, at::kLong);
+  for (const v1::Edit& edit : trial.edits()) {
+    at::Tensor positions = position_masks_.at(PositionsKey(edit.positions())).index_select(0, index);
+    KO_ASSIGN_OR_RETURN(std::vector<km::HookPoint> hooks, EditHooks(edit, config_.num_layers));
+    KO_ASSIGN_OR_RETURN(km::Intervention intervention, MakeIntervention(block, edit, prompts));
+    for (const km::HookPoint& hook : hooks) {
+      km::InterventionSite site;
+      site.hook = hook;
+      site.intervention = intervention;
+      site.rows = rows_mask;  // rows of other trials are untouched; positions are per row
+      site.positions = positions;
+      sites.push_back(std::move(site));
+    }
+  }
+  return sites;
+}
+
+// The change of a unit's write into the residual stream at the last position.
+at::Tensor TrialRunner::OwnWrite(const km::HookPoint& hook, const at::Tensor& ablated_last,
+                                 const at::Tensor& clean_last) const {
+  at::Tensor diff = ablated_last.to(at::kFloat) - clean_last.to(at::kFloat);
+  const km::LayerWeights& w = model_.weights().layers[hook.layer];
+  switch (hook.kind) {
+    case km::HookKind::kAttnZ:
+      return at::linear(diff.flatten(1), w.o.to(at::kFloat));
+    case km::HookKind::kMlpPost:
+      return at::linear(diff, w.down.to(at::kFloat));
+    default:
+      return diff;  // resid_pre/mid/post, attn_out, mlp_out write (or are) the stream itself
+  }
+}
+
+Status TrialRunner::RunBlock(Block& block) {
+  std::vector<Row> rows;
+  for (int ti = 0; ti < shard_.trials_size(); ++ti) {
+    for (int64_t p : block.prompts) {
+      if (start_cols_[ti][p] < 0) continue;
+      rows.push_back({ti, p, plans_[ti].start_layer, start_cols_[ti][p]});
+    }
+  }
+  if (options_.reuse_prefixes) {
+    std::stable_sort(rows.begin(), rows.end(), [](const Row& a, const Row& b) {
+      return a.start_layer != b.start_layer ? a.start_layer < b.start_layer : a.start_col < b.start_col;
+    });
+    // Chunks hold whole trials when every trial has as many rows, so that a chunk's rows repeat
+    // one prompt list (shared prefix keys/values).
+    std::map<int, size_t> per_trial;
+    for (const Row& r : rows) ++per_trial[r.trial];
+    size_t chunk = static_cast<size_t>(BlockRows());
+    const size_t q = per_trial.empty() ? 1 : per_trial.begin()->second;
+    if (std::all_of(per_trial.begin(), per_trial.end(), [&](const auto& e) { return e.second == q; })) {
+      chunk = std::max(q, chunk / q * q);
+    }
+    for (size_t begin = 0; begin < rows.size(); begin += chunk) {
+      if (options_.should_stop && options_.should_stop()) {
+        return Status::Unavailable("shard stopped before it finished (its deadline passed or the worker stops)");
+      }
+      const size_t end = std::min(rows.size(), begin + chunk);
+      KO_RETURN_IF_ERROR(RunChunk(block, std::vector<Row>(rows.begin() + begin, rows.begin() + end)));
+    }
+    return Status::Ok();
+  }
+  // The naive reference: one trial at a time, a full forward over its prompts.
+  std::stable_sort(rows.begin(), rows.end(), [](const Row& a, const Row& b) { return a.trial < b.trial; });
+  size_t begin = 0;
+  while (begin < rows.size()) {
+    size_t end = begin;
+    while (end < rows.size() && rows[end].trial == rows[begin].trial) ++end;
+    KO_RETURN_IF_ERROR(RunChunk(block, std::vector<Row>(rows.begin() + begin, rows.begin() + end)));
+    begin = end;
+  }
+  return Status::Ok();
+}
+
+Status TrialRunner::RunChunk(const Block& block, const std::vector<Row>& rows) {
+  Chunk chunk(config_);
+  KO_RETURN_IF_ERROR(ForwardChunk(block, rows, &chunk));
+  ChunkMetrics metrics = ComputeMetrics(block, chunk);
+  std::vector<std::vector<v1::UnitReading>> readings;
+  if (shard_.compensation()) readings = ReadDownstream(block, chunk);
+  StoreRows(chunk, metrics, &readings);
+  return Status::Ok();
+}
+
+// The chunk's interventions and caches, then one forward pass from the chunk's first
+// intervened layer and column (layer and sequence prefix reuse).
+Status TrialRunner::ForwardChunk(const Block& block, const std::vector<Row>& rows, Chunk* chunk) {
+  chunk->rows = rows;
+  const int64_t b = static_cast<int64_t>(rows.size());
+  const int64_t t = batch_.length;
+  int64_t start_col = t;
+  chunk->start_layer = config_.num_layers;
+  std::vector<int64_t> local;
+  for (const Row& r : rows) {
+    chunk->start_layer = std::min(chunk->start_layer, r.start_layer);
+    start_col = std::min(start_col, r.start_col);
+    chunk->prompts.push_back(r.prompt);
+    local.push_back(block.local.at(r.prompt));
+  }
+  if (!options_.reuse_prefixes) chunk->start_layer = 0, start_col = 0;
+  const at::Tensor prompt_index = at::tensor(chunk->prompts, at::kLong).to(model_.device());
+  chunk->local_index = at::tensor(local, at::kLong).to(model_.device());
+  chunk->new_cols = t - start_col;
+
+  km::HookRegistry& hooks = chunk->hooks;
+  for (int64_t i = 0; i < b; ++i) chunk->trial_rows[rows[i].trial].push_back(i);
+  for (const auto& [trial, members] : chunk->trial_rows) {
+    at::Tensor rows_mask = at::zeros({b}, at::kBool);
+    for (int64_t i : members) rows_mask[i] = true;
+    KO_ASSIGN_OR_RETURN(auto sites, Sites(block, shard_.trials(trial), chunk->prompts, rows_mask));
+    for (auto& site : sites) KO_RETURN_IF_ERROR(hooks.Intervene(std::move(site)));
+  }
+  if (shard_.compensation()) {
+    for (const auto& [trial, members] : chunk->trial_rows) {
+      chunk->reads_heads |= plans_[trial].reads_heads;
+      if (plans_[trial].has_de) hooks.Cache(plans_[trial].own_hook);
+    }
+    for (int64_t l = chunk->start_layer; l < config_.num_layers; ++l) {
+      hooks.Cache(km::HookPoint::AttnOut(l));
+      hooks.Cache(km::HookPoint::MlpOut(l));
+      if (chunk->reads_heads) hooks.Cache(km::HookPoint::AttnZ(l));
+    }
+  }
+
+  km::ForwardRequest request;
+  km::KVCache kv;
+  if (start_col > 0) {
+    // Trials over the same prompts repeat one prompt list: the rows then share the prompts'
+    // clean keys/values instead of each holding a copy (KVCache::shared_prefix).
+    std::vector<int64_t> cycle = PromptCycle(local);
+    if (!cycle.empty()) {
+      kv = block.kv.SelectRows(at::tensor(cycle, at::kLong).to(model_.device())).Prefix(start_col);
+      kv.shared_prefix = true;
+    } else {
+      kv = block.kv.SelectRows(chunk->local_index).Prefix(start_col);
+    }
+  }
+  request.kv_cache = &kv;
+  request.attention_mask = batch_.mask.index_select(0, prompt_index).narrow(1, start_col, chunk->new_cols);
+  if (chunk->start_layer == 0) {
+    request.input_ids = batch_.ids.index_select(0, prompt_index).narrow(1, start_col, chunk->new_cols);
+  } else {
+    request.start_layer = chunk->start_layer;
+    request.start_residual = block.resid_pre[chunk->start_layer]
+                                 .index_select(0, chunk->local_index)
+                                 .narrow(1, start_col, chunk->new_cols);
+  }
+  // Every score is read from the final residual through MetricUnembed (metrics.h).
+  request.logits = km::ForwardRequest::Logits::kNone;
+  request.hooks = &hooks;
+  KO_ASSIGN_OR_RETURN(km::ForwardResult result, model_.Forward(request));
+  chunk->x_ablated = result.residual.select(1, chunk->new_cols - 1).to(at::kFloat);
+  return Status::Ok();
+}
+
+// Refusal score, KL, logit difference, and with compensation DE and the final norm's effect,
+// all through MetricUnembed in blocks of rows (float64 [rows, vocab] logits stay small).
+TrialRunner::ChunkMetrics TrialRunner::ComputeMetrics(const Block& block, const Chunk& chunk) const {
+  const int64_t b = static_cast<int64_t>(chunk.rows.size());
+  const bool compensation = shard_.compensation();
+  const at::Tensor scale_abl = FinalScale(model_, chunk.x_ablated);
+  const at::Tensor x_clean = block.final_last.index_select(0, chunk.local_index);
+  const at::Tensor scale_clean = block.scale_last.index_select(0, chunk.local_index);
+
+  // The unit's own change of write at the last position (trials with one edit at one hook).
+  ChunkMetrics out;
+  at::Tensor delta = at::zeros_like(x_clean);
+  out.has_de.assign(b, false);
+  if (compensation) {
+    for (const auto& [trial, members] : chunk.trial_rows) {
+      const TrialPlan& plan = plans_[trial];
+      if (!plan.has_de) continue;
+      const std::string name = plan.own_hook.Name();
+      at::Tensor member_index = at::tensor(members, at::kLong).to(model_.device());
+      at::Tensor abl = chunk.hooks.cache().at(name).index_select(0, member_index).select(1, chunk.new_cols - 1);
+      at::Tensor cln = block.last.at(name).index_select(0, chunk.local_index.index_select(0, member_index));
+      delta.index_copy_(0, member_index, OwnWrite(plan.own_hook, abl, cln));
+      for (int64_t i : members) out.has_de[i] = true;
+    }
+  }
+  std::vector<at::Tensor> score, clean, kl, diff, clean_diff, de, norm;
+  for (int64_t r0 = 0; r0 < b; r0 += kMetricBlockRows) {
+    const int64_t n = std::min<int64_t>(kMetricBlockRows, b - r0);
+    at::Tensor xa = chunk.x_ablated.narrow(0, r0, n), sa = scale_abl.narrow(0, r0, n);
+    at::Tensor xc = x_clean.narrow(0, r0, n), sc = scale_clean.narrow(0, r0, n);
+    at::Tensor logits = MetricUnembed(model_, xa, sa);
+    at::Tensor clean_logits = MetricUnembed(model_, xc, sc);
+    at::Tensor clean_score = RefusalScore(clean_logits, refusal_ids_);
+    score.push_back(RefusalScore(logits, refusal_ids_));
+    clean.push_back(clean_score);
+    kl.push_back(Kl(clean_logits, logits));
+    if (positive_ids_.defined()) {
+      diff.push_back(LogitDiff(logits, positive_ids_, negative_ids_));
+      clean_diff.push_back(LogitDiff(clean_logits, positive_ids_, negative_ids_));
+    }
+    if (compensation) {
+      // TE, DE and the norm's effect: differences of scores from the one unembedding path.
+      norm.push_back(score.back() - RefusalScore(MetricUnembed(model_, xa, sc), refusal_ids_));
+      at::Tensor de_score = RefusalScore(MetricUnembed(model_, xc + delta.narrow(0, r0, n), sc), refusal_ids_);
+      de.push_back(de_score - clean_score);
+    }
+  }
+  auto column = [](const std::vector<at::Tensor>& parts) {
+    if (parts.empty()) return std::vector<double>();
+    at::Tensor c = at::cat(parts).to(at::kCPU, at::kDouble).contiguous();
+    return std::vector<double>(c.data_ptr<double>(), c.data_ptr<double>() + c.numel());
+  };
+  out.score = column(score), out.clean = column(clean), out.kl = column(kl);
+  out.diff = column(diff), out.clean_diff = column(clean_diff);
+  out.de = column(de), out.norm = column(norm);
+  return out;
+}
+
+// Each row's downstream units (its trial's plan): a unit's write at the last position . m (m:
+// the row's prompt's metric direction), clean and ablated; layers before the chunk's start ran
+// clean.
+std::vector<std::vector<v1::UnitReading>> TrialRunner::ReadDownstream(const Block& block,
+                                                                      const Chunk& chunk) const {
+  const int64_t b = static_cast<int64_t>(chunk.rows.size());
+  const at::Tensor m = block.metric_direction.index_select(0, chunk.local_index);  // [B, d]
+  auto read = [&](const std::string& name, int64_t layer, bool ablated) {
+    if (ablated && layer >= chunk.start_layer) {
+      return chunk.hooks.cache().at(name).select(1, chunk.new_cols - 1).to(at::kFloat);
+    }
+    return block.last.at(name).index_select(0, chunk.local_index);
+  };
+  auto stacked = [](const std::vector<at::Tensor>& v) {
+    return at::stack(v, 1).to(at::kCPU, at::kDouble).contiguous();
+  };
+  std::vector<at::Tensor> attn_c, attn_a, mlp_c, mlp_a, head_c, head_a;
+  for (int64_t l = 0; l < config_.num_layers; ++l) {
+    const std::string attn = km::HookPoint::AttnOut(l).Name(), mlp = km::HookPoint::MlpOut(l).Name();
+    attn_c.push_back((read(attn, l, false) * m).sum(-1));
+    attn_a.push_back((read(attn, l, true) * m).sum(-1));
+    mlp_c.push_back((read(mlp, l, false) * m).sum(-1));
+    mlp_a.push_back((read(mlp, l, true) * m).sum(-1));
+    if (chunk.reads_heads) {
+      const int64_t h = config_.num_heads, dh = config_.head_dim;
+      at::Tensor u = at::matmul(m, model_.weights().layers[l].o.to(at::kFloat)).view({b, h, dh});
+      const std::string z = km::HookPoint::AttnZ(l).Name();
+      head_c.push_back((read(z, l, false) * u).sum(-1));
+      head_a.push_back((read(z, l, true) * u).sum(-1));
+    }
+  }
+  at::Tensor ac = stacked(attn_c), aa = stacked(attn_a), mc = stacked(mlp_c), ma = stacked(mlp_a);
+  at::Tensor hc = chunk.reads_heads ? stacked(head_c) : at::zeros({b, 1, 1}, at::kDouble);
+  at::Tensor ha = chunk.reads_heads ? stacked(head_a) : at::zeros({b, 1, 1}, at::kDouble);
+  auto acc = ac.accessor<double, 2>(), aac = aa.accessor<double, 2>();
+  auto mcc = mc.accessor<double, 2>(), mac = ma.accessor<double, 2>();
+  auto hcc = hc.accessor<double, 3>(), hac = ha.accessor<double, 3>();
+  std::vector<std::vector<v1::UnitReading>> readings(b);
+  for (int64_t i = 0; i < b; ++i) {
+    for (const Downstream& d : plans_[chunk.rows[i].trial].downstream) {
+      v1::UnitReading reading;
+      reading.set_kind(d.kind);
+      reading.set_layer(d.layer);
+      reading.set_unit(d.unit);
+      if (d.kind == v1::UnitReading::HEAD) {
+        reading.set_clean(hcc[i][d.layer][d.unit]);
+        reading.set_ablated(hac[i][d.layer][d.unit]);
+      } else if (d.kind == v1::UnitReading::ATTN_OUT) {
+        reading.set_clean(acc[i][d.layer]);
+        reading.set_ablated(aac[i][d.layer]);
+      } else {
+        reading.set_clean(mcc[i][d.layer]);
+        reading.set_ablated(mac[i][d.layer]);
+      }
+      readings[i].push_back(reading);
+    }
+  }
+  return readings;
+}
+
+// Per-row values; a row with a non-finite value carries an error naming it (Assemble leaves
+// such a prompt out of every mean).
+void TrialRunner::StoreRows(const Chunk& chunk, const ChunkMetrics& metrics,
+                            std::vector<std::vector<v1::UnitReading>>* readings) {
+  const bool compensation = shard_.compensation();
+  for (size_t i = 0; i < chunk.rows.size(); ++i) {
+    RowValues& out = results_[{chunk.rows[i].trial, chunk.rows[i].prompt}];
+    out.values["refusal_score"] = metrics.score[i];
+    out.values["clean_refusal_score"] = metrics.clean[i];
+    out.values["te"] = metrics.score[i] - metrics.clean[i];
+    out.values["kl"] = metrics.kl[i];
+    if (!metrics.diff.empty()) {
+      out.values["logit_diff"] = metrics.diff[i];
+      out.values["clean_logit_diff"] = metrics.clean_diff[i];
+    }
+    if (compensation) {
+      if (metrics.has_de[i]) out.values["de"] = metrics.de[i];
+      out.values["norm_effect"] = metrics.norm[i];
+      out.downstream = std::move((*readings)[i]);
+    }
+    std::string bad;
+    for (const auto& [key, value] : out.values) {
+      if (!std::isfinite(value)) bad += (bad.empty() ? "" : ", ") + key;
+    }
+    for (const v1::UnitReading& r : out.downstream) {
+      if (!std::isfinite(r.clean()) || !std::isfinite(r.ablated())) {
+        bad += std::string(bad.empty() ? "" : ", ") + "downstream readings";
+        break;
+      }
+    }
+    if (!bad.empty()) out.error = "non-finite " + bad;
+  }
+}
+
+// Per-prompt rows, then per (trial, prompt set) aggregates. A prompt whose row has an error
+// (a non-finite value) is left out of every mean of its aggregate, so that TE, DE and C are
+// always means over the same prompts; the aggregate counts it in `excluded_prompts`.
+v1::ShardResult TrialRunner::Assemble() const {
+  v1::ShardResult out;
+  struct Aggregate {
+    std::map<std::string, double> sums;
+    std::vector<v1::UnitReading> downstream;
+    int n = 0;
+    int excluded = 0;
+  };
+  std::map<std::pair<int, std::string>, Aggregate> aggregates;
+  for (const auto& [key, values] : results_) {
+    const auto& [ti, p] = key;
+    const v1::Trial& trial = shard_.trials(ti);
+    const v1::ShardPrompt& prompt = shard_.prompts(p);
+    v1::ResultRow* row = out.add_rows();
+    row->set_trial(trial.index());
+    row->set_prompt_set(prompt.set());
+    row->set_prompt(static_cast<int32_t>(prompt.index()));
+    for (const auto& [k, v] : values.values) (*row->mutable_values())[k] = v;
+    row->set_error(values.error);
+    Aggregate& a = aggregates[{ti, prompt.set()}];
+    if (!values.error.empty()) {
+      ++a.excluded;
+      continue;
+    }
+    for (const auto& [k, v] : values.values) a.sums[k] += v;
+    if (a.downstream.empty()) {
+      a.downstream = values.downstream;
+      for (auto& r : a.downstream) r.set_clean(0), r.set_ablated(0);
+    }
+    for (size_t i = 0; i < values.downstream.size(); ++i) {
+      a.downstream[i].set_clean(a.downstream[i].clean() + values.downstream[i].clean());
+      a.downstream[i].set_ablated(a.downstream[i].ablated() + values.downstream[i].ablated());
+    }
+    ++a.n;
+  }
+  for (auto& [key, a] : aggregates) {
+    v1::ResultRow* row = out.add_rows();
+    row->set_trial(shard_.trials(key.first).index());
+    row->set_prompt_set(key.second);
+    row->set_prompt(-1);
+    const double n = std::max(a.n, 1);
+    for (const auto& [k, v] : a.sums) (*row->mutable_values())[k] = a.n > 0 ? v / n : std::nan("");
+    (*row->mutable_values())["prompts"] = a.n;
+    if (a.excluded > 0) (*row->mutable_values())["excluded_prompts"] = a.excluded;
+    for (auto& r : a.downstream) {
+      r.set_clean(r.clean() / n);
+      r.set_ablated(r.ablated() / n);
+      *row->add_downstream() = r;
+    }
+  }
+  return out;
+}
+
+StatusOr<v1::ShardResult> TrialRunner::Run() {
+  KO_RETURN_IF_ERROR(Prepare());
+  KO_RETURN_IF_ERROR(ReferenceMeans());
+  // Blocks of the prompts some trial runs on.
+  std::vector<int64_t> used;
+  for (int64_t p = 0; p < shard_.prompts_size(); ++p) {
+    for (size_t ti = 0; ti < plans_.size(); ++ti) {
+      if (start_cols_[ti][p] >= 0) {
+        used.push_back(p);
+        break;
+      }
+    }
+  }
+  for (size_t begin = 0; begin < used.size(); begin += static_cast<size_t>(BlockRows())) {
+    const size_t end = std::min(used.size(), begin + static_cast<size_t>(BlockRows()));
+    KO_ASSIGN_OR_RETURN(Block block, CleanPass(std::vector<int64_t>(used.begin() + begin, used.begin() + end)));
+    KO_RETURN_IF_ERROR(ResampleSources(&block));
+    KO_RETURN_IF_ERROR(RunBlock(block));
+  }
+  v1::ShardResult out = Assemble();
+  out.set_trials_run(shard_.trials_size());
+  return out;
+}
+
+}  // namespace
+
+StatusOr<v1::ShardResult> RunTrials(const LoadedModel& m, const ExecutorOptions& options,
+                                    const v1::Shard& shard) {
+  TrialRunner runner(m, options, shard);
+  return runner.Run();
+}
+
+}  // namespace knockout::executor::internal
