@@ -11,6 +11,7 @@
 // A lease lasts options.lease_ms from the grant or the last heartbeat. An expired lease returns
 // the shard to pending with the attempt counted (AttemptError kept); after max_attempts counted
 // attempts the shard is FAILED and so is its sweep (the error names the shard and its history).
+// A worker's error that would repeat (a malformed shard, a missing file) fails it at once.
 //
 // Reports: first commit wins. A report for a DONE shard is acknowledged (duplicate) and ignored;
 // one from an expired lease is committed if the shard is not DONE (late). A report from a worker
@@ -130,8 +131,10 @@ class Scheduler {
       const std::vector<const v1::ReportResultsRequest*>& requests);
 
   // Gives a lease back (see coordinator.proto). A lease the worker does not hold (expired,
-  // re-leased, done) is OK and changes nothing. A counted failure that uses up max_attempts
-  // fails the shard and its sweep in the same batch. NotFound for an unknown sweep or shard.
+  // re-leased, done) is OK and changes nothing. A counted failure that uses up max_attempts, or
+  // whose code says it would repeat (IsDeterministic in scheduler.cc: InvalidArgument, NotFound,
+  // Unimplemented, FailedPrecondition), fails the shard and its sweep in the same batch.
+  // NotFound for an unknown sweep or shard.
   Status Release(const v1::ReleaseShardRequest& request);
 
   // Returns every lease whose deadline has passed to pending (or FAILED after max_attempts) in

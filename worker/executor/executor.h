@@ -24,6 +24,7 @@
 // if LibTorch's own threading is acceptable to the caller.
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -63,6 +64,9 @@ struct ExecutorOptions {
   int64_t max_batch_rows = 128;
   bool reuse_prefixes = true;    // false: one full forward per trial (the naive reference)
   int64_t generation_batch = 64;
+  // Asked between chunks; true: Run stops and returns Cancelled (or DeadlineExceeded). May be
+  // called from the executing thread while other threads change what it reads.
+  std::function<bool()> should_stop;
 };
 
 class ShardExecutor {
