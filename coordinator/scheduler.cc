@@ -528,11 +528,12 @@ StatusOr<v1::SubmitSweepResponse> Scheduler::Submit(const v1::SubmitSweepRequest
   auto shape = experiments::ReadModelShape(parsed.spec.model().path());
   if (!shape.ok()) return shape.status().WithContext(parsed.Where("model.path"));
   KO_RETURN_IF_ERROR(experiments::ValidateSpecFiles(parsed, *shape));
+  // The id hashes the prompts and config.json read now: other inputs, another sweep.
+  KO_ASSIGN_OR_RETURN(const std::string id, experiments::SweepIdFor(parsed.spec));
 
   std::lock_guard<std::mutex> commit_lock(commit_mu_);
   std::lock_guard<std::mutex> lock(mu_);
   State& state = *state_;
-  const std::string id = experiments::SweepIdFor(parsed.spec);
   auto previous = store_->GetSweep(id);
   if (!previous.ok() && previous.status().code() != StatusCode::kNotFound) {
     return previous.status();
@@ -544,7 +545,7 @@ StatusOr<v1::SubmitSweepResponse> Scheduler::Submit(const v1::SubmitSweepRequest
   }
   bool resumed = false;
   KO_ASSIGN_OR_RETURN(std::string sweep_id,
-                      engine->Submit(parsed.spec, &resumed, request.priority()));
+                      engine->Submit(parsed.spec, id, &resumed, request.priority()));
   if (previous.ok() &&
       (previous->state() == v1::FAILED || previous->state() == v1::CANCELLED)) {
     KO_RETURN_IF_ERROR(state.ResetShards(sweep_id, "lease dropped: the sweep was stopped"));

@@ -87,9 +87,10 @@ class Scheduler {
 
   // Parses the YAML (errors name request.spec_label, the line and the field), resolves relative
   // paths against base_dir, reads the model's config.json and checks the spec against it and
-  // its prompt files, then creates the sweep (or resumes it: same spec, same id; a FAILED or
-  // CANCELLED sweep runs again: its failed shards get their attempts back, shards held when it
-  // stopped are pending again, neither counted) and expands its first stage. The request's
+  // its prompt files, then creates the sweep (or resumes it: same spec on the same prompts and
+  // config.json, same id: experiments::SweepIdFor; a FAILED or CANCELLED sweep runs again: its
+  // failed shards get their attempts back, shards held when it stopped are pending again,
+  // neither counted) and expands its first stage. The request's
   // priority is stored in SweepRecord.priority (a resubmission replaces it). InvalidArgument /
   // NotFound for a bad spec or a base_dir that is not absolute; nothing is stored then.
   // FailedPrecondition naming the sweep if its stage cannot be expanded or a rerun finaliser

@@ -966,6 +966,39 @@ TEST_F(SchedulerTest, ListShowsEverySweepOldestFirst) {
   for (const auto& progress : *listed) EXPECT_EQ(progress.shards_total(), 4u);
 }
 
+// The same spec text over an edited prompt file is another sweep (experiments::SweepIdFor
+// hashes the prompts loaded and config.json); before, it resumed the old sweep, whose shards
+// carry the old prompts.
+TEST_F(SchedulerTest, AnEditedPromptFileStartsANewSweepInsteadOfResuming) {
+  const fs::path prompts = dir_ / "prompts.jsonl";
+  fs::copy_file(fs::path(kSpecsDir) / "../prompts/demo/harmful_val.jsonl", prompts);
+  std::string yaml = SpecYaml("edit");
+  const std::string from = "../prompts/demo/harmful_val.jsonl";
+  yaml.replace(yaml.find(from), from.size(), prompts.string());
+  auto first = TrySubmit(yaml);
+  ASSERT_TRUE(first.ok()) << first.status().ToString();
+  EXPECT_FALSE(first->resumed());
+  auto same = TrySubmit(yaml);
+  ASSERT_TRUE(same.ok()) << same.status().ToString();
+  EXPECT_TRUE(same->resumed());
+  EXPECT_EQ(same->sweep_id(), first->sweep_id());
+
+  std::ofstream(prompts, std::ios::trunc) << "{\"instruction\": \"An edited request.\"}\n";
+  auto edited = TrySubmit(yaml);
+  ASSERT_TRUE(edited.ok()) << edited.status().ToString();
+  EXPECT_FALSE(edited->resumed());
+  EXPECT_NE(edited->sweep_id(), first->sweep_id());
+  v1::LeaseShardsResponse held = Lease("w1", 8);
+  bool saw_edited = false;
+  for (const v1::Lease& lease : held.leases()) {
+    if (lease.shard().sweep_id() != edited->sweep_id()) continue;
+    ASSERT_EQ(lease.shard().prompts_size(), 1);
+    EXPECT_EQ(lease.shard().prompts(0).instruction(), "An edited request.");
+    saw_edited = true;
+  }
+  EXPECT_TRUE(saw_edited);
+}
+
 // Report writes its group commit without the scheduler's mutex; Lease runs meanwhile and must
 // neither grant a shard being committed nor fail on one (its record turning DONE under it).
 TEST_F(SchedulerTest, LeaseRunsBesideAGroupCommitWithoutTouchingItsShards) {
