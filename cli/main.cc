@@ -87,8 +87,10 @@ int Validate(const std::string& path) {
   if (Status s = ke::ValidateSpecFiles(*parsed, *shape); !s.ok()) return Fail(s);
   auto plan = ke::PlanSweep(parsed->spec, *shape);
   if (!plan.ok()) return Fail(plan.status());
+  auto id = ke::SweepIdFor(parsed->spec);
+  if (!id.ok()) return Fail(id.status());
   std::cout << path << ": ok — sweep " << parsed->spec.name() << " (id "
-            << ke::SweepIdFor(parsed->spec) << "), model " << parsed->spec.model().path() << " ("
+            << *id << "), model " << parsed->spec.model().path() << " ("
             << shape->num_layers << " layers, " << shape->num_heads << " heads)\n";
   std::cout << std::left << std::setw(4) << "#" << std::setw(18) << "stage" << std::setw(20)
             << "kind" << std::right << std::setw(8) << "shards" << std::setw(9) << "trials"

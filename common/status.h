@@ -24,6 +24,8 @@ enum class StatusCode {
   kPermissionDenied,   // the caller may not do this (a result for a shard it never leased)
   kUnavailable,        // a peer (the coordinator) cannot be reached now; retrying may succeed
   kUnauthenticated,    // no or a wrong bearer token
+  kCancelled,          // the work was asked to stop (a stop flag, a dropped lease)
+  kDeadlineExceeded,   // the work ran past its time limit (a shard past --shard-timeout)
 };
 
 const char* StatusCodeName(StatusCode code);
@@ -49,6 +51,10 @@ class [[nodiscard]] Status {
   static Status Unavailable(std::string m) { return {StatusCode::kUnavailable, std::move(m)}; }
   static Status Unauthenticated(std::string m) {
     return {StatusCode::kUnauthenticated, std::move(m)};
+  }
+  static Status Cancelled(std::string m) { return {StatusCode::kCancelled, std::move(m)}; }
+  static Status DeadlineExceeded(std::string m) {
+    return {StatusCode::kDeadlineExceeded, std::move(m)};
   }
 
   bool ok() const { return code_ == StatusCode::kOk; }
@@ -86,6 +92,8 @@ inline const char* StatusCodeName(StatusCode code) {
     case StatusCode::kPermissionDenied: return "PermissionDenied";
     case StatusCode::kUnavailable: return "Unavailable";
     case StatusCode::kUnauthenticated: return "Unauthenticated";
+    case StatusCode::kCancelled: return "Cancelled";
+    case StatusCode::kDeadlineExceeded: return "DeadlineExceeded";
   }
   return "Unknown";
 }

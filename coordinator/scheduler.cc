@@ -48,6 +48,31 @@ std::string AttemptHistory(const v1::ShardRecord& record) {
   return history;
 }
 
+// Whether a shard error a worker reports (ReleaseShardRequest.code) will repeat wherever and
+// however often the shard runs, so that a retry only spends attempts: such a shard fails at once,
+// and so does its sweep, with the message in the shard's history. This is the one place that
+// decides it.
+//   Deterministic: the shard or its inputs are wrong or unsupported. InvalidArgument (a malformed
+//   shard, a position a prompt does not have, a result the coordinator refused as too large or
+//   as not matching its shard; gRPC's OUT_OF_RANGE and RESOURCE_EXHAUSTED arrive as this, see
+//   proto/channel.h), Unimplemented, NotFound (a missing file or tensor), FailedPrecondition.
+//   Transient, retried up to max_attempts: Unavailable, Internal (a bug or a LibTorch error that
+//   may depend on the machine, e.g. out of memory), IOError and Corruption (one worker's disk or
+//   copy of a file), PermissionDenied and Unauthenticated (one worker's access), Cancelled,
+//   DeadlineExceeded (--shard-timeout: another worker may be faster or less busy), an expired
+//   lease, and no code at all (a worker older than the field).
+bool IsDeterministic(v1::ErrorCode code) {
+  switch (code) {
+    case v1::ERROR_INVALID_ARGUMENT:
+    case v1::ERROR_UNIMPLEMENTED:
+    case v1::ERROR_NOT_FOUND:
+    case v1::ERROR_FAILED_PRECONDITION:
+      return true;
+    default:
+      return false;
+  }
+}
+
 bool Contains(const google::protobuf::RepeatedPtrField<std::string>& list, const std::string& s) {
   return std::find(list.begin(), list.end(), s) != list.end();
 }
@@ -286,9 +311,10 @@ struct Scheduler::State {
   // Failed attempts
 
   // Records a failed attempt on `shard` (RUNNING): back to PENDING, or FAILED once counted
-  // failures reach max_attempts. Returns whether it failed for good.
+  // failures reach max_attempts or at once if the error is `deterministic` (IsDeterministic).
+  // Returns whether it failed for good.
   bool RecordFailure(v1::ShardRecord* shard, const std::string& worker, const std::string& error,
-                     bool counted, uint64_t now) const {
+                     bool counted, uint64_t now, bool deterministic = false) const {
     v1::AttemptError* attempt = shard->add_errors();
     attempt->set_attempt(shard->attempt());
     attempt->set_worker(worker);
@@ -301,20 +327,26 @@ struct Scheduler::State {
       shard->set_failed_attempts(shard->failed_attempts() + 1);
       shard->set_error(error);
     }
-    const bool failed = counted && shard->failed_attempts() >= options.max_attempts;
+    const bool failed =
+        counted && (deterministic || shard->failed_attempts() >= options.max_attempts);
     shard->set_state(failed ? v1::FAILED : v1::PENDING);
     return failed;
   }
 
-  // The sweep record that a shard failed for good turns into.
-  StatusOr<v1::SweepRecord> FailedSweep(const v1::ShardRecord& shard) const {
+  // The sweep record that a shard failed for good turns into (`deterministic`: by an error
+  // that is not retried).
+  StatusOr<v1::SweepRecord> FailedSweep(const v1::ShardRecord& shard,
+                                        bool deterministic = false) const {
     auto it = sweeps.find(shard.shard().sweep_id());
     if (it == sweeps.end()) return Status::NotFound("sweep " + shard.shard().sweep_id());
     v1::SweepRecord record = it->second.record;
     record.set_state(v1::FAILED);
-    record.set_error("shard " + ShardName(shard.shard()) + " failed " +
-                     std::to_string(shard.failed_attempts()) + " times (max_attempts " +
-                     std::to_string(options.max_attempts) + "): " + AttemptHistory(shard));
+    const std::string why =
+        deterministic ? " failed with an error that would repeat (not retried): "
+                      : " failed " + std::to_string(shard.failed_attempts()) +
+                            " times (max_attempts " + std::to_string(options.max_attempts) +
+                            "): ";
+    record.set_error("shard " + ShardName(shard.shard()) + why + AttemptHistory(shard));
     return record;
   }
 
@@ -496,11 +528,12 @@ StatusOr<v1::SubmitSweepResponse> Scheduler::Submit(const v1::SubmitSweepRequest
   auto shape = experiments::ReadModelShape(parsed.spec.model().path());
   if (!shape.ok()) return shape.status().WithContext(parsed.Where("model.path"));
   KO_RETURN_IF_ERROR(experiments::ValidateSpecFiles(parsed, *shape));
+  // The id hashes the prompts and config.json read now: other inputs, another sweep.
+  KO_ASSIGN_OR_RETURN(const std::string id, experiments::SweepIdFor(parsed.spec));
 
   std::lock_guard<std::mutex> commit_lock(commit_mu_);
   std::lock_guard<std::mutex> lock(mu_);
   State& state = *state_;
-  const std::string id = experiments::SweepIdFor(parsed.spec);
   auto previous = store_->GetSweep(id);
   if (!previous.ok() && previous.status().code() != StatusCode::kNotFound) {
     return previous.status();
@@ -512,7 +545,7 @@ StatusOr<v1::SubmitSweepResponse> Scheduler::Submit(const v1::SubmitSweepRequest
   }
   bool resumed = false;
   KO_ASSIGN_OR_RETURN(std::string sweep_id,
-                      engine->Submit(parsed.spec, &resumed, request.priority()));
+                      engine->Submit(parsed.spec, id, &resumed, request.priority()));
   if (previous.ok() &&
       (previous->state() == v1::FAILED || previous->state() == v1::CANCELLED)) {
     KO_RETURN_IF_ERROR(state.ResetShards(sweep_id, "lease dropped: the sweep was stopped"));
@@ -973,10 +1006,11 @@ Status Scheduler::Release(const v1::ReleaseShardRequest& request) {
     return Status::Ok();  // not this worker's current lease: nothing to give back
   }
   const bool counted = !request.error().empty();
+  const bool deterministic = counted && IsDeterministic(request.code());
   const std::string error = counted ? request.error() : "released by the worker";
   RecordUpdate update;
-  if (state.RecordFailure(&shard, worker_id, error, counted, now)) {
-    KO_ASSIGN_OR_RETURN(v1::SweepRecord record, state.FailedSweep(shard));
+  if (state.RecordFailure(&shard, worker_id, error, counted, now, deterministic)) {
+    KO_ASSIGN_OR_RETURN(v1::SweepRecord record, state.FailedSweep(shard, deterministic));
     update.sweeps.push_back(std::move(record));
   }
   update.shards.push_back(std::move(shard));

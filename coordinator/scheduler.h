@@ -11,6 +11,7 @@
 // A lease lasts options.lease_ms from the grant or the last heartbeat. An expired lease returns
 // the shard to pending with the attempt counted (AttemptError kept); after max_attempts counted
 // attempts the shard is FAILED and so is its sweep (the error names the shard and its history).
+// A worker's error that would repeat (a malformed shard, a missing file) fails it at once.
 //
 // Reports: first commit wins. A report for a DONE shard is acknowledged (duplicate) and ignored;
 // one from an expired lease is committed if the shard is not DONE (late). A report from a worker
@@ -86,9 +87,10 @@ class Scheduler {
 
   // Parses the YAML (errors name request.spec_label, the line and the field), resolves relative
   // paths against base_dir, reads the model's config.json and checks the spec against it and
-  // its prompt files, then creates the sweep (or resumes it: same spec, same id; a FAILED or
-  // CANCELLED sweep runs again: its failed shards get their attempts back, shards held when it
-  // stopped are pending again, neither counted) and expands its first stage. The request's
+  // its prompt files, then creates the sweep (or resumes it: same spec on the same prompts and
+  // config.json, same id: experiments::SweepIdFor; a FAILED or CANCELLED sweep runs again: its
+  // failed shards get their attempts back, shards held when it stopped are pending again,
+  // neither counted) and expands its first stage. The request's
   // priority is stored in SweepRecord.priority (a resubmission replaces it). InvalidArgument /
   // NotFound for a bad spec or a base_dir that is not absolute; nothing is stored then.
   // FailedPrecondition naming the sweep if its stage cannot be expanded or a rerun finaliser
@@ -130,8 +132,10 @@ class Scheduler {
       const std::vector<const v1::ReportResultsRequest*>& requests);
 
   // Gives a lease back (see coordinator.proto). A lease the worker does not hold (expired,
-  // re-leased, done) is OK and changes nothing. A counted failure that uses up max_attempts
-  // fails the shard and its sweep in the same batch. NotFound for an unknown sweep or shard.
+  // re-leased, done) is OK and changes nothing. A counted failure that uses up max_attempts, or
+  // whose code says it would repeat (IsDeterministic in scheduler.cc: InvalidArgument, NotFound,
+  // Unimplemented, FailedPrecondition), fails the shard and its sweep in the same batch.
+  // NotFound for an unknown sweep or shard.
   Status Release(const v1::ReleaseShardRequest& request);
 
   // Returns every lease whose deadline has passed to pending (or FAILED after max_attempts) in

@@ -177,11 +177,13 @@ class SchedulerTest : public ::testing::Test {
     return responses[0];
   }
 
-  Status Release(const std::string& worker, const v1::LeaseRef& ref, const std::string& error) {
+  Status Release(const std::string& worker, const v1::LeaseRef& ref, const std::string& error,
+                 v1::ErrorCode code = v1::ERROR_CODE_UNSPECIFIED) {
     v1::ReleaseShardRequest request;
     request.set_worker_id(worker);
     *request.mutable_lease() = ref;
     request.set_error(error);
+    request.set_code(code);
     return scheduler_->Release(request);
   }
 
@@ -497,6 +499,71 @@ TEST_F(SchedulerTest, MaxAttemptsFailTheShardAndTheSweepWithItsHistory) {
   EXPECT_EQ(retry.leases(0).ref().attempt(), 4u);
   EXPECT_EQ(Shard(id, 0, 0).failed_attempts(), 0u);
   EXPECT_EQ(Shard(id, 0, 0).errors_size(), 3);
+}
+
+// The deterministic codes of IsDeterministic (scheduler.cc; the list: a malformed shard,
+// an unsupported feature, a missing file, a wrong state): one release fails the shard and its
+// sweep, with the message in the shard's history. The old scheduler retried every error up to
+// max_attempts (3).
+TEST_F(SchedulerTest, ADeterministicErrorFailsTheShardAndTheSweepAtOnce) {
+  for (v1::ErrorCode code : {v1::ERROR_INVALID_ARGUMENT, v1::ERROR_UNIMPLEMENTED,
+                             v1::ERROR_NOT_FOUND, v1::ERROR_FAILED_PRECONDITION}) {
+    SCOPED_TRACE(v1::ErrorCode_Name(code));
+    const std::string name = "det" + std::to_string(static_cast<int>(code));
+    const std::string id = Submit(name);
+    v1::LeaseShardsResponse held = Lease("w1", 2);
+    ASSERT_EQ(held.leases_size(), 2);
+    ASSERT_EQ(held.leases(0).shard().sweep_id(), id);
+    const std::string message =
+        "InvalidArgument: position selector \"[3,-1]\": expected comma-separated indices";
+    ASSERT_TRUE(Release("w1", held.leases(0).ref(), message, code).ok());
+
+    const v1::ShardRecord record = Shard(id, 0, 0);
+    EXPECT_EQ(record.state(), v1::FAILED);
+    EXPECT_EQ(record.failed_attempts(), 1u);
+    EXPECT_EQ(record.error(), message);
+    ASSERT_EQ(record.errors_size(), 1);
+    EXPECT_TRUE(record.errors(0).counted());
+    const v1::SweepProgress progress = Progress(id);
+    EXPECT_EQ(progress.sweep().state(), v1::FAILED);
+    EXPECT_NE(progress.sweep().error().find("attempt 1 (worker w1): " + message),
+              std::string::npos)
+        << progress.sweep().error();
+    EXPECT_NE(progress.sweep().error().find("not retried"), std::string::npos)
+        << progress.sweep().error();
+    // Nothing of the sweep is leased again, and the other held shard is dropped.
+    EXPECT_EQ(Lease("w2", 4).leases_size(), 0);
+    v1::HeartbeatResponse beat = Heartbeat("w1", {held.leases(1).ref()});
+    ASSERT_EQ(beat.leases_size(), 1);
+    EXPECT_FALSE(beat.leases(0).keep());
+    EXPECT_EQ(beat.leases(0).reason(), "sweep failed");
+  }
+}
+
+// Every other code (and none: a worker older than the field) is retried: the shard is pending
+// again after each failure and fails only at max_attempts (3), as before.
+TEST_F(SchedulerTest, TransientErrorsAreRetriedUpToMaxAttempts) {
+  const std::vector<v1::ErrorCode> codes = {
+      v1::ERROR_CODE_UNSPECIFIED, v1::ERROR_UNAVAILABLE,     v1::ERROR_INTERNAL,
+      v1::ERROR_IO,               v1::ERROR_CORRUPTION,      v1::ERROR_DEADLINE_EXCEEDED,
+      v1::ERROR_CANCELLED,        v1::ERROR_PERMISSION_DENIED, v1::ERROR_UNAUTHENTICATED};
+  for (size_t i = 0; i < codes.size(); ++i) {
+    SCOPED_TRACE(v1::ErrorCode_Name(codes[i]));
+    const std::string id = Submit("transient" + std::to_string(i));
+    for (uint32_t attempt = 1; attempt <= 3; ++attempt) {
+      v1::LeaseShardsResponse held = Lease("w1", 1);
+      ASSERT_EQ(held.leases_size(), 1);
+      ASSERT_EQ(held.leases(0).ref().shard(), 0u);
+      ASSERT_EQ(held.leases(0).ref().attempt(), attempt);
+      ASSERT_TRUE(Release("w1", held.leases(0).ref(), "flaky", codes[i]).ok());
+      const v1::RunState expected = attempt < 3 ? v1::PENDING : v1::FAILED;
+      EXPECT_EQ(Shard(id, 0, 0).state(), expected);
+      EXPECT_EQ(Progress(id).sweep().state(), attempt < 3 ? v1::RUNNING : v1::FAILED);
+    }
+    EXPECT_NE(Progress(id).sweep().error().find("failed 3 times (max_attempts 3)"),
+              std::string::npos)
+        << Progress(id).sweep().error();
+  }
 }
 
 TEST_F(SchedulerTest, LateReportIsCommittedAndTheLaterDuplicateIgnored) {
@@ -897,6 +964,39 @@ TEST_F(SchedulerTest, ListShowsEverySweepOldestFirst) {
   std::set<std::string> ids{(*listed)[0].sweep().id(), (*listed)[1].sweep().id()};
   EXPECT_EQ(ids, (std::set<std::string>{a, b}));
   for (const auto& progress : *listed) EXPECT_EQ(progress.shards_total(), 4u);
+}
+
+// The same spec text over an edited prompt file is another sweep (experiments::SweepIdFor
+// hashes the prompts loaded and config.json); before, it resumed the old sweep, whose shards
+// carry the old prompts.
+TEST_F(SchedulerTest, AnEditedPromptFileStartsANewSweepInsteadOfResuming) {
+  const fs::path prompts = dir_ / "prompts.jsonl";
+  fs::copy_file(fs::path(kSpecsDir) / "../prompts/demo/harmful_val.jsonl", prompts);
+  std::string yaml = SpecYaml("edit");
+  const std::string from = "../prompts/demo/harmful_val.jsonl";
+  yaml.replace(yaml.find(from), from.size(), prompts.string());
+  auto first = TrySubmit(yaml);
+  ASSERT_TRUE(first.ok()) << first.status().ToString();
+  EXPECT_FALSE(first->resumed());
+  auto same = TrySubmit(yaml);
+  ASSERT_TRUE(same.ok()) << same.status().ToString();
+  EXPECT_TRUE(same->resumed());
+  EXPECT_EQ(same->sweep_id(), first->sweep_id());
+
+  std::ofstream(prompts, std::ios::trunc) << "{\"instruction\": \"An edited request.\"}\n";
+  auto edited = TrySubmit(yaml);
+  ASSERT_TRUE(edited.ok()) << edited.status().ToString();
+  EXPECT_FALSE(edited->resumed());
+  EXPECT_NE(edited->sweep_id(), first->sweep_id());
+  v1::LeaseShardsResponse held = Lease("w1", 8);
+  bool saw_edited = false;
+  for (const v1::Lease& lease : held.leases()) {
+    if (lease.shard().sweep_id() != edited->sweep_id()) continue;
+    ASSERT_EQ(lease.shard().prompts_size(), 1);
+    EXPECT_EQ(lease.shard().prompts(0).instruction(), "An edited request.");
+    saw_edited = true;
+  }
+  EXPECT_TRUE(saw_edited);
 }
 
 // Report writes its group commit without the scheduler's mutex; Lease runs meanwhile and must

@@ -7,7 +7,10 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <filesystem>
+#include <fstream>
 #include <functional>
+#include <iterator>
 #include <map>
 #include <set>
 #include <sstream>
@@ -350,12 +353,40 @@ StatusOr<std::string> ReferenceSet(const v1::KnockoutSweepStage& stage) {
 
 }  // namespace
 
-std::string SweepIdFor(const v1::SweepSpec& spec) {
+StatusOr<std::string> SweepIdFor(const v1::SweepSpec& spec) {
   v1::SweepSpec canonical = spec;
   canonical.clear_source();
+  std::string bytes = DeterministicBytes(canonical);
+  // Every field length-prefixed, so that no two different inputs give the same bytes.
+  auto append = [&bytes](const std::string& field) {
+    bytes += std::to_string(field.size()) + ":" + field;
+  };
+  for (const v1::PromptSetRef& set : spec.prompt_sets()) {
+    StatusOr<std::vector<Prompt>> prompts = LoadSet(spec, set.name());
+    if (!prompts.ok()) return prompts.status().WithContext("prompt set " + set.name());
+    append("prompt_set");
+    append(set.name());
+    append(std::to_string(prompts->size()));
+    for (const Prompt& prompt : *prompts) {
+      append(prompt.instruction);
+      append(prompt.category);
+    }
+  }
+  const std::string config = (std::filesystem::path(spec.model().path()) / "config.json").string();
+  std::ifstream in(config, std::ios::binary);
+  if (in) {
+    append("config.json");
+    append(std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()));
+    if (in.bad()) return Status::IOError(config + ": read failed");
+  } else {
+    std::error_code error;
+    if (std::filesystem::exists(config, error)) {
+      return Status::IOError(config + ": cannot be opened");
+    }
+    append("no config.json");
+  }
   char hex[17];
-  std::snprintf(hex, sizeof(hex), "%016llx",
-                static_cast<unsigned long long>(Fnv1a(DeterministicBytes(canonical))));
+  std::snprintf(hex, sizeof(hex), "%016llx", static_cast<unsigned long long>(Fnv1a(bytes)));
   return spec.name() + "-" + std::string(hex).substr(0, 8);
 }
 
@@ -602,7 +633,12 @@ StatusOr<std::vector<std::pair<std::string, std::string>>> SweepEngine::Finalize
 
 StatusOr<std::string> SweepEngine::Submit(const v1::SweepSpec& spec, bool* resumed,
                                           uint32_t priority) {
-  const std::string id = SweepIdFor(spec);
+  KO_ASSIGN_OR_RETURN(const std::string id, SweepIdFor(spec));
+  return Submit(spec, id, resumed, priority);
+}
+
+StatusOr<std::string> SweepEngine::Submit(const v1::SweepSpec& spec, const std::string& id,
+                                          bool* resumed, uint32_t priority) {
   auto existing = store_->GetSweep(id);
   if (existing.ok()) {
     if (resumed) *resumed = true;

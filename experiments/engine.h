@@ -20,9 +20,13 @@
 
 namespace knockout::experiments {
 
-// The sweep id of a spec: its name and a hash of its canonical (deterministic) serialisation,
-// so that submitting the same spec again resumes the same sweep.
-std::string SweepIdFor(const v1::SweepSpec& spec);
+// The sweep id of a spec and of the inputs it names: "<name>-<8 hex digits>", a hash of the
+// spec's canonical (deterministic) serialisation, of every prompt set's prompts as a sweep loads
+// them (after `limit`: instruction and category) and of the bytes of the model's config.json
+// (its absence hashes as such). Submitting the same spec on the same inputs resumes the same
+// sweep; an edited prompt file or config starts a new one instead of resuming with other inputs.
+// Reads the files: errors of LoadPromptSet naming the set, IOError for an unreadable config.json.
+StatusOr<std::string> SweepIdFor(const v1::SweepSpec& spec);
 
 // "extract_directions", "select_direction", "knockout_sweep", "generate", "orthogonalize"
 // (StageRecord.kind), or "unknown".
@@ -52,6 +56,9 @@ class SweepEngine {
   // failed shards and finaliser are retried; the priority is updated to the one given). The spec
   // must be validated already. Returns the sweep id.
   StatusOr<std::string> Submit(const v1::SweepSpec& spec, bool* resumed, uint32_t priority = 0);
+  // The same with the id already computed by SweepIdFor(spec) (reads no file).
+  StatusOr<std::string> Submit(const v1::SweepSpec& spec, const std::string& id, bool* resumed,
+                               uint32_t priority = 0);
 
   // Brings the sweep to its next runnable state: finalises a stage whose shards are all done,
   // expands the next stage, marks the sweep DONE after the last. Returns the pending shards of

@@ -105,12 +105,20 @@ v1::ShardResult ExtractResult(const v1::Shard& shard) {
   return result;
 }
 
+// The id of a spec as SweepIdFor computes it (the files read now), or "" on error.
+std::string IdOf(const v1::SweepSpec& spec) {
+  auto id = SweepIdFor(spec);
+  EXPECT_TRUE(id.ok()) << id.status().ToString();
+  return id.ok() ? *id : "";
+}
+
 TEST_F(EngineTest, SameSpecSameIdAndShards) {
   ParsedSpec spec = Spec();
-  EXPECT_EQ(SweepIdFor(spec.spec), SweepIdFor(Spec().spec));
+  EXPECT_EQ(IdOf(spec.spec), IdOf(Spec().spec));
+  EXPECT_EQ(IdOf(spec.spec).rfind("unit-", 0), 0u);
   v1::SweepSpec other = spec.spec;
   other.set_seed(7);
-  EXPECT_NE(SweepIdFor(spec.spec), SweepIdFor(other));
+  EXPECT_NE(IdOf(spec.spec), IdOf(other));
   SweepEngine engine(sweeps_.get(), kShape);
   auto a = engine.Expand(spec.spec, "s", 0);
   auto b = engine.Expand(spec.spec, "s", 0);
@@ -215,6 +223,67 @@ TEST_F(EngineTest, ExtractionSelectionAndKnockoutOverTheStore) {
   ASSERT_TRUE(again.ok());
   EXPECT_EQ(*again, *id);
   EXPECT_TRUE(resumed);
+}
+
+// The same spec over edited inputs is another sweep: before, the id hashed the spec's text only,
+// so an edited prompt file or config.json silently resumed the old sweep with other inputs.
+TEST_F(EngineTest, TheIdHashesThePromptsLoadedAndTheModelConfig) {
+  const ParsedSpec spec = Spec();
+  SweepEngine engine(sweeps_.get(), kShape);
+  bool resumed = true;
+  auto first = engine.Submit(spec.spec, &resumed);
+  ASSERT_TRUE(first.ok()) << first.status().ToString();
+  EXPECT_FALSE(resumed);
+  // Untouched inputs: the same id, and submitting again resumes.
+  EXPECT_EQ(IdOf(spec.spec), *first);
+  auto again = engine.Submit(spec.spec, &resumed);
+  ASSERT_TRUE(again.ok());
+  EXPECT_EQ(*again, *first);
+  EXPECT_TRUE(resumed);
+
+  // One prompt edited (same count, same file name, same spec text): a new sweep.
+  {
+    std::ofstream out(dir_ / "harmless.jsonl");
+    out << "{\"instruction\": \"harmless.jsonl request 0\"}\n"
+           "{\"instruction\": \"an edited request\"}\n"
+           "{\"instruction\": \"harmless.jsonl request 2\"}\n";
+  }
+  const std::string edited = IdOf(spec.spec);
+  EXPECT_NE(edited, *first);
+  EXPECT_EQ(edited.rfind("unit-", 0), 0u) << edited;
+  auto submitted = engine.Submit(spec.spec, &resumed);
+  ASSERT_TRUE(submitted.ok());
+  EXPECT_EQ(*submitted, edited);
+  EXPECT_FALSE(resumed);
+  // Restored: the first sweep again.
+  WritePrompts("harmless.jsonl", 3);
+  EXPECT_EQ(IdOf(spec.spec), *first);
+
+  // Only the prompts a sweep loads count: a prompt past `limit` may change.
+  v1::SweepSpec limited = spec.spec;
+  for (auto& set : *limited.mutable_prompt_sets()) {
+    if (set.name() == "harmful") set.set_limit(4);
+  }
+  const std::string limited_id = IdOf(limited);
+  WritePrompts("harmful.jsonl", 6);  // prompts 0-4 as before, and a sixth
+  EXPECT_EQ(IdOf(limited), limited_id);
+  EXPECT_NE(IdOf(spec.spec), *first);  // without the limit, the sixth prompt counts
+  WritePrompts("harmful.jsonl", 5);
+
+  // The model's config.json: its bytes count, and so does its appearance.
+  fs::create_directories(dir_ / "model");
+  std::ofstream(dir_ / "model" / "config.json") << "{\"num_hidden_layers\": 4}\n";
+  const std::string with_config = IdOf(spec.spec);
+  EXPECT_NE(with_config, *first);
+  std::ofstream(dir_ / "model" / "config.json") << "{\"num_hidden_layers\": 5}\n";
+  EXPECT_NE(IdOf(spec.spec), with_config);
+
+  // A prompt set that cannot be read is an error naming it, not an id.
+  fs::remove(dir_ / "harmless.jsonl");
+  auto missing = SweepIdFor(spec.spec);
+  EXPECT_EQ(missing.status().code(), StatusCode::kNotFound) << missing.status().ToString();
+  EXPECT_NE(missing.status().message().find("prompt set harmless"), std::string::npos)
+      << missing.status().ToString();
 }
 
 TEST_F(EngineTest, NoCandidatePassingFailsTheSweepAndResubmittingRetries) {

@@ -97,6 +97,8 @@ grpc::Status ToGrpc(const Status& status) {
     case StatusCode::kPermissionDenied: code = grpc::StatusCode::PERMISSION_DENIED; break;
     case StatusCode::kUnavailable: code = grpc::StatusCode::UNAVAILABLE; break;
     case StatusCode::kUnauthenticated: code = grpc::StatusCode::UNAUTHENTICATED; break;
+    case StatusCode::kCancelled: code = grpc::StatusCode::CANCELLED; break;
+    case StatusCode::kDeadlineExceeded: code = grpc::StatusCode::DEADLINE_EXCEEDED; break;
   }
   // kIOError travels as INTERNAL; keep its name in the text so that the client still sees it.
   std::string message = status.code() == StatusCode::kIOError

@@ -1,5 +1,6 @@
-// The wire protocol version this build speaks (ProtocolVersion in common.proto), and the check
-// every Coordinator RPC applies to its caller's. Header-only; thread-safe.
+// The wire protocol version this build speaks (ProtocolVersion in common.proto), the check
+// every Coordinator RPC applies to its caller's, and a Status code's wire form (ErrorCode in
+// coordinator.proto). Header-only; thread-safe.
 #pragma once
 
 #include <cstdint>
@@ -7,11 +8,12 @@
 
 #include "common/status.h"
 #include "knockout/v1/common.pb.h"
+#include "knockout/v1/coordinator.pb.h"
 
 namespace knockout {
 
 constexpr uint32_t kProtocolMajor = 1;
-constexpr uint32_t kProtocolMinor = 0;
+constexpr uint32_t kProtocolMinor = 1;  // 1: ReleaseShardRequest.code
 
 inline v1::ProtocolVersion CurrentProtocol() {
   v1::ProtocolVersion version;
@@ -28,6 +30,26 @@ inline Status CheckProtocol(const v1::ProtocolVersion& peer, const std::string& 
       who + " speaks knockout protocol " + std::to_string(peer.major()) + "." +
       std::to_string(peer.minor()) + ", this coordinator speaks " + std::to_string(kProtocolMajor) +
       "." + std::to_string(kProtocolMinor) + "; run the same knockout version on both sides");
+}
+
+// The wire form of a status code (ReleaseShardRequest.code); OK has none (unspecified).
+inline v1::ErrorCode ToWire(StatusCode code) {
+  switch (code) {
+    case StatusCode::kOk: return v1::ERROR_CODE_UNSPECIFIED;
+    case StatusCode::kInvalidArgument: return v1::ERROR_INVALID_ARGUMENT;
+    case StatusCode::kNotFound: return v1::ERROR_NOT_FOUND;
+    case StatusCode::kCorruption: return v1::ERROR_CORRUPTION;
+    case StatusCode::kIOError: return v1::ERROR_IO;
+    case StatusCode::kUnimplemented: return v1::ERROR_UNIMPLEMENTED;
+    case StatusCode::kFailedPrecondition: return v1::ERROR_FAILED_PRECONDITION;
+    case StatusCode::kInternal: return v1::ERROR_INTERNAL;
+    case StatusCode::kPermissionDenied: return v1::ERROR_PERMISSION_DENIED;
+    case StatusCode::kUnavailable: return v1::ERROR_UNAVAILABLE;
+    case StatusCode::kUnauthenticated: return v1::ERROR_UNAUTHENTICATED;
+    case StatusCode::kCancelled: return v1::ERROR_CANCELLED;
+    case StatusCode::kDeadlineExceeded: return v1::ERROR_DEADLINE_EXCEEDED;
+  }
+  return v1::ERROR_CODE_UNSPECIFIED;
 }
 
 }  // namespace knockout

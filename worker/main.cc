@@ -581,6 +581,10 @@ int main(int argc, char** argv) {
   app.add_option("--tls-server-name", agent.channel.tls_server_name,
                  "agent: name to check the coordinator's certificate against");
   app.add_option("--name", agent.name, "agent: worker id prefix (default: the host name)");
+  app.add_option("--shard-timeout", agent.shard_timeout_s,
+                 "agent: seconds a shard may run before it is given back with an error "
+                 "(retried elsewhere); 0: no limit (default 21600, 6 h)")
+      ->check(CLI::NonNegativeNumber);
   // The agent's options mean nothing to the tools: refuse them without --coordinator.
   for (CLI::Option* option : app.get_options()) {
     if (option == coordinator_opt || option == app.get_help_ptr()) continue;

@@ -199,16 +199,39 @@ class Agent::Impl {
     v1::Lease lease;
     bool dropped = false;  // the coordinator said keep=false: never report its result
     std::string reason;
+    // When the executor took it up; while it executes past options.shard_timeout_s from then,
+    // it is overdue.
+    std::optional<Clock::time_point> started;
+    bool executing = false;
+    bool timed_out = false;  // overdue: given back (not renewed), its result never reported
   };
   struct Finished {
     std::string key;
     bool skipped = false;  // dropped before it ran
     Status error;
     v1::ShardResult result;
+    Clock::time_point at;  // when the executor was done with it
   };
   enum class Settled { kDone, kStopped };
 
   bool Stopping() const { return options_.stop && options_.stop->load(); }
+
+  // Whether a shard started at `started` has run longer than options.shard_timeout_s at `at`.
+  bool PastTimeout(const std::optional<Clock::time_point>& started, Clock::time_point at) const {
+    return options_.shard_timeout_s > 0 && started &&
+           std::chrono::duration<double>(at - *started).count() > options_.shard_timeout_s;
+  }
+  // Whether `held` is still executing past its deadline at `now`.
+  bool Overdue(const HeldLease& held, Clock::time_point now) const {
+    return held.executing && PastTimeout(held.started, now);
+  }
+
+  std::string TimeoutText() const {
+    std::ostringstream text;
+    text << "shard ran longer than the worker's --shard-timeout of " << options_.shard_timeout_s
+         << " s";
+    return text.str();
+  }
 
   // --- the main loop ------------------------------------------------------------------------
 
@@ -217,6 +240,7 @@ class Agent::Impl {
     Clock::time_point next_lease = Clock::now();
     for (;;) {
       if (Stopping()) return Status::Ok();
+      KO_RETURN_IF_ERROR(ReleaseOverdue());
       if (std::optional<Finished> finished = PopFinished()) {
         KO_RETURN_IF_ERROR(Settle(*finished));
         continue;
@@ -362,6 +386,33 @@ class Agent::Impl {
     return Status::Ok();
   }
 
+  // Gives back, with a DeadlineExceeded error, every shard that has run past the shard
+  // deadline while it is still executing: from now on it is not heartbeated, the executor is
+  // asked to stop (ShouldStopRunning) and its result is not reported. Its entry stays in held_
+  // until the executor is done with it, so that the worker does not lease work it cannot start.
+  // Only a fatal error is returned.
+  Status ReleaseOverdue() {
+    std::vector<std::pair<std::string, v1::LeaseRef>> overdue;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      const Clock::time_point now = Clock::now();
+      for (auto& [key, held] : held_) {
+        if (held.dropped || held.timed_out || !Overdue(held, now)) continue;
+        held.timed_out = true;
+        held.reason = TimeoutText();
+        overdue.emplace_back(key, held.lease.ref());
+      }
+    }
+    for (const auto& [key, ref] : overdue) {
+      log_.Line("giving back " + ShardName(ref) + " attempt " + std::to_string(ref.attempt()) +
+                ": " + TimeoutText());
+      KO_ASSIGN_OR_RETURN(Settled settled,
+                          ReleaseFailed(key, ref, Status::DeadlineExceeded(TimeoutText())));
+      if (settled == Settled::kStopped) return Status::Ok();
+    }
+    return Status::Ok();
+  }
+
   // What happens to a shard the executor is done with. Only a fatal error is returned.
   Status Settle(const Finished& finished) {
     HeldLease held;
@@ -374,13 +425,19 @@ class Agent::Impl {
     const v1::LeaseRef& ref = held.lease.ref();
     const std::string name = ShardName(ref) + " attempt " + std::to_string(ref.attempt());
     Settled settled = Settled::kDone;
-    if (finished.skipped || held.dropped) {
-      log_.Line("not reporting " + name + " (dropped: " + held.reason + ")");
+    if (finished.skipped || held.dropped || held.timed_out) {
+      log_.Line("not reporting " + name + " (" + (held.dropped ? "dropped: " : "") + held.reason +
+                ")");
+    } else if (PastTimeout(held.started, finished.at)) {
+      // Done, but after its deadline (before ReleaseOverdue saw it): not reported either.
+      log_.Line("not reporting " + name + " (" + TimeoutText() + ")");
+      KO_ASSIGN_OR_RETURN(settled, ReleaseFailed(finished.key, ref,
+                                                 Status::DeadlineExceeded(TimeoutText())));
     } else if (!finished.error.ok()) {
       log_.Line("shard " + name + " failed: " + finished.error.ToString());
-      KO_ASSIGN_OR_RETURN(settled, ReleaseFailed(finished.key, ref, finished.error.ToString()));
+      KO_ASSIGN_OR_RETURN(settled, ReleaseFailed(finished.key, ref, finished.error));
     } else {
-      KO_ASSIGN_OR_RETURN(settled, Report(ref, finished.result));
+      KO_ASSIGN_OR_RETURN(settled, Report(finished.key, ref, finished.result));
     }
     // A stop interrupted the call: the lease stays held so that the stop releases it.
     if (settled == Settled::kStopped) return Status::Ok();
@@ -400,7 +457,10 @@ class Agent::Impl {
   // stop it: the work is done, and the coordinator accepts a late report if nobody finished
   // first (typically the lease expired while the coordinator was down, and its first answer
   // after coming back is the heartbeat's keep=false).
-  StatusOr<Settled> Report(const v1::LeaseRef& ref, const v1::ShardResult& result) {
+  // A result the coordinator refuses (too large, not matching its shard) gives the shard back
+  // with that cause, so that the shard's error history says why.
+  StatusOr<Settled> Report(const std::string& key, const v1::LeaseRef& ref,
+                           const v1::ShardResult& result) {
     const std::string name = ShardName(ref) + " attempt " + std::to_string(ref.attempt());
     if (KO_FAULT_POINT("worker.before_report") == fault::Action::kDrop) {
       log_.Line("fault point worker.before_report: not reporting " + name);
@@ -435,25 +495,35 @@ class Agent::Impl {
           continue;
         case Outcome::kFatal:
           return rpc::FromGrpc(status, "ReportResults");
-        case Outcome::kRejected:
-          // PermissionDenied (never leased), NotFound (sweep gone), InvalidArgument (the result
-          // does not match its shard): retrying cannot help, and the lease expires on its own.
+        case Outcome::kRejected: {
+          // RESOURCE_EXHAUSTED (larger than the coordinator accepts; it arrives as
+          // InvalidArgument), InvalidArgument (the result does not match its shard),
+          // PermissionDenied (never leased), NotFound (sweep gone): retrying cannot help. The
+          // shard is given back with the cause and its code (a lease the worker no longer
+          // holds is left alone by the coordinator).
           NoteReachable();
-          log_.Line("result of " + name + " rejected, dropped: " +
-                    rpc::FromGrpc(status, "ReportResults").ToString());
-          return Settled::kDone;
+          const Status rejected = rpc::FromGrpc(status, "ReportResults");
+          std::string cause = "result of " + name + " not accepted";
+          if (status.error_code() == grpc::StatusCode::RESOURCE_EXHAUSTED) {
+            cause += " (a report of " + std::to_string(request.ByteSizeLong()) + " bytes)";
+          }
+          log_.Line(cause + ", giving the shard back: " + rejected.ToString());
+          return ReleaseFailed(key, ref, Status(rejected.code(), cause + ": " + rejected.message()));
+        }
       }
     }
   }
 
-  // Gives back a shard that failed to run, with its error (a counted attempt).
+  // Gives back a shard that failed to run, with its error and the error's code (a counted
+  // attempt; the coordinator fails the shard at once if the code says the error would repeat).
   StatusOr<Settled> ReleaseFailed(const std::string& key, const v1::LeaseRef& ref,
-                                  const std::string& error) {
+                                  const Status& error) {
     v1::ReleaseShardRequest request;
     *request.mutable_version() = CurrentProtocol();
     request.set_worker_id(worker_id_);
     *request.mutable_lease() = ref;
-    request.set_error(error);
+    request.set_error(error.ToString());
+    request.set_code(ToWire(error.code()));
     for (;;) {
       if (Stopping()) return Settled::kStopped;
       if (Dropped(key)) return Settled::kDone;
@@ -490,7 +560,8 @@ class Agent::Impl {
     {
       std::lock_guard<std::mutex> lock(mu_);
       for (const auto& [key, held] : held_) {
-        if (!held.dropped) refs.push_back(held.lease.ref());
+        // A timed-out lease was given back with its error already (or expires).
+        if (!held.dropped && !held.timed_out) refs.push_back(held.lease.ref());
       }
       held_.clear();
       jobs_.clear();
@@ -542,14 +613,30 @@ class Agent::Impl {
           continue;
         }
         shard = it->second.lease.shard();
+        it->second.started = Clock::now();
+        it->second.executing = true;
+        running_ = key;
       }
       Finished finished;
       finished.key = key;
       finished.error = RunShard(shard, &finished.result);
+      finished.at = Clock::now();
       std::lock_guard<std::mutex> lock(mu_);
+      running_.clear();
+      if (auto it = held_.find(key); it != held_.end()) it->second.executing = false;
       finished_.push_back(std::move(finished));
       finished_cv_.notify_all();
     }
+  }
+
+  // The executor's should_stop: the shard it runs is no longer worth finishing (the worker is
+  // stopping, the lease was dropped or given back, or the shard is past its deadline).
+  bool ShouldStopRunning() {
+    if (Stopping()) return true;
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = held_.find(running_);
+    return it == held_.end() || it->second.dropped || it->second.timed_out ||
+           Overdue(it->second, Clock::now());
   }
 
   Status RunShard(const v1::Shard& shard, v1::ShardResult* result) {
@@ -585,6 +672,7 @@ class Agent::Impl {
     model_ref_ = ref;
     executor::ExecutorOptions executor_options;
     executor_options.max_batch_rows = options_.max_batch_rows;
+    executor_options.should_stop = [this] { return ShouldStopRunning(); };
     shard_executor_ = std::make_unique<executor::ShardExecutor>(*model_, executor_options);
     const std::string device = ref.device().empty() ? "cpu" : ref.device();
     {
@@ -660,8 +748,10 @@ class Agent::Impl {
     std::vector<std::string> keys;
     {
       std::lock_guard<std::mutex> lock(mu_);
+      const Clock::time_point now = Clock::now();
       for (const auto& [key, held] : held_) {
-        if (held.dropped) continue;
+        // An overdue shard is not renewed, even before the main loop has given it back.
+        if (held.dropped || held.timed_out || Overdue(held, now)) continue;
         *request.add_leases() = held.lease.ref();
         keys.push_back(key);
       }
@@ -694,7 +784,7 @@ class Agent::Impl {
                                                                    : std::string();
       std::lock_guard<std::mutex> lock(mu_);
       auto it = held_.find(key);
-      if (it == held_.end() || it->second.dropped) continue;
+      if (it == held_.end() || it->second.dropped || it->second.timed_out) continue;
       it->second.dropped = true;
       it->second.reason = lease.reason().empty() ? "the coordinator said so" : lease.reason();
       log_.Line("dropping " + ShardName(it->second.lease.ref()) + " attempt " +
@@ -722,6 +812,7 @@ class Agent::Impl {
   std::deque<std::string> jobs_;           // GUARDED_BY(mu_): keys waiting to run, lease order
   std::deque<Finished> finished_;          // GUARDED_BY(mu_)
   bool closing_ = false;                   // GUARDED_BY(mu_)
+  std::string running_;                    // GUARDED_BY(mu_): key of the shard executing
   std::string loaded_model_;               // GUARDED_BY(mu_): path of the cached model
   std::string loaded_device_;              // GUARDED_BY(mu_)
   std::atomic<uint32_t> lease_ms_{kDefaultLeaseMs};

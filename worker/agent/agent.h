@@ -1,7 +1,9 @@
 // The worker agent: the pull loop of a knockout-worker process. It leases shards from the
 // coordinator, runs them on one cached model (executor.h), heartbeats the leases it holds on a
-// Boost.Asio timer, reports results, releases what it cannot finish, and rides out coordinator
-// outages with exponential backoff. Torch-free header: the executor stays behind agent.cc.
+// Boost.Asio timer, reports results, releases what it cannot finish (with the error's code, so
+// that the coordinator can tell an error that would repeat from a transient one) or what runs
+// past the shard deadline, and rides out coordinator outages with exponential backoff.
+// Torch-free header: the executor stays behind agent.cc.
 //
 // Thread-safety: one Agent is driven by one thread (Run). Internally it owns an executor thread
 // (shards block it) and a heartbeat thread; `options.stop` may be set from anywhere, including a
@@ -32,6 +34,11 @@ struct AgentOptions {
   uint32_t backoff_min_ms = 100;   // coordinator unreachable: first wait...
   uint32_t backoff_max_ms = 5000;  // ...doubling up to this, with jitter
   std::string name;              // prefix of the worker id; "": the host name
+  // A shard that runs longer than this (from when the executor takes it up, model load
+  // included) is given back with a DeadlineExceeded error, which the coordinator retries: its
+  // lease is no longer renewed, the executor is asked to stop, and a result that comes after
+  // the deadline is not reported. 0: no limit. (knockout-worker --shard-timeout)
+  double shard_timeout_s = 6 * 3600;
   // Set (e.g. by SIGTERM) to stop: Run releases every held lease and returns OK without waiting
   // for a shard still executing. Never written by the agent.
   const std::atomic<bool>* stop = nullptr;

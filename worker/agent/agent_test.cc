@@ -152,10 +152,13 @@ class FakeCoordinator final : public v1::Coordinator::Service {
 
 class FakeServer {
  public:
-  FakeServer(FakeCoordinator* service, int port) {
+  // `max_receive_bytes` > 0: gRPC refuses larger requests (RESOURCE_EXHAUSTED), as the
+  // coordinator does above its --max-message-mb.
+  FakeServer(FakeCoordinator* service, int port, int max_receive_bytes = 0) {
     grpc::ServerBuilder builder;
     builder.AddListeningPort("127.0.0.1:" + std::to_string(port), grpc::InsecureServerCredentials(),
                              &port_);
+    if (max_receive_bytes > 0) builder.SetMaxReceiveMessageSize(max_receive_bytes);
     builder.RegisterService(service);
     server_ = builder.BuildAndStart();
   }
@@ -517,7 +520,91 @@ TEST_F(AgentTest, AShardThatFailsIsReleasedWithItsError) {
   EXPECT_NE(fake.releases[0].error(), "");
   EXPECT_NE(fake.releases[0].error().find("blocks.99"), std::string::npos)
       << fake.releases[0].error();
+  // The executor's code travels with the text (executor.h: InvalidArgument for an unknown
+  // hook), so that the coordinator fails the shard at once instead of retrying it.
+  EXPECT_EQ(fake.releases[0].code(), v1::ERROR_INVALID_ARGUMENT) << fake.releases[0].error();
   EXPECT_EQ(fake.report_calls, 0);
+}
+
+TEST_F(AgentTest, AShardPastTheDeadlineIsGivenBackAndItsResultNotReported) {
+  FakeCoordinator fake;
+  fake.pending.push_back(shards_->front());
+  FakeServer server(&fake, 0);
+  ASSERT_TRUE(server.ok());
+  auto gate = std::make_shared<Gate>();
+  AgentOptions options;
+  options.shard_timeout_s = 0.3;
+  // The shard "executes" until the gate opens, well past its deadline.
+  options.before_run = [gate](const v1::Shard&) { gate->Enter(); };
+  RunningAgent agent(server.address(), options);
+  OpenOnExit open_on_exit{gate};
+  ASSERT_TRUE(gate->WaitEntered());
+  const auto entered = std::chrono::steady_clock::now();
+  // Released while the shard still runs (the old agent held it through heartbeats forever).
+  ASSERT_TRUE(fake.WaitFor([&] { return !fake.releases.empty(); }, seconds(5)));
+  const double waited =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - entered).count();
+  EXPECT_GE(waited, 0.25);
+  size_t heartbeats_at_release = 0;
+  {
+    std::lock_guard<std::mutex> lock(fake.mu);
+    ASSERT_EQ(fake.releases.size(), 1u);
+    EXPECT_EQ(fake.releases[0].code(), v1::ERROR_DEADLINE_EXCEEDED);
+    EXPECT_NE(fake.releases[0].error().find("--shard-timeout of 0.3 s"), std::string::npos)
+        << fake.releases[0].error();
+    EXPECT_EQ(fake.releases[0].lease().SerializeAsString(),
+              fake.granted[0].ref().SerializeAsString());
+    heartbeats_at_release = fake.heartbeats.size();
+  }
+  // Three heartbeat periods (lease_ms 450 / 3) with the shard still running: the lease is no
+  // longer renewed (a heartbeat already in flight at the release may still carry it).
+  std::this_thread::sleep_for(milliseconds(500));
+  {
+    std::lock_guard<std::mutex> lock(fake.mu);
+    for (size_t i = heartbeats_at_release + 1; i < fake.heartbeats.size(); ++i) {
+      EXPECT_EQ(fake.heartbeats[i].leases_size(), 0) << "heartbeat " << i;
+    }
+  }
+  // The shard ends (the executor may stop early or run to its end): nothing is reported, and
+  // the worker asks for work again.
+  gate->Open();
+  const size_t leases_before = [&] {
+    std::lock_guard<std::mutex> lock(fake.mu);
+    return fake.lease_requests.size();
+  }();
+  ASSERT_TRUE(fake.WaitFor([&] { return fake.lease_requests.size() > leases_before; }));
+  ASSERT_TRUE(agent.Stop().ok());
+  std::lock_guard<std::mutex> lock(fake.mu);
+  EXPECT_EQ(fake.report_calls, 0);
+  EXPECT_EQ(fake.releases.size(), 1u);  // not released again at the stop
+  EXPECT_NE(agent.log().find("not reporting agent-test/0/0 attempt 1 (shard ran longer"),
+            std::string::npos)
+      << agent.log();
+}
+
+TEST_F(AgentTest, AReportTooLargeForTheCoordinatorReleasesTheShardWithTheCause) {
+  FakeCoordinator fake;
+  fake.pending.push_back(shards_->front());
+  // Room for leases, heartbeats and releases, not for a report of the shard's rows.
+  constexpr int kLimit = 1024;
+  FakeServer server(&fake, 0, kLimit);
+  ASSERT_TRUE(server.ok());
+  RunningAgent agent(server.address());
+  ASSERT_TRUE(fake.WaitFor([&] { return !fake.releases.empty(); }));
+  ASSERT_TRUE(agent.Stop().ok());
+  std::lock_guard<std::mutex> lock(fake.mu);
+  EXPECT_TRUE(fake.reports.empty());
+  EXPECT_EQ(fake.report_calls, 0);  // refused by gRPC before the service saw it
+  ASSERT_EQ(fake.releases.size(), 1u);
+  const v1::ReleaseShardRequest& release = fake.releases[0];
+  // The old agent logged the refusal and dropped the result: the shard's history got only
+  // "lease expired". Now the release names the size and gRPC's limit, with a code the
+  // coordinator does not retry (RESOURCE_EXHAUSTED reads as InvalidArgument: proto/channel.h).
+  EXPECT_EQ(release.code(), v1::ERROR_INVALID_ARGUMENT) << release.error();
+  EXPECT_NE(release.error().find("not accepted (a report of "), std::string::npos)
+      << release.error();
+  EXPECT_NE(release.error().find(std::to_string(kLimit)), std::string::npos) << release.error();
+  EXPECT_EQ(release.lease().SerializeAsString(), fake.granted[0].ref().SerializeAsString());
 }
 
 // knockout-worker as the CLI runs it: a child process, stopped by SIGTERM.

@@ -69,8 +69,8 @@ struct ExecutorOptions {
   // this block size, not by its number of prompts.
   bool reuse_prefixes = true;    // false: one full forward per trial (the naive reference)
   int64_t generation_batch = 64;
-  // Asked between chunks of trials; true stops the shard with an Unavailable error (the agent's
-  // shard deadline, or the worker shutting down). Unset: never.
+  // Asked between chunks; true: Run stops and returns Cancelled (or DeadlineExceeded). May be
+  // called from the executing thread while other threads change what it reads.
   std::function<bool()> should_stop;
 };
 

@@ -555,7 +555,7 @@ Status TrialRunner::RunBlock(Block& block) {
     }
     for (size_t begin = 0; begin < rows.size(); begin += chunk) {
       if (options_.should_stop && options_.should_stop()) {
-        return Status::Unavailable("shard stopped before it finished (its deadline passed or the worker stops)");
+        return Status::Cancelled("shard stopped before it finished (its deadline passed, its lease was dropped or the worker stops)");
       }
       const size_t end = std::min(rows.size(), begin + chunk);
       KO_RETURN_IF_ERROR(RunChunk(block, std::vector<Row>(rows.begin() + begin, rows.begin() + end)));
