@@ -326,7 +326,7 @@ class Reference:
             s_base = refusal_score(m.unembed_frozen(x_clean, sc), self.R).item()
             de = refusal_score(m.unembed_frozen(x_clean + delta, sc), self.R).item() - s_base
             # The same with the scale recomputed (not frozen): only to show that the comparison
-            # can tell the two apart (see `discriminates` in main).
+            # can tell the two apart (see `discriminating` in main).
             de_unfrozen = (refusal_score(m.unembed_frozen(x_clean + delta, m.scale(x_clean + delta)), self.R)
                            .item() - s_base)
             norm_effect = (refusal_score(m.unembed_frozen(x_abl, m.scale(x_abl)), self.R)
@@ -611,16 +611,21 @@ def main():
                              else neuron_ref["mean"] if abl.startswith("mean") else None)
 
         # Closure (informational): C = TE - DE against norm_effect + explained, head sweep means.
-        worst = 0.0
+        worst, worst_heads_only, max_c = 0.0, 0.0, 0.0
         for u in head_units:
             te = mean_over_prompts(head_ref, u, "te")
             de = mean_over_prompts(head_ref, u, "de")
             ne = mean_over_prompts(head_ref, u, "norm_effect")
-            expl = sum(sum(pp[u]["downstream"][k][1] - pp[u]["downstream"][k][0] for pp in head_ref)
-                       for k in head_ref[0][u]["downstream"]) / len(head_ref)
-            worst = max(worst, abs((te - de) - ne - expl))
-        print(f"info: head sweep, reference: max |C - norm_effect - explained| = {worst:.4g} "
-              "(the metric's non-linearity; not asserted)")
+            change = {k: sum(pp[u]["downstream"][k][1] - pp[u]["downstream"][k][0] for pp in head_ref)
+                      / len(head_ref) for k in head_ref[0][u]["downstream"]}
+            worst = max(worst, abs((te - de) - ne - sum(change.values())))
+            heads_only = sum(v for k, v in change.items() if "H" in k)
+            worst_heads_only = max(worst_heads_only, abs((te - de) - ne - heads_only))
+            max_c = max(max_c, abs(te - de))
+        print(f"info: head sweep, reference, means over prompts: max |C| = {max_c:.4g}; "
+              f"max |C - norm_effect - explained| = {worst:.4g} with later heads and MLP outputs read, "
+              f"{worst_heads_only:.4g} with later heads only (the rest: the metric's non-linearity; "
+              "not asserted)")
 
     n_head_vals = len(head_units) * len(prompts)
     # Values with |reference| > 1e-3 that must have been compared (today's counts in brackets:
