@@ -311,5 +311,102 @@ TEST_F(EngineTest, NoCandidatePassingFailsTheSweepAndResubmittingRetries) {
   EXPECT_EQ(sweeps_->GetSweep(*id)->state(), v1::RUNNING);
 }
 
+// Scores of one candidate (layer l at post_inst[-1]) as the selection trials report them; NaN
+// is written as a NaN value, `missing` leaves the harmless "ablate" row (KL) out altogether.
+struct CandidateScores {
+  double bypass, kl, induce;
+  bool missing_kl = false;
+};
+
+// Runs extraction and selection over the store with `scores[l]` for the candidate of layer l
+// and returns the selection artifact (its status if the selection stage fails).
+StatusOr<v1::SelectionArtifact> RunSelection(SweepEngine& engine, SweepStore& sweeps,
+                                             v1::SweepSpec spec,
+                                             const std::vector<CandidateScores>& scores) {
+  KO_ASSIGN_OR_RETURN(std::string id, engine.Submit(spec, nullptr));
+  KO_ASSIGN_OR_RETURN(auto pending, engine.Advance(id));
+  for (const auto& record : pending) KO_RETURN_IF_ERROR(engine.Commit(ExtractResult(record.shard()), 1));
+  KO_ASSIGN_OR_RETURN(pending, engine.Advance(id));
+  if (pending.size() != 1) return Status::Internal("expected one selection shard");
+  const v1::Shard& select = pending[0].shard();
+  v1::ShardResult result;
+  result.set_sweep_id(id);
+  result.set_stage(select.stage());
+  result.set_index(select.index());
+  for (const v1::Trial& trial : select.trials()) {
+    const CandidateScores& c = scores.at(trial.label().layer());
+    auto add = [&](const std::string& set, double score, double kl) {
+      v1::ResultRow* row = result.add_rows();
+      row->set_trial(trial.index());
+      row->set_prompt_set(set);
+      row->set_prompt(-1);
+      (*row->mutable_values())["refusal_score"] = score;
+      (*row->mutable_values())["kl"] = kl;
+    };
+    if (trial.label().role() == "ablate") {
+      add("harmful", c.bypass, 0);
+      if (!c.missing_kl) add("harmless", 0, c.kl);
+    } else {
+      add("harmless", c.induce, 0);
+    }
+  }
+  KO_RETURN_IF_ERROR(engine.Commit(result, 1));
+  auto advanced = engine.Advance(id);
+  KO_ASSIGN_OR_RETURN(std::string bytes, sweeps.GetArtifact(id, SelectionArtifactName("select")));
+  v1::SelectionArtifact selection;
+  if (!selection.ParseFromString(bytes)) return Status::Internal("selection artifact");
+  if (!advanced.ok() && selection.chosen() >= 0) return advanced.status();
+  return selection;
+}
+
+// science.md's filters, each with a candidate that fails only that filter and would otherwise
+// win (the lowest bypass): NaN in any score, layer >= floor(0.8 * 4) = 3, kl > max_kl (0.5 in
+// the spec), induce < 0. Boundary values pass (kl == max_kl, induce == 0). Expected values are
+// science.md's rules, not the engine's output.
+TEST_F(EngineTest, SelectionDropsEveryCandidateThatFailsAFilter) {
+  const double nan = std::nan("");
+  SweepEngine engine(sweeps_.get(), kShape);
+  struct Case {
+    std::vector<CandidateScores> scores;  // layers 0..3
+    int chosen_layer;
+    std::vector<std::string> rejected;  // per layer: a substring of the reason, "" = passed
+  };
+  const std::vector<Case> cases = {
+      // NaN induce, induce < 0, a pass, and the best bypass at layer 3 (too deep).
+      {{{-9, 0.0, nan}, {-8, 0.0, -0.01}, {-1, 0.2, 2.0}, {-10, 0.0, 1.0}},
+       2,
+       {"NaN", "induce < 0", "", "layer >= 3"}},
+      // kl > max_kl; the boundary kl == max_kl with induce == 0 passes; NaN bypass; a pass.
+      {{{-9, 0.51, 1.0}, {-3, 0.5, 0.0}, {nan, 0.0, 1.0}, {-10, 0.0, 1.0}},
+       1,
+       {"kl > 0.5", "", "NaN", "layer >= 3"}},
+      // NaN kl (and a KL row missing altogether) against a worse candidate that passes.
+      {{{-9, nan, 1.0}, {-8, 0.1, 1.0, /*missing_kl=*/true}, {-2, 0.1, 1.0}, {-10, 0.0, 1.0}},
+       2,
+       {"NaN", "NaN", "", "layer >= 3"}},
+  };
+  for (size_t i = 0; i < cases.size(); ++i) {
+    SCOPED_TRACE("case " + std::to_string(i));
+    v1::SweepSpec spec = Spec(/*shard_prompts=*/64).spec;
+    spec.set_seed(100 + i);  // a sweep of its own per case
+    auto selection = RunSelection(engine, *sweeps_, spec, cases[i].scores);
+    ASSERT_TRUE(selection.ok()) << selection.status().ToString();
+    ASSERT_EQ(selection->candidates_size(), 4);
+    ASSERT_GE(selection->chosen(), 0);
+    EXPECT_EQ(selection->direction().layer(), cases[i].chosen_layer);
+    EXPECT_EQ(selection->candidates(selection->chosen()).layer(), cases[i].chosen_layer);
+    for (int l = 0; l < 4; ++l) {
+      const v1::CandidateScore& c = selection->candidates(l);
+      ASSERT_EQ(c.layer(), l);
+      const std::string& want = cases[i].rejected[l];
+      EXPECT_EQ(c.passed(), want.empty()) << "layer " << l << ": " << c.rejected();
+      if (!want.empty()) {
+        EXPECT_NE(c.rejected().find(want), std::string::npos)
+            << "layer " << l << ": rejected \"" << c.rejected() << "\", want \"" << want << "\"";
+      }
+    }
+  }
+}
+
 }  // namespace
 }  // namespace knockout::experiments
