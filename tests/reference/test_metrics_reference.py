@@ -59,13 +59,7 @@ NEURON_LAYERS = [1, 4]
 # lead's executor change for issue 12 lands (the lead removes entries as they pass). Keys are
 # (stage, check); a listed check that FAILS is reported as "expected failure", one that PASSES is
 # reported as "unexpected pass" and fails the test, so the list cannot go stale silently.
-EXPECTED_FAILURES = {
-    # Head sweeps read only later-layer heads today, not the MLP outputs, so `explained` (the sum
-    # of every downstream unit's change) misses the MLPs' share.
-    ("heads", "explained"),
-    # The same: compensating MLP outputs of a head sweep are not listed among its backups.
-    ("heads", "downstream listed"),
-}
+EXPECTED_FAILURES = set()
 
 
 # ------------------------------------------------------------------------------- the model
@@ -245,7 +239,7 @@ stages:
     knockout_sweep:
       prompt_sets: [{SET}]
       targets: [{{kind: neurons, layers: {json.dumps(NEURON_LAYERS)}, units: {json.dumps(neuron_units)}}}]
-      ablations: [zero, {{kind: mean, reference_set: {REF_SET}}}]
+      ablations: [zero, {{kind: mean_per_position, reference_set: {REF_SET}}}]
       positions: [post_inst]
       compensation: true
 """
