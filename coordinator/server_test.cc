@@ -35,8 +35,8 @@
 #include <vector>
 
 #include "common/fault_points.h"
-#include "proto/channel.h"
 #include "proto/protocol.h"
+#include "rpc/channel.h"
 
 namespace knockout::coordinator {
 namespace {
@@ -1042,7 +1042,7 @@ TEST_F(ServerTest, CoordinatorProcessPrintsItsPortAndStopsOnSigterm) {
 }
 
 // ------------------------------------------------------------------------------------------
-// Status mapping (proto/channel.h)
+// Status mapping (rpc/channel.h)
 
 TEST(StatusMappingTest, EveryKnockoutCodeSurvivesARoundTrip) {
   for (StatusCode code :

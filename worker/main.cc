@@ -32,13 +32,13 @@
 #include <sstream>
 #include <thread>
 
-#include "worker/model/checkpoint_files.h"
-#include "worker/model/config.h"
+#include "formats/checkpoint_files.h"
+#include "formats/config.h"
+#include "formats/safetensors.h"
 #include "worker/model/hooks.h"
 #include "worker/model/model.h"
-#include "worker/model/safetensors.h"
 #ifdef KNOCKOUT_HAVE_TOKENIZER
-#include "experiments/prompt_set.h"
+#include "formats/prompt_set.h"
 #include "worker/chat/chat_generation.h"
 #include "worker/tokenizer/chat_template.h"
 #include "worker/tokenizer/tokenizer.h"
@@ -59,6 +59,7 @@ namespace {
 
 using knockout::Status;
 using knockout::StatusOr;
+namespace kf = knockout::formats;
 namespace km = knockout::model;
 using nlohmann::json;
 
@@ -180,18 +181,18 @@ int RunForward(const ForwardFlags& flags) {
 // --- models inspect --------------------------------------------------------------------------
 
 int RunInspect(const std::string& dir, bool as_json) {
-  auto config = km::LoadModelConfig(dir);
+  auto config = kf::LoadModelConfig(dir);
   if (!config.ok()) return Fail(config.status());
-  auto files = km::CheckpointWeightFiles(dir);
+  auto files = kf::CheckpointWeightFiles(dir);
   if (!files.ok()) return Fail(files.status());
   std::map<std::string, int64_t> dtype_params;
   int64_t tensors = 0, bytes = 0;
   json file_list = json::array();
   for (const std::string& path : *files) {
-    auto file = km::SafetensorsFile::Open(path);  // maps lazily: only the header is read
+    auto file = kf::SafetensorsFile::Open(path);  // maps lazily: only the header is read
     if (!file.ok()) return Fail(file.status());
-    for (const km::TensorInfo& info : (*file)->header().tensors) {
-      dtype_params[km::DTypeName(info.dtype)] += info.num_elements();
+    for (const kf::TensorInfo& info : (*file)->header().tensors) {
+      dtype_params[kf::DTypeName(info.dtype)] += info.num_elements();
       bytes += info.num_bytes();
       ++tensors;
     }
@@ -202,7 +203,7 @@ int RunInspect(const std::string& dir, bool as_json) {
   for (const km::HookPoint& hook : km::AllHookPoints(c.num_layers)) hooks.push_back(hook.Name());
   json out = {
       {"architecture", c.architecture},
-      {"family", km::FamilyName(c.family)},
+      {"family", kf::FamilyName(c.family)},
       {"vocab_size", c.vocab_size},
       {"hidden_size", c.hidden_size},
       {"intermediate_size", c.intermediate_size},
@@ -213,7 +214,7 @@ int RunInspect(const std::string& dir, bool as_json) {
       {"tie_word_embeddings", c.tie_word_embeddings},
       {"attention_bias", c.attention_bias},
       {"rope_theta", c.rope_theta},
-      {"rope_scaling", c.rope_scaling ? (c.rope_scaling->type == km::RopeScaling::Type::kLlama3
+      {"rope_scaling", c.rope_scaling ? (c.rope_scaling->type == kf::RopeScaling::Type::kLlama3
                                              ? "llama3"
                                              : "linear")
                                       : "none"},
@@ -232,7 +233,7 @@ int RunInspect(const std::string& dir, bool as_json) {
   int64_t params = 0;
   for (const auto& [name, n] : dtype_params) params += n;
   std::cout << dir << "\n"
-            << "  architecture   " << c.architecture << " (" << km::FamilyName(c.family) << ")\n"
+            << "  architecture   " << c.architecture << " (" << kf::FamilyName(c.family) << ")\n"
             << "  layers         " << c.num_layers << "\n"
             << "  d_model        " << c.hidden_size << "\n"
             << "  heads          " << c.num_heads << " query, " << c.num_kv_heads
@@ -274,7 +275,7 @@ int RunInitRandom(const InitFlags& flags) {
       {"rms_norm_eps", 1e-5},                    {"max_position_embeddings", 2048},
       {"bos_token_id", 1},                       {"eos_token_id", 2},
   };
-  auto config = km::ParseModelConfig(config_json.dump(), "init-random flags");
+  auto config = kf::ParseModelConfig(config_json.dump(), "init-random flags");
   if (!config.ok()) return Fail(config.status());
   auto storage = km::ParseComputeDType(flags.dtype);
   if (!storage.ok()) return Fail(storage.status());
@@ -396,12 +397,12 @@ int RunGenerate(const GenerateFlags& flags) {
   if (!options.ok()) return Fail(options.status());
   std::vector<std::string> instructions = flags.prompts;
   if (!flags.prompts_file.empty()) {
-    auto prompts = knockout::experiments::LoadPromptSet(flags.prompts_file);
+    auto prompts = knockout::formats::LoadPromptSet(flags.prompts_file);
     if (!prompts.ok()) return Fail(prompts.status());
     for (const auto& p : *prompts) instructions.push_back(p.instruction);
   }
   for (const std::string& instruction : instructions) {
-    Status utf8 = knockout::experiments::CheckUtf8(instruction);
+    Status utf8 = knockout::formats::CheckUtf8(instruction);
     if (!utf8.ok()) return Fail(Status::InvalidArgument("--prompt: " + utf8.message()));
   }
   auto tokenizer = kt::Tokenizer::Load(flags.model);

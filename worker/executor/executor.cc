@@ -12,7 +12,7 @@
 #include <numeric>
 #include <set>
 
-#include "experiments/judge.h"
+#include "common/judge.h"
 #include "experiments/spec.h"
 #include "worker/chat/chat_generation.h"
 #include "worker/model/hooks.h"
@@ -874,7 +874,7 @@ StatusOr<std::vector<v1::CompletionRecord>> Generate(const km::Model& model, con
     r.set_condition(condition);
     r.set_instruction(shard.prompts(i).instruction());
     r.set_text(completions[i].text);
-    r.set_refused(experiments::IsRefusal(completions[i].text));
+    r.set_refused(knockout::IsRefusal(completions[i].text));
     records.push_back(std::move(r));
   }
   return records;
