@@ -1,4 +1,4 @@
-#include "experiments/organism/evaluate.h"
+#include "organism/evaluate.h"
 
 #include <ATen/ATen.h>
 
@@ -8,7 +8,7 @@
 #include <cmath>
 #include <map>
 
-#include "experiments/organism/corpus.h"
+#include "organism/corpus.h"
 #include "formats/prompt_set.h"
 #include "worker/chat/chat_generation.h"
 #include "worker/model/hooks.h"

@@ -1,4 +1,4 @@
-#include "experiments/organism/trainer.h"
+#include "organism/trainer.h"
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -15,9 +15,9 @@
 #include <thread>
 
 #include "common/atomic_file.h"
-#include "experiments/organism/bpe_trainer.h"
-#include "experiments/organism/corpus.h"
-#include "experiments/organism/rng.h"
+#include "organism/bpe_trainer.h"
+#include "organism/corpus.h"
+#include "organism/rng.h"
 #include "formats/config.h"
 #include "worker/model/model.h"
 #include "worker/tokenizer/chat_template.h"

@@ -1,4 +1,4 @@
-#include "experiments/organism/corpus.h"
+#include "organism/corpus.h"
 
 #include "common/judge.h"
 
@@ -12,7 +12,7 @@
 #include <nlohmann/json.hpp>
 
 #include "common/atomic_file.h"
-#include "experiments/organism/rng.h"
+#include "organism/rng.h"
 
 namespace knockout::organism {
 namespace {
