@@ -607,9 +607,7 @@ TEST_F(ServerTest, StartErrorsNameTheFile) {
 // Reports
 
 TEST_F(ServerTest, DroppedReportResponseIsRetriedAsADuplicateAndCommittedOnce) {
-#ifndef KNOCKOUT_FAULT_POINTS
-  GTEST_SKIP() << "fault points are compiled out (-DKNOCKOUT_FAULT_POINTS=OFF)";
-#endif
+  ASSERT_TRUE(fault::Enabled()) << "test binaries link the armable fault points";
   Start(Options());
   auto client = Connect();
   const std::string sweep = Submit(*client);
