@@ -8,7 +8,7 @@
 #include <memory>
 #include <string>
 
-#include "worker/model/config.h"
+#include "formats/config.h"
 #include "worker/model/model.h"
 
 namespace knockout::bench {
@@ -19,7 +19,7 @@ inline constexpr uint64_t kSeed = 0;
 inline constexpr double kInitStd = 0.02;  // the reference bench uses mat_std=0.02 too
 
 // Same fields as the reference bench's config (BASE + LLAMA with the bench sizes).
-inline model::ModelConfig BenchConfig() {
+inline formats::ModelConfig BenchConfig() {
   static const char* kJson = R"({
     "architectures": ["LlamaForCausalLM"], "model_type": "llama",
     "num_hidden_layers": 12, "hidden_size": 768, "num_attention_heads": 12,
@@ -28,7 +28,7 @@ inline model::ModelConfig BenchConfig() {
     "rope_theta": 10000.0, "hidden_act": "silu", "tie_word_embeddings": false,
     "attention_bias": false, "mlp_bias": false, "bos_token_id": 1, "eos_token_id": 2,
     "torch_dtype": "float32"})";
-  auto config = model::ParseModelConfig(kJson, "bench config");
+  auto config = formats::ParseModelConfig(kJson, "bench config");
   if (!config.ok()) {
     std::fprintf(stderr, "bench config: %s\n", config.status().ToString().c_str());
     std::exit(2);

@@ -28,8 +28,8 @@
 #include <vector>
 
 #include "coordinator/server.h"
-#include "proto/channel.h"
 #include "proto/protocol.h"
+#include "rpc/channel.h"
 
 namespace {
 

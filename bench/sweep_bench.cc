@@ -347,7 +347,7 @@ struct Flops {
   double clean = 0;     // the clean pass (included in both)
 };
 
-Flops CountFlops(const knockout::model::ModelConfig& c, const Options& o, int64_t batch_rows,
+Flops CountFlops(const knockout::formats::ModelConfig& c, const Options& o, int64_t batch_rows,
                  bool naive, int64_t tokens, int64_t intervened) {
   const double d = c.hidden_size, h = c.num_heads, hkv = c.num_kv_heads, dh = c.head_dim,
                ff = c.intermediate_size, vocab = c.vocab_size;

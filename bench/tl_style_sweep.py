@@ -215,7 +215,7 @@ def refusal_score(last_logits, refusal_ids):
 
 def kl_last(clean_last, ablated_last, eps=1e-6):
     """KL(P_clean || P_ablated) per row, float64 with eps 1e-6 (science.md, as in
-    experiments/organism/evaluate.cc MeanKl)."""
+    organism/evaluate.cc MeanKl)."""
     p = torch.softmax(clean_last.double(), -1)
     q = torch.softmax(ablated_last.double(), -1)
     return (p * (torch.log(p + eps) - torch.log(q + eps))).sum(-1)

@@ -22,7 +22,7 @@
 #include "coordinator/server.h"
 #include "experiments/checkpoint_info.h"
 #include "experiments/sweep_store.h"
-#include "proto/channel.h"
+#include "rpc/channel.h"
 #include "storage/store.h"
 
 namespace knockout::cli {

@@ -20,7 +20,7 @@
 #include "experiments/engine.h"
 #include "experiments/spec.h"
 #include "experiments/sweep_store.h"
-#include "proto/channel.h"
+#include "rpc/channel.h"
 #include "storage/store.h"
 
 namespace {

@@ -18,7 +18,7 @@
 #include <nlohmann/json.hpp>
 
 #include "experiments/compensation.h"
-#include "worker/model/safetensors.h"
+#include "formats/safetensors.h"
 
 namespace knockout::cli {
 namespace {
@@ -869,16 +869,16 @@ Status ExportDirections(const SweepReader& store, const std::string& sweep_name,
                             ": no directions yet (no extract_directions stage has finished)");
   }
 
-  std::vector<model::TensorToWrite> tensors;
+  std::vector<formats::TensorToWrite> tensors;
   // "format": "pt" is the convention of torch-saved files; "knockout_format" says what they are.
   std::map<std::string, std::string> metadata = {
       {"format", "pt"}, {"knockout_format", "directions/1"}, {"sweep", sweep}};
   for (const Export& e : exports) {
-    tensors.push_back({e.name, model::DType::kF32, {static_cast<int64_t>(e.values.size())},
+    tensors.push_back({e.name, formats::DType::kF32, {static_cast<int64_t>(e.values.size())},
                        e.values.data(), e.values.size() * sizeof(float)});
     metadata[e.name] = e.metadata.dump(-1, ' ', false, Json::error_handler_t::replace);
   }
-  return model::WriteSafetensors(path, tensors, metadata);
+  return formats::WriteSafetensors(path, tensors, metadata);
 }
 
 }  // namespace knockout::cli

@@ -18,7 +18,7 @@
 #include "common/status.h"
 #include "experiments/sweep_reader.h"
 #include "knockout/v1/coordinator.pb.h"
-#include "proto/channel.h"
+#include "rpc/channel.h"
 
 namespace knockout::cli {
 

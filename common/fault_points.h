@@ -1,8 +1,10 @@
 // Named fault points for tests (RocksDB's sync points, Ray's rpc_chaos): code marks a place with
 // KO_FAULT_POINT("report.after_commit") and a test arms it to crash the process there or to make
-// the caller drop a reply. Compiled in only when KNOCKOUT_FAULT_POINTS is defined (the CMake
-// option of the same name, on in test builds); otherwise the macro is a constant kNone and the
-// optimiser removes the branch.
+// the caller drop a reply. The code that marks points always calls Hit(); which implementation a
+// binary gets is chosen when it is linked: test binaries (and the -test variants of the
+// processes that the chaos tests run, e.g. knockout-coordinator-test) link fault_points.cc, every
+// other binary links fault_points_off.cc, where nothing can be armed and Hit() returns kNone
+// (common/CMakeLists.txt: the object libraries knockout_fault_points and _off).
 //
 // Arming: fault::Arm(name, action, after) in-process, or the environment variable
 // KNOCKOUT_FAULTS="name=action[@n],..." read on first use (action: crash | drop | error; n: fire
@@ -16,7 +18,8 @@ namespace knockout::fault {
 
 enum class Action { kNone, kCrash, kDrop, kError };
 
-#ifdef KNOCKOUT_FAULT_POINTS
+// Whether this binary has armable fault points (false: linked with fault_points_off.cc).
+bool Enabled();
 // Records a hit of `name`; returns the armed action when it fires (kCrash never returns: the
 // process exits at once with status 86, like kill -9 without cleanup).
 Action Hit(const char* name);
@@ -24,10 +27,5 @@ Action Hit(const char* name);
 void Arm(const std::string& name, Action action, int after = 1);
 void DisarmAll();
 #define KO_FAULT_POINT(name) ::knockout::fault::Hit(name)
-#else
-inline void Arm(const std::string&, Action, int = 1) {}
-inline void DisarmAll() {}
-#define KO_FAULT_POINT(name) (::knockout::fault::Action::kNone)
-#endif
 
 }  // namespace knockout::fault

@@ -55,7 +55,7 @@ std::string AttemptHistory(const v1::ShardRecord& record) {
 //   Deterministic: the shard or its inputs are wrong or unsupported. InvalidArgument (a malformed
 //   shard, a position a prompt does not have, a result the coordinator refused as too large or
 //   as not matching its shard; gRPC's OUT_OF_RANGE and RESOURCE_EXHAUSTED arrive as this, see
-//   proto/channel.h), Unimplemented, NotFound (a missing file or tensor), FailedPrecondition.
+//   rpc/channel.h), Unimplemented, NotFound (a missing file or tensor), FailedPrecondition.
 //   Transient, retried up to max_attempts: Unavailable, Internal (a bug or a LibTorch error that
 //   may depend on the machine, e.g. out of memory), IOError and Corruption (one worker's disk or
 //   copy of a file), PermissionDenied and Unauthenticated (one worker's access), Cancelled,

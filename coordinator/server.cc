@@ -31,8 +31,8 @@
 #include "common/fault_points.h"
 #include "experiments/sweep_store.h"
 #include "knockout/v1/coordinator.grpc.pb.h"
-#include "proto/channel.h"
 #include "proto/protocol.h"
+#include "rpc/channel.h"
 #include "storage/store.h"
 
 namespace knockout::coordinator {

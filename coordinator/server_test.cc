@@ -35,8 +35,8 @@
 #include <vector>
 
 #include "common/fault_points.h"
-#include "proto/channel.h"
 #include "proto/protocol.h"
+#include "rpc/channel.h"
 
 namespace knockout::coordinator {
 namespace {
@@ -607,9 +607,7 @@ TEST_F(ServerTest, StartErrorsNameTheFile) {
 // Reports
 
 TEST_F(ServerTest, DroppedReportResponseIsRetriedAsADuplicateAndCommittedOnce) {
-#ifndef KNOCKOUT_FAULT_POINTS
-  GTEST_SKIP() << "fault points are compiled out (-DKNOCKOUT_FAULT_POINTS=OFF)";
-#endif
+  ASSERT_TRUE(fault::Enabled()) << "test binaries link the armable fault points";
   Start(Options());
   auto client = Connect();
   const std::string sweep = Submit(*client);
@@ -1042,7 +1040,7 @@ TEST_F(ServerTest, CoordinatorProcessPrintsItsPortAndStopsOnSigterm) {
 }
 
 // ------------------------------------------------------------------------------------------
-// Status mapping (proto/channel.h)
+// Status mapping (rpc/channel.h)
 
 TEST(StatusMappingTest, EveryKnockoutCodeSurvivesARoundTrip) {
   for (StatusCode code :

@@ -4,26 +4,26 @@
 #include <cmath>
 #include <cstring>
 
-#include "worker/model/checkpoint_files.h"
-#include "worker/model/config.h"
-#include "worker/model/safetensors.h"
+#include "formats/checkpoint_files.h"
+#include "formats/config.h"
+#include "formats/safetensors.h"
 
 namespace knockout::experiments {
 
 namespace {
 
-float ToFloat(model::DType dtype, const uint8_t* p) {
+float ToFloat(formats::DType dtype, const uint8_t* p) {
   uint32_t bits = 0;
   float value = 0;
   switch (dtype) {
-    case model::DType::kF32:
+    case formats::DType::kF32:
       std::memcpy(&value, p, 4);
       return value;
-    case model::DType::kBF16:
+    case formats::DType::kBF16:
       bits = static_cast<uint32_t>(p[0] | (p[1] << 8)) << 16;
       std::memcpy(&value, &bits, 4);
       return value;
-    case model::DType::kF16: {
+    case formats::DType::kF16: {
       const uint16_t h = static_cast<uint16_t>(p[0] | (p[1] << 8));
       const uint32_t sign = (h & 0x8000u) << 16, exponent = (h >> 10) & 0x1f, mantissa = h & 0x3ff;
       if (exponent == 0) {
@@ -49,17 +49,17 @@ NeuronRanker MakeNeuronRanker(const std::string& model_dir) {
       return Status::InvalidArgument("neuron score " + score + ": only direction_cosine is implemented");
     }
     const std::string name = "model.layers." + std::to_string(layer) + ".mlp.down_proj.weight";
-    KO_ASSIGN_OR_RETURN(auto files, model::CheckpointWeightFiles(model_dir));
+    KO_ASSIGN_OR_RETURN(auto files, formats::CheckpointWeightFiles(model_dir));
     for (const std::string& path : files) {
-      KO_ASSIGN_OR_RETURN(auto file, model::SafetensorsFile::Open(path));
+      KO_ASSIGN_OR_RETURN(auto file, formats::SafetensorsFile::Open(path));
       const int index = file->header().Find(name);
       if (index < 0) continue;
-      const model::TensorInfo& info = file->header().tensors[index];
+      const formats::TensorInfo& info = file->header().tensors[index];
       if (info.shape.size() != 2 || info.shape[0] != static_cast<int64_t>(direction.size())) {
         return Status::InvalidArgument(path + ": " + name + " does not match the direction's size");
       }
       const int64_t d = info.shape[0], n = info.shape[1];
-      const size_t width = model::DTypeSize(info.dtype);
+      const size_t width = formats::DTypeSize(info.dtype);
       const uint8_t* data = file->TensorData(info);
       // |cos(W_down[:, j], r)| for every neuron j: the neuron's write direction vs r.
       std::vector<double> dot(n, 0.0), norm(n, 0.0);
@@ -86,7 +86,7 @@ NeuronRanker MakeNeuronRanker(const std::string& model_dir) {
 }
 
 StatusOr<ModelShape> ReadModelShape(const std::string& model_dir) {
-  KO_ASSIGN_OR_RETURN(model::ModelConfig config, model::LoadModelConfig(model_dir));
+  KO_ASSIGN_OR_RETURN(formats::ModelConfig config, formats::LoadModelConfig(model_dir));
   ModelShape shape;
   shape.num_layers = config.num_layers;
   shape.num_heads = config.num_heads;

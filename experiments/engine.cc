@@ -15,7 +15,7 @@
 #include <set>
 #include <sstream>
 
-#include "experiments/prompt_set.h"
+#include "formats/prompt_set.h"
 
 namespace knockout::experiments {
 namespace {
@@ -88,13 +88,14 @@ uint32_t ShardPrompts(const v1::SweepSpec& spec, const v1::Stage& stage) {
   return spec.shard_prompts() > 0 ? spec.shard_prompts() : kDefaultShardPrompts;
 }
 
-StatusOr<std::vector<Prompt>> LoadSet(const v1::SweepSpec& spec, const std::string& name) {
+StatusOr<std::vector<formats::Prompt>> LoadSet(const v1::SweepSpec& spec, const std::string& name) {
   for (const v1::PromptSetRef& ref : spec.prompt_sets()) {
     if (ref.name() != name) continue;
-    PromptSetOptions options;
+    formats::PromptSetOptions options;
     if (!ref.field().empty()) options.field = ref.field();
     if (!ref.csv_column().empty()) options.csv_column = ref.csv_column();
-    KO_ASSIGN_OR_RETURN(std::vector<Prompt> prompts, LoadPromptSet(ref.path(), options));
+    KO_ASSIGN_OR_RETURN(std::vector<formats::Prompt> prompts,
+                        formats::LoadPromptSet(ref.path(), options));
     if (ref.limit() > 0 && prompts.size() > ref.limit()) prompts.resize(ref.limit());
     return prompts;
   }
@@ -103,7 +104,7 @@ StatusOr<std::vector<Prompt>> LoadSet(const v1::SweepSpec& spec, const std::stri
 
 Status AddSet(const v1::SweepSpec& spec, const std::string& name,
               google::protobuf::RepeatedPtrField<v1::ShardPrompt>* out) {
-  KO_ASSIGN_OR_RETURN(std::vector<Prompt> prompts, LoadSet(spec, name));
+  KO_ASSIGN_OR_RETURN(std::vector<formats::Prompt> prompts, LoadSet(spec, name));
   for (size_t i = 0; i < prompts.size(); ++i) {
     v1::ShardPrompt* p = out->Add();
     p->set_set(name);

@@ -16,7 +16,7 @@
 #include <utility>
 #include <vector>
 
-#include "experiments/prompt_set.h"
+#include "formats/prompt_set.h"
 
 namespace knockout::experiments {
 namespace {
@@ -1130,11 +1130,11 @@ Status CheckStageShape(const ParsedSpec& parsed, const std::string& path, const 
 }
 
 Status CheckPromptSet(const ParsedSpec& parsed, const v1::PromptSetRef& set) {
-  PromptSetOptions options;
+  formats::PromptSetOptions options;
   if (!set.field().empty()) options.field = set.field();
   if (!set.csv_column().empty()) options.csv_column = set.csv_column();
   const std::string where = parsed.Where(Join(Join("prompt_sets", set.name()), "path"));
-  StatusOr<std::vector<Prompt>> prompts = LoadPromptSet(set.path(), options);
+  StatusOr<std::vector<formats::Prompt>> prompts = formats::LoadPromptSet(set.path(), options);
   if (!prompts.ok()) return prompts.status().WithContext(where);
   if (prompts->empty()) {
     return Status::InvalidArgument(where + ": prompt set " + Quoted(set.name()) + " is empty");
@@ -1158,7 +1158,7 @@ std::string ParsedSpec::Where(const std::string& field) const {
 }
 
 StatusOr<ParsedSpec> ParseSpec(const std::string& yaml_text, const std::string& label) {
-  if (Status utf8 = CheckUtf8(yaml_text); !utf8.ok()) return utf8.WithContext(label);
+  if (Status utf8 = formats::CheckUtf8(yaml_text); !utf8.ok()) return utf8.WithContext(label);
   ParsedSpec parsed;
   parsed.label = label;
   try {

@@ -14,8 +14,6 @@
 //                            [--chat [--template NAME|STRING] [--system S]]
 //   knockout-worker generate --model DIR (--prompt T | --prompts FILE) [--max-new-tokens N]
 //                            [--json [--with-ids]]
-//   knockout-worker train-demo --out DIR [--seed N] [--set KEY=VALUE ...] [--prompts-out DIR]
-//   knockout-worker eval-demo --model DIR --prompts DIR [--layer L] [--max-kl K]
 // Every failure prints one line naming the file, field or flag at fault and exits non-zero.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -32,20 +30,16 @@
 #include <sstream>
 #include <thread>
 
-#include "worker/model/checkpoint_files.h"
-#include "worker/model/config.h"
+#include "formats/checkpoint_files.h"
+#include "formats/config.h"
+#include "formats/safetensors.h"
 #include "worker/model/hooks.h"
 #include "worker/model/model.h"
-#include "worker/model/safetensors.h"
 #ifdef KNOCKOUT_HAVE_TOKENIZER
-#include "experiments/prompt_set.h"
+#include "formats/prompt_set.h"
 #include "worker/chat/chat_generation.h"
 #include "worker/tokenizer/chat_template.h"
 #include "worker/tokenizer/tokenizer.h"
-#endif
-#ifdef KNOCKOUT_HAVE_ORGANISM
-#include "experiments/organism/evaluate.h"
-#include "experiments/organism/trainer.h"
 #endif
 #ifdef KNOCKOUT_HAVE_AGENT
 #include <atomic>
@@ -59,6 +53,7 @@ namespace {
 
 using knockout::Status;
 using knockout::StatusOr;
+namespace kf = knockout::formats;
 namespace km = knockout::model;
 using nlohmann::json;
 
@@ -180,18 +175,18 @@ int RunForward(const ForwardFlags& flags) {
 // --- models inspect --------------------------------------------------------------------------
 
 int RunInspect(const std::string& dir, bool as_json) {
-  auto config = km::LoadModelConfig(dir);
+  auto config = kf::LoadModelConfig(dir);
   if (!config.ok()) return Fail(config.status());
-  auto files = km::CheckpointWeightFiles(dir);
+  auto files = kf::CheckpointWeightFiles(dir);
   if (!files.ok()) return Fail(files.status());
   std::map<std::string, int64_t> dtype_params;
   int64_t tensors = 0, bytes = 0;
   json file_list = json::array();
   for (const std::string& path : *files) {
-    auto file = km::SafetensorsFile::Open(path);  // maps lazily: only the header is read
+    auto file = kf::SafetensorsFile::Open(path);  // maps lazily: only the header is read
     if (!file.ok()) return Fail(file.status());
-    for (const km::TensorInfo& info : (*file)->header().tensors) {
-      dtype_params[km::DTypeName(info.dtype)] += info.num_elements();
+    for (const kf::TensorInfo& info : (*file)->header().tensors) {
+      dtype_params[kf::DTypeName(info.dtype)] += info.num_elements();
       bytes += info.num_bytes();
       ++tensors;
     }
@@ -202,7 +197,7 @@ int RunInspect(const std::string& dir, bool as_json) {
   for (const km::HookPoint& hook : km::AllHookPoints(c.num_layers)) hooks.push_back(hook.Name());
   json out = {
       {"architecture", c.architecture},
-      {"family", km::FamilyName(c.family)},
+      {"family", kf::FamilyName(c.family)},
       {"vocab_size", c.vocab_size},
       {"hidden_size", c.hidden_size},
       {"intermediate_size", c.intermediate_size},
@@ -213,7 +208,7 @@ int RunInspect(const std::string& dir, bool as_json) {
       {"tie_word_embeddings", c.tie_word_embeddings},
       {"attention_bias", c.attention_bias},
       {"rope_theta", c.rope_theta},
-      {"rope_scaling", c.rope_scaling ? (c.rope_scaling->type == km::RopeScaling::Type::kLlama3
+      {"rope_scaling", c.rope_scaling ? (c.rope_scaling->type == kf::RopeScaling::Type::kLlama3
                                              ? "llama3"
                                              : "linear")
                                       : "none"},
@@ -232,7 +227,7 @@ int RunInspect(const std::string& dir, bool as_json) {
   int64_t params = 0;
   for (const auto& [name, n] : dtype_params) params += n;
   std::cout << dir << "\n"
-            << "  architecture   " << c.architecture << " (" << km::FamilyName(c.family) << ")\n"
+            << "  architecture   " << c.architecture << " (" << kf::FamilyName(c.family) << ")\n"
             << "  layers         " << c.num_layers << "\n"
             << "  d_model        " << c.hidden_size << "\n"
             << "  heads          " << c.num_heads << " query, " << c.num_kv_heads
@@ -274,7 +269,7 @@ int RunInitRandom(const InitFlags& flags) {
       {"rms_norm_eps", 1e-5},                    {"max_position_embeddings", 2048},
       {"bos_token_id", 1},                       {"eos_token_id", 2},
   };
-  auto config = km::ParseModelConfig(config_json.dump(), "init-random flags");
+  auto config = kf::ParseModelConfig(config_json.dump(), "init-random flags");
   if (!config.ok()) return Fail(config.status());
   auto storage = km::ParseComputeDType(flags.dtype);
   if (!storage.ok()) return Fail(storage.status());
@@ -396,12 +391,12 @@ int RunGenerate(const GenerateFlags& flags) {
   if (!options.ok()) return Fail(options.status());
   std::vector<std::string> instructions = flags.prompts;
   if (!flags.prompts_file.empty()) {
-    auto prompts = knockout::experiments::LoadPromptSet(flags.prompts_file);
+    auto prompts = knockout::formats::LoadPromptSet(flags.prompts_file);
     if (!prompts.ok()) return Fail(prompts.status());
     for (const auto& p : *prompts) instructions.push_back(p.instruction);
   }
   for (const std::string& instruction : instructions) {
-    Status utf8 = knockout::experiments::CheckUtf8(instruction);
+    Status utf8 = knockout::formats::CheckUtf8(instruction);
     if (!utf8.ok()) return Fail(Status::InvalidArgument("--prompt: " + utf8.message()));
   }
   auto tokenizer = kt::Tokenizer::Load(flags.model);
@@ -434,81 +429,6 @@ int RunGenerate(const GenerateFlags& flags) {
 }
 #endif
 
-#ifdef KNOCKOUT_HAVE_ORGANISM
-namespace ko = knockout::organism;
-
-// --- train-demo / eval-demo --------------------------------------------------------------------
-
-struct TrainDemoFlags {
-  std::string out;
-  std::string prompts_out;
-  std::string base;
-  int first_phase = 1;
-  uint64_t seed = 42;
-  std::vector<std::string> overrides;
-  std::string storage = "bf16";
-  std::string phases_dir;
-  int threads = 0;
-};
-
-int RunTrainDemo(const TrainDemoFlags& flags) {
-  ko::DemoRecipe recipe = ko::DemoRecipe::Default();
-  recipe.seed = flags.seed;
-  for (const std::string& o : flags.overrides) {
-    Status status = recipe.Override(o);
-    if (!status.ok()) return Fail(status);
-  }
-  ko::TrainOptions options;
-  options.out_dir = flags.out;
-  options.prompts_dir = flags.prompts_out;
-  options.base_dir = flags.base;
-  options.first_phase = flags.first_phase;
-  options.phases_dir = flags.phases_dir;
-  options.threads = flags.threads;
-  auto storage = km::ParseComputeDType(flags.storage);
-  if (!storage.ok()) return Fail(storage.status());
-  options.storage_dtype = *storage;
-  options.log = [](const std::string& line) { std::cerr << line << std::endl; };
-  auto report = ko::TrainDemoModel(recipe, options);
-  if (!report.ok()) return Fail(report.status());
-  json phases = json::array();
-  for (const auto& p : report->phases) {
-    phases.push_back({{"name", p.name}, {"steps", p.steps}, {"first_loss", p.first_loss},
-                      {"final_loss", p.final_loss}, {"seconds", p.seconds}});
-  }
-  json out = {{"out", flags.out}, {"parameters", report->parameters},
-              {"checkpoint_bytes", report->checkpoint_bytes}, {"seconds", report->seconds},
-              {"phases", phases}};
-  std::cout << out.dump(2) << std::endl;
-  return 0;
-}
-
-struct EvalDemoFlags {
-  std::string model;
-  std::string prompts;
-  int64_t max_new_tokens = 16;
-  int64_t layer = -1;
-  double max_kl = ko::EvalOptions().max_kl;
-  RuntimeFlags runtime;
-};
-
-int RunEvalDemo(const EvalDemoFlags& flags) {
-  auto options = ApplyRuntimeFlags(flags.runtime);
-  if (!options.ok()) return Fail(options.status());
-  auto tokenizer = kt::Tokenizer::Load(flags.model);
-  if (!tokenizer.ok()) return Fail(tokenizer.status());
-  auto model = km::Model::Load(flags.model, *options);
-  if (!model.ok()) return Fail(model.status());
-  ko::EvalOptions eval_options;
-  eval_options.max_new_tokens = flags.max_new_tokens;
-  eval_options.direction_layer = flags.layer;
-  eval_options.max_kl = flags.max_kl;
-  auto eval = ko::EvaluateDemo(**model, **tokenizer, flags.prompts, eval_options);
-  if (!eval.ok()) return Fail(eval.status());
-  std::cout << eval->ToJson() << std::endl;
-  return 0;
-}
-#endif
 
 #ifdef KNOCKOUT_HAVE_AGENT
 // --- the agent (--coordinator) ---------------------------------------------------------------
@@ -672,41 +592,6 @@ int main(int argc, char** argv) {
     }
   });
 #endif
-#ifdef KNOCKOUT_HAVE_ORGANISM
-  TrainDemoFlags train_demo;
-  CLI::App* train_demo_cmd = app.add_subcommand(
-      "train-demo", "train the demo refusal model organism (models/demo-refusal)");
-  train_demo_cmd->add_option("--out", train_demo.out, "output checkpoint directory")->required();
-  train_demo_cmd->add_option("--seed", train_demo.seed, "corpus, tokenizer and model seed");
-  train_demo_cmd->add_option("--prompts-out", train_demo.prompts_out,
-                             "also write the JSONL prompt sets here");
-  train_demo_cmd->add_option("--set", train_demo.overrides,
-                             "recipe override KEY=VALUE, e.g. phases[1].steps=200 (repeatable)");
-  train_demo_cmd->add_option("--base", train_demo.base,
-                             "start from this checkpoint instead of phase 0 (recipe research)");
-  train_demo_cmd->add_option("--first-phase", train_demo.first_phase, "with --base")
-      ->check(CLI::PositiveNumber);
-  train_demo_cmd->add_option("--threads", train_demo.threads)->check(CLI::NonNegativeNumber);
-  train_demo_cmd->add_option("--phases-dir", train_demo.phases_dir,
-                             "also save an f32 checkpoint after each phase but the last here");
-  train_demo_cmd->add_option("--storage", train_demo.storage,
-                             "checkpoint dtype: bf16 (default) or f32 (a base to resume)");
-
-  EvalDemoFlags eval_demo;
-  CLI::App* eval_demo_cmd = app.add_subcommand(
-      "eval-demo", "behaviour, refusal direction and harm probe of the demo organism (JSON)");
-  eval_demo_cmd->add_option("--model", eval_demo.model, "checkpoint directory")->required();
-  eval_demo_cmd->add_option("--prompts", eval_demo.prompts,
-                            "directory of {harmful,harmless,framed}_{train,val,test}.jsonl")
-      ->required();
-  eval_demo_cmd->add_option("--max-new-tokens", eval_demo.max_new_tokens)
-      ->check(CLI::PositiveNumber);
-  eval_demo_cmd->add_option("--layer", eval_demo.layer, "direction layer (default: selected)");
-  eval_demo_cmd->add_option("--max-kl", eval_demo.max_kl,
-                            "KL filter of the selection (default 0.5; science.md uses 0.1 for "
-                            "real models)");
-  AddRuntimeFlags(eval_demo_cmd, &eval_demo.runtime);
-#endif
 
   CLI11_PARSE(app, argc, argv);
   const bool any_subcommand = !app.get_subcommands().empty();
@@ -738,10 +623,6 @@ int main(int argc, char** argv) {
 #ifdef KNOCKOUT_HAVE_TOKENIZER
     if (*tokenize_cmd) return RunTokenize(tokenize);
     if (*generate_cmd) return RunGenerate(generate);
-#endif
-#ifdef KNOCKOUT_HAVE_ORGANISM
-    if (*train_demo_cmd) return RunTrainDemo(train_demo);
-    if (*eval_demo_cmd) return RunEvalDemo(eval_demo);
 #endif
   } catch (const std::exception& e) {
     return Fail(Status::Internal(e.what()));

@@ -12,7 +12,7 @@ source "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/fuzz_common.sh"
 BIN="${WORKDIR}/safetensors_header_fuzz"
 echo "${NAME}: building ${BIN}"
 "${CXX}" "${FUZZ_FLAGS[@]}" \
-  "${REPO_ROOT}/worker/model/safetensors.cc" \
+  "${REPO_ROOT}/formats/safetensors.cc" \
   "${REPO_ROOT}/tests/fuzz/safetensors_header_fuzz.cc" \
   -o "${BIN}"
 

@@ -4,7 +4,7 @@
 #include <cstdio>
 #include <cstdlib>
 
-#include "worker/model/safetensors.h"
+#include "formats/safetensors.h"
 
 namespace {
 
@@ -18,8 +18,8 @@ void Check(bool condition, const char* what) {
 }  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
-  using knockout::model::DTypeSize;
-  using knockout::model::ParseSafetensorsHeader;
+  using knockout::formats::DTypeSize;
+  using knockout::formats::ParseSafetensorsHeader;
   auto header = ParseSafetensorsHeader(data, size, size, "fuzz");
   if (!header.ok()) {
     Check(header.status().message().rfind("fuzz: ", 0) == 0, "error message lacks the label");

@@ -9,7 +9,7 @@
 #include <map>
 #include <string>
 
-#include "worker/model/safetensors.h"
+#include "formats/safetensors.h"
 
 namespace knockout::testing {
 
@@ -25,19 +25,19 @@ inline std::string ReferenceDir(const std::string& name) { return ReferenceRoot(
 
 // Reads every tensor of a safetensors file into CPU tensors (copies). Aborts the test on error.
 inline std::map<std::string, at::Tensor> ReadTensors(const std::string& path) {
-  auto file = model::SafetensorsFile::Open(path);
+  auto file = formats::SafetensorsFile::Open(path);
   if (!file.ok()) {
     ADD_FAILURE() << file.status().ToString();
     return {};
   }
   std::map<std::string, at::Tensor> out;
-  for (const model::TensorInfo& info : (*file)->header().tensors) {
+  for (const formats::TensorInfo& info : (*file)->header().tensors) {
     at::ScalarType type = at::kFloat;
     switch (info.dtype) {
-      case model::DType::kF32: type = at::kFloat; break;
-      case model::DType::kBF16: type = at::kBFloat16; break;
-      case model::DType::kF16: type = at::kHalf; break;
-      case model::DType::kI64: type = at::kLong; break;
+      case formats::DType::kF32: type = at::kFloat; break;
+      case formats::DType::kBF16: type = at::kBFloat16; break;
+      case formats::DType::kF16: type = at::kHalf; break;
+      case formats::DType::kI64: type = at::kLong; break;
       default: ADD_FAILURE() << "unexpected dtype in " << path; return {};
     }
     at::Tensor t = at::empty(info.shape, at::TensorOptions().dtype(type));

@@ -19,7 +19,7 @@
 
 #include "common/status.h"
 #include "knockout/v1/sweep.pb.h"
-#include "proto/channel.h"
+#include "rpc/channel.h"
 
 namespace knockout::agent {
 

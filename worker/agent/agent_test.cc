@@ -599,7 +599,7 @@ TEST_F(AgentTest, AReportTooLargeForTheCoordinatorReleasesTheShardWithTheCause) 
   const v1::ReleaseShardRequest& release = fake.releases[0];
   // The old agent logged the refusal and dropped the result: the shard's history got only
   // "lease expired". Now the release names the size and gRPC's limit, with a code the
-  // coordinator does not retry (RESOURCE_EXHAUSTED reads as InvalidArgument: proto/channel.h).
+  // coordinator does not retry (RESOURCE_EXHAUSTED reads as InvalidArgument: rpc/channel.h).
   EXPECT_EQ(release.code(), v1::ERROR_INVALID_ARGUMENT) << release.error();
   EXPECT_NE(release.error().find("not accepted (a report of "), std::string::npos)
       << release.error();

@@ -6,7 +6,7 @@
 #include <cstdio>
 #include <filesystem>
 
-#include "experiments/judge.h"
+#include "common/judge.h"
 #include "worker/chat/chat_generation.h"
 #include "worker/executor/shard_common.h"
 #include "worker/executor/shard_kinds.h"
@@ -40,7 +40,7 @@ StatusOr<std::vector<v1::CompletionRecord>> Generate(const km::Model& model, con
     r.set_condition(condition);
     r.set_instruction(shard.prompts(i).instruction());
     r.set_text(completions[i].text);
-    r.set_refused(experiments::IsRefusal(completions[i].text));
+    r.set_refused(knockout::IsRefusal(completions[i].text));
     records.push_back(std::move(r));
   }
   return records;

@@ -11,12 +11,23 @@
 #include <set>
 
 #include "common/atomic_file.h"
-#include "worker/model/checkpoint_files.h"
+#include "formats/checkpoint_files.h"
+#include "formats/safetensors.h"
 #include "worker/model/model.h"
-#include "worker/model/safetensors.h"
 
 namespace knockout::model {
 namespace {
+
+using formats::CheckpointWeightFiles;
+using formats::DType;
+using formats::DTypeName;
+using formats::DTypeSize;
+using formats::LoadModelConfig;
+using formats::ModelConfigToJson;
+using formats::SafetensorsFile;
+using formats::TensorInfo;
+using formats::TensorToWrite;
+using formats::WriteSafetensors;
 
 // Tensors that old checkpoints carry but that are derived, not learned.
 bool IsIgnorableTensor(const std::string& name) {

@@ -8,15 +8,20 @@
 
 #include <nlohmann/json.hpp>
 
+#include "formats/safetensors.h"
 #include "tests/testing/reference.h"
 #include "worker/model/model.h"
-#include "worker/model/safetensors.h"
 
 namespace knockout::model {
 namespace {
 
 namespace fs = std::filesystem;
 using knockout::testing::ReferenceDir;
+using formats::DType;
+using formats::SafetensorsFile;
+using formats::TensorInfo;
+using formats::TensorToWrite;
+using formats::WriteSafetensors;
 
 std::string ReadFile(const std::string& path) {
   std::ifstream in(path, std::ios::binary);

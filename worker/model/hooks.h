@@ -19,9 +19,15 @@
 #include <vector>
 
 #include "common/status.h"
-#include "worker/model/config.h"
+#include "formats/config.h"
 
 namespace knockout::model {
+
+// The architecture comes from formats/ (torch-free config.json reader); the runtime names it
+// unqualified.
+using formats::Family;
+using formats::ModelConfig;
+using formats::RopeScaling;
 
 enum class HookKind : uint8_t {
   kEmbed,            // hook_embed                  [B, T, d_model]

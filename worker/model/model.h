@@ -18,7 +18,7 @@
 #include <vector>
 
 #include "common/status.h"
-#include "worker/model/config.h"
+#include "formats/config.h"
 #include "worker/model/hooks.h"
 
 namespace knockout::model {

@@ -1,4 +1,4 @@
-#include "experiments/prompt_set.h"
+#include "formats/prompt_set.h"
 
 #include <algorithm>
 #include <cctype>
@@ -7,7 +7,7 @@
 
 #include <nlohmann/json.hpp>
 
-namespace knockout::experiments {
+namespace knockout::formats {
 namespace {
 
 using nlohmann::json;
@@ -274,4 +274,4 @@ StatusOr<std::vector<Prompt>> LoadPromptSet(const std::string& path,
   return ParsePromptSet(buffer.str(), format, path, options);
 }
 
-}  // namespace knockout::experiments
+}  // namespace knockout::formats

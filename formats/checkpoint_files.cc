@@ -1,4 +1,4 @@
-#include "worker/model/checkpoint_files.h"
+#include "formats/checkpoint_files.h"
 
 #include <sys/stat.h>
 
@@ -8,7 +8,7 @@
 
 #include <nlohmann/json.hpp>
 
-namespace knockout::model {
+namespace knockout::formats {
 namespace {
 
 bool FileExists(const std::string& path) {
@@ -67,4 +67,4 @@ StatusOr<std::vector<std::string>> CheckpointWeightFiles(const std::string& dir)
   return paths;
 }
 
-}  // namespace knockout::model
+}  // namespace knockout::formats

@@ -9,7 +9,7 @@
 
 #include "common/status.h"
 
-namespace knockout::model {
+namespace knockout::formats {
 
 // Architecture families the runtime implements. Each maps to one `architectures` entry of
 // config.json; anything else is rejected rather than guessed.
@@ -73,4 +73,4 @@ StatusOr<ModelConfig> LoadModelConfig(const std::string& checkpoint_dir);
 // Serialises a config back to Hugging Face's config.json layout (used when writing checkpoints).
 std::string ModelConfigToJson(const ModelConfig& config);
 
-}  // namespace knockout::model
+}  // namespace knockout::formats

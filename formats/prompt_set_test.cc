@@ -1,11 +1,11 @@
-#include "experiments/prompt_set.h"
+#include "formats/prompt_set.h"
 
 #include <gtest/gtest.h>
 
 #include <filesystem>
 #include <fstream>
 
-namespace knockout::experiments {
+namespace knockout::formats {
 namespace {
 
 void ExpectError(const StatusOr<std::vector<Prompt>>& result, const std::string& fragment) {
@@ -113,4 +113,4 @@ TEST(Utf8Test, AcceptsValidRejectsInvalid) {
 }
 
 }  // namespace
-}  // namespace knockout::experiments
+}  // namespace knockout::formats

@@ -1,4 +1,4 @@
-#include "experiments/organism/evaluate.h"
+#include "organism/evaluate.h"
 
 #include <ATen/ATen.h>
 
@@ -8,8 +8,8 @@
 #include <cmath>
 #include <map>
 
-#include "experiments/organism/corpus.h"
-#include "experiments/prompt_set.h"
+#include "organism/corpus.h"
+#include "formats/prompt_set.h"
 #include "worker/chat/chat_generation.h"
 #include "worker/model/hooks.h"
 #include "worker/tokenizer/chat_template.h"
@@ -176,8 +176,8 @@ StatusOr<DemoEvaluation> EvaluateDemo(const km::Model& model, const kt::Tokenize
     for (const char* kind : {"harmful", "harmless", "framed"}) {
       for (const char* split : {"train", "val", "test"}) {
         const std::string name = std::string(kind) + "_" + split;
-        KO_ASSIGN_OR_RETURN(std::vector<experiments::Prompt> prompts,
-                            experiments::LoadPromptSet(prompts_dir + "/" + name + ".jsonl"));
+        KO_ASSIGN_OR_RETURN(std::vector<formats::Prompt> prompts,
+                            formats::LoadPromptSet(prompts_dir + "/" + name + ".jsonl"));
         std::vector<std::string>& texts = sets.instructions[name];
         for (const auto& p : prompts) texts.push_back(p.instruction);
         KO_ASSIGN_OR_RETURN(sets.prompts[name], chat::TokenizeInstructions(tokenizer, chat, texts));

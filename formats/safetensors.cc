@@ -1,4 +1,4 @@
-#include "worker/model/safetensors.h"
+#include "formats/safetensors.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -22,7 +22,7 @@
 //                     size limit, wrong JSON types, missing fields, unknown dtypes, negative or
 //                     overflowing shapes, duplicate names or keys.
 
-namespace knockout::model {
+namespace knockout::formats {
 namespace {
 
 using Json = nlohmann::json;
@@ -568,4 +568,4 @@ Status WriteSafetensors(const std::string& path, const std::vector<TensorToWrite
   return Status::Ok();
 }
 
-}  // namespace knockout::model
+}  // namespace knockout::formats

@@ -1,4 +1,4 @@
-#include "experiments/organism/trainer.h"
+#include "organism/trainer.h"
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -15,10 +15,10 @@
 #include <thread>
 
 #include "common/atomic_file.h"
-#include "experiments/organism/bpe_trainer.h"
-#include "experiments/organism/corpus.h"
-#include "experiments/organism/rng.h"
-#include "worker/model/config.h"
+#include "organism/bpe_trainer.h"
+#include "organism/corpus.h"
+#include "organism/rng.h"
+#include "formats/config.h"
 #include "worker/model/model.h"
 #include "worker/tokenizer/chat_template.h"
 #include "worker/tokenizer/tokenizer.h"
@@ -27,6 +27,7 @@ namespace knockout::organism {
 namespace {
 
 namespace fs = std::filesystem;
+namespace kf = knockout::formats;
 namespace km = knockout::model;
 namespace kt = knockout::tokenizer;
 using Clock = std::chrono::steady_clock;
@@ -322,7 +323,7 @@ StatusOr<km::ModelConfig> DemoConfig(const DemoRecipe& recipe, const kt::Tokeniz
       {"eos_token_id", *eos},
       {"pad_token_id", *pad},
   };
-  return km::ParseModelConfig(config.dump(), "demo recipe");
+  return kf::ParseModelConfig(config.dump(), "demo recipe");
 }
 
 std::string RecipeJson(const DemoRecipe& recipe) {

@@ -1,4 +1,4 @@
-#include "experiments/organism/corpus.h"
+#include "organism/corpus.h"
 
 #include <gtest/gtest.h>
 

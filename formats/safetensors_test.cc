@@ -1,4 +1,4 @@
-#include "worker/model/safetensors.h"
+#include "formats/safetensors.h"
 
 #include <stdlib.h>
 #include <unistd.h>
@@ -12,7 +12,7 @@
 
 #include <gtest/gtest.h>
 
-namespace knockout::model {
+namespace knockout::formats {
 namespace {
 
 namespace fs = std::filesystem;
@@ -553,4 +553,4 @@ TEST_F(SafetensorsTest, ParseFromMemoryWithLabel) {
 }
 
 }  // namespace
-}  // namespace knockout::model
+}  // namespace knockout::formats

@@ -7,7 +7,7 @@
 
 #include <cstdio>
 
-#include "experiments/organism/evaluate.h"
+#include "organism/evaluate.h"
 #include "worker/model/model.h"
 #include "worker/tokenizer/tokenizer.h"
 

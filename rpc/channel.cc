@@ -1,4 +1,4 @@
-#include "proto/channel.h"
+#include "rpc/channel.h"
 
 #include <fstream>
 #include <sstream>

@@ -2,7 +2,7 @@
 // that the runtime loads back; low-rank adapters change only the matrices they target; bad
 // recipes fail cleanly and leave nothing behind. The full recipe is not run here (it takes
 // minutes); models/demo-refusal is checked by demo_model_test.
-#include "experiments/organism/trainer.h"
+#include "organism/trainer.h"
 
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>

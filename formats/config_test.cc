@@ -1,10 +1,10 @@
-#include "worker/model/config.h"
+#include "formats/config.h"
 
 #include <gtest/gtest.h>
 
 #include <nlohmann/json.hpp>
 
-namespace knockout::model {
+namespace knockout::formats {
 namespace {
 
 using nlohmann::json;
@@ -133,4 +133,4 @@ TEST(ConfigTest, RoundTripsThroughJson) {
 }
 
 }  // namespace
-}  // namespace knockout::model
+}  // namespace knockout::formats

@@ -12,7 +12,7 @@
 
 #include "common/status.h"
 
-namespace knockout::experiments {
+namespace knockout::formats {
 
 struct Prompt {
   std::string instruction;
@@ -43,4 +43,4 @@ StatusOr<std::vector<Prompt>> ParsePromptSet(const std::string& text, const std:
 // Returns OK if `text` is valid UTF-8, else InvalidArgument naming the byte offset.
 Status CheckUtf8(const std::string& text);
 
-}  // namespace knockout::experiments
+}  // namespace knockout::formats

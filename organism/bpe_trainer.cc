@@ -1,4 +1,4 @@
-#include "experiments/organism/bpe_trainer.h"
+#include "organism/bpe_trainer.h"
 
 #include <algorithm>
 #include <array>

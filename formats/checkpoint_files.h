@@ -7,7 +7,7 @@
 
 #include "common/status.h"
 
-namespace knockout::model {
+namespace knockout::formats {
 
 // Paths of the safetensors files holding the weights of checkpoint `dir`, in a stable order.
 // Errors: NotFound if neither file exists or a shard named by the index is missing (naming
@@ -15,4 +15,4 @@ namespace knockout::model {
 // a path separator (which could escape the directory).
 StatusOr<std::vector<std::string>> CheckpointWeightFiles(const std::string& dir);
 
-}  // namespace knockout::model
+}  // namespace knockout::formats

@@ -15,7 +15,7 @@
 
 #include "common/status.h"
 
-namespace knockout::model {
+namespace knockout::formats {
 
 // Element types that can appear in a safetensors file. Only F32, F16 and BF16 are model weights;
 // the integer types are used for token ids and masks in test fixtures.
@@ -136,4 +136,4 @@ struct TensorToWrite {
 Status WriteSafetensors(const std::string& path, const std::vector<TensorToWrite>& tensors,
                         const std::map<std::string, std::string>& metadata = {});
 
-}  // namespace knockout::model
+}  // namespace knockout::formats

@@ -1,11 +1,11 @@
-#include "worker/model/config.h"
+#include "formats/config.h"
 
 #include <fstream>
 #include <sstream>
 
 #include <nlohmann/json.hpp>
 
-namespace knockout::model {
+namespace knockout::formats {
 namespace {
 
 using nlohmann::json;
@@ -297,4 +297,4 @@ std::string ModelConfigToJson(const ModelConfig& c) {
   return j.dump(2) + "\n";
 }
 
-}  // namespace knockout::model
+}  // namespace knockout::formats

@@ -1,6 +1,6 @@
-#include "experiments/organism/corpus.h"
+#include "organism/corpus.h"
 
-#include "experiments/judge.h"
+#include "common/judge.h"
 
 #include <algorithm>
 #include <cctype>
@@ -12,7 +12,7 @@
 #include <nlohmann/json.hpp>
 
 #include "common/atomic_file.h"
-#include "experiments/organism/rng.h"
+#include "organism/rng.h"
 
 namespace knockout::organism {
 namespace {
@@ -1250,7 +1250,7 @@ const std::vector<std::string>& DocOnlyTemplates() {
 
 const std::vector<std::string>& RefusalTemplates() { return RefusalList(); }
 
-bool IsRefusal(std::string_view completion) { return experiments::IsRefusal(completion); }
+bool IsRefusal(std::string_view completion) { return knockout::IsRefusal(completion); }
 
 Corpus Corpus::Generate(const CorpusOptions& options) {
   Corpus corpus;
