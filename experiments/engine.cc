@@ -13,6 +13,7 @@
 #include <sstream>
 
 #include "experiments/prompt_set.h"
+#include "proto/positions.h"
 
 namespace knockout::experiments {
 namespace {

@@ -9,6 +9,8 @@
 #include <string>
 #include <vector>
 
+#include "proto/positions.h"
+
 namespace knockout::experiments {
 namespace {
 
@@ -320,35 +322,6 @@ TEST(SpecTest, BarePositionTokensReadAsQuotedOnes) {
       "t.yaml");
   ASSERT_TRUE(parsed.ok()) << parsed.status().ToString();
   EXPECT_EQ(parsed->spec.model().chat_template(), "{instruction} post_inst[-1]");
-}
-
-TEST(SpecTest, PositionsRoundTrip) {
-  for (const std::string text :
-       {"inst_last", "post_inst", "post_inst[-1]", "post_inst[-12]", "all", "[3,-1]", "[0]"}) {
-    StatusOr<Positions> positions = ParsePositions(text);
-    ASSERT_TRUE(positions.ok()) << positions.status().ToString();
-    EXPECT_EQ(PositionsName(*positions), text);
-  }
-  StatusOr<Positions> spaced = ParsePositions("[ 3, -1 ]");
-  ASSERT_TRUE(spaced.ok()) << spaced.status().ToString();
-  EXPECT_EQ(spaced->kind(), Positions::EXPLICIT);
-  EXPECT_EQ(PositionsName(*spaced), "[3,-1]");
-  StatusOr<Positions> at = ParsePositions("post_inst[-3]");
-  ASSERT_TRUE(at.ok());
-  EXPECT_EQ(at->kind(), Positions::POST_INST_AT);
-  EXPECT_EQ(at->index(), -3);
-}
-
-TEST(SpecTest, BadPositionsAreRefusedByName) {
-  for (const std::string text : {"", "inst", "ALL", "post_inst[0]", "post_inst[1]",
-                                 "post_inst[-x]", "post_inst[-1", "[]", "[a]", "[1,,2]", "[1,]",
-                                 "[99999999999]"}) {
-    StatusOr<Positions> positions = ParsePositions(text);
-    ASSERT_FALSE(positions.ok()) << text;
-    EXPECT_EQ(positions.status().code(), StatusCode::kInvalidArgument);
-    EXPECT_EQ(positions.status().message().rfind("position \"" + text + "\": ", 0), 0u)
-        << positions.status().message();
-  }
 }
 
 TEST(SpecTest, DirectionRefNames) {

@@ -13,12 +13,12 @@
 #include <set>
 
 #include "experiments/judge.h"
-#include "experiments/spec.h"
+#include "proto/positions.h"
 #include "worker/chat/chat_generation.h"
 #include "worker/model/hooks.h"
 #include "worker/model/model.h"
-#include "worker/tokenizer/chat_template.h"
-#include "worker/tokenizer/tokenizer.h"
+#include "tokenizer/chat_template.h"
+#include "tokenizer/tokenizer.h"
 
 namespace knockout::executor {
 namespace {
@@ -52,16 +52,12 @@ StatusOr<PromptBatch> Tokenize(const LoadedModel& m,
 
 // Bool [P, T]: the padded columns `positions` selects in every prompt (unset: all of them).
 StatusOr<at::Tensor> PositionMask(const v1::Positions& positions, const PromptBatch& batch) {
-  std::string text = "all";
-  if (positions.kind() != v1::Positions::POSITIONS_UNSPECIFIED) {
-    text = experiments::PositionsName(positions);
-  }
-  KO_ASSIGN_OR_RETURN(kt::PositionSelector selector, kt::PositionSelector::Parse(text));
+  const formats::Positions selector = FromProto(positions);
   const int64_t p = static_cast<int64_t>(batch.tokenized.size());
   at::Tensor mask = at::zeros({p, batch.length}, at::kBool);
   auto a = mask.accessor<bool, 2>();
   for (int64_t i = 0; i < p; ++i) {
-    auto cols = selector.ResolvePadded(batch.tokenized[i], batch.length);
+    auto cols = formats::ResolvePaddedPositions(selector, batch.tokenized[i].layout(), batch.length);
     if (!cols.ok()) return cols.status().WithContext("prompt " + std::to_string(i));
     for (int64_t c : *cols) a[i][c] = true;
   }
@@ -240,7 +236,7 @@ Status TrialRunner::Prepare() {
   // Position masks of every selector the trials use.
   for (const v1::Trial& trial : shard_.trials()) {
     for (const v1::Edit& edit : trial.edits()) {
-      const std::string key = experiments::PositionsName(edit.positions());
+      const std::string key = PositionsName(edit.positions());
       if (!position_masks_.count(key)) {
         auto mask = PositionMask(edit.positions(), batch_);
         if (!mask.ok()) return mask.status().WithContext("trial " + std::to_string(trial.index()));
@@ -426,7 +422,7 @@ StatusOr<std::vector<km::InterventionSite>> TrialRunner::Sites(const v1::Trial& 
   at::Tensor index = at::tensor(prompts, at::kLong);
   for (const v1::Edit& edit : trial.edits()) {
     at::Tensor positions =
-        position_masks_.at(experiments::PositionsName(edit.positions())).index_select(0, index);
+        position_masks_.at(PositionsName(edit.positions())).index_select(0, index);
     KO_ASSIGN_OR_RETURN(std::vector<km::HookPoint> hooks, EditHooks(edit, config_.num_layers));
     for (const km::HookPoint& hook : hooks) {
       km::InterventionSite site;
@@ -705,7 +701,7 @@ StatusOr<v1::ShardResult> TrialRunner::Run() {
       if (!trial.prompt_set().empty() && shard_.prompts(p).set() != trial.prompt_set()) continue;
       int64_t col = batch_.length - 1;
       for (const v1::Edit& edit : trial.edits()) {
-        at::Tensor mask = position_masks_.at(experiments::PositionsName(edit.positions()))[p];
+        at::Tensor mask = position_masks_.at(PositionsName(edit.positions()))[p];
         at::Tensor cols = mask.nonzero();
         if (cols.numel() == 0) {
           return Status::InvalidArgument("trial " + std::to_string(trial.index()) +
@@ -830,7 +826,7 @@ StatusOr<v1::ShardResult> RunExtract(const LoadedModel& m, const v1::Shard& shar
     KO_ASSIGN_OR_RETURN(at::Tensor mask, PositionMask(positions, batch));
     at::Tensor weights = mask.to(at::kDouble);
     weights = weights / weights.sum(1, true).clamp_min(1);  // mean over a selector's positions
-    const std::string position = experiments::PositionsName(positions);
+    const std::string position = PositionsName(positions);
     for (size_t li = 0; li < layers.size(); ++li) {
       at::Tensor act = hooks.cache().at(names[li]).to(at::kCPU, at::kDouble);  // [P, T, d]
       at::Tensor per_prompt = (act * weights.unsqueeze(-1)).sum(1);             // [P, d]
