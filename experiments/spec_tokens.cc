@@ -105,7 +105,8 @@ Status CheckStagePositions(const ParsedSpec& parsed, const std::string& path,
       Status first;
       size_t failing = 0;
       for (size_t i = 0; i < prompts->size(); ++i) {
-        StatusOr<std::vector<int64_t>> resolved = formats::ResolvePositions(selector, (*prompts)[i]);
+        StatusOr<std::vector<int64_t>> resolved =
+            formats::ResolvePositions(selector, (*prompts)[i]);
         if (resolved.ok()) continue;
         if (failing++ == 0) {
           first = resolved.status().WithContext("prompt set \"" + set + "\" prompt " +
