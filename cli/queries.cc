@@ -255,7 +255,7 @@ StatusOr<std::vector<Filter>> ParseFilters(const std::vector<std::string>& where
     }
     Filter filter{text, text.substr(0, equals), text.substr(equals + 1)};
     // Position selectors compare in their canonical spelling: "[ 3, -1 ]" finds "[3,-1]".
-    if (filter.field == "positions" || filter.field == "position") {
+    if ((filter.field == "positions" || filter.field == "position") && !filter.value.empty()) {
       StatusOr<formats::Positions> positions = formats::ParsePositions(filter.value);
       if (!positions.ok()) return positions.status().WithContext("filter \"" + text + "\"");
       filter.value = formats::PositionsName(*positions);
