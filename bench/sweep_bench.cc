@@ -57,8 +57,8 @@
 
 #include "worker/executor/executor.h"
 #include "worker/model/model.h"
-#include "worker/tokenizer/chat_template.h"
-#include "worker/tokenizer/tokenizer.h"
+#include "tokenizer/chat_template.h"
+#include "tokenizer/tokenizer.h"
 
 namespace {
 

@@ -21,6 +21,7 @@
 #include "cli/remote.h"
 #include "coordinator/server.h"
 #include "experiments/checkpoint_info.h"
+#include "experiments/spec_tokens.h"
 #include "experiments/sweep_store.h"
 #include "rpc/channel.h"
 #include "storage/store.h"
@@ -164,6 +165,7 @@ Status RunLocal(const experiments::ParsedSpec& parsed, const LocalRunOptions& op
   const v1::SweepSpec& spec = parsed.spec;
   KO_ASSIGN_OR_RETURN(experiments::ModelShape shape, experiments::ReadModelShape(spec.model().path()));
   KO_RETURN_IF_ERROR(experiments::ValidateSpecFiles(parsed, shape));
+  KO_RETURN_IF_ERROR(experiments::ValidateSpecTokens(parsed));
   KO_ASSIGN_OR_RETURN(const std::string worker_binary, FindWorkerBinary(options.worker_binary));
   const int workers_wanted = std::max(1, options.workers);
   const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));

@@ -19,6 +19,7 @@
 #include "experiments/checkpoint_info.h"
 #include "experiments/engine.h"
 #include "experiments/spec.h"
+#include "experiments/spec_tokens.h"
 #include "experiments/sweep_store.h"
 #include "rpc/channel.h"
 #include "storage/store.h"
@@ -85,6 +86,7 @@ int Validate(const std::string& path) {
   auto shape = ke::ReadModelShape(parsed->spec.model().path());
   if (!shape.ok()) return Fail(shape.status().WithContext(parsed->Where("model.path")));
   if (Status s = ke::ValidateSpecFiles(*parsed, *shape); !s.ok()) return Fail(s);
+  if (Status s = ke::ValidateSpecTokens(*parsed); !s.ok()) return Fail(s);
   auto plan = ke::PlanSweep(parsed->spec, *shape);
   if (!plan.ok()) return Fail(plan.status());
   auto id = ke::SweepIdFor(parsed->spec);

@@ -18,6 +18,7 @@
 #include <nlohmann/json.hpp>
 
 #include "experiments/compensation.h"
+#include "formats/positions.h"
 #include "formats/safetensors.h"
 
 namespace knockout::cli {
@@ -252,7 +253,14 @@ StatusOr<std::vector<Filter>> ParseFilters(const std::vector<std::string>& where
     if (equals == std::string::npos || equals == 0) {
       return Status::InvalidArgument("filter \"" + text + "\": expected FIELD=VALUE");
     }
-    filters.push_back({text, text.substr(0, equals), text.substr(equals + 1)});
+    Filter filter{text, text.substr(0, equals), text.substr(equals + 1)};
+    // Position selectors compare in their canonical spelling: "[ 3, -1 ]" finds "[3,-1]".
+    if ((filter.field == "positions" || filter.field == "position") && !filter.value.empty()) {
+      StatusOr<formats::Positions> positions = formats::ParsePositions(filter.value);
+      if (!positions.ok()) return positions.status().WithContext("filter \"" + text + "\"");
+      filter.value = formats::PositionsName(*positions);
+    }
+    filters.push_back(std::move(filter));
   }
   return filters;
 }

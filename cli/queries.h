@@ -42,7 +42,9 @@ struct ResultsQuery {
   // prompt_set, prompt, a value key (refusal_score, te, de, kl, ...), or a column of the other
   // tables (position, norm, condition, refused, ...). Compared as numbers when the cell and VALUE
   // both parse as numbers (relative tolerance 1e-9), as text otherwise; booleans match
-  // true/false/1/0. A table without the column is left out; a field no table has is an error.
+  // true/false/1/0. positions/position values are read as selectors (formats/positions.h) and
+  // compared in canonical text ("[ 3, -1 ]" finds "[3,-1]"; a malformed one is an error).
+  // A table without the column is left out; a field no table has is an error.
   std::vector<std::string> where;
   bool per_prompt = false;  // per-prompt rows / completions instead of aggregates
   OutputFormat format = OutputFormat::kTable;

@@ -15,6 +15,7 @@
 
 #include "cli/queries.h"
 #include "experiments/spec.h"
+#include "experiments/spec_tokens.h"
 #include "proto/protocol.h"
 
 namespace knockout::cli {
@@ -175,8 +176,10 @@ StatusOr<std::string> RemoteSweepReader::GetArtifact(const std::string& sweep,
 StatusOr<v1::SubmitSweepResponse> SubmitSpec(const rpc::CoordinatorClient& client,
                                              const std::string& spec_path, uint32_t priority) {
   // Parse here first: the user gets file:line errors without a round trip, and a spec the
-  // coordinator would refuse is never sent.
+  // coordinator would refuse is never sent. The tokenizer checks run only here (the coordinator
+  // opens no model files): metric tokens and positions against the stages' prompts.
   KO_ASSIGN_OR_RETURN(experiments::ParsedSpec parsed, experiments::LoadSpec(spec_path));
+  KO_RETURN_IF_ERROR(experiments::ValidateSpecTokens(parsed));
   std::ifstream file(spec_path, std::ios::binary);
   std::ostringstream text;
   text << file.rdbuf();

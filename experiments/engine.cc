@@ -16,6 +16,7 @@
 #include <sstream>
 
 #include "formats/prompt_set.h"
+#include "proto/positions.h"
 
 namespace knockout::experiments {
 namespace {

@@ -16,7 +16,9 @@
 #include <utility>
 #include <vector>
 
+#include "formats/positions.h"
 #include "formats/prompt_set.h"
+#include "proto/positions.h"
 
 namespace knockout::experiments {
 namespace {
@@ -214,26 +216,6 @@ bool IsValidDevice(const std::string& device) {
                      [](char c) { return std::isdigit(static_cast<unsigned char>(c)); });
 }
 
-// "position \"foo\": expected ..."; the caller prefixes where it was written.
-Status BadPosition(const std::string& text, const std::string& why) {
-  return Status::InvalidArgument("position " + Quoted(text) + ": " + why);
-}
-
-StatusOr<int32_t> ParseInt32(const std::string& text) {
-  const std::string trimmed = [&] {
-    const size_t b = text.find_first_not_of(" \t");
-    const size_t e = text.find_last_not_of(" \t");
-    return b == std::string::npos ? std::string() : text.substr(b, e - b + 1);
-  }();
-  std::istringstream stream(trimmed);
-  int64_t value = 0;
-  if (trimmed.empty() || !(stream >> value) || !stream.eof() ||
-      value < std::numeric_limits<int32_t>::min() || value > std::numeric_limits<int32_t>::max()) {
-    return Status::InvalidArgument(Quoted(text) + " is not an integer");
-  }
-  return static_cast<int32_t>(value);
-}
-
 // ------------------------------------------------------------------------------------------
 // The parser: walks the YAML tree along the schema, filling the proto and recording lines.
 // Each Read* returns the first error, naming the field path and its line.
@@ -310,6 +292,9 @@ class SpecParser {
   Status ReadNeuronSelection(const YAML::Node& node, const std::string& path, Target* out);
   Status ReadAblation(const YAML::Node& node, const std::string& path, Ablation* out);
   Status CheckAblationFits(const v1::KnockoutSweepStage& sweep, const std::string& path) const;
+  Status CheckOneReferenceSet(const v1::KnockoutSweepStage& sweep, const std::string& path) const;
+  Status RequireDirectionLayer(const DirectionRef& ref, const std::string& path,
+                               const char* user) const;
   Status ReadGenerate(const YAML::Node& node, const std::string& path, v1::GenerateStage* out);
   Status ReadCondition(const YAML::Node& node, const std::string& path,
                        const v1::GenerateStage& generate, GenerateCondition* out);
@@ -616,15 +601,15 @@ Status SpecParser::ReadPosition(const YAML::Node& node, const std::string& path,
       if (!node[i].IsScalar()) return Fail(path, "expected a list of integer positions");
       text += (i == 0 ? "" : ",") + node[i].Scalar();
     }
-    StatusOr<Positions> positions = ParsePositions(text + "]");
+    StatusOr<formats::Positions> positions = formats::ParsePositions(text + "]");
     if (!positions.ok()) return Fail(path, positions.status().message());
-    *out = *positions;
+    *out = ToProto(*positions);
     return Status::Ok();
   }
   if (!node.IsScalar()) return Fail(path, "expected a position (e.g. inst_last, post_inst[-1])");
-  StatusOr<Positions> positions = ParsePositions(node.Scalar());
+  StatusOr<formats::Positions> positions = formats::ParsePositions(node.Scalar());
   if (!positions.ok()) return Fail(path, positions.status().message());
-  *out = *positions;
+  *out = ToProto(*positions);
   return Status::Ok();
 }
 
@@ -828,6 +813,7 @@ Status SpecParser::ReadKnockout(const YAML::Node& node, const std::string& path,
                                return ReadAblation(item, at, out->add_ablations());
                              }));
   KO_RETURN_IF_ERROR(CheckAblationFits(*out, path));
+  KO_RETURN_IF_ERROR(CheckOneReferenceSet(*out, path));
   KO_RETURN_IF_ERROR(ReadPositionList(node, path, out->mutable_positions()));
   KO_ASSIGN_OR_RETURN(const bool compensation, ReadOptional(node, "compensation", path, false));
   out->set_compensation(compensation);
@@ -963,6 +949,39 @@ Status SpecParser::CheckAblationFits(const v1::KnockoutSweepStage& sweep,
   return Status::Ok();
 }
 
+// A stage's shards carry one set of reference prompts (the engine sends one reference_set with
+// every shard), so mean and resample ablations of one stage must name the same set.
+Status SpecParser::CheckOneReferenceSet(const v1::KnockoutSweepStage& sweep,
+                                        const std::string& path) const {
+  int first = -1;
+  for (int a = 0; a < sweep.ablations_size(); ++a) {
+    const std::string& set = sweep.ablations(a).reference_set();
+    if (set.empty()) continue;
+    if (first < 0) {
+      first = a;
+      continue;
+    }
+    const std::string& earlier = sweep.ablations(first).reference_set();
+    if (set != earlier) {
+      return Fail(Join(At(Join(path, "ablations"), a), "reference_set"),
+                  Quoted(set) + " differs from ablations[" + std::to_string(first) +
+                      "]'s reference_set " + Quoted(earlier) +
+                      ": a knockout_sweep stage takes one reference set (split the stage)");
+    }
+  }
+  return Status::Ok();
+}
+
+// A direction map ref without `layer` means "the layer of the target that uses it"; generate
+// conditions and orthogonalize stages have no layer of their own to stand in for it.
+Status SpecParser::RequireDirectionLayer(const DirectionRef& ref, const std::string& path,
+                                         const char* user) const {
+  if (ref.best() || ref.layer() >= 0) return Status::Ok();
+  return Fail(Join(path, "layer"), std::string("missing: ") + user +
+                                       " has no layer of its own to stand in for it; give "
+                                       "the direction's layer (or use STAGE.best)");
+}
+
 Status SpecParser::ReadGenerate(const YAML::Node& node, const std::string& path,
                                 v1::GenerateStage* out) {
   if (!node.IsMap()) return Fail(Join(path, kStageKinds[3]), "expected a map");
@@ -1011,6 +1030,8 @@ Status SpecParser::ReadCondition(const YAML::Node& node, const std::string& path
     return Fail(Join(path, "direction"), "missing required field");
   KO_RETURN_IF_ERROR(
       ReadDirectionRef(node["direction"], Join(path, "direction"), out->mutable_direction()));
+  KO_RETURN_IF_ERROR(
+      RequireDirectionLayer(out->direction(), Join(path, "direction"), "a generate condition"));
   if (kind != GenerateCondition::ADD) return Status::Ok();
   KO_ASSIGN_OR_RETURN(const double coefficient, ReadOptional(node, "coefficient", path, 1.0));
   out->set_coefficient(coefficient);
@@ -1029,6 +1050,8 @@ Status SpecParser::ReadOrthogonalize(const YAML::Node& node, const std::string& 
     return Fail(Join(path, "direction"), "missing required field");
   KO_RETURN_IF_ERROR(
       ReadDirectionRef(node["direction"], Join(path, "direction"), out->mutable_direction()));
+  KO_RETURN_IF_ERROR(
+      RequireDirectionLayer(out->direction(), Join(path, "direction"), "an orthogonalize stage"));
   KO_RETURN_IF_ERROR(ReadString(node, "output", path, false, out->mutable_output()));
   KO_RETURN_IF_ERROR(ReadSetNames(node, "prompt_sets", path, false, out->mutable_prompt_sets()));
   KO_ASSIGN_OR_RETURN(const uint32_t max_new_tokens, ReadCount(node, "max_new_tokens", path, 64));
@@ -1211,71 +1234,6 @@ Status ValidateSpecFiles(const ParsedSpec& parsed, const ModelShape& shape) {
   }
   for (const auto& set : spec.prompt_sets()) KO_RETURN_IF_ERROR(CheckPromptSet(parsed, set));
   return Status::Ok();
-}
-
-std::string PositionsName(const Positions& positions) {
-  switch (positions.kind()) {
-    case Positions::INST_LAST:
-      return "inst_last";
-    case Positions::POST_INST:
-      return "post_inst";
-    case Positions::POST_INST_AT:
-      return "post_inst[" + std::to_string(positions.index()) + "]";
-    case Positions::ALL:
-      return "all";
-    case Positions::EXPLICIT: {
-      std::string out = "[";
-      for (int i = 0; i < positions.indices_size(); ++i) {
-        out += (i == 0 ? "" : ",") + std::to_string(positions.indices(i));
-      }
-      return out + "]";
-    }
-    default:
-      return "unspecified";
-  }
-}
-
-StatusOr<Positions> ParsePositions(const std::string& text) {
-  Positions positions;
-  const char* expected =
-      "expected inst_last, post_inst, post_inst[-k] (k >= 1), all or a list like [3,-1]";
-  if (text == "inst_last" || text == "post_inst" || text == "all") {
-    positions.set_kind(text == "all"         ? Positions::ALL
-                       : text == "post_inst" ? Positions::POST_INST
-                                             : Positions::INST_LAST);
-    return positions;
-  }
-  const std::string_view prefix = "post_inst[";
-  if (text.size() > prefix.size() + 1 && text.compare(0, prefix.size(), prefix) == 0 &&
-      text.back() == ']') {
-    StatusOr<int32_t> index =
-        ParseInt32(text.substr(prefix.size(), text.size() - prefix.size() - 1));
-    if (!index.ok()) return BadPosition(text, expected);
-    if (*index >= 0) {
-      return BadPosition(text, "the index counts from the prompt's end: -1 is the last token");
-    }
-    positions.set_kind(Positions::POST_INST_AT);
-    positions.set_index(*index);
-    return positions;
-  }
-  if (text.size() >= 2 && text.front() == '[' && text.back() == ']') {
-    const std::string inner = text.substr(1, text.size() - 2);
-    if (inner.find_first_not_of(" \t") == std::string::npos) {
-      return BadPosition(text, "the list of positions is empty");
-    }
-    // Every comma splits, so that "[1,,2]" and "[1,]" fail rather than lose an item.
-    for (size_t start = 0;;) {
-      const size_t comma = inner.find(',', start);
-      StatusOr<int32_t> index = ParseInt32(inner.substr(start, comma - start));
-      if (!index.ok()) return BadPosition(text, expected);
-      positions.add_indices(*index);
-      if (comma == std::string::npos) break;
-      start = comma + 1;
-    }
-    positions.set_kind(Positions::EXPLICIT);
-    return positions;
-  }
-  return BadPosition(text, expected);
 }
 
 std::string DirectionRefName(const DirectionRef& ref) {

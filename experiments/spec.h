@@ -49,11 +49,6 @@ void ResolveSpecPaths(const std::string& base_dir, v1::SweepSpec* spec);
 // at least one prompt. Errors name the spec file, line and field.
 Status ValidateSpecFiles(const ParsedSpec& parsed, const ModelShape& shape);
 
-// The position selector's canonical text: inst_last, post_inst, post_inst[-2], all, [3,-1].
-std::string PositionsName(const v1::Positions& positions);
-// Parses that text; InvalidArgument naming it.
-StatusOr<v1::Positions> ParsePositions(const std::string& text);
-
 // Stable text for a direction reference: "select.best", "extract@3/post_inst[-1]".
 std::string DirectionRefName(const v1::DirectionRef& ref);
 

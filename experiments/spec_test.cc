@@ -9,6 +9,9 @@
 #include <string>
 #include <vector>
 
+#include "experiments/spec_tokens.h"
+#include "proto/positions.h"
+
 namespace knockout::experiments {
 namespace {
 
@@ -227,6 +230,24 @@ std::vector<BadSpec> BadSpecs() {
       {"mean ablation with an unknown reference_set",
        Knockout("{kind: heads}", "[{kind: mean_per_position, reference_set: nope}]"), false,
        "t.yaml:17: stages[1].ablations[0].reference_set", "unknown prompt set \"nope\""},
+      {"two reference sets in one stage",
+       Knockout("{kind: heads}",
+                "[{kind: mean, reference_set: harmless}, {kind: resample, reference_set: "
+                "harmful}]"),
+       false, "t.yaml:17: stages[1].ablations[1].reference_set",
+       "\"harmful\" differs from ablations[0]'s reference_set \"harmless\": a knockout_sweep "
+       "stage takes one reference set"},
+      {"generate condition with a direction without a layer",
+       kHeader + "  - name: g\n    generate:\n      prompt_sets: [harmful]\n      conditions:\n"
+                 "        - {name: a, kind: ablate, direction: {stage: refusal, position: "
+                 "post_inst[-1]}}\n",
+       false, "t.yaml:16: stages[1].conditions[0].direction.layer",
+       "missing: a generate condition has no layer of its own"},
+      {"orthogonalize with a direction without a layer",
+       kHeader + "  - name: o\n    orthogonalize: {direction: {stage: refusal, position: "
+                 "post_inst[-1]}}\n",
+       false, "t.yaml:13: stages[1].direction.layer",
+       "missing: an orthogonalize stage has no layer of its own"},
       {"directional ablation on heads", Knockout("{kind: heads}", "[zero, directional]"), false,
        "t.yaml:17: stages[1].ablations[1]",
        "directional ablation applies only to direction targets; targets[0] is heads"},
@@ -270,7 +291,15 @@ TEST(SpecTest, BadSpecBasesAreValid) {
        {kHeader, Knockout("{kind: heads, layers: [0, 5], units: [7]}", "[zero]"),
         Knockout("{kind: direction, direction: {stage: refusal, layer: 5, position: "
                  "post_inst[-1]}}",
-                 "[directional, {kind: add, coefficient: 2}]")}) {
+                 "[directional, {kind: add, coefficient: 2}]"),
+        Knockout("{kind: heads}",
+                 "[{kind: mean, reference_set: harmless}, {kind: resample, reference_set: "
+                 "harmless}]"),
+        kHeader + "  - name: g\n    generate:\n      prompt_sets: [harmful]\n      conditions:\n"
+                  "        - {name: a, kind: ablate, direction: {stage: refusal, layer: 2, "
+                  "position: post_inst[-1]}}\n",
+        kHeader + "  - name: o\n    orthogonalize: {direction: {stage: refusal, layer: 2, "
+                  "position: post_inst[-1]}}\n"}) {
     StatusOr<ParsedSpec> parsed = ParseSpec(yaml, "t.yaml");
     ASSERT_TRUE(parsed.ok()) << parsed.status().ToString();
     const Status shape = ValidateSpecFiles(*parsed, kDemoShape);
@@ -280,6 +309,133 @@ TEST(SpecTest, BadSpecBasesAreValid) {
     EXPECT_EQ(shape.message().rfind("t.yaml:4: prompt_sets.harmful.path: ", 0), 0u)
         << shape.message();
   }
+}
+
+// ------------------------------------------------------------------------------------------
+// ValidateSpecTokens: the checks that need the demo model's tokenizer (models/demo-refusal:
+// byte-level BPE whose pre-tokenizer regex splits "'m" and every " word" apart; ChatML template
+// "<|im_start|>user\n{instruction}<|im_end|>\n<|im_start|>assistant\n").
+
+// A spec on the demo model with a `short` set ("Hi": the rendered text is 53 bytes, so at most 53
+// tokens) and a `long` set (100 space-separated words: at least 100 tokens, one per word).
+class SpecTokensTest : public ::testing::Test {
+ protected:
+  SpecTokensTest() : dir_("tokens") {
+    dir_.Write("short.jsonl", "{\"instruction\": \"Hi\"}\n");
+    std::string words;
+    for (int i = 0; i < 100; ++i) words += std::string(i ? " " : "") + "word";
+    dir_.Write("long.jsonl", "{\"instruction\": \"" + words + "\"}\n");
+    dir_.Write("mixed.jsonl", "{\"instruction\": \"" + words + "\"}\n{\"instruction\": \"Hi\"}\n");
+  }
+
+  // `metrics` and `stages` follow the header at lines 9 and 10.
+  StatusOr<ParsedSpec> Load(const std::string& metrics, const std::string& stages) {
+    const std::string yaml =
+        "name: t\n"                                                            // 1
+        "model: {path: " + std::string(KNOCKOUT_SOURCE_DIR) + "/models/demo-refusal}\n"  // 2
+        "prompt_sets:\n"                                                       // 3
+        "  short: short.jsonl\n"                                               // 4
+        "  long: long.jsonl\n"                                                 // 5
+        "  mixed: mixed.jsonl\n"                                               // 6
+        "metrics:\n"                                                           // 7
+        "  text_set: short\n"                                                  // 8
+        + metrics + "\n" +                                                     // 9
+        "stages:\n" + stages;                                                  // 10, 11...
+    return LoadSpec(dir_.Write("t.yaml", yaml));
+  }
+
+  std::string Where(int line, const std::string& field) const {
+    return (dir_.path() / "t.yaml").string() + ":" + std::to_string(line) + ": " + field + ": ";
+  }
+
+  static std::string Extract(const std::string& positive, const std::string& negative,
+                             const std::string& positions) {
+    return "  - name: e\n"                                      // 11
+           "    extract_directions:\n"                          // 12
+           "      positive: " + positive + "\n"                 // 13
+           "      negative: " + negative + "\n"                 // 14
+           "      positions: " + positions + "\n";              // 15
+  }
+  static std::string Sweep(const std::string& set, const std::string& positions) {
+    return "  - name: k\n"                                      // 11
+           "    knockout_sweep:\n"                              // 12
+           "      prompt_sets: [" + set + "]\n"                 // 13
+           "      targets: [{kind: heads, layers: [0]}]\n"      // 14
+           "      ablations: [zero]\n"                          // 15
+           "      positions: " + positions + "\n";              // 16
+  }
+
+  ScratchDir dir_;
+};
+
+TEST_F(SpecTokensTest, ValidSpecsPass) {
+  for (const std::string& stages :
+       {Extract("long", "mixed", "[\"[3,-1]\", post_inst[-1], inst_last]"),
+        // "Hi" renders to at least 5 tokens: three special tokens, "user", "Hi".
+        Sweep("mixed", "[[0, -1], post_inst, all, \"[4, -5]\"]")}) {
+    StatusOr<ParsedSpec> parsed = Load("  refusal_tokens: [\"I\"]", stages);
+    ASSERT_TRUE(parsed.ok()) << parsed.status().ToString();
+    const Status status = ValidateSpecTokens(*parsed);
+    EXPECT_TRUE(status.ok()) << status.ToString();
+  }
+}
+
+TEST_F(SpecTokensTest, MetricTokensMustBeOneToken) {
+  StatusOr<ParsedSpec> parsed =
+      Load("  refusal_tokens: [\"I\", \"I'm\"]", Sweep("short", "[post_inst]"));
+  ASSERT_TRUE(parsed.ok()) << parsed.status().ToString();
+  Status status = ValidateSpecTokens(*parsed);
+  ASSERT_FALSE(status.ok());
+  EXPECT_EQ(status.code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(
+      status.message().rfind(Where(9, "metrics.refusal_tokens[1]") + "\"I'm\" is 2 tokens", 0),
+      0u)
+      << status.message();
+  EXPECT_NE(status.message().find("a metric token must be exactly one"), std::string::npos);
+
+  parsed = Load("  positive_tokens: [\"Sure\"]\n  negative_tokens: [\" sorry!\"]",
+                Sweep("short", "[post_inst]"));
+  ASSERT_TRUE(parsed.ok()) << parsed.status().ToString();
+  status = ValidateSpecTokens(*parsed);
+  ASSERT_FALSE(status.ok());
+  EXPECT_NE(status.message().find("metrics.negative_tokens[0]: \" sorry!\" is 2 tokens"),
+            std::string::npos)
+      << status.message();
+}
+
+TEST_F(SpecTokensTest, ExplicitPositionsOutsideThePromptsAreRefused) {
+  struct Case {
+    std::string stages;
+    std::string field;  // with its line
+    int line;
+    std::string message;
+  };
+  const std::vector<Case> cases = {
+      // Past the end of a prompt of at most 53 tokens.
+      {Sweep("short", "[post_inst, \"[53]\"]"), "stages[0].positions[1]", 16,
+       "prompt set \"short\" prompt 0: position \"[53]\": index 53 outside a prompt of "},
+      {Sweep("short", "[[0, -54]]"), "stages[0].positions[0]", 16, "index -54 outside"},
+      // Inside the 100-word prompt, outside "Hi": the workers would fail on that prompt.
+      {Extract("long", "mixed", "[inst_last, \"[60]\"]"), "stages[0].positions[1]", 15,
+       "prompt set \"mixed\" prompt 1: position \"[60]\""},
+      // ChatML's suffix is far shorter than 60 tokens.
+      {Sweep("long", "[post_inst[-60]]"), "stages[0].positions[0]", 16,
+       "position \"post_inst[-60]\": the prompt has only "},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.stages);
+    StatusOr<ParsedSpec> parsed = Load("", c.stages);
+    ASSERT_TRUE(parsed.ok()) << parsed.status().ToString();
+    const Status status = ValidateSpecTokens(*parsed);
+    ASSERT_FALSE(status.ok());
+    EXPECT_EQ(status.code(), StatusCode::kInvalidArgument);
+    EXPECT_EQ(status.message().rfind(Where(c.line, c.field), 0), 0u) << status.message();
+    EXPECT_NE(status.message().find(c.message), std::string::npos) << status.message();
+  }
+  StatusOr<ParsedSpec> parsed = Load("", Sweep("mixed", "[\"[60]\"]"));
+  ASSERT_TRUE(parsed.ok());
+  EXPECT_NE(ValidateSpecTokens(*parsed).message().find("(1 of 2 prompts of the set"),
+            std::string::npos);
 }
 
 TEST(SpecTest, NoExceptionEscapes) {
@@ -324,35 +480,6 @@ TEST(SpecTest, BarePositionTokensReadAsQuotedOnes) {
       "t.yaml");
   ASSERT_TRUE(parsed.ok()) << parsed.status().ToString();
   EXPECT_EQ(parsed->spec.model().chat_template(), "{instruction} post_inst[-1]");
-}
-
-TEST(SpecTest, PositionsRoundTrip) {
-  for (const std::string text :
-       {"inst_last", "post_inst", "post_inst[-1]", "post_inst[-12]", "all", "[3,-1]", "[0]"}) {
-    StatusOr<Positions> positions = ParsePositions(text);
-    ASSERT_TRUE(positions.ok()) << positions.status().ToString();
-    EXPECT_EQ(PositionsName(*positions), text);
-  }
-  StatusOr<Positions> spaced = ParsePositions("[ 3, -1 ]");
-  ASSERT_TRUE(spaced.ok()) << spaced.status().ToString();
-  EXPECT_EQ(spaced->kind(), Positions::EXPLICIT);
-  EXPECT_EQ(PositionsName(*spaced), "[3,-1]");
-  StatusOr<Positions> at = ParsePositions("post_inst[-3]");
-  ASSERT_TRUE(at.ok());
-  EXPECT_EQ(at->kind(), Positions::POST_INST_AT);
-  EXPECT_EQ(at->index(), -3);
-}
-
-TEST(SpecTest, BadPositionsAreRefusedByName) {
-  for (const std::string text : {"", "inst", "ALL", "post_inst[0]", "post_inst[1]",
-                                 "post_inst[-x]", "post_inst[-1", "[]", "[a]", "[1,,2]", "[1,]",
-                                 "[99999999999]"}) {
-    StatusOr<Positions> positions = ParsePositions(text);
-    ASSERT_FALSE(positions.ok()) << text;
-    EXPECT_EQ(positions.status().code(), StatusCode::kInvalidArgument);
-    EXPECT_EQ(positions.status().message().rfind("position \"" + text + "\": ", 0), 0u)
-        << positions.status().message();
-  }
 }
 
 TEST(SpecTest, DirectionRefNames) {

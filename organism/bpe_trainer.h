@@ -1,7 +1,7 @@
 // Byte-level BPE tokenizer training for the demo model organism: learns merges from a text corpus
 // and writes a Hugging Face tokenizer.json + tokenizer_config.json (GPT-2 pre-tokenizer regex,
 // byte-level alphabet, ChatML special tokens and chat template) that both our runtime
-// (worker/tokenizer) and transformers.js load. Stateless functions; thread-safe. TrainedBpe is
+// (tokenizer/) and transformers.js load. Stateless functions; thread-safe. TrainedBpe is
 // a plain value.
 #pragma once
 

@@ -13,8 +13,8 @@
 #include <string>
 #include <vector>
 
-#include "worker/tokenizer/chat_template.h"
-#include "worker/tokenizer/tokenizer.h"
+#include "tokenizer/chat_template.h"
+#include "tokenizer/tokenizer.h"
 
 namespace knockout::organism {
 namespace {

@@ -9,7 +9,7 @@
 
 #include "organism/evaluate.h"
 #include "worker/model/model.h"
-#include "worker/tokenizer/tokenizer.h"
+#include "tokenizer/tokenizer.h"
 
 namespace knockout::organism {
 namespace {

@@ -12,7 +12,7 @@
 #include "formats/prompt_set.h"
 #include "worker/chat/chat_generation.h"
 #include "worker/model/hooks.h"
-#include "worker/tokenizer/chat_template.h"
+#include "tokenizer/chat_template.h"
 
 namespace knockout::organism {
 namespace {

@@ -12,7 +12,7 @@
 
 #include "common/status.h"
 #include "worker/model/model.h"
-#include "worker/tokenizer/tokenizer.h"
+#include "tokenizer/tokenizer.h"
 
 namespace knockout::organism {
 

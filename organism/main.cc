@@ -18,7 +18,7 @@
 #include "organism/evaluate.h"
 #include "organism/trainer.h"
 #include "worker/model/model.h"
-#include "worker/tokenizer/tokenizer.h"
+#include "tokenizer/tokenizer.h"
 
 namespace {
 

@@ -20,8 +20,8 @@
 #include "organism/rng.h"
 #include "formats/config.h"
 #include "worker/model/model.h"
-#include "worker/tokenizer/chat_template.h"
-#include "worker/tokenizer/tokenizer.h"
+#include "tokenizer/chat_template.h"
+#include "tokenizer/tokenizer.h"
 
 namespace knockout::organism {
 namespace {

@@ -11,7 +11,7 @@
 #include <map>
 
 #include "worker/model/model.h"
-#include "worker/tokenizer/tokenizer.h"
+#include "tokenizer/tokenizer.h"
 
 namespace knockout::organism {
 namespace {

@@ -38,8 +38,8 @@
 #ifdef KNOCKOUT_HAVE_TOKENIZER
 #include "formats/prompt_set.h"
 #include "worker/chat/chat_generation.h"
-#include "worker/tokenizer/chat_template.h"
-#include "worker/tokenizer/tokenizer.h"
+#include "tokenizer/chat_template.h"
+#include "tokenizer/tokenizer.h"
 #endif
 #ifdef KNOCKOUT_HAVE_AGENT
 #include <atomic>

@@ -20,7 +20,7 @@
 
 #include <nlohmann/json.hpp>
 
-#include "worker/tokenizer/tokenizer.h"
+#include "tokenizer/tokenizer.h"
 
 namespace {
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds and runs the tokenizer fuzzer (libFuzzer + ASan + UBSan) on worker/tokenizer.
+# Builds and runs the tokenizer fuzzer (libFuzzer + ASan + UBSan) on tokenizer/.
 # Usage: tests/fuzz/run_tokenizer_fuzz.sh [SECONDS=30] [WORKDIR=<new temp dir>]
 # Exits non-zero if the build fails or the fuzzer finds a crash; crash inputs stay in WORKDIR.
 # The binary is rebuilt only when a source is newer than it (WORKDIR may be reused).
@@ -14,16 +14,16 @@ SECONDS_TO_RUN="${1:-30}"
 WORKDIR="${2:-}"
 source "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/fuzz_common.sh"
 
-# The tokenizer library's sources: worker/tokenizer/*.cc without tests and chat templates.
+# The tokenizer library's sources: tokenizer/*.cc without tests and chat templates.
 SOURCES=()
-for f in "${REPO_ROOT}"/worker/tokenizer/*.cc; do
+for f in "${REPO_ROOT}"/tokenizer/*.cc; do
   case "$(basename "$f")" in
     *_test.cc | chat_template*) ;;
     *) SOURCES+=("$f") ;;
   esac
 done
 if [[ ${#SOURCES[@]} -eq 0 ]]; then
-  echo "${NAME}: no sources in ${REPO_ROOT}/worker/tokenizer" >&2
+  echo "${NAME}: no sources in ${REPO_ROOT}/tokenizer/" >&2
   exit 1
 fi
 FUZZ_SRC="${REPO_ROOT}/tests/fuzz/tokenizer_fuzz.cc"
@@ -31,7 +31,7 @@ FUZZ_SRC="${REPO_ROOT}/tests/fuzz/tokenizer_fuzz.cc"
 BIN="${WORKDIR}/tokenizer_fuzz"
 stale=0
 [[ -x "${BIN}" ]] || stale=1
-for f in "${SOURCES[@]}" "${FUZZ_SRC}" "${REPO_ROOT}"/worker/tokenizer/*.h "${REPO_ROOT}"/common/*.h; do
+for f in "${SOURCES[@]}" "${FUZZ_SRC}" "${REPO_ROOT}"/tokenizer/*.h "${REPO_ROOT}"/common/*.h; do
   [[ "$f" -nt "${BIN}" ]] && stale=1
 done
 if [[ ${stale} -eq 1 ]]; then

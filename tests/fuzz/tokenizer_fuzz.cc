@@ -1,4 +1,4 @@
-// libFuzzer target for worker/tokenizer. The first input byte picks what the rest is:
+// libFuzzer target for tokenizer/. The first input byte picks what the rest is:
 //   0  a tokenizer.json for Tokenizer::FromJson (with no config);
 //   1  a tokenizer_config.json, loaded beside the fixed byte-level tokenizer;
 //   2  text for the fixed byte-level BPE tokenizer (Llama 3 style: no normalizer);
@@ -25,7 +25,7 @@
 
 #include <nlohmann/json.hpp>
 
-#include "worker/tokenizer/tokenizer.h"
+#include "tokenizer/tokenizer.h"
 
 namespace {
 

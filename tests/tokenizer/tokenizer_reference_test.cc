@@ -31,8 +31,8 @@
 
 #include <nlohmann/json.hpp>
 
-#include "worker/tokenizer/tokenizer.h"
-#include "worker/tokenizer/chat_template.h"
+#include "tokenizer/tokenizer.h"
+#include "tokenizer/chat_template.h"
 
 #ifndef KNOCKOUT_TOKENIZER_MODELS_DIR_DEFAULT
 #define KNOCKOUT_TOKENIZER_MODELS_DIR_DEFAULT ""
@@ -452,7 +452,7 @@ TEST_P(TokenizerReferenceTest, ChatTemplateMatchesReferenceRendering) {
   }
   RecordProperty("compared", compared);
   // Families the reference cannot render are covered by the documented literals of
-  // worker/tokenizer/chat_template_test.cc; here the reference must at least have said why.
+  // tokenizer/chat_template_test.cc; here the reference must at least have said why.
   if (compared == 0) {
     EXPECT_FALSE(last_error.empty()) << "no chat entries compared for " << GetParam();
   }

@@ -11,8 +11,8 @@
 #include "common/status.h"
 #include "worker/model/hooks.h"
 #include "worker/model/model.h"
-#include "worker/tokenizer/chat_template.h"
-#include "worker/tokenizer/tokenizer.h"
+#include "tokenizer/chat_template.h"
+#include "tokenizer/tokenizer.h"
 
 namespace knockout::chat {
 

@@ -12,7 +12,7 @@
 #include "worker/executor/shard_kinds.h"
 #include "worker/model/hooks.h"
 #include "worker/model/model.h"
-#include "worker/tokenizer/tokenizer.h"
+#include "tokenizer/tokenizer.h"
 
 namespace knockout::executor::internal {
 namespace {

@@ -1,9 +1,10 @@
 #include "worker/executor/shard_common.h"
 
-#include "experiments/spec.h"
+#include "formats/positions.h"
+#include "proto/positions.h"
 #include "worker/chat/chat_generation.h"
 #include "worker/model/model.h"
-#include "worker/tokenizer/tokenizer.h"
+#include "tokenizer/tokenizer.h"
 
 namespace knockout::executor::internal {
 
@@ -26,18 +27,15 @@ StatusOr<PromptBatch> Tokenize(const LoadedModel& m,
   return batch;
 }
 
-std::string PositionsKey(const v1::Positions& positions) {
-  if (positions.kind() == v1::Positions::POSITIONS_UNSPECIFIED) return "all";
-  return experiments::PositionsName(positions);
-}
+std::string PositionsKey(const v1::Positions& positions) { return PositionsName(positions); }
 
 StatusOr<at::Tensor> PositionMask(const v1::Positions& positions, const PromptBatch& batch) {
-  KO_ASSIGN_OR_RETURN(kt::PositionSelector selector, kt::PositionSelector::Parse(PositionsKey(positions)));
+  const formats::Positions selector = FromProto(positions);
   const int64_t p = static_cast<int64_t>(batch.tokenized.size());
   at::Tensor mask = at::zeros({p, batch.length}, at::kBool);
   auto a = mask.accessor<bool, 2>();
   for (int64_t i = 0; i < p; ++i) {
-    auto cols = selector.ResolvePadded(batch.tokenized[i], batch.length);
+    auto cols = formats::ResolvePaddedPositions(selector, batch.tokenized[i].layout(), batch.length);
     if (!cols.ok()) return cols.status().WithContext("prompt " + std::to_string(i));
     for (int64_t c : *cols) a[i][c] = true;
   }

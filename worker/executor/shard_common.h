@@ -15,7 +15,7 @@
 #include "knockout/v1/sweep.pb.h"
 #include "worker/executor/executor.h"
 #include "worker/model/hooks.h"
-#include "worker/tokenizer/chat_template.h"
+#include "tokenizer/chat_template.h"
 
 namespace knockout::executor::internal {
 

@@ -1,4 +1,4 @@
-#include "worker/tokenizer/json_util.h"
+#include "tokenizer/json_util.h"
 
 namespace knockout::tokenizer::internal {
 namespace {

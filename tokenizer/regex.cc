@@ -1,9 +1,9 @@
-#include "worker/tokenizer/regex.h"
+#include "tokenizer/regex.h"
 
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include <pcre2.h>
 
-#include "worker/tokenizer/unicode.h"
+#include "tokenizer/unicode.h"
 
 namespace knockout::tokenizer::internal {
 namespace {

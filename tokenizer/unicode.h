@@ -1,7 +1,7 @@
 // UTF-8 and Unicode helpers for the tokenizer: validation, code point iteration, the GPT-2
 // byte-to-unicode table, lossy decoding, whitespace / word-character classes (as Rust's
 // `char::is_whitespace` and regex `\w` define them) and utf8proc-backed normalization forms.
-// Internal to worker/tokenizer. All functions are pure and safe to call from any thread.
+// Internal to tokenizer/. All functions are pure and safe to call from any thread.
 #pragma once
 
 #include <array>

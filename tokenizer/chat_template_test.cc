@@ -1,7 +1,7 @@
 // Chat templates and positions. Renderings are checked against literals documented by each
 // model family; the token ranges against the real tokenizers of the npm reference packages
 // (tests/tokenizer), which ctest points to with KNOCKOUT_TOKENIZER_MODELS_DIR.
-#include "worker/tokenizer/chat_template.h"
+#include "tokenizer/chat_template.h"
 
 #include <gtest/gtest.h>
 
@@ -75,33 +75,21 @@ TEST(ChatTemplateTest, CustomTemplates) {
   EXPECT_FALSE(ChatTemplate::ParseFamily("vicuna").ok());
 }
 
-TEST(PositionSelectorTest, ParsesAndResolves) {
+// The layout a TokenizedPrompt hands to formats::ResolvePositions (whose grammar and resolution
+// formats/positions_test.cc covers) is its own ranges.
+TEST(TokenizedPromptTest, LayoutIsTheRanges) {
   TokenizedPrompt p;
   p.ids = {1, 2, 3, 4, 5, 6, 7, 8};
   p.instruction_begin = 2;
   p.instruction_end = p.post_begin = 5;
-  auto resolve = [&](const std::string& text) {
-    auto selector = PositionSelector::Parse(text);
-    EXPECT_TRUE(selector.ok()) << text;
-    auto indices = selector->Resolve(p);
-    EXPECT_TRUE(indices.ok()) << indices.status().ToString();
-    return indices.ok() ? *indices : std::vector<int64_t>{};
-  };
-  EXPECT_EQ(resolve("inst_last"), (std::vector<int64_t>{4}));
-  EXPECT_EQ(resolve("post_inst"), (std::vector<int64_t>{5, 6, 7}));
-  EXPECT_EQ(resolve("post_inst[-1]"), (std::vector<int64_t>{7}));
-  EXPECT_EQ(resolve("post_inst[-3]"), (std::vector<int64_t>{5}));
-  EXPECT_EQ(resolve("all").size(), 8u);
-  EXPECT_EQ(resolve("0, -1,-1"), (std::vector<int64_t>{0, 7}));
-  auto padded = PositionSelector::Parse("inst_last")->ResolvePadded(p, 11);
-  ASSERT_TRUE(padded.ok());
-  EXPECT_EQ(*padded, (std::vector<int64_t>{7}));
-  EXPECT_FALSE(PositionSelector::Parse("post_inst[-4]")->Resolve(p).ok());
-  EXPECT_FALSE(PositionSelector::Parse("9")->Resolve(p).ok());
-  EXPECT_FALSE(PositionSelector::Parse("post_inst[0]").ok());
-  EXPECT_FALSE(PositionSelector::Parse("last").ok());
-  EXPECT_FALSE(PositionSelector::Parse("").ok());
-  EXPECT_FALSE(PositionSelector::Parse("inst_last")->ResolvePadded(p, 4).ok());
+  const formats::PromptLayout layout = p.layout();
+  EXPECT_EQ(layout.length, 8);
+  EXPECT_EQ(layout.instruction_begin, 2);
+  EXPECT_EQ(layout.instruction_end, 5);
+  EXPECT_EQ(layout.post_begin, 5);
+  auto inst = formats::ResolvePositions(formats::Positions::InstLast(), layout);
+  ASSERT_TRUE(inst.ok());
+  EXPECT_EQ(*inst, (std::vector<int64_t>{p.inst_last()}));
 }
 
 // For every family, with the real tokenizer: the post-instruction tokens decode to exactly the
@@ -176,14 +164,13 @@ TEST(ChatPositionsBatchTest, LeftPaddingShiftsEveryRow) {
     width = std::max(width, prompt->size());
     batch.push_back(*prompt);
   }
-  auto selector = PositionSelector::Parse("inst_last");
   for (const TokenizedPrompt& prompt : batch) {
-    auto indices = selector->ResolvePadded(prompt, width);
+    auto indices = formats::ResolvePaddedPositions(formats::Positions::InstLast(), prompt.layout(), width);
     ASSERT_TRUE(indices.ok());
     const int64_t pad = width - prompt.size();
     EXPECT_EQ((*indices)[0], pad + prompt.inst_last());
     // The post-instruction block always ends at the last column: the same columns in every row.
-    auto post = PositionSelector::Parse("post_inst")->ResolvePadded(prompt, width);
+    auto post = formats::ResolvePaddedPositions(formats::Positions::PostInst(), prompt.layout(), width);
     ASSERT_TRUE(post.ok());
     EXPECT_EQ(post->back(), width - 1);
     EXPECT_EQ(post->front(), width - 5);

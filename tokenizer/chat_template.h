@@ -1,8 +1,8 @@
 // Chat templates and position bookkeeping: turns an instruction into the token ids a chat model
 // sees, and records where the instruction and the post-instruction template tokens are, so that
-// position selectors (`inst_last`, `post_inst`, `post_inst[-k]`, `all`, explicit indices)
-// resolve to exact indices, also under left padding (science.md: harmfulness is read at
-// t_inst, refusal at t_post_inst).
+// position selectors (formats/positions.h: `inst_last`, `post_inst`, `post_inst[-k]`, `all`,
+// `[i,j]`) resolve to exact indices, also under left padding (science.md: harmfulness is read
+// at t_inst, refusal at t_post_inst).
 // Thread-safety: ChatTemplate is an immutable value; Apply may be called concurrently.
 #pragma once
 
@@ -12,7 +12,8 @@
 #include <vector>
 
 #include "common/status.h"
-#include "worker/tokenizer/tokenizer.h"
+#include "formats/positions.h"
+#include "tokenizer/tokenizer.h"
 
 namespace knockout::tokenizer {
 
@@ -65,6 +66,10 @@ struct TokenizedPrompt {
   // t_inst: the last instruction token.
   int64_t inst_last() const { return instruction_end - 1; }
   int64_t size() const { return static_cast<int64_t>(ids.size()); }
+  // What position selectors resolve against (formats::ResolvePositions).
+  formats::PromptLayout layout() const {
+    return {size(), instruction_begin, instruction_end, post_begin};
+  }
 };
 
 // Renders and tokenizes `instruction` (special tokens in the rendered text are matched as added
@@ -74,28 +79,5 @@ struct TokenizedPrompt {
 StatusOr<TokenizedPrompt> TokenizeChat(const Tokenizer& tokenizer, const ChatTemplate& chat,
                                        const std::string& instruction,
                                        const std::string& system = "");
-
-// A position selector from a spec: `inst_last`, `post_inst`, `post_inst[-k]` (the k-th
-// post-instruction token from the end, k >= 1), `all`, or explicit comma-separated indices
-// (negative ones count from the end: -1 is the last prompt token).
-class PositionSelector {
- public:
-  // InvalidArgument naming the selector text if it is malformed.
-  static StatusOr<PositionSelector> Parse(const std::string& text);
-  // Indices into the unpadded prompt, ascending. InvalidArgument if an index falls outside the
-  // prompt or post_inst[-k] has fewer than k tokens.
-  StatusOr<std::vector<int64_t>> Resolve(const TokenizedPrompt& prompt) const;
-  // The same shifted into a left-padded batch row of width `padded_length`.
-  StatusOr<std::vector<int64_t>> ResolvePadded(const TokenizedPrompt& prompt,
-                                               int64_t padded_length) const;
-  const std::string& text() const { return text_; }
-
- private:
-  enum class Kind { kInstLast, kPostInst, kPostInstFromEnd, kAll, kExplicit };
-  Kind kind_ = Kind::kAll;
-  int64_t k_ = 0;
-  std::vector<int64_t> indices_;
-  std::string text_;
-};
 
 }  // namespace knockout::tokenizer

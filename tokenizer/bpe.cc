@@ -1,9 +1,9 @@
-#include "worker/tokenizer/bpe.h"
+#include "tokenizer/bpe.h"
 
 #include <algorithm>
 #include <functional>
 
-#include "worker/tokenizer/unicode.h"
+#include "tokenizer/unicode.h"
 
 namespace knockout::tokenizer::internal {
 namespace {

@@ -1,7 +1,7 @@
 // A compiled PCRE2 regular expression (8-bit, UTF + UCP, JIT when available) for the patterns
 // of tokenizer.json files. `\s` / `\S` outside character classes and `\s` inside them are
 // rewritten to Unicode White_Space so they match what the Rust engines of the reference match.
-// Internal to worker/tokenizer. A Regex is immutable after Compile and FindAll may be called
+// Internal to tokenizer/. A Regex is immutable after Compile and FindAll may be called
 // from many threads at once (match state is per thread).
 #pragma once
 

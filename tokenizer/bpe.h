@@ -1,7 +1,7 @@
 // The BPE model of a tokenizer.json: vocabulary, ranked merges, unknown-token handling
 // (byte fallback to <0xNN> tokens, fuse_unk), ignore_merges, subword prefix/suffix.
 // Tokenize applies merges lowest rank first, leftmost first among equal ranks, with a binary
-// heap over adjacent pairs. Internal to worker/tokenizer. Immutable after FromJson except for a
+// heap over adjacent pairs. Internal to tokenizer/. Immutable after FromJson except for a
 // word cache guarded by sharded mutexes, so Tokenize may be called from many threads at once.
 #pragma once
 
@@ -15,7 +15,7 @@
 #include <vector>
 
 #include "common/status.h"
-#include "worker/tokenizer/json_util.h"
+#include "tokenizer/json_util.h"
 
 namespace knockout::tokenizer::internal {
 

@@ -1,6 +1,6 @@
 // The pipeline stages of a tokenizer.json around the model: normalizers, pre-tokenizers,
 // decoders and post-processors, each parsed from its JSON object. Unsupported types are
-// Unimplemented errors naming the type and the JSON path. Internal to worker/tokenizer; every
+// Unimplemented errors naming the type and the JSON path. Internal to tokenizer/; every
 // stage is immutable after parsing and safe to run from many threads at once.
 #pragma once
 
@@ -11,7 +11,7 @@
 #include <vector>
 
 #include "common/status.h"
-#include "worker/tokenizer/json_util.h"
+#include "tokenizer/json_util.h"
 
 namespace knockout::tokenizer::internal {
 

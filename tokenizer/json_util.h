@@ -1,6 +1,6 @@
 // Typed, non-throwing accessors for nlohmann::json values read from tokenizer files. Every
 // error names the field by its JSON path ("model.merges[3]") so the caller only has to prefix
-// the file name. Internal to worker/tokenizer; stateless and thread-safe.
+// the file name. Internal to tokenizer/; stateless and thread-safe.
 #pragma once
 
 #include <cstdint>

@@ -1,8 +1,8 @@
-#include "worker/tokenizer/added_tokens.h"
+#include "tokenizer/added_tokens.h"
 
 #include <algorithm>
 
-#include "worker/tokenizer/unicode.h"
+#include "tokenizer/unicode.h"
 
 namespace knockout::tokenizer::internal {
 namespace {

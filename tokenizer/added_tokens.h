@@ -1,7 +1,7 @@
 // Added tokens (special and not) and the matcher that finds them in text before normalization
 // and pre-tokenization, with the reference's rules: leftmost-longest matches, lstrip/rstrip
 // absorbing neighbouring whitespace, single_word requiring word boundaries. Internal to
-// worker/tokenizer; immutable after Build, so Split may run from many threads at once.
+// tokenizer/; immutable after Build, so Split may run from many threads at once.
 #pragma once
 
 #include <array>

@@ -1,9 +1,8 @@
-#include "worker/tokenizer/chat_template.h"
+#include "tokenizer/chat_template.h"
 
-#include "worker/tokenizer/unicode.h"
+#include "tokenizer/unicode.h"
 
 #include <algorithm>
-#include <sstream>
 
 namespace knockout::tokenizer {
 namespace {
@@ -202,103 +201,6 @@ StatusOr<TokenizedPrompt> TokenizeChat(const Tokenizer& tokenizer, const ChatTem
   out.instruction_end = n - tail;
   out.post_begin = n - tail;
   return out;
-}
-
-StatusOr<PositionSelector> PositionSelector::Parse(const std::string& text) {
-  PositionSelector s;
-  s.text_ = text;
-  if (text == "inst_last") {
-    s.kind_ = Kind::kInstLast;
-    return s;
-  }
-  if (text == "post_inst") {
-    s.kind_ = Kind::kPostInst;
-    return s;
-  }
-  if (text == "all") {
-    s.kind_ = Kind::kAll;
-    return s;
-  }
-  const std::string post = "post_inst[-";
-  if (text.compare(0, post.size(), post) == 0 && text.back() == ']') {
-    const std::string digits = text.substr(post.size(), text.size() - post.size() - 1);
-    if (!digits.empty() && digits.size() < 6 &&
-        digits.find_first_not_of("0123456789") == std::string::npos && std::stoll(digits) >= 1) {
-      s.kind_ = Kind::kPostInstFromEnd;
-      s.k_ = std::stoll(digits);
-      return s;
-    }
-  }
-  // Explicit indices: "-1" or "3,5,-2".
-  std::stringstream stream(text);
-  std::string item;
-  while (std::getline(stream, item, ',')) {
-    item.erase(0, item.find_first_not_of(' '));
-    item.erase(item.find_last_not_of(' ') + 1);
-    const bool negative = !item.empty() && item[0] == '-';
-    const std::string digits = negative ? item.substr(1) : item;
-    if (digits.empty() || digits.size() > 6 ||
-        digits.find_first_not_of("0123456789") != std::string::npos) {
-      return Status::InvalidArgument(
-          "position selector \"" + text +
-          "\": expected inst_last, post_inst, post_inst[-k], all, or comma-separated indices");
-    }
-    s.indices_.push_back(negative ? -std::stoll(digits) : std::stoll(digits));
-  }
-  if (s.indices_.empty()) {
-    return Status::InvalidArgument("position selector \"" + text + "\": empty");
-  }
-  s.kind_ = Kind::kExplicit;
-  return s;
-}
-
-StatusOr<std::vector<int64_t>> PositionSelector::Resolve(const TokenizedPrompt& p) const {
-  const int64_t n = p.size();
-  std::vector<int64_t> out;
-  switch (kind_) {
-    case Kind::kInstLast: out.push_back(p.inst_last()); break;
-    case Kind::kPostInst:
-      for (int64_t i = p.post_begin; i < n; ++i) out.push_back(i);
-      break;
-    case Kind::kPostInstFromEnd:
-      if (k_ > n - p.post_begin) {
-        return Status::InvalidArgument("position selector \"" + text_ + "\": the prompt has only " +
-                                       std::to_string(n - p.post_begin) +
-                                       " post-instruction tokens");
-      }
-      out.push_back(n - k_);
-      break;
-    case Kind::kAll:
-      for (int64_t i = 0; i < n; ++i) out.push_back(i);
-      break;
-    case Kind::kExplicit:
-      for (int64_t index : indices_) {
-        const int64_t resolved = index < 0 ? n + index : index;
-        if (resolved < 0 || resolved >= n) {
-          return Status::InvalidArgument("position selector \"" + text_ + "\": index " +
-                                         std::to_string(index) + " outside a prompt of " +
-                                         std::to_string(n) + " tokens");
-        }
-        out.push_back(resolved);
-      }
-      std::sort(out.begin(), out.end());
-      out.erase(std::unique(out.begin(), out.end()), out.end());
-      break;
-  }
-  return out;
-}
-
-StatusOr<std::vector<int64_t>> PositionSelector::ResolvePadded(const TokenizedPrompt& prompt,
-                                                               int64_t padded_length) const {
-  if (padded_length < prompt.size()) {
-    return Status::InvalidArgument("padded length " + std::to_string(padded_length) +
-                                   " is shorter than the prompt (" +
-                                   std::to_string(prompt.size()) + " tokens)");
-  }
-  KO_ASSIGN_OR_RETURN(std::vector<int64_t> indices, Resolve(prompt));
-  const int64_t shift = padded_length - prompt.size();  // left padding
-  for (int64_t& i : indices) i += shift;
-  return indices;
 }
 
 }  // namespace knockout::tokenizer

@@ -1,6 +1,6 @@
 // The concrete Tokenizer: tokenizer.json (+ tokenizer_config.json) loading, Encode and Decode.
 
-#include "worker/tokenizer/tokenizer.h"
+#include "tokenizer/tokenizer.h"
 
 #include <filesystem>
 #include <fstream>
@@ -9,11 +9,11 @@
 #include <unordered_set>
 #include <utility>
 
-#include "worker/tokenizer/added_tokens.h"
-#include "worker/tokenizer/bpe.h"
-#include "worker/tokenizer/components.h"
-#include "worker/tokenizer/json_util.h"
-#include "worker/tokenizer/unicode.h"
+#include "tokenizer/added_tokens.h"
+#include "tokenizer/bpe.h"
+#include "tokenizer/components.h"
+#include "tokenizer/json_util.h"
+#include "tokenizer/unicode.h"
 
 namespace knockout::tokenizer {
 namespace {
