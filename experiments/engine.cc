@@ -364,12 +364,12 @@ StatusOr<std::string> SweepIdFor(const v1::SweepSpec& spec) {
     bytes += std::to_string(field.size()) + ":" + field;
   };
   for (const v1::PromptSetRef& set : spec.prompt_sets()) {
-    StatusOr<std::vector<Prompt>> prompts = LoadSet(spec, set.name());
+    StatusOr<std::vector<formats::Prompt>> prompts = LoadSet(spec, set.name());
     if (!prompts.ok()) return prompts.status().WithContext("prompt set " + set.name());
     append("prompt_set");
     append(set.name());
     append(std::to_string(prompts->size()));
-    for (const Prompt& prompt : *prompts) {
+    for (const formats::Prompt& prompt : *prompts) {
       append(prompt.instruction);
       append(prompt.category);
     }
