@@ -877,7 +877,7 @@ Status SpecParser::ReadNeuronSelection(const YAML::Node& node, const std::string
                           out->mutable_score_direction());
 }
 
-// `zero` or `{kind: mean, reference_set: S}`; coefficient only for add, reference_set only for
+// `zero` or `{kind: mean_per_position, reference_set: S}`; coefficient only for add, reference_set only for
 // mean and resample.
 Status SpecParser::ReadAblation(const YAML::Node& node, const std::string& path, Ablation* out) {
   Ablation::Kind kind = Ablation::ABLATION_UNSPECIFIED;
