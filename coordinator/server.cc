@@ -1,6 +1,8 @@
 #include "coordinator/server.h"
 
+#include <absl/base/thread_annotations.h>
 #include <absl/synchronization/mutex.h>
+#include <absl/time/time.h>
 #include <arpa/inet.h>
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
@@ -16,12 +18,10 @@
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <chrono>
-#include <condition_variable>
 #include <fstream>
 #include <functional>
 #include <iostream>
 #include <list>
-#include <mutex>
 #include <sstream>
 #include <string_view>
 #include <thread>
@@ -226,44 +226,45 @@ class HelperStream : public grpc::ServerWriteReactor<Message> {
  public:
   explicit HelperStream(const std::atomic<bool>* stopping) : stopping_(stopping) {}
 
-  void OnWriteDone(bool ok) override {
-    std::lock_guard<std::mutex> lock(mu_);
+  void OnWriteDone(bool ok) override ABSL_LOCKS_EXCLUDED(mu_) {
+    absl::MutexLock lock(&mu_);
     writing_ = false;
     write_ok_ = ok;
-    cv_.notify_all();
+    cv_.SignalAll();
   }
-  void OnCancel() override {
-    std::lock_guard<std::mutex> lock(mu_);
+  void OnCancel() override ABSL_LOCKS_EXCLUDED(mu_) {
+    absl::MutexLock lock(&mu_);
     cancelled_ = true;
-    cv_.notify_all();
+    cv_.SignalAll();
   }
   void OnDone() override { delete this; }
 
  protected:
   // False if the stream broke (the client left or the server is shutting down).
-  bool Send(const Message& message) {
+  bool Send(const Message& message) ABSL_LOCKS_EXCLUDED(mu_) {
     {
-      std::lock_guard<std::mutex> lock(mu_);
+      absl::MutexLock lock(&mu_);
       writing_ = true;
     }
     this->StartWrite(&message);
-    std::unique_lock<std::mutex> lock(mu_);
-    cv_.wait(lock, [&] { return !writing_; });
+    absl::MutexLock lock(&mu_);
+    while (writing_) cv_.Wait(&mu_);
     return write_ok_;
   }
 
-  bool Stopped() {
-    std::lock_guard<std::mutex> lock(mu_);
+  bool Stopped() ABSL_LOCKS_EXCLUDED(mu_) {
+    absl::MutexLock lock(&mu_);
     return cancelled_ || stopping_->load();
   }
 
   // Sleeps until `until`; false (early) if the stream should stop.
-  bool SleepUntil(SteadyClock::time_point until) {
-    std::unique_lock<std::mutex> lock(mu_);
+  bool SleepUntil(SteadyClock::time_point until) ABSL_LOCKS_EXCLUDED(mu_) {
+    absl::MutexLock lock(&mu_);
     while (!cancelled_ && !stopping_->load()) {
       const auto now = SteadyClock::now();
       if (now >= until) return true;
-      cv_.wait_for(lock, std::min<SteadyClock::duration>(until - now, kPollSlice));
+      cv_.WaitWithTimeout(
+          &mu_, absl::FromChrono(std::min<SteadyClock::duration>(until - now, kPollSlice)));
     }
     return false;
   }
@@ -276,11 +277,11 @@ class HelperStream : public grpc::ServerWriteReactor<Message> {
 
  private:
   const std::atomic<bool>* stopping_;
-  std::mutex mu_;
-  std::condition_variable cv_;
-  bool writing_ = false;    // GUARDED_BY(mu_)
-  bool write_ok_ = true;    // GUARDED_BY(mu_)
-  bool cancelled_ = false;  // GUARDED_BY(mu_)
+  absl::Mutex mu_;
+  absl::CondVar cv_;  // signalled when writing_ or cancelled_ changes
+  bool writing_ ABSL_GUARDED_BY(mu_) = false;
+  bool write_ok_ ABSL_GUARDED_BY(mu_) = true;
+  bool cancelled_ ABSL_GUARDED_BY(mu_) = false;
 };
 
 class WatchStream : public HelperStream<v1::SweepProgress> {
@@ -412,11 +413,11 @@ struct Server::Impl : public v1::Coordinator::CallbackService {
   ~Impl() override { Shutdown(0); }
 
   Status Start();
-  void Shutdown(uint32_t grace_ms);
-  void Wait();
+  void Shutdown(uint32_t grace_ms) ABSL_LOCKS_EXCLUDED(shutdown_mu);
+  void Wait() ABSL_LOCKS_EXCLUDED(shutdown_mu);
 
-  void Log(const std::string& line) {
-    std::lock_guard<std::mutex> lock(log_mu);
+  void Log(const std::string& line) ABSL_LOCKS_EXCLUDED(log_mu) {
+    absl::MutexLock lock(&log_mu);
     *log << line << std::endl;
   }
 
@@ -533,9 +534,9 @@ struct Server::Impl : public v1::Coordinator::CallbackService {
     }
     // The committer runs until every call has ended (Shutdown stops it last), so a queued report
     // is always answered; EndCall follows its Finish there.
-    std::lock_guard<std::mutex> lock(report_mu);
+    absl::MutexLock lock(&report_mu);
     reports.push_back(PendingReport{reactor, request, response});
-    report_cv.notify_one();
+    report_cv.Signal();
     return reactor;
   }
 
@@ -583,22 +584,22 @@ struct Server::Impl : public v1::Coordinator::CallbackService {
   // UNAVAILABLE). Shutdown waits for the count to reach zero, then closes gRPC at once: gRPC's
   // own graceful shutdown would also wait for idle client connections to close, which a worker
   // busy running a shard only does when it next polls its channel, i.e. for the whole grace.
-  bool BeginCall() {
-    std::lock_guard<std::mutex> lock(calls_mu);
+  bool BeginCall() ABSL_LOCKS_EXCLUDED(calls_mu) {
+    absl::MutexLock lock(&calls_mu);
     if (!accepting) return false;
     ++active_calls;
     return true;
   }
-  void EndCall() {
-    std::lock_guard<std::mutex> lock(calls_mu);
-    if (--active_calls == 0) calls_cv.notify_all();
+  void EndCall() ABSL_LOCKS_EXCLUDED(calls_mu) {
+    absl::MutexLock lock(&calls_mu);
+    if (--active_calls == 0) calls_cv.SignalAll();
   }
 
   // ---- helper threads (one per WatchSweep / QueryResults stream)
 
   // Runs `body` on a new thread that Shutdown joins; false (nothing started) when stopping.
-  bool SpawnHelper(std::function<void()> body) {
-    std::lock_guard<std::mutex> lock(helpers_mu);
+  bool SpawnHelper(std::function<void()> body) ABSL_LOCKS_EXCLUDED(helpers_mu) {
+    absl::MutexLock lock(&helpers_mu);
     if (stopping.load()) return false;
     // Join the threads of streams that have ended, so that the list stays short.
     for (auto it = helpers.begin(); it != helpers.end();) {
@@ -618,10 +619,10 @@ struct Server::Impl : public v1::Coordinator::CallbackService {
     return true;
   }
 
-  void JoinHelpers() {
+  void JoinHelpers() ABSL_LOCKS_EXCLUDED(helpers_mu) {
     std::list<Helper> joining;
     {
-      std::lock_guard<std::mutex> lock(helpers_mu);
+      absl::MutexLock lock(&helpers_mu);
       joining.swap(helpers);
     }
     for (Helper& helper : joining) helper.thread.join();
@@ -629,12 +630,12 @@ struct Server::Impl : public v1::Coordinator::CallbackService {
 
   // ---- group commit
 
-  void CommitLoop() {
+  void CommitLoop() ABSL_LOCKS_EXCLUDED(report_mu) {
     std::vector<PendingReport> batch;
     while (true) {
       {
-        std::unique_lock<std::mutex> lock(report_mu);
-        report_cv.wait(lock, [&] { return committer_stop || !reports.empty(); });
+        absl::MutexLock lock(&report_mu);
+        while (!committer_stop && reports.empty()) report_cv.Wait(&report_mu);
         if (reports.empty()) return;  // stopping, and everything queued has been answered
         batch.swap(reports);
       }
@@ -694,8 +695,8 @@ struct Server::Impl : public v1::Coordinator::CallbackService {
   const ServerOptions options;
   SystemClock system_clock;
   const Clock* clock;
-  std::mutex log_mu;
-  std::ostream* log;  // GUARDED_BY(log_mu) for writes
+  absl::Mutex log_mu;
+  std::ostream* log ABSL_PT_GUARDED_BY(log_mu);
   std::string token;  // "" when no token file was given
 
   std::unique_ptr<storage::Store> store;
@@ -705,19 +706,19 @@ struct Server::Impl : public v1::Coordinator::CallbackService {
   int bound_port = 0;
   std::string bound_address;
 
-  std::mutex calls_mu;
-  std::condition_variable calls_cv;
-  int active_calls = 0;    // GUARDED_BY(calls_mu)
-  bool accepting = true;   // GUARDED_BY(calls_mu)
+  absl::Mutex calls_mu;
+  absl::CondVar calls_cv;  // signalled when active_calls reaches zero
+  int active_calls ABSL_GUARDED_BY(calls_mu) = 0;
+  bool accepting ABSL_GUARDED_BY(calls_mu) = true;
 
   std::atomic<bool> stopping{false};
-  std::mutex helpers_mu;
-  std::list<Helper> helpers;  // GUARDED_BY(helpers_mu)
+  absl::Mutex helpers_mu;
+  std::list<Helper> helpers ABSL_GUARDED_BY(helpers_mu);
 
-  std::mutex report_mu;
-  std::condition_variable report_cv;
-  std::vector<PendingReport> reports;  // GUARDED_BY(report_mu)
-  bool committer_stop = false;         // GUARDED_BY(report_mu)
+  absl::Mutex report_mu;
+  absl::CondVar report_cv;  // signalled when reports or committer_stop changes
+  std::vector<PendingReport> reports ABSL_GUARDED_BY(report_mu);
+  bool committer_stop ABSL_GUARDED_BY(report_mu) = false;
   std::thread committer;
 
   boost::asio::io_context io;
@@ -727,9 +728,10 @@ struct Server::Impl : public v1::Coordinator::CallbackService {
   std::shared_ptr<SchedulerMetrics> metrics;
   std::unique_ptr<prometheus::Exposer> exposer;
 
-  std::mutex shutdown_mu;  // held for the whole shutdown, so a second caller waits for it
-  std::condition_variable shutdown_cv;
-  bool shut_down = false;  // GUARDED_BY(shutdown_mu)
+  // Held for the whole shutdown, so a second caller waits for it; taken before the others.
+  absl::Mutex shutdown_mu ABSL_ACQUIRED_BEFORE(calls_mu, helpers_mu, report_mu);
+  absl::CondVar shutdown_cv;
+  bool shut_down ABSL_GUARDED_BY(shutdown_mu) = false;
 };
 
 Status Server::Impl::Start() {
@@ -817,7 +819,8 @@ Status Server::Impl::Start() {
   builder.SetMaxSendMessageSize(options.max_message_bytes);
   // Debian's Abseil is built with deadlock detection on: every absl::Mutex gRPC takes then
   // updates a global lock graph (coordinator_bench, 64 workers: ~15% more round trips without
-  // it). It is a debugging aid for Abseil's own users; the coordinator's locks are std::mutex.
+  // it). It is a debugging aid; the coordinator's own lock order is stated by its
+  // ABSL_ACQUIRED_BEFORE annotations instead.
   absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
   builder.RegisterService(this);
   server = builder.BuildAndStart();
@@ -847,7 +850,7 @@ Status Server::Impl::Start() {
 }
 
 void Server::Impl::Shutdown(uint32_t grace_ms) {
-  std::lock_guard<std::mutex> shutdown_lock(shutdown_mu);
+  absl::MutexLock shutdown_lock(&shutdown_mu);
   if (shut_down) return;
   if (server) {
     if (grpc::HealthCheckServiceInterface* health = server->GetHealthCheckService()) {
@@ -857,20 +860,21 @@ void Server::Impl::Shutdown(uint32_t grace_ms) {
   {
     // New calls are refused from here on; streams see `stopping` within kPollSlice and finish;
     // queued reports are committed and answered (the committer still runs).
-    std::unique_lock<std::mutex> lock(calls_mu);
+    absl::MutexLock lock(&calls_mu);
     accepting = false;
     stopping.store(true);
-    calls_cv.wait_for(lock, std::chrono::milliseconds(grace_ms),
-                      [&] { return active_calls == 0; });
+    const absl::Time deadline = absl::Now() + absl::Milliseconds(grace_ms);
+    while (active_calls != 0 && !calls_cv.WaitWithDeadline(&calls_mu, deadline)) {
+    }
   }
   // Nothing is in flight (or the grace is over): a deadline of now cancels what is left and
   // closes the connections without waiting for idle clients to hang up.
   if (server) server->Shutdown(std::chrono::system_clock::now());
   JoinHelpers();
   {
-    std::lock_guard<std::mutex> lock(report_mu);
+    absl::MutexLock lock(&report_mu);
     committer_stop = true;
-    report_cv.notify_all();
+    report_cv.SignalAll();
   }
   if (committer.joinable()) committer.join();
   io.stop();
@@ -884,12 +888,12 @@ void Server::Impl::Shutdown(uint32_t grace_ms) {
   sweeps.reset();
   store.reset();
   shut_down = true;
-  shutdown_cv.notify_all();
+  shutdown_cv.SignalAll();
 }
 
 void Server::Impl::Wait() {
-  std::unique_lock<std::mutex> lock(shutdown_mu);
-  shutdown_cv.wait(lock, [&] { return shut_down; });
+  absl::MutexLock lock(&shutdown_mu);
+  while (!shut_down) shutdown_cv.Wait(&shutdown_mu);
 }
 
 // ------------------------------------------------------------------------------------------
