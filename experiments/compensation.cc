@@ -96,6 +96,8 @@ StatusOr<std::vector<CompensationRow>> ComputeCompensation(
   std::set<std::pair<uint32_t, std::string>> seen;
   for (const v1::ResultRow& row : aggregate_rows) {
     if (row.prompt() >= 0) continue;
+    // Every prompt of the row was left out (non-finite values: ResultRow.error): nothing to show.
+    if (row.values().count("prompts") && row.values().at("prompts") == 0) continue;
     if (!seen.emplace(row.trial(), row.prompt_set()).second) {
       return Status::InvalidArgument(RowName(row) + ": more than one aggregate row");
     }

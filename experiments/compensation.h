@@ -80,7 +80,8 @@ int CompensationReferenceSign(double te, double de);
 // unit; 0 keeps none.
 // Errors (InvalidArgument, naming the trial and prompt set): a row without "te" or "de" in its
 // values, or with a non-finite te/de; a trial without a label; two aggregate rows for the same
-// (trial, prompt set).
+// (trial, prompt set). An aggregate row whose every prompt was left out (`prompts` 0: their
+// values were non-finite) is skipped.
 StatusOr<std::vector<CompensationRow>> ComputeCompensation(
     const std::vector<v1::ResultRow>& aggregate_rows,
     const std::map<uint32_t, v1::TrialLabel>& labels, int top_n);

@@ -151,9 +151,10 @@ class TrialRunner {
   Status RunChunk(const Block& block, const std::vector<Row>& rows);
   Status ForwardChunk(const Block& block, const std::vector<Row>& rows, Chunk* chunk);
   ChunkMetrics ComputeMetrics(const Block& block, const Chunk& chunk) const;
-  std::vector<std::vector<v1::UnitReading>> ReadDownstream(const Block& block, const Chunk& chunk) const;
-  void StoreRows(const Chunk& chunk, const ChunkMetrics& metrics,
-                 std::vector<std::vector<v1::UnitReading>>* readings);
+  // Per row, (clean, ablated) of each downstream unit of its trial's plan.
+  using Readings = std::vector<std::vector<std::pair<double, double>>>;
+  Readings ReadDownstream(const Block& block, const Chunk& chunk) const;
+  void StoreRows(const Chunk& chunk, const ChunkMetrics& metrics, const Readings& readings);
 
   StatusOr<std::vector<km::InterventionSite>> Sites(const Block& block, const v1::Trial& trial,
                                                     const std::vector<int64_t>& prompts,
@@ -194,10 +195,13 @@ class TrialRunner {
 
   struct RowValues {
     std::map<std::string, double> values;
-    std::vector<v1::UnitReading> downstream;
     std::string error;
   };
   std::map<std::pair<int, int64_t>, RowValues> results_;
+  // Sums over a (trial, prompt set)'s error-free prompts of each downstream reading (clean,
+  // ablated), in the order of the trial's plan: per-prompt readings are never kept, so memory
+  // grows with the stored rows only.
+  std::map<std::pair<int, std::string>, std::vector<std::pair<double, double>>> reading_sums_;
 };
 
 Status TrialRunner::Prepare() {
@@ -585,9 +589,9 @@ Status TrialRunner::RunChunk(const Block& block, const std::vector<Row>& rows) {
   Chunk chunk(config_);
   KO_RETURN_IF_ERROR(ForwardChunk(block, rows, &chunk));
   ChunkMetrics metrics = ComputeMetrics(block, chunk);
-  std::vector<std::vector<v1::UnitReading>> readings;
+  Readings readings;
   if (shard_.compensation()) readings = ReadDownstream(block, chunk);
-  StoreRows(chunk, metrics, &readings);
+  StoreRows(chunk, metrics, readings);
   return Status::Ok();
 }
 
@@ -723,8 +727,7 @@ TrialRunner::ChunkMetrics TrialRunner::ComputeMetrics(const Block& block, const 
 // Each row's downstream units (its trial's plan): a unit's write at the last position . m (m:
 // the row's prompt's metric direction), clean and ablated; layers before the chunk's start ran
 // clean.
-std::vector<std::vector<v1::UnitReading>> TrialRunner::ReadDownstream(const Block& block,
-                                                                      const Chunk& chunk) const {
+TrialRunner::Readings TrialRunner::ReadDownstream(const Block& block, const Chunk& chunk) const {
   const int64_t b = static_cast<int64_t>(chunk.rows.size());
   const at::Tensor m = block.metric_direction.index_select(0, chunk.local_index);  // [B, d]
   auto read = [&](const std::string& name, int64_t layer, bool ablated) {
@@ -757,24 +760,18 @@ std::vector<std::vector<v1::UnitReading>> TrialRunner::ReadDownstream(const Bloc
   auto acc = ac.accessor<double, 2>(), aac = aa.accessor<double, 2>();
   auto mcc = mc.accessor<double, 2>(), mac = ma.accessor<double, 2>();
   auto hcc = hc.accessor<double, 3>(), hac = ha.accessor<double, 3>();
-  std::vector<std::vector<v1::UnitReading>> readings(b);
+  Readings readings(b);
   for (int64_t i = 0; i < b; ++i) {
-    for (const Downstream& d : plans_[chunk.rows[i].trial].downstream) {
-      v1::UnitReading reading;
-      reading.set_kind(d.kind);
-      reading.set_layer(d.layer);
-      reading.set_unit(d.unit);
+    const std::vector<Downstream>& units = plans_[chunk.rows[i].trial].downstream;
+    readings[i].reserve(units.size());
+    for (const Downstream& d : units) {
       if (d.kind == v1::UnitReading::HEAD) {
-        reading.set_clean(hcc[i][d.layer][d.unit]);
-        reading.set_ablated(hac[i][d.layer][d.unit]);
+        readings[i].emplace_back(hcc[i][d.layer][d.unit], hac[i][d.layer][d.unit]);
       } else if (d.kind == v1::UnitReading::ATTN_OUT) {
-        reading.set_clean(acc[i][d.layer]);
-        reading.set_ablated(aac[i][d.layer]);
+        readings[i].emplace_back(acc[i][d.layer], aac[i][d.layer]);
       } else {
-        reading.set_clean(mcc[i][d.layer]);
-        reading.set_ablated(mac[i][d.layer]);
+        readings[i].emplace_back(mcc[i][d.layer], mac[i][d.layer]);
       }
-      readings[i].push_back(reading);
     }
   }
   return readings;
@@ -783,7 +780,7 @@ std::vector<std::vector<v1::UnitReading>> TrialRunner::ReadDownstream(const Bloc
 // Per-row values; a row with a non-finite value carries an error naming it (Assemble leaves
 // such a prompt out of every mean).
 void TrialRunner::StoreRows(const Chunk& chunk, const ChunkMetrics& metrics,
-                            std::vector<std::vector<v1::UnitReading>>* readings) {
+                            const Readings& readings) {
   const bool compensation = shard_.compensation();
   for (size_t i = 0; i < chunk.rows.size(); ++i) {
     RowValues& out = results_[{chunk.rows[i].trial, chunk.rows[i].prompt}];
@@ -798,19 +795,32 @@ void TrialRunner::StoreRows(const Chunk& chunk, const ChunkMetrics& metrics,
     if (compensation) {
       if (metrics.has_de[i]) out.values["de"] = metrics.de[i];
       out.values["norm_effect"] = metrics.norm[i];
-      out.downstream = std::move((*readings)[i]);
     }
     std::string bad;
     for (const auto& [key, value] : out.values) {
       if (!std::isfinite(value)) bad += (bad.empty() ? "" : ", ") + key;
     }
-    for (const v1::UnitReading& r : out.downstream) {
-      if (!std::isfinite(r.clean()) || !std::isfinite(r.ablated())) {
-        bad += std::string(bad.empty() ? "" : ", ") + "downstream readings";
-        break;
+    const std::vector<std::pair<double, double>>* row_readings = compensation ? &readings[i] : nullptr;
+    if (row_readings) {
+      for (const auto& [clean, ablated] : *row_readings) {
+        if (!std::isfinite(clean) || !std::isfinite(ablated)) {
+          bad += std::string(bad.empty() ? "" : ", ") + "downstream readings";
+          break;
+        }
       }
     }
-    if (!bad.empty()) out.error = "non-finite " + bad;
+    if (!bad.empty()) {
+      out.error = "non-finite " + bad;
+      continue;
+    }
+    if (row_readings && !row_readings->empty()) {
+      auto& sums = reading_sums_[{chunk.rows[i].trial, shard_.prompts(chunk.rows[i].prompt).set()}];
+      if (sums.empty()) sums.assign(row_readings->size(), {0.0, 0.0});
+      for (size_t u = 0; u < sums.size(); ++u) {
+        sums[u].first += (*row_readings)[u].first;
+        sums[u].second += (*row_readings)[u].second;
+      }
+    }
   }
 }
 
@@ -821,7 +831,6 @@ v1::ShardResult TrialRunner::Assemble() const {
   v1::ShardResult out;
   struct Aggregate {
     std::map<std::string, double> sums;
-    std::vector<v1::UnitReading> downstream;
     int n = 0;
     int excluded = 0;
   };
@@ -842,14 +851,6 @@ v1::ShardResult TrialRunner::Assemble() const {
       continue;
     }
     for (const auto& [k, v] : values.values) a.sums[k] += v;
-    if (a.downstream.empty()) {
-      a.downstream = values.downstream;
-      for (auto& r : a.downstream) r.set_clean(0), r.set_ablated(0);
-    }
-    for (size_t i = 0; i < values.downstream.size(); ++i) {
-      a.downstream[i].set_clean(a.downstream[i].clean() + values.downstream[i].clean());
-      a.downstream[i].set_ablated(a.downstream[i].ablated() + values.downstream[i].ablated());
-    }
     ++a.n;
   }
   for (auto& [key, a] : aggregates) {
@@ -861,10 +862,16 @@ v1::ShardResult TrialRunner::Assemble() const {
     for (const auto& [k, v] : a.sums) (*row->mutable_values())[k] = a.n > 0 ? v / n : std::nan("");
     (*row->mutable_values())["prompts"] = a.n;
     if (a.excluded > 0) (*row->mutable_values())["excluded_prompts"] = a.excluded;
-    for (auto& r : a.downstream) {
-      r.set_clean(r.clean() / n);
-      r.set_ablated(r.ablated() / n);
-      *row->add_downstream() = r;
+    const auto sums = reading_sums_.find(key);
+    if (sums == reading_sums_.end()) continue;
+    const std::vector<Downstream>& units = plans_[key.first].downstream;
+    for (size_t u = 0; u < units.size(); ++u) {
+      v1::UnitReading* r = row->add_downstream();
+      r->set_kind(units[u].kind);
+      r->set_layer(units[u].layer);
+      r->set_unit(units[u].unit);
+      r->set_clean(sums->second[u].first / n);
+      r->set_ablated(sums->second[u].second / n);
     }
   }
   return out;
