@@ -15,6 +15,7 @@
 #include <set>
 #include <sstream>
 
+#include "experiments/selection.h"
 #include "formats/prompt_set.h"
 #include "proto/positions.h"
 
@@ -44,12 +45,6 @@ std::string DeterministicBytes(const google::protobuf::Message& message) {
 }
 
 std::string Serialize(const google::protobuf::Message& message) { return DeterministicBytes(message); }
-
-std::string Num(double value) {
-  std::ostringstream out;
-  out << value;
-  return out.str();
-}
 
 uint64_t NowMs() {
   return std::chrono::duration_cast<std::chrono::milliseconds>(
@@ -585,41 +580,38 @@ StatusOr<std::vector<std::pair<std::string, std::string>>> SweepEngine::Finalize
       if (label.role() == "ablate" && row.prompt_set() == s.harmless()) it->second.set_kl(value("kl"));
       if (label.role() == "induce" && row.prompt_set() == s.harmless()) it->second.set_induce(value("refusal_score"));
     }
-    const double fraction = s.max_layer_fraction() > 0 ? s.max_layer_fraction() : 0.8;
-    const int max_layer = static_cast<int>(std::floor(fraction * shape_.num_layers));
+    SelectionFilters filters;
+    filters.num_layers = static_cast<int>(shape_.num_layers);
+    if (s.max_layer_fraction() > 0) filters.max_layer_fraction = s.max_layer_fraction();
+    filters.max_kl = s.max_kl();
+    filters.min_induce = s.min_induce();
+    std::vector<SelectionCandidate> inputs;
+    for (const auto& c : candidates) {
+      const v1::CandidateScore& score = scores[TensorName(c)];
+      SelectionCandidate input;
+      input.layer = score.layer();
+      input.position = score.position();
+      input.bypass = score.bypass(), input.induce = score.induce(), input.kl = score.kl();
+      input.norm = c.norm();
+      inputs.push_back(std::move(input));
+    }
+    const SelectionResult chosen = SelectDirection(inputs, filters);
     v1::SelectionArtifact selection;
     selection.set_stage(stage.name());
-    selection.set_chosen(-1);
-    int i = 0;
-    for (const auto& c : candidates) {
-      v1::CandidateScore score = scores[TensorName(c)];
-      std::string why;
-      if (std::isnan(score.bypass()) || std::isnan(score.induce()) || std::isnan(score.kl())) {
-        why = "NaN score";
-      } else if (score.layer() >= max_layer) {
-        why = "layer >= " + std::to_string(max_layer);
-      } else if (score.kl() > s.max_kl()) {
-        why = "kl > " + Num(s.max_kl());
-      } else if (score.induce() < s.min_induce()) {
-        why = "induce < " + Num(s.min_induce());
-      }
-      score.set_passed(why.empty());
-      score.set_rejected(why);
+    selection.set_chosen(chosen.chosen);
+    for (size_t i = 0; i < candidates.size(); ++i) {
+      v1::CandidateScore score = scores[TensorName(candidates[i])];
+      score.set_passed(chosen.rejected[i].empty());
+      score.set_rejected(chosen.rejected[i]);
       *selection.add_candidates() = score;
-      if (why.empty() && (selection.chosen() < 0 ||
-                          score.bypass() < selection.candidates(selection.chosen()).bypass())) {
-        selection.set_chosen(i);
-        *selection.mutable_direction() = c;
-      }
-      ++i;
     }
-    if (selection.chosen() < 0) {
+    if (chosen.chosen < 0) {
       return Status::FailedPrecondition(
-          "stage " + stage.name() + ": no candidate direction passes the filters (layer < " +
-          std::to_string(max_layer) + ", kl <= " + Num(s.max_kl()) + ", induce >= " +
-          Num(s.min_induce()) + "); see `knockout results " + sweep.id() + " --stage " +
+          "stage " + stage.name() + ": no candidate direction passes the filters (" +
+          filters.Describe() + "); see `knockout results " + sweep.id() + " --stage " +
           stage.name() + "`");
     }
+    *selection.mutable_direction() = candidates[chosen.chosen];
     artifacts.emplace_back(SelectionArtifactName(stage.name()), Serialize(selection));
   } else if (stage.has_orthogonalize()) {
     KO_ASSIGN_OR_RETURN(auto shards, store_->ListShards(sweep.id(), index));
