@@ -4,6 +4,10 @@
 // the sweep engine's selection rule, experiments/selection.h, on the engine's metrics), its
 // ablation everywhere and its addition at its layer, a random direction of the same norm, and a
 // diff-in-means harmfulness probe at t_inst. Uses only the runtime's hooks.
+// Where it differs from a select_direction stage: one candidate per layer, at the last prompt
+// token only (a stage has layers x positions); the logits are the model's own (its compute
+// dtype, widened to float64) where the worker unembeds the float32 final residual in float64
+// (worker/executor/metrics.h), which agree to rounding; and max_kl defaults to 0.5 (below).
 // Thread-safety: one evaluation at a time per Model (LibTorch's global thread pool).
 #pragma once
 
