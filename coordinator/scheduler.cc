@@ -9,9 +9,9 @@
 #include <utility>
 
 #include "common/fault_points.h"
-#include "experiments/checkpoint_info.h"
 #include "experiments/engine.h"
 #include "experiments/spec.h"
+#include "experiments/spec_inputs.h"
 
 namespace knockout::coordinator {
 namespace {
@@ -137,14 +137,13 @@ struct Scheduler::State {
   // ----------------------------------------------------------------------------------------
   // Sweeps
 
-  // The sweep's engine, created once from the stored spec's model config.
+  // The sweep's engine, created once from the model shape the stored spec carries (the
+  // coordinator opens no model file).
   StatusOr<SweepEngine*> Engine(const v1::SweepRecord& record) {
     auto it = engines.find(record.id());
     if (it != engines.end()) return it->second.get();
-    const std::string& model = record.spec().model().path();
-    KO_ASSIGN_OR_RETURN(experiments::ModelShape shape, experiments::ReadModelShape(model));
-    auto engine =
-        std::make_unique<SweepEngine>(store, shape, experiments::MakeNeuronRanker(model));
+    KO_ASSIGN_OR_RETURN(experiments::ModelShape shape, experiments::SpecModelShape(record.spec()));
+    auto engine = std::make_unique<SweepEngine>(store, shape);
     SweepEngine* raw = engine.get();
     engines.emplace(record.id(), std::move(engine));
     return raw;
@@ -525,10 +524,13 @@ StatusOr<v1::SubmitSweepResponse> Scheduler::Submit(const v1::SubmitSweepRequest
   experiments::ResolveSpecPaths(base_dir, &parsed.spec);
   parsed.spec.set_source(
       base_dir.empty() ? label : (fs::path(base_dir) / label).lexically_normal().string());
-  auto shape = experiments::ReadModelShape(parsed.spec.model().path());
-  if (!shape.ok()) return shape.status().WithContext(parsed.Where("model.path"));
-  KO_RETURN_IF_ERROR(experiments::ValidateSpecFiles(parsed, *shape));
-  // The id hashes the prompts and config.json read now: other inputs, another sweep.
+  // The model's shape and the prompts come with the request (read by the CLI on the submitting
+  // machine): no model or prompt file is opened here.
+  KO_RETURN_IF_ERROR(experiments::ApplySpecInputs(request.inputs(), &parsed));
+  KO_ASSIGN_OR_RETURN(const experiments::ModelShape shape,
+                      experiments::SpecModelShape(parsed.spec));
+  KO_RETURN_IF_ERROR(experiments::ValidateSpecFiles(parsed, shape));
+  // The id hashes the spec with its inputs: other prompts or config.json, another sweep.
   KO_ASSIGN_OR_RETURN(const std::string id, experiments::SweepIdFor(parsed.spec));
 
   std::lock_guard<std::mutex> commit_lock(commit_mu_);
@@ -540,8 +542,7 @@ StatusOr<v1::SubmitSweepResponse> Scheduler::Submit(const v1::SubmitSweepRequest
   }
   auto& engine = state.engines[id];
   if (!engine) {
-    engine = std::make_unique<SweepEngine>(
-        store_, *shape, experiments::MakeNeuronRanker(parsed.spec.model().path()));
+    engine = std::make_unique<SweepEngine>(store_, shape);
   }
   bool resumed = false;
   KO_ASSIGN_OR_RETURN(std::string sweep_id,

@@ -66,6 +66,13 @@ StatusOr<v1::SpecInputs> ReadSpecInputs(const ParsedSpec& parsed) {
   return inputs;
 }
 
+StatusOr<v1::SpecInputs> ReadSpecInputs(const std::string& spec_yaml, const std::string& label,
+                                        const std::string& base_dir) {
+  KO_ASSIGN_OR_RETURN(ParsedSpec parsed, ParseSpec(spec_yaml, label));
+  ResolveSpecPaths(base_dir, &parsed.spec);
+  return ReadSpecInputs(parsed);
+}
+
 Status ApplySpecInputs(const v1::SpecInputs& inputs, ParsedSpec* parsed) {
   v1::SweepSpec& spec = parsed->spec;
   if (inputs.model_shape().num_layers() <= 0) {

@@ -23,6 +23,12 @@ StatusOr<v1::ModelShape> ReadConfigShape(const std::string& model_dir);
 // (after `limit`). Errors name the spec file, line and field (model.path, prompt_sets.X.path).
 StatusOr<v1::SpecInputs> ReadSpecInputs(const ParsedSpec& parsed);
 
+// The same for a spec sent as text (SubmitSweepRequest: spec_yaml, spec_label, base_dir):
+// parses it and resolves its paths against `base_dir` first. What the CLI sends to a
+// coordinator; tests and benchmarks that build requests by hand use it too.
+StatusOr<v1::SpecInputs> ReadSpecInputs(const std::string& spec_yaml, const std::string& label,
+                                        const std::string& base_dir);
+
 // Writes `inputs` into the spec: ModelRef.shape and, per prompt set, inlined = true and its
 // prompts. InvalidArgument naming the spec file if the shape is missing (num_layers 0), or a
 // prompt set of the spec has no inlined prompts in `inputs` or `inputs` names an unknown set.
