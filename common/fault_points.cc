@@ -1,12 +1,13 @@
 // The armable fault points: linked only into test binaries (fault_points.h).
 #include "common/fault_points.h"
 
+#include <absl/base/thread_annotations.h>
+#include <absl/synchronization/mutex.h>
 #include <unistd.h>
 
 #include <cstdio>
 #include <cstdlib>
 #include <map>
-#include <mutex>
 #include <sstream>
 
 namespace knockout::fault {
@@ -18,9 +19,9 @@ struct Armed {
 };
 
 struct Table {
-  std::mutex mu;
-  std::map<std::string, Armed> armed;
-  bool env_read = false;
+  absl::Mutex mu;
+  std::map<std::string, Armed> armed ABSL_GUARDED_BY(mu);
+  bool env_read ABSL_GUARDED_BY(mu) = false;
 };
 
 Table& GetTable() {
@@ -35,7 +36,7 @@ Action ParseAction(const std::string& text) {
   return Action::kNone;
 }
 
-void ReadEnvironment(Table& table) {
+void ReadEnvironment(Table& table) ABSL_EXCLUSIVE_LOCKS_REQUIRED(table.mu) {
   if (table.env_read) return;
   table.env_read = true;
   const char* env = std::getenv("KNOCKOUT_FAULTS");
@@ -63,7 +64,7 @@ Action Hit(const char* name) {
   Table& table = GetTable();
   Action action = Action::kNone;
   {
-    std::lock_guard<std::mutex> lock(table.mu);
+    absl::MutexLock lock(&table.mu);
     ReadEnvironment(table);
     auto it = table.armed.find(name);
     if (it == table.armed.end() || --it->second.remaining > 0) return Action::kNone;
@@ -80,14 +81,14 @@ Action Hit(const char* name) {
 
 void Arm(const std::string& name, Action action, int after) {
   Table& table = GetTable();
-  std::lock_guard<std::mutex> lock(table.mu);
+  absl::MutexLock lock(&table.mu);
   ReadEnvironment(table);
   table.armed[name] = Armed{action, after < 1 ? 1 : after};
 }
 
 void DisarmAll() {
   Table& table = GetTable();
-  std::lock_guard<std::mutex> lock(table.mu);
+  absl::MutexLock lock(&table.mu);
   table.env_read = true;
   table.armed.clear();
 }

@@ -1,7 +1,6 @@
 #include "coordinator/scheduler.h"
 
 #include <algorithm>
-#include <chrono>
 #include <filesystem>
 #include <map>
 #include <optional>
@@ -131,8 +130,9 @@ struct Scheduler::State {
   SchedulerCounters counters;  // the monotonic counters; gauges are computed when asked
 
   void Changed() {
+    owner->mu_.AssertHeld();  // every State method runs under it
     ++owner->changes_;
-    owner->changed_.notify_all();
+    owner->changed_.SignalAll();
   }
 
   // ----------------------------------------------------------------------------------------
@@ -700,7 +700,7 @@ StatusOr<std::unique_ptr<Scheduler>> Scheduler::Open(experiments::SweepStore* st
                                                      const Clock* clock,
                                                      SchedulerOptions options) {
   std::unique_ptr<Scheduler> scheduler(new Scheduler(store, clock, options));
-  std::lock_guard<std::mutex> lock(scheduler->mu_);
+  absl::MutexLock lock(&scheduler->mu_);
   State& state = *scheduler->state_;
   KO_ASSIGN_OR_RETURN(auto workers, store->ListWorkers());
   for (auto& worker : workers) state.workers[worker.info().id()] = std::move(worker);
@@ -739,8 +739,8 @@ StatusOr<v1::SubmitSweepResponse> Scheduler::Submit(const v1::SubmitSweepRequest
   // The id hashes the spec with its inputs: other prompts or config.json, another sweep.
   KO_ASSIGN_OR_RETURN(const std::string id, experiments::SweepIdFor(parsed.spec));
 
-  std::lock_guard<std::mutex> commit_lock(commit_mu_);
-  std::lock_guard<std::mutex> lock(mu_);
+  absl::MutexLock commit_lock(&commit_mu_);
+  absl::MutexLock lock(&mu_);
   State& state = *state_;
   auto previous = store_->GetSweep(id);
   if (!previous.ok() && previous.status().code() != StatusCode::kNotFound) {
@@ -772,13 +772,13 @@ StatusOr<v1::SubmitSweepResponse> Scheduler::Submit(const v1::SubmitSweepRequest
 }
 
 StatusOr<v1::SweepProgress> Scheduler::Progress(const std::string& sweep) const {
-  std::lock_guard<std::mutex> lock(mu_);
+  absl::MutexLock lock(&mu_);
   KO_ASSIGN_OR_RETURN(std::string id, store_->ResolveSweep(sweep));
   return state_->Progress(id);
 }
 
 StatusOr<std::vector<v1::SweepProgress>> Scheduler::List() const {
-  std::lock_guard<std::mutex> lock(mu_);
+  absl::MutexLock lock(&mu_);
   KO_ASSIGN_OR_RETURN(auto sweeps, store_->ListSweeps());
   std::vector<v1::SweepProgress> out;
   out.reserve(sweeps.size());
@@ -790,8 +790,8 @@ StatusOr<std::vector<v1::SweepProgress>> Scheduler::List() const {
 }
 
 StatusOr<v1::SweepProgress> Scheduler::Cancel(const std::string& sweep) {
-  std::lock_guard<std::mutex> commit_lock(commit_mu_);
-  std::lock_guard<std::mutex> lock(mu_);
+  absl::MutexLock commit_lock(&commit_mu_);
+  absl::MutexLock lock(&mu_);
   State& state = *state_;
   KO_ASSIGN_OR_RETURN(std::string id, store_->ResolveSweep(sweep));
   KO_ASSIGN_OR_RETURN(v1::SweepRecord record, store_->GetSweep(id));
@@ -812,7 +812,7 @@ StatusOr<v1::SweepProgress> Scheduler::Cancel(const std::string& sweep) {
 StatusOr<v1::LeaseShardsResponse> Scheduler::Lease(const v1::LeaseShardsRequest& request) {
   const std::string& worker_id = request.worker().id();
   if (worker_id.empty()) return Status::InvalidArgument("LeaseShards: empty worker id");
-  std::lock_guard<std::mutex> lock(mu_);
+  absl::MutexLock lock(&mu_);
   State& state = *state_;
   const uint64_t now = clock_->NowMs();
   KO_RETURN_IF_ERROR(state.Expire(now).status());
@@ -898,8 +898,8 @@ StatusOr<v1::LeaseShardsResponse> Scheduler::Lease(const v1::LeaseShardsRequest&
 StatusOr<v1::HeartbeatResponse> Scheduler::Heartbeat(const v1::HeartbeatRequest& request) {
   const std::string& worker_id = request.worker_id();
   if (worker_id.empty()) return Status::InvalidArgument("Heartbeat: empty worker id");
-  std::lock_guard<std::mutex> commit_lock(commit_mu_);
-  std::lock_guard<std::mutex> lock(mu_);
+  absl::MutexLock commit_lock(&commit_mu_);
+  absl::MutexLock lock(&mu_);
   State& state = *state_;
   const uint64_t now = clock_->NowMs();
   KO_RETURN_IF_ERROR(state.Expire(now).status());
@@ -971,8 +971,8 @@ std::vector<StatusOr<v1::ReportResultsResponse>> Scheduler::Report(
   if (requests.empty()) return out;
   // One commit at a time, and no Heartbeat, Release, expiry timer, Submit or Cancel while it is
   // written; Lease runs beside the write (under mu_ only) and leaves committing shards alone.
-  std::lock_guard<std::mutex> commit_lock(commit_mu_);
-  std::unique_lock<std::mutex> lock(mu_);
+  absl::MutexLock commit_lock(&commit_mu_);
+  absl::MutexLock lock(&mu_);
   State& state = *state_;
   const uint64_t now = clock_->NowMs();
   State::ReportBatch batch;
@@ -987,7 +987,7 @@ std::vector<StatusOr<v1::ReportResultsResponse>> Scheduler::Report(
   Status written;
   // The synced write without mu_: the committing shards are kept out of Lease's and expiry's
   // way, and commit_mu_ keeps everything else that could touch them out.
-  lock.unlock();
+  mu_.Unlock();
   if (fault::Action action = KO_FAULT_POINT("scheduler.before_commit");
       action == fault::Action::kError) {
     written = Status::Unavailable("fault injected at scheduler.before_commit");
@@ -997,7 +997,7 @@ std::vector<StatusOr<v1::ReportResultsResponse>> Scheduler::Report(
   if (written.ok()) {
     (void)KO_FAULT_POINT("scheduler.after_commit");  // kCrash: acknowledged to nobody, durable
   }
-  lock.lock();
+  mu_.Lock();
   state.committing.clear();
   std::set<std::string> rewrite;
   rewrite.swap(state.written_during_commit);
@@ -1014,8 +1014,8 @@ std::vector<StatusOr<v1::ReportResultsResponse>> Scheduler::Report(
 Status Scheduler::Release(const v1::ReleaseShardRequest& request) {
   const std::string& worker_id = request.worker_id();
   if (worker_id.empty()) return Status::InvalidArgument("ReleaseShard: empty worker id");
-  std::lock_guard<std::mutex> commit_lock(commit_mu_);
-  std::lock_guard<std::mutex> lock(mu_);
+  absl::MutexLock commit_lock(&commit_mu_);
+  absl::MutexLock lock(&mu_);
   State& state = *state_;
   const uint64_t now = clock_->NowMs();
   const v1::LeaseRef& ref = request.lease();
@@ -1049,25 +1049,26 @@ Status Scheduler::Release(const v1::ReleaseShardRequest& request) {
 }
 
 StatusOr<int> Scheduler::ExpireLeases() {
-  std::lock_guard<std::mutex> commit_lock(commit_mu_);
-  std::lock_guard<std::mutex> lock(mu_);
+  absl::MutexLock commit_lock(&commit_mu_);
+  absl::MutexLock lock(&mu_);
   return state_->Expire(clock_->NowMs());
 }
 
 uint64_t Scheduler::change_counter() const {
-  std::lock_guard<std::mutex> lock(mu_);
+  absl::MutexLock lock(&mu_);
   return changes_;
 }
 
 uint64_t Scheduler::WaitForChange(uint64_t seen, uint32_t timeout_ms) const {
-  std::unique_lock<std::mutex> lock(mu_);
-  changed_.wait_for(lock, std::chrono::milliseconds(timeout_ms),
-                    [&] { return changes_ != seen; });
+  absl::MutexLock lock(&mu_);
+  const absl::Time deadline = absl::Now() + absl::Milliseconds(timeout_ms);
+  while (changes_ == seen && !changed_.WaitWithDeadline(&mu_, deadline)) {
+  }
   return changes_;
 }
 
 SchedulerCounters Scheduler::Counters() const {
-  std::lock_guard<std::mutex> lock(mu_);
+  absl::MutexLock lock(&mu_);
   const State& state = *state_;
   const uint64_t now = clock_->NowMs();
   SchedulerCounters counters = state.counters;

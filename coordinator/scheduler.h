@@ -19,18 +19,19 @@
 // that completes a stage, the engine's finaliser runs and the next stage is expanded.
 //
 // Thread-safety: all public methods may be called concurrently; one mutex (mu_) guards the
-// in-memory state. Report's synced group commit is written without mu_: its shards are marked
+// in-memory state (Abseil annotations, checked by clang's -Wthread-safety in ctest). Report's synced group commit is written without mu_: its shards are marked
 // committing first (Lease, expiry and the queues leave them alone), so that lease grants do not
 // wait for the fdatasync. commit_mu_ serialises Report with the other state changes that may
 // touch committing shards (Heartbeat, Release, ExpireLeases, Submit, Cancel); Lease, the
 // progress views and the counters take mu_ only.
 #pragma once
 
-#include <condition_variable>
+#include <absl/base/thread_annotations.h>
+#include <absl/synchronization/mutex.h>
+
 #include <cstdint>
 #include <map>
 #include <memory>
-#include <mutex>
 #include <set>
 #include <string>
 #include <vector>
@@ -96,30 +97,34 @@ class Scheduler {
   // NotFound for a bad spec or a base_dir that is not absolute; nothing is stored then.
   // FailedPrecondition naming the sweep if its stage cannot be expanded or a rerun finaliser
   // fails again (the sweep is stored FAILED with that error).
-  StatusOr<v1::SubmitSweepResponse> Submit(const v1::SubmitSweepRequest& request);
+  StatusOr<v1::SubmitSweepResponse> Submit(const v1::SubmitSweepRequest& request)
+      ABSL_LOCKS_EXCLUDED(commit_mu_, mu_);
 
   // Progress of one sweep (`sweep`: id or name). NotFound lists the sweeps that exist.
-  StatusOr<v1::SweepProgress> Progress(const std::string& sweep) const;
-  StatusOr<std::vector<v1::SweepProgress>> List() const;
+  StatusOr<v1::SweepProgress> Progress(const std::string& sweep) const ABSL_LOCKS_EXCLUDED(mu_);
+  StatusOr<std::vector<v1::SweepProgress>> List() const ABSL_LOCKS_EXCLUDED(mu_);
 
   // Marks the sweep CANCELLED: its pending shards are no longer leased and heartbeats of
   // workers holding its shards answer keep = false. Shard records stay as they are (a lease of
   // a cancelled sweep never expires into a counted failure). Cancelling a DONE sweep is
   // FailedPrecondition; a CANCELLED one is a no-op. NotFound for an unknown sweep.
-  StatusOr<v1::SweepProgress> Cancel(const std::string& sweep);
+  StatusOr<v1::SweepProgress> Cancel(const std::string& sweep)
+      ABSL_LOCKS_EXCLUDED(commit_mu_, mu_);
 
   // Grants up to max(1, capacity) shards, records the leases (state RUNNING, worker, deadline,
   // attempt + 1, leased_to) and the worker record in one batch, not synced (a grant lost to a
   // power failure is a shard leased again, never a lost result). No shard: an empty list and
   // retry_after_ms (the worker's last_seen is then updated in memory only).
   // InvalidArgument for an empty worker id.
-  StatusOr<v1::LeaseShardsResponse> Lease(const v1::LeaseShardsRequest& request);
+  StatusOr<v1::LeaseShardsResponse> Lease(const v1::LeaseShardsRequest& request)
+      ABSL_LOCKS_EXCLUDED(mu_);
 
   // Per lease: keep (the worker still holds it: deadline extended, written in one unsynced
   // batch with the worker's last_seen) or drop with a reason: "sweep cancelled", "sweep
   // failed", "shard already done", "lease expired; shard re-leased to W", "lease expired",
   // "sweep not found", "shard not found". InvalidArgument for an empty worker id.
-  StatusOr<v1::HeartbeatResponse> Heartbeat(const v1::HeartbeatRequest& request);
+  StatusOr<v1::HeartbeatResponse> Heartbeat(const v1::HeartbeatRequest& request)
+      ABSL_LOCKS_EXCLUDED(commit_mu_, mu_);
 
   // Commits many reports in one synced write batch (group commit) and returns one result per
   // request, in order. Per report: InvalidArgument (the result names another shard than the
@@ -130,42 +135,44 @@ class Scheduler {
   // fails, every accepted report gets its error. Fault points "scheduler.before_commit" and
   // "scheduler.after_commit" surround the synced write (kError before it: Unavailable).
   std::vector<StatusOr<v1::ReportResultsResponse>> Report(
-      const std::vector<const v1::ReportResultsRequest*>& requests);
+      const std::vector<const v1::ReportResultsRequest*>& requests)
+      ABSL_LOCKS_EXCLUDED(commit_mu_, mu_);
 
   // Gives a lease back (see coordinator.proto). A lease the worker does not hold (expired,
   // re-leased, done) is OK and changes nothing. A counted failure that uses up max_attempts, or
   // whose code says it would repeat (IsDeterministic in scheduler.cc: InvalidArgument, NotFound,
   // Unimplemented, FailedPrecondition), fails the shard and its sweep in the same batch.
   // NotFound for an unknown sweep or shard.
-  Status Release(const v1::ReleaseShardRequest& request);
+  Status Release(const v1::ReleaseShardRequest& request) ABSL_LOCKS_EXCLUDED(commit_mu_, mu_);
 
   // Returns every lease whose deadline has passed to pending (or FAILED after max_attempts) in
   // one batch. Returns how many expired. The service calls it on a timer; tests call it after
   // advancing the FakeClock. Lease and Heartbeat also expire what is due before they act. It
   // also retries a stage advance (finaliser, expansion) that a store error interrupted.
-  StatusOr<int> ExpireLeases();
+  StatusOr<int> ExpireLeases() ABSL_LOCKS_EXCLUDED(commit_mu_, mu_);
 
   // A counter bumped at every state change; WaitForChange blocks until it differs from `seen`
   // or `timeout_ms` passes, and returns the current value (WatchSweep's wake-up).
-  uint64_t change_counter() const;
-  uint64_t WaitForChange(uint64_t seen, uint32_t timeout_ms) const;
+  uint64_t change_counter() const ABSL_LOCKS_EXCLUDED(mu_);
+  uint64_t WaitForChange(uint64_t seen, uint32_t timeout_ms) const ABSL_LOCKS_EXCLUDED(mu_);
 
-  SchedulerCounters Counters() const;
+  SchedulerCounters Counters() const ABSL_LOCKS_EXCLUDED(mu_);
   const SchedulerOptions& options() const { return options_; }
 
  private:
   Scheduler(experiments::SweepStore* store, const Clock* clock, SchedulerOptions options);
 
-  // Implementation state is private to scheduler.cc; the members below are guarded by mu_.
+  // Implementation state is private to scheduler.cc; reaching it needs mu_ (State's methods
+  // run with mu_ held: they are reached only through state_).
   struct State;
   experiments::SweepStore* store_;
   const Clock* clock_;
   SchedulerOptions options_;
-  std::mutex commit_mu_;  // taken before mu_; see "Thread-safety" above
-  mutable std::mutex mu_;
-  mutable std::condition_variable changed_;
-  std::unique_ptr<State> state_;  // GUARDED_BY(mu_)
-  uint64_t changes_ = 0;          // GUARDED_BY(mu_)
+  absl::Mutex commit_mu_ ABSL_ACQUIRED_BEFORE(mu_);  // see "Thread-safety" above
+  mutable absl::Mutex mu_;
+  mutable absl::CondVar changed_;  // signalled when changes_ moves
+  std::unique_ptr<State> state_ ABSL_PT_GUARDED_BY(mu_);
+  uint64_t changes_ ABSL_GUARDED_BY(mu_) = 0;
 };
 
 }  // namespace knockout::coordinator

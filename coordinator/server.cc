@@ -1,34 +1,30 @@
+// The Server class: the Coordinator service's unary calls, the group-commit thread, lease
+// expiry, start-up and shutdown. Streams are in server_streams.h, the listen/TLS/metrics
+// plumbing in server_setup.h.
 #include "coordinator/server.h"
 
+#include <absl/base/thread_annotations.h>
 #include <absl/synchronization/mutex.h>
-#include <arpa/inet.h>
+#include <absl/time/time.h>
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
-#include <openssl/bio.h>
-#include <openssl/evp.h>
-#include <openssl/pem.h>
-#include <openssl/x509.h>
-#include <prometheus/collectable.h>
 #include <prometheus/exposer.h>
-#include <prometheus/metric_family.h>
 
 #include <atomic>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <chrono>
-#include <condition_variable>
-#include <fstream>
 #include <functional>
 #include <iostream>
 #include <list>
-#include <mutex>
-#include <sstream>
 #include <string_view>
 #include <thread>
 #include <utility>
 #include <vector>
 
 #include "common/fault_points.h"
+#include "coordinator/server_setup.h"
+#include "coordinator/server_streams.h"
 #include "experiments/sweep_store.h"
 #include "knockout/v1/coordinator.grpc.pb.h"
 #include "proto/protocol.h"
@@ -41,364 +37,15 @@ namespace {
 
 using grpc::CallbackServerContext;
 using grpc::ServerUnaryReactor;
-using SteadyClock = std::chrono::steady_clock;
-
-constexpr uint32_t kDefaultWatchIntervalMs = 500;
-// A watch or query thread re-checks for shutdown and client cancellation this often.
-constexpr std::chrono::milliseconds kPollSlice{100};
-// QueryResults chunks: big enough to amortise a message, small enough to stream.
-constexpr size_t kChunkItems = 1000;
-constexpr size_t kChunkBytes = 1 << 20;
-
-grpc::Status ShuttingDown() {
-  return grpc::Status(grpc::StatusCode::UNAVAILABLE, "the coordinator is shutting down");
-}
-
-bool Terminal(v1::RunState state) {
-  return state == v1::DONE || state == v1::FAILED || state == v1::CANCELLED;
-}
-
-// Compares in time independent of where the strings differ, so that a client cannot find the
-// token byte by byte from response times. (The length is not secret.)
-bool ConstantTimeEquals(std::string_view a, std::string_view b) {
-  unsigned char diff = a.size() == b.size() ? 0 : 1;
-  for (size_t i = 0; i < b.size(); ++i) {
-    const unsigned char x = i < a.size() ? static_cast<unsigned char>(a[i]) : 0;
-    diff |= static_cast<unsigned char>(x ^ static_cast<unsigned char>(b[i]));
-  }
-  return diff == 0;
-}
-
-struct ListenAddress {
-  std::string host;  // as written ("[::1]" keeps its brackets)
-  bool local = false;  // loopback, or a Unix socket: unreachable from other machines
-  bool unix_socket = false;
-};
-
-StatusOr<ListenAddress> ParseListen(const std::string& listen) {
-  ListenAddress address;
-  if (listen.rfind("unix:", 0) == 0 || listen.rfind("unix-abstract:", 0) == 0) {
-    address.host = listen;
-    address.local = true;
-    address.unix_socket = true;
-    return address;
-  }
-  std::string inner;  // the host without IPv6 brackets
-  if (!listen.empty() && listen.front() == '[') {
-    const size_t close = listen.find(']');
-    if (close == std::string::npos || close + 1 >= listen.size() || listen[close + 1] != ':') {
-      return Status::InvalidArgument("listen address \"" + listen +
-                                     "\": expected [IPv6]:port");
-    }
-    address.host = listen.substr(0, close + 1);
-    inner = listen.substr(1, close - 1);
-  } else {
-    const size_t colon = listen.rfind(':');
-    if (colon == std::string::npos) {
-      return Status::InvalidArgument("listen address \"" + listen + "\": expected host:port");
-    }
-    address.host = listen.substr(0, colon);
-    inner = address.host;
-  }
-  if (inner == "localhost") {
-    address.local = true;
-  } else if (in_addr v4{}; inet_pton(AF_INET, inner.c_str(), &v4) == 1) {
-    address.local = (ntohl(v4.s_addr) >> 24) == 127;
-  } else if (in6_addr v6{}; inet_pton(AF_INET6, inner.c_str(), &v6) == 1) {
-    if (IN6_IS_ADDR_LOOPBACK(&v6)) address.local = true;
-    // ::ffff:127.x.y.z is the IPv4 loopback seen through an IPv6 socket.
-    if (IN6_IS_ADDR_V4MAPPED(&v6) && v6.s6_addr[12] == 127) address.local = true;
-  }
-  return address;
-}
-
-// gRPC only says "cannot start" for a bad certificate; OpenSSL can say which file is wrong.
-Status CheckCertificateAndKey(const std::string& cert_pem, const std::string& cert_path,
-                              const std::string& key_pem, const std::string& key_path) {
-  BIO* cert_bio = BIO_new_mem_buf(cert_pem.data(), static_cast<int>(cert_pem.size()));
-  X509* cert = cert_bio ? PEM_read_bio_X509(cert_bio, nullptr, nullptr, nullptr) : nullptr;
-  BIO_free(cert_bio);
-  if (!cert) {
-    return Status::InvalidArgument("TLS certificate " + cert_path +
-                                   ": not a PEM certificate");
-  }
-  Status status;
-  if (!key_pem.empty()) {
-    BIO* key_bio = BIO_new_mem_buf(key_pem.data(), static_cast<int>(key_pem.size()));
-    EVP_PKEY* key =
-        key_bio ? PEM_read_bio_PrivateKey(key_bio, nullptr, nullptr, nullptr) : nullptr;
-    BIO_free(key_bio);
-    if (!key) {
-      status = Status::InvalidArgument("TLS key " + key_path +
-                                       ": not an unencrypted PEM private key");
-    } else if (X509_check_private_key(cert, key) != 1) {
-      status = Status::InvalidArgument("TLS key " + key_path + " does not belong to certificate " +
-                                       cert_path);
-    }
-    EVP_PKEY_free(key);
-  }
-  X509_free(cert);
-  return status;
-}
-
-// Builds the metric families from the scheduler's counters at every scrape, so the endpoint never
-// shows numbers older than the request.
-class SchedulerMetrics : public prometheus::Collectable {
- public:
-  explicit SchedulerMetrics(const Scheduler* scheduler) : scheduler_(scheduler) {}
-
-  std::vector<prometheus::MetricFamily> Collect() const override {
-    const SchedulerCounters counters = scheduler_->Counters();
-    std::vector<prometheus::MetricFamily> families;
-
-    prometheus::MetricFamily shards{"knockout_shards",
-                                    "Shards of the running sweeps' expanded stages, by state",
-                                    prometheus::MetricType::Gauge, {}};
-    const std::pair<const char*, uint64_t> states[] = {{"pending", counters.shards_pending},
-                                                       {"running", counters.shards_running},
-                                                       {"done", counters.shards_done},
-                                                       {"failed", counters.shards_failed}};
-    for (const auto& [state, value] : states) {
-      prometheus::ClientMetric metric;
-      metric.label.push_back({"state", state});
-      metric.gauge.value = static_cast<double>(value);
-      shards.metric.push_back(std::move(metric));
-    }
-    families.push_back(std::move(shards));
-
-    AddCounter(&families, "knockout_leases_granted_total", "Shard leases granted",
-               counters.leases_granted);
-    AddCounter(&families, "knockout_leases_expired_total",
-               "Shard leases that expired without a report", counters.leases_expired);
-    AddCounter(&families, "knockout_leases_released_total", "Shard leases given back by workers",
-               counters.leases_released);
-    AddCounter(&families, "knockout_results_committed_total", "Shard results committed",
-               counters.reports_committed);
-    AddCounter(&families, "knockout_results_duplicate_total",
-               "Shard results acknowledged and ignored (the shard was already done)",
-               counters.reports_duplicate);
-    AddCounter(&families, "knockout_results_late_total",
-               "Shard results committed from an expired lease", counters.reports_late);
-    AddCounter(&families, "knockout_result_rows_total",
-               "Result rows committed (its rate is rows per second)", counters.rows_committed);
-
-    prometheus::MetricFamily alive{"knockout_workers_alive",
-                                   "Workers heard from within two lease periods",
-                                   prometheus::MetricType::Gauge, {}};
-    prometheus::ClientMetric alive_metric;
-    alive_metric.gauge.value = static_cast<double>(counters.workers_alive);
-    alive.metric.push_back(std::move(alive_metric));
-    families.push_back(std::move(alive));
-
-    // Alive workers only: a label per worker that ever existed would grow without bound.
-    prometheus::MetricFamily speed{"knockout_worker_trials_per_second",
-                                   "Trials per busy second of each alive worker",
-                                   prometheus::MetricType::Gauge, {}};
-    for (const v1::WorkerStatus& worker : counters.workers) {
-      if (!worker.alive()) continue;
-      prometheus::ClientMetric metric;
-      metric.label.push_back({"worker", worker.info().id()});
-      metric.gauge.value = worker.trials_per_second();
-      speed.metric.push_back(std::move(metric));
-    }
-    families.push_back(std::move(speed));
-    return families;
-  }
-
- private:
-  static void AddCounter(std::vector<prometheus::MetricFamily>* families, const char* name,
-                         const char* help, uint64_t value) {
-    prometheus::MetricFamily family{name, help, prometheus::MetricType::Counter, {}};
-    prometheus::ClientMetric metric;
-    metric.counter.value = static_cast<double>(value);
-    family.metric.push_back(std::move(metric));
-    families->push_back(std::move(family));
-  }
-
-  const Scheduler* scheduler_;
-};
-
-// A server stream driven by a helper thread that may block (on the store, on the scheduler's
-// change counter) without holding one of gRPC's callback threads. Send() waits until gRPC has
-// taken the message; the thread's last act is Finish(), after which OnDone deletes the reactor.
-template <typename Message>
-class HelperStream : public grpc::ServerWriteReactor<Message> {
- public:
-  explicit HelperStream(const std::atomic<bool>* stopping) : stopping_(stopping) {}
-
-  void OnWriteDone(bool ok) override {
-    std::lock_guard<std::mutex> lock(mu_);
-    writing_ = false;
-    write_ok_ = ok;
-    cv_.notify_all();
-  }
-  void OnCancel() override {
-    std::lock_guard<std::mutex> lock(mu_);
-    cancelled_ = true;
-    cv_.notify_all();
-  }
-  void OnDone() override { delete this; }
-
- protected:
-  // False if the stream broke (the client left or the server is shutting down).
-  bool Send(const Message& message) {
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      writing_ = true;
-    }
-    this->StartWrite(&message);
-    std::unique_lock<std::mutex> lock(mu_);
-    cv_.wait(lock, [&] { return !writing_; });
-    return write_ok_;
-  }
-
-  bool Stopped() {
-    std::lock_guard<std::mutex> lock(mu_);
-    return cancelled_ || stopping_->load();
-  }
-
-  // Sleeps until `until`; false (early) if the stream should stop.
-  bool SleepUntil(SteadyClock::time_point until) {
-    std::unique_lock<std::mutex> lock(mu_);
-    while (!cancelled_ && !stopping_->load()) {
-      const auto now = SteadyClock::now();
-      if (now >= until) return true;
-      cv_.wait_for(lock, std::min<SteadyClock::duration>(until - now, kPollSlice));
-    }
-    return false;
-  }
-
-  // Why a stream ends before its natural end.
-  grpc::Status StopStatus() {
-    if (stopping_->load()) return ShuttingDown();
-    return grpc::Status(grpc::StatusCode::CANCELLED, "the client cancelled the stream");
-  }
-
- private:
-  const std::atomic<bool>* stopping_;
-  std::mutex mu_;
-  std::condition_variable cv_;
-  bool writing_ = false;    // GUARDED_BY(mu_)
-  bool write_ok_ = true;    // GUARDED_BY(mu_)
-  bool cancelled_ = false;  // GUARDED_BY(mu_)
-};
-
-class WatchStream : public HelperStream<v1::SweepProgress> {
- public:
-  WatchStream(const std::atomic<bool>* stopping, const Scheduler* scheduler, std::string sweep,
-              uint32_t interval_ms)
-      : HelperStream(stopping),
-        scheduler_(scheduler),
-        sweep_(std::move(sweep)),
-        interval_(interval_ms ? interval_ms : kDefaultWatchIntervalMs) {}
-
-  // The helper thread's body. Ends with Finish (and nothing after it: OnDone may delete us).
-  void Run() { Finish(Stream()); }
-
- private:
-  grpc::Status Stream() {
-    // Read the counter before the progress: a change in between wakes the next round.
-    uint64_t seen = scheduler_->change_counter();
-    StatusOr<v1::SweepProgress> progress = scheduler_->Progress(sweep_);
-    while (true) {
-      if (!progress.ok()) return rpc::ToGrpc(progress.status());
-      message_ = std::move(*progress);
-      const auto sent_at = SteadyClock::now();
-      if (!Send(message_)) return StopStatus();
-      if (Terminal(message_.sweep().state())) return grpc::Status::OK;
-      // Wait for a change in slices, so that cancellation and shutdown are seen promptly.
-      while (scheduler_->WaitForChange(seen, static_cast<uint32_t>(kPollSlice.count())) == seen) {
-        if (Stopped()) return StopStatus();
-      }
-      // Changes within the interval coalesce into the next message.
-      if (!SleepUntil(sent_at + interval_)) return StopStatus();
-      seen = scheduler_->change_counter();
-      progress = scheduler_->Progress(sweep_);
-    }
-  }
-
-  const Scheduler* scheduler_;
-  const std::string sweep_;
-  const std::chrono::milliseconds interval_;
-  v1::SweepProgress message_;  // alive until its write is done
-};
-
-class QueryStream : public HelperStream<v1::QueryResultsChunk> {
- public:
-  QueryStream(const std::atomic<bool>* stopping, const experiments::SweepStore* sweeps,
-              v1::QueryResultsRequest request, size_t chunk_bytes)
-      : HelperStream(stopping),
-        sweeps_(sweeps),
-        request_(std::move(request)),
-        chunk_bytes_(chunk_bytes) {}
-
-  void Run() { Finish(Stream()); }
-
- private:
-  grpc::Status Stream() {
-    StatusOr<std::string> sweep = sweeps_->ResolveSweep(request_.sweep());
-    if (!sweep.ok()) return rpc::ToGrpc(sweep.status());
-    const uint32_t stage = request_.stage();
-    switch (request_.what()) {
-      case v1::QueryResultsRequest::ROWS:
-        return SendAll(sweeps_->Rows(*sweep, stage, request_.aggregates_only()),
-                       [](v1::QueryResultsChunk* c) { return c->mutable_rows(); });
-      case v1::QueryResultsRequest::SHARDS:
-        return SendAll(sweeps_->ListShards(*sweep, stage),
-                       [](v1::QueryResultsChunk* c) { return c->mutable_shards(); });
-      case v1::QueryResultsRequest::COMPLETIONS:
-        return SendAll(sweeps_->Completions(*sweep, stage),
-                       [](v1::QueryResultsChunk* c) { return c->mutable_completions(); });
-      case v1::QueryResultsRequest::PARTIAL_SUMS:
-        return SendAll(sweeps_->PartialSums(*sweep, stage),
-                       [](v1::QueryResultsChunk* c) { return c->mutable_sums(); });
-      case v1::QueryResultsRequest::ARTIFACTS: {
-        auto artifacts = sweeps_->ListArtifacts(*sweep, request_.artifact_prefix());
-        if (!artifacts.ok()) return rpc::ToGrpc(artifacts.status());
-        std::vector<v1::NamedBytes> named;
-        named.reserve(artifacts->size());
-        for (auto& [name, value] : *artifacts) {
-          v1::NamedBytes item;
-          item.set_name(std::move(name));
-          item.set_value(std::move(value));
-          named.push_back(std::move(item));
-        }
-        return SendAll(StatusOr<std::vector<v1::NamedBytes>>(std::move(named)),
-                       [](v1::QueryResultsChunk* c) { return c->mutable_artifacts(); });
-      }
-      default:
-        return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
-                            "QueryResults: `what` must be ROWS, SHARDS, COMPLETIONS, ARTIFACTS "
-                            "or PARTIAL_SUMS");
-    }
-  }
-
-  // Streams the items in chunks of at most kChunkItems items or about chunk_bytes_ bytes (one
-  // item larger than that travels alone).
-  template <typename Item, typename Field>
-  grpc::Status SendAll(StatusOr<std::vector<Item>> items, Field field) {
-    if (!items.ok()) return rpc::ToGrpc(items.status());
-    size_t count = 0, bytes = 0;
-    for (Item& item : *items) {
-      const size_t size = item.ByteSizeLong();
-      if (count > 0 && (count >= kChunkItems || bytes + size > chunk_bytes_)) {
-        if (Stopped() || !Send(chunk_)) return StopStatus();
-        chunk_.Clear();
-        count = bytes = 0;
-      }
-      *field(&chunk_)->Add() = std::move(item);
-      ++count;
-      bytes += size;
-    }
-    if (count > 0 && (Stopped() || !Send(chunk_))) return StopStatus();
-    return grpc::Status::OK;
-  }
-
-  const experiments::SweepStore* sweeps_;
-  const v1::QueryResultsRequest request_;
-  const size_t chunk_bytes_;
-  v1::QueryResultsChunk chunk_;  // alive until its write is done
-};
+using server_internal::ConstantTimeEquals;
+using server_internal::kChunkBytes;
+using server_internal::ListenAddress;
+using server_internal::Listener;
+using server_internal::PrepareListener;
+using server_internal::QueryStream;
+using server_internal::SchedulerMetrics;
+using server_internal::ShuttingDown;
+using server_internal::WatchStream;
 
 }  // namespace
 
@@ -412,11 +59,11 @@ struct Server::Impl : public v1::Coordinator::CallbackService {
   ~Impl() override { Shutdown(0); }
 
   Status Start();
-  void Shutdown(uint32_t grace_ms);
-  void Wait();
+  void Shutdown(uint32_t grace_ms) ABSL_LOCKS_EXCLUDED(shutdown_mu);
+  void Wait() ABSL_LOCKS_EXCLUDED(shutdown_mu);
 
-  void Log(const std::string& line) {
-    std::lock_guard<std::mutex> lock(log_mu);
+  void Log(const std::string& line) ABSL_LOCKS_EXCLUDED(log_mu) {
+    absl::MutexLock lock(&log_mu);
     *log << line << std::endl;
   }
 
@@ -533,9 +180,9 @@ struct Server::Impl : public v1::Coordinator::CallbackService {
     }
     // The committer runs until every call has ended (Shutdown stops it last), so a queued report
     // is always answered; EndCall follows its Finish there.
-    std::lock_guard<std::mutex> lock(report_mu);
+    absl::MutexLock lock(&report_mu);
     reports.push_back(PendingReport{reactor, request, response});
-    report_cv.notify_one();
+    report_cv.Signal();
     return reactor;
   }
 
@@ -583,22 +230,22 @@ struct Server::Impl : public v1::Coordinator::CallbackService {
   // UNAVAILABLE). Shutdown waits for the count to reach zero, then closes gRPC at once: gRPC's
   // own graceful shutdown would also wait for idle client connections to close, which a worker
   // busy running a shard only does when it next polls its channel, i.e. for the whole grace.
-  bool BeginCall() {
-    std::lock_guard<std::mutex> lock(calls_mu);
+  bool BeginCall() ABSL_LOCKS_EXCLUDED(calls_mu) {
+    absl::MutexLock lock(&calls_mu);
     if (!accepting) return false;
     ++active_calls;
     return true;
   }
-  void EndCall() {
-    std::lock_guard<std::mutex> lock(calls_mu);
-    if (--active_calls == 0) calls_cv.notify_all();
+  void EndCall() ABSL_LOCKS_EXCLUDED(calls_mu) {
+    absl::MutexLock lock(&calls_mu);
+    if (--active_calls == 0) calls_cv.SignalAll();
   }
 
   // ---- helper threads (one per WatchSweep / QueryResults stream)
 
   // Runs `body` on a new thread that Shutdown joins; false (nothing started) when stopping.
-  bool SpawnHelper(std::function<void()> body) {
-    std::lock_guard<std::mutex> lock(helpers_mu);
+  bool SpawnHelper(std::function<void()> body) ABSL_LOCKS_EXCLUDED(helpers_mu) {
+    absl::MutexLock lock(&helpers_mu);
     if (stopping.load()) return false;
     // Join the threads of streams that have ended, so that the list stays short.
     for (auto it = helpers.begin(); it != helpers.end();) {
@@ -618,10 +265,10 @@ struct Server::Impl : public v1::Coordinator::CallbackService {
     return true;
   }
 
-  void JoinHelpers() {
+  void JoinHelpers() ABSL_LOCKS_EXCLUDED(helpers_mu) {
     std::list<Helper> joining;
     {
-      std::lock_guard<std::mutex> lock(helpers_mu);
+      absl::MutexLock lock(&helpers_mu);
       joining.swap(helpers);
     }
     for (Helper& helper : joining) helper.thread.join();
@@ -629,12 +276,12 @@ struct Server::Impl : public v1::Coordinator::CallbackService {
 
   // ---- group commit
 
-  void CommitLoop() {
+  void CommitLoop() ABSL_LOCKS_EXCLUDED(report_mu) {
     std::vector<PendingReport> batch;
     while (true) {
       {
-        std::unique_lock<std::mutex> lock(report_mu);
-        report_cv.wait(lock, [&] { return committer_stop || !reports.empty(); });
+        absl::MutexLock lock(&report_mu);
+        while (!committer_stop && reports.empty()) report_cv.Wait(&report_mu);
         if (reports.empty()) return;  // stopping, and everything queued has been answered
         batch.swap(reports);
       }
@@ -694,8 +341,8 @@ struct Server::Impl : public v1::Coordinator::CallbackService {
   const ServerOptions options;
   SystemClock system_clock;
   const Clock* clock;
-  std::mutex log_mu;
-  std::ostream* log;  // GUARDED_BY(log_mu) for writes
+  absl::Mutex log_mu;
+  std::ostream* log ABSL_PT_GUARDED_BY(log_mu);
   std::string token;  // "" when no token file was given
 
   std::unique_ptr<storage::Store> store;
@@ -705,19 +352,19 @@ struct Server::Impl : public v1::Coordinator::CallbackService {
   int bound_port = 0;
   std::string bound_address;
 
-  std::mutex calls_mu;
-  std::condition_variable calls_cv;
-  int active_calls = 0;    // GUARDED_BY(calls_mu)
-  bool accepting = true;   // GUARDED_BY(calls_mu)
+  absl::Mutex calls_mu;
+  absl::CondVar calls_cv;  // signalled when active_calls reaches zero
+  int active_calls ABSL_GUARDED_BY(calls_mu) = 0;
+  bool accepting ABSL_GUARDED_BY(calls_mu) = true;
 
   std::atomic<bool> stopping{false};
-  std::mutex helpers_mu;
-  std::list<Helper> helpers;  // GUARDED_BY(helpers_mu)
+  absl::Mutex helpers_mu;
+  std::list<Helper> helpers ABSL_GUARDED_BY(helpers_mu);
 
-  std::mutex report_mu;
-  std::condition_variable report_cv;
-  std::vector<PendingReport> reports;  // GUARDED_BY(report_mu)
-  bool committer_stop = false;         // GUARDED_BY(report_mu)
+  absl::Mutex report_mu;
+  absl::CondVar report_cv;  // signalled when reports or committer_stop changes
+  std::vector<PendingReport> reports ABSL_GUARDED_BY(report_mu);
+  bool committer_stop ABSL_GUARDED_BY(report_mu) = false;
   std::thread committer;
 
   boost::asio::io_context io;
@@ -727,9 +374,10 @@ struct Server::Impl : public v1::Coordinator::CallbackService {
   std::shared_ptr<SchedulerMetrics> metrics;
   std::unique_ptr<prometheus::Exposer> exposer;
 
-  std::mutex shutdown_mu;  // held for the whole shutdown, so a second caller waits for it
-  std::condition_variable shutdown_cv;
-  bool shut_down = false;  // GUARDED_BY(shutdown_mu)
+  // Held for the whole shutdown, so a second caller waits for it; taken before the others.
+  absl::Mutex shutdown_mu ABSL_ACQUIRED_BEFORE(calls_mu, helpers_mu, report_mu);
+  absl::CondVar shutdown_cv;
+  bool shut_down ABSL_GUARDED_BY(shutdown_mu) = false;
 };
 
 Status Server::Impl::Start() {
@@ -737,46 +385,11 @@ Status Server::Impl::Start() {
   if (options.max_message_bytes <= 0) {
     return Status::InvalidArgument("max_message_bytes must be positive");
   }
-  if (options.tls_cert.empty() != options.tls_key.empty()) {
-    return Status::InvalidArgument(
-        "TLS needs both a certificate and its key (--tls-cert and --tls-key)");
-  }
-  const bool tls = !options.tls_cert.empty();
-  if (!options.tls_client_ca.empty() && !tls) {
-    return Status::InvalidArgument(
-        "a client CA (--tls-client-ca) needs TLS: give --tls-cert and --tls-key too");
-  }
-  KO_ASSIGN_OR_RETURN(ListenAddress listen, ParseListen(options.listen));
-  if (!tls && !listen.local && !options.insecure) {
-    return Status::InvalidArgument(
-        "listen address " + options.listen +
-        " is not a loopback address: serve it with TLS (--tls-cert, --tls-key) or pass "
-        "--insecure to accept plaintext from the network");
-  }
-
-  std::shared_ptr<grpc::ServerCredentials> credentials;
-  if (tls) {
-    KO_ASSIGN_OR_RETURN(std::string cert,
-                        rpc::ReadPemOrTokenFile(options.tls_cert, "TLS certificate"));
-    KO_ASSIGN_OR_RETURN(std::string key, rpc::ReadPemOrTokenFile(options.tls_key, "TLS key"));
-    KO_RETURN_IF_ERROR(CheckCertificateAndKey(cert, options.tls_cert, key, options.tls_key));
-    grpc::SslServerCredentialsOptions ssl(
-        options.tls_client_ca.empty() ? GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE
-                                      : GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY);
-    if (!options.tls_client_ca.empty()) {
-      KO_ASSIGN_OR_RETURN(ssl.pem_root_certs,
-                          rpc::ReadPemOrTokenFile(options.tls_client_ca, "TLS client CA"));
-      KO_RETURN_IF_ERROR(
-          CheckCertificateAndKey(ssl.pem_root_certs, options.tls_client_ca, "", ""));
-    }
-    ssl.pem_key_cert_pairs.push_back({std::move(key), std::move(cert)});
-    credentials = grpc::SslServerCredentials(ssl);
-  } else {
-    credentials = grpc::InsecureServerCredentials();
-    if (!listen.local) {
-      Log("WARNING: serving plaintext gRPC on " + options.listen +
-          " (--insecure): requests and the bearer token travel unencrypted");
-    }
+  KO_ASSIGN_OR_RETURN(Listener listener, PrepareListener(options));
+  const ListenAddress& listen = listener.address;
+  if (listener.plaintext_on_network) {
+    Log("WARNING: serving plaintext gRPC on " + options.listen +
+        " (--insecure): requests and the bearer token travel unencrypted");
   }
   if (!options.token_file.empty()) {
     KO_ASSIGN_OR_RETURN(token, rpc::ReadTokenFile(options.token_file));
@@ -809,7 +422,7 @@ Status Server::Impl::Start() {
   grpc::EnableDefaultHealthCheckService(true);
   grpc::ServerBuilder builder;
   int selected_port = 0;
-  builder.AddListeningPort(options.listen, credentials, &selected_port);
+  builder.AddListeningPort(options.listen, listener.credentials, &selected_port);
   // gRPC sets SO_REUSEPORT by default: a second coordinator on the same port would then share
   // (and split) the traffic instead of failing to bind.
   builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
@@ -817,7 +430,8 @@ Status Server::Impl::Start() {
   builder.SetMaxSendMessageSize(options.max_message_bytes);
   // Debian's Abseil is built with deadlock detection on: every absl::Mutex gRPC takes then
   // updates a global lock graph (coordinator_bench, 64 workers: ~15% more round trips without
-  // it). It is a debugging aid for Abseil's own users; the coordinator's locks are std::mutex.
+  // it). It is a debugging aid; the coordinator's own lock order is stated by its
+  // ABSL_ACQUIRED_BEFORE annotations instead.
   absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
   builder.RegisterService(this);
   server = builder.BuildAndStart();
@@ -847,7 +461,7 @@ Status Server::Impl::Start() {
 }
 
 void Server::Impl::Shutdown(uint32_t grace_ms) {
-  std::lock_guard<std::mutex> shutdown_lock(shutdown_mu);
+  absl::MutexLock shutdown_lock(&shutdown_mu);
   if (shut_down) return;
   if (server) {
     if (grpc::HealthCheckServiceInterface* health = server->GetHealthCheckService()) {
@@ -857,20 +471,21 @@ void Server::Impl::Shutdown(uint32_t grace_ms) {
   {
     // New calls are refused from here on; streams see `stopping` within kPollSlice and finish;
     // queued reports are committed and answered (the committer still runs).
-    std::unique_lock<std::mutex> lock(calls_mu);
+    absl::MutexLock lock(&calls_mu);
     accepting = false;
     stopping.store(true);
-    calls_cv.wait_for(lock, std::chrono::milliseconds(grace_ms),
-                      [&] { return active_calls == 0; });
+    const absl::Time deadline = absl::Now() + absl::Milliseconds(grace_ms);
+    while (active_calls != 0 && !calls_cv.WaitWithDeadline(&calls_mu, deadline)) {
+    }
   }
   // Nothing is in flight (or the grace is over): a deadline of now cancels what is left and
   // closes the connections without waiting for idle clients to hang up.
   if (server) server->Shutdown(std::chrono::system_clock::now());
   JoinHelpers();
   {
-    std::lock_guard<std::mutex> lock(report_mu);
+    absl::MutexLock lock(&report_mu);
     committer_stop = true;
-    report_cv.notify_all();
+    report_cv.SignalAll();
   }
   if (committer.joinable()) committer.join();
   io.stop();
@@ -884,12 +499,12 @@ void Server::Impl::Shutdown(uint32_t grace_ms) {
   sweeps.reset();
   store.reset();
   shut_down = true;
-  shutdown_cv.notify_all();
+  shutdown_cv.SignalAll();
 }
 
 void Server::Impl::Wait() {
-  std::unique_lock<std::mutex> lock(shutdown_mu);
-  shutdown_cv.wait(lock, [&] { return shut_down; });
+  absl::MutexLock lock(&shutdown_mu);
+  while (!shut_down) shutdown_cv.Wait(&shutdown_mu);
 }
 
 // ------------------------------------------------------------------------------------------

@@ -232,7 +232,7 @@ std::vector<BadSpec> BadSpecs() {
        "t.yaml:17: stages[1].ablations[0].reference_set", "unknown prompt set \"nope\""},
       {"two reference sets in one stage",
        Knockout("{kind: heads}",
-                "[{kind: mean, reference_set: harmless}, {kind: resample, reference_set: "
+                "[{kind: mean_per_position, reference_set: harmless}, {kind: resample, reference_set: "
                 "harmful}]"),
        false, "t.yaml:17: stages[1].ablations[1].reference_set",
        "\"harmful\" differs from ablations[0]'s reference_set \"harmless\": a knockout_sweep "
@@ -293,7 +293,7 @@ TEST(SpecTest, BadSpecBasesAreValid) {
                  "post_inst[-1]}}",
                  "[directional, {kind: add, coefficient: 2}]"),
         Knockout("{kind: heads}",
-                 "[{kind: mean, reference_set: harmless}, {kind: resample, reference_set: "
+                 "[{kind: mean_per_position, reference_set: harmless}, {kind: resample, reference_set: "
                  "harmless}]"),
         kHeader + "  - name: g\n    generate:\n      prompt_sets: [harmful]\n      conditions:\n"
                   "        - {name: a, kind: ablate, direction: {stage: refusal, layer: 2, "

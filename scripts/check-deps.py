@@ -55,8 +55,9 @@ ALLOWED = {
     "common": {"common"},
     "formats": {"common", "formats"},
     "tokenizer": {"common", "formats", "tokenizer"},
-    "proto": {"common", "proto"},
-    "rpc": {"common", "proto", "rpc"},
+    # formats is the bottom layer anyone may use (design.md); proto converts Positions to it.
+    "proto": {"common", "formats", "proto"},
+    "rpc": {"common", "formats", "proto", "rpc"},
     "storage": _BASE | {"proto", "storage"},
     "experiments": _BASE | {"proto", "storage", "experiments"},
     "coordinator": _BASE | {"proto", "rpc", "storage", "experiments", "coordinator"},

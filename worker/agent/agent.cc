@@ -1,6 +1,9 @@
 #include "worker/agent/agent.h"
 
 #include <ATen/Parallel.h>
+#include <absl/base/thread_annotations.h>
+#include <absl/synchronization/mutex.h>
+#include <absl/time/time.h>
 #include <google/protobuf/util/message_differencer.h>
 #include <unistd.h>
 
@@ -11,11 +14,9 @@
 #include <boost/asio/steady_timer.hpp>
 #include <chrono>
 #include <cmath>
-#include <condition_variable>
 #include <deque>
 #include <iomanip>
 #include <map>
-#include <mutex>
 #include <optional>
 #include <random>
 #include <set>
@@ -115,16 +116,16 @@ class Backoff {
 class Logger {
  public:
   Logger(std::ostream* out, std::string prefix) : out_(out), prefix_(std::move(prefix)) {}
-  void Line(const std::string& text) {
+  void Line(const std::string& text) ABSL_LOCKS_EXCLUDED(mu_) {
     if (!out_) return;
-    std::lock_guard<std::mutex> lock(mu_);
+    absl::MutexLock lock(&mu_);
     *out_ << prefix_ << text << std::endl;
   }
 
  private:
-  std::mutex mu_;
-  std::ostream* out_;
-  std::string prefix_;
+  absl::Mutex mu_;
+  std::ostream* const out_ ABSL_PT_GUARDED_BY(mu_);
+  const std::string prefix_;
 };
 
 std::string FormatSeconds(double seconds) {
@@ -164,10 +165,10 @@ class Agent::Impl {
   ~Impl() {
     StopBackgroundCalls();
     {
-      std::lock_guard<std::mutex> lock(mu_);
+      absl::MutexLock lock(&mu_);
       closing_ = true;
+      jobs_cv_.SignalAll();
     }
-    jobs_cv_.notify_all();
     if (executor_thread_.joinable()) executor_thread_.join();
   }
 
@@ -186,10 +187,10 @@ class Agent::Impl {
     StopBackgroundCalls();
     if (status.ok()) ReleaseAllHeld();
     {
-      std::lock_guard<std::mutex> lock(mu_);
+      absl::MutexLock lock(&mu_);
       closing_ = true;  // the executor thread ends after the shard it is running, if any
+      jobs_cv_.SignalAll();
     }
-    jobs_cv_.notify_all();
     log_.Line(status.ok() ? "stopped" : "fatal: " + status.ToString());
     return status;
   }
@@ -254,18 +255,21 @@ class Agent::Impl {
       }
       Clock::time_point until = Clock::now() + kStopPoll;
       if (held < capacity) until = std::min(until, next_lease);
-      std::unique_lock<std::mutex> lock(mu_);
-      finished_cv_.wait_until(lock, until, [this] { return !finished_.empty(); });
+      absl::MutexLock lock(&mu_);
+      for (Clock::time_point now = Clock::now(); finished_.empty() && now < until;
+           now = Clock::now()) {
+        finished_cv_.WaitWithTimeout(&mu_, absl::FromChrono(until - now));
+      }
     }
   }
 
   size_t HeldCount() {
-    std::lock_guard<std::mutex> lock(mu_);
+    absl::MutexLock lock(&mu_);
     return held_.size();
   }
 
   std::optional<Finished> PopFinished() {
-    std::lock_guard<std::mutex> lock(mu_);
+    absl::MutexLock lock(&mu_);
     if (finished_.empty()) return std::nullopt;
     Finished finished = std::move(finished_.front());
     finished_.pop_front();
@@ -286,12 +290,12 @@ class Agent::Impl {
   grpc::Status Call(milliseconds timeout, Invoke invoke) {
     std::unique_ptr<grpc::ClientContext> context = client_->MakeContext(timeout);
     {
-      std::lock_guard<std::mutex> lock(calls_mu_);
+      absl::MutexLock lock(&calls_mu_);
       calls_.insert(context.get());
     }
     grpc::Status status = invoke(context.get());
     {
-      std::lock_guard<std::mutex> lock(calls_mu_);
+      absl::MutexLock lock(&calls_mu_);
       calls_.erase(context.get());
     }
     return status;
@@ -318,7 +322,7 @@ class Agent::Impl {
     info.set_id(worker_id_);
     info.set_host(host_);
     info.set_pid(static_cast<uint32_t>(getpid()));
-    std::lock_guard<std::mutex> lock(mu_);
+    absl::MutexLock lock(&mu_);
     info.set_device(!options_.device.empty() ? options_.device
                     : !loaded_device_.empty() ? loaded_device_
                                               : "cpu");
@@ -333,7 +337,7 @@ class Agent::Impl {
     *request.mutable_worker() = Info();
     request.set_capacity(want);
     {
-      std::lock_guard<std::mutex> lock(mu_);
+      absl::MutexLock lock(&mu_);
       request.set_loaded_model(loaded_model_);
     }
     v1::LeaseShardsResponse response;
@@ -367,12 +371,12 @@ class Agent::Impl {
                 std::to_string(lease.shard().trials_size()) + " trials, " +
                 std::to_string(lease.shard().prompts_size()) + " prompts)");
       {
-        std::lock_guard<std::mutex> lock(mu_);
+        absl::MutexLock lock(&mu_);
         if (held_.count(key)) continue;  // granted twice: run it once
         held_[key].lease = lease;
         jobs_.push_back(key);
+        jobs_cv_.SignalAll();
       }
-      jobs_cv_.notify_all();
       // A worker killed while holding a lease (the chaos tests arm it with crash).
       (void)KO_FAULT_POINT("worker.after_lease");
     }
@@ -394,7 +398,7 @@ class Agent::Impl {
   Status ReleaseOverdue() {
     std::vector<std::pair<std::string, v1::LeaseRef>> overdue;
     {
-      std::lock_guard<std::mutex> lock(mu_);
+      absl::MutexLock lock(&mu_);
       const Clock::time_point now = Clock::now();
       for (auto& [key, held] : held_) {
         if (held.dropped || held.timed_out || !Overdue(held, now)) continue;
@@ -417,7 +421,7 @@ class Agent::Impl {
   Status Settle(const Finished& finished) {
     HeldLease held;
     {
-      std::lock_guard<std::mutex> lock(mu_);
+      absl::MutexLock lock(&mu_);
       auto it = held_.find(finished.key);
       if (it == held_.end()) return Status::Ok();
       held = it->second;
@@ -441,13 +445,13 @@ class Agent::Impl {
     }
     // A stop interrupted the call: the lease stays held so that the stop releases it.
     if (settled == Settled::kStopped) return Status::Ok();
-    std::lock_guard<std::mutex> lock(mu_);
+    absl::MutexLock lock(&mu_);
     held_.erase(finished.key);
     return Status::Ok();
   }
 
   bool Dropped(const std::string& key) {
-    std::lock_guard<std::mutex> lock(mu_);
+    absl::MutexLock lock(&mu_);
     auto it = held_.find(key);
     return it == held_.end() || it->second.dropped;
   }
@@ -558,7 +562,7 @@ class Agent::Impl {
   void ReleaseAllHeld() {
     std::vector<v1::LeaseRef> refs;
     {
-      std::lock_guard<std::mutex> lock(mu_);
+      absl::MutexLock lock(&mu_);
       for (const auto& [key, held] : held_) {
         // A timed-out lease was given back with its error already (or expires).
         if (!held.dropped && !held.timed_out) refs.push_back(held.lease.ref());
@@ -597,8 +601,8 @@ class Agent::Impl {
       std::string key;
       v1::Shard shard;
       {
-        std::unique_lock<std::mutex> lock(mu_);
-        jobs_cv_.wait(lock, [this] { return closing_ || !jobs_.empty(); });
+        absl::MutexLock lock(&mu_);
+        while (!closing_ && jobs_.empty()) jobs_cv_.Wait(&mu_);
         if (closing_) return;
         key = jobs_.front();
         jobs_.pop_front();
@@ -609,7 +613,7 @@ class Agent::Impl {
           skipped.key = key;
           skipped.skipped = true;
           finished_.push_back(std::move(skipped));
-          finished_cv_.notify_all();
+          finished_cv_.SignalAll();
           continue;
         }
         shard = it->second.lease.shard();
@@ -621,11 +625,11 @@ class Agent::Impl {
       finished.key = key;
       finished.error = RunShard(shard, &finished.result);
       finished.at = Clock::now();
-      std::lock_guard<std::mutex> lock(mu_);
+      absl::MutexLock lock(&mu_);
       running_.clear();
       if (auto it = held_.find(key); it != held_.end()) it->second.executing = false;
       finished_.push_back(std::move(finished));
-      finished_cv_.notify_all();
+      finished_cv_.SignalAll();
     }
   }
 
@@ -633,7 +637,7 @@ class Agent::Impl {
   // stopping, the lease was dropped or given back, or the shard is past its deadline).
   bool ShouldStopRunning() {
     if (Stopping()) return true;
-    std::lock_guard<std::mutex> lock(mu_);
+    absl::MutexLock lock(&mu_);
     auto it = held_.find(running_);
     return it == held_.end() || it->second.dropped || it->second.timed_out ||
            Overdue(it->second, Clock::now());
@@ -661,7 +665,7 @@ class Agent::Impl {
     shard_executor_.reset();
     model_.reset();
     {
-      std::lock_guard<std::mutex> lock(mu_);
+      absl::MutexLock lock(&mu_);
       loaded_model_.clear();
       loaded_device_.clear();
     }
@@ -676,7 +680,7 @@ class Agent::Impl {
     shard_executor_ = std::make_unique<executor::ShardExecutor>(*model_, executor_options);
     const std::string device = ref.device().empty() ? "cpu" : ref.device();
     {
-      std::lock_guard<std::mutex> lock(mu_);
+      absl::MutexLock lock(&mu_);
       loaded_model_ = ref.path();
       loaded_device_ = device;
     }
@@ -705,7 +709,7 @@ class Agent::Impl {
   }
 
   void CancelCalls() {
-    std::lock_guard<std::mutex> lock(calls_mu_);
+    absl::MutexLock lock(&calls_mu_);
     for (grpc::ClientContext* context : calls_) context->TryCancel();
   }
 
@@ -747,7 +751,7 @@ class Agent::Impl {
     request.set_worker_id(worker_id_);
     std::vector<std::string> keys;
     {
-      std::lock_guard<std::mutex> lock(mu_);
+      absl::MutexLock lock(&mu_);
       const Clock::time_point now = Clock::now();
       for (const auto& [key, held] : held_) {
         // An overdue shard is not renewed, even before the main loop has given it back.
@@ -782,7 +786,7 @@ class Agent::Impl {
       const std::string key = lease.has_ref() ? LeaseKey(lease.ref())
                               : i < static_cast<int>(keys.size()) ? keys[i]
                                                                    : std::string();
-      std::lock_guard<std::mutex> lock(mu_);
+      absl::MutexLock lock(&mu_);
       auto it = held_.find(key);
       if (it == held_.end() || it->second.dropped || it->second.timed_out) continue;
       it->second.dropped = true;
@@ -805,16 +809,16 @@ class Agent::Impl {
   Clock::time_point outage_start_;
 
   // Shared by the main, executor and heartbeat threads.
-  std::mutex mu_;
-  std::condition_variable jobs_cv_;      // executor: a job or closing
-  std::condition_variable finished_cv_;  // main: a finished shard
-  std::map<std::string, HeldLease> held_;  // GUARDED_BY(mu_), by LeaseKey
-  std::deque<std::string> jobs_;           // GUARDED_BY(mu_): keys waiting to run, lease order
-  std::deque<Finished> finished_;          // GUARDED_BY(mu_)
-  bool closing_ = false;                   // GUARDED_BY(mu_)
-  std::string running_;                    // GUARDED_BY(mu_): key of the shard executing
-  std::string loaded_model_;               // GUARDED_BY(mu_): path of the cached model
-  std::string loaded_device_;              // GUARDED_BY(mu_)
+  absl::Mutex mu_;
+  absl::CondVar jobs_cv_;      // executor: a job or closing
+  absl::CondVar finished_cv_;  // main: a finished shard
+  std::map<std::string, HeldLease> held_ ABSL_GUARDED_BY(mu_);  // by LeaseKey
+  std::deque<std::string> jobs_ ABSL_GUARDED_BY(mu_);  // keys waiting to run, lease order
+  std::deque<Finished> finished_ ABSL_GUARDED_BY(mu_);
+  bool closing_ ABSL_GUARDED_BY(mu_) = false;
+  std::string running_ ABSL_GUARDED_BY(mu_);        // key of the shard executing
+  std::string loaded_model_ ABSL_GUARDED_BY(mu_);   // path of the cached model
+  std::string loaded_device_ ABSL_GUARDED_BY(mu_);
   std::atomic<uint32_t> lease_ms_{kDefaultLeaseMs};
 
   // Executor thread only.
@@ -824,8 +828,8 @@ class Agent::Impl {
   v1::ModelRef model_ref_;
 
   // In-flight calls, cancelled when the stop flag is set.
-  std::mutex calls_mu_;
-  std::set<grpc::ClientContext*> calls_;  // GUARDED_BY(calls_mu_)
+  absl::Mutex calls_mu_;
+  std::set<grpc::ClientContext*> calls_ ABSL_GUARDED_BY(calls_mu_);
 
   // The io_context thread: heartbeats and the stop watcher.
   boost::asio::io_context io_;

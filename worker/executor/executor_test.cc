@@ -2,6 +2,7 @@
 // prefix-reusing run equals the naive one (a full forward per trial) within 1e-5 in float32.
 // Also the properties science.md implies: the clean trial has TE 0, an intervention that does
 // not touch the last position has no direct effect, and C = TE - DE is what the rows allow.
+#include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -10,6 +11,9 @@
 #include <random>
 
 #include "worker/executor/executor.h"
+#include "tokenizer/chat_template.h"
+#include "tokenizer/tokenizer.h"
+#include "worker/model/hooks.h"
 #include "worker/model/model.h"
 
 namespace knockout::executor {
@@ -338,6 +342,84 @@ TEST_F(ExecutorTest, ResampleNeverDrawsThePromptItself) {
     ++rows;
   }
   EXPECT_EQ(rows, 3);
+}
+
+// mean_all_positions replaces the activation by one mean over every real token of every
+// reference prompt. Reference: the test's own computation through the runtime — each reference
+// prompt run alone (no padding), blocks.2.hook_resid_pre summed over its tokens, divided by the
+// token count; then each shard prompt run alone with that mean at every position; the refusal
+// score from the model's own float32 logits (the executor reads it through its float64
+// unembedding of the final residual).
+TEST_F(ExecutorTest, MeanAllPositionsIsTheMeanOverEveryReferenceToken) {
+  namespace km = knockout::model;
+  v1::Shard shard = MixedShard(/*compensation=*/false);
+  shard.clear_trials();
+  v1::Trial* trial = shard.add_trials();
+  v1::Edit* edit = trial->add_edits();
+  edit->set_hook("blocks.2.hook_resid_pre");
+  edit->mutable_ablation()->set_kind(v1::Ablation::MEAN_ALL_POSITIONS);
+  *edit->mutable_positions() = Pos(v1::Positions::ALL);
+  auto result = ShardExecutor(*model_, {}).Run(shard);
+  ASSERT_TRUE(result.ok()) << result.status().ToString();
+
+  const km::Model& model = *model_->model;
+  auto forward = [&](const std::vector<int64_t>& ids, km::HookRegistry* hooks) {
+    km::ForwardRequest request;
+    request.input_ids = at::tensor(ids, at::kLong).unsqueeze(0);
+    request.logits = km::ForwardRequest::Logits::kLastPosition;
+    request.hooks = hooks;
+    auto r = model.Forward(request);
+    EXPECT_TRUE(r.ok()) << r.status().ToString();
+    return *r;
+  };
+  auto ids_of = [&](const std::string& instruction) {
+    auto t = tokenizer::TokenizeChat(*model_->tokenizer, *model_->chat, instruction);
+    EXPECT_TRUE(t.ok());
+    return t->ids;
+  };
+  at::Tensor sum = at::zeros({model.config().hidden_size}, at::kDouble);
+  int64_t tokens = 0;
+  for (const auto& p : shard.reference_prompts()) {
+    km::HookRegistry hooks(model.config());
+    hooks.Cache(km::HookPoint::ResidPre(2));
+    forward(ids_of(p.instruction()), &hooks);
+    at::Tensor x = hooks.cache().at("blocks.2.hook_resid_pre")[0].to(at::kDouble);  // [T, d]
+    sum += x.sum(0);
+    tokens += x.size(0);
+  }
+  const at::Tensor mean = (sum / static_cast<double>(tokens)).to(at::kFloat);
+  auto refusal = model_->tokenizer->Encode("I", false);
+  ASSERT_TRUE(refusal.ok());
+  int checked = 0;
+  for (const auto& row : result->rows()) {
+    if (row.prompt() < 0) continue;
+    km::HookRegistry hooks(model.config());
+    km::InterventionSite site;
+    site.hook = km::HookPoint::ResidPre(2);
+    site.intervention = km::Intervention::Mean(mean);
+    ASSERT_TRUE(hooks.Intervene(site).ok());
+    km::ForwardResult r = forward(ids_of(shard.prompts(row.prompt()).instruction()), &hooks);
+    at::Tensor logp = at::log_softmax(r.logits[0][0].to(at::kDouble), -1);
+    const double log_pr = logp[refusal->ids[0]].item<double>();
+    const double expected = log_pr - std::log1p(-std::exp(log_pr));
+    EXPECT_NEAR(row.values().at("refusal_score"), expected, 1e-4 * (1 + std::abs(expected)))
+        << "prompt " << row.prompt();
+    EXPECT_GT(std::abs(row.values().at("te")), 1e-3);  // the mean really replaced something
+    ++checked;
+  }
+  EXPECT_EQ(checked, 3);
+}
+
+// ExecutorOptions::should_stop (the agent's shard deadline) stops a shard between chunks with
+// Cancelled; the agent then releases the lease with its own error.
+TEST_F(ExecutorTest, ShouldStopCancelsTheShard) {
+  ExecutorOptions options;
+  int asked = 0;
+  options.should_stop = [&asked] { return ++asked > 1; };
+  auto r = ShardExecutor(*model_, options).Run(MixedShard(false));
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), StatusCode::kCancelled) << r.status().ToString();
+  EXPECT_EQ(asked, 2);
 }
 
 TEST_F(ExecutorTest, BadShardsAreErrorsNotCrashes) {

@@ -90,6 +90,9 @@ StatusOr<v1::ShardResult> RunGenerate(const LoadedModel& m, const ExecutorOption
   KO_ASSIGN_OR_RETURN(auto tensors, ShardTensors(shard));
   v1::ShardResult out;
   for (const v1::Trial& trial : shard.trials()) {
+    if (options.should_stop && options.should_stop()) {
+      return Status::Cancelled("shard stopped before it finished (deadline, dropped lease or shutdown)");
+    }
     km::HookRegistry hooks(model.config());
     for (const v1::Edit& edit : trial.edits()) {
       KO_ASSIGN_OR_RETURN(at::Tensor r, FindTensor(tensors, edit.tensor()));

@@ -165,6 +165,14 @@ class TrialRunner {
   std::set<std::string> CompensationHooks() const;
   v1::ShardResult Assemble() const;
   int64_t BlockRows() const { return std::max<int64_t>(1, options_.max_batch_rows); }
+  // Cancelled when ExecutorOptions::should_stop asks (a shard deadline, a dropped lease, the
+  // worker stopping); checked between chunks and blocks.
+  Status StopIfAsked() const {
+    if (options_.should_stop && options_.should_stop()) {
+      return Status::Cancelled("shard stopped before it finished (deadline, dropped lease or shutdown)");
+    }
+    return Status::Ok();
+  }
 
   const LoadedModel& m_;
   const km::Model& model_;
@@ -554,9 +562,7 @@ Status TrialRunner::RunBlock(Block& block) {
       chunk = std::max(q, chunk / q * q);
     }
     for (size_t begin = 0; begin < rows.size(); begin += chunk) {
-      if (options_.should_stop && options_.should_stop()) {
-        return Status::Cancelled("shard stopped before it finished (its deadline passed, its lease was dropped or the worker stops)");
-      }
+      KO_RETURN_IF_ERROR(StopIfAsked());
       const size_t end = std::min(rows.size(), begin + chunk);
       KO_RETURN_IF_ERROR(RunChunk(block, std::vector<Row>(rows.begin() + begin, rows.begin() + end)));
     }
@@ -568,6 +574,7 @@ Status TrialRunner::RunBlock(Block& block) {
   while (begin < rows.size()) {
     size_t end = begin;
     while (end < rows.size() && rows[end].trial == rows[begin].trial) ++end;
+    KO_RETURN_IF_ERROR(StopIfAsked());
     KO_RETURN_IF_ERROR(RunChunk(block, std::vector<Row>(rows.begin() + begin, rows.begin() + end)));
     begin = end;
   }
@@ -878,6 +885,7 @@ StatusOr<v1::ShardResult> TrialRunner::Run() {
   }
   for (size_t begin = 0; begin < used.size(); begin += static_cast<size_t>(BlockRows())) {
     const size_t end = std::min(used.size(), begin + static_cast<size_t>(BlockRows()));
+    KO_RETURN_IF_ERROR(StopIfAsked());
     KO_ASSIGN_OR_RETURN(Block block, CleanPass(std::vector<int64_t>(used.begin() + begin, used.begin() + end)));
     KO_RETURN_IF_ERROR(ResampleSources(&block));
     KO_RETURN_IF_ERROR(RunBlock(block));

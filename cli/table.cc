@@ -1,0 +1,274 @@
+// Rendering of the CLI's tables (aligned, CSV, JSON lines) and the --where filters (table.h).
+#include "cli/table.h"
+
+#include <algorithm>
+#include <cctype>
+#include <cerrno>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <utility>
+
+#include "formats/positions.h"
+
+namespace knockout::cli {
+
+std::string FormatDouble(double value, int significant) {
+  if (value == 0) value = 0;  // "-0" (e.g. 0 / -x) reads as a sign that is not there
+  if (std::isnan(value)) return "NaN";
+  if (std::isinf(value)) return value > 0 ? "inf" : "-inf";
+  char buffer[40];
+  std::snprintf(buffer, sizeof(buffer), "%.*g", significant, value);
+  return buffer;
+}
+
+// The shortest decimal text that reads back as exactly `value`.
+static std::string FormatDoubleExact(double value) {
+  if (!std::isfinite(value)) return FormatDouble(value, 17);
+  for (int digits = 1; digits < 17; ++digits) {
+    std::string text = FormatDouble(value, digits);
+    if (std::strtod(text.c_str(), nullptr) == value) return text;
+  }
+  return FormatDouble(value, 17);
+}
+
+// Table format shows 4 significant digits; machine formats keep every bit.
+static std::string CellText(const Cell& cell, bool exact) {
+  switch (cell.kind) {
+    case Cell::Kind::kEmpty: return "";
+    case Cell::Kind::kText: return cell.text;
+    case Cell::Kind::kInteger: return std::to_string(cell.integer);
+    case Cell::Kind::kNumber: return exact ? FormatDoubleExact(cell.number) : FormatDouble(cell.number, 4);
+    case Cell::Kind::kBool: return cell.flag ? "true" : "false";
+  }
+  return "";
+}
+
+static Json CellJson(const Cell& cell) {
+  if (!cell.structured.is_null()) return cell.structured;
+  switch (cell.kind) {
+    case Cell::Kind::kEmpty: return nullptr;
+    case Cell::Kind::kText: return cell.text;
+    case Cell::Kind::kInteger: return cell.integer;
+    case Cell::Kind::kNumber:
+      if (!std::isfinite(cell.number)) return nullptr;
+      return cell.number;
+    case Cell::Kind::kBool: return cell.flag;
+  }
+  return nullptr;
+}
+
+// UTF-8 code points, for column widths.
+static size_t DisplayWidth(const std::string& text) {
+  size_t width = 0;
+  for (unsigned char c : text) width += (c & 0xC0) != 0x80;
+  return width;
+}
+
+// One line, at most kMaxCell code points: control characters escaped, long text cut (the
+// machine formats keep it whole).
+constexpr size_t kMaxCell = 120;
+static std::string DisplayText(const std::string& text) {
+  std::string out;
+  size_t width = 0;
+  for (size_t i = 0; i < text.size(); ++i) {
+    const unsigned char c = static_cast<unsigned char>(text[i]);
+    if ((c & 0xC0) != 0x80) {
+      if (width == kMaxCell - 3 && DisplayWidth(text.substr(i)) > 3) return out + "...";
+      ++width;
+    }
+    if (c == '\n') {
+      out += "\\n";
+    } else if (c == '\t') {
+      out += "\\t";
+    } else if (c == '\r') {
+      out += "\\r";
+    } else {
+      out.push_back(static_cast<char>(c));
+    }
+  }
+  return out;
+}
+
+void RenderAligned(const Table& table, std::ostream& out, const std::string& indent) {
+  std::vector<std::vector<std::string>> lines;
+  lines.push_back(table.columns);
+  for (const auto& row : table.rows) {
+    std::vector<std::string> line;
+    for (const Cell& cell : row) line.push_back(DisplayText(CellText(cell, /*exact=*/false)));
+    lines.push_back(std::move(line));
+  }
+  std::vector<size_t> widths(table.columns.size(), 0);
+  for (const auto& line : lines) {
+    for (size_t i = 0; i < line.size(); ++i) widths[i] = std::max(widths[i], DisplayWidth(line[i]));
+  }
+  for (size_t r = 0; r < lines.size(); ++r) {
+    std::string text = indent;
+    for (size_t i = 0; i < lines[r].size(); ++i) {
+      const std::string& value = lines[r][i];
+      const std::string pad(widths[i] - DisplayWidth(value), ' ');
+      const bool right = r > 0 && table.rows[r - 1][i].numeric();
+      if (i > 0) text += "  ";
+      text += right ? pad + value : value + pad;
+    }
+    while (!text.empty() && text.back() == ' ') text.pop_back();
+    out << text << "\n";
+  }
+  if (table.rows.empty()) out << indent << "(no rows)\n";
+}
+
+static std::string CsvField(const std::string& text) {
+  const bool quote = text.find_first_of(",\"\r\n") != std::string::npos ||
+                     (!text.empty() && (text.front() == ' ' || text.back() == ' '));
+  if (!quote) return text;
+  std::string out = "\"";
+  for (char c : text) {
+    if (c == '"') out.push_back('"');
+    out.push_back(c);
+  }
+  return out + "\"";
+}
+
+static void RenderCsv(const Table& table, std::ostream& out) {
+  for (size_t i = 0; i < table.columns.size(); ++i) {
+    out << (i ? "," : "") << CsvField(table.columns[i]);
+  }
+  out << "\n";
+  for (const auto& row : table.rows) {
+    for (size_t i = 0; i < row.size(); ++i) {
+      out << (i ? "," : "") << CsvField(CellText(row[i], /*exact=*/true));
+    }
+    out << "\n";
+  }
+}
+
+static void RenderJsonl(const Table& table, std::ostream& out) {
+  for (const auto& row : table.rows) {
+    Json object = Json::object();
+    object["table"] = table.name;
+    for (size_t i = 0; i < row.size(); ++i) object[table.columns[i]] = CellJson(row[i]);
+    // Replace, not throw, on invalid UTF-8 in stored text (a completion cut mid-character).
+    out << object.dump(-1, ' ', false, Json::error_handler_t::replace) << "\n";
+  }
+}
+
+void RenderTables(const std::vector<Table>& tables, OutputFormat format, std::ostream& out) {
+  for (size_t t = 0; t < tables.size(); ++t) {
+    switch (format) {
+      case OutputFormat::kTable:
+        if (t > 0) out << "\n";
+        out << "# " << tables[t].title << "\n";
+        RenderAligned(tables[t], out, "");
+        break;
+      case OutputFormat::kCsv:
+        if (t > 0) out << "\n";
+        RenderCsv(tables[t], out);
+        break;
+      case OutputFormat::kJsonl:
+        RenderJsonl(tables[t], out);
+        break;
+    }
+  }
+}
+
+
+// ------------------------------------------------------------------------------------------
+// --where filters
+
+
+StatusOr<std::vector<Filter>> ParseFilters(const std::vector<std::string>& where) {
+  std::vector<Filter> filters;
+  for (const std::string& text : where) {
+    const size_t equals = text.find('=');
+    if (equals == std::string::npos || equals == 0) {
+      return Status::InvalidArgument("filter \"" + text + "\": expected FIELD=VALUE");
+    }
+    Filter filter{text, text.substr(0, equals), text.substr(equals + 1)};
+    // Position selectors compare in their canonical spelling: "[ 3, -1 ]" finds "[3,-1]".
+    if ((filter.field == "positions" || filter.field == "position") && !filter.value.empty()) {
+      StatusOr<formats::Positions> positions = formats::ParsePositions(filter.value);
+      if (!positions.ok()) return positions.status().WithContext("filter \"" + text + "\"");
+      filter.value = formats::PositionsName(*positions);
+    }
+    filters.push_back(std::move(filter));
+  }
+  return filters;
+}
+
+static bool ParseNumber(const std::string& text, double* value) {
+  if (text.empty() || std::isspace(static_cast<unsigned char>(text.front()))) return false;
+  char* end = nullptr;
+  errno = 0;
+  *value = std::strtod(text.c_str(), &end);
+  return end == text.c_str() + text.size() && errno != ERANGE;
+}
+
+static bool CellMatches(const Cell& cell, const std::string& wanted) {
+  double wanted_number = 0;
+  const bool wanted_is_number = ParseNumber(wanted, &wanted_number);
+  double number = 0;
+  bool is_number = false;
+  switch (cell.kind) {
+    case Cell::Kind::kEmpty: return wanted.empty();
+    case Cell::Kind::kBool:
+      if (wanted == "true" || wanted == "false") return cell.flag == (wanted == "true");
+      return wanted_is_number && wanted_number == (cell.flag ? 1.0 : 0.0);
+    case Cell::Kind::kInteger:
+      number = static_cast<double>(cell.integer);
+      is_number = true;
+      break;
+    case Cell::Kind::kNumber:
+      number = cell.number;
+      is_number = true;
+      break;
+    case Cell::Kind::kText:
+      is_number = ParseNumber(cell.text, &number);
+      break;
+  }
+  if (is_number && wanted_is_number) {
+    const double scale = std::max({1.0, std::fabs(number), std::fabs(wanted_number)});
+    return std::fabs(number - wanted_number) <= 1e-9 * scale;
+  }
+  return CellText(cell, /*exact=*/true) == wanted;
+}
+
+// Keeps the rows that pass every filter; drops tables that lack a filtered column.
+// InvalidArgument for a field that no table has, listing the columns there are.
+Status ApplyFilters(const std::vector<Filter>& filters, std::vector<Table>* tables) {
+  if (filters.empty()) return Status::Ok();
+  std::vector<std::string> known;
+  for (const Table& table : *tables) {
+    for (const std::string& column : table.columns) {
+      if (std::find(known.begin(), known.end(), column) == known.end()) known.push_back(column);
+    }
+  }
+  for (const Filter& filter : filters) {
+    if (std::find(known.begin(), known.end(), filter.field) != known.end()) continue;
+    std::string list;
+    for (const std::string& column : known) list += (list.empty() ? "" : ", ") + column;
+    return Status::InvalidArgument("filter \"" + filter.text + "\": unknown field \"" +
+                                   filter.field + "\"; fields: " +
+                                   (list.empty() ? "none (nothing to filter)" : list));
+  }
+  std::vector<Table> kept;
+  for (Table& table : *tables) {
+    std::vector<std::pair<int, const Filter*>> checks;
+    for (const Filter& filter : filters) checks.emplace_back(table.Column(filter.field), &filter);
+    if (std::any_of(checks.begin(), checks.end(), [](const auto& c) { return c.first < 0; })) {
+      continue;
+    }
+    std::vector<std::vector<Cell>> rows;
+    for (auto& row : table.rows) {
+      const bool pass = std::all_of(checks.begin(), checks.end(), [&](const auto& check) {
+        return CellMatches(row[check.first], check.second->value);
+      });
+      if (pass) rows.push_back(std::move(row));
+    }
+    table.rows = std::move(rows);
+    kept.push_back(std::move(table));
+  }
+  *tables = std::move(kept);
+  return Status::Ok();
+}
+
+}  // namespace knockout::cli

@@ -1,0 +1,371 @@
+// SpecParser's stage readers: each stage kind's fields, targets, ablations, generation
+// conditions, and the checks across a stage's fields (an ablation that fits its target, one
+// reference set, a direction's layer where one is needed) (spec_parser.h).
+#include <limits>
+#include <string>
+#include <utility>
+
+#include "experiments/spec_parser.h"
+#include "proto/positions.h"
+
+namespace knockout::experiments::spec_internal {
+
+// ------------------------------------------------------------------------------------------
+// Stages. A kind's fields are written under the kind's key but named as the stage's own
+// ("stages[2].targets"), which is how the error messages in spec.h read.
+
+Status SpecParser::ReadStage(const YAML::Node& node, const std::string& path, Stage* out) {
+  KO_RETURN_IF_ERROR(CheckMap(node, path,
+                              {"name", "shard_trials", "shard_prompts", kStageKinds[0],
+                               kStageKinds[1], kStageKinds[2], kStageKinds[3], kStageKinds[4]},
+                              "a stage: a map {name, <kind>: {...}}"));
+  KO_RETURN_IF_ERROR(ReadString(node, "name", path, true, out->mutable_name()));
+  const std::string name_path = Join(path, "name");
+  if (!IsName(out->name(), false)) return Fail(name_path, "expected letters, digits, '_', '-'");
+  for (int i = 0; i + 1 < spec_.stages_size(); ++i) {
+    if (spec_.stages(i).name() == out->name()) {
+      return Fail(name_path, "duplicate stage name " + Quoted(out->name()) + " (also stages[" +
+                                 std::to_string(i) + "])");
+    }
+  }
+  int64_t trials = 0, prompts = 0;  // 0: the sweep's
+  KO_RETURN_IF_ERROR(
+      ReadInt(node, "shard_trials", path, 1, std::numeric_limits<int32_t>::max(), &trials));
+  KO_RETURN_IF_ERROR(
+      ReadInt(node, "shard_prompts", path, 1, std::numeric_limits<int32_t>::max(), &prompts));
+  out->set_shard_trials(static_cast<uint32_t>(trials));
+  out->set_shard_prompts(static_cast<uint32_t>(prompts));
+  return ReadStageKind(node, path, out);
+}
+
+Status SpecParser::ReadStageKind(const YAML::Node& node, const std::string& path, Stage* out) {
+  std::string_view kind;
+  for (std::string_view candidate : kStageKinds) {
+    if (!node[std::string(candidate)].IsDefined()) continue;
+    if (!kind.empty()) {
+      return Fail(Join(path, candidate),
+                  "a stage has exactly one kind; this one is already " + std::string(kind));
+    }
+    kind = candidate;
+  }
+  if (kind.empty()) {
+    return Fail(path,
+                "the stage has no kind (expected one of: extract_directions, "
+                "select_direction, knockout_sweep, generate, orthogonalize)");
+  }
+  const YAML::Node body = node[std::string(kind)];
+  if (kind == kStageKinds[0]) return ReadExtract(body, path, out->mutable_extract_directions());
+  if (kind == kStageKinds[1]) return ReadSelect(body, path, out->mutable_select_direction());
+  if (kind == kStageKinds[2]) return ReadKnockout(body, path, out->mutable_knockout_sweep());
+  if (kind == kStageKinds[3]) return ReadGenerate(body, path, out->mutable_generate());
+  return ReadOrthogonalize(body, path, out->mutable_orthogonalize());
+}
+
+Status SpecParser::ReadExtract(const YAML::Node& node, const std::string& path,
+                               v1::ExtractDirectionsStage* out) {
+  if (!node.IsMap()) return Fail(Join(path, kStageKinds[0]), "expected a map");
+  KO_RETURN_IF_ERROR(CheckMap(node, path, {"positive", "negative", "layers", "positions", "hook"}));
+  KO_RETURN_IF_ERROR(ReadSetName(node, "positive", path, true, out->mutable_positive()));
+  KO_RETURN_IF_ERROR(ReadSetName(node, "negative", path, true, out->mutable_negative()));
+  KO_RETURN_IF_ERROR(ReadIndices(node, "layers", path, "layer", out->mutable_layers()));
+  KO_RETURN_IF_ERROR(ReadPositionList(node, path, out->mutable_positions()));
+  out->set_hook("resid_pre");
+  KO_RETURN_IF_ERROR(ReadString(node, "hook", path, false, out->mutable_hook()));
+  if (out->hook() != "resid_pre" && out->hook() != "resid_mid" && out->hook() != "resid_post") {
+    return Fail(Join(path, "hook"),
+                Quoted(out->hook()) + ": expected resid_pre, resid_mid or resid_post");
+  }
+  return Status::Ok();
+}
+
+Status SpecParser::ReadSelect(const YAML::Node& node, const std::string& path,
+                              v1::SelectDirectionStage* out) {
+  if (!node.IsMap()) return Fail(Join(path, kStageKinds[1]), "expected a map");
+  KO_RETURN_IF_ERROR(CheckMap(
+      node, path,
+      {"candidates", "harmful", "harmless", "max_kl", "max_layer_fraction", "min_induce"}));
+  KO_RETURN_IF_ERROR(ReadString(node, "candidates", path, true, out->mutable_candidates()));
+  KO_RETURN_IF_ERROR(
+      EarlierStage(out->candidates(), Join(path, "candidates"), Stage::kExtractDirections)
+          .status());
+  KO_RETURN_IF_ERROR(ReadSetName(node, "harmful", path, true, out->mutable_harmful()));
+  KO_RETURN_IF_ERROR(ReadSetName(node, "harmless", path, true, out->mutable_harmless()));
+  // Defaults from Arditi et al. (science.md).
+  KO_ASSIGN_OR_RETURN(const double max_kl, ReadOptional(node, "max_kl", path, 0.1));
+  KO_ASSIGN_OR_RETURN(const double fraction, ReadOptional(node, "max_layer_fraction", path, 0.8));
+  KO_ASSIGN_OR_RETURN(const double min_induce, ReadOptional(node, "min_induce", path, 0.0));
+  if (max_kl <= 0) return Fail(Join(path, "max_kl"), "expected a positive number");
+  if (fraction <= 0 || fraction > 1) {
+    return Fail(Join(path, "max_layer_fraction"), "expected a number in (0, 1]");
+  }
+  out->set_max_kl(max_kl);
+  out->set_max_layer_fraction(fraction);
+  out->set_min_induce(min_induce);
+  return Status::Ok();
+}
+
+Status SpecParser::ReadKnockout(const YAML::Node& node, const std::string& path,
+                                v1::KnockoutSweepStage* out) {
+  if (!node.IsMap()) return Fail(Join(path, kStageKinds[2]), "expected a map");
+  KO_RETURN_IF_ERROR(
+      CheckMap(node, path, {"prompt_sets", "targets", "ablations", "positions", "compensation"}));
+  KO_RETURN_IF_ERROR(ReadSetNames(node, "prompt_sets", path, true, out->mutable_prompt_sets()));
+  for (std::string_view key : {"targets", "ablations"}) {
+    if (!node[std::string(key)].IsDefined()) return Fail(Join(path, key), "missing required field");
+  }
+  KO_RETURN_IF_ERROR(ForEach(node["targets"], Join(path, "targets"), true,
+                             [&](const YAML::Node& item, const std::string& at) {
+                               return ReadTarget(item, at, out->add_targets());
+                             }));
+  KO_RETURN_IF_ERROR(ForEach(node["ablations"], Join(path, "ablations"), true,
+                             [&](const YAML::Node& item, const std::string& at) {
+                               return ReadAblation(item, at, out->add_ablations());
+                             }));
+  KO_RETURN_IF_ERROR(CheckAblationFits(*out, path));
+  KO_RETURN_IF_ERROR(CheckOneReferenceSet(*out, path));
+  KO_RETURN_IF_ERROR(ReadPositionList(node, path, out->mutable_positions()));
+  KO_ASSIGN_OR_RETURN(const bool compensation, ReadOptional(node, "compensation", path, false));
+  out->set_compensation(compensation);
+  return Status::Ok();
+}
+
+Status SpecParser::ReadTarget(const YAML::Node& node, const std::string& path, Target* out) {
+  KO_RETURN_IF_ERROR(CheckMap(
+      node, path, {"kind", "layers", "units", "direction", "top_k", "score", "score_direction"},
+      "a target: a map {kind, layers, ...}"));
+  if (!node["kind"].IsDefined()) return Fail(Join(path, "kind"), "missing required field");
+  Target::Kind kind = Target::TARGET_UNSPECIFIED;
+  KO_RETURN_IF_ERROR(
+      ReadEnum(node["kind"], Join(path, "kind"), TargetKinds(), "target kind", &kind));
+  out->set_kind(kind);
+  KO_RETURN_IF_ERROR(ReadIndices(node, "layers", path, "layer", out->mutable_layers()));
+  if (kind == Target::DIRECTION) {
+    if (!node["direction"].IsDefined()) {
+      return Fail(Join(path, "direction"), "missing required field (direction targets)");
+    }
+    KO_RETURN_IF_ERROR(
+        ReadDirectionRef(node["direction"], Join(path, "direction"), out->mutable_direction()));
+  } else if (node["direction"].IsDefined()) {
+    return Fail(Join(path, "direction"), "applies only to direction targets");
+  }
+  if (node["units"].IsDefined() && kind != Target::HEADS && kind != Target::NEURONS) {
+    return Fail(Join(path, "units"), "applies only to heads and neurons targets");
+  }
+  if (kind == Target::HEADS) {
+    KO_RETURN_IF_ERROR(ReadIndices(node, "units", path, "head", out->mutable_units()));
+  }
+  for (std::string_view key : {"top_k", "score", "score_direction"}) {
+    if (node[std::string(key)].IsDefined() && kind != Target::NEURONS) {
+      return Fail(Join(path, key), "applies only to neurons targets");
+    }
+  }
+  return kind == Target::NEURONS ? ReadNeuronSelection(node, path, out) : Status::Ok();
+}
+
+// Neurons: `units` (a list or "all"), or the top_k per layer by `score` against a direction.
+Status SpecParser::ReadNeuronSelection(const YAML::Node& node, const std::string& path,
+                                       Target* out) {
+  const bool by_score =
+      node["top_k"].IsDefined() || node["score"].IsDefined() || node["score_direction"].IsDefined();
+  if (!by_score) return ReadIndices(node, "units", path, "neuron", out->mutable_units());
+  if (node["units"].IsDefined()) {
+    return Fail(Join(path, "units"), "give either units or top_k with score_direction, not both");
+  }
+  if (!node["top_k"].IsDefined()) return Fail(Join(path, "top_k"), "missing required field");
+  KO_ASSIGN_OR_RETURN(const uint32_t top_k, ReadCount(node, "top_k", path, 1));
+  out->set_top_k(top_k);
+  out->set_score("direction_cosine");
+  KO_RETURN_IF_ERROR(ReadString(node, "score", path, false, out->mutable_score()));
+  if (out->score() != "direction_cosine") {
+    return Fail(Join(path, "score"), Quoted(out->score()) + ": expected direction_cosine");
+  }
+  if (!node["score_direction"].IsDefined()) {
+    return Fail(Join(path, "score_direction"), "missing required field (top_k needs it)");
+  }
+  return ReadDirectionRef(node["score_direction"], Join(path, "score_direction"),
+                          out->mutable_score_direction());
+}
+
+// `zero` or `{kind: mean_per_position, reference_set: S}`; coefficient only for add, reference_set only for
+// mean and resample.
+Status SpecParser::ReadAblation(const YAML::Node& node, const std::string& path, Ablation* out) {
+  Ablation::Kind kind = Ablation::ABLATION_UNSPECIFIED;
+  const YAML::Node kind_node = node.IsMap() ? node["kind"] : node;
+  if (kind_node.IsScalar() && kind_node.Scalar() == "mean") {
+    return Fail(node.IsMap() ? Join(path, "kind") : path,
+                "`mean` is ambiguous: use mean_per_position (the reference set's mean at the same "
+                "position counted from the prompt's end) or mean_all_positions (one mean over all "
+                "its tokens)");
+  }
+  if (node.IsScalar()) {
+    KO_RETURN_IF_ERROR(ReadEnum(node, path, AblationKinds(), "ablation", &kind));
+  } else {
+    KO_RETURN_IF_ERROR(CheckMap(node, path, {"kind", "coefficient", "reference_set"},
+                                "an ablation: a name or a map {kind, coefficient, reference_set}"));
+    if (!node["kind"].IsDefined()) return Fail(Join(path, "kind"), "missing required field");
+    KO_RETURN_IF_ERROR(
+        ReadEnum(node["kind"], Join(path, "kind"), AblationKinds(), "ablation", &kind));
+  }
+  out->set_kind(kind);
+  const bool needs_reference = kind == Ablation::MEAN || kind == Ablation::MEAN_ALL_POSITIONS ||
+                               kind == Ablation::RESAMPLE;
+  const std::string_view name = NameOf(AblationKinds(), kind);
+  if (node.IsMap() && node["reference_set"].IsDefined() && !needs_reference) {
+    return Fail(Join(path, "reference_set"), "applies only to mean and resample ablations");
+  }
+  if (node.IsMap() && node["coefficient"].IsDefined() && kind != Ablation::ADD) {
+    return Fail(Join(path, "coefficient"), "applies only to add");
+  }
+  if (needs_reference) {
+    if (!node.IsMap() || !node["reference_set"].IsDefined()) {
+      return Fail(Join(path, "reference_set"),
+                  std::string(name) + " ablation needs a reference_set (a prompt set)");
+    }
+    KO_RETURN_IF_ERROR(
+        ReadSetName(node, "reference_set", path, true, out->mutable_reference_set()));
+  }
+  if (kind == Ablation::ADD) {
+    double coefficient = 1.0;
+    if (node.IsMap()) {
+      KO_ASSIGN_OR_RETURN(coefficient, ReadOptional(node, "coefficient", path, 1.0));
+    }
+    out->set_coefficient(coefficient);
+  }
+  return Status::Ok();
+}
+
+// Directional ablation and addition act along a direction; zero, mean and resample replace
+// whole activations. A sweep applies every ablation to every target, so each pair must fit.
+Status SpecParser::CheckAblationFits(const v1::KnockoutSweepStage& sweep,
+                                     const std::string& path) const {
+  for (int a = 0; a < sweep.ablations_size(); ++a) {
+    const Ablation::Kind kind = sweep.ablations(a).kind();
+    const bool along_direction =
+        kind == Ablation::DIRECTIONAL || kind == Ablation::PROJECT || kind == Ablation::ADD;
+    const std::string name(NameOf(AblationKinds(), kind));
+    for (int t = 0; t < sweep.targets_size(); ++t) {
+      const Target::Kind target = sweep.targets(t).kind();
+      if (along_direction == (target == Target::DIRECTION)) continue;
+      const std::string at = At(Join(path, "ablations"), a);
+      const std::string target_name =
+          "targets[" + std::to_string(t) + "] is " + std::string(NameOf(TargetKinds(), target));
+      return Fail(at, along_direction
+                          ? name + " ablation applies only to direction targets; " + target_name
+                          : name + " ablation does not apply to direction targets (" + target_name +
+                                "; use project, directional or add)");
+    }
+  }
+  return Status::Ok();
+}
+
+// A stage's shards carry one set of reference prompts (the engine sends one reference_set with
+// every shard), so mean and resample ablations of one stage must name the same set.
+Status SpecParser::CheckOneReferenceSet(const v1::KnockoutSweepStage& sweep,
+                                        const std::string& path) const {
+  int first = -1;
+  for (int a = 0; a < sweep.ablations_size(); ++a) {
+    const std::string& set = sweep.ablations(a).reference_set();
+    if (set.empty()) continue;
+    if (first < 0) {
+      first = a;
+      continue;
+    }
+    const std::string& earlier = sweep.ablations(first).reference_set();
+    if (set != earlier) {
+      return Fail(Join(At(Join(path, "ablations"), a), "reference_set"),
+                  Quoted(set) + " differs from ablations[" + std::to_string(first) +
+                      "]'s reference_set " + Quoted(earlier) +
+                      ": a knockout_sweep stage takes one reference set (split the stage)");
+    }
+  }
+  return Status::Ok();
+}
+
+// A direction map ref without `layer` means "the layer of the target that uses it"; generate
+// conditions and orthogonalize stages have no layer of their own to stand in for it.
+Status SpecParser::RequireDirectionLayer(const DirectionRef& ref, const std::string& path,
+                                         const char* user) const {
+  if (ref.best() || ref.layer() >= 0) return Status::Ok();
+  return Fail(Join(path, "layer"), std::string("missing: ") + user +
+                                       " has no layer of its own to stand in for it; give "
+                                       "the direction's layer (or use STAGE.best)");
+}
+
+Status SpecParser::ReadGenerate(const YAML::Node& node, const std::string& path,
+                                v1::GenerateStage* out) {
+  if (!node.IsMap()) return Fail(Join(path, kStageKinds[3]), "expected a map");
+  KO_RETURN_IF_ERROR(CheckMap(node, path, {"prompt_sets", "max_new_tokens", "conditions"}));
+  KO_RETURN_IF_ERROR(ReadSetNames(node, "prompt_sets", path, true, out->mutable_prompt_sets()));
+  KO_ASSIGN_OR_RETURN(const uint32_t max_new_tokens, ReadCount(node, "max_new_tokens", path, 64));
+  out->set_max_new_tokens(max_new_tokens);
+  if (!node["conditions"].IsDefined())
+    return Fail(Join(path, "conditions"), "missing required field");
+  return ForEach(node["conditions"], Join(path, "conditions"), true,
+                 [&](const YAML::Node& item, const std::string& at) {
+                   GenerateCondition condition;
+                   KO_RETURN_IF_ERROR(ReadCondition(item, at, *out, &condition));
+                   *out->add_conditions() = std::move(condition);
+                   return Status::Ok();
+                 });
+}
+
+Status SpecParser::ReadCondition(const YAML::Node& node, const std::string& path,
+                                 const v1::GenerateStage& generate, GenerateCondition* out) {
+  KO_RETURN_IF_ERROR(CheckMap(node, path, {"name", "kind", "direction", "coefficient", "layer"},
+                              "a condition: a map {name, kind, ...}"));
+  KO_RETURN_IF_ERROR(ReadString(node, "name", path, true, out->mutable_name()));
+  if (!IsName(out->name(), false))
+    return Fail(Join(path, "name"), "expected letters, digits, '_', '-'");
+  for (const auto& earlier : generate.conditions()) {
+    if (earlier.name() == out->name()) {
+      return Fail(Join(path, "name"), "duplicate condition name " + Quoted(out->name()));
+    }
+  }
+  if (!node["kind"].IsDefined()) return Fail(Join(path, "kind"), "missing required field");
+  GenerateCondition::Kind kind = GenerateCondition::KIND_UNSPECIFIED;
+  KO_RETURN_IF_ERROR(
+      ReadEnum(node["kind"], Join(path, "kind"), ConditionKinds(), "condition kind", &kind));
+  out->set_kind(kind);
+  if (kind == GenerateCondition::BASELINE && node["direction"].IsDefined()) {
+    return Fail(Join(path, "direction"), "a baseline condition takes no direction");
+  }
+  for (std::string_view key : {"coefficient", "layer"}) {
+    if (kind != GenerateCondition::ADD && node[std::string(key)].IsDefined()) {
+      return Fail(Join(path, key), "applies only to add conditions");
+    }
+  }
+  if (kind == GenerateCondition::BASELINE) return Status::Ok();
+  if (!node["direction"].IsDefined())
+    return Fail(Join(path, "direction"), "missing required field");
+  KO_RETURN_IF_ERROR(
+      ReadDirectionRef(node["direction"], Join(path, "direction"), out->mutable_direction()));
+  KO_RETURN_IF_ERROR(
+      RequireDirectionLayer(out->direction(), Join(path, "direction"), "a generate condition"));
+  if (kind != GenerateCondition::ADD) return Status::Ok();
+  KO_ASSIGN_OR_RETURN(const double coefficient, ReadOptional(node, "coefficient", path, 1.0));
+  out->set_coefficient(coefficient);
+  int64_t layer = -1;  // the direction's own layer
+  KO_RETURN_IF_ERROR(ReadInt(node, "layer", path, -1, std::numeric_limits<int32_t>::max(), &layer));
+  out->set_layer(static_cast<int32_t>(layer));
+  return Status::Ok();
+}
+
+Status SpecParser::ReadOrthogonalize(const YAML::Node& node, const std::string& path,
+                                     v1::OrthogonalizeStage* out) {
+  if (!node.IsMap()) return Fail(Join(path, kStageKinds[4]), "expected a map");
+  KO_RETURN_IF_ERROR(
+      CheckMap(node, path, {"direction", "output", "prompt_sets", "max_new_tokens"}));
+  if (!node["direction"].IsDefined())
+    return Fail(Join(path, "direction"), "missing required field");
+  KO_RETURN_IF_ERROR(
+      ReadDirectionRef(node["direction"], Join(path, "direction"), out->mutable_direction()));
+  KO_RETURN_IF_ERROR(
+      RequireDirectionLayer(out->direction(), Join(path, "direction"), "an orthogonalize stage"));
+  KO_RETURN_IF_ERROR(ReadString(node, "output", path, false, out->mutable_output()));
+  KO_RETURN_IF_ERROR(ReadSetNames(node, "prompt_sets", path, false, out->mutable_prompt_sets()));
+  KO_ASSIGN_OR_RETURN(const uint32_t max_new_tokens, ReadCount(node, "max_new_tokens", path, 64));
+  out->set_max_new_tokens(max_new_tokens);
+  return Status::Ok();
+}
+
+}  // namespace knockout::experiments::spec_internal
