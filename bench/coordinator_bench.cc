@@ -28,6 +28,7 @@
 #include <vector>
 
 #include "coordinator/server.h"
+#include "experiments/spec_inputs.h"
 #include "proto/protocol.h"
 #include "rpc/channel.h"
 
@@ -106,6 +107,13 @@ Result RunOne(int workers, double seconds, double warmup, int rows_per_report, c
     request.set_spec_yaml(MakeInputs(inputs, i));
     request.set_spec_label("bench.yaml");
     request.set_base_dir(inputs.string());
+    auto read = knockout::experiments::ReadSpecInputs(request.spec_yaml(), "bench.yaml",
+                                                      inputs.string());
+    if (!read.ok()) {
+      std::cerr << "coordinator_bench: " << read.status().ToString() << "\n";
+      std::exit(1);
+    }
+    *request.mutable_inputs() = std::move(*read);
     auto submitted = (*server)->scheduler()->Submit(request);
     if (!submitted.ok()) {
       std::cerr << "coordinator_bench: " << submitted.status().ToString() << "\n";

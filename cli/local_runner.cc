@@ -20,7 +20,7 @@
 #include "cli/queries.h"
 #include "cli/remote.h"
 #include "coordinator/server.h"
-#include "experiments/checkpoint_info.h"
+#include "experiments/spec_inputs.h"
 #include "experiments/spec_tokens.h"
 #include "experiments/sweep_store.h"
 #include "rpc/channel.h"
@@ -163,8 +163,12 @@ void PrintSummary(const v1::SweepSpec& spec, const experiments::SweepReader& swe
 Status RunLocal(const experiments::ParsedSpec& parsed, const LocalRunOptions& options,
                 std::ostream& out) {
   const v1::SweepSpec& spec = parsed.spec;
-  KO_ASSIGN_OR_RETURN(experiments::ModelShape shape, experiments::ReadModelShape(spec.model().path()));
-  KO_RETURN_IF_ERROR(experiments::ValidateSpecFiles(parsed, shape));
+  // The checks a submission gets, before the coordinator starts: the model's shape and the
+  // prompts as they are read here (SubmitSpec reads and sends them again).
+  experiments::ParsedSpec filled = parsed;
+  KO_RETURN_IF_ERROR(experiments::FillSpecInputs(&filled));
+  KO_ASSIGN_OR_RETURN(experiments::ModelShape shape, experiments::SpecModelShape(filled.spec));
+  KO_RETURN_IF_ERROR(experiments::ValidateSpecFiles(filled, shape));
   KO_RETURN_IF_ERROR(experiments::ValidateSpecTokens(parsed));
   KO_ASSIGN_OR_RETURN(const std::string worker_binary, FindWorkerBinary(options.worker_binary));
   const int workers_wanted = std::max(1, options.workers);

@@ -16,9 +16,9 @@
 #include "cli/local_runner.h"
 #include "cli/queries.h"
 #include "cli/remote.h"
-#include "experiments/checkpoint_info.h"
 #include "experiments/engine.h"
 #include "experiments/spec.h"
+#include "experiments/spec_inputs.h"
 #include "experiments/spec_tokens.h"
 #include "experiments/sweep_store.h"
 #include "rpc/channel.h"
@@ -83,8 +83,10 @@ StatusOr<std::unique_ptr<knockout::storage::Store>> OpenExisting(const std::stri
 int Validate(const std::string& path) {
   auto parsed = ke::LoadSpec(path);
   if (!parsed.ok()) return Fail(parsed.status());
-  auto shape = ke::ReadModelShape(parsed->spec.model().path());
-  if (!shape.ok()) return Fail(shape.status().WithContext(parsed->Where("model.path")));
+  // What a submission carries: the model's shape and the prompts, read here (spec_inputs.h).
+  if (Status s = ke::FillSpecInputs(&*parsed); !s.ok()) return Fail(s);
+  auto shape = ke::SpecModelShape(parsed->spec);
+  if (!shape.ok()) return Fail(shape.status());
   if (Status s = ke::ValidateSpecFiles(*parsed, *shape); !s.ok()) return Fail(s);
   if (Status s = ke::ValidateSpecTokens(*parsed); !s.ok()) return Fail(s);
   auto plan = ke::PlanSweep(parsed->spec, *shape);

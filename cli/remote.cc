@@ -15,6 +15,7 @@
 
 #include "cli/queries.h"
 #include "experiments/spec.h"
+#include "experiments/spec_inputs.h"
 #include "experiments/spec_tokens.h"
 #include "proto/protocol.h"
 
@@ -194,6 +195,8 @@ StatusOr<v1::SubmitSweepResponse> SubmitSpec(const rpc::CoordinatorClient& clien
   request.set_spec_label(spec_path);
   request.set_base_dir(absolute.parent_path().lexically_normal().string());
   request.set_priority(priority);
+  // The model's shape and the prompts, read here: the coordinator opens no model or prompt file.
+  KO_ASSIGN_OR_RETURN(*request.mutable_inputs(), experiments::ReadSpecInputs(parsed));
   v1::SubmitSweepResponse response;
   auto context = client.MakeContext(kUnaryTimeout);
   grpc::Status status = client.stub()->SubmitSweep(context.get(), request, &response);

@@ -3,14 +3,15 @@
 #include <algorithm>
 #include <filesystem>
 #include <map>
+#include <optional>
 #include <set>
 #include <tuple>
 #include <utility>
 
 #include "common/fault_points.h"
-#include "experiments/checkpoint_info.h"
 #include "experiments/engine.h"
 #include "experiments/spec.h"
+#include "experiments/spec_inputs.h"
 
 namespace knockout::coordinator {
 namespace {
@@ -137,14 +138,13 @@ struct Scheduler::State {
   // ----------------------------------------------------------------------------------------
   // Sweeps
 
-  // The sweep's engine, created once from the stored spec's model config.
+  // The sweep's engine, created once from the model shape the stored spec carries (the
+  // coordinator opens no model file).
   StatusOr<SweepEngine*> Engine(const v1::SweepRecord& record) {
     auto it = engines.find(record.id());
     if (it != engines.end()) return it->second.get();
-    const std::string& model = record.spec().model().path();
-    KO_ASSIGN_OR_RETURN(experiments::ModelShape shape, experiments::ReadModelShape(model));
-    auto engine =
-        std::make_unique<SweepEngine>(store, shape, experiments::MakeNeuronRanker(model));
+    KO_ASSIGN_OR_RETURN(experiments::ModelShape shape, experiments::SpecModelShape(record.spec()));
+    auto engine = std::make_unique<SweepEngine>(store, shape);
     SweepEngine* raw = engine.get();
     engines.emplace(record.id(), std::move(engine));
     return raw;
@@ -418,6 +418,211 @@ struct Scheduler::State {
   }
 
   // ----------------------------------------------------------------------------------------
+  // Reports (Scheduler::Report): accept each report under mu_, write the accepted ones without
+  // it, then apply (or undo) the write under mu_ again.
+
+  // The reports of one Report call that are being committed, and what undoes or applies them.
+  struct ReportBatch {
+    std::map<ShardKey, v1::ShardRecord> read;  // shard records read from the store, once each
+    std::vector<ShardCommit> commits;
+    std::vector<size_t> request_of;            // commits[i] answers requests[request_of[i]]
+    std::vector<bool> late;
+    // Shards taken out of their pending queue while they are written (put back on error).
+    std::vector<std::pair<std::string, std::pair<uint32_t, uint32_t>>> unqueued;
+    std::map<std::string, v1::WorkerRecord> workers;  // copies, kept if the write succeeds
+  };
+
+  // The stored record of a shard, read once per batch.
+  StatusOr<const v1::ShardRecord*> StoredShard(const ShardKey& key, ReportBatch* batch) const {
+    auto it = batch->read.find(key);
+    if (it == batch->read.end()) {
+      const auto& [sweep, stage, index] = key;
+      KO_ASSIGN_OR_RETURN(v1::ShardRecord record, store->GetShard(sweep, stage, index));
+      it = batch->read.emplace(key, std::move(record)).first;
+    }
+    return &it->second;
+  }
+
+  v1::WorkerRecord& BatchWorker(const std::string& id, uint64_t now, ReportBatch* batch) const {
+    auto it = batch->workers.find(id);
+    if (it != batch->workers.end()) return it->second;
+    return batch->workers[id] = SeenWorker(id, now);
+  }
+
+  // Validates one report on its own. A shard in the lease table is checked against the entry's
+  // cached trials and leased_to (it is not DONE: committing one erases its entry); any other
+  // shard is read from the store once per batch, so that a shard reported twice in one call is
+  // committed once (the second is a duplicate). Returns the report's final answer (an error or
+  // a duplicate), or nothing when it joins `batch` to be committed (as request `i`).
+  std::optional<StatusOr<v1::ReportResultsResponse>> AcceptReport(
+      const v1::ReportResultsRequest& request, size_t i, uint64_t now, ReportBatch* batch) {
+    const v1::LeaseRef& ref = request.lease();
+    const v1::ShardResult& result = request.result();
+    if (request.worker_id().empty()) {
+      return Status::InvalidArgument("ReportResults: empty worker id");
+    }
+    if (ref.sweep_id() != result.sweep_id() || ref.stage() != result.stage() ||
+        ref.shard() != result.index()) {
+      return Status::InvalidArgument(
+          "result of sweep=" + result.sweep_id() + " stage=" + std::to_string(result.stage()) +
+          " shard=" + std::to_string(result.index()) + " reported for lease " + RefName(ref));
+    }
+    if (sweeps.find(ref.sweep_id()) == sweeps.end()) {
+      return Status::NotFound("sweep " + ref.sweep_id() + " not found");
+    }
+    const ShardKey key{ref.sweep_id(), ref.stage(), ref.shard()};
+    auto lease = leases.find(key);
+    const LeaseEntry* entry = lease != leases.end() ? &lease->second : nullptr;
+    const v1::ShardRecord* record = nullptr;
+    if (entry == nullptr) {
+      auto read = StoredShard(key, batch);
+      if (!read.ok()) return read.status();
+      record = *read;
+    }
+    const bool held =
+        entry != nullptr
+            ? std::find(entry->leased_to.begin(), entry->leased_to.end(), request.worker_id()) !=
+                  entry->leased_to.end()
+            : Contains(record->leased_to(), request.worker_id());
+    // Errors name the shard with its stage name, which only the record has.
+    auto name = [&]() -> std::string {
+      if (record == nullptr) {
+        auto read = StoredShard(key, batch);
+        if (!read.ok()) return RefName(ref);
+        record = *read;
+      }
+      return ShardName(record->shard());
+    };
+    if (!held) {
+      return Status::PermissionDenied("worker " + request.worker_id() +
+                                      " never held a lease on " + name());
+    }
+    std::set<uint32_t> trials;
+    if (entry != nullptr) {
+      trials.insert(entry->trials.begin(), entry->trials.end());
+    } else {
+      for (const v1::Trial& trial : record->shard().trials()) trials.insert(trial.index());
+    }
+    for (const v1::ResultRow& row : result.rows()) {
+      if (trials.count(row.trial()) == 0) {
+        return Status::InvalidArgument("result row of trial " + std::to_string(row.trial()) +
+                                       ": " + name() + " has no such trial");
+      }
+      if (row.prompt() < -1) {
+        return Status::InvalidArgument("result row of trial " + std::to_string(row.trial()) +
+                                       " has prompt " + std::to_string(row.prompt()) +
+                                       " (expected >= -1)");
+      }
+    }
+    v1::WorkerRecord& worker = BatchWorker(request.worker_id(), now, batch);
+    if ((entry == nullptr && record->state() == v1::DONE) || committing.count(key) > 0) {
+      v1::ReportResultsResponse duplicate;
+      duplicate.set_duplicate(true);
+      ++counters.reports_duplicate;
+      return duplicate;
+    }
+    const bool current = entry != nullptr && entry->worker == request.worker_id() &&
+                         entry->attempt == ref.attempt();
+    committing.insert(key);
+    // Out of the queue while it is written, so that Lease cannot grant it meanwhile.
+    Sweep& sweep = sweeps[ref.sweep_id()];
+    if (sweep.pending.erase({ref.stage(), ref.shard()}) > 0) {
+      batch->unqueued.emplace_back(ref.sweep_id(), std::make_pair(ref.stage(), ref.shard()));
+    }
+    ShardCommit commit;
+    commit.result = &result;
+    commit.attempt = ref.attempt();
+    commit.worker = request.worker_id();
+    batch->commits.push_back(commit);
+    batch->request_of.push_back(i);
+    batch->late.push_back(!current);
+    worker.set_shards_done(worker.shards_done() + 1);
+    worker.set_trials_run(worker.trials_run() + result.trials_run());
+    worker.set_busy_seconds(worker.busy_seconds() + result.seconds());
+    return std::nullopt;
+  }
+
+  // After a failed write: nothing was written, the shards are leasable again as they were.
+  void UndoReports(const ReportBatch& batch) {
+    for (const auto& [id, at] : batch.unqueued) {
+      auto sweep = sweeps.find(id);
+      if (sweep != sweeps.end() && sweep->second.record.state() == v1::RUNNING) {
+        sweep->second.pending.insert(at);
+      }
+    }
+  }
+
+  // After a successful write: the batch's worker records replace the in-memory ones. Lease may
+  // have updated a worker meanwhile (last_seen, its info): the newer last_seen is kept; the
+  // counts are only changed here. A record Lease wrote during the commit (`rewrite`) lacks the
+  // commit's counts and is written again.
+  void MergeReportWorkers(ReportBatch* batch, const std::set<std::string>& rewrite) {
+    RecordUpdate refreshed;
+    for (auto& [id, worker] : batch->workers) {
+      auto it = workers.find(id);
+      if (it != workers.end() && it->second.last_seen_unix_ms() > worker.last_seen_unix_ms()) {
+        worker.set_last_seen_unix_ms(it->second.last_seen_unix_ms());
+      }
+      if (it != workers.end()) {
+        *worker.mutable_info() = it->second.info();
+        worker.set_loaded_model(it->second.loaded_model());
+      }
+      workers[id] = worker;
+      if (rewrite.count(id) > 0) refreshed.workers.push_back(worker);
+    }
+    if (!refreshed.empty()) {
+      // Not synced, like the lease grant that wrote the stale copy; statistics only.
+      (void)store->WriteRecords(refreshed, /*sync=*/false);
+    }
+  }
+
+  // After a successful write: each commit's answer (duplicate, or committed and maybe late),
+  // its lease and queue entries gone. Returns the sweeps that committed something.
+  std::set<std::string> ApplyReports(const ReportBatch& batch, const std::vector<bool>& duplicate,
+                                     std::vector<StatusOr<v1::ReportResultsResponse>>* out) {
+    std::set<std::string> touched;
+    for (size_t c = 0; c < batch.commits.size(); ++c) {
+      v1::ReportResultsResponse response;
+      if (duplicate[c]) {
+        response.set_duplicate(true);
+        ++counters.reports_duplicate;
+      } else {
+        const v1::ShardResult& result = *batch.commits[c].result;
+        leases.erase({result.sweep_id(), result.stage(), result.index()});
+        auto sweep = sweeps.find(result.sweep_id());
+        if (sweep != sweeps.end()) {
+          sweep->second.pending.erase({result.stage(), result.index()});
+          sweep->second.failed.erase({result.stage(), result.index()});
+        }
+        touched.insert(result.sweep_id());
+        response.set_late(batch.late[c]);
+        ++counters.reports_committed;
+        counters.reports_late += batch.late[c];
+        counters.rows_committed += result.rows_size();
+      }
+      (*out)[batch.request_of[c]] = response;
+    }
+    if (!batch.commits.empty()) Changed();
+    return touched;
+  }
+
+  // A stage whose last shard just committed: its finaliser and the next stage's expansion (or a
+  // ranked stage's trial shards). The commits are durable whatever happens here; a store error
+  // is retried by ExpireLeases.
+  void AdvanceCommitted(const std::set<std::string>& touched) {
+    for (const std::string& id : touched) {
+      auto sweep = sweeps.find(id);
+      if (sweep == sweeps.end() || sweep->second.record.state() != v1::RUNNING) continue;
+      auto needed = NeedsAdvance(sweep->second.record);
+      if (!needed.ok()) {
+        advance_due.insert(id);
+        continue;
+      }
+      if (*needed) (void)AdvanceSweep(id);  // failures are kept in advance_due
+    }
+  }
+
+  // ----------------------------------------------------------------------------------------
   // Progress
 
   StatusOr<v1::SweepProgress> Progress(const std::string& id) const {
@@ -525,10 +730,13 @@ StatusOr<v1::SubmitSweepResponse> Scheduler::Submit(const v1::SubmitSweepRequest
   experiments::ResolveSpecPaths(base_dir, &parsed.spec);
   parsed.spec.set_source(
       base_dir.empty() ? label : (fs::path(base_dir) / label).lexically_normal().string());
-  auto shape = experiments::ReadModelShape(parsed.spec.model().path());
-  if (!shape.ok()) return shape.status().WithContext(parsed.Where("model.path"));
-  KO_RETURN_IF_ERROR(experiments::ValidateSpecFiles(parsed, *shape));
-  // The id hashes the prompts and config.json read now: other inputs, another sweep.
+  // The model's shape and the prompts come with the request (read by the CLI on the submitting
+  // machine): no model or prompt file is opened here.
+  KO_RETURN_IF_ERROR(experiments::ApplySpecInputs(request.inputs(), &parsed));
+  KO_ASSIGN_OR_RETURN(const experiments::ModelShape shape,
+                      experiments::SpecModelShape(parsed.spec));
+  KO_RETURN_IF_ERROR(experiments::ValidateSpecFiles(parsed, shape));
+  // The id hashes the spec with its inputs: other prompts or config.json, another sweep.
   KO_ASSIGN_OR_RETURN(const std::string id, experiments::SweepIdFor(parsed.spec));
 
   absl::MutexLock commit_lock(&commit_mu_);
@@ -540,8 +748,7 @@ StatusOr<v1::SubmitSweepResponse> Scheduler::Submit(const v1::SubmitSweepRequest
   }
   auto& engine = state.engines[id];
   if (!engine) {
-    engine = std::make_unique<SweepEngine>(
-        store_, *shape, experiments::MakeNeuronRanker(parsed.spec.model().path()));
+    engine = std::make_unique<SweepEngine>(store_, shape);
   }
   bool resumed = false;
   KO_ASSIGN_OR_RETURN(std::string sweep_id,
@@ -768,136 +975,14 @@ std::vector<StatusOr<v1::ReportResultsResponse>> Scheduler::Report(
   absl::MutexLock lock(&mu_);
   State& state = *state_;
   const uint64_t now = clock_->NowMs();
-
-  // Validation: each report on its own. A shard in the lease table is validated against the
-  // entry's cached trials and leased_to (it is not DONE: committing one erases its entry);
-  // any other shard is read from the store once, so that a shard reported twice in one call is
-  // committed once (the second is a duplicate).
-  std::map<ShardKey, v1::ShardRecord> shards;
-  std::vector<ShardCommit> commits;
-  std::vector<size_t> commit_request;  // commits[i] answers requests[commit_request[i]]
-  std::vector<bool> late;
-  std::vector<std::pair<std::string, std::pair<uint32_t, uint32_t>>> unqueued;  // undo on error
-  std::map<std::string, v1::WorkerRecord> workers;  // copies, kept if the write succeeds
-  auto worker_of = [&](const std::string& id) -> v1::WorkerRecord& {
-    auto it = workers.find(id);
-    if (it != workers.end()) return it->second;
-    return workers[id] = state.SeenWorker(id, now);
-  };
-  auto stored = [&](const ShardKey& key) -> StatusOr<const v1::ShardRecord*> {
-    auto it = shards.find(key);
-    if (it == shards.end()) {
-      const auto& [sweep, stage, index] = key;
-      KO_ASSIGN_OR_RETURN(v1::ShardRecord record, store_->GetShard(sweep, stage, index));
-      it = shards.emplace(key, std::move(record)).first;
-    }
-    return &it->second;
-  };
+  State::ReportBatch batch;
   for (size_t i = 0; i < requests.size(); ++i) {
-    const v1::ReportResultsRequest& request = *requests[i];
-    const v1::LeaseRef& ref = request.lease();
-    const v1::ShardResult& result = request.result();
-    if (request.worker_id().empty()) {
-      out[i] = Status::InvalidArgument("ReportResults: empty worker id");
-      continue;
-    }
-    if (ref.sweep_id() != result.sweep_id() || ref.stage() != result.stage() ||
-        ref.shard() != result.index()) {
-      out[i] = Status::InvalidArgument(
-          "result of sweep=" + result.sweep_id() + " stage=" + std::to_string(result.stage()) +
-          " shard=" + std::to_string(result.index()) + " reported for lease " + RefName(ref));
-      continue;
-    }
-    if (state.sweeps.find(ref.sweep_id()) == state.sweeps.end()) {
-      out[i] = Status::NotFound("sweep " + ref.sweep_id() + " not found");
-      continue;
-    }
-    const ShardKey key{ref.sweep_id(), ref.stage(), ref.shard()};
-    auto lease = state.leases.find(key);
-    const State::LeaseEntry* entry = lease != state.leases.end() ? &lease->second : nullptr;
-    const v1::ShardRecord* record = nullptr;
-    if (entry == nullptr) {
-      auto read = stored(key);
-      if (!read.ok()) {
-        out[i] = read.status();
-        continue;
-      }
-      record = *read;
-    }
-    const bool held =
-        entry != nullptr
-            ? std::find(entry->leased_to.begin(), entry->leased_to.end(), request.worker_id()) !=
-                  entry->leased_to.end()
-            : Contains(record->leased_to(), request.worker_id());
-    // Errors name the shard with its stage name, which only the record has.
-    auto name = [&]() -> std::string {
-      if (record == nullptr) {
-        auto read = stored(key);
-        if (!read.ok()) return RefName(ref);
-        record = *read;
-      }
-      return ShardName(record->shard());
-    };
-    if (!held) {
-      out[i] = Status::PermissionDenied("worker " + request.worker_id() +
-                                        " never held a lease on " + name());
-      continue;
-    }
-    std::set<uint32_t> trials;
-    if (entry != nullptr) {
-      trials.insert(entry->trials.begin(), entry->trials.end());
-    } else {
-      for (const v1::Trial& trial : record->shard().trials()) trials.insert(trial.index());
-    }
-    Status rows_ok;
-    for (const v1::ResultRow& row : result.rows()) {
-      if (trials.count(row.trial()) == 0) {
-        rows_ok = Status::InvalidArgument("result row of trial " + std::to_string(row.trial()) +
-                                          ": " + name() + " has no such trial");
-        break;
-      }
-      if (row.prompt() < -1) {
-        rows_ok = Status::InvalidArgument("result row of trial " + std::to_string(row.trial()) +
-                                          " has prompt " + std::to_string(row.prompt()) +
-                                          " (expected >= -1)");
-        break;
-      }
-    }
-    if (!rows_ok.ok()) {
-      out[i] = rows_ok;
-      continue;
-    }
-    worker_of(request.worker_id());
-    if ((entry == nullptr && record->state() == v1::DONE) || state.committing.count(key) > 0) {
-      v1::ReportResultsResponse duplicate;
-      duplicate.set_duplicate(true);
-      out[i] = duplicate;
-      ++state.counters.reports_duplicate;
-      continue;
-    }
-    const bool current = entry != nullptr && entry->worker == request.worker_id() &&
-                         entry->attempt == ref.attempt();
-    state.committing.insert(key);
-    // Out of the queue while it is written, so that Lease cannot grant it meanwhile.
-    State::Sweep& sweep = state.sweeps[ref.sweep_id()];
-    if (sweep.pending.erase({ref.stage(), ref.shard()}) > 0) {
-      unqueued.emplace_back(ref.sweep_id(), std::make_pair(ref.stage(), ref.shard()));
-    }
-    ShardCommit commit;
-    commit.result = &result;
-    commit.attempt = ref.attempt();
-    commit.worker = request.worker_id();
-    commits.push_back(commit);
-    commit_request.push_back(i);
-    late.push_back(!current);
-    v1::WorkerRecord& worker = worker_of(request.worker_id());
-    worker.set_shards_done(worker.shards_done() + 1);
-    worker.set_trials_run(worker.trials_run() + result.trials_run());
-    worker.set_busy_seconds(worker.busy_seconds() + result.seconds());
+    auto answer = state.AcceptReport(*requests[i], i, now, &batch);
+    if (answer) out[i] = std::move(*answer);
   }
 
   std::vector<v1::WorkerRecord> worker_records;
-  for (const auto& [id, worker] : workers) worker_records.push_back(worker);
+  for (const auto& [id, worker] : batch.workers) worker_records.push_back(worker);
   std::vector<bool> duplicate;
   Status written;
   // The synced write without mu_: the committing shards are kept out of Lease's and expiry's
@@ -907,7 +992,7 @@ std::vector<StatusOr<v1::ReportResultsResponse>> Scheduler::Report(
       action == fault::Action::kError) {
     written = Status::Unavailable("fault injected at scheduler.before_commit");
   } else {
-    written = store_->CommitShards(commits, &duplicate, worker_records);
+    written = store_->CommitShards(batch.commits, &duplicate, worker_records);
   }
   if (written.ok()) {
     (void)KO_FAULT_POINT("scheduler.after_commit");  // kCrash: acknowledged to nobody, durable
@@ -917,73 +1002,12 @@ std::vector<StatusOr<v1::ReportResultsResponse>> Scheduler::Report(
   std::set<std::string> rewrite;
   rewrite.swap(state.written_during_commit);
   if (!written.ok()) {
-    // Nothing was written: the shards are leasable again as they were.
-    for (const auto& [id, at] : unqueued) {
-      auto sweep = state.sweeps.find(id);
-      if (sweep != state.sweeps.end() && sweep->second.record.state() == v1::RUNNING) {
-        sweep->second.pending.insert(at);
-      }
-    }
-    for (size_t c = 0; c < commits.size(); ++c) out[commit_request[c]] = written;
+    state.UndoReports(batch);
+    for (size_t c = 0; c < batch.commits.size(); ++c) out[batch.request_of[c]] = written;
     return out;
   }
-
-  RecordUpdate refreshed;
-  for (auto& [id, worker] : workers) {
-    // Lease may have updated the worker meanwhile (last_seen, its info): keep the newer
-    // last_seen; the counts are only changed here.
-    auto it = state.workers.find(id);
-    if (it != state.workers.end() &&
-        it->second.last_seen_unix_ms() > worker.last_seen_unix_ms()) {
-      worker.set_last_seen_unix_ms(it->second.last_seen_unix_ms());
-    }
-    if (it != state.workers.end()) {
-      *worker.mutable_info() = it->second.info();
-      worker.set_loaded_model(it->second.loaded_model());
-    }
-    state.workers[id] = worker;
-    if (rewrite.count(id) > 0) refreshed.workers.push_back(std::move(worker));
-  }
-  if (!refreshed.empty()) {
-    // Not synced, like the lease grant that wrote the stale copy; statistics only.
-    (void)store_->WriteRecords(refreshed, /*sync=*/false);
-  }
-  std::set<std::string> touched;
-  for (size_t c = 0; c < commits.size(); ++c) {
-    v1::ReportResultsResponse response;
-    if (duplicate[c]) {
-      response.set_duplicate(true);
-      ++state.counters.reports_duplicate;
-    } else {
-      const v1::ShardResult& result = *commits[c].result;
-      state.leases.erase({result.sweep_id(), result.stage(), result.index()});
-      auto sweep = state.sweeps.find(result.sweep_id());
-      if (sweep != state.sweeps.end()) {
-        sweep->second.pending.erase({result.stage(), result.index()});
-        sweep->second.failed.erase({result.stage(), result.index()});
-      }
-      touched.insert(result.sweep_id());
-      response.set_late(late[c]);
-      ++state.counters.reports_committed;
-      state.counters.reports_late += late[c];
-      state.counters.rows_committed += result.rows_size();
-    }
-    out[commit_request[c]] = response;
-  }
-  if (!commits.empty()) state.Changed();
-
-  // A stage whose last shard just committed: its finaliser and the next stage's expansion.
-  // The commits are durable whatever happens here; a store error is retried by ExpireLeases.
-  for (const std::string& id : touched) {
-    auto sweep = state.sweeps.find(id);
-    if (sweep == state.sweeps.end() || sweep->second.record.state() != v1::RUNNING) continue;
-    auto needed = state.NeedsAdvance(sweep->second.record);
-    if (!needed.ok()) {
-      state.advance_due.insert(id);
-      continue;
-    }
-    if (*needed) (void)state.AdvanceSweep(id);  // failures are kept in advance_due
-  }
+  state.MergeReportWorkers(&batch, rewrite);
+  state.AdvanceCommitted(state.ApplyReports(batch, duplicate, &out));
   return out;
 }
 

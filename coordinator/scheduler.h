@@ -87,9 +87,10 @@ class Scheduler {
   Scheduler& operator=(const Scheduler&) = delete;
 
   // Parses the YAML (errors name request.spec_label, the line and the field), resolves relative
-  // paths against base_dir, reads the model's config.json and checks the spec against it and
-  // its prompt files, then creates the sweep (or resumes it: same spec on the same prompts and
-  // config.json, same id: experiments::SweepIdFor; a FAILED or CANCELLED sweep runs again: its
+  // paths against base_dir, takes the model's shape and the prompts from request.inputs (read
+  // by the CLI: this opens no model or prompt file; InvalidArgument without them) and checks
+  // the spec against them, then creates the sweep (or resumes it: same spec on the same prompts
+  // and config.json, same id: experiments::SweepIdFor; a FAILED or CANCELLED sweep runs again: its
   // failed shards get their attempts back, shards held when it stopped are pending again,
   // neither counted) and expands its first stage. The request's
   // priority is stored in SweepRecord.priority (a resubmission replaces it). InvalidArgument /

@@ -19,6 +19,7 @@
 #include <thread>
 #include <vector>
 
+#include "experiments/spec_inputs.h"
 #include "storage/store.h"
 
 namespace knockout::coordinator {
@@ -109,6 +110,9 @@ class SchedulerTest : public ::testing::Test {
     request.set_spec_label(label);
     request.set_base_dir(kSpecsDir);
     request.set_priority(priority);
+    // What the CLI sends with the spec: the model's shape and the prompts, read here.
+    KO_ASSIGN_OR_RETURN(*request.mutable_inputs(),
+                        experiments::ReadSpecInputs(yaml, label, kSpecsDir));
     return scheduler_->Submit(request);
   }
 
@@ -964,6 +968,63 @@ TEST_F(SchedulerTest, ListShowsEverySweepOldestFirst) {
   std::set<std::string> ids{(*listed)[0].sweep().id(), (*listed)[1].sweep().id()};
   EXPECT_EQ(ids, (std::set<std::string>{a, b}));
   for (const auto& progress : *listed) EXPECT_EQ(progress.shards_total(), 4u);
+}
+
+// The coordinator opens no model or prompt file: a spec whose model directory and prompt file
+// exist only on the submitting machine is expanded from what the request carries (shape and
+// prompts), and a request without them is refused with a clear error. Before, Submit read
+// <model>/config.json and the prompt files itself and failed with NotFound here.
+TEST_F(SchedulerTest, TheCoordinatorNeedsNoModelOrPromptFiles) {
+  // Read "on the submitting machine": the demo model and prompts, as the CLI would.
+  auto inputs = experiments::ReadSpecInputs(SpecYaml("remote"), "remote.yaml", kSpecsDir);
+  ASSERT_TRUE(inputs.ok()) << inputs.status().ToString();
+  // On the coordinator's machine neither path exists.
+  std::string yaml = SpecYaml("remote", "/nonexistent/submitting-machine/model");
+  const std::string from = "../prompts/demo/harmful_val.jsonl";
+  yaml.replace(yaml.find(from), from.size(), "/nonexistent/submitting-machine/harmful_val.jsonl");
+  ASSERT_FALSE(fs::exists("/nonexistent/submitting-machine"));
+  v1::SubmitSweepRequest request;
+  request.set_spec_yaml(yaml);
+  request.set_spec_label("remote.yaml");
+  request.set_base_dir(kSpecsDir);
+  *request.mutable_inputs() = *inputs;
+  auto submitted = scheduler_->Submit(request);
+  ASSERT_TRUE(submitted.ok()) << submitted.status().ToString();
+  // Stage "early": 4 layers x 8 heads (the demo model's config.json, carried in the request)
+  // in shards of 8 trials, each with the 4 prompts of harmful_val (limit 4).
+  v1::LeaseShardsResponse held = Lease("w1", 100);
+  ASSERT_EQ(held.leases_size(), 4);
+  const auto demo = experiments::ReadSpecInputs(SpecYaml("x"), "x.yaml", kSpecsDir);
+  ASSERT_TRUE(demo.ok());
+  for (const v1::Lease& lease : held.leases()) {
+    EXPECT_EQ(lease.shard().trials_size(), 8);
+    EXPECT_EQ(lease.shard().model().path(), "/nonexistent/submitting-machine/model");
+    ASSERT_EQ(lease.shard().prompts_size(), 4);
+    EXPECT_EQ(lease.shard().prompts(0).instruction(),
+              demo->prompt_sets(0).prompts(0).instruction());
+  }
+  // After a restart the stored spec still carries everything: the next stage expands.
+  Reopen();
+  auto progress = scheduler_->Progress(submitted->sweep_id());
+  ASSERT_TRUE(progress.ok()) << progress.status().ToString();
+  EXPECT_EQ(progress->sweep().spec().model().shape().num_layers(), 6);
+
+  // Without the inputs: refused, naming what is missing, and nothing is stored.
+  request.clear_inputs();
+  request.set_spec_yaml(SpecYaml("bare"));
+  auto bare = scheduler_->Submit(request);
+  EXPECT_EQ(bare.status().code(), StatusCode::kInvalidArgument) << bare.status().ToString();
+  EXPECT_NE(bare.status().message().find("no model shape"), std::string::npos)
+      << bare.status().ToString();
+  // With the shape but a prompt set missing.
+  *request.mutable_inputs()->mutable_model_shape() = inputs->model_shape();
+  bare = scheduler_->Submit(request);
+  EXPECT_EQ(bare.status().code(), StatusCode::kInvalidArgument) << bare.status().ToString();
+  EXPECT_NE(bare.status().message().find("prompt set \"harmful_val\""), std::string::npos)
+      << bare.status().ToString();
+  auto listed = scheduler_->List();
+  ASSERT_TRUE(listed.ok());
+  EXPECT_EQ(listed->size(), 1u);
 }
 
 // The same spec text over an edited prompt file is another sweep (experiments::SweepIdFor

@@ -35,6 +35,7 @@
 #include <vector>
 
 #include "common/fault_points.h"
+#include "experiments/spec_inputs.h"
 #include "proto/protocol.h"
 #include "rpc/channel.h"
 
@@ -196,6 +197,10 @@ class ServerTest : public ::testing::Test {
     request.set_spec_yaml(yaml);
     request.set_spec_label("tiny.yaml");
     request.set_base_dir(KNOCKOUT_SOURCE_DIR);
+    // What the CLI sends with the spec; a malformed spec (some tests send one on purpose) goes
+    // without, for the coordinator to refuse.
+    auto inputs = experiments::ReadSpecInputs(yaml, "tiny.yaml", KNOCKOUT_SOURCE_DIR);
+    if (inputs.ok()) *request.mutable_inputs() = std::move(*inputs);
     return request;
   }
 

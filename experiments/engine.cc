@@ -7,14 +7,14 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
-#include <filesystem>
-#include <fstream>
 #include <functional>
-#include <iterator>
 #include <map>
 #include <set>
 #include <sstream>
+#include <tuple>
 
+#include "experiments/selection.h"
+#include "experiments/spec_inputs.h"
 #include "formats/prompt_set.h"
 #include "proto/positions.h"
 
@@ -44,12 +44,6 @@ std::string DeterministicBytes(const google::protobuf::Message& message) {
 }
 
 std::string Serialize(const google::protobuf::Message& message) { return DeterministicBytes(message); }
-
-std::string Num(double value) {
-  std::ostringstream out;
-  out << value;
-  return out.str();
-}
 
 uint64_t NowMs() {
   return std::chrono::duration_cast<std::chrono::milliseconds>(
@@ -92,6 +86,9 @@ uint32_t ShardPrompts(const v1::SweepSpec& spec, const v1::Stage& stage) {
 StatusOr<std::vector<formats::Prompt>> LoadSet(const v1::SweepSpec& spec, const std::string& name) {
   for (const v1::PromptSetRef& ref : spec.prompt_sets()) {
     if (ref.name() != name) continue;
+    // A submitted spec carries its prompts (spec_inputs.h): the coordinator reads no file.
+    // Only specs that were never filled in (tests, tools) are read from their files here.
+    if (ref.inlined()) return InlinedPrompts(ref);
     formats::PromptSetOptions options;
     if (!ref.field().empty()) options.field = ref.field();
     if (!ref.csv_column().empty()) options.csv_column = ref.csv_column();
@@ -180,11 +177,38 @@ class Directions {
   std::string sweep_;
 };
 
+// The ranking of one neuron target's layer in `rankings` (NotFound if the RANK shards did not
+// produce it).
+StatusOr<std::vector<int32_t>> RankedUnits(const v1::RankingArtifact& rankings, int layer,
+                                           const std::string& score, const std::string& tensor,
+                                           uint32_t top_k) {
+  for (const v1::NeuronRanking& r : rankings.rankings()) {
+    if (r.layer() == layer && r.score() == score && r.tensor() == tensor && r.top_k() == top_k) {
+      return std::vector<int32_t>(r.units().begin(), r.units().end());
+    }
+  }
+  return Status::NotFound("no neuron ranking for layer " + std::to_string(layer) + " by " + score +
+                          " against " + tensor);
+}
+
+// Whether a target's units come from a ranking (neurons by top_k against a direction).
+bool IsRanked(const v1::Target& target) {
+  return target.kind() == v1::Target::NEURONS && target.units().empty();
+}
+bool NeedsRanking(const v1::Stage& stage) {
+  if (!stage.has_knockout_sweep()) return false;
+  for (const v1::Target& target : stage.knockout_sweep().targets()) {
+    if (IsRanked(target)) return true;
+  }
+  return false;
+}
+
 // The trials of a knockout_sweep stage, in a fixed order: target, layer, unit, ablation,
-// positions. Directions are attached to `shard` (null when only counting).
+// positions. Directions are attached to `shard` (null when only counting); ranked neuron
+// targets read their units from `rankings` (null when only counting: units 0..top_k-1).
 StatusOr<std::vector<v1::Trial>> KnockoutTrials(const v1::KnockoutSweepStage& stage,
                                                 const ModelShape& shape, const Directions& directions,
-                                                const NeuronRanker& ranker, v1::Shard* shard) {
+                                                const v1::RankingArtifact* rankings, v1::Shard* shard) {
   std::vector<v1::Trial> trials;
   for (const v1::Target& target : stage.targets()) {
     for (int layer : Layers(target.layers(), shape.num_layers)) {
@@ -202,13 +226,13 @@ StatusOr<std::vector<v1::Trial>> KnockoutTrials(const v1::KnockoutSweepStage& st
         case v1::Target::NEURONS:
           hook = l + ".mlp.hook_post", kind = "neuron";
           units.assign(target.units().begin(), target.units().end());
-          if (units.empty() && !shard) {
+          if (units.empty() && !rankings) {
             for (uint32_t i = 0; i < target.top_k(); ++i) units.push_back(static_cast<int>(i));
           } else if (units.empty()) {
-            if (!ranker) return Status::Unimplemented("neuron top_k needs a neuron ranker");
-            KO_ASSIGN_OR_RETURN(v1::DirectionArtifact d, directions.Get(target.score_direction(), layer));
-            std::vector<float> values(d.values().begin(), d.values().end());
-            KO_ASSIGN_OR_RETURN(auto ranked, ranker(layer, target.score(), values, target.top_k()));
+            KO_ASSIGN_OR_RETURN(std::string name,
+                                directions.Attach(target.score_direction(), layer, nullptr));
+            KO_ASSIGN_OR_RETURN(auto ranked, RankedUnits(*rankings, layer, target.score(), name,
+                                                         target.top_k()));
             units.assign(ranked.begin(), ranked.end());
           }
           break;
@@ -358,35 +382,9 @@ StatusOr<std::string> ReferenceSet(const v1::KnockoutSweepStage& stage) {
 StatusOr<std::string> SweepIdFor(const v1::SweepSpec& spec) {
   v1::SweepSpec canonical = spec;
   canonical.clear_source();
-  std::string bytes = DeterministicBytes(canonical);
-  // Every field length-prefixed, so that no two different inputs give the same bytes.
-  auto append = [&bytes](const std::string& field) {
-    bytes += std::to_string(field.size()) + ":" + field;
-  };
-  for (const v1::PromptSetRef& set : spec.prompt_sets()) {
-    StatusOr<std::vector<formats::Prompt>> prompts = LoadSet(spec, set.name());
-    if (!prompts.ok()) return prompts.status().WithContext("prompt set " + set.name());
-    append("prompt_set");
-    append(set.name());
-    append(std::to_string(prompts->size()));
-    for (const formats::Prompt& prompt : *prompts) {
-      append(prompt.instruction);
-      append(prompt.category);
-    }
-  }
-  const std::string config = (std::filesystem::path(spec.model().path()) / "config.json").string();
-  std::ifstream in(config, std::ios::binary);
-  if (in) {
-    append("config.json");
-    append(std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()));
-    if (in.bad()) return Status::IOError(config + ": read failed");
-  } else {
-    std::error_code error;
-    if (std::filesystem::exists(config, error)) {
-      return Status::IOError(config + ": cannot be opened");
-    }
-    append("no config.json");
-  }
+  // A filled spec holds its inputs (the prompts, the shape and config.json's digest), so the
+  // hash of its canonical bytes covers them; nothing is read here.
+  const std::string bytes = DeterministicBytes(canonical);
   char hex[17];
   std::snprintf(hex, sizeof(hex), "%016llx", static_cast<unsigned long long>(Fnv1a(bytes)));
   return spec.name() + "-" + std::string(hex).substr(0, 8);
@@ -399,6 +397,58 @@ std::string DirectionArtifactName(const std::string& stage, int layer, const std
 }
 std::string SelectionArtifactName(const std::string& stage) { return "selection/" + stage; }
 std::string OrthogonalizeArtifactName(const std::string& stage) { return "orthogonalize/" + stage; }
+std::string RankingArtifactName(const std::string& stage) { return "ranking/" + stage; }
+
+namespace {
+
+// The RANK shard of a knockout_sweep stage (index 0): one request per ranked target and layer,
+// with the score directions attached.
+StatusOr<std::vector<v1::Shard>> RankShards(const v1::KnockoutSweepStage& stage, v1::Shard base,
+                                            const Directions& directions, int64_t num_layers) {
+  base.set_kind(v1::Shard::RANK);
+  base.set_index(0);
+  std::set<std::tuple<int, std::string, std::string, uint32_t>> seen;
+  for (const v1::Target& target : stage.targets()) {
+    if (!IsRanked(target)) continue;
+    for (int layer : Layers(target.layers(), num_layers)) {
+      KO_ASSIGN_OR_RETURN(std::string tensor,
+                          directions.Attach(target.score_direction(), layer, &base));
+      if (!seen.insert({layer, target.score(), tensor, target.top_k()}).second) continue;
+      v1::RankRequest* request = base.add_rank_requests();
+      request->set_layer(layer);
+      request->set_score(target.score());
+      request->set_tensor(tensor);
+      request->set_top_k(target.top_k());
+    }
+  }
+  return std::vector<v1::Shard>{base};
+}
+
+// The trial shards of a knockout_sweep stage; with `rankings` (a ranked stage) they come after
+// its RANK shard, from index 1.
+StatusOr<std::vector<v1::Shard>> KnockoutShards(const v1::SweepSpec& spec, uint32_t index,
+                                                v1::Shard base, const Directions& directions,
+                                                const v1::RankingArtifact* rankings,
+                                                const ModelShape& shape) {
+  const v1::Stage& stage = spec.stages(index);
+  const auto& s = stage.knockout_sweep();
+  base.set_kind(v1::Shard::TRIALS);
+  base.set_compensation(s.compensation());
+  for (const std::string& set : s.prompt_sets()) {
+    KO_RETURN_IF_ERROR(AddSet(spec, set, base.mutable_prompts()));
+  }
+  KO_ASSIGN_OR_RETURN(std::string reference, ReferenceSet(s));
+  if (!reference.empty()) KO_RETURN_IF_ERROR(AddSet(spec, reference, base.mutable_reference_prompts()));
+  KO_ASSIGN_OR_RETURN(auto trials, KnockoutTrials(s, shape, directions, rankings, &base));
+  // Every shard holds all the stage's prompts, so a trial's aggregate is computed in one place.
+  std::vector<v1::Shard> shards = ShardTrialList(base, trials, ShardTrials(spec, stage));
+  if (rankings) {
+    for (v1::Shard& shard : shards) shard.set_index(shard.index() + 1);
+  }
+  return shards;
+}
+
+}  // namespace
 
 StatusOr<std::vector<v1::Shard>> SweepEngine::Expand(const v1::SweepSpec& spec,
                                                      const std::string& sweep,
@@ -439,17 +489,20 @@ StatusOr<std::vector<v1::Shard>> SweepEngine::Expand(const v1::SweepSpec& spec,
       return ShardTrialList(base, SelectionTrials(s, candidates), ShardTrials(spec, stage));
     }
     case v1::Stage::kKnockoutSweep: {
-      const auto& s = stage.knockout_sweep();
-      base.set_kind(v1::Shard::TRIALS);
-      base.set_compensation(s.compensation());
-      for (const std::string& set : s.prompt_sets()) {
-        KO_RETURN_IF_ERROR(AddSet(spec, set, base.mutable_prompts()));
+      if (!NeedsRanking(stage)) return KnockoutShards(spec, index, base, directions, nullptr, shape_);
+      // Neurons ranked against a direction: first the stage's RANK shard (workers hold the
+      // weights), then, once its rankings are committed (Advance), the trial shards after it.
+      v1::RankingArtifact rankings;
+      auto bytes = store_ ? store_->GetArtifact(sweep, RankingArtifactName(stage.name()))
+                          : StatusOr<std::string>(Status::NotFound("no store"));
+      if (bytes.ok()) {
+        if (!rankings.ParseFromString(*bytes)) {
+          return Status::Corruption(RankingArtifactName(stage.name()));
+        }
+        return KnockoutShards(spec, index, base, directions, &rankings, shape_);
       }
-      KO_ASSIGN_OR_RETURN(std::string reference, ReferenceSet(s));
-      if (!reference.empty()) KO_RETURN_IF_ERROR(AddSet(spec, reference, base.mutable_reference_prompts()));
-      KO_ASSIGN_OR_RETURN(auto trials, KnockoutTrials(s, shape_, directions, ranker_, &base));
-      // Every shard holds all the stage's prompts, so a trial's aggregate is computed in one place.
-      return ShardTrialList(base, trials, ShardTrials(spec, stage));
+      if (bytes.status().code() != StatusCode::kNotFound) return bytes.status();
+      return RankShards(stage.knockout_sweep(), base, directions, shape_.num_layers);
     }
     case v1::Stage::kGenerate: {
       const auto& s = stage.generate();
@@ -585,41 +638,38 @@ StatusOr<std::vector<std::pair<std::string, std::string>>> SweepEngine::Finalize
       if (label.role() == "ablate" && row.prompt_set() == s.harmless()) it->second.set_kl(value("kl"));
       if (label.role() == "induce" && row.prompt_set() == s.harmless()) it->second.set_induce(value("refusal_score"));
     }
-    const double fraction = s.max_layer_fraction() > 0 ? s.max_layer_fraction() : 0.8;
-    const int max_layer = static_cast<int>(std::floor(fraction * shape_.num_layers));
+    SelectionFilters filters;
+    filters.num_layers = static_cast<int>(shape_.num_layers);
+    if (s.max_layer_fraction() > 0) filters.max_layer_fraction = s.max_layer_fraction();
+    filters.max_kl = s.max_kl();
+    filters.min_induce = s.min_induce();
+    std::vector<SelectionCandidate> inputs;
+    for (const auto& c : candidates) {
+      const v1::CandidateScore& score = scores[TensorName(c)];
+      SelectionCandidate input;
+      input.layer = score.layer();
+      input.position = score.position();
+      input.bypass = score.bypass(), input.induce = score.induce(), input.kl = score.kl();
+      input.norm = c.norm();
+      inputs.push_back(std::move(input));
+    }
+    const SelectionResult chosen = SelectDirection(inputs, filters);
     v1::SelectionArtifact selection;
     selection.set_stage(stage.name());
-    selection.set_chosen(-1);
-    int i = 0;
-    for (const auto& c : candidates) {
-      v1::CandidateScore score = scores[TensorName(c)];
-      std::string why;
-      if (std::isnan(score.bypass()) || std::isnan(score.induce()) || std::isnan(score.kl())) {
-        why = "NaN score";
-      } else if (score.layer() >= max_layer) {
-        why = "layer >= " + std::to_string(max_layer);
-      } else if (score.kl() > s.max_kl()) {
-        why = "kl > " + Num(s.max_kl());
-      } else if (score.induce() < s.min_induce()) {
-        why = "induce < " + Num(s.min_induce());
-      }
-      score.set_passed(why.empty());
-      score.set_rejected(why);
+    selection.set_chosen(chosen.chosen);
+    for (size_t i = 0; i < candidates.size(); ++i) {
+      v1::CandidateScore score = scores[TensorName(candidates[i])];
+      score.set_passed(chosen.rejected[i].empty());
+      score.set_rejected(chosen.rejected[i]);
       *selection.add_candidates() = score;
-      if (why.empty() && (selection.chosen() < 0 ||
-                          score.bypass() < selection.candidates(selection.chosen()).bypass())) {
-        selection.set_chosen(i);
-        *selection.mutable_direction() = c;
-      }
-      ++i;
     }
-    if (selection.chosen() < 0) {
+    if (chosen.chosen < 0) {
       return Status::FailedPrecondition(
-          "stage " + stage.name() + ": no candidate direction passes the filters (layer < " +
-          std::to_string(max_layer) + ", kl <= " + Num(s.max_kl()) + ", induce >= " +
-          Num(s.min_induce()) + "); see `knockout results " + sweep.id() + " --stage " +
+          "stage " + stage.name() + ": no candidate direction passes the filters (" +
+          filters.Describe() + "); see `knockout results " + sweep.id() + " --stage " +
           stage.name() + "`");
     }
+    *selection.mutable_direction() = candidates[chosen.chosen];
     artifacts.emplace_back(SelectionArtifactName(stage.name()), Serialize(selection));
   } else if (stage.has_orthogonalize()) {
     KO_ASSIGN_OR_RETURN(auto shards, store_->ListShards(sweep.id(), index));
@@ -686,6 +736,18 @@ StatusOr<std::vector<v1::ShardRecord>> SweepEngine::Advance(const std::string& i
       if (stage.state() != v1::DONE) {
         KO_ASSIGN_OR_RETURN(auto pending, store_->PendingShards(id, current));
         if (!pending.empty()) return pending;
+        if (NeedsRanking(sweep.spec().stages(current))) {
+          // The RANK shard is done: its trial shards join the stage (once).
+          auto ranked = store_->GetArtifact(id, RankingArtifactName(stage.name()));
+          if (!ranked.ok() && ranked.status().code() != StatusCode::kNotFound) return ranked.status();
+          if (!ranked.ok()) {
+            if (Status extended = ExtendRankedStage(sweep, stage); !extended.ok()) {
+              KO_RETURN_IF_ERROR(Fail(id, extended.message()));
+              return extended;
+            }
+            continue;
+          }
+        }
         auto artifacts = Finalize(sweep, current);
         if (!artifacts.ok()) {
           KO_RETURN_IF_ERROR(Fail(id, artifacts.status().message()));
@@ -719,6 +781,31 @@ StatusOr<std::vector<v1::ShardRecord>> SweepEngine::Advance(const std::string& i
     sweep.set_stages_expanded(expanded + 1);
     KO_RETURN_IF_ERROR(store_->ExpandStage(sweep, stage, *shards));
   }
+}
+
+Status SweepEngine::ExtendRankedStage(const v1::SweepRecord& sweep, v1::StageRecord stage) const {
+  const uint32_t index = stage.index();
+  KO_ASSIGN_OR_RETURN(auto rankings, store_->Rankings(sweep.id(), index));
+  v1::RankingArtifact artifact;
+  for (v1::NeuronRanking& r : rankings) *artifact.add_rankings() = std::move(r);
+  // The trial shards, as Expand makes them once the artifact exists.
+  const v1::SweepSpec& spec = sweep.spec();
+  v1::Shard base;
+  base.set_sweep_id(sweep.id());
+  base.set_stage(index);
+  base.set_stage_name(stage.name());
+  *base.mutable_model() = spec.model();
+  *base.mutable_metrics() = spec.metrics();
+  base.set_seed(spec.seed());
+  Directions directions(store_, sweep.id());
+  auto shards = KnockoutShards(spec, index, base, directions, &artifact, shape_);
+  if (!shards.ok()) return shards.status().WithContext("stage " + stage.name());
+  uint64_t trials = 0;
+  for (const auto& s : *shards) trials += s.trials_size();
+  stage.set_shards_total(stage.shards_total() + static_cast<uint32_t>(shards->size()));
+  stage.set_trials_total(stage.trials_total() + trials);
+  return store_->ExtendStage(sweep, stage, *shards,
+                             {{RankingArtifactName(stage.name()), Serialize(artifact)}});
 }
 
 Status SweepEngine::Commit(const v1::ShardResult& result, uint32_t attempt) {
@@ -769,7 +856,7 @@ StatusOr<std::vector<StagePlan>> PlanSweep(const v1::SweepSpec& spec, const Mode
       }
       KO_ASSIGN_OR_RETURN(auto trials, KnockoutTrials(s, shape, names, nullptr, nullptr));
       plan.trials = trials.size();
-      plan.shards = ceil_div(plan.trials, per_trials);
+      plan.shards = ceil_div(plan.trials, per_trials) + (NeedsRanking(stage) ? 1 : 0);
     } else if (stage.has_generate()) {
       for (const std::string& set : stage.generate().prompt_sets()) {
         KO_ASSIGN_OR_RETURN(uint64_t n, count(set));

@@ -9,7 +9,6 @@
 #pragma once
 
 #include <cstdint>
-#include <functional>
 #include <string>
 #include <vector>
 
@@ -20,12 +19,11 @@
 
 namespace knockout::experiments {
 
-// The sweep id of a spec and of the inputs it names: "<name>-<8 hex digits>", a hash of the
-// spec's canonical (deterministic) serialisation, of every prompt set's prompts as a sweep loads
-// them (after `limit`: instruction and category) and of the bytes of the model's config.json
-// (its absence hashes as such). Submitting the same spec on the same inputs resumes the same
-// sweep; an edited prompt file or config starts a new one instead of resuming with other inputs.
-// Reads the files: errors of LoadPromptSet naming the set, IOError for an unreadable config.json.
+// The sweep id of a spec: "<name>-<8 hex digits>", a hash of the spec's canonical
+// (deterministic) serialisation without `source`. A filled spec (spec_inputs.h) holds its
+// inputs — every prompt set's prompts after `limit` and the model's shape with config.json's
+// digest — so submitting the same spec on the same inputs resumes the same sweep, and an
+// edited prompt file or config starts a new one. Reads no file.
 StatusOr<std::string> SweepIdFor(const v1::SweepSpec& spec);
 
 // "extract_directions", "select_direction", "knockout_sweep", "generate", "orthogonalize"
@@ -36,20 +34,16 @@ const char* StageKindName(const v1::Stage& stage);
 std::string DirectionArtifactName(const std::string& stage, int layer, const std::string& position);
 std::string SelectionArtifactName(const std::string& stage);
 std::string OrthogonalizeArtifactName(const std::string& stage);
-
-// Ranks the MLP neurons of `layer` for a neuron target with `top_k`: returns the indices of the
-// `k` best by the target's score (e.g. "direction_cosine": |cos(W_down[:, n], direction)|). The
-// engine is torch-free and never reads weights itself: the caller, which knows the checkpoint,
-// provides this.
-using NeuronRanker = std::function<StatusOr<std::vector<int32_t>>(
-    int layer, const std::string& score, const std::vector<float>& direction, uint32_t k)>;
+std::string RankingArtifactName(const std::string& stage);
 
 class SweepEngine {
  public:
-  // `store` must outlive the engine. `shape` is the model's (from its config.json). Without a
-  // ranker, neuron targets must list their units.
-  SweepEngine(SweepStore* store, ModelShape shape, NeuronRanker ranker = nullptr)
-      : store_(store), shape_(shape), ranker_(std::move(ranker)) {}
+  // `store` must outlive the engine. `shape` is the model's: from the spec (ModelRef.shape,
+  // filled in by the CLI: spec_inputs.h); the engine opens no model file. Neuron targets with
+  // top_k are ranked by the workers: such a knockout_sweep stage expands to one RANK shard
+  // (index 0), and its trial shards (from index 1) join the stage when the rankings are
+  // committed (artifact ranking/<stage>).
+  SweepEngine(SweepStore* store, ModelShape shape) : store_(store), shape_(shape) {}
 
   // Creates the sweep of `spec` with `priority` (SweepRecord.priority), or finds it if it
   // exists (`*resumed` = true; a FAILED or CANCELLED sweep is set RUNNING again, so that its
@@ -81,10 +75,12 @@ class SweepEngine {
  private:
   StatusOr<std::vector<std::pair<std::string, std::string>>> Finalize(
       const v1::SweepRecord& sweep, uint32_t index) const;
+  // A ranked knockout stage whose RANK shard is done: stores the rankings (ranking/<stage>) and
+  // its trial shards in one batch.
+  Status ExtendRankedStage(const v1::SweepRecord& sweep, v1::StageRecord stage) const;
 
   SweepStore* store_;
   ModelShape shape_;
-  NeuronRanker ranker_;
 };
 
 // How many shards and trials each stage will have, without a store or a model run: what

@@ -5,6 +5,8 @@
 
 #include <gtest/gtest.h>
 
+#include "experiments/spec_inputs.h"
+
 #include <cmath>
 #include <filesystem>
 #include <fstream>
@@ -24,6 +26,7 @@ class EngineTest : public ::testing::Test {
     fs::create_directories(dir_);
     WritePrompts("harmful.jsonl", 5);
     WritePrompts("harmless.jsonl", 3);
+    WriteConfig(4);
     auto store = storage::Store::Open((dir_ / "store").string());
     ASSERT_TRUE(store.ok()) << store.status().ToString();
     store_ = std::move(*store);
@@ -33,6 +36,16 @@ class EngineTest : public ::testing::Test {
     sweeps_.reset();
     store_.reset();
     fs::remove_all(dir_);
+  }
+
+  // A 4-layer Llama config.json (3 heads of 2, MLP 16) in model/, as the spec names it.
+  void WriteConfig(int layers, const std::string& extra = "") {
+    fs::create_directories(dir_ / "model");
+    std::ofstream(dir_ / "model" / "config.json")
+        << "{\"architectures\": [\"LlamaForCausalLM\"], \"hidden_size\": 6, "
+           "\"intermediate_size\": 16, \"num_attention_heads\": 3, \"num_hidden_layers\": "
+        << layers << ", \"num_key_value_heads\": 3, \"vocab_size\": 10, \"rms_norm_eps\": 1e-5"
+        << extra << "}\n";
   }
 
   void WritePrompts(const std::string& name, int n) {
@@ -105,11 +118,18 @@ v1::ShardResult ExtractResult(const v1::Shard& shard) {
   return result;
 }
 
-// The id of a spec as SweepIdFor computes it (the files read now), or "" on error.
+// The id of a spec as SweepIdFor computes it, or "" on error.
 std::string IdOf(const v1::SweepSpec& spec) {
   auto id = SweepIdFor(spec);
   EXPECT_TRUE(id.ok()) << id.status().ToString();
   return id.ok() ? *id : "";
+}
+
+// The id of the spec filled with its inputs as the CLI reads them now (spec_inputs.h).
+std::string FilledId(ParsedSpec parsed) {
+  Status filled = FillSpecInputs(&parsed);
+  EXPECT_TRUE(filled.ok()) << filled.ToString();
+  return filled.ok() ? IdOf(parsed.spec) : "";
 }
 
 TEST_F(EngineTest, SameSpecSameIdAndShards) {
@@ -225,18 +245,21 @@ TEST_F(EngineTest, ExtractionSelectionAndKnockoutOverTheStore) {
   EXPECT_TRUE(resumed);
 }
 
-// The same spec over edited inputs is another sweep: before, the id hashed the spec's text only,
-// so an edited prompt file or config.json silently resumed the old sweep with other inputs.
+// The same spec over edited inputs is another sweep: the id hashes the filled spec, which holds
+// the prompts and config.json's digest (before, an edited prompt file or config.json silently
+// resumed the old sweep with other inputs). SweepIdFor itself reads no file.
 TEST_F(EngineTest, TheIdHashesThePromptsLoadedAndTheModelConfig) {
   const ParsedSpec spec = Spec();
+  ParsedSpec filled = spec;
+  ASSERT_TRUE(FillSpecInputs(&filled).ok());
   SweepEngine engine(sweeps_.get(), kShape);
   bool resumed = true;
-  auto first = engine.Submit(spec.spec, &resumed);
+  auto first = engine.Submit(filled.spec, &resumed);
   ASSERT_TRUE(first.ok()) << first.status().ToString();
   EXPECT_FALSE(resumed);
   // Untouched inputs: the same id, and submitting again resumes.
-  EXPECT_EQ(IdOf(spec.spec), *first);
-  auto again = engine.Submit(spec.spec, &resumed);
+  EXPECT_EQ(FilledId(spec), *first);
+  auto again = engine.Submit(filled.spec, &resumed);
   ASSERT_TRUE(again.ok());
   EXPECT_EQ(*again, *first);
   EXPECT_TRUE(resumed);
@@ -248,42 +271,222 @@ TEST_F(EngineTest, TheIdHashesThePromptsLoadedAndTheModelConfig) {
            "{\"instruction\": \"an edited request\"}\n"
            "{\"instruction\": \"harmless.jsonl request 2\"}\n";
   }
-  const std::string edited = IdOf(spec.spec);
+  const std::string edited = FilledId(spec);
   EXPECT_NE(edited, *first);
   EXPECT_EQ(edited.rfind("unit-", 0), 0u) << edited;
-  auto submitted = engine.Submit(spec.spec, &resumed);
-  ASSERT_TRUE(submitted.ok());
-  EXPECT_EQ(*submitted, edited);
-  EXPECT_FALSE(resumed);
+  // The filled spec already submitted holds the old prompts: its id does not move.
+  EXPECT_EQ(IdOf(filled.spec), *first);
   // Restored: the first sweep again.
   WritePrompts("harmless.jsonl", 3);
-  EXPECT_EQ(IdOf(spec.spec), *first);
+  EXPECT_EQ(FilledId(spec), *first);
 
   // Only the prompts a sweep loads count: a prompt past `limit` may change.
-  v1::SweepSpec limited = spec.spec;
-  for (auto& set : *limited.mutable_prompt_sets()) {
+  ParsedSpec limited = spec;
+  for (auto& set : *limited.spec.mutable_prompt_sets()) {
     if (set.name() == "harmful") set.set_limit(4);
   }
-  const std::string limited_id = IdOf(limited);
+  const std::string limited_id = FilledId(limited);
   WritePrompts("harmful.jsonl", 6);  // prompts 0-4 as before, and a sixth
-  EXPECT_EQ(IdOf(limited), limited_id);
-  EXPECT_NE(IdOf(spec.spec), *first);  // without the limit, the sixth prompt counts
+  EXPECT_EQ(FilledId(limited), limited_id);
+  EXPECT_NE(FilledId(spec), *first);  // without the limit, the sixth prompt counts
   WritePrompts("harmful.jsonl", 5);
 
-  // The model's config.json: its bytes count, and so does its appearance.
-  fs::create_directories(dir_ / "model");
-  std::ofstream(dir_ / "model" / "config.json") << "{\"num_hidden_layers\": 4}\n";
-  const std::string with_config = IdOf(spec.spec);
-  EXPECT_NE(with_config, *first);
-  std::ofstream(dir_ / "model" / "config.json") << "{\"num_hidden_layers\": 5}\n";
-  EXPECT_NE(IdOf(spec.spec), with_config);
+  // The model's config.json: its bytes count, even where the shape stays the same.
+  WriteConfig(4, ", \"rope_theta\": 500000.0");
+  EXPECT_NE(FilledId(spec), *first);
+  WriteConfig(5);
+  EXPECT_NE(FilledId(spec), *first);
+  WriteConfig(4);
+  EXPECT_EQ(FilledId(spec), *first);
 
-  // A prompt set that cannot be read is an error naming it, not an id.
+  // A prompt set that cannot be read is an error naming the spec line of its path.
   fs::remove(dir_ / "harmless.jsonl");
-  auto missing = SweepIdFor(spec.spec);
-  EXPECT_EQ(missing.status().code(), StatusCode::kNotFound) << missing.status().ToString();
-  EXPECT_NE(missing.status().message().find("prompt set harmless"), std::string::npos)
-      << missing.status().ToString();
+  ParsedSpec missing = spec;
+  Status status = FillSpecInputs(&missing);
+  EXPECT_EQ(status.code(), StatusCode::kNotFound) << status.ToString();
+  EXPECT_NE(status.message().find("prompt_sets.harmless.path"), std::string::npos)
+      << status.ToString();
+}
+
+// A filled spec carries what the engine needs: its shards are expanded with the model's files
+// and the prompt files gone (the coordinator's machine has neither).
+TEST_F(EngineTest, AFilledSpecNeedsNoFiles) {
+  ParsedSpec spec = Spec();
+  ASSERT_TRUE(FillSpecInputs(&spec).ok());
+  auto shape = SpecModelShape(spec.spec);
+  ASSERT_TRUE(shape.ok()) << shape.status().ToString();
+  EXPECT_EQ(shape->num_layers, 4);   // WriteConfig's
+  EXPECT_EQ(shape->num_heads, 3);
+  EXPECT_EQ(spec.spec.model().shape().config_digest().size(), 16u);
+  const std::string id = IdOf(spec.spec);
+  fs::remove_all(dir_ / "model");
+  fs::remove(dir_ / "harmful.jsonl");
+  fs::remove(dir_ / "harmless.jsonl");
+  EXPECT_EQ(IdOf(spec.spec), id);
+  SweepEngine engine(sweeps_.get(), *shape);
+  auto shards = engine.Expand(spec.spec, id, 0);
+  ASSERT_TRUE(shards.ok()) << shards.status().ToString();
+  ASSERT_EQ(shards->size(), 2u);  // 5 + 3 prompts, 4 per shard
+  EXPECT_EQ((*shards)[0].prompts(0).instruction(), "harmful.jsonl request 0");
+  EXPECT_EQ((*shards)[1].prompts(3).instruction(), "harmless.jsonl request 2");
+  // Without a shape the engine has nothing to expand with.
+  v1::SweepSpec bare = spec.spec;
+  bare.mutable_model()->clear_shape();
+  EXPECT_EQ(SpecModelShape(bare).status().code(), StatusCode::kInvalidArgument);
+}
+
+// Neurons ranked against a direction are ranked by a worker: the stage expands to one RANK
+// shard (the directions attached), and its trial shards join the stage with the committed
+// rankings' units (before, the engine called a ranker that read the checkpoint's weights on the
+// coordinator's machine).
+TEST_F(EngineTest, RankedNeuronsComeFromTheRankShard) {
+  const std::string yaml = R"(name: ranked
+model: {path: model}
+prompt_sets:
+  harmful: harmful.jsonl
+  harmless: harmless.jsonl
+shard_prompts: 64
+shard_trials: 3
+stages:
+  - name: refusal
+    extract_directions: {positive: harmful, negative: harmless, positions: ["post_inst[-1]"]}
+  - name: neurons
+    knockout_sweep:
+      prompt_sets: [harmful]
+      targets:
+        - {kind: neurons, layers: [1, 2], top_k: 2, score: direction_cosine, score_direction: {stage: refusal, position: "post_inst[-1]"}}
+      ablations: [zero]
+      positions: [post_inst]
+)";
+  std::ofstream(dir_ / "ranked.yaml") << yaml;
+  auto parsed = LoadSpec((dir_ / "ranked.yaml").string());
+  ASSERT_TRUE(parsed.ok()) << parsed.status().ToString();
+  ASSERT_TRUE(FillSpecInputs(&*parsed).ok());
+  auto plan = PlanSweep(parsed->spec, kShape);
+  ASSERT_TRUE(plan.ok()) << plan.status().ToString();
+  EXPECT_EQ((*plan)[1].trials, 4u);  // 2 layers x top 2
+  EXPECT_EQ((*plan)[1].shards, 3u);  // the RANK shard + 2 of 3 trials
+
+  SweepEngine engine(sweeps_.get(), kShape);
+  auto id = engine.Submit(parsed->spec, nullptr);
+  ASSERT_TRUE(id.ok()) << id.status().ToString();
+  auto pending = engine.Advance(*id);
+  ASSERT_TRUE(pending.ok());
+  ASSERT_EQ(pending->size(), 1u);
+  ASSERT_TRUE(engine.Commit(ExtractResult((*pending)[0].shard()), 1).ok());
+  pending = engine.Advance(*id);
+  ASSERT_TRUE(pending.ok()) << pending.status().ToString();
+  ASSERT_EQ(pending->size(), 1u);
+  const v1::Shard& rank = (*pending)[0].shard();
+  EXPECT_EQ(rank.kind(), v1::Shard::RANK);
+  EXPECT_EQ(rank.index(), 0u);
+  EXPECT_EQ(rank.trials_size(), 0);
+  ASSERT_EQ(rank.rank_requests_size(), 2);
+  ASSERT_EQ(rank.tensors_size(), 2);
+  for (int i = 0; i < 2; ++i) {
+    const v1::RankRequest& request = rank.rank_requests(i);
+    EXPECT_EQ(request.layer(), i + 1);
+    EXPECT_EQ(request.score(), "direction_cosine");
+    EXPECT_EQ(request.top_k(), 2u);
+    EXPECT_EQ(request.tensor(), rank.tensors(i).name());
+    EXPECT_EQ(request.tensor(), "refusal@" + std::to_string(i + 1) + "/post_inst[-1]");
+  }
+  auto stage = sweeps_->GetStage(*id, 1);
+  ASSERT_TRUE(stage.ok());
+  EXPECT_EQ(stage->shards_total(), 1u);
+
+  // The worker's answer: layer 1 -> neurons {3, 7}, layer 2 -> {0, 15}.
+  v1::ShardResult result;
+  result.set_sweep_id(*id);
+  result.set_stage(1);
+  result.set_index(0);
+  const std::vector<std::vector<int>> units = {{3, 7}, {0, 15}};
+  for (int i = 0; i < 2; ++i) {
+    v1::NeuronRanking* r = result.add_rankings();
+    r->set_layer(i + 1);
+    r->set_score("direction_cosine");
+    r->set_tensor(rank.rank_requests(i).tensor());
+    r->set_top_k(2);
+    for (int u : units[i]) r->add_units(u), r->add_scores(0.5);
+  }
+  ASSERT_TRUE(engine.Commit(result, 1).ok());
+  pending = engine.Advance(*id);
+  ASSERT_TRUE(pending.ok()) << pending.status().ToString();
+  ASSERT_EQ(pending->size(), 2u);
+  EXPECT_EQ((*pending)[0].shard().index(), 1u);
+  EXPECT_EQ((*pending)[1].shard().index(), 2u);
+  std::vector<std::pair<int, int>> trials;
+  for (const auto& record : *pending) {
+    EXPECT_EQ(record.shard().kind(), v1::Shard::TRIALS);
+    for (const v1::Trial& t : record.shard().trials()) {
+      trials.emplace_back(t.label().layer(), t.label().unit());
+      EXPECT_EQ(t.edits(0).hook(), "blocks." + std::to_string(t.label().layer()) + ".mlp.hook_post");
+    }
+  }
+  const std::vector<std::pair<int, int>> want = {{1, 3}, {1, 7}, {2, 0}, {2, 15}};
+  EXPECT_EQ(trials, want);
+  stage = sweeps_->GetStage(*id, 1);
+  ASSERT_TRUE(stage.ok());
+  EXPECT_EQ(stage->shards_total(), 3u);
+  EXPECT_EQ(stage->trials_total(), 4u);
+  EXPECT_TRUE(sweeps_->GetArtifact(*id, RankingArtifactName("neurons")).ok());
+
+  // Advancing again changes nothing; committing the trial shards finishes the sweep.
+  auto same = engine.Advance(*id);
+  ASSERT_TRUE(same.ok());
+  EXPECT_EQ(same->size(), 2u);
+  for (const auto& record : *pending) {
+    v1::ShardResult done;
+    done.set_sweep_id(*id);
+    done.set_stage(1);
+    done.set_index(record.shard().index());
+    ASSERT_TRUE(engine.Commit(done, 1).ok());
+  }
+  auto finished = engine.Advance(*id);
+  ASSERT_TRUE(finished.ok()) << finished.status().ToString();
+  EXPECT_TRUE(finished->empty());
+  EXPECT_EQ(sweeps_->GetSweep(*id)->state(), v1::DONE);
+}
+
+// A RANK shard that answers without one of its rankings fails the sweep with the reason.
+TEST_F(EngineTest, AMissingRankingFailsTheSweep) {
+  const std::string yaml = R"(name: ranked
+model: {path: model}
+prompt_sets:
+  harmful: harmful.jsonl
+  harmless: harmless.jsonl
+shard_prompts: 64
+stages:
+  - name: refusal
+    extract_directions: {positive: harmful, negative: harmless, positions: ["post_inst[-1]"]}
+  - name: neurons
+    knockout_sweep:
+      prompt_sets: [harmful]
+      targets:
+        - {kind: neurons, layers: [1], top_k: 2, score: direction_cosine, score_direction: {stage: refusal, position: "post_inst[-1]"}}
+      ablations: [zero]
+      positions: [post_inst]
+)";
+  std::ofstream(dir_ / "ranked.yaml") << yaml;
+  auto parsed = LoadSpec((dir_ / "ranked.yaml").string());
+  ASSERT_TRUE(parsed.ok()) << parsed.status().ToString();
+  SweepEngine engine(sweeps_.get(), kShape);
+  auto id = engine.Submit(parsed->spec, nullptr);
+  ASSERT_TRUE(id.ok());
+  auto pending = engine.Advance(*id);
+  ASSERT_TRUE(engine.Commit(ExtractResult((*pending)[0].shard()), 1).ok());
+  pending = engine.Advance(*id);
+  ASSERT_TRUE(pending.ok());
+  v1::ShardResult empty;
+  empty.set_sweep_id(*id);
+  empty.set_stage(1);
+  empty.set_index(0);
+  ASSERT_TRUE(engine.Commit(empty, 1).ok());
+  auto failed = engine.Advance(*id);
+  ASSERT_FALSE(failed.ok());
+  EXPECT_NE(failed.status().message().find("no neuron ranking for layer 1"), std::string::npos)
+      << failed.status().ToString();
+  EXPECT_EQ(sweeps_->GetSweep(*id)->state(), v1::FAILED);
 }
 
 TEST_F(EngineTest, NoCandidatePassingFailsTheSweepAndResubmittingRetries) {

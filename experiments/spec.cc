@@ -184,6 +184,10 @@ Status CheckPromptSet(const ParsedSpec& parsed, const v1::PromptSetRef& set) {
   if (!set.field().empty()) options.field = set.field();
   if (!set.csv_column().empty()) options.csv_column = set.csv_column();
   const std::string where = parsed.Where(Join(Join("prompt_sets", set.name()), "path"));
+  if (set.inlined()) {  // read by the CLI (spec_inputs.h): no file here
+    if (set.prompts_size() > 0) return Status::Ok();
+    return Status::InvalidArgument(where + ": prompt set " + Quoted(set.name()) + " is empty");
+  }
   StatusOr<std::vector<formats::Prompt>> prompts = formats::LoadPromptSet(set.path(), options);
   if (!prompts.ok()) return prompts.status().WithContext(where);
   if (prompts->empty()) {

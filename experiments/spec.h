@@ -45,8 +45,9 @@ StatusOr<ParsedSpec> LoadSpec(const std::string& path);
 void ResolveSpecPaths(const std::string& base_dir, v1::SweepSpec* spec);
 
 // Checks a parsed spec against the model's shape (read by the caller from config.json) and the
-// files it names: every layer/head/neuron index is in range, every prompt set loads and holds
-// at least one prompt. Errors name the spec file, line and field.
+// files it names: every layer/head/neuron index is in range, every prompt set loads (or is
+// inlined, spec_inputs.h: then no file is read) and holds at least one prompt. Errors name the
+// spec file, line and field.
 Status ValidateSpecFiles(const ParsedSpec& parsed, const ModelShape& shape);
 
 // Stable text for a direction reference: "select.best", "extract@3/post_inst[-1]".

@@ -23,6 +23,7 @@ using storage::Store;
 constexpr uint32_t kRowKind = 0;
 constexpr uint32_t kPartialSumKind = 1;
 constexpr uint32_t kCompletionKind = 2;
+constexpr uint32_t kRankingKind = 3;
 
 // Keys carry binary lengths and integers: printable bytes are kept so that ids and names stay
 // readable in error messages, the rest are shown as \xNN.
@@ -329,6 +330,47 @@ Status SweepStore::ExpandStage(const v1::SweepRecord& updated_sweep, const v1::S
   return store_->Write(batch, /*sync=*/true);
 }
 
+Status SweepStore::ExtendStage(const v1::SweepRecord& sweep_record, const v1::StageRecord& stage,
+                               const std::vector<v1::Shard>& shards,
+                               const std::vector<std::pair<std::string, std::string>>& artifacts) {
+  const std::string& sweep = sweep_record.id();
+  const std::string stage_label = StageLabel(sweep, stage.index());
+  Store::Batch batch;
+  for (const auto& [name, bytes] : artifacts) {
+    if (name.empty()) return Status::InvalidArgument(stage_label + ": artifact with an empty name");
+    batch.Put(Family::kArtifacts, ArtifactKey(sweep, name), bytes);
+  }
+  KO_ASSIGN_OR_RETURN(std::string stage_value, Serialize(stage));
+  batch.Put(Family::kStages, StageKey(sweep, stage.index()), stage_value);
+  std::vector<std::string> keys;
+  for (const v1::Shard& shard : shards) {
+    if (shard.sweep_id() != sweep || shard.stage() != stage.index()) {
+      return Status::InvalidArgument(
+          stage_label + ": shard " + std::to_string(shard.index()) + " belongs to sweep=" +
+          shard.sweep_id() + " stage=" + std::to_string(shard.stage()));
+    }
+    v1::ShardRecord record;
+    *record.mutable_shard() = shard;
+    record.set_state(v1::PENDING);
+    KO_ASSIGN_OR_RETURN(std::string value, Serialize(record));
+    keys.push_back(ShardKey(sweep, stage.index(), shard.index()));
+    batch.Put(Family::kShards, keys.back(), value);
+    batch.Put(Family::kPending, keys.back(), "");
+  }
+  std::lock_guard<std::mutex> commit_lock(commit_mu_);
+  std::lock_guard<std::mutex> lock(mu_);
+  KO_ASSIGN_OR_RETURN(bool exists, Exists(*store_, Family::kStages, StageKey(sweep, stage.index())));
+  if (!exists) return Status::FailedPrecondition(stage_label + " is not expanded");
+  for (const std::string& key : keys) {
+    KO_ASSIGN_OR_RETURN(bool taken, Exists(*store_, Family::kShards, key));
+    if (taken) {
+      return Status::FailedPrecondition(KeyName(Family::kShards, stage_label, key) +
+                                        ": the stage already has this shard");
+    }
+  }
+  return store_->Write(batch, /*sync=*/true);
+}
+
 StatusOr<std::vector<v1::StageRecord>> SweepStore::ListStages(const std::string& sweep) const {
   return ScanRecords<v1::StageRecord>(*store_, Family::kStages, "sweep=" + sweep,
                                       SweepKey(sweep));
@@ -414,6 +456,13 @@ StatusOr<std::vector<EncodedPut>> EncodeResult(const v1::ShardResult& result) {
     AppendUint32(&key, result.index());
     AppendUint32(&key, static_cast<uint32_t>(n));
     KO_ASSIGN_OR_RETURN(std::string value, Serialize(result.sums(n)));
+    puts.push_back({Family::kResults, std::move(key), std::move(value)});
+  }
+  for (int n = 0; n < result.rankings_size(); ++n) {
+    std::string key = ResultsPrefix(sweep, stage, kRankingKind);
+    AppendUint32(&key, result.index());
+    AppendUint32(&key, static_cast<uint32_t>(n));
+    KO_ASSIGN_OR_RETURN(std::string value, Serialize(result.rankings(n)));
     puts.push_back({Family::kResults, std::move(key), std::move(value)});
   }
   for (const v1::CompletionRecord& completion : result.completions()) {
@@ -590,6 +639,13 @@ StatusOr<std::vector<v1::PartialSum>> SweepStore::PartialSums(const std::string&
   return ScanRecords<v1::PartialSum>(*store_, Family::kResults,
                                      StageLabel(sweep, stage) + " partial sums",
                                      ResultsPrefix(sweep, stage, kPartialSumKind));
+}
+
+StatusOr<std::vector<v1::NeuronRanking>> SweepStore::Rankings(const std::string& sweep,
+                                                              uint32_t stage) const {
+  return ScanRecords<v1::NeuronRanking>(*store_, Family::kResults,
+                                        StageLabel(sweep, stage) + " rankings",
+                                        ResultsPrefix(sweep, stage, kRankingKind));
 }
 
 StatusOr<std::vector<v1::CompletionRecord>> SweepStore::Completions(const std::string& sweep,

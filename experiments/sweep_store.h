@@ -11,6 +11,7 @@
 //                                                              (prompt+1 == 0: the aggregate row)
 //              sweep, stage(u32), 1(u32), shard(u32), n(u32) -> PartialSum
 //              sweep, stage(u32), 2(u32), condition, set, prompt(u32) -> CompletionRecord
+//              sweep, stage(u32), 3(u32), shard(u32), n(u32) -> NeuronRanking (RANK shards)
 //   artifacts: sweep, name (raw bytes, not length-prefixed: it is the last component, so a
 //              prefix scan lists names in name order)   -> bytes (a serialised artifact)
 //   workers:   worker id (raw bytes)                        -> WorkerRecord (coordinator.proto)
@@ -77,6 +78,12 @@ class SweepStore : public SweepReader {
   // caller). FailedPrecondition if the stage already exists (expansion happens once).
   Status ExpandStage(const v1::SweepRecord& updated_sweep, const v1::StageRecord& stage,
                      const std::vector<v1::Shard>& shards);
+  // Adds shards to an expanded stage (a knockout stage's trial shards after its RANK shards),
+  // in one synced batch with the updated stage record (shards_total, trials_total) and
+  // `artifacts`. FailedPrecondition if the stage is not expanded or a shard index is taken.
+  Status ExtendStage(const v1::SweepRecord& sweep, const v1::StageRecord& stage,
+                     const std::vector<v1::Shard>& shards,
+                     const std::vector<std::pair<std::string, std::string>>& artifacts);
   StatusOr<std::vector<v1::StageRecord>> ListStages(const std::string& sweep) const override;
   StatusOr<v1::StageRecord> GetStage(const std::string& sweep, uint32_t stage) const;
   StatusOr<std::vector<v1::ShardRecord>> ListShards(const std::string& sweep,
@@ -132,6 +139,9 @@ class SweepStore : public SweepReader {
                                                     uint32_t stage) const;
   StatusOr<std::vector<v1::CompletionRecord>> Completions(const std::string& sweep,
                                                           uint32_t stage) const override;
+  // The neuron rankings RANK shards of the stage committed, by shard then order.
+  StatusOr<std::vector<v1::NeuronRanking>> Rankings(const std::string& sweep,
+                                                    uint32_t stage) const;
 
   // Artifacts by name (e.g. "extract/3/post_inst[-1]", "select"). NotFound naming it.
   StatusOr<std::string> GetArtifact(const std::string& sweep, const std::string& name) const override;

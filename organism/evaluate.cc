@@ -8,8 +8,9 @@
 #include <cmath>
 #include <map>
 
-#include "organism/corpus.h"
+#include "experiments/selection.h"
 #include "formats/prompt_set.h"
+#include "organism/corpus.h"
 #include "worker/chat/chat_generation.h"
 #include "worker/model/hooks.h"
 #include "tokenizer/chat_template.h"
@@ -99,23 +100,55 @@ Status AddAddition(km::HookRegistry& hooks, const at::Tensor& direction, int64_t
   return hooks.Intervene(std::move(site));
 }
 
-// Mean KL(P_clean || P_ablated) at the last position (float64, eps 1e-6 as in science.md).
-StatusOr<double> MeanKl(const km::Model& model, const Prompts& prompts, int64_t pad_id,
-                        km::HookRegistry* ablation) {
-  std::vector<std::vector<int64_t>> ids;
-  for (const auto& p : prompts) ids.push_back(p.ids);
-  km::Batch batch = km::MakeLeftPaddedBatch(ids, pad_id, model.device());
-  km::ForwardRequest request;
-  request.input_ids = batch.input_ids;
-  request.attention_mask = batch.attention_mask;
-  request.logits = km::ForwardRequest::Logits::kLastPosition;
-  KO_ASSIGN_OR_RETURN(km::ForwardResult clean, model.Forward(request));
-  request.hooks = ablation;
-  KO_ASSIGN_OR_RETURN(km::ForwardResult ablated, model.Forward(request));
-  at::Tensor p = at::softmax(clean.logits.squeeze(1).to(at::kDouble), -1);
-  at::Tensor q = at::softmax(ablated.logits.squeeze(1).to(at::kDouble), -1);
+// float64 logits [N, V] at the last prompt position, under `hooks` (null: clean), in batches.
+StatusOr<at::Tensor> LastLogits(const km::Model& model, const Prompts& prompts, int64_t pad_id,
+                                int64_t batch_size, km::HookRegistry* hooks) {
+  std::vector<at::Tensor> out;
+  for (size_t begin = 0; begin < prompts.size(); begin += batch_size) {
+    const size_t end = std::min(prompts.size(), begin + static_cast<size_t>(batch_size));
+    std::vector<std::vector<int64_t>> ids;
+    for (size_t i = begin; i < end; ++i) ids.push_back(prompts[i].ids);
+    km::Batch batch = km::MakeLeftPaddedBatch(ids, pad_id, model.device());
+    km::ForwardRequest request;
+    request.input_ids = batch.input_ids;
+    request.attention_mask = batch.attention_mask;
+    request.logits = km::ForwardRequest::Logits::kLastPosition;
+    request.hooks = hooks;
+    KO_ASSIGN_OR_RETURN(km::ForwardResult result, model.Forward(request));
+    out.push_back(result.logits.squeeze(1).to(at::kDouble).cpu());
+  }
+  return at::cat(out, 0);
+}
+
+// science.md's metrics at the last position, as the worker computes them
+// (worker/executor/metrics.h): the refusal score s = log p_R - log(1 - p_R) per row, and
+// KL(P_clean || P) with eps 1e-6 inside the logs, float64.
+at::Tensor RefusalScore(const at::Tensor& logits64, const at::Tensor& refusal_ids) {
+  at::Tensor logp = at::log_softmax(logits64, -1);
+  at::Tensor log_pr = at::logsumexp(logp.index_select(1, refusal_ids), -1);
+  return log_pr - at::log1p(-at::exp(log_pr));
+}
+at::Tensor Kl(const at::Tensor& clean_logits64, const at::Tensor& logits64) {
+  at::Tensor p = at::softmax(clean_logits64, -1);
+  at::Tensor q = at::softmax(logits64, -1);
   const double eps = 1e-6;
-  return (p * (at::log(p + eps) - at::log(q + eps))).sum(-1).mean().item<double>();
+  return (p * (at::log(p + eps) - at::log(q + eps))).sum(-1);
+}
+
+StatusOr<at::Tensor> RefusalIds(const kt::Tokenizer& tokenizer,
+                                const std::vector<std::string>& tokens) {
+  if (tokens.empty()) return Status::InvalidArgument("refusal_tokens: empty");
+  std::vector<int64_t> ids;
+  for (const std::string& token : tokens) {
+    KO_ASSIGN_OR_RETURN(kt::Encoding encoding, tokenizer.Encode(token, /*add_special_tokens=*/false));
+    if (encoding.ids.size() != 1) {
+      return Status::InvalidArgument("refusal token \"" + token + "\" is " +
+                                     std::to_string(encoding.ids.size()) +
+                                     " tokens, a metric token must be exactly one");
+    }
+    ids.push_back(encoding.ids[0]);
+  }
+  return at::tensor(ids, at::kLong);
 }
 
 // AUROC of scores (positives vs negatives): the Mann-Whitney statistic, ties counting half.
@@ -140,10 +173,13 @@ std::string DemoEvaluation::ToJson() const {
   for (const LayerScore& s : layers) {
     layers_json.push_back({{"layer", s.layer},
                            {"direction_norm", s.direction_norm},
+                           {"val_bypass", s.val_bypass},
+                           {"val_induce", s.val_induce},
                            {"val_ablation_harmful_refused", s.val_ablation_harmful_refused},
                            {"val_addition_harmless_refused", s.val_addition_harmless_refused},
                            {"val_kl", s.val_kl},
                            {"eligible", s.eligible},
+                           {"rejected", s.rejected},
                            {"val_harm_auroc", s.val_harm_auroc}});
   }
   nlohmann::json examples_json = nlohmann::json::array();
@@ -234,8 +270,14 @@ StatusOr<DemoEvaluation> EvaluateDemo(const km::Model& model, const kt::Tokenize
     at::Tensor framed_harm_directions =
         readings["framed_train"].inst.mean(0) - readings["harmless_train"].inst.mean(0);
 
-    const int64_t max_layer = static_cast<int64_t>(std::floor(0.8 * n_layers));
-    double best_bypass = 2.0, best_auroc = -1.0;
+    // Every layer's candidate scored with the engine's metrics, then the engine's selection rule.
+    KO_ASSIGN_OR_RETURN(at::Tensor refusal_ids, RefusalIds(tokenizer, options.refusal_tokens));
+    const Prompts& harmful_val = sets.prompts.at("harmful_val");
+    const Prompts& harmless_val = sets.prompts.at("harmless_val");
+    KO_ASSIGN_OR_RETURN(at::Tensor clean_harmless,
+                        LastLogits(model, harmless_val, pad_id, options.batch_size, nullptr));
+    std::vector<experiments::SelectionCandidate> candidates;
+    double best_auroc = -1.0;
     for (int64_t l = 0; l < n_layers; ++l) {
       LayerScore score;
       score.layer = l;
@@ -243,32 +285,51 @@ StatusOr<DemoEvaluation> EvaluateDemo(const km::Model& model, const kt::Tokenize
       score.direction_norm = directions[l].norm().item<double>();
       km::HookRegistry ablation(model.config());
       KO_RETURN_IF_ERROR(AddAblation(ablation, r, n_layers));
-      KO_ASSIGN_OR_RETURN(auto bypass, generate("harmful_val", &ablation));
-      score.val_ablation_harmful_refused = RefusedFraction(bypass);
-      KO_ASSIGN_OR_RETURN(score.val_kl, MeanKl(model, sets.prompts.at("harmless_val"), pad_id,
-                                               &ablation));
       km::HookRegistry addition(model.config());
       KO_RETURN_IF_ERROR(AddAddition(addition, r, l));
+      KO_ASSIGN_OR_RETURN(at::Tensor bypass_logits,
+                          LastLogits(model, harmful_val, pad_id, options.batch_size, &ablation));
+      KO_ASSIGN_OR_RETURN(at::Tensor ablated_harmless,
+                          LastLogits(model, harmless_val, pad_id, options.batch_size, &ablation));
+      KO_ASSIGN_OR_RETURN(at::Tensor induce_logits,
+                          LastLogits(model, harmless_val, pad_id, options.batch_size, &addition));
+      score.val_bypass = RefusalScore(bypass_logits, refusal_ids).mean().item<double>();
+      score.val_induce = RefusalScore(induce_logits, refusal_ids).mean().item<double>();
+      score.val_kl = Kl(clean_harmless, ablated_harmless).mean().item<double>();
+      // The judge's view of the same interventions (generation; the model card's table).
+      KO_ASSIGN_OR_RETURN(auto bypass, generate("harmful_val", &ablation));
+      score.val_ablation_harmful_refused = RefusedFraction(bypass);
       KO_ASSIGN_OR_RETURN(auto induce, generate("harmless_val", &addition));
       score.val_addition_harmless_refused = RefusedFraction(induce);
+      experiments::SelectionCandidate candidate;
+      candidate.layer = static_cast<int>(l);
+      candidate.position = "post_inst[-1]";
+      candidate.bypass = score.val_bypass;
+      candidate.induce = score.val_induce;
+      candidate.kl = score.val_kl;
       // A zero difference (layer 0 reads the same template token's embedding for every prompt)
-      // is no direction at all: r_hat = 0 and "ablating" it is a no-op.
-      score.eligible = l < max_layer && std::isfinite(score.val_kl) &&
-                       score.val_kl <= options.max_kl && score.direction_norm > 1e-6;
+      // is no direction at all: the norm filter drops it.
+      candidate.norm = score.direction_norm;
+      candidates.push_back(std::move(candidate));
       at::Tensor h = harm_directions[l];
       score.val_harm_auroc = Auroc(at::matmul(readings["framed_val"].inst.select(1, l), h),
                                    at::matmul(readings["harmless_val"].inst.select(1, l), h));
-      if (options.direction_layer < 0 && score.eligible &&
-          score.val_ablation_harmful_refused < best_bypass) {
-        best_bypass = score.val_ablation_harmful_refused;
-        eval.direction_layer = l;
-      }
       if (score.val_harm_auroc > best_auroc) {
         best_auroc = score.val_harm_auroc;
         eval.probe_layer = l;
       }
       eval.layers.push_back(score);
     }
+    experiments::SelectionFilters filters;
+    filters.num_layers = static_cast<int>(n_layers);
+    filters.max_kl = options.max_kl;
+    filters.min_induce = options.min_induce;
+    const experiments::SelectionResult selection = experiments::SelectDirection(candidates, filters);
+    for (size_t i = 0; i < eval.layers.size(); ++i) {
+      eval.layers[i].rejected = selection.rejected[i];
+      eval.layers[i].eligible = selection.rejected[i].empty();
+    }
+    if (options.direction_layer < 0) eval.direction_layer = selection.chosen;
     if (options.direction_layer >= 0) {
       if (options.direction_layer >= n_layers) {
         return Status::InvalidArgument("direction layer " + std::to_string(options.direction_layer) +
@@ -278,9 +339,8 @@ StatusOr<DemoEvaluation> EvaluateDemo(const km::Model& model, const kt::Tokenize
       eval.direction_layer = options.direction_layer;
     }
     if (eval.direction_layer < 0) {
-      return Status::FailedPrecondition(
-          "no candidate direction passes the filters (layer < floor(0.8 L), KL <= " +
-          std::to_string(options.max_kl) + ")");
+      return Status::FailedPrecondition("no candidate direction passes the filters (" +
+                                        filters.Describe() + ")");
     }
 
     // The selected direction on the test split.

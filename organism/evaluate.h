@@ -1,8 +1,13 @@
 // Evaluation of the demo model organism against issue 4's contract (science.md's methods): the
 // behaviour rates on the held-out test split under the substring judge, the refusal direction
-// (diff-in-means of blocks.{l}.hook_resid_pre at the last post-instruction position), its
+// (diff-in-means of blocks.{l}.hook_resid_pre at the last post-instruction position, chosen by
+// the sweep engine's selection rule, experiments/selection.h, on the engine's metrics), its
 // ablation everywhere and its addition at its layer, a random direction of the same norm, and a
 // diff-in-means harmfulness probe at t_inst. Uses only the runtime's hooks.
+// Where it differs from a select_direction stage: one candidate per layer, at the last prompt
+// token only (a stage has layers x positions); the logits are the model's own (its compute
+// dtype, widened to float64) where the worker unembeds the float32 final residual in float64
+// (worker/executor/metrics.h), which agree to rounding; and max_kl defaults to 0.5 (below).
 // Thread-safety: one evaluation at a time per Model (LibTorch's global thread pool).
 #pragma once
 
@@ -26,15 +31,25 @@ struct EvalOptions {
   // first-token distribution by 0.2-0.5 nats, while candidates that break the model score 1-8
   // (model card): 0.5 keeps the filter's purpose.
   double max_kl = 0.5;
+  double min_induce = 0.0;  // science.md: drop induce < 0
+  // The refusal score's tokens R (science.md), each exactly one token: the demo model's
+  // refusals open with "I" (as in experiments/specs/demo-hydra.yaml).
+  std::vector<std::string> refusal_tokens = {"I"};
 };
 
+// One candidate direction (one layer) on the validation split. The selection reads the engine's
+// metrics (science.md, as a select_direction stage computes them): bypass, induce and kl; the
+// refused fractions under the judge are reported beside them (the model card's table).
 struct LayerScore {
   int64_t layer = 0;
   double direction_norm = 0;
+  double val_bypass = 0;   // mean refusal score, harmful val, direction ablated everywhere
+  double val_induce = 0;   // mean refusal score, harmless val, +r at the layer's resid_pre
+  double val_kl = 0;       // mean KL(clean || ablated) at the last position, harmless val
   double val_ablation_harmful_refused = 0;  // harmful val prompts refused, direction ablated
   double val_addition_harmless_refused = 0; // harmless val prompts refused, direction added
-  double val_kl = 0;                        // KL(clean || ablated) at the last position, harmless val
-  bool eligible = false;  // science.md's filters: l < floor(0.8 L), KL <= max_kl, no NaN, |r| > 0
+  bool eligible = false;   // passes experiments::SelectDirection's filters
+  std::string rejected;    // why not ("" if eligible)
   double val_harm_auroc = 0;                // t_inst probe, framed vs harmless (val)
 };
 

@@ -22,5 +22,8 @@ StatusOr<v1::ShardResult> RunGenerate(const LoadedModel& m, const ExecutorOption
 // ORTHOGONALIZE: the weight-edited checkpoint, written, loaded back and evaluated.
 StatusOr<v1::ShardResult> RunOrthogonalize(const LoadedModel& m, const ExecutorOptions& options,
                                            const v1::Shard& shard);
+// RANK: neuron rankings against a direction for knockout targets with top_k (rank.cc).
+StatusOr<v1::ShardResult> RunRank(const LoadedModel& m, const ExecutorOptions& options,
+                                  const v1::Shard& shard);
 
 }  // namespace knockout::executor::internal
