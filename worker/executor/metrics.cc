@@ -15,13 +15,25 @@ at::Tensor FinalScale(const model::Model& model, const at::Tensor& x32) {
   return at::sqrt(x32.to(at::kFloat).pow(2).mean(-1, /*keepdim=*/true) + model.config().rms_norm_eps);
 }
 
-at::Tensor MetricUnembed(const model::Model& model, const at::Tensor& x32, const at::Tensor& scale) {
+MetricHead::MetricHead(const model::Model& model) : model_(model) {
   const model::ModelWeights& w = model.weights();
-  at::Tensor normalized =
-      x32.to(at::kDouble) / scale.to(x32.device(), at::kDouble) * w.final_norm.to(x32.device(), at::kDouble);
+  norm64_ = w.final_norm.to(at::kDouble);
+  if (w.lm_head.numel() * static_cast<int64_t>(sizeof(double)) <= (int64_t{256} << 20)) {
+    lm_head64_ = w.lm_head.to(at::kDouble);
+  }
+}
+
+int64_t MetricHead::BlockRows() const {
+  const int64_t vocab = model_.weights().lm_head.size(0);
+  return std::clamp<int64_t>((int64_t{64} << 20) / (vocab * static_cast<int64_t>(sizeof(double))), 8, 128);
+}
+
+at::Tensor MetricHead::Unembed(const at::Tensor& x32, const at::Tensor& scale) const {
+  const model::ModelWeights& w = model_.weights();
+  at::Tensor normalized = x32.to(at::kDouble) / scale.to(x32.device(), at::kDouble) * norm64_.to(x32.device());
+  if (lm_head64_.defined()) return at::linear(normalized, lm_head64_).to(at::kCPU);
   const int64_t vocab = w.lm_head.size(0);
   const int64_t block = VocabBlock(w.lm_head.size(1));
-  if (vocab <= block) return at::linear(normalized, w.lm_head.to(at::kDouble)).to(at::kCPU);
   at::Tensor logits = at::empty({x32.size(0), vocab}, normalized.options());
   for (int64_t v0 = 0; v0 < vocab; v0 += block) {
     const int64_t n = std::min(block, vocab - v0);

@@ -3,12 +3,11 @@
 //
 // Every refusal score a TRIALS shard stores — clean, ablated, the direct-effect run (clean
 // residual plus the unit's change of write, final norm's scale frozen) and the final norm's
-// counterfactual — is computed by MetricUnembed from a float32 final residual and an RMS scale,
-// in float64, then by RefusalScore. One path and one precision for TE, DE and the norm effect,
-// so that C = TE - DE carries no rounding of one side only (whatever the model's compute dtype).
-// The unembedding matrix is converted to float64 in vocabulary blocks per call (never a whole
-// float64 copy of it), so memory stays bounded by rows x vocabulary.
-// Thread-safety: free functions over values.
+// counterfactual — is computed by MetricHead::Unembed from a float32 final residual and an RMS
+// scale, in float64, then by RefusalScore. One path and one precision for TE, DE and the norm
+// effect, so that C = TE - DE carries no rounding of one side only (whatever the model's compute
+// dtype). Memory stays bounded: a float64 copy of W_U only when small (MetricHead).
+// Thread-safety: free functions over values; MetricHead is const after construction.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -22,9 +21,24 @@ namespace knockout::executor::internal {
 // RMS scale of the final norm for float32 residuals [B, d]: sqrt(mean(x^2) + eps), [B, 1].
 at::Tensor FinalScale(const model::Model& model, const at::Tensor& x32);
 
-// float64 logits [B, V] (CPU) of residuals x32 [B, d] normalised by `scale` [B, 1]:
-// ((x / scale) * w_norm) @ W_U^T, the model's final norm and unembedding (Llama/Qwen2 RMSNorm).
-at::Tensor MetricUnembed(const model::Model& model, const at::Tensor& x32, const at::Tensor& scale);
+// The final norm's weight and the unembedding in float64, for one shard: W_U is converted once
+// when its float64 copy is small (<= 256 MiB: the demo model, small vocabularies), else in
+// vocabulary blocks per call (a 128k x 4096 W_U would be 4 GiB), so memory stays bounded.
+// Thread-safety: const after construction.
+class MetricHead {
+ public:
+  explicit MetricHead(const model::Model& model);
+  // float64 logits [B, V] (CPU) of residuals x32 [B, d] normalised by `scale` [B, 1]:
+  // ((x / scale) * w_norm) @ W_U^T, the model's final norm and unembedding (Llama/Qwen2 RMSNorm).
+  at::Tensor Unembed(const at::Tensor& x32, const at::Tensor& scale) const;
+  // Rows per metric block: [rows, V] float64 logits stay near 64 MiB (8 to 128 rows).
+  int64_t BlockRows() const;
+
+ private:
+  const model::Model& model_;
+  at::Tensor norm64_;     // [d] on the model's device
+  at::Tensor lm_head64_;  // [V, d], or undefined when converted per call in blocks
+};
 
 // s = log p_R - log(1 - p_R) per row of float64 logits [B, V]; refusal_ids int64 [R] (CPU).
 at::Tensor RefusalScore(const at::Tensor& logits64, const at::Tensor& refusal_ids);

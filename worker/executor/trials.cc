@@ -28,8 +28,6 @@ namespace {
 
 namespace km = knockout::model;
 
-constexpr int64_t kMetricBlockRows = 32;
-
 // A downstream unit whose direct effect a trial reads (UnitReading).
 struct Downstream {
   v1::UnitReading::Kind kind;
@@ -120,7 +118,8 @@ struct Block {
 class TrialRunner {
  public:
   TrialRunner(const LoadedModel& m, const ExecutorOptions& options, const v1::Shard& shard)
-      : m_(m), model_(*m.model), config_(m.model->config()), options_(options), shard_(shard) {}
+      : m_(m), model_(*m.model), config_(m.model->config()), options_(options), shard_(shard),
+        head_(*m.model) {}
 
   StatusOr<v1::ShardResult> Run();
 
@@ -180,6 +179,7 @@ class TrialRunner {
   const km::ModelConfig& config_;
   const ExecutorOptions& options_;
   const v1::Shard& shard_;
+  const MetricHead head_;  // every score's unembedding (metrics.h)
 
   PromptBatch batch_;
   PromptBatch reference_;
@@ -398,7 +398,7 @@ StatusOr<Block> TrialRunner::CleanPass(const std::vector<int64_t>& prompts) {
   block.final_last = result.residual.select(1, t - 1).to(at::kFloat);
   block.scale_last = FinalScale(model_, block.final_last);
   if (shard_.compensation()) {
-    at::Tensor clean_logits = MetricUnembed(model_, block.final_last, block.scale_last);
+    at::Tensor clean_logits = head_.Unembed(block.final_last, block.scale_last);
     block.metric_direction = MetricDirection(model_, clean_logits, refusal_ids_, block.scale_last);
   }
   return block;
@@ -658,7 +658,7 @@ Status TrialRunner::ForwardChunk(const Block& block, const std::vector<Row>& row
                                  .index_select(0, chunk->local_index)
                                  .narrow(1, start_col, chunk->new_cols);
   }
-  // Every score is read from the final residual through MetricUnembed (metrics.h).
+  // Every score is read from the final residual through MetricHead::Unembed (metrics.h).
   request.logits = km::ForwardRequest::Logits::kNone;
   request.hooks = &hooks;
   KO_ASSIGN_OR_RETURN(km::ForwardResult result, model_.Forward(request));
@@ -667,7 +667,7 @@ Status TrialRunner::ForwardChunk(const Block& block, const std::vector<Row>& row
 }
 
 // Refusal score, KL, logit difference, and with compensation DE and the final norm's effect,
-// all through MetricUnembed in blocks of rows (float64 [rows, vocab] logits stay small).
+// all through MetricHead::Unembed in blocks of rows (float64 [rows, vocab] logits stay small).
 TrialRunner::ChunkMetrics TrialRunner::ComputeMetrics(const Block& block, const Chunk& chunk) const {
   const int64_t b = static_cast<int64_t>(chunk.rows.size());
   const bool compensation = shard_.compensation();
@@ -692,12 +692,12 @@ TrialRunner::ChunkMetrics TrialRunner::ComputeMetrics(const Block& block, const 
     }
   }
   std::vector<at::Tensor> score, clean, kl, diff, clean_diff, de, norm;
-  for (int64_t r0 = 0; r0 < b; r0 += kMetricBlockRows) {
-    const int64_t n = std::min<int64_t>(kMetricBlockRows, b - r0);
+  for (int64_t r0 = 0; r0 < b; r0 += head_.BlockRows()) {
+    const int64_t n = std::min<int64_t>(head_.BlockRows(), b - r0);
     at::Tensor xa = chunk.x_ablated.narrow(0, r0, n), sa = scale_abl.narrow(0, r0, n);
     at::Tensor xc = x_clean.narrow(0, r0, n), sc = scale_clean.narrow(0, r0, n);
-    at::Tensor logits = MetricUnembed(model_, xa, sa);
-    at::Tensor clean_logits = MetricUnembed(model_, xc, sc);
+    at::Tensor logits = head_.Unembed(xa, sa);
+    at::Tensor clean_logits = head_.Unembed(xc, sc);
     at::Tensor clean_score = RefusalScore(clean_logits, refusal_ids_);
     score.push_back(RefusalScore(logits, refusal_ids_));
     clean.push_back(clean_score);
@@ -708,8 +708,8 @@ TrialRunner::ChunkMetrics TrialRunner::ComputeMetrics(const Block& block, const 
     }
     if (compensation) {
       // TE, DE and the norm's effect: differences of scores from the one unembedding path.
-      norm.push_back(score.back() - RefusalScore(MetricUnembed(model_, xa, sc), refusal_ids_));
-      at::Tensor de_score = RefusalScore(MetricUnembed(model_, xc + delta.narrow(0, r0, n), sc), refusal_ids_);
+      norm.push_back(score.back() - RefusalScore(head_.Unembed(xa, sc), refusal_ids_));
+      at::Tensor de_score = RefusalScore(head_.Unembed(xc + delta.narrow(0, r0, n), sc), refusal_ids_);
       de.push_back(de_score - clean_score);
     }
   }
