@@ -149,6 +149,38 @@ TEST(CompensationTest, ZeroDirectEffectGivesNaNRatioAndUsesTotalEffect) {
   EXPECT_EQ(exact.downstream_count, 0u);
 }
 
+// C / |DE| is shown only where |DE| >= kRatioMinDeShare (5%) of |TE|: here |DE| = 0.01 against
+// |TE| = 0.5 (2%) gives NaN ("-" in the table), |DE| = 0.05 against 0.5 (10%) a ratio.
+TEST(CompensationTest, RatioOnlyWhereTheDirectEffectIsNotNegligible) {
+  const auto rows = ComputeCompensation(
+      {Row(0, "harmful", {{"te", -0.5}, {"de", -0.01}}), Row(1, "harmful", {{"te", -0.5}, {"de", -0.05}})},
+      {{0, Head(1, 0)}, {1, Head(1, 1)}}, 5);
+  ASSERT_TRUE(rows.ok()) << rows.status().ToString();
+  ASSERT_EQ(rows->size(), 2u);
+  EXPECT_TRUE(std::isnan((*rows)[0].ratio));
+  EXPECT_DOUBLE_EQ((*rows)[1].ratio, (-0.5 - -0.05) / 0.05);
+}
+
+// The decomposition adds up to C by its definition (norm_effect + explained + unexplained), with
+// explained the sum over every read unit (heads and MLP outputs of a head sweep), and `read`
+// names the kinds of units read. A row whose every prompt was left out is skipped.
+TEST(CompensationTest, DecompositionNamesTheUnitsItRead) {
+  v1::ResultRow head_row = Row(0, "harmful", {{"te", -0.4}, {"de", -1.0}, {"norm_effect", 0.1}, {"prompts", 4}},
+                               {{3, 2, 0.1, 0.3}, {3, -1, 0.2, 0.5}});
+  head_row.mutable_downstream(0)->set_kind(v1::UnitReading::HEAD);
+  head_row.mutable_downstream(1)->set_kind(v1::UnitReading::MLP_OUT);
+  v1::ResultRow empty = Row(1, "harmful", {{"prompts", 0}, {"excluded_prompts", 4}});
+  const auto rows = ComputeCompensation({head_row, empty}, {{0, Head(2, 0)}, {1, Head(2, 1)}}, -1);
+  ASSERT_TRUE(rows.ok()) << rows.status().ToString();
+  ASSERT_EQ(rows->size(), 1u);
+  const CompensationRow& row = rows->front();
+  EXPECT_EQ(row.read, "heads+mlp_out");
+  EXPECT_NEAR(row.explained, 0.2 + 0.3, 1e-12);  // (0.3 - 0.1) + (0.5 - 0.2)
+  EXPECT_NEAR(row.norm_effect + row.explained + row.unexplained, row.c, 1e-12);
+  EXPECT_NEAR(row.c, 0.6, 1e-12);
+  EXPECT_EQ(row.top_backups[0].kind, v1::UnitReading::MLP_OUT);
+}
+
 TEST(CompensationTest, MissingNormEffectIsNaNNotZero) {
   const auto rows =
       ComputeCompensation({Row(0, "harmful", {{"te", -0.4}, {"de", -1.0}})}, {{0, Head(2, 1)}}, 5);

@@ -10,7 +10,7 @@
 //   MODE chat      treats each string as one user message, renders apply_chat_template with
 //                  add_generation_prompt, and prints the ids of the rendering per line
 //   NODE_MODULES   where @lenml/tokenizers is installed (default:
-//                  ../../tests/tokenizer/node_modules relative to this script)
+//                  ../tests/tokenizer/node_modules relative to this script)
 // Exit status 2 with a message on stderr on any error.
 import { readFileSync } from "node:fs";
 import { createRequire } from "node:module";
@@ -28,7 +28,7 @@ if (args.length < 2 || args.length > 4) {
   die("usage: bpe_reference_encode.mjs TOKENIZER_DIR STRINGS.jsonl [encode|chat] [NODE_MODULES]");
 }
 const [dir, file, mode = "encode"] = args;
-const nodeModules = args[3] ?? path.join(here, "..", "..", "tests", "tokenizer", "node_modules");
+const nodeModules = args[3] ?? path.join(here, "..", "tests", "tokenizer", "node_modules");
 if (mode !== "encode" && mode !== "chat") die(`unknown mode '${mode}' (encode or chat)`);
 
 // Resolve the package from NODE_MODULES rather than from this script's directory.

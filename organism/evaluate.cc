@@ -12,6 +12,7 @@
 #include "formats/prompt_set.h"
 #include "organism/corpus.h"
 #include "worker/chat/chat_generation.h"
+#include "worker/executor/metrics.h"
 #include "worker/model/hooks.h"
 #include "tokenizer/chat_template.h"
 
@@ -118,21 +119,6 @@ StatusOr<at::Tensor> LastLogits(const km::Model& model, const Prompts& prompts, 
     out.push_back(result.logits.squeeze(1).to(at::kDouble).cpu());
   }
   return at::cat(out, 0);
-}
-
-// science.md's metrics at the last position, as the worker computes them
-// (worker/executor/metrics.h): the refusal score s = log p_R - log(1 - p_R) per row, and
-// KL(P_clean || P) with eps 1e-6 inside the logs, float64.
-at::Tensor RefusalScore(const at::Tensor& logits64, const at::Tensor& refusal_ids) {
-  at::Tensor logp = at::log_softmax(logits64, -1);
-  at::Tensor log_pr = at::logsumexp(logp.index_select(1, refusal_ids), -1);
-  return log_pr - at::log1p(-at::exp(log_pr));
-}
-at::Tensor Kl(const at::Tensor& clean_logits64, const at::Tensor& logits64) {
-  at::Tensor p = at::softmax(clean_logits64, -1);
-  at::Tensor q = at::softmax(logits64, -1);
-  const double eps = 1e-6;
-  return (p * (at::log(p + eps) - at::log(q + eps))).sum(-1);
 }
 
 StatusOr<at::Tensor> RefusalIds(const kt::Tokenizer& tokenizer,
@@ -293,9 +279,9 @@ StatusOr<DemoEvaluation> EvaluateDemo(const km::Model& model, const kt::Tokenize
                           LastLogits(model, harmless_val, pad_id, options.batch_size, &ablation));
       KO_ASSIGN_OR_RETURN(at::Tensor induce_logits,
                           LastLogits(model, harmless_val, pad_id, options.batch_size, &addition));
-      score.val_bypass = RefusalScore(bypass_logits, refusal_ids).mean().item<double>();
-      score.val_induce = RefusalScore(induce_logits, refusal_ids).mean().item<double>();
-      score.val_kl = Kl(clean_harmless, ablated_harmless).mean().item<double>();
+      score.val_bypass = executor::RefusalScore(bypass_logits, refusal_ids).mean().item<double>();
+      score.val_induce = executor::RefusalScore(induce_logits, refusal_ids).mean().item<double>();
+      score.val_kl = executor::Kl(clean_harmless, ablated_harmless).mean().item<double>();
       // The judge's view of the same interventions (generation; the model card's table).
       KO_ASSIGN_OR_RETURN(auto bypass, generate("harmful_val", &ablation));
       score.val_ablation_harmful_refused = RefusedFraction(bypass);

@@ -4,7 +4,7 @@
 
 #include "worker/model/model.h"
 
-namespace knockout::executor::internal {
+namespace knockout::executor {
 
 namespace {
 // Vocabulary rows converted to float64 at a time: bounded scratch (~64 MB at d = 4096).
@@ -72,4 +72,4 @@ at::Tensor MetricDirection(const model::Model& model, const at::Tensor& clean_lo
   return through * w.final_norm.to(at::kFloat) / scale.to(model.device(), at::kFloat);
 }
 
-}  // namespace knockout::executor::internal
+}  // namespace knockout::executor

@@ -1,5 +1,6 @@
-// Internal to worker/executor: the metrics read at the last prompt position (science.md) and
-// the one unembedding path every score goes through.
+// The metrics read at the last prompt position (science.md) and the one unembedding path every
+// score goes through: the executor's TRIALS shards and the organism's evaluation
+// (organism/evaluate.cc) compute them here (library knockout_metrics: LibTorch and the model).
 //
 // Every refusal score a TRIALS shard stores — clean, ablated, the direct-effect run (clean
 // residual plus the unit's change of write, final norm's scale frozen) and the final norm's
@@ -16,7 +17,7 @@ namespace knockout::model {
 class Model;
 }
 
-namespace knockout::executor::internal {
+namespace knockout::executor {
 
 // RMS scale of the final norm for float32 residuals [B, d]: sqrt(mean(x^2) + eps), [B, 1].
 at::Tensor FinalScale(const model::Model& model, const at::Tensor& x32);
@@ -53,4 +54,4 @@ at::Tensor LogitDiff(const at::Tensor& logits64, const at::Tensor& positive, con
 at::Tensor MetricDirection(const model::Model& model, const at::Tensor& clean_logits64,
                            const at::Tensor& refusal_ids, const at::Tensor& scale);
 
-}  // namespace knockout::executor::internal
+}  // namespace knockout::executor
