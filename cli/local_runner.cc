@@ -169,7 +169,7 @@ Status RunLocal(const experiments::ParsedSpec& parsed, const LocalRunOptions& op
   KO_RETURN_IF_ERROR(experiments::FillSpecInputs(&filled));
   KO_ASSIGN_OR_RETURN(experiments::ModelShape shape, experiments::SpecModelShape(filled.spec));
   KO_RETURN_IF_ERROR(experiments::ValidateSpecFiles(filled, shape));
-  KO_RETURN_IF_ERROR(experiments::ValidateSpecTokens(parsed));
+  KO_RETURN_IF_ERROR(experiments::ValidateSpecTokens(filled));
   KO_ASSIGN_OR_RETURN(const std::string worker_binary, FindWorkerBinary(options.worker_binary));
   const int workers_wanted = std::max(1, options.workers);
   const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));

@@ -180,6 +180,10 @@ StatusOr<v1::SubmitSweepResponse> SubmitSpec(const rpc::CoordinatorClient& clien
   // coordinator would refuse is never sent. The tokenizer checks run only here (the coordinator
   // opens no model files): metric tokens and positions against the stages' prompts.
   KO_ASSIGN_OR_RETURN(experiments::ParsedSpec parsed, experiments::LoadSpec(spec_path));
+  // The model's shape and the prompts, read once here: sent with the spec (the coordinator
+  // opens no model or prompt file) and checked against the tokenizer.
+  KO_ASSIGN_OR_RETURN(v1::SpecInputs inputs, experiments::ReadSpecInputs(parsed));
+  KO_RETURN_IF_ERROR(experiments::ApplySpecInputs(inputs, &parsed));
   KO_RETURN_IF_ERROR(experiments::ValidateSpecTokens(parsed));
   std::ifstream file(spec_path, std::ios::binary);
   std::ostringstream text;
@@ -195,8 +199,7 @@ StatusOr<v1::SubmitSweepResponse> SubmitSpec(const rpc::CoordinatorClient& clien
   request.set_spec_label(spec_path);
   request.set_base_dir(absolute.parent_path().lexically_normal().string());
   request.set_priority(priority);
-  // The model's shape and the prompts, read here: the coordinator opens no model or prompt file.
-  KO_ASSIGN_OR_RETURN(*request.mutable_inputs(), experiments::ReadSpecInputs(parsed));
+  *request.mutable_inputs() = std::move(inputs);
   v1::SubmitSweepResponse response;
   auto context = client.MakeContext(kUnaryTimeout);
   grpc::Status status = client.stub()->SubmitSweep(context.get(), request, &response);

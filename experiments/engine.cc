@@ -88,14 +88,7 @@ StatusOr<std::vector<formats::Prompt>> LoadSet(const v1::SweepSpec& spec, const 
     if (ref.name() != name) continue;
     // A submitted spec carries its prompts (spec_inputs.h): the coordinator reads no file.
     // Only specs that were never filled in (tests, tools) are read from their files here.
-    if (ref.inlined()) return InlinedPrompts(ref);
-    formats::PromptSetOptions options;
-    if (!ref.field().empty()) options.field = ref.field();
-    if (!ref.csv_column().empty()) options.csv_column = ref.csv_column();
-    KO_ASSIGN_OR_RETURN(std::vector<formats::Prompt> prompts,
-                        formats::LoadPromptSet(ref.path(), options));
-    if (ref.limit() > 0 && prompts.size() > ref.limit()) prompts.resize(ref.limit());
-    return prompts;
+    return LoadPromptSetRef(ref);
   }
   return Status::InvalidArgument("prompt set " + name + " is not defined in the spec");
 }

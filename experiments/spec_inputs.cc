@@ -46,14 +46,10 @@ StatusOr<v1::SpecInputs> ReadSpecInputs(const ParsedSpec& parsed) {
   if (!shape.ok()) return shape.status().WithContext(parsed.Where("model.path"));
   *inputs.mutable_model_shape() = std::move(shape).value();
   for (const v1::PromptSetRef& ref : parsed.spec.prompt_sets()) {
-    formats::PromptSetOptions options;
-    if (!ref.field().empty()) options.field = ref.field();
-    if (!ref.csv_column().empty()) options.csv_column = ref.csv_column();
-    auto prompts = formats::LoadPromptSet(ref.path(), options);
+    auto prompts = LoadPromptSetRef(ref);
     if (!prompts.ok()) {
       return prompts.status().WithContext(parsed.Where("prompt_sets." + ref.name() + ".path"));
     }
-    if (ref.limit() > 0 && prompts->size() > ref.limit()) prompts->resize(ref.limit());
     v1::PromptSetRef* set = inputs.add_prompt_sets();
     set->set_name(ref.name());
     set->set_inlined(true);
@@ -132,6 +128,16 @@ std::vector<formats::Prompt> InlinedPrompts(const v1::PromptSetRef& set) {
     prompt.category = p.category();
     prompts.push_back(std::move(prompt));
   }
+  return prompts;
+}
+
+StatusOr<std::vector<formats::Prompt>> LoadPromptSetRef(const v1::PromptSetRef& set) {
+  if (set.inlined()) return InlinedPrompts(set);
+  formats::PromptSetOptions options;
+  if (!set.field().empty()) options.field = set.field();
+  if (!set.csv_column().empty()) options.csv_column = set.csv_column();
+  KO_ASSIGN_OR_RETURN(std::vector<formats::Prompt> prompts, formats::LoadPromptSet(set.path(), options));
+  if (set.limit() > 0 && prompts.size() > set.limit()) prompts.resize(set.limit());
   return prompts;
 }
 

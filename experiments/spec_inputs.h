@@ -44,4 +44,8 @@ StatusOr<ModelShape> SpecModelShape(const v1::SweepSpec& spec);
 // The inlined prompts of a prompt set (empty if it is not inlined).
 std::vector<formats::Prompt> InlinedPrompts(const v1::PromptSetRef& set);
 
+// The prompts of one set as the workers see them: its inlined prompts, or else read from its
+// file with the set's `field` / `csv_column` and cut to `limit`. Errors as LoadPromptSet's.
+StatusOr<std::vector<formats::Prompt>> LoadPromptSetRef(const v1::PromptSetRef& set);
+
 }  // namespace knockout::experiments

@@ -5,6 +5,7 @@
 #include <string>
 #include <vector>
 
+#include "experiments/spec_inputs.h"
 #include "formats/prompt_set.h"
 #include "formats/positions.h"
 #include "proto/positions.h"
@@ -15,9 +16,7 @@ namespace knockout::experiments {
 namespace {
 
 namespace kt = knockout::tokenizer;
-using formats::LoadPromptSet;
 using formats::Prompt;
-using formats::PromptSetOptions;
 
 std::string Field(const std::string& path, const std::string& key) {
   return path.empty() ? key : path + "." + key;
@@ -64,12 +63,9 @@ class PromptLayouts {
     }
     if (!ref) return Status::InvalidArgument("prompt set \"" + set + "\" is not in prompt_sets");
     const std::string where = parsed_.Where(Field(Field("prompt_sets", set), "path"));
-    PromptSetOptions options;
-    if (!ref->field().empty()) options.field = ref->field();
-    if (!ref->csv_column().empty()) options.csv_column = ref->csv_column();
-    StatusOr<std::vector<Prompt>> prompts = LoadPromptSet(ref->path(), options);
+    // A filled spec (spec_inputs.h) carries its prompts: no file is read again.
+    StatusOr<std::vector<Prompt>> prompts = LoadPromptSetRef(*ref);
     if (!prompts.ok()) return prompts.status().WithContext(where);
-    if (ref->limit() > 0 && prompts->size() > ref->limit()) prompts->resize(ref->limit());
     std::vector<formats::PromptLayout> layouts;
     layouts.reserve(prompts->size());
     for (size_t i = 0; i < prompts->size(); ++i) {

@@ -18,6 +18,7 @@
 #include "organism/evaluate.h"
 #include "organism/trainer.h"
 #include "worker/model/model.h"
+#include "worker/runtime_flags.h"
 #include "tokenizer/tokenizer.h"
 
 namespace {
@@ -34,28 +35,9 @@ int Fail(const Status& status) {
   return 1;
 }
 
-struct RuntimeFlags {
-  std::string device = "cpu";
-  std::string dtype = "f32";
-  int threads = 0;  // 0: all cores
-};
-
-void AddRuntimeFlags(CLI::App* app, RuntimeFlags* flags) {
-  app->add_option("--device", flags->device, "cpu or cuda[:N]");
-  app->add_option("--dtype", flags->dtype, "compute dtype: f32, bf16 or f16");
-  app->add_option("--threads", flags->threads, "LibTorch CPU threads (default: all cores)")
-      ->check(CLI::NonNegativeNumber);
-}
-
-StatusOr<km::LoadOptions> ApplyRuntimeFlags(const RuntimeFlags& flags) {
-  const int threads = flags.threads > 0 ? flags.threads
-                                        : std::max(1u, std::thread::hardware_concurrency());
-  at::set_num_threads(threads);
-  km::LoadOptions options;
-  KO_ASSIGN_OR_RETURN(options.device, km::ParseDevice(flags.device));
-  KO_ASSIGN_OR_RETURN(options.dtype, km::ParseComputeDType(flags.dtype));
-  return options;
-}
+using knockout::worker::AddRuntimeFlags;
+using knockout::worker::ApplyRuntimeFlags;
+using knockout::worker::RuntimeFlags;
 
 // --- train-demo / eval-demo --------------------------------------------------------------------
 

@@ -69,7 +69,7 @@ struct ExecutorOptions {
   // this block size, not by its number of prompts.
   bool reuse_prefixes = true;    // false: one full forward per trial (the naive reference)
   int64_t generation_batch = 64;
-  // Asked between chunks; true: Run stops and returns Cancelled (or DeadlineExceeded). May be
+  // Asked between chunks; true: Run stops and returns Cancelled. May be
   // called from the executing thread while other threads change what it reads.
   std::function<bool()> should_stop;
 };

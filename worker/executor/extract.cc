@@ -7,6 +7,7 @@
 #include <map>
 #include <numeric>
 
+#include "proto/positions.h"
 #include "worker/chat/chat_generation.h"
 #include "worker/executor/shard_common.h"
 #include "worker/executor/shard_kinds.h"
@@ -70,7 +71,7 @@ StatusOr<v1::ShardResult> RunExtract(const LoadedModel& m, const ExecutorOptions
   }
   v1::ShardResult out;
   for (size_t si = 0; si < weights.size(); ++si) {
-    const std::string position = PositionsKey(shard.positions(static_cast<int>(si)));
+    const std::string position = PositionsName(shard.positions(static_cast<int>(si)));
     for (size_t li = 0; li < layers.size(); ++li) {
       for (const auto& [key, entry] : sums) {
         if (std::get<0>(key) != si || std::get<1>(key) != li) continue;

@@ -27,8 +27,6 @@ StatusOr<PromptBatch> Tokenize(const LoadedModel& m,
   return batch;
 }
 
-std::string PositionsKey(const v1::Positions& positions) { return PositionsName(positions); }
-
 StatusOr<at::Tensor> PositionMask(const v1::Positions& positions, const PromptBatch& batch) {
   const formats::Positions selector = FromProto(positions);
   const int64_t p = static_cast<int64_t>(batch.tokenized.size());

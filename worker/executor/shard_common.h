@@ -31,9 +31,6 @@ StatusOr<PromptBatch> Tokenize(const LoadedModel& m,
                                const google::protobuf::RepeatedPtrField<v1::ShardPrompt>& prompts,
                                int64_t pad_id);
 
-// The selector's canonical text ("all" when unset): the key of a position mask.
-std::string PositionsKey(const v1::Positions& positions);
-
 // Bool [P, T] on the CPU: the padded columns `positions` selects in every prompt (unset: all).
 // InvalidArgument naming the prompt if a selector does not fit it.
 StatusOr<at::Tensor> PositionMask(const v1::Positions& positions, const PromptBatch& batch);

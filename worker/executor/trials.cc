@@ -16,6 +16,7 @@
 #include <set>
 
 #include "worker/chat/chat_generation.h"
+#include "proto/positions.h"
 #include "worker/executor/metrics.h"
 #include "worker/executor/shard_common.h"
 #include "worker/executor/shard_kinds.h"
@@ -53,8 +54,7 @@ struct TrialPlan {
 // of layer l: the MLP output of layer l, then later layers. A resid_pre edit at l: layers >= l.
 // Directional ablation at every layer (or several edits at once) has no single unit: no
 // readings, and no DE.
-std::vector<Downstream> DownstreamUnits(const TrialPlan& plan, const v1::Trial& trial,
-                                        const km::ModelConfig& config) {
+std::vector<Downstream> DownstreamUnits(const TrialPlan& plan, const km::ModelConfig& config) {
   std::vector<Downstream> units;
   if (!plan.has_de) return units;
   const km::HookPoint& hook = plan.own_hook;
@@ -72,7 +72,6 @@ std::vector<Downstream> DownstreamUnits(const TrialPlan& plan, const v1::Trial& 
   const bool after_mlp = hook.kind == km::HookKind::kMlpPost || hook.kind == km::HookKind::kMlpOut ||
                          hook.kind == km::HookKind::kResidPost;
   const bool after_attn = hook.kind == km::HookKind::kAttnOut || hook.kind == km::HookKind::kResidMid;
-  (void)trial;
   for (int l = layer; l < n; ++l) {
     if (!(l == layer && (after_attn || after_mlp))) units.push_back({v1::UnitReading::ATTN_OUT, l, -1});
     if (!(l == layer && after_mlp)) units.push_back({v1::UnitReading::MLP_OUT, l, -1});
@@ -225,7 +224,7 @@ Status TrialRunner::Prepare() {
   }
   for (const v1::Trial& trial : shard_.trials()) {
     for (const v1::Edit& edit : trial.edits()) {
-      const std::string key = PositionsKey(edit.positions());
+      const std::string key = PositionsName(edit.positions());
       if (!position_masks_.count(key)) {
         auto mask = PositionMask(edit.positions(), batch_);
         if (!mask.ok()) return mask.status().WithContext("trial " + std::to_string(trial.index()));
@@ -267,14 +266,14 @@ Status TrialRunner::PlanTrials() {
     plan.start_layer = layer;
     plan.has_de = trial.edits_size() == 1 && !trial.edits(0).every_layer();
     if (shard_.compensation()) {
-      plan.downstream = DownstreamUnits(plan, trial, config_);
+      plan.downstream = DownstreamUnits(plan, config_);
       for (const Downstream& d : plan.downstream) plan.reads_heads |= d.kind == v1::UnitReading::HEAD;
     }
     for (int64_t p = 0; p < p_count; ++p) {
       if (!trial.prompt_set().empty() && shard_.prompts(p).set() != trial.prompt_set()) continue;
       int64_t col = batch_.length - 1;
       for (const v1::Edit& edit : trial.edits()) {
-        at::Tensor cols = position_masks_.at(PositionsKey(edit.positions()))[p].nonzero();
+        at::Tensor cols = position_masks_.at(PositionsName(edit.positions()))[p].nonzero();
         if (cols.numel() == 0) {
           return Status::InvalidArgument("trial " + std::to_string(trial.index()) +
                                          ": positions select nothing in prompt " + std::to_string(p));
@@ -514,7 +513,7 @@ StatusOr<std::vector<km::InterventionSite>> TrialRunner::Sites(const Block& bloc
   std::vector<km::InterventionSite> sites;
   at::Tensor index = at::tensor(prompts, at::kLong);
   for (const v1::Edit& edit : trial.edits()) {
-    at::Tensor positions = position_masks_.at(PositionsKey(edit.positions())).index_select(0, index);
+    at::Tensor positions = position_masks_.at(PositionsName(edit.positions())).index_select(0, index);
     KO_ASSIGN_OR_RETURN(std::vector<km::HookPoint> hooks, EditHooks(edit, config_.num_layers));
     KO_ASSIGN_OR_RETURN(km::Intervention intervention, MakeIntervention(block, edit, prompts));
     for (const km::HookPoint& hook : hooks) {
