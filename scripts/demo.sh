@@ -4,7 +4,7 @@
 # mode (a coordinator on loopback plus a knockout-worker process, as on a cluster): extract
 # candidate refusal directions (post-instruction tokens) and harmfulness directions (t_inst),
 # select the refusal direction with science.md's filters, knock out every attention
-# head (with compensation) and each direction at every layer, generate with the direction
+# head (with compensation) and each direction projected out at one layer at a time, generate with the direction
 # ablated and added, and write an orthogonalised checkpoint. Prints the selection, the refusal
 # rates, the harmfulness/refusal cosines and the top of the compensation table.
 # The store is kept in BUILD_DIR/demo-hydra-store: running again resumes (or reprints) the sweep.
@@ -24,8 +24,8 @@ echo
 echo
 "$knockout" run "$spec" --store "$store"
 echo
-echo "== the direction knocked out at t_inst vs after the instruction, per layer (harmful_val) =="
+echo "== the direction projected out at one layer, at t_inst vs after the instruction (harmful_val) =="
 "$knockout" results demo-hydra --store "$store" --stage directions \
-  --where ablation=directional
+  --where ablation=project
 echo
 echo "Query further: $knockout status|results|compensation|directions demo-hydra --store $store"
