@@ -17,6 +17,7 @@ packages=(
   iproute2 nftables                              # multi-host test: network namespaces, partitions
   libyaml-cpp-dev nlohmann-json3-dev libcli11-dev libspdlog-dev libfmt-dev libpcre2-dev
   libutf8proc-dev                                # NFC/NFKC normalizers of tokenizers
+  libzip-dev                                     # Gemma Scope params.npz (formats/sae)
   libgtest-dev libgmock-dev libbenchmark-dev
   python3-torch python3-numpy                    # independent numerical reference (/usr/bin/python3)
 )

@@ -125,6 +125,13 @@ Intervention Intervention::Add(at::Tensor direction, double coefficient) {
   return i;
 }
 
+Intervention Intervention::Custom(std::shared_ptr<const ActivationEdit> edit) {
+  Intervention i;
+  i.kind_ = Kind::kCustom;
+  i.edit_ = std::move(edit);
+  return i;
+}
+
 Intervention Intervention::OnUnits(std::vector<int64_t> units) const {
   Intervention i = *this;
   i.units_ = std::move(units);
@@ -138,6 +145,7 @@ const char* Intervention::KindName() const {
     case Kind::kResample: return "resample";
     case Kind::kDirectional: return "directional";
     case Kind::kAdd: return "add";
+    case Kind::kCustom: return edit_ ? edit_->Name() : "custom";
   }
   return "unknown";
 }
@@ -145,6 +153,11 @@ const char* Intervention::KindName() const {
 Status Intervention::Validate(const ModelConfig& config, const HookPoint& hook) const {
   const std::vector<int64_t> trailing = HookActivationShape(config, hook);
   const std::string where = hook.Name() + ": " + KindName() + " intervention: ";
+  if (kind_ == Kind::kCustom) {
+    if (!edit_) return Status::InvalidArgument(where + "no edit given");
+    if (!units_.empty()) return Status::InvalidArgument(where + "units apply to zero, mean and resample only");
+    return edit_->Validate(config, hook);
+  }
   if (!units_.empty()) {
     if (kind_ == Kind::kDirectional || kind_ == Kind::kAdd) {
       return Status::InvalidArgument(where + "units apply to zero, mean and resample only");
@@ -175,6 +188,7 @@ Status Intervention::Validate(const ModelConfig& config, const HookPoint& hook) 
       }
       return Status::Ok();
     }
+    case Kind::kCustom: return Status::Ok();
     case Kind::kDirectional:
     case Kind::kAdd:
       if (!value_.defined() || value_.dim() != 1 || value_.size(0) != trailing.back()) {
@@ -201,6 +215,8 @@ at::Tensor Intervention::Apply(const at::Tensor& x, int64_t offset) const {
     }
     case Kind::kAdd:
       return x + (value_.to(options) * coefficient_);
+    case Kind::kCustom:
+      return edit_->Apply(x, offset);
     default:
       break;
   }

@@ -15,6 +15,7 @@
 
 #include <cstdint>
 #include <map>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -74,6 +75,17 @@ std::vector<HookPoint> AllHookPoints(int64_t num_layers);
 // The activation shape at a hook without the leading [B, T] (e.g. {n_heads, d_head} at hook_z).
 std::vector<int64_t> HookActivationShape(const ModelConfig& config, const HookPoint& hook);
 
+// An edit computed outside the model runtime (SAE latent interventions, worker/sae): applied to
+// the activation `x` [B, T, ...] of columns [offset, offset + T) like any intervention (the
+// registry masks rows and positions). Implementations are immutable and thread-safe.
+class ActivationEdit {
+ public:
+  virtual ~ActivationEdit() = default;
+  virtual const char* Name() const = 0;
+  virtual Status Validate(const ModelConfig& config, const HookPoint& hook) const = 0;
+  virtual at::Tensor Apply(const at::Tensor& x, int64_t offset) const = 0;
+};
+
 // One way of replacing an activation; a value, composable by registering several at a hook
 // (they apply in registration order). Formulas (science.md):
 //   zero:        x <- 0
@@ -81,11 +93,12 @@ std::vector<int64_t> HookActivationShape(const ModelConfig& config, const HookPo
 //   resample:    x <- source[b, t]             (activations of other prompts, given per row)
 //   directional: x <- x - (x . r_hat) r_hat,   r_hat = r / (|r| + 1e-8)
 //   add:         x <- x + c r                  (r unnormalised)
+//   custom:      x <- edit.Apply(x)            (an ActivationEdit, e.g. an SAE latent edit)
 // `OnUnits` restricts an intervention to some indices of axis 2 of the activation: heads at
 // attn.hook_z, neurons at mlp.hook_post (per-head / per-neuron ablation); elsewhere dimensions.
 class Intervention {
  public:
-  enum class Kind { kZero, kMean, kResample, kDirectional, kAdd };
+  enum class Kind { kZero, kMean, kResample, kDirectional, kAdd, kCustom };
 
   static Intervention Zero();
   // `mean` has the activation's trailing shape (HookActivationShape), e.g. [n_heads, d_head].
@@ -96,6 +109,7 @@ class Intervention {
   // `direction` is 1-D with the activation's last dimension.
   static Intervention Directional(at::Tensor direction);
   static Intervention Add(at::Tensor direction, double coefficient);
+  static Intervention Custom(std::shared_ptr<const ActivationEdit> edit);
 
   // A copy restricted to `units` (indices along axis 2). Not meaningful for directional/add.
   Intervention OnUnits(std::vector<int64_t> units) const;
@@ -103,6 +117,7 @@ class Intervention {
   Kind kind() const { return kind_; }
   const at::Tensor& value() const { return value_; }
   double coefficient() const { return coefficient_; }
+  const std::shared_ptr<const ActivationEdit>& edit() const { return edit_; }
   const std::vector<int64_t>& units() const { return units_; }
   const char* KindName() const;
 
@@ -118,6 +133,7 @@ class Intervention {
   at::Tensor value_;
   double coefficient_ = 1.0;
   std::vector<int64_t> units_;
+  std::shared_ptr<const ActivationEdit> edit_;  // kCustom
 };
 
 // Where an intervention applies.
