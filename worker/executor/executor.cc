@@ -4,6 +4,7 @@
 
 #include <chrono>
 
+#include "worker/executor/sae_cache.h"
 #include "worker/executor/shard_kinds.h"
 #include "worker/model/model.h"
 #include "tokenizer/chat_template.h"
@@ -14,7 +15,7 @@ namespace knockout::executor {
 namespace km = knockout::model;
 namespace kt = knockout::tokenizer;
 
-LoadedModel::LoadedModel() = default;
+LoadedModel::LoadedModel() : saes(std::make_unique<SaeCache>()) {}
 LoadedModel::~LoadedModel() = default;
 LoadedModel::LoadedModel(LoadedModel&&) noexcept = default;
 LoadedModel& LoadedModel::operator=(LoadedModel&&) noexcept = default;

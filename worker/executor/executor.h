@@ -44,7 +44,11 @@ class ChatTemplate;
 
 namespace knockout::executor {
 
-// A model with its tokenizer and chat template, loaded once per worker.
+class SaeCache;  // sae_cache.h
+
+// A model with its tokenizer and chat template, loaded once per worker, and the SAEs its shards
+// have used (kept across shards; internally synchronised, so shards running at once on one
+// LoadedModel may share it).
 struct LoadedModel {
   LoadedModel();
   ~LoadedModel();
@@ -55,6 +59,7 @@ struct LoadedModel {
   std::unique_ptr<model::Model> model;
   std::unique_ptr<tokenizer::Tokenizer> tokenizer;
   std::unique_ptr<tokenizer::ChatTemplate> chat;
+  std::unique_ptr<SaeCache> saes;  // never null (made by the constructor)
 };
 
 // Loads the checkpoint, its tokenizer and the chat template (ref.chat_template, else detected).
@@ -81,7 +86,9 @@ class ShardExecutor {
       : model_(model), options_(options) {}
 
   // Runs the shard. InvalidArgument for a malformed shard (unknown hook, a tensor it names is
-  // missing, a position the prompt does not have, a refusal token that is not one token);
+  // missing, a position the prompt does not have, a refusal token that is not one token, an
+  // SAE file that does not fit the model, a latent out of range); NotFound for an SAE file
+  // that does not exist (both messages name the file);
   // IOError for an orthogonalize output that cannot be written; Internal for LibTorch errors.
   StatusOr<v1::ShardResult> Run(const v1::Shard& shard) const;
 

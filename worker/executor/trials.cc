@@ -18,10 +18,12 @@
 #include "worker/chat/chat_generation.h"
 #include "proto/positions.h"
 #include "worker/executor/metrics.h"
+#include "worker/executor/sae_latents.h"
 #include "worker/executor/shard_common.h"
 #include "worker/executor/shard_kinds.h"
 #include "worker/model/hooks.h"
 #include "worker/model/model.h"
+#include "worker/sae/sae.h"
 #include "tokenizer/tokenizer.h"
 
 namespace knockout::executor::internal {
@@ -44,6 +46,9 @@ struct TrialPlan {
   km::HookPoint own_hook;
   std::vector<Downstream> downstream;
   bool reads_heads = false;
+  // Backups: the shard's SAEs (indices into TrialRunner::saes_) that read a hook strictly after
+  // the trial's last edited hook, in forward order (HookPoint ordering).
+  std::vector<int> backup_saes;
 };
 
 // The downstream units of a trial follow from its own unit alone (never from other trials of
@@ -112,6 +117,15 @@ struct Block {
   at::Tensor scale_last;               // float32 [Pb, 1]
   at::Tensor metric_direction;         // float32 [Pb, d]
   std::map<std::string, at::Tensor> resample;  // hook -> [Pb, T, ...] source per block prompt
+  // Backups: per SAE (index into TrialRunner::saes_) read by some trial, the clean run's
+  // activation at its hook and its latents' clean readings.
+  struct Latents {
+    at::Tensor act;   // [Pb, T, ...] the hook's clean activation (compute dtype)
+    at::Tensor mean;  // float32 [Pb, d_sae]: mean over the read positions
+    at::Tensor proj;  // float32 [Pb, d_sae]: write_j . m (m: the prompt's metric direction)
+    at::Tensor de;    // float32 [Pb, d_sae]: f_j(last) * proj / s(last), the clean direct effect
+  };
+  std::map<int, Latents> latents;
 };
 
 class TrialRunner {
@@ -138,6 +152,7 @@ class TrialRunner {
     int64_t start_layer = 0;
     int64_t new_cols = 0;                      // columns the pass recomputed
     bool reads_heads = false;
+    std::set<int> backup_saes;                 // SAEs some row of the chunk reads backups of
     km::HookRegistry hooks;                    // its interventions and caches
     at::Tensor x_ablated;                      // float32 [B, d]: final residual, last column
   };
@@ -152,13 +167,38 @@ class TrialRunner {
   // Per row, (clean, ablated) of each downstream unit of its trial's plan.
   using Readings = std::vector<std::vector<std::pair<double, double>>>;
   Readings ReadDownstream(const Block& block, const Chunk& chunk) const;
-  void StoreRows(const Chunk& chunk, const ChunkMetrics& metrics, const Readings& readings);
+  // Backups of a chunk, per SAE: the rows reading it (chunk row indices) and their per-prompt
+  // latent readings, float32 [n, d_sae]: mean activation over the read positions, clean and
+  // ablated, and the direct effect at the last position, clean and ablated.
+  struct SaeRows {
+    std::vector<int64_t> rows;
+    at::Tensor clean, ablated, de_clean, de_ablated;
+  };
+  struct BackupReadings {
+    std::map<int, SaeRows> by_sae;
+    std::vector<bool> finite;  // per chunk row
+  };
+  BackupReadings ReadBackups(const Block& block, const Chunk& chunk) const;
+  void StoreRows(const Chunk& chunk, const ChunkMetrics& metrics, const Readings& readings,
+                 const BackupReadings& backups);
+  void AddBackups(const Chunk& chunk, const BackupReadings& backups, const std::vector<bool>& valid);
+  void AssembleBackups(int trial, const std::string& set, int n, v1::ResultRow* row) const;
 
   StatusOr<std::vector<km::InterventionSite>> Sites(const Block& block, const v1::Trial& trial,
                                                     const std::vector<int64_t>& prompts,
                                                     const at::Tensor& rows_mask);
   StatusOr<km::Intervention> MakeIntervention(const Block& block, const v1::Edit& edit,
                                               const std::vector<int64_t>& prompts);
+  Status CheckSaeEdit(const v1::Trial& trial, const v1::Edit& edit);
+  StatusOr<km::Intervention> MakeLatentIntervention(const v1::Edit& edit) const;
+  Status PrepareBackups();
+  const ShardSae* FindSaeByName(const std::string& name) const {
+    for (const ShardSae& s : saes_) {
+      if (s.name == name) return &s;
+    }
+    return nullptr;
+  }
+  bool backups() const { return shard_.has_backups(); }
   at::Tensor OwnWrite(const km::HookPoint& hook, const at::Tensor& ablated_last,
                       const at::Tensor& clean_last) const;
   std::set<std::string> CompensationHooks() const;
@@ -191,6 +231,16 @@ class TrialRunner {
   bool any_resample_ = false;
   std::map<std::string, at::Tensor> mean_per_position_;  // hook -> [T, ...] aligned from the end
   std::map<std::string, at::Tensor> mean_all_positions_; // hook -> [...]
+  std::vector<ShardSae> saes_;                           // Shard.saes, in order
+  // SAE mean_all_positions edits: hook -> latent -> its mean activation over every real token
+  // of the reference prompts (the keys are filled by Prepare, the values by ReferenceMeans).
+  std::map<std::string, std::map<int64_t, double>> latent_means_;
+  // Backups: the read positions over the shard's prompts ([P, T] bool, CPU), the SAEs some
+  // trial reads, and per SAE the cosine of each latent's write with BackupsSpec.tensor
+  // (float64 [d_sae], CPU; empty without a tensor).
+  at::Tensor backup_read_mask_;
+  std::set<int> backup_saes_;
+  std::map<int, at::Tensor> backup_cosines_;
 
   struct RowValues {
     std::map<std::string, double> values;
@@ -201,6 +251,9 @@ class TrialRunner {
   // ablated), in the order of the trial's plan: per-prompt readings are never kept, so memory
   // grows with the stored rows only.
   std::map<std::pair<int, std::string>, std::vector<std::pair<double, double>>> reading_sums_;
+  // Backups summed the same way, per (trial, prompt set) and SAE: float64 [5, d_sae] on the
+  // model's device, rows: clean, ablated, rise^2, de_clean, de_ablated.
+  std::map<std::pair<int, std::string>, std::map<int, at::Tensor>> backup_sums_;
 };
 
 Status TrialRunner::Prepare() {
@@ -222,6 +275,7 @@ Status TrialRunner::Prepare() {
     positive_ids_ = at::tensor(pos, at::kLong);
     negative_ids_ = at::tensor(neg, at::kLong);
   }
+  KO_ASSIGN_OR_RETURN(saes_, LoadShardSaes(m_, shard_));
   for (const v1::Trial& trial : shard_.trials()) {
     for (const v1::Edit& edit : trial.edits()) {
       const std::string key = PositionsName(edit.positions());
@@ -229,6 +283,10 @@ Status TrialRunner::Prepare() {
         auto mask = PositionMask(edit.positions(), batch_);
         if (!mask.ok()) return mask.status().WithContext("trial " + std::to_string(trial.index()));
         position_masks_[key] = *mask;
+      }
+      if (edit.sae()) {
+        KO_RETURN_IF_ERROR(CheckSaeEdit(trial, edit));
+        continue;
       }
       const v1::Ablation::Kind kind = edit.ablation().kind();
       if (kind == v1::Ablation::MEAN || kind == v1::Ablation::MEAN_ALL_POSITIONS ||
@@ -242,7 +300,62 @@ Status TrialRunner::Prepare() {
       }
     }
   }
-  return PlanTrials();
+  KO_RETURN_IF_ERROR(PlanTrials());
+  return PrepareBackups();
+}
+
+// An edit of SAE latents: an SAE of the shard at its hook, latents in range, an ablation that
+// applies to latents (zero, clamp, scale, mean_all_positions with reference prompts).
+Status TrialRunner::CheckSaeEdit(const v1::Trial& trial, const v1::Edit& edit) {
+  const std::string what = "trial " + std::to_string(trial.index()) + ": SAE edit at " + edit.hook();
+  if (edit.every_layer()) return Status::InvalidArgument(what + ": every_layer does not apply to SAE latents");
+  StatusOr<km::HookPoint> hook = km::HookPoint::Parse(edit.hook(), config_.num_layers);
+  if (!hook.ok()) return hook.status().WithContext(what);
+  const ShardSae* s = FindSae(saes_, *hook);
+  if (!s) return Status::InvalidArgument(what + ": the shard has no SAE at that hook (Shard.saes)");
+  if (edit.units_size() == 0) return Status::InvalidArgument(what + ": no latents (units)");
+  std::vector<int64_t> latents(edit.units().begin(), edit.units().end());
+  Status in_range = s->sae->CheckLatents(latents);
+  if (!in_range.ok()) return in_range.WithContext(what);
+  switch (edit.ablation().kind()) {
+    case v1::Ablation::ZERO:
+    case v1::Ablation::CLAMP:
+    case v1::Ablation::SCALE:
+      return Status::Ok();
+    case v1::Ablation::MEAN_ALL_POSITIONS:
+      if (reference_.tokenized.empty()) {
+        return Status::InvalidArgument(what + ": mean_all_positions needs reference prompts");
+      }
+      for (int64_t j : latents) latent_means_[s->name][j] = 0.0;
+      return Status::Ok();
+    default:
+      return Status::InvalidArgument(what + ": ablation " +
+                                     v1::Ablation::Kind_Name(edit.ablation().kind()) +
+                                     " does not apply to SAE latents (zero, clamp, scale, "
+                                     "mean_all_positions)");
+  }
+}
+
+// Backups (BackupsSpec): the read positions, the SAEs downstream of some trial, and their
+// latents' cosines with the spec's direction.
+Status TrialRunner::PrepareBackups() {
+  if (!backups()) return Status::Ok();
+  const v1::BackupsSpec& spec = shard_.backups();
+  v1::Positions read = spec.positions();
+  if (read.kind() == v1::Positions::POSITIONS_UNSPECIFIED) read.set_kind(v1::Positions::POST_INST);
+  auto mask = PositionMask(read, batch_);
+  if (!mask.ok()) return mask.status().WithContext("backups.positions");
+  backup_read_mask_ = *mask;
+  for (const TrialPlan& plan : plans_) backup_saes_.insert(plan.backup_saes.begin(), plan.backup_saes.end());
+  if (!spec.tensor().empty()) {
+    KO_ASSIGN_OR_RETURN(at::Tensor r, FindTensor(tensors_, spec.tensor()));
+    for (int s : backup_saes_) {
+      auto cosines = WriteCosines(saes_[s], r);
+      if (!cosines.ok()) return cosines.status().WithContext("backups.tensor " + spec.tensor());
+      backup_cosines_[s] = *cosines;
+    }
+  }
+  return Status::Ok();
 }
 
 Status TrialRunner::PlanTrials() {
@@ -265,6 +378,16 @@ Status TrialRunner::PlanTrials() {
     if (trial.edits_size() == 0) layer = config_.num_layers - 1;  // the clean run
     plan.start_layer = layer;
     plan.has_de = trial.edits_size() == 1 && !trial.edits(0).every_layer();
+    if (backups() && trial.edits_size() > 0) {
+      km::HookPoint last_edited = km::HookPoint::Embed();
+      for (const v1::Edit& edit : trial.edits()) {
+        KO_ASSIGN_OR_RETURN(std::vector<km::HookPoint> hooks, EditHooks(edit, config_.num_layers));
+        for (const km::HookPoint& h : hooks) last_edited = std::max(last_edited, h);
+      }
+      for (size_t s = 0; s < saes_.size(); ++s) {
+        if (last_edited < saes_[s].hook) plan.backup_saes.push_back(static_cast<int>(s));
+      }
+    }
     if (shard_.compensation()) {
       plan.downstream = DownstreamUnits(plan, config_);
       for (const Downstream& d : plan.downstream) plan.reads_heads |= d.kind == v1::UnitReading::HEAD;
@@ -291,9 +414,10 @@ Status TrialRunner::PlanTrials() {
 // counted from the prompt's end (aligned to the shard's width; columns no reference prompt has
 // take the all-positions mean) and over all real tokens.
 Status TrialRunner::ReferenceMeans() {
-  if (mean_hooks_.empty()) return Status::Ok();
+  if (mean_hooks_.empty() && latent_means_.empty()) return Status::Ok();
   const int64_t r = reference_.ids.size(0), tr = reference_.length, t = batch_.length;
   std::map<std::string, at::Tensor> col_sum, total;
+  std::map<std::string, at::Tensor> latent_sum;  // SAE hook -> float64 [k] over its mean latents
   at::Tensor col_count = at::zeros({tr}, at::kDouble);
   double count = 0;
   for (int64_t r0 = 0; r0 < r; r0 += BlockRows()) {
@@ -304,6 +428,10 @@ Status TrialRunner::ReferenceMeans() {
       KO_RETURN_IF_ERROR(hooks.Cache(name));
       KO_ASSIGN_OR_RETURN(km::HookPoint hook, km::HookPoint::Parse(name, config_.num_layers));
       last_layer = std::max<int64_t>(last_layer, hook.layer);
+    }
+    for (const auto& [name, latents] : latent_means_) {
+      KO_RETURN_IF_ERROR(hooks.Cache(name));
+      last_layer = std::max<int64_t>(last_layer, FindSaeByName(name)->hook.layer);
     }
     km::ForwardRequest request;
     request.input_ids = reference_.ids.narrow(0, r0, n);
@@ -316,6 +444,14 @@ Status TrialRunner::ReferenceMeans() {
     at::Tensor mask = reference_.mask.narrow(0, r0, n).to(at::kCPU, at::kDouble);  // [n, tr]
     col_count += mask.sum(0);
     count += mask.sum().item<double>();
+    for (const auto& [name, means] : latent_means_) {
+      // The latents' activations at every real token: [n, tr, k], summed over tokens.
+      std::vector<int64_t> latents;
+      for (const auto& entry : means) latents.push_back(entry.first);
+      at::Tensor f = FindSaeByName(name)->sae->EncodeLatents(hooks.cache().at(name), latents);
+      at::Tensor sum = (f.to(at::kCPU, at::kDouble) * mask.unsqueeze(2)).sum(at::IntArrayRef{0, 1});
+      latent_sum[name] = latent_sum.count(name) ? latent_sum[name] + sum : sum;
+    }
     for (const std::string& name : mean_hooks_) {
       at::Tensor x = hooks.cache().at(name).to(at::kCPU, at::kDouble);  // [n, tr, ...]
       std::vector<int64_t> mshape = {n, tr};
@@ -350,6 +486,11 @@ Status TrialRunner::ReferenceMeans() {
     mean_per_position_[name] = aligned.to(at::kFloat);
     mean_all_positions_[name] = overall.to(at::kFloat);
   }
+  for (auto& [name, means] : latent_means_) {
+    at::Tensor mean = (latent_sum.at(name) / std::max(count, 1.0)).contiguous();
+    int64_t i = 0;
+    for (auto& entry : means) entry.second = mean.data_ptr<double>()[i++];
+  }
   return Status::Ok();
 }
 
@@ -380,6 +521,7 @@ StatusOr<Block> TrialRunner::CleanPass(const std::vector<int64_t>& prompts) {
     compensation = CompensationHooks();
     for (const std::string& name : compensation) KO_RETURN_IF_ERROR(hooks.Cache(name));
   }
+  for (int s : backup_saes_) hooks.Cache(saes_[s].hook);
   km::ForwardRequest request;
   request.input_ids = batch_.ids.index_select(0, index);
   request.attention_mask = batch_.mask.index_select(0, index);
@@ -396,9 +538,22 @@ StatusOr<Block> TrialRunner::CleanPass(const std::vector<int64_t>& prompts) {
   }
   block.final_last = result.residual.select(1, t - 1).to(at::kFloat);
   block.scale_last = FinalScale(model_, block.final_last);
-  if (shard_.compensation()) {
+  if (shard_.compensation() || !backup_saes_.empty()) {
     at::Tensor clean_logits = head_.Unembed(block.final_last, block.scale_last);
     block.metric_direction = MetricDirection(model_, clean_logits, refusal_ids_, block.scale_last);
+  }
+  // Backups: the clean latents of every SAE some trial reads, at the read positions (mean) and
+  // at the last position (direct effect); the activation stays for the chunks' prefixes.
+  const at::Tensor read = backup_saes_.empty() ? at::Tensor()
+                                               : backup_read_mask_.index_select(0, index.to(at::kCPU));
+  for (int s : backup_saes_) {
+    const ShardSae& sae = saes_[s];
+    Block::Latents& latents = block.latents[s];
+    latents.act = hooks.cache().at(sae.name);
+    LatentReading clean = ReadLatents(*sae.sae, latents.act, read);
+    latents.mean = clean.mean;
+    latents.proj = at::matmul(block.metric_direction.to(sae.write.device()), sae.write.t());
+    latents.de = clean.last * latents.proj / clean.last_divisor;
   }
   return block;
 }
@@ -463,6 +618,7 @@ Status TrialRunner::ResampleSources(Block* block) {
 
 StatusOr<km::Intervention> TrialRunner::MakeIntervention(const Block& block, const v1::Edit& edit,
                                                          const std::vector<int64_t>& prompts) {
+  if (edit.sae()) return MakeLatentIntervention(edit);
   km::Intervention intervention;
   switch (edit.ablation().kind()) {
     case v1::Ablation::ZERO:
@@ -497,6 +653,9 @@ StatusOr<km::Intervention> TrialRunner::MakeIntervention(const Block& block, con
       intervention = km::Intervention::Add(r, edit.ablation().coefficient());
       break;
     }
+    case v1::Ablation::CLAMP:
+    case v1::Ablation::SCALE:
+      return Status::InvalidArgument(edit.hook() + ": clamp and scale apply to SAE latents only");
     default:
       return Status::InvalidArgument(edit.hook() + ": edit without an ablation kind");
   }
@@ -504,6 +663,39 @@ StatusOr<km::Intervention> TrialRunner::MakeIntervention(const Block& block, con
     intervention = intervention.OnUnits(std::vector<int64_t>(edit.units().begin(), edit.units().end()));
   }
   return intervention;
+}
+
+// The latents' edit with the error term kept (worker/sae): checked by CheckSaeEdit.
+StatusOr<km::Intervention> TrialRunner::MakeLatentIntervention(const v1::Edit& edit) const {
+  KO_ASSIGN_OR_RETURN(km::HookPoint hook, km::HookPoint::Parse(edit.hook(), config_.num_layers));
+  const ShardSae* s = FindSae(saes_, hook);
+  if (!s) return Status::InvalidArgument(edit.hook() + ": no SAE at this hook");
+  sae::LatentEdit latent;
+  latent.latents.assign(edit.units().begin(), edit.units().end());
+  switch (edit.ablation().kind()) {
+    case v1::Ablation::ZERO:
+      latent.op = sae::LatentEdit::Op::kZero;
+      break;
+    case v1::Ablation::CLAMP:
+      latent.op = sae::LatentEdit::Op::kClamp;
+      latent.value = edit.ablation().coefficient();
+      break;
+    case v1::Ablation::SCALE:
+      latent.op = sae::LatentEdit::Op::kScale;
+      latent.value = edit.ablation().coefficient();
+      break;
+    case v1::Ablation::MEAN_ALL_POSITIONS: {
+      latent.op = sae::LatentEdit::Op::kMean;
+      const std::map<int64_t, double>& means = latent_means_.at(s->name);
+      for (int64_t j : latent.latents) latent.values.push_back(means.at(j));
+      break;
+    }
+    default:
+      return Status::InvalidArgument(edit.hook() + ": ablation " +
+                                     v1::Ablation::Kind_Name(edit.ablation().kind()) +
+                                     " does not apply to SAE latents");
+  }
+  return sae::MakeLatentIntervention(s->sae, std::move(latent));
 }
 
 StatusOr<std::vector<km::InterventionSite>> TrialRunner::Sites(const Block& block,
@@ -590,7 +782,8 @@ Status TrialRunner::RunChunk(const Block& block, const std::vector<Row>& rows) {
   ChunkMetrics metrics = ComputeMetrics(block, chunk);
   Readings readings;
   if (shard_.compensation()) readings = ReadDownstream(block, chunk);
-  StoreRows(chunk, metrics, readings);
+  BackupReadings backups = ReadBackups(block, chunk);
+  StoreRows(chunk, metrics, readings, backups);
   return Status::Ok();
 }
 
@@ -632,6 +825,12 @@ Status TrialRunner::ForwardChunk(const Block& block, const std::vector<Row>& row
       hooks.Cache(km::HookPoint::MlpOut(l));
       if (chunk->reads_heads) hooks.Cache(km::HookPoint::AttnZ(l));
     }
+  }
+  for (const auto& [trial, members] : chunk->trial_rows) {
+    chunk->backup_saes.insert(plans_[trial].backup_saes.begin(), plans_[trial].backup_saes.end());
+  }
+  for (int s : chunk->backup_saes) {
+    if (saes_[s].hook.layer >= chunk->start_layer) hooks.Cache(saes_[s].hook);
   }
 
   km::ForwardRequest request;
@@ -776,10 +975,79 @@ TrialRunner::Readings TrialRunner::ReadDownstream(const Block& block, const Chun
   return readings;
 }
 
+// Each row's backups (its trial's downstream SAEs): every latent's mean activation over the
+// read positions and its direct effect at the last position, in the clean run (the block's)
+// and the ablated one. The ablated activation is the chunk's recomputed columns after the
+// clean prefix it did not recompute (causal attention: those columns are the clean ones).
+TrialRunner::BackupReadings TrialRunner::ReadBackups(const Block& block, const Chunk& chunk) const {
+  BackupReadings out;
+  const int64_t b = static_cast<int64_t>(chunk.rows.size());
+  out.finite.assign(b, true);
+  const int64_t prefix = batch_.length - chunk.new_cols;
+  for (int s : chunk.backup_saes) {
+    std::vector<int64_t> members, prompts;
+    for (int64_t i = 0; i < b; ++i) {
+      const std::vector<int>& own = plans_[chunk.rows[i].trial].backup_saes;
+      if (std::find(own.begin(), own.end(), s) == own.end()) continue;
+      members.push_back(i);
+      prompts.push_back(chunk.rows[i].prompt);
+    }
+    if (members.empty()) continue;
+    const ShardSae& sae = saes_[s];
+    const Block::Latents& clean = block.latents.at(s);
+    const at::Tensor member_index = at::tensor(members, at::kLong).to(model_.device());
+    const at::Tensor local = chunk.local_index.index_select(0, member_index);
+    at::Tensor act = clean.act.index_select(0, local);
+    if (sae.hook.layer >= chunk.start_layer) {
+      at::Tensor recomputed = chunk.hooks.cache().at(sae.name).index_select(0, member_index);
+      act = prefix > 0 ? at::cat({act.narrow(1, 0, prefix), recomputed}, 1) : recomputed;
+    }
+    const at::Tensor read = backup_read_mask_.index_select(0, at::tensor(prompts, at::kLong));
+    const LatentReading ablated = ReadLatents(*sae.sae, act, read);
+    const at::Tensor proj = clean.proj.index_select(0, local);
+    SaeRows& rows = out.by_sae[s];
+    rows.rows = members;
+    rows.clean = clean.mean.index_select(0, local);
+    rows.ablated = ablated.mean;
+    rows.de_clean = clean.de.index_select(0, local);
+    rows.de_ablated = ablated.last * proj / ablated.last_divisor;
+    const at::Tensor finite = (at::isfinite(rows.clean).all(1) & at::isfinite(rows.ablated).all(1) &
+                               at::isfinite(rows.de_clean).all(1) & at::isfinite(rows.de_ablated).all(1))
+                                  .to(at::kCPU)
+                                  .contiguous();
+    const bool* ok = finite.data_ptr<bool>();
+    for (size_t k = 0; k < members.size(); ++k) out.finite[members[k]] = out.finite[members[k]] && ok[k];
+  }
+  return out;
+}
+
+// Adds the backups of the chunk's error-free rows to their (trial, prompt set)'s sums.
+void TrialRunner::AddBackups(const Chunk& chunk, const BackupReadings& backups,
+                             const std::vector<bool>& valid) {
+  for (const auto& [s, rows] : backups.by_sae) {
+    std::map<std::pair<int, std::string>, std::vector<int64_t>> groups;  // -> positions in rows
+    for (size_t k = 0; k < rows.rows.size(); ++k) {
+      const Row& row = chunk.rows[rows.rows[k]];
+      if (valid[rows.rows[k]]) groups[{row.trial, shard_.prompts(row.prompt).set()}].push_back(k);
+    }
+    for (const auto& [key, positions] : groups) {
+      const at::Tensor index = at::tensor(positions, at::kLong).to(rows.clean.device());
+      auto pick = [&](const at::Tensor& t) { return t.index_select(0, index).to(at::kDouble); };
+      const at::Tensor clean = pick(rows.clean), ablated = pick(rows.ablated);
+      const at::Tensor rise = ablated - clean;
+      const at::Tensor sums = at::stack({clean.sum(0), ablated.sum(0), (rise * rise).sum(0),
+                                         pick(rows.de_clean).sum(0), pick(rows.de_ablated).sum(0)});
+      at::Tensor& total = backup_sums_[key][s];
+      total = total.defined() ? total + sums : sums;
+    }
+  }
+}
+
 // Per-row values; a row with a non-finite value carries an error naming it (Assemble leaves
 // such a prompt out of every mean).
 void TrialRunner::StoreRows(const Chunk& chunk, const ChunkMetrics& metrics,
-                            const Readings& readings) {
+                            const Readings& readings, const BackupReadings& backups) {
+  std::vector<bool> valid(chunk.rows.size(), false);
   const bool compensation = shard_.compensation();
   for (size_t i = 0; i < chunk.rows.size(); ++i) {
     RowValues& out = results_[{chunk.rows[i].trial, chunk.rows[i].prompt}];
@@ -808,10 +1076,12 @@ void TrialRunner::StoreRows(const Chunk& chunk, const ChunkMetrics& metrics,
         }
       }
     }
+    if (!backups.finite.empty() && !backups.finite[i]) bad += std::string(bad.empty() ? "" : ", ") + "backups";
     if (!bad.empty()) {
       out.error = "non-finite " + bad;
       continue;
     }
+    valid[i] = true;
     if (row_readings && !row_readings->empty()) {
       auto& sums = reading_sums_[{chunk.rows[i].trial, shard_.prompts(chunk.rows[i].prompt).set()}];
       if (sums.empty()) sums.assign(row_readings->size(), {0.0, 0.0});
@@ -820,6 +1090,64 @@ void TrialRunner::StoreRows(const Chunk& chunk, const ChunkMetrics& metrics,
         sums[u].second += (*row_readings)[u].second;
       }
     }
+  }
+  AddBackups(chunk, backups, valid);
+}
+
+// The aggregate's backups: the `top` latents over every downstream SAE of the trial by mean
+// rise (mean ablated - mean clean activation over the error-free prompts), the highest first;
+// ties: the lower hook (forward order), then the lower latent.
+void TrialRunner::AssembleBackups(int trial, const std::string& set, int n, v1::ResultRow* row) const {
+  const auto sums = backup_sums_.find({trial, set});
+  if (sums == backup_sums_.end() || n <= 0) return;
+  const v1::BackupsSpec& spec = shard_.backups();
+  const int64_t top = spec.top() > 0 ? spec.top() : 10;
+  const double dormant = spec.dormant_threshold() > 0 ? spec.dormant_threshold() : 0.05;
+  struct Candidate {
+    double rise;
+    int sae;
+    int64_t latent;
+  };
+  std::vector<Candidate> candidates;
+  std::map<int, at::Tensor> means;  // SAE -> float64 [5, d_sae] on the CPU: the sums / n
+  for (const auto& [s, total] : sums->second) {
+    const at::Tensor mean = (total.to(at::kCPU) / static_cast<double>(n)).contiguous();
+    means[s] = mean;
+    const at::Tensor rise = mean[1] - mean[0];
+    // Stable: equal rises keep the lower latent first.
+    const at::Tensor order = std::get<1>(at::sort(rise, /*stable=*/true, /*dim=*/0, /*descending=*/true));
+    const int64_t k = std::min<int64_t>(top, order.numel());
+    const at::Tensor best = order.narrow(0, 0, k).contiguous();
+    const double* r = rise.contiguous().data_ptr<double>();
+    for (int64_t i = 0; i < k; ++i) {
+      const int64_t j = best.data_ptr<int64_t>()[i];
+      candidates.push_back({r[j], s, j});
+    }
+  }
+  std::sort(candidates.begin(), candidates.end(), [&](const Candidate& a, const Candidate& b) {
+    if (a.rise != b.rise) return a.rise > b.rise;
+    if (!(saes_[a.sae].hook == saes_[b.sae].hook)) return saes_[a.sae].hook < saes_[b.sae].hook;
+    return a.latent < b.latent;
+  });
+  candidates.resize(std::min<size_t>(candidates.size(), static_cast<size_t>(top)));
+  for (const Candidate& c : candidates) {
+    const at::Tensor& mean = means.at(c.sae);
+    auto value = [&](int64_t what) { return mean[what][c.latent].item<double>(); };
+    const double clean = value(0), ablated = value(1);
+    v1::UnitReading* r = row->add_backups();
+    r->set_kind(v1::UnitReading::SAE_LATENT);
+    r->set_layer(static_cast<int32_t>(saes_[c.sae].hook.layer));
+    r->set_unit(static_cast<int32_t>(c.latent));
+    r->set_hook(saes_[c.sae].name);
+    r->set_clean(clean);
+    r->set_ablated(ablated);
+    // Population standard deviation of the per-prompt rise: E[rise^2] - E[rise]^2.
+    r->set_spread(std::sqrt(std::max(0.0, value(2) - c.rise * c.rise)));
+    r->set_dormant(clean < dormant);
+    const auto cosines = backup_cosines_.find(c.sae);
+    if (cosines != backup_cosines_.end()) r->set_cosine(cosines->second[c.latent].item<double>());
+    r->set_de_clean(value(3));
+    r->set_de_ablated(value(4));
   }
 }
 
@@ -861,6 +1189,7 @@ v1::ShardResult TrialRunner::Assemble() const {
     for (const auto& [k, v] : a.sums) (*row->mutable_values())[k] = a.n > 0 ? v / n : std::nan("");
     (*row->mutable_values())["prompts"] = a.n;
     if (a.excluded > 0) (*row->mutable_values())["excluded_prompts"] = a.excluded;
+    AssembleBackups(key.first, key.second, a.n, row);
     const auto sums = reading_sums_.find(key);
     if (sums == reading_sums_.end()) continue;
     const std::vector<Downstream>& units = plans_[key.first].downstream;
