@@ -59,12 +59,13 @@ at::Tensor DecodeDivisor(const sae::Sae& sae, const at::Tensor& x) {
   return ones;
 }
 
-LatentReading ReadLatents(const sae::Sae& sae, const at::Tensor& act, const at::Tensor& read) {
+LatentReading ReadLatents(const sae::Sae& sae, const at::Tensor& act, const at::Tensor& read,
+                          bool with_last) {
   const int64_t b = act.size(0), t = act.size(1);
   const at::Tensor x = act.reshape({b, t, sae.d_in()});
   at::Tensor read_mask = read.to(x.device(), at::kBool);
   at::Tensor selected = read_mask.clone();
-  selected.select(1, t - 1).fill_(true);
+  if (with_last) selected.select(1, t - 1).fill_(true);
   // (row, column) pairs in row-major order: each row's last pair is its column T - 1.
   const at::Tensor pairs = selected.nonzero();  // [N, 2]
   const at::Tensor rows = pairs.select(1, 0), cols = pairs.select(1, 1);
@@ -76,6 +77,7 @@ LatentReading ReadLatents(const sae::Sae& sae, const at::Tensor& act, const at::
   LatentReading out;
   out.mean = at::zeros({b, sae.d_sae()}, f.options()).index_add_(0, rows.to(f.device()),
                                                                   f * weight.to(f.device()).unsqueeze(1));
+  if (!with_last) return out;
   out.last = f.index_select(0, (cols == t - 1).nonzero().squeeze(1).to(f.device()));
   out.last_divisor = DecodeDivisor(sae, x.select(1, t - 1));
   return out;

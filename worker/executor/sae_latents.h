@@ -47,11 +47,13 @@ at::Tensor DecodeDivisor(const sae::Sae& sae, const at::Tensor& x);
 // Latents of rows of a hook's activation `act` [B, T, ...]: `mean` [B, d_sae], each row's mean
 // activation over the columns `read` [B, T] (bool, any device) selects (0 where it selects
 // none); `last` [B, d_sae], the activation at column T - 1; `last_divisor` [B, 1] the decode
-// divisor there. One full encode over the selected columns and the last (float32).
+// divisor there. One full encode over the selected columns and the last (float32). Without
+// `with_last` only `mean` is filled.
 struct LatentReading {
   at::Tensor mean, last, last_divisor;
 };
-LatentReading ReadLatents(const sae::Sae& sae, const at::Tensor& act, const at::Tensor& read);
+LatentReading ReadLatents(const sae::Sae& sae, const at::Tensor& act, const at::Tensor& read,
+                          bool with_last = true);
 
 // cos(write_j, r) for every latent, float64 [d_sae] on the CPU (0 where either is zero).
 // InvalidArgument if r does not have d_model values.
