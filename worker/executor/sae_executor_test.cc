@@ -261,12 +261,14 @@ class SaeExecutorTest : public ::testing::Test {
         .to(at::kDouble);
   }
 
-  // The refusal score of a final residual x [d] (float64): the model's final RMSNorm and
-  // unembedding, log p_R - log(1 - p_R) (science.md).
-  static double RefusalScore(const at::Tensor& x64) {
+  // The final RMSNorm's scale of a final residual x [d] (float64): sqrt(mean(x^2) + eps).
+  static at::Tensor FinalScale(const at::Tensor& x64) {
+    return (x64 * x64).mean().add(model_->model->config().rms_norm_eps).sqrt();
+  }
+  // The refusal score of a final residual x [d] (float64) normalised by `scale`: the model's
+  // final RMSNorm weight and unembedding, log p_R - log(1 - p_R) (science.md).
+  static double RefusalScore(const at::Tensor& x64, const at::Tensor& scale) {
     const auto& weights = model_->model->weights();
-    const double eps = model_->model->config().rms_norm_eps;
-    const at::Tensor scale = (x64 * x64).mean().add(eps).sqrt();
     const at::Tensor logits =
         at::matmul(weights.lm_head.to(at::kDouble), x64 / scale * weights.final_norm.to(at::kDouble));
     const at::Tensor logp = at::log_softmax(logits, 0);
@@ -290,7 +292,8 @@ double Tolerance(const std::string& key, const v1::ResultRow& row, double tol) {
 }
 
 // Backups of two runs: the same latents (a latent at the top-N boundary may trade places with
-// one whose rise is within `tol`), with the same readings.
+// one whose rise is within 1e-5 of it: near-zero rises of latents an edit hardly touches are
+// float32 noise), with the same readings.
 int ExpectSameBackups(const v1::ResultRow& a, const v1::ResultRow& b, double tol) {
   EXPECT_EQ(a.backups_size(), b.backups_size()) << "trial " << a.trial();
   std::map<std::pair<std::string, int>, const v1::UnitReading*> other;
@@ -302,7 +305,7 @@ int ExpectSameBackups(const v1::ResultRow& a, const v1::ResultRow& b, double tol
   for (const auto& r : a.backups()) {
     auto it = other.find({r.hook(), r.unit()});
     if (it == other.end()) {
-      EXPECT_NEAR(r.ablated() - r.clean(), boundary, tol) << "trial " << a.trial() << " " << r.hook()
+      EXPECT_NEAR(r.ablated() - r.clean(), boundary, 1e-5) << "trial " << a.trial() << " " << r.hook()
                                                           << " latent " << r.unit();
       continue;
     }
@@ -350,7 +353,10 @@ int ExpectSameResults(const v1::ShardResult& a, const v1::ShardResult& b, double
 TEST_F(SaeExecutorTest, PrefixReuseEqualsNaiveForwardPerTrial) {
   for (bool compensation : {false, true}) {
     SCOPED_TRACE(compensation ? "with compensation" : "without compensation");
-    const v1::Shard shard = LatentShard(compensation);
+    v1::Shard shard = LatentShard(compensation);
+    // Backups read at every token: columns before a chunk's first recomputed one come from the
+    // clean run (post_inst, the default, reads none of them).
+    if (compensation) *shard.mutable_backups()->mutable_positions() = Pos(v1::Positions::ALL);
     ExecutorOptions fast_options;
     fast_options.max_batch_rows = 8;  // several chunks and prompt blocks, trials mixed
     ExecutorOptions naive_options;
@@ -484,7 +490,8 @@ TEST_F(SaeExecutorTest, ClampToCleanValueChangesNothing) {
 
 // DE of a latent knocked out at every position: the latent's own write at the last position,
 // f_j W_dec[j] (through W_O at attn.hook_z), added to the clean final residual and read through
-// this test's float64 final norm and unembedding, minus the clean score.
+// this test's float64 final norm (its scale frozen at the clean one, science.md) and
+// unembedding, minus the clean score.
 TEST_F(SaeExecutorTest, DirectEffectIsTheLatentsOwnWrite) {
   v1::Shard shard = BaseShard();
   shard.set_compensation(true);
@@ -506,7 +513,8 @@ TEST_F(SaeExecutorTest, DirectEffectIsTheLatentsOwnWrite) {
     for (const auto& e : edits) hooks.push_back(e.first);
     std::map<std::string, at::Tensor> cache;
     const at::Tensor x = Forward(tokens.ids, hooks, &cache)[tokens.size() - 1].to(at::kDouble);
-    const double clean = RefusalScore(x);
+    const at::Tensor scale = FinalScale(x);
+    const double clean = RefusalScore(x, scale);
     for (size_t t = 0; t < edits.size(); ++t) {
       const auto& [hook, j] = edits[t];
       const TestSae& s = Sae(hook);
@@ -515,13 +523,68 @@ TEST_F(SaeExecutorTest, DirectEffectIsTheLatentsOwnWrite) {
       if (hook.find("hook_z") != std::string::npos) {
         write = at::matmul(model_->model->weights().layers[2].o.to(at::kDouble), write);
       }
-      const double expected = RefusalScore(x + write) - clean;
+      const double expected = RefusalScore(x + write, scale) - clean;
       const v1::ResultRow* row = rows.at({static_cast<uint32_t>(t), static_cast<int>(p)});
       EXPECT_NEAR(row->values().at("de"), expected, 1e-4 * (1 + std::abs(clean))) << hook << " prompt " << p;
       nonzero += std::abs(expected) > 1e-4;
     }
   }
   EXPECT_GE(nonzero, 3);
+}
+
+// mean_all_positions of latents: each latent's mean activation over every real token of the
+// reference prompts. Reference: this test's own means (an unpadded forward per reference
+// prompt, Sae::Encode at every token), then each shard prompt run alone with
+// sae::MakeLatentIntervention(mean, those values) at every position; the refusal score from the
+// model's own float32 logits.
+TEST_F(SaeExecutorTest, LatentMeanIsTheMeanOverEveryReferenceToken) {
+  v1::Shard shard = BaseShard();
+  const std::string hook = "blocks.3.hook_resid_post";
+  v1::Trial* trial = shard.add_trials();
+  AddLatentEdit(trial, hook, v1::Ablation::MEAN_ALL_POSITIONS, {30, 31, 77}, Pos(v1::Positions::ALL));
+  auto result = ShardExecutor(*model_, {}).Run(shard);
+  ASSERT_TRUE(result.ok()) << result.status().ToString();
+
+  const auto runtime = Runtime(Sae(hook));
+  at::Tensor sum = at::zeros({3}, at::kDouble);
+  int64_t tokens = 0;
+  for (const auto& p : shard.reference_prompts()) {
+    std::map<std::string, at::Tensor> cache;
+    Forward(Tokens(p.instruction()).ids, {hook}, &cache);
+    sum += runtime->EncodeLatents(cache.at(hook), {30, 31, 77}).to(at::kDouble).sum(0);
+    tokens += cache.at(hook).size(0);
+  }
+  sae::LatentEdit mean;
+  mean.op = sae::LatentEdit::Op::kMean;
+  mean.latents = {30, 31, 77};
+  for (int i = 0; i < 3; ++i) mean.values.push_back((sum[i] / static_cast<double>(tokens)).item<double>());
+  auto intervention = sae::MakeLatentIntervention(runtime, mean);
+  ASSERT_TRUE(intervention.ok()) << intervention.status().ToString();
+  auto refusal = model_->tokenizer->Encode("I", false);
+  ASSERT_TRUE(refusal.ok());
+  int checked = 0;
+  for (const auto& row : result->rows()) {
+    if (row.prompt() < 0) continue;
+    km::HookRegistry hooks(model_->model->config());
+    km::InterventionSite site;
+    site.hook = runtime->hook();
+    site.intervention = *intervention;
+    ASSERT_TRUE(hooks.Intervene(site).ok());
+    km::ForwardRequest request;
+    request.input_ids = at::tensor(Tokens(shard.prompts(row.prompt()).instruction()).ids, at::kLong).unsqueeze(0);
+    request.logits = km::ForwardRequest::Logits::kLastPosition;
+    request.hooks = &hooks;
+    auto r = model_->model->Forward(request);
+    ASSERT_TRUE(r.ok()) << r.status().ToString();
+    const at::Tensor logp = at::log_softmax(r->logits[0][0].to(at::kDouble), -1);
+    const double log_pr = logp[refusal->ids[0]].item<double>();
+    const double expected = log_pr - std::log1p(-std::exp(log_pr));
+    EXPECT_NEAR(row.values().at("refusal_score"), expected, 1e-4 * (1 + std::abs(expected)))
+        << "prompt " << row.prompt();
+    EXPECT_GT(std::abs(row.values().at("te")), 1e-3);  // the means really replaced something
+    ++checked;
+  }
+  EXPECT_EQ(checked, 3);
 }
 
 // Rows of latent trials, backups included, do not depend on the other trials of their shard.

@@ -28,7 +28,8 @@ StatusOr<std::vector<ShardSae>> LoadShardSaes(const LoadedModel& m, const v1::Sh
     const at::Tensor& w_dec = s.sae->W_dec();  // [d_sae, d_in] float32
     if (s.hook.kind == km::HookKind::kAttnZ) {
       // z (heads x d_head, flattened) reaches the residual stream through o_proj: W_O z.
-      s.write = at::linear(w_dec, model.weights().layers[s.hook.layer].o.to(w_dec.device(), at::kFloat));
+      s.o = model.weights().layers[s.hook.layer].o;
+      s.write = at::linear(w_dec, s.o.to(w_dec.device(), at::kFloat));
     } else {
       s.write = w_dec;
     }
@@ -93,9 +94,12 @@ StatusOr<at::Tensor> WriteCosines(const ShardSae& s, const at::Tensor& r) {
   const double r_norm = r64.norm().item<double>();
   std::vector<at::Tensor> parts;
   // Blocks of rows: a float64 copy of a 65k x 2304 decoder would be 1.2 GB.
-  const int64_t rows = s.write.size(0), block = 4096;
+  const at::Tensor& w_dec = s.sae->W_dec();
+  const at::Tensor o = s.o.defined() ? s.o.to(at::kCPU, at::kDouble) : at::Tensor();
+  const int64_t rows = w_dec.size(0), block = 4096;
   for (int64_t r0 = 0; r0 < rows; r0 += block) {
-    const at::Tensor w = s.write.narrow(0, r0, std::min(block, rows - r0)).to(at::kCPU, at::kDouble);
+    at::Tensor w = w_dec.narrow(0, r0, std::min(block, rows - r0)).to(at::kCPU, at::kDouble);
+    if (o.defined()) w = at::linear(w, o);
     const at::Tensor norms = w.norm(2, {1}) * r_norm;
     parts.push_back(at::where(norms > 0, at::matmul(w, r64) / norms.clamp_min(1e-300), at::zeros_like(norms)));
   }

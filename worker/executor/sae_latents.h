@@ -32,6 +32,7 @@ struct ShardSae {
   model::HookPoint hook;  // where it reads
   std::string name;       // hook.Name()
   at::Tensor write;       // float32 [d_sae, d_model] on the model's device: W_dec, or W_dec W_O^T
+  at::Tensor o;           // attn.hook_z: W_O [d_model, n_heads * d_head] as the model holds it
 };
 
 // The SAEs of shard.saes() in order, from the model's cache. InvalidArgument for two SAEs at
@@ -55,7 +56,8 @@ struct LatentReading {
 LatentReading ReadLatents(const sae::Sae& sae, const at::Tensor& act, const at::Tensor& read,
                           bool with_last = true);
 
-// cos(write_j, r) for every latent, float64 [d_sae] on the CPU (0 where either is zero).
+// cos(write_j, r) for every latent, float64 [d_sae] on the CPU (0 where either is zero), with
+// the write computed in float64 from W_dec (and W_O).
 // InvalidArgument if r does not have d_model values.
 StatusOr<at::Tensor> WriteCosines(const ShardSae& sae, const at::Tensor& r);
 
