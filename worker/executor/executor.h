@@ -21,10 +21,16 @@
 //   linearised at the clean run (grad of s w.r.t. the logits, scale frozen), clean and ablated.
 // Every score goes through one float64 unembedding of the final residual (metrics.h). Prompts
 // run in blocks of max_batch_rows, so memory does not grow with a shard's prompt count. The
-// kinds' implementations: trials.cc, extract.cc, generate.cc (README.md).
+// kinds' implementations: trials.cc, extract.cc, generate.cc, rank.cc (README.md).
 //
-// Thread-safety: a ShardExecutor only reads its model; Run may be called from several threads
-// if LibTorch's own threading is acceptable to the caller.
+// SAE latents (Shard.saes, loaded through LoadedModel::saes): edits with `sae` knock latents
+// out with the error term kept (zero, clamp, scale, mean_all_positions); with Shard.backups a
+// trial's aggregate row lists the latents of the SAEs after its last edit whose activation at
+// the read positions rose most (ResultRow.backups); RANK shards rank an SAE's latents.
+//
+// Thread-safety: a ShardExecutor only reads its model (and takes SAEs from its synchronised
+// cache); Run may be called from several threads if LibTorch's own threading is acceptable to
+// the caller.
 #pragma once
 
 #include <functional>
