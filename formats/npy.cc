@@ -250,6 +250,7 @@ Status ParsePreamble(const uint8_t* bytes, size_t size, const std::string& label
 }
 
 void ConvertToFloat(NpyType type, const uint8_t* data, uint64_t count, float* out) {
+  if (count == 0) return;  // `out` may be null
   switch (type) {
     case NpyType::kF4:
       std::memcpy(out, data, count * 4);

@@ -330,6 +330,7 @@ class TensorTable {
     uint64_t count = 1;
     for (const int64_t d : entry.shape) count *= static_cast<uint64_t>(d);  // validated header
     tensor.values.resize(static_cast<size_t>(count));
+    if (count == 0) return tensor;  // (memcpy from/to null is undefined even for 0 bytes)
     float* out = tensor.values.data();
     const uint8_t* in = entry.raw;
     switch (entry.raw_dtype) {
