@@ -1,7 +1,7 @@
 // libFuzzer target for the .npy and .npz readers (formats/npy.cc): every input goes to ParseNpy,
-// to ParseNpz, and to the header-only .npz pass that ReadSaeConfig uses. Any bytes must give either a labelled error or arrays whose invariants hold;
-// crashes, sanitizer reports and escaped exceptions are bugs. (libzip itself is the system's,
-// not instrumented: ASan checks our side of it.)
+// to ParseNpz, and to the header-only .npz pass that ReadSaeConfig uses. Any bytes must give
+// either a labelled error or arrays whose invariants hold; crashes, sanitizer reports and escaped
+// exceptions are bugs. (libzip itself is the system's, not instrumented: ASan checks our side.)
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
