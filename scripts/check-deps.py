@@ -39,6 +39,7 @@ LAYER_OF_FOLDER = {
     "worker/model": "worker/model",
     "worker/chat": "worker/chat",
     "worker/executor": "worker/executor",
+    "worker/sae": "worker/sae",
     "worker/agent": "worker/agent",
     "worker": "worker",
     "organism": "organism",
@@ -47,7 +48,7 @@ LAYER_OF_FOLDER = {
 TORCH = "LibTorch"
 TORCH_FREE = {"common", "formats", "tokenizer", "proto", "rpc", "storage", "experiments",
               "coordinator", "cli"}
-WORKER = {"worker/model", "worker/chat", "worker/executor", "worker/agent", "worker"}
+WORKER = {"worker/model", "worker/chat", "worker/sae", "worker/executor", "worker/agent", "worker"}
 
 # Which layers a layer's files may include (its own included).
 _BASE = {"common", "formats", "tokenizer"}
@@ -64,7 +65,9 @@ ALLOWED = {
     "cli": _BASE | {"proto", "rpc", "storage", "experiments", "coordinator", "cli"},
     "worker/model": {"common", "formats", "worker/model", TORCH},
     "worker/chat": _BASE | {"worker/model", "worker/chat", TORCH},
-    "worker/executor": _BASE | {"proto", "worker/model", "worker/chat", "worker/executor", TORCH},
+    "worker/sae": {"common", "formats", "worker/model", "worker/sae", TORCH},
+    "worker/executor": _BASE | {"proto", "worker/model", "worker/chat", "worker/sae", "worker/executor",
+                                TORCH},
     "worker/agent": _BASE | {"proto", "rpc", "worker/executor", "worker/agent", TORCH},
     "worker": _BASE | {"proto", "rpc", TORCH} | WORKER,
     "organism": _BASE | {"proto", "experiments", "organism", TORCH} | WORKER,
