@@ -421,8 +421,10 @@ TEST_F(SaeExecutorTest, BackupsReadOnlyTheSaesAfterTheLastEdit) {
 // Clamping latent j to its own clean value changes nothing: TE ~ 0 and no backup rises. The
 // clean value is this test's: an unpadded forward, then Sae::Encode at the last position. The
 // backups' clean readings are this test's too: the mean of Sae::Encode over the
-// post-instruction tokens (science.md's default read positions). A clamp to the clean value
-// + 5 does change the score (the test is not vacuous).
+// post-instruction tokens (science.md's default read positions), and their clean direct effects
+// f_j(last) * d s / d eps of s((x + eps write_j) / scale_clean) at eps = 0, by a central float64
+// difference (write_j = W_dec[j], through W_O at attn.hook_z). A clamp to the clean value + 5
+// does change the score (the test is not vacuous).
 TEST_F(SaeExecutorTest, ClampToCleanValueChangesNothing) {
   v1::Shard shard = BaseShard();
   for (int p = 0; p < shard.prompts_size(); ++p) shard.mutable_prompts(p)->set_set("p" + std::to_string(p));
@@ -437,11 +439,12 @@ TEST_F(SaeExecutorTest, ClampToCleanValueChangesNothing) {
   std::vector<std::string> cached = {hook};
   for (const auto& [h, s] : downstream) cached.push_back(h);
   // Per prompt: the clamped latent, its clean value, and the downstream latents' clean means.
-  std::map<int, std::map<std::string, at::Tensor>> clean_means;
+  std::map<int, std::map<std::string, at::Tensor>> clean_means, clean_last;
+  std::map<int, at::Tensor> final_residual;
   for (int p = 0; p < shard.prompts_size(); ++p) {
     const tokenizer::TokenizedPrompt tokens = Tokens(shard.prompts(p).instruction());
     std::map<std::string, at::Tensor> cache;
-    Forward(tokens.ids, cached, &cache);
+    final_residual[p] = Forward(tokens.ids, cached, &cache)[tokens.size() - 1].to(at::kDouble);
     const at::Tensor f = edited->Encode(cache.at(hook)[tokens.size() - 1]);  // [d_sae]
     const int64_t j = f.argmax().item<int64_t>();
     const double value = f[j].item<double>();
@@ -456,11 +459,19 @@ TEST_F(SaeExecutorTest, ClampToCleanValueChangesNothing) {
     for (const auto& [h, s] : downstream) {
       const at::Tensor post = cache.at(h).narrow(0, tokens.post_begin, tokens.size() - tokens.post_begin);
       clean_means[p][h] = s->Encode(post).mean(0).to(at::kDouble);
+      clean_last[p][h] = s->Encode(cache.at(h)[tokens.size() - 1]).to(at::kDouble);
     }
   }
   auto result = ShardExecutor(*model_, {}).Run(shard);
   ASSERT_TRUE(result.ok()) << result.status().ToString();
-  int checked = 0, moved = 0;
+  // d s / d eps along a write w at the clean final residual, the norm's scale frozen.
+  auto slope = [&](int p, const at::Tensor& w) {
+    const at::Tensor& x = final_residual.at(p);
+    const at::Tensor scale = FinalScale(x);
+    const double h = 1e-4;
+    return (RefusalScore(x + h * w, scale) - RefusalScore(x - h * w, scale)) / (2 * h);
+  };
+  int checked = 0, moved = 0, effects = 0;
   for (const auto& row : result->rows()) {
     if (row.prompt() >= 0) continue;
     const int p = std::stoi(row.prompt_set().substr(1));
@@ -481,11 +492,22 @@ TEST_F(SaeExecutorTest, ClampToCleanValueChangesNothing) {
         EXPECT_NEAR(b.spread(), 0.0, 1e-3);
       }
       EXPECT_EQ(b.cosine(), 0.0);  // no direction given
+      at::Tensor write = Wdec64(Sae(b.hook()))[b.unit()];
+      if (b.hook() == "blocks.2.attn.hook_z") {
+        write = at::matmul(model_->model->weights().layers[2].o.to(at::kDouble), write);
+      }
+      const double de = clean_last[p][b.hook()][b.unit()].item<double>() * slope(p, write);
+      EXPECT_NEAR(b.de_clean(), de, 1e-4 * (1 + std::abs(de))) << b.hook() << " latent " << b.unit();
+      if (same) {
+        EXPECT_NEAR(b.de_ablated(), b.de_clean(), 1e-4);
+      }
+      effects += std::abs(de) > 1e-3;
       ++checked;
     }
   }
   EXPECT_EQ(checked, 60);
   EXPECT_EQ(moved, 3);
+  EXPECT_GT(effects, 10);
 }
 
 // DE of a latent knocked out at every position: the latent's own write at the last position,

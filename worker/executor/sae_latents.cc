@@ -25,14 +25,8 @@ StatusOr<std::vector<ShardSae>> LoadShardSaes(const LoadedModel& m, const v1::Sh
       return Status::InvalidArgument("saes: two SAEs read " + s.name + " (" + out.back().sae->path() +
                                      ", " + s.sae->path() + "); a shard holds one SAE per hook");
     }
-    const at::Tensor& w_dec = s.sae->W_dec();  // [d_sae, d_in] float32
-    if (s.hook.kind == km::HookKind::kAttnZ) {
-      // z (heads x d_head, flattened) reaches the residual stream through o_proj: W_O z.
-      s.o = model.weights().layers[s.hook.layer].o;
-      s.write = at::linear(w_dec, s.o.to(w_dec.device(), at::kFloat));
-    } else {
-      s.write = w_dec;
-    }
+    // z (heads x d_head, flattened) reaches the residual stream through o_proj: W_O z.
+    if (s.hook.kind == km::HookKind::kAttnZ) s.o = model.weights().layers[s.hook.layer].o;
     out.push_back(std::move(s));
   }
   return out;
@@ -84,8 +78,15 @@ LatentReading ReadLatents(const sae::Sae& sae, const at::Tensor& act, const at::
   return out;
 }
 
+at::Tensor WriteProjections(const ShardSae& s, const at::Tensor& m) {
+  const at::Tensor& w_dec = s.sae->W_dec();  // [d_sae, d_in] float32
+  at::Tensor v = m.to(w_dec.device(), at::kFloat);
+  if (s.o.defined()) v = at::matmul(v, s.o.to(w_dec.device(), at::kFloat));  // [B, d_in]
+  return at::matmul(v, w_dec.t());
+}
+
 StatusOr<at::Tensor> WriteCosines(const ShardSae& s, const at::Tensor& r) {
-  const int64_t d = s.write.size(1);
+  const int64_t d = s.o.defined() ? s.o.size(0) : s.sae->W_dec().size(1);
   if (r.numel() != d) {
     return Status::InvalidArgument("the direction has " + std::to_string(r.numel()) +
                                    " values, the SAE at " + s.name + " writes " + std::to_string(d));

@@ -31,7 +31,6 @@ struct ShardSae {
   std::shared_ptr<const sae::Sae> sae;
   model::HookPoint hook;  // where it reads
   std::string name;       // hook.Name()
-  at::Tensor write;       // float32 [d_sae, d_model] on the model's device: W_dec, or W_dec W_O^T
   at::Tensor o;           // attn.hook_z: W_O [d_model, n_heads * d_head] as the model holds it
 };
 
@@ -55,6 +54,10 @@ struct LatentReading {
 };
 LatentReading ReadLatents(const sae::Sae& sae, const at::Tensor& act, const at::Tensor& read,
                           bool with_last = true);
+
+// write_j . m for every latent and every row of m [B, d_model]: float32 [B, d_sae] on the
+// SAE's device, as (m W_O) W_dec^T at attn.hook_z (never the [d_sae, d_model] product).
+at::Tensor WriteProjections(const ShardSae& sae, const at::Tensor& m);
 
 // cos(write_j, r) for every latent, float64 [d_sae] on the CPU (0 where either is zero), with
 // the write computed in float64 from W_dec (and W_O).

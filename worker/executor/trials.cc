@@ -552,7 +552,7 @@ StatusOr<Block> TrialRunner::CleanPass(const std::vector<int64_t>& prompts) {
     latents.act = hooks.cache().at(sae.name);
     LatentReading clean = ReadLatents(*sae.sae, latents.act, read);
     latents.mean = clean.mean;
-    latents.proj = at::matmul(block.metric_direction.to(sae.write.device()), sae.write.t());
+    latents.proj = WriteProjections(sae, block.metric_direction);
     latents.de = clean.last * latents.proj / clean.last_divisor;
   }
   return block;
