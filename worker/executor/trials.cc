@@ -6,6 +6,10 @@
 // only), then every trial's rows over the block's prompts run in chunks; per-prompt results are
 // kept (they are the shard's result) and aggregated at the end. The reference (mean) pass also
 // runs in blocks and keeps only the means; resample sources are computed per block.
+// SAE latent edits (Edit.sae) are interventions like any other (worker/sae, error term kept);
+// backups (Shard.backups) read the latents of the SAEs after a trial's last edit: clean in the
+// block's clean pass, ablated from the chunk's cached hooks, summed per (trial, prompt set) in
+// dense float64 vectors, and the top latents by mean rise go into the aggregate row (README.md).
 #include <ATen/ATen.h>
 
 #include <algorithm>
