@@ -14,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "worker/model/generate.h"
 #include "worker/model/model.h"
 
 namespace knockout::sae {
@@ -525,6 +526,35 @@ TEST(SaeTest, LatentEditThroughTheForwardPassWithRowAndPositionMasks) {
                     RefScale(w, xb);
     EXPECT_LE(MaxDiff(x_all[b], xb + db), 1e-5);
   }
+}
+
+// Active on generated tokens: greedy generation with a KV cache (the edit sees one new column per
+// step) equals generation recomputing the whole sequence, and the edit changes what is generated.
+TEST(SaeTest, LatentEditIsActiveOnGeneratedTokens) {
+  const model::ModelConfig config = TinyConfig();
+  auto model = model::Model::Random(config, 7, 0.3, model::LoadOptions());
+  SaeSpec spec;
+  spec.architecture = SaeArchitecture::kGated;
+  spec.hook = "blocks.0.hook_resid_post";
+  auto sae = MakeSae(RandomWeights(spec, 111), config);
+  ASSERT_TRUE(sae);
+  auto edit = MakeLatentIntervention(sae, {LatentEdit::Op::kClamp, {1, 2, 3, 4, 5}, 40.0, {}});
+  ASSERT_TRUE(edit.ok()) << edit.status().ToString();
+  const std::vector<std::vector<int64_t>> prompts = {{5, 9, 13, 2, 40}, {7, 30}};
+  auto generate = [&](bool kv, bool edited) {
+    model::HookRegistry hooks(config);
+    if (edited) EXPECT_TRUE(hooks.Intervene({sae->hook(), *edit}).ok());
+    model::GenerationOptions options;
+    options.max_new_tokens = 8;
+    options.use_kv_cache = kv;
+    options.hooks = &hooks;
+    auto out = model::GenerateGreedy(*model, prompts, options);
+    EXPECT_TRUE(out.ok()) << out.status().ToString();
+    return out->tokens;
+  };
+  const auto with_cache = generate(true, true);
+  EXPECT_EQ(with_cache, generate(false, true));
+  EXPECT_NE(with_cache, generate(true, false));
 }
 
 }  // namespace
