@@ -237,22 +237,22 @@ at::Tensor Sae::Reconstruct(const at::Tensor& x) const {
   return config_.normalization == SaeNormalization::kNone ? out : out / scale;
 }
 
-at::Tensor Sae::EncodeColumns(const at::Tensor& x, const at::Tensor& index,
-                              const at::Tensor& columns, const at::Tensor& scale) const {
+at::Tensor Sae::EncodeColumns(const at::Tensor& x32, const Columns& columns,
+                              const at::Tensor& scale) const {
   if (config_.architecture == SaeArchitecture::kTopK) {
-    at::Tensor f = Activate(at::matmul(Centred(x, scale), W_enc_), at::Tensor());
-    return f.index_select(-1, index);
+    at::Tensor f = Activate(at::matmul(Centred(x32, scale), W_enc_), at::Tensor());
+    return f.index_select(-1, columns.index);
   }
-  return Activate(at::matmul(Centred(x, scale), columns), index);
+  // (x s - b_dec) W = (x W) s - b_dec W, s being per token (or constant).
+  at::Tensor linear = at::matmul(x32, columns.W);
+  if (config_.normalization != SaeNormalization::kNone) linear = linear * scale;
+  if (config_.apply_b_dec_to_input) linear = linear - columns.b_dec_W;
+  return Activate(linear, columns.index);
 }
 
 at::Tensor Sae::EncodeLatents(const at::Tensor& x, const std::vector<int64_t>& latents) const {
   at::Tensor x32 = Flatten(x).to(W_dec_.device(), at::kFloat);
-  at::Tensor index = LongIndex(latents, W_dec_.device());
-  at::Tensor columns = config_.architecture == SaeArchitecture::kTopK
-                           ? at::Tensor()
-                           : W_enc_.index_select(1, index).contiguous();
-  return EncodeColumns(x32, index, columns, Scale(x32));
+  return EncodeColumns(x32, EncoderColumns(latents), Scale(x32));
 }
 
 at::Tensor Sae::DecoderRows(const std::vector<int64_t>& latents) const {
@@ -289,7 +289,6 @@ class LatentIntervention : public model::ActivationEdit {
   LatentIntervention(std::shared_ptr<const Sae> sae, LatentEdit edit)
       : sae_(std::move(sae)), edit_(std::move(edit)) {
     const c10::Device device = sae_->W_dec().device();
-    index_ = LongIndex(edit_.latents, device);
     rows_ = sae_->DecoderRows(edit_.latents).contiguous();
     columns_ = sae_->EncoderColumns(edit_.latents);
     if (!edit_.values.empty()) {
@@ -328,7 +327,7 @@ class LatentIntervention : public model::ActivationEdit {
     at::Tensor flat = sae_->Flatten(x);
     at::Tensor x32 = flat.to(rows_.device(), at::kFloat);
     at::Tensor scale = sae_->Scale(x32);
-    at::Tensor f = sae_->EncodeColumns(x32, index_, columns_, scale);  // [..., n]
+    at::Tensor f = sae_->EncodeColumns(x32, columns_, scale);  // [..., n]
     at::Tensor target;
     switch (edit_.op) {
       case LatentEdit::Op::kZero:
@@ -353,15 +352,18 @@ class LatentIntervention : public model::ActivationEdit {
  private:
   std::shared_ptr<const Sae> sae_;
   LatentEdit edit_;
-  at::Tensor index_;    // [n] int64
-  at::Tensor rows_;     // W_dec[latents] [n, d_in]
-  at::Tensor columns_;  // W_enc[:, latents] [d_in, n] (undefined for topk)
+  at::Tensor rows_;           // W_dec[latents] [n, d_in]
+  Sae::Columns columns_;     // what encoding the latents alone needs
   at::Tensor values_;   // [n] (clamp with values, mean)
 };
 
-at::Tensor Sae::EncoderColumns(const std::vector<int64_t>& latents) const {
-  if (config_.architecture == SaeArchitecture::kTopK) return at::Tensor();
-  return W_enc_.index_select(1, LongIndex(latents, W_enc_.device())).contiguous();
+Sae::Columns Sae::EncoderColumns(const std::vector<int64_t>& latents) const {
+  Columns columns;
+  columns.index = LongIndex(latents, W_enc_.device());
+  if (config_.architecture == SaeArchitecture::kTopK) return columns;
+  columns.W = W_enc_.index_select(1, columns.index).contiguous();
+  columns.b_dec_W = at::matmul(b_dec_, columns.W);
+  return columns;
 }
 
 StatusOr<model::Intervention> MakeLatentIntervention(std::shared_ptr<const Sae> sae,

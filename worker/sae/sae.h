@@ -104,11 +104,16 @@ class Sae {
   // The architecture's activation of `linear` = x_c W_enc[:, index] (every latent when `index`
   // is undefined; topk needs every latent).
   at::Tensor Activate(const at::Tensor& linear, const at::Tensor& index) const;
-  // W_enc[:, latents] [d_in, n] (undefined for topk, which needs the full encode).
-  at::Tensor EncoderColumns(const std::vector<int64_t>& latents) const;
-  // f[..., index] of x32 [..., d_in] from `columns` = EncoderColumns (topk: a full encode).
-  at::Tensor EncodeColumns(const at::Tensor& x32, const at::Tensor& index,
-                           const at::Tensor& columns, const at::Tensor& scale) const;
+  // What encoding some latents alone needs: their indices, W_enc[:, latents] [d_in, n] and
+  // b_dec W_enc[:, latents] [n] (the centring folded in: one pass over x instead of two).
+  // Only the indices for topk, which needs the full encode.
+  struct Columns {
+    at::Tensor index, W, b_dec_W;
+  };
+  Columns EncoderColumns(const std::vector<int64_t>& latents) const;
+  // f[..., latents] of x32 [..., d_in] whose scale is `scale`.
+  at::Tensor EncodeColumns(const at::Tensor& x32, const Columns& columns,
+                           const at::Tensor& scale) const;
 
   formats::SaeConfig config_;
   std::string path_;
