@@ -107,6 +107,7 @@ StatusOr<SaeTensor> ParseNpy(const uint8_t* bytes, size_t size, const std::strin
 struct NpzArray {
   std::string name;
   SaeTensor tensor;
+  std::string dtype;  // as stored: "float16", "float32", "float64"
 };
 StatusOr<std::vector<NpzArray>> ParseNpz(const uint8_t* bytes, size_t size,
                                          const std::string& label);
