@@ -245,8 +245,10 @@ def random_sae(arch, hook, d_in, d_sae, x_sample, gen, apply_b_dec, norm="none",
     return t, scaling
 
 
-def write_saelens(path, arch, hook, tensors, apply_b_dec, norm, scaling, k, style, dtype="float32"):
-    """SAELens: cfg.json in one of three generations + sae_weights.safetensors."""
+def write_saelens(path, arch, hook, tensors, apply_b_dec, norm, scaling, k, style, dtype="float32",
+                  scale_tensor=False):
+    """SAELens: cfg.json in one of three generations + sae_weights.safetensors; the
+    expected-average scale in cfg.json or (scale_tensor) as a one-element tensor."""
     os.makedirs(path, exist_ok=True)
     d_in, d_sae = tensors["W_enc"].shape
     cfg = {"architecture": arch, "d_in": d_in, "d_sae": d_sae, "dtype": dtype,
@@ -261,14 +263,18 @@ def write_saelens(path, arch, hook, tensors, apply_b_dec, norm, scaling, k, styl
     else:  # pre-5: hook_point
         cfg.update(hook_point=hook, hook_point_layer=int(hook.split(".")[1]), model_name="tiny")
     stored = dict(tensors)
-    if norm == "expected_average_only_in":
+    if norm == "expected_average_only_in" and not scale_tensor:
         cfg["scaling_factor"] = scaling
     torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
     stored = {name: v.to(torch_dtype) for name, v in stored.items()}
+    if norm == "expected_average_only_in" and scale_tensor:
+        stored["scaling_factor"] = torch.tensor([scaling], dtype=torch_dtype)
+        scaling = stored["scaling_factor"].double().item()
     with open(os.path.join(path, "cfg.json"), "w") as f:
         json.dump(cfg, f, indent=2)
     save_safetensors(os.path.join(path, "sae_weights.safetensors"), stored)
-    return {name: v.to(torch.float32) for name, v in stored.items()}  # the values as stored
+    stored.pop("scaling_factor", None)
+    return {name: v.to(torch.float32) for name, v in stored.items()}, scaling  # as stored
 
 
 def write_gemma_scope(path, tensors):
@@ -293,7 +299,9 @@ def write_sparsify(path, tensors, k):
 
 
 # ------------------------------------------------------------------------------------ cases
-# (name, format, architecture, hook, apply_b_dec, normalization, cfg style / storage, pass --hook)
+# (name, format, architecture, hook, apply_b_dec, normalization, style, pass --hook): style is
+# the SAELens cfg.json generation [":" storage dtype] [":scale-tensor"], or the Gemma Scope
+# file's place ("path": a layer_L/... path, "path-mlp": under gemma-scope-2b-pt-mlp/, "plain").
 CASES = [
     ("saelens-standard", "saelens", "standard", "blocks.1.hook_resid_post", True, "none", "6.x", False),
     ("saelens-jumprelu", "saelens", "jumprelu", "blocks.0.hook_mlp_out", False,
@@ -305,11 +313,17 @@ CASES = [
      "5.x", True),
     ("saelens-jumprelu-resid-mid-bf16", "saelens", "jumprelu", "blocks.2.hook_resid_mid", True,
      "none", "6.x:bfloat16", False),
+    ("saelens-standard-scale-tensor", "saelens", "standard", "blocks.2.hook_resid_post", True,
+     "expected_average_only_in", "6.x:float32:scale-tensor", False),
     ("gemma-scope-jumprelu", "gemma_scope", "jumprelu", "blocks.1.hook_resid_post", False, "none",
      "path", False),
     ("gemma-scope-jumprelu-hook-flag", "gemma_scope", "jumprelu", "blocks.0.hook_resid_pre",
      False, "none", "plain", True),
+    ("gemma-scope-jumprelu-mlp", "gemma_scope", "jumprelu", "blocks.0.hook_mlp_out", False, "none",
+     "path-mlp", False),
     ("sparsify-topk", "sparsify", "topk", "blocks.1.hook_resid_post", True, "none", "", True),
+    ("sparsify-topk-layer-dir", "sparsify", "topk", "blocks.2.hook_resid_post", True, "none", "",
+     False),
 ]
 
 
@@ -327,14 +341,17 @@ def build_sae(case, model, seqs, root, gen):
     for attempt in range(50):  # a seed whose inputs keep away from every encoder jump
         tensors, scaling = random_sae(arch, hook, d_in, d_sae, sample, gen, apply_b_dec, norm, k)
         if fmt == "saelens":
-            dtype = style.split(":")[1] if ":" in style else "float32"
+            parts = style.split(":")
+            dtype = parts[1] if len(parts) > 1 else "float32"
             path = os.path.join(root, name)
-            stored = write_saelens(path, arch, hook, tensors, apply_b_dec, norm, scaling, k,
-                                   style.split(":")[0], dtype)
+            stored, scaling = write_saelens(path, arch, hook, tensors, apply_b_dec, norm, scaling,
+                                            k, parts[0], dtype, "scale-tensor" in parts)
         elif fmt == "gemma_scope":
             layer = hook.split(".")[1]
-            path = (os.path.join(root, name, f"layer_{layer}", "width_16k", "average_l0_5", "params.npz")
-                    if style == "path" else os.path.join(root, name, "params.npz"))
+            place = [name] + (["gemma-scope-2b-pt-mlp"] if style == "path-mlp" else [])
+            path = (os.path.join(root, *place, f"layer_{layer}", "width_16k", "average_l0_5",
+                                 "params.npz")
+                    if style.startswith("path") else os.path.join(root, name, "params.npz"))
             stored = write_gemma_scope(path, tensors)
         else:
             path = os.path.join(root, name, "layers." + hook.split(".")[1])
@@ -419,12 +436,23 @@ def test_errors(model, root):
                "b_enc": torch.zeros(8, dtype=torch.float32),
                "b_dec": torch.zeros(model.d + 1, dtype=torch.float32)}
     write_saelens(bad, "standard", "blocks.0.hook_resid_post", tensors, True, "none", 1.0, 0, "6.x")
+    no_hook = os.path.join(root, "no-hook", "params.npz")
+    write_gemma_scope(no_hook, {"W_enc": torch.zeros(model.d, 8), "W_dec": torch.zeros(8, model.d),
+                                "b_enc": torch.zeros(8), "b_dec": torch.zeros(model.d),
+                                "threshold": torch.zeros(8)})
     for args, fragment in [
             (["sae", "encode", "--model", model.dir, "--sae", bad, "--ids", "3,4", "--json"], "d_in"),
             (["forward", "--model", model.dir, "--ids", "3,4", "--sae", bad, "--sae-clamp", "1=2"], "d_in"),
             (["sae", "encode", "--model", model.dir, "--sae", os.path.join(root, "missing"), "--ids",
               "3,4"], "missing"),
             (["forward", "--model", model.dir, "--ids", "3,4", "--sae-clamp", "1=2"], "--sae"),
+            (["forward", "--model", model.dir, "--ids", "3,4", "--sae", bad, "--hook",
+              "blocks.0.hook_resid_post", "--sae-clamp", "1=2"], "d_in"),
+            (["sae", "encode", "--model", model.dir, "--sae", no_hook, "--ids", "3,4"], "hook"),
+            (["sae", "encode", "--model", model.dir, "--sae", no_hook, "--hook",
+              "blocks.9.hook_resid_post", "--ids", "3,4"], "blocks.9"),
+            (["forward", "--model", model.dir, "--ids", "3,4", "--sae", no_hook, "--hook",
+              "blocks.0.hook_resid_post", "--sae-clamp", "8=1"], "latent 8"),
             (["forward", "--model", model.dir, "--ids", "3,4", "--sae", bad, "--sae-clamp", "x"],
              "--sae-clamp"),
     ]:
