@@ -44,14 +44,18 @@ class LatentIntervention;
 
 class Sae {
  public:
-  // `dtype` is the model's compute dtype; the SAE itself computes in float32 (above), so it only
-  // matters to callers that ask. `device`: where the weights live (the model's device).
+  // `device`: where the weights live (the model's device). `dtype`, the model's compute dtype,
+  // is unused today: the SAE computes in float32 whatever the model's dtype (above).
   //
-  // Reads `path` (formats::ReadSae) and binds it to its hook (or `hook_override`), checked
-  // against `config`: InvalidArgument naming the file if no hook is known, the hook is not a
-  // residual/sublayer hook this runtime encodes (hook_resid_pre, hook_resid_mid,
-  // hook_resid_post, hook_attn_out, hook_mlp_out, attn.hook_z), or d_in differs from the hook's
-  // width.
+  // Reads `path` (formats::ReadSae, whose errors pass through) and binds it to its hook (or
+  // `hook_override`), checked against `config`: InvalidArgument naming the file if no hook is
+  // known, the hook is unknown, out of the model's layers or not a residual/sublayer hook this
+  // runtime encodes (hook_resid_pre, hook_resid_mid, hook_resid_post, hook_attn_out,
+  // hook_mlp_out, attn.hook_z), d_in differs from the hook's width, a tensor's shape disagrees
+  // with d_in/d_sae or one the architecture needs is missing (b_enc except gated, threshold,
+  // b_gate/r_mag/b_mag), k is outside [1, d_sae], or the scaling factor is not positive;
+  // Internal for a LibTorch failure (e.g. device memory). The edit's Name() is
+  // "sae_latent_<op>" (Intervention::KindName).
   static StatusOr<std::shared_ptr<const Sae>> Load(const std::string& path,
                                                    const std::string& hook_override,
                                                    const model::ModelConfig& config,
