@@ -54,8 +54,7 @@ class Sae {
   // hook_mlp_out, attn.hook_z), d_in differs from the hook's width, a tensor's shape disagrees
   // with d_in/d_sae or one the architecture needs is missing (b_enc except gated, threshold,
   // b_gate/r_mag/b_mag), k is outside [1, d_sae], or the scaling factor is not positive;
-  // Internal for a LibTorch failure (e.g. device memory). The edit's Name() is
-  // "sae_latent_<op>" (Intervention::KindName).
+  // Internal for a LibTorch failure (e.g. device memory).
   static StatusOr<std::shared_ptr<const Sae>> Load(const std::string& path,
                                                    const std::string& hook_override,
                                                    const model::ModelConfig& config,
@@ -146,6 +145,7 @@ const char* LatentOpName(LatentEdit::Op op);  // "zero", "clamp", "scale", "mean
 // An intervention at `sae->hook()` applying `edit` with the error term kept. For zero/clamp/
 // mean on a non-topk SAE it computes only the edited latents' activations (EncodeLatents).
 // Register it at sae->hook() like any other (row and position masks, generated tokens).
+// Its KindName() is "sae_latent_<op>" (zero, clamp, scale, mean).
 // InvalidArgument for no latents, latents out of range or repeated, or a mean (or a clamp with
 // values) without one value per latent. The edit's Validate refuses any other hook, or a model
 // whose activation there is not the SAE's width.
