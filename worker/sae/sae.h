@@ -142,8 +142,8 @@ struct LatentEdit {
 };
 const char* LatentOpName(LatentEdit::Op op);  // "zero", "clamp", "scale", "mean"
 
-// An intervention at `sae->hook()` applying `edit` with the error term kept. For zero/clamp/
-// mean on a non-topk SAE it computes only the edited latents' activations (EncodeLatents).
+// An intervention at `sae->hook()` applying `edit` with the error term kept. On a non-topk SAE
+// it computes only the edited latents' activations (their W_enc columns, as EncodeLatents).
 // Register it at sae->hook() like any other (row and position masks, generated tokens).
 // Its KindName() is "sae_latent_<op>" (zero, clamp, scale, mean).
 // InvalidArgument for no latents, latents out of range or repeated, or a mean (or a clamp with
