@@ -50,6 +50,7 @@ class SaeQueriesTest : public ::testing::Test {
     const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
     dir_ = ::testing::TempDir() + "/sae_queries_test_" + info->name();
     fs::remove_all(dir_);
+    fs::create_directories(dir_);
     auto store = storage::Store::Open(dir_ + "/store");
     ASSERT_TRUE(store.ok()) << store.status().ToString();
     store_ = std::move(store).value();

@@ -535,6 +535,15 @@ std::string RankingArtifactName(const std::string& stage) { return "ranking/" + 
 
 namespace {
 
+// Whether a knockout_sweep stage uses SAEs (latent targets or backups): its shards then carry
+// the spec's SAEs (workers load and cache them).
+bool UsesSaes(const v1::KnockoutSweepStage& stage) {
+  if (stage.has_backups()) return true;
+  return std::any_of(stage.targets().begin(), stage.targets().end(), [](const v1::Target& t) {
+    return t.kind() == v1::Target::SAE_LATENTS;
+  });
+}
+
 // The RANK shard of a knockout_sweep stage (index 0): one request per ranked target and layer,
 // with the score directions attached.
 StatusOr<std::vector<v1::Shard>> RankShards(const v1::SweepSpec& spec,
@@ -542,6 +551,7 @@ StatusOr<std::vector<v1::Shard>> RankShards(const v1::SweepSpec& spec,
                                             const Directions& directions, int64_t num_layers) {
   base.set_kind(v1::Shard::RANK);
   base.set_index(0);
+  if (UsesSaes(stage)) *base.mutable_saes() = spec.saes();
   std::set<std::string> sets;  // prompt sets the activation scores read
   for (const v1::Target& target : stage.targets()) {
     if (!IsRanked(target)) continue;
@@ -564,14 +574,6 @@ StatusOr<std::vector<v1::Shard>> RankShards(const v1::SweepSpec& spec,
   return std::vector<v1::Shard>{base};
 }
 
-// Whether a knockout_sweep stage uses SAEs (latent targets or backups): its shards then carry
-// the spec's SAEs (workers load and cache them).
-bool UsesSaes(const v1::KnockoutSweepStage& stage) {
-  if (stage.has_backups()) return true;
-  return std::any_of(stage.targets().begin(), stage.targets().end(), [](const v1::Target& t) {
-    return t.kind() == v1::Target::SAE_LATENTS;
-  });
-}
 
 // The trial shards of a knockout_sweep stage; with `rankings` (a ranked stage) they come after
 // its RANK shard, from index 1.
@@ -583,6 +585,7 @@ StatusOr<std::vector<v1::Shard>> KnockoutShards(const v1::SweepSpec& spec, uint3
   const auto& s = stage.knockout_sweep();
   base.set_kind(v1::Shard::TRIALS);
   base.set_compensation(s.compensation());
+  if (UsesSaes(s)) *base.mutable_saes() = spec.saes();
   if (s.has_backups()) {
     *base.mutable_backups() = s.backups();
     if (s.backups().has_direction()) {
@@ -619,9 +622,6 @@ StatusOr<std::vector<v1::Shard>> SweepEngine::Expand(const v1::SweepSpec& spec,
   *base.mutable_metrics() = spec.metrics();
   base.set_seed(spec.seed());
   Directions directions(store_, sweep);
-  if (stage.has_knockout_sweep() && UsesSaes(stage.knockout_sweep())) {
-    *base.mutable_saes() = spec.saes();
-  }
   switch (stage.kind_case()) {
     case v1::Stage::kExtractDirections: {
       const auto& s = stage.extract_directions();

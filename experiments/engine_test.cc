@@ -605,7 +605,7 @@ stages:
   ASSERT_TRUE(engine.Commit(empty, 1).ok());
   auto failed = engine.Advance(*id);
   ASSERT_FALSE(failed.ok());
-  EXPECT_NE(failed.status().message().find("no neuron ranking for layer 1"), std::string::npos)
+  EXPECT_NE(failed.status().message().find("no ranking for layer 1"), std::string::npos)
       << failed.status().ToString();
   EXPECT_EQ(sweeps_->GetSweep(*id)->state(), v1::FAILED);
 }

@@ -45,6 +45,16 @@ std::string Knockout(const std::string& target, const std::string& ablations,
          extra;                              // 20
 }
 
+// Validation against the demo model's shape, with the prompt sets inlined as the CLI sends them
+// (the files named above do not exist).
+Status Validate(ParsedSpec parsed) {
+  for (v1::PromptSetRef& set : *parsed.spec.mutable_prompt_sets()) {
+    set.set_inlined(true);
+    set.add_prompts()->set_instruction("a request");
+  }
+  return ValidateSpecFiles(parsed, kDemoShape);
+}
+
 TEST(SpecSaeTest, LatentTargetsParse) {
   const std::string yaml = Knockout(
       "{kind: sae_latents, layers: [3, 4], select: {score: cosine_and_activation, top_k: 2, "
@@ -79,7 +89,8 @@ TEST(SpecSaeTest, LatentTargetsParse) {
   EXPECT_DOUBLE_EQ(sweep.backups().dormant_threshold(), 0.1);
   EXPECT_EQ(sweep.backups().positions().kind(), Positions::POST_INST);  // default
   EXPECT_TRUE(sweep.backups().direction().best());
-  EXPECT_TRUE(ValidateSpecFiles(*parsed, kDemoShape).ok());
+  const Status valid = Validate(*parsed);
+  EXPECT_TRUE(valid.ok()) << valid.ToString();
 
   // `backups: true` takes the defaults; SAEs may be listed as {hook, path} maps.
   StatusOr<ParsedSpec> simple = ParseSpec(
@@ -178,7 +189,7 @@ TEST(SpecSaeTest, BadLatentSpecsNameFileLineAndField) {
     Status status = parsed.status();
     if (bad.at_validation) {
       ASSERT_TRUE(parsed.ok()) << parsed.status().ToString();
-      status = ValidateSpecFiles(*parsed, kDemoShape);
+      status = Validate(*parsed);
     }
     ASSERT_FALSE(status.ok());
     EXPECT_EQ(status.code(), StatusCode::kInvalidArgument) << status.ToString();
@@ -192,9 +203,10 @@ TEST(SpecSaeTest, LatentsMustFitTheSae) {
   StatusOr<ParsedSpec> parsed =
       ParseSpec(Knockout("{kind: sae_latents, layers: [3], units: [5, 1024]}", "[zero]"), "t.yaml");
   ASSERT_TRUE(parsed.ok()) << parsed.status().ToString();
-  EXPECT_TRUE(ValidateSpecFiles(*parsed, kDemoShape).ok());  // sizes unknown yet
+  const Status unknown = Validate(*parsed);
+  EXPECT_TRUE(unknown.ok()) << unknown.ToString();  // sizes unknown yet
   parsed->spec.mutable_saes(0)->set_d_sae(1024);
-  const Status status = ValidateSpecFiles(*parsed, kDemoShape);
+  const Status status = Validate(*parsed);
   ASSERT_FALSE(status.ok());
   EXPECT_NE(status.message().find("t.yaml:17: stages[2].targets[0].units: latent 1024 out of range"),
             std::string::npos)

@@ -250,6 +250,7 @@ Status ParsePreamble(const uint8_t* bytes, size_t size, const std::string& label
 }
 
 void ConvertToFloat(NpyType type, const uint8_t* data, uint64_t count, float* out) {
+  if (count == 0) return;  // `out` may be null
   switch (type) {
     case NpyType::kF4:
       std::memcpy(out, data, count * 4);
@@ -370,7 +371,8 @@ StatusOr<SaeTensor> ParseNpy(const uint8_t* bytes, size_t size, const std::strin
     return Status::Corruption(label + ": data is " + std::to_string(available) +
                               " bytes, but shape " + ShapeString(header.shape) + " of " +
                               header.descr + " needs " + std::to_string(header.data_bytes) +
-                              (available < header.data_bytes ? " (truncated)" : " (trailing bytes)"));
+                              (available < header.data_bytes ? " (truncated)"
+                                                             : " (trailing bytes)"));
   }
   SaeTensor tensor;
   tensor.shape = header.shape;

@@ -83,7 +83,8 @@ std::string BaseName(std::string path) {
 }
 
 bool EndsWith(const std::string& s, const std::string& suffix) {
-  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+  return s.size() >= suffix.size() &&
+         s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
 }
 
 bool IsRegularFile(const std::string& path) {
@@ -125,8 +126,9 @@ StatusOr<SaeFiles> LocateFiles(const std::string& path) {
       return files;
     }
     if (base != "cfg.json" && base != "sae_weights.safetensors" && base != "sae.safetensors") {
-      return Status::InvalidArgument(path + ": not an SAE (expected a directory with cfg.json and "
-                                     "sae_weights.safetensors or sae.safetensors, or a params.npz)");
+      return Status::InvalidArgument(path + ": not an SAE (expected a directory with cfg.json "
+                                     "and sae_weights.safetensors or sae.safetensors, or a "
+                                     "params.npz)");
     }
     files.dir = DirName(path);
   } else if (IsDirectory(path)) {
@@ -330,6 +332,7 @@ class TensorTable {
     uint64_t count = 1;
     for (const int64_t d : entry.shape) count *= static_cast<uint64_t>(d);  // validated header
     tensor.values.resize(static_cast<size_t>(count));
+    if (count == 0) return tensor;  // (memcpy from/to null is undefined even for 0 bytes)
     float* out = tensor.values.data();
     const uint8_t* in = entry.raw;
     switch (entry.raw_dtype) {
@@ -387,7 +390,6 @@ class TensorTable {
   std::map<std::string, Entry> entries_;
   std::map<std::string, std::string> file_names_;  // npz: canonical name -> member name
 };
-
 
 // ---------------------------------------------------------------------------------------------
 // Shapes and loading.
@@ -682,8 +684,8 @@ StatusOr<SaeWeights> ReadSaeLens(const SaeFiles& files, bool load) {
       }
       scale = value->get<double>();
       if (!std::isfinite(*scale) || *scale <= 0) {
-        return Status::InvalidArgument(FieldPrefix(label, key) + "expected a positive number, got " +
-                                       value->dump());
+        return Status::InvalidArgument(FieldPrefix(label, key) +
+                                       "expected a positive number, got " + value->dump());
       }
       break;
     }

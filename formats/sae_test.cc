@@ -104,7 +104,8 @@ Json Cases() {
   add("saelens_w_enc_shape", "saelens", {{"reshape", {{"W_enc", {4, 7}}}}});
   add("saelens_b_dec_shape", "saelens", {{"reshape", {{"b_dec", {5}}}}});
   add("saelens_missing_threshold", "saelens", {{"arch", "jumprelu"}, {"drop", {"threshold"}}});
-  add("saelens_threshold_shape", "saelens", {{"arch", "jumprelu"}, {"reshape", {{"threshold", {7}}}}});
+  add("saelens_threshold_shape", "saelens",
+      {{"arch", "jumprelu"}, {"reshape", {{"threshold", {7}}}}});
   add("saelens_missing_k", "saelens", {{"arch", "topk"}, {"cfg_delete", {"k"}}});
   add("saelens_k_too_big", "saelens", {{"arch", "topk"}, {"cfg_set", {{"k", 9}}}});
   add("saelens_unknown_arch", "saelens", {{"cfg_set", {{"architecture", "batchtopk"}}}});
@@ -669,7 +670,8 @@ TEST_F(SaeTest, StrictHeaderParsing) {
   const std::string good = "{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3), }";
   const std::string ok = MakeNpy(good, 24);
   ASSERT_TRUE(ParseNpy(reinterpret_cast<const uint8_t*>(ok.data()), ok.size(), "h").ok());
-  const std::string dq = MakeNpy("{\"descr\": \"<f4\", \"shape\": (3,), \"fortran_order\": False}", 12);
+  const std::string dq =
+      MakeNpy("{\"descr\": \"<f4\", \"shape\": (3,), \"fortran_order\": False}", 12);
   ASSERT_TRUE(ParseNpy(reinterpret_cast<const uint8_t*>(dq.data()), dq.size(), "h").ok());
 
   struct Bad {
