@@ -39,21 +39,6 @@ const ShardSae* FindSae(const std::vector<ShardSae>& saes, const model::HookPoin
   return nullptr;
 }
 
-at::Tensor DecodeDivisor(const sae::Sae& sae, const at::Tensor& x) {
-  at::Tensor x32 = x.to(sae.W_dec().device(), at::kFloat);
-  at::Tensor ones = at::ones_like(x32.narrow(-1, 0, 1));
-  switch (sae.config().normalization) {
-    case formats::SaeNormalization::kNone:
-      return ones;
-    case formats::SaeNormalization::kExpectedAverageOnlyIn:
-      return ones * sae.config().scaling_factor;
-    case formats::SaeNormalization::kConstantNormRescale:
-      return std::sqrt(static_cast<double>(sae.d_in())) /
-             x32.norm(2, {-1}, /*keepdim=*/true).clamp_min(1e-12);
-  }
-  return ones;
-}
-
 LatentReading ReadLatents(const sae::Sae& sae, const at::Tensor& act, const at::Tensor& read,
                           bool with_last) {
   const int64_t b = act.size(0), t = act.size(1);
@@ -74,7 +59,7 @@ LatentReading ReadLatents(const sae::Sae& sae, const at::Tensor& act, const at::
                                                                   f * weight.to(f.device()).unsqueeze(1));
   if (!with_last) return out;
   out.last = f.index_select(0, (cols == t - 1).nonzero().squeeze(1).to(f.device()));
-  out.last_divisor = DecodeDivisor(sae, x.select(1, t - 1));
+  out.last_divisor = sae.Scale(x.select(1, t - 1));
   return out;
 }
 

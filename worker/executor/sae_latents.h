@@ -2,8 +2,8 @@
 // and the latent readings TRIALS (backups) and RANK shards take from a hook's activations.
 //
 // A latent's write into the residual stream: f_j * W_dec[j] / s, where s is the SAE's input
-// normalisation (1; the file's scaling factor; sqrt(d_in) / |x| per token for
-// constant_norm_rescale) — the decode of formats/sae.h. At attn.hook_z the decoder row lives in
+// normalisation scale (sae::Sae::Scale: 1, the file's scaling factor, or sqrt(d_in) / |x| per
+// token for constant_norm_rescale) — the decode of formats/sae.h. At attn.hook_z the decoder row lives in
 // the heads' z space and is written through W_O: the write direction is W_O W_dec[j]. Cosines
 // with a residual-stream direction and direct effects use this write direction.
 // Thread-safety: free functions over values; ShardSae is immutable once made.
@@ -40,15 +40,11 @@ StatusOr<std::vector<ShardSae>> LoadShardSaes(const LoadedModel& m, const v1::Sh
 // The SAE at `hook` (a TransformerLens name), or nullptr.
 const ShardSae* FindSae(const std::vector<ShardSae>& saes, const model::HookPoint& hook);
 
-// The divisor s of the SAE's decode for activations x [..., d_in or hook shape], float32
-// [..., 1] on the SAE's device.
-at::Tensor DecodeDivisor(const sae::Sae& sae, const at::Tensor& x);
-
 // Latents of rows of a hook's activation `act` [B, T, ...]: `mean` [B, d_sae], each row's mean
 // activation over the columns `read` [B, T] (bool, any device) selects (0 where it selects
-// none); `last` [B, d_sae], the activation at column T - 1; `last_divisor` [B, 1] the decode
-// divisor there. One full encode over the selected columns and the last (float32). Without
-// `with_last` only `mean` is filled.
+// none); `last` [B, d_sae], the activation at column T - 1; `last_divisor` [B, 1], the SAE's
+// normalisation scale s there (sae::Sae::Scale; a latent writes f_j W_dec[j] / s). One full
+// encode over the selected columns and the last (float32). Without `with_last` only `mean`.
 struct LatentReading {
   at::Tensor mean, last, last_divisor;
 };
