@@ -15,7 +15,7 @@
 //   knockout-worker tokenize --tokenizer PATH (--text T | --file F) [--json] [--special]
 //                            [--chat [--template NAME|STRING] [--system S]]
 //   knockout-worker generate --model DIR (--prompt T | --prompts FILE) [--max-new-tokens N]
-//                            [--json [--with-ids]]
+//                            [--json [--with-ids]] [--sae PATH [--hook NAME] --sae-clamp L=V ...]
 // Every failure prints one line naming the file, field or flag at fault and exits non-zero.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -373,6 +373,7 @@ struct GenerateFlags {
   bool with_ids = false;
   std::string chat_template;
   RuntimeFlags runtime;
+  knockout::worker::SaeForwardFlags sae;  // --sae, --hook, --sae-clamp: on generated tokens too
 };
 
 int RunGenerate(const GenerateFlags& flags) {
@@ -399,6 +400,9 @@ int RunGenerate(const GenerateFlags& flags) {
   knockout::chat::ChatGenerationOptions generation;
   generation.max_new_tokens = flags.max_new_tokens;
   generation.batch_size = flags.batch_size;
+  auto sae_hooks = knockout::worker::SaeForwardHooks(flags.sae, **model);
+  if (!sae_hooks.ok()) return Fail(sae_hooks.status());
+  generation.hooks = sae_hooks->get();
   auto completions = knockout::chat::GenerateCompletions(**model, **tokenizer, *prompts, generation);
   if (!completions.ok()) return Fail(completions.status());
   for (size_t i = 0; i < instructions.size(); ++i) {
@@ -577,6 +581,7 @@ int main(int argc, char** argv) {
   generate_cmd->add_option("--template", generate.chat_template,
                            "chat template (default: detected from tokenizer_config.json)");
   AddRuntimeFlags(generate_cmd, &generate.runtime);
+  knockout::worker::AddSaeForwardFlags(generate_cmd, &generate.sae);
   generate_cmd->callback([&] {
     if (prompt_opt->count() == 0 && prompts_opt->count() == 0) {
       throw CLI::RequiredError("--prompt or --prompts");
