@@ -39,15 +39,6 @@ size_t ItemSize(NpyType type) {
   return 4;
 }
 
-std::string ShapeString(const std::vector<int64_t>& shape) {
-  std::string s = "[";
-  for (size_t i = 0; i < shape.size(); ++i) {
-    if (i) s += ", ";
-    s += std::to_string(shape[i]);
-  }
-  return s + "]";
-}
-
 // The header text for messages: at most 120 characters, non-printable bytes escaped.
 std::string Printable(std::string_view text) {
   std::string out;
@@ -296,6 +287,15 @@ bool ConvertToFloat32(DType type, const uint8_t* data, uint64_t count, float* ou
     default:
       return false;
   }
+}
+
+std::string ShapeString(const std::vector<int64_t>& shape) {
+  std::string s = "[";
+  for (size_t i = 0; i < shape.size(); ++i) {
+    if (i) s += ", ";
+    s += std::to_string(shape[i]);
+  }
+  return s + "]";
 }
 
 float HalfToFloat(uint16_t h) {

@@ -45,6 +45,9 @@ StatusOr<NpyHeader> ParseNpyHeader(const uint8_t* bytes, size_t size, const std:
 StatusOr<std::vector<NpzArray>> ReadNpz(const uint8_t* bytes, size_t size, const std::string& label,
                                         bool headers_only);
 
+// "[2, 3]".
+std::string ShapeString(const std::vector<int64_t>& shape);
+
 // IEEE half / bfloat16 bit patterns to float (exact; subnormals, infinities and NaNs kept).
 float HalfToFloat(uint16_t bits);
 float BFloat16ToFloat(uint16_t bits);
