@@ -39,15 +39,6 @@ size_t ItemSize(NpyType type) {
   return 4;
 }
 
-std::string ShapeString(const std::vector<int64_t>& shape) {
-  std::string s = "[";
-  for (size_t i = 0; i < shape.size(); ++i) {
-    if (i) s += ", ";
-    s += std::to_string(shape[i]);
-  }
-  return s + "]";
-}
-
 // The header text for messages: at most 120 characters, non-printable bytes escaped.
 std::string Printable(std::string_view text) {
   std::string out;
@@ -249,27 +240,17 @@ Status ParsePreamble(const uint8_t* bytes, size_t size, const std::string& label
   return Status::Ok();
 }
 
-void ConvertToFloat(NpyType type, const uint8_t* data, uint64_t count, float* out) {
-  if (count == 0) return;  // `out` may be null
+DType ToDType(NpyType type) {
   switch (type) {
-    case NpyType::kF4:
-      std::memcpy(out, data, count * 4);
-      return;
-    case NpyType::kF8:
-      for (uint64_t i = 0; i < count; ++i) {
-        double d;
-        std::memcpy(&d, data + 8 * i, 8);
-        out[i] = static_cast<float>(d);
-      }
-      return;
-    case NpyType::kF2:
-      for (uint64_t i = 0; i < count; ++i) {
-        uint16_t h;
-        std::memcpy(&h, data + 2 * i, 2);
-        out[i] = HalfToFloat(h);
-      }
-      return;
+    case NpyType::kF2: return DType::kF16;
+    case NpyType::kF8: return DType::kF64;
+    case NpyType::kF4: break;
   }
+  return DType::kF32;
+}
+
+void ConvertToFloat(NpyType type, const uint8_t* data, uint64_t count, float* out) {
+  ConvertToFloat32(ToDType(type), data, count, out);
 }
 
 }  // namespace
@@ -281,6 +262,40 @@ const char* NpyTypeName(NpyType type) {
     case NpyType::kF8: return "float64";
   }
   return "?";
+}
+
+bool ConvertToFloat32(DType type, const uint8_t* data, uint64_t count, float* out) {
+  switch (type) {
+    case DType::kF32:
+      if (count > 0) std::memcpy(out, data, count * 4);  // (memcpy with null is undefined)
+      return true;
+    case DType::kF64:
+      for (uint64_t i = 0; i < count; ++i) {
+        double d;
+        std::memcpy(&d, data + 8 * i, 8);
+        out[i] = static_cast<float>(d);
+      }
+      return true;
+    case DType::kF16:
+    case DType::kBF16:
+      for (uint64_t i = 0; i < count; ++i) {
+        uint16_t h;
+        std::memcpy(&h, data + 2 * i, 2);
+        out[i] = type == DType::kF16 ? HalfToFloat(h) : BFloat16ToFloat(h);
+      }
+      return true;
+    default:
+      return false;
+  }
+}
+
+std::string ShapeString(const std::vector<int64_t>& shape) {
+  std::string s = "[";
+  for (size_t i = 0; i < shape.size(); ++i) {
+    if (i) s += ", ";
+    s += std::to_string(shape[i]);
+  }
+  return s + "]";
 }
 
 float HalfToFloat(uint16_t h) {

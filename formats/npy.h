@@ -12,6 +12,7 @@
 
 #include "common/status.h"
 #include "formats/sae.h"
+#include "formats/safetensors.h"
 
 namespace knockout::formats {
 
@@ -44,8 +45,16 @@ StatusOr<NpyHeader> ParseNpyHeader(const uint8_t* bytes, size_t size, const std:
 StatusOr<std::vector<NpzArray>> ReadNpz(const uint8_t* bytes, size_t size, const std::string& label,
                                         bool headers_only);
 
+// "[2, 3]".
+std::string ShapeString(const std::vector<int64_t>& shape);
+
 // IEEE half / bfloat16 bit patterns to float (exact; subnormals, infinities and NaNs kept).
 float HalfToFloat(uint16_t bits);
 float BFloat16ToFloat(uint16_t bits);
+
+// `count` little-endian values of `type` (F32, F64, F16 or BF16) at `data` into float32 `out`
+// (F64 rounds to nearest). False, writing nothing, for any other type. `out` may be null when
+// count is 0.
+bool ConvertToFloat32(DType type, const uint8_t* data, uint64_t count, float* out);
 
 }  // namespace knockout::formats

@@ -54,15 +54,6 @@ using Json = nlohmann::json;
 
 std::string Quote(const std::string& s) { return "\"" + s + "\""; }
 
-std::string ShapeString(const std::vector<int64_t>& shape) {
-  std::string s = "[";
-  for (size_t i = 0; i < shape.size(); ++i) {
-    if (i) s += ", ";
-    s += std::to_string(shape[i]);
-  }
-  return s + "]";
-}
-
 std::string JoinPath(const std::string& dir, const std::string& name) {
   if (dir.empty()) return name;
   if (dir.back() == '/') return dir + name;
@@ -332,37 +323,9 @@ class TensorTable {
     uint64_t count = 1;
     for (const int64_t d : entry.shape) count *= static_cast<uint64_t>(d);  // validated header
     tensor.values.resize(static_cast<size_t>(count));
-    if (count == 0) return tensor;  // (memcpy from/to null is undefined even for 0 bytes)
-    float* out = tensor.values.data();
-    const uint8_t* in = entry.raw;
-    switch (entry.raw_dtype) {
-      case DType::kF32:
-        std::memcpy(out, in, count * 4);
-        break;
-      case DType::kF64:
-        for (uint64_t i = 0; i < count; ++i) {
-          double d;
-          std::memcpy(&d, in + 8 * i, 8);
-          out[i] = static_cast<float>(d);
-        }
-        break;
-      case DType::kF16:
-        for (uint64_t i = 0; i < count; ++i) {
-          uint16_t h;
-          std::memcpy(&h, in + 2 * i, 2);
-          out[i] = HalfToFloat(h);
-        }
-        break;
-      case DType::kBF16:
-        for (uint64_t i = 0; i < count; ++i) {
-          uint16_t h;
-          std::memcpy(&h, in + 2 * i, 2);
-          out[i] = BFloat16ToFloat(h);
-        }
-        break;
-      default:
-        return Status::InvalidArgument(Label(name) + ": dtype " + DTypeName(entry.raw_dtype) +
-                                       " is not a float type (F32, F16, BF16, F64)");
+    if (!ConvertToFloat32(entry.raw_dtype, entry.raw, count, tensor.values.data())) {
+      return Status::InvalidArgument(Label(name) + ": dtype " + DTypeName(entry.raw_dtype) +
+                                     " is not a float type (F32, F16, BF16, F64)");
     }
     return tensor;
   }

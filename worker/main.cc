@@ -65,28 +65,6 @@ using knockout::worker::AddRuntimeFlags;
 using knockout::worker::ApplyRuntimeFlags;
 using knockout::worker::RuntimeFlags;
 
-StatusOr<std::vector<int64_t>> ParseIds(const std::string& text) {
-  std::vector<int64_t> ids;
-  std::stringstream stream(text);
-  std::string item;
-  while (std::getline(stream, item, ',')) {
-    size_t used = 0;
-    long long value = 0;
-    try {
-      value = std::stoll(item, &used);
-    } catch (const std::exception&) {
-      used = 0;
-    }
-    if (used == 0 || used != item.size()) {
-      return Status::InvalidArgument("--ids \"" + text + "\": \"" + item +
-                                     "\" is not an integer token id");
-    }
-    ids.push_back(value);
-  }
-  if (ids.empty()) return Status::InvalidArgument("--ids: empty token list");
-  return ids;
-}
-
 int Fail(const Status& status) {
   std::cerr << "knockout-worker: " << status.ToString() << "\n";
   return 1;
@@ -109,7 +87,7 @@ int RunForward(const ForwardFlags& flags) {
   if (!options.ok()) return Fail(options.status());
   std::vector<std::vector<int64_t>> sequences;
   for (const std::string& text : flags.ids) {
-    auto ids = ParseIds(text);
+    auto ids = knockout::worker::ParseIdList(text);
     if (!ids.ok()) return Fail(ids.status());
     sequences.push_back(*ids);
   }

@@ -35,28 +35,6 @@ Status FromTorch(const c10::Error& e, const std::string& where) {
   return Status::Internal(where + ": " + message);
 }
 
-StatusOr<std::vector<int64_t>> ParseIdList(const std::string& text) {
-  std::vector<int64_t> ids;
-  std::stringstream stream(text);
-  std::string item;
-  while (std::getline(stream, item, ',')) {
-    size_t used = 0;
-    long long value = 0;
-    try {
-      value = std::stoll(item, &used);
-    } catch (const std::exception&) {
-      used = 0;
-    }
-    if (used == 0 || used != item.size()) {
-      return Status::InvalidArgument("--ids \"" + text + "\": \"" + item +
-                                     "\" is not an integer token id");
-    }
-    ids.push_back(value);
-  }
-  if (ids.empty()) return Status::InvalidArgument("--ids: empty token list");
-  return ids;
-}
-
 // "LATENT=VALUE" of --sae-clamp.
 StatusOr<std::pair<int64_t, double>> ParseClamp(const std::string& text) {
   const size_t eq = text.find('=');

@@ -77,6 +77,44 @@ def science(knockout, store, workdir):
             sys.exit(f"FAIL: C != TE - DE for {r['unit']}: {r}")
     check(True, "every compensation row satisfies C = TE - DE")
 
+    # SAE latents (the hydra stage): 3 latents per layer chosen by decoder cosine (layers 3-4,
+    # downstream) and by activation difference at t_inst (layers 1-2, upstream), each knocked out
+    # alone, then each role's 6 together.
+    features = jsonl(knockout, store, "features", "demo-hydra", "--stage", "hydra")
+    by_layer = {}
+    for r in features:
+        by_layer.setdefault(r["layer"], []).append(r)
+    check(sorted(by_layer) == [1, 2, 3, 4] and all(len(v) == 3 for v in by_layer.values()),
+          "features: 3 latents per layer for layers 1-4")
+    check(all(r["score"] == "decoder_cosine" and r["cosine"] == r["value"] for l in (3, 4) for r in by_layer[l]),
+          "downstream latents ranked by decoder cosine")
+    check(all(r["score"] == "activation_diff" and r["activation_diff"] > 0 for l in (1, 2) for r in by_layer[l]),
+          "upstream latents ranked by a positive activation difference harmful - harmless")
+    hydra = jsonl(knockout, store, "compensation", "demo-hydra", "--stage", "hydra", "--top", "5")
+    check(len(hydra) == 14, f"14 latent knockouts (2 x (6 + 1 group)), got {len(hydra)}")
+    roles = sorted((r["role"], r["unit"]) for r in hydra)
+    chosen = {f"L{r['layer']}F{r['latent']}" for r in features}
+    singles = [r for r in hydra if "[" not in r["unit"]]
+    check({r["unit"] for r in singles} == chosen, "one trial per chosen latent, named L<layer>F<latent>")
+    check(sum(1 for role, unit in roles if role == "downstream") == 7, "7 downstream trials")
+    groups = [r for r in hydra if "[" in r["unit"]]
+    check(len(groups) == 2 and all(r["de"] is None and r["c"] is None for r in groups),
+          "the two all-at-once groups span layers: no DE, no C")
+    for r in singles:
+        if abs(r["c"] - (r["te"] - r["de"])) > 1e-12:
+            sys.exit(f"FAIL: C != TE - DE for {r['unit']}: {r}")
+    check(True, "every single-latent row satisfies C = TE - DE")
+    downstream_l3 = [r for r in hydra if r["unit"].startswith("L3F") and "[" not in r["unit"]]
+    check(all(r["latent_backups"] and all(b["unit"][1] in "45" for b in r["latent_backups"])
+              for r in downstream_l3),
+          "layer-3 knockouts have backups, all from the SAEs of layers 4-5")
+    unit = downstream_l3[0]["unit"]
+    backups = jsonl(knockout, store, "backups", "demo-hydra", "--stage", "hydra", "--unit", unit, "--top", "5")
+    check(len(backups) == 5 and all(abs(b["rise"] - (b["ablated"] - b["clean"])) < 1e-9 for b in backups),
+          f"backups of {unit}: 5 rows, rise = ablated - clean")
+    dormant = [b["dormant"] for b in backups]
+    check(dormant == sorted(dormant, reverse=True), "dormant backups listed first")
+
     # Harmfulness vs refusal directions: per-layer cosine reported.
     cosines = jsonl(knockout, store, "directions", "demo-hydra")
     check(sorted(r["layer"] for r in cosines) == list(range(6)), "per-layer cosine for layers 0-5")
@@ -100,8 +138,8 @@ def science(knockout, store, workdir):
 
 def all_rows(knockout, store):
     rows = []
-    for stage in ["refusal", "harm", "select", "heads", "directions", "neurons", "generate",
-                  "orthogonalized"]:
+    for stage in ["refusal", "harm", "select", "heads", "directions", "neurons", "hydra",
+                  "generate", "orthogonalized"]:
         for per_prompt in (False, True):
             args = ["results", "demo-hydra", "--stage", stage] + (["--per-prompt"] if per_prompt else [])
             # The orthogonalised checkpoint lives under the store: compare it by its place there.
@@ -129,7 +167,7 @@ def main():
     knockout, spec = sys.argv[1], sys.argv[2]
     with tempfile.TemporaryDirectory(prefix="knockout-demo-") as workdir:
         out = run([knockout, "validate", spec]).stdout
-        check("8 stages" in out, "validate counts 8 stages")
+        check("9 stages" in out, "validate counts 9 stages")
 
         clean = os.path.join(workdir, "clean")
         out = run([knockout, "run", spec, "--store", clean]).stdout
@@ -139,12 +177,12 @@ def main():
         # Killed with SIGKILL in the middle of the extraction, then interrupted with SIGINT while
         # the head sweep is next, then finished: the same rows as the uninterrupted run.
         resumed = os.path.join(workdir, "resumed")
-        rc, _, _ = run_until(knockout, spec, resumed, "[2/8 harm] shard 2/4", signal.SIGKILL)
+        rc, _, _ = run_until(knockout, spec, resumed, "[2/9 harm] shard 2/4", signal.SIGKILL)
         check(rc == -signal.SIGKILL, "first run killed with SIGKILL")
         status = run([knockout, "status", "demo-hydra", "--store", resumed]).stdout
         check("running" in status, "status reads the killed run's store")
-        rc, seen, err = run_until(knockout, spec, resumed, "[3/8 select]", signal.SIGINT)
-        check("(resumed)" in seen and "[1/8" not in seen, "second run resumes after the committed shards")
+        rc, seen, err = run_until(knockout, spec, resumed, "[3/9 select]", signal.SIGINT)
+        check("(resumed)" in seen and "[1/9" not in seen, "second run resumes after the committed shards")
         check(rc == 130 and "interrupted" in err, f"SIGINT stops between shards with exit 130 (got {rc})")
         out = run([knockout, "run", spec, "--store", resumed, "--no-summary"]).stdout
         check("(resumed)" in out, "third run resumes")
