@@ -105,16 +105,17 @@ class Llama:
 
     def forward(self, ids, edits=None):
         """ids: list of token ids. edits: list (one per row) of callables or None;
-        edit(kind, layer, tensor[T, ...]) -> tensor, kind in {"z", "post"}.
+        edit(kind, layer, tensor[T, ...]) -> tensor, kind in {"z", "post", "resid_post"}
+        (resid_post: the residual after layer l's MLP add, TransformerLens' blocks.l.hook_resid_post).
         Returns a dict of per-row activations, each [B, T, ...]: z[l] [B,T,nh,dh], attn_out[l],
-        post[l] [B,T,I], mlp_out[l], x_final (residual after the last layer); logits [B, 1, V]
-        of the last position only."""
+        post[l] [B,T,I], mlp_out[l], resid_post[l] (after its edit), x_final (residual after the
+        last layer); logits [B, 1, V] of the last position only."""
         edits = edits or [None]
         B, T = len(edits), len(ids)
         x = self.w["model.embed_tokens.weight"][torch.tensor(ids)].expand(B, T, self.d).clone()
         cos, sin = self.rope(T)
         causal = torch.ones(T, T, dtype=torch.bool).tril()
-        out = {"z": [], "attn_out": [], "post": [], "mlp_out": []}
+        out = {"z": [], "attn_out": [], "post": [], "mlp_out": [], "resid_post": []}
 
         def apply(kind, l, t):
             rows = []
@@ -143,7 +144,9 @@ class Llama:
             post = apply("post", l, post)
             mlp_out = post @ self.layer(l, "mlp.down_proj").T
             x = x + mlp_out
-            for key, val in (("z", z), ("attn_out", attn_out), ("post", post), ("mlp_out", mlp_out)):
+            x = apply("resid_post", l, x)
+            for key, val in (("z", z), ("attn_out", attn_out), ("post", post), ("mlp_out", mlp_out),
+                             ("resid_post", x)):
                 out[key].append(val)
         out["x_final"] = x
         out["logits"] = self.rms(x[:, -1:], self.w_norm) @ self.W_U.T  # [B, 1, V]: last position
