@@ -19,6 +19,7 @@ LAYERS=${LAYERS:-1,2,3}
 MODELS=${MODELS:-"demo big"}
 POSITIONS=${POSITIONS:-"all post_inst"}
 OUT_DIR=${OUT_DIR:-$(mktemp -d /tmp/sae-sweep-bench.XXXXXX)}
+mkdir -p "$OUT_DIR"
 BENCH="$BUILD/bench/sae_sweep_bench"
 WORKER="$BUILD/worker/knockout-worker"
 PROMPTS=experiments/prompts/demo/harmful_val.jsonl

@@ -342,10 +342,42 @@ at::Tensor HookRegistry::SiteMask(const InterventionSite& site, const at::Tensor
   return mask;
 }
 
+// `site` applied to rows `rows` (int64, CPU) of `x` only; the other rows are returned as they are.
+at::Tensor HookRegistry::RunOnRows(const InterventionSite& site, const at::Tensor& x,
+                                   int64_t offset, const at::Tensor& rows) const {
+  const at::Tensor index = rows.to(x.device());
+  const at::Tensor part = x.index_select(0, index);
+  InterventionSite subset = site;
+  subset.rows = at::Tensor();
+  if (site.positions.defined() && site.positions.dim() == 2) {
+    subset.positions = site.positions.index_select(0, rows.to(site.positions.device()));
+  }
+  at::Tensor edited = site.intervention.Apply(part, offset);
+  const at::Tensor mask = SiteMask(subset, part, offset);
+  if (mask.defined()) {
+    std::vector<int64_t> shape = mask.sizes().vec();
+    shape.resize(part.dim(), 1);
+    edited = at::where(mask.view(shape), edited, part);
+  }
+  return x.index_copy(0, index, edited.to(x.scalar_type()));
+}
+
 at::Tensor HookRegistry::Run(const HookPoint& hook, at::Tensor x, int64_t offset) {
   const size_t index = Index(hook);
   if (!active_[index]) return x;
   for (const InterventionSite& site : sites_[index]) {
+    // A site on some rows only (one trial of a batch of trials) is computed on those rows alone:
+    // an edit as costly as an SAE encode must not run over every other trial's rows. Resample
+    // sources are indexed by batch row, so resample runs over the whole batch.
+    if (site.rows.defined() && site.intervention.kind() != Intervention::Kind::kResample &&
+        site.rows.size(0) == x.size(0)) {
+      const at::Tensor rows = site.rows.to(at::kCPU).nonzero().flatten();
+      if (rows.numel() == 0) continue;
+      if (rows.numel() < x.size(0)) {
+        x = RunOnRows(site, x, offset, rows);
+        continue;
+      }
+    }
     at::Tensor edited = site.intervention.Apply(x, offset);
     at::Tensor mask = SiteMask(site, x, offset);
     if (!mask.defined()) {

@@ -186,6 +186,8 @@ class HookRegistry {
  private:
   size_t Index(const HookPoint& hook) const;
   at::Tensor SiteMask(const InterventionSite& site, const at::Tensor& x, int64_t offset) const;
+  at::Tensor RunOnRows(const InterventionSite& site, const at::Tensor& x, int64_t offset,
+                       const at::Tensor& rows) const;
 
   ModelConfig config_;
   std::vector<bool> active_;    // by Index(): anything registered
