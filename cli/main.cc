@@ -227,7 +227,30 @@ int main(int argc, char** argv) {
   compensation->add_option("--stage", stage, "a knockout_sweep stage (default: all with readings)");
   compensation->add_option("--top", top, "backup units shown per row")->check(CLI::NonNegativeNumber);
   compensation->add_option("--format", format, "table, csv or jsonl");
+  std::vector<std::string> columns;
+  compensation->add_option("--columns", columns, "only these columns, in this order")
+      ->delimiter(',');
   add_source(compensation);
+
+  auto* features = app.add_subcommand(
+      "features", "the SAE latents each sae_latents target chose per layer, with their scores");
+  features->add_option("SWEEP", sweep, "sweep id or name")->required();
+  features->add_option("--stage", stage, "a knockout_sweep stage (default: all that ranked latents)");
+  features->add_option("--format", format, "table, csv or jsonl");
+  add_source(features);
+
+  kc::BackupsQuery backups_query;
+  auto* backups = app.add_subcommand(
+      "backups", "SAE latents that rose when a unit was knocked out (dormant ones first)");
+  backups->add_option("SWEEP", backups_query.sweep, "sweep id or name")->required();
+  backups->add_option("--stage", backups_query.stage, "a knockout_sweep stage with backups")
+      ->required();
+  backups->add_option("--unit", backups_query.unit, "the knocked-out unit, e.g. L3F856")
+      ->required();
+  backups->add_option("--top", backups_query.top, "backups per trial and prompt set")
+      ->check(CLI::PositiveNumber);
+  backups->add_option("--format", format, "table, csv or jsonl");
+  add_source(backups);
 
   std::string export_path;
   auto* directions = app.add_subcommand(
@@ -310,7 +333,12 @@ int main(int argc, char** argv) {
     query.format = *output_format;
     s = kc::PrintResults(*reader, query, std::cout);
   } else if (compensation->parsed()) {
-    s = kc::PrintCompensation(*reader, sweep, stage, top, std::cout, *output_format);
+    s = kc::PrintCompensation(*reader, sweep, stage, top, std::cout, *output_format, columns);
+  } else if (features->parsed()) {
+    s = kc::PrintFeatures(*reader, sweep, stage, std::cout, *output_format);
+  } else if (backups->parsed()) {
+    backups_query.format = *output_format;
+    s = kc::PrintBackups(*reader, backups_query, std::cout);
   } else if (directions->parsed() && !export_path.empty()) {
     s = kc::ExportDirections(*reader, sweep, export_path);
     if (s.ok()) std::cout << "wrote " << export_path << "\n";

@@ -17,6 +17,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "cli/store_reading.h"
 #include "cli/table.h"
 #include "experiments/compensation.h"
 #include "formats/positions.h"
@@ -37,73 +38,6 @@ std::string UtcTime(uint64_t unix_ms) {
   char buffer[32];
   std::strftime(buffer, sizeof(buffer), "%Y-%m-%dT%H:%M:%SZ", &tm);
   return buffer;
-}
-
-// The stages a query covers: every expanded stage, or the one named `name`.
-// InvalidArgument for an unknown name (listing the stages); FailedPrecondition for a stage of
-// the spec that has not been expanded yet.
-StatusOr<std::vector<v1::StageRecord>> SelectStages(const SweepReader& store,
-                                                    const std::string& sweep,
-                                                    const std::string& name) {
-  KO_ASSIGN_OR_RETURN(auto stages, store.ListStages(sweep));
-  if (name.empty()) return stages;
-  for (const v1::StageRecord& stage : stages) {
-    if (stage.name() == name) return std::vector<v1::StageRecord>{stage};
-  }
-  KO_ASSIGN_OR_RETURN(const v1::SweepRecord record, store.GetSweep(sweep));
-  std::vector<std::string> names;
-  for (const v1::StageRecord& stage : stages) names.push_back(stage.name());
-  for (const v1::Stage& stage : record.spec().stages()) {
-    if (stage.name() == name) {
-      return Status::FailedPrecondition("sweep " + sweep + ": stage \"" + name +
-                                        "\" has not started yet (no shards)");
-    }
-    if (std::find(names.begin(), names.end(), stage.name()) == names.end()) {
-      names.push_back(stage.name());
-    }
-  }
-  std::string list;
-  for (const std::string& stage : names) list += (list.empty() ? "" : ", ") + stage;
-  return Status::InvalidArgument("sweep " + sweep + " has no stage \"" + name + "\"; stages: " +
-                                 (list.empty() ? "none" : list));
-}
-
-// Trial index -> label, from the stage's shards (a trial may sit in several: same label).
-StatusOr<std::map<uint32_t, v1::TrialLabel>> TrialLabels(const SweepReader& store,
-                                                         const std::string& sweep,
-                                                         uint32_t stage) {
-  KO_ASSIGN_OR_RETURN(auto shards, store.ListShards(sweep, stage));
-  std::map<uint32_t, v1::TrialLabel> labels;
-  for (const v1::ShardRecord& shard : shards) {
-    for (const v1::Trial& trial : shard.shard().trials()) labels[trial.index()] = trial.label();
-  }
-  return labels;
-}
-
-template <typename Message>
-StatusOr<Message> ParseArtifact(const std::string& sweep, const std::string& name,
-                                const std::string& bytes) {
-  Message message;
-  if (!message.ParseFromString(bytes)) {
-    return Status::Corruption("sweep " + sweep + ": artifact '" + name + "' (" +
-                              std::to_string(bytes.size()) + " bytes) does not parse as " +
-                              message.GetTypeName());
-  }
-  return message;
-}
-
-// An artifact that may not exist yet (the stage has not finished): nullopt when NotFound.
-template <typename Message>
-StatusOr<std::optional<Message>> OptionalArtifact(const SweepReader& store,
-                                                  const std::string& sweep,
-                                                  const std::string& name) {
-  auto bytes = store.GetArtifact(sweep, name);
-  if (!bytes.ok()) {
-    if (bytes.status().code() == StatusCode::kNotFound) return std::optional<Message>();
-    return bytes.status();
-  }
-  KO_ASSIGN_OR_RETURN(Message message, ParseArtifact<Message>(sweep, name, *bytes));
-  return std::optional<Message>(std::move(message));
 }
 
 std::string Title(const v1::StageRecord& stage, const std::string& what) {
@@ -279,15 +213,6 @@ Status AppendStageTables(const SweepReader& store, const std::string& sweep,
 // ------------------------------------------------------------------------------------------
 // Compensation
 
-std::string UnitName(const std::string& unit_kind, int layer, int unit) {
-  const std::string prefix = "L" + std::to_string(layer);
-  if (unit_kind == "head") return prefix + "H" + std::to_string(unit);
-  if (unit_kind == "neuron") return prefix + "N" + std::to_string(unit);
-  if (unit_kind.empty()) return prefix + "#" + std::to_string(unit);
-  if (unit < 0) return prefix + "." + unit_kind;
-  return prefix + "." + unit_kind + "#" + std::to_string(unit);
-}
-
 // A downstream reading's name from its kind (v1::UnitReading::Kind). Rows stored before kinds
 // read heads downstream of head knockouts, else attention (unit 0) and MLP (unit 1) outputs.
 std::string DownstreamName(const std::string& swept_kind, v1::UnitReading::Kind kind, int layer,
@@ -316,7 +241,7 @@ Table CompensationTable(
   table.columns = {"stage",       "trial",     "unit",        "layer",     "ablation",
                    "positions",   "prompt_set", "te",         "de",        "c",
                    "c/|de|",      "norm_effect", "explained", "unexplained", "norm_share",
-                   "read",        "backups"};
+                   "read",        "backups",   "role",      "latent_backups"};
   for (const auto& [stage, row] : rows) {
     const v1::TrialLabel& label = row.label;
     std::string backups_text;
@@ -331,8 +256,23 @@ Table CompensationTable(
     }
     Cell backups_cell = Cell::Text(backups_text);
     backups_cell.structured = std::move(backups);
+    // SAE latents that rose (dormant ones marked): "L5F12 0->3.1 dormant, L4F7 0.5->1.2".
+    std::string latents_text;
+    Json latents = Json::array();
+    for (const v1::UnitReading& b : row.latent_backups) {
+      const std::string name = "L" + std::to_string(b.layer()) + "F" + std::to_string(b.unit());
+      latents_text += (latents_text.empty() ? "" : ", ") + name + " " + FormatDouble(b.clean(), 3) +
+                      "->" + FormatDouble(b.ablated(), 3) + (b.dormant() ? " dormant" : "");
+      latents.push_back(Json{{"unit", name},          {"hook", b.hook()},
+                             {"clean", b.clean()},    {"ablated", b.ablated()},
+                             {"spread", b.spread()},  {"dormant", b.dormant()},
+                             {"cosine", b.cosine()},  {"de_clean", b.de_clean()},
+                             {"de_ablated", b.de_ablated()}});
+    }
+    Cell latents_cell = Cell::Text(latents_text);
+    latents_cell.structured = std::move(latents);
     table.rows.push_back({Cell::Text(stage), Cell::Integer(row.trial),
-                          Cell::Text(UnitName(label.unit_kind(), label.layer(), label.unit())),
+                          Cell::Text(TrialUnitName(label)),
                           Cell::Integer(label.layer()), Cell::Text(label.ablation()),
                           Cell::Text(label.positions()), Cell::Text(row.prompt_set),
                           Cell::Number(row.te), Cell::Number(row.de), Cell::Number(row.c),
@@ -340,7 +280,8 @@ Table CompensationTable(
                           Cell::Number(row.norm_effect),
                           Cell::Number(row.explained), Cell::Number(row.unexplained),
                           Cell::Number(row.norm_share), Cell::Text(row.read),
-                          std::move(backups_cell)});
+                          std::move(backups_cell), Cell::Text(label.role()),
+                          std::move(latents_cell)});
   }
   return table;
 }
@@ -431,7 +372,7 @@ Status PrintResults(const SweepReader& store, const ResultsQuery& query, std::os
 
 Status PrintCompensation(const SweepReader& store, const std::string& sweep_name,
                          const std::string& stage_name, int top, std::ostream& out,
-                         OutputFormat format) {
+                         OutputFormat format, const std::vector<std::string>& columns) {
   if (top < 0) {
     return Status::InvalidArgument("--top " + std::to_string(top) + ": must be 0 or more");
   }
@@ -447,7 +388,9 @@ Status PrintCompensation(const SweepReader& store, const std::string& sweep_name
     KO_ASSIGN_OR_RETURN(auto aggregates, store.Rows(sweep, stage.index(), true));
     const bool has_readings =
         std::any_of(aggregates.begin(), aggregates.end(),
-                    [](const v1::ResultRow& row) { return row.downstream_size() > 0; });
+                    [](const v1::ResultRow& row) {
+                      return row.downstream_size() > 0 || row.backups_size() > 0;
+                    });
     if (stage_name.empty() && !has_readings) continue;
     KO_ASSIGN_OR_RETURN(auto labels, TrialLabels(store, sweep, stage.index()));
     auto computed = experiments::ComputeCompensation(aggregates, labels, top);
@@ -462,7 +405,9 @@ Status PrintCompensation(const SweepReader& store, const std::string& sweep_name
   std::stable_sort(rows.begin(), rows.end(), [](const auto& a, const auto& b) {
     return std::fabs(a.second.te) > std::fabs(b.second.te);
   });
-  RenderTables({CompensationTable(rows)}, format, out);
+  Table table = CompensationTable(rows);
+  KO_RETURN_IF_ERROR(SelectColumns(columns, &table));
+  RenderTables({table}, format, out);
   return Status::Ok();
 }
 

@@ -80,9 +80,11 @@ Status PrintResults(const experiments::SweepReader& store, const ResultsQuery& q
 // readings); InvalidArgument (unknown stage, listing them; a stage that is not a knockout_sweep;
 // top < 0); the errors of experiments::ComputeCompensation (a row without te/de names its
 // trial); store errors.
+// `columns`: print only these columns, in this order (empty: all).
 Status PrintCompensation(const experiments::SweepReader& store, const std::string& sweep,
                          const std::string& stage, int top, std::ostream& out,
-                         OutputFormat format = OutputFormat::kTable);
+                         OutputFormat format = OutputFormat::kTable,
+                         const std::vector<std::string>& columns = {});
 
 // Writes every direction of a sweep to one safetensors file at `path` (atomically: a temporary
 // file renamed over it): each DirectionArtifact as float32 [d_model] "<stage>/L<layer>/<position>"
@@ -101,5 +103,35 @@ Status ExportDirections(const experiments::SweepReader& store, const std::string
 // no other extracted direction.
 Status PrintDirectionCosines(const experiments::SweepReader& store, const std::string& sweep,
                              std::ostream& out, OutputFormat format = OutputFormat::kTable);
+
+// SAE latents (sae_queries.cc). `knockout features`: the latents each sae_latents target
+// chose, per stage and layer, from the stage's rankings (RANK shard): stage, layer, hook, rank
+// (1 = best), unit (L3F856), latent, score (decoder_cosine, activation_diff,
+// cosine_and_activation), value (the ranking score), cosine (with the selection's direction,
+// when it had one), activation_diff (positive minus negative set, when it had sets).
+// `stage`: a knockout_sweep stage; empty: every stage with latent rankings. Errors: NotFound
+// (sweep; no stage ranked latents; the stage's ranking is not done yet), InvalidArgument
+// (unknown stage), Corruption (the ranking artifact does not parse).
+Status PrintFeatures(const experiments::SweepReader& store, const std::string& sweep,
+                     const std::string& stage, std::ostream& out,
+                     OutputFormat format = OutputFormat::kTable);
+
+struct BackupsQuery {
+  std::string sweep;
+  std::string stage;  // a knockout_sweep stage with backups (required)
+  std::string unit;   // the knocked-out unit's name, e.g. L3F856, L3F[12,856], L3H2 (required)
+  int top = 10;       // backups per trial and prompt set (<= what the sweep stored)
+  OutputFormat format = OutputFormat::kTable;
+};
+
+// `knockout backups`: the latents that rose when `unit` was knocked out, per trial (ablation x
+// positions) and prompt set, dormant ones first, then by mean rise: stage, trial, unit, role,
+// ablation, positions, prompt_set, prompts, backup (L5F12), hook, dormant, clean, ablated, rise
+// (mean over prompts of ablated - clean), spread (its standard deviation over prompts), cosine
+// (with the backups' direction), de_clean, de_ablated, de_change. Errors: NotFound (sweep; no
+// trial knocks out `unit`, listing some that exist; the stage stored no backups),
+// InvalidArgument (unknown stage; top < 1).
+Status PrintBackups(const experiments::SweepReader& store, const BackupsQuery& query,
+                    std::ostream& out);
 
 }  // namespace knockout::cli

@@ -271,4 +271,26 @@ Status ApplyFilters(const std::vector<Filter>& filters, std::vector<Table>* tabl
   return Status::Ok();
 }
 
+Status SelectColumns(const std::vector<std::string>& columns, Table* table) {
+  if (columns.empty()) return Status::Ok();
+  std::vector<int> picked;
+  for (const std::string& column : columns) {
+    const int index = table->Column(column);
+    if (index < 0) {
+      std::string list;
+      for (const std::string& c : table->columns) list += (list.empty() ? "" : ", ") + c;
+      return Status::InvalidArgument("--columns: the " + table->name + " table has no column \"" +
+                                     column + "\"; columns: " + list);
+    }
+    picked.push_back(index);
+  }
+  for (auto& row : table->rows) {
+    std::vector<Cell> kept;
+    for (int index : picked) kept.push_back(row[index]);
+    row = std::move(kept);
+  }
+  table->columns = columns;
+  return Status::Ok();
+}
+
 }  // namespace knockout::cli

@@ -85,4 +85,8 @@ StatusOr<std::vector<Filter>> ParseFilters(const std::vector<std::string>& where
 // InvalidArgument for a field that no table has, listing the columns there are.
 Status ApplyFilters(const std::vector<Filter>& filters, std::vector<Table>* tables);
 
+// Keeps only `columns` (in that order) of `table`; empty: all. InvalidArgument for a column the
+// table lacks, listing those it has.
+Status SelectColumns(const std::vector<std::string>& columns, Table* table);
+
 }  // namespace knockout::cli

@@ -110,7 +110,15 @@ StatusOr<std::vector<CompensationRow>> ComputeCompensation(
     result.label = label->second;
     result.prompt_set = row.prompt_set();
     KO_ASSIGN_OR_RETURN(result.te, RequiredValue(row, "te"));
-    KO_ASSIGN_OR_RETURN(result.de, RequiredValue(row, "de"));
+    // A group of latents over several layers has no single unit whose write is "direct": it
+    // has TE and backups but no DE (and so no C); every other trial must have its DE.
+    const bool no_single_unit =
+        result.label.unit_kind() == "sae_latents" && result.label.layer() < 0;
+    if (no_single_unit && !row.values().count("de")) {
+      result.de = kNaN;
+    } else {
+      KO_ASSIGN_OR_RETURN(result.de, RequiredValue(row, "de"));
+    }
     result.refusal_score = ValueOr(row, "refusal_score", kNaN);
     result.clean_refusal_score = ValueOr(row, "clean_refusal_score", kNaN);
     result.c = result.te - result.de;
@@ -121,6 +129,10 @@ StatusOr<std::vector<CompensationRow>> ComputeCompensation(
     result.norm_share =
         std::fabs(result.c) < kCompensationTiny ? kNaN : result.norm_effect / result.c;
     result.downstream_count = static_cast<size_t>(row.downstream_size());
+    result.latent_backups.assign(row.backups().begin(), row.backups().end());
+    if (top_n >= 0 && result.latent_backups.size() > static_cast<size_t>(top_n)) {
+      result.latent_backups.resize(static_cast<size_t>(top_n));
+    }
     result.read = ReadKinds(row);
     result.top_backups = RankBackups(row, CompensationReferenceSign(result.te, result.de), top_n,
                                      &result.explained);

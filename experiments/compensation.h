@@ -37,7 +37,8 @@ struct CompensationRow {
   double refusal_score = 0;        // ablated run; NaN if the row lacks it
   double clean_refusal_score = 0;  // NaN if the row lacks it
   double te = 0;                   // total effect: M(ablated) - M(clean)
-  double de = 0;                   // direct effect: downstream and final-norm scale frozen
+  double de = 0;                   // direct effect: downstream and final-norm scale frozen;
+                                   // NaN for a group of SAE latents over several layers
   double c = 0;                    // compensation: te - de
   // c / |de|; NaN (shown as "-") unless |de| >= kRatioMinDeShare * |te| and |de| >=
   // kCompensationTiny: where the direct effect is negligible against the total, the ratio is
@@ -56,6 +57,9 @@ struct CompensationRow {
   // The top `top_n` downstream units: compensating ones first, each group by |change|
   // descending (ties: layer, unit).
   std::vector<UnitChange> top_backups;
+  // SAE latents downstream whose activation rose most (ResultRow.backups, stages with backups),
+  // as stored (the top latents by mean rise), at most `top_n` of them.
+  std::vector<v1::UnitReading> latent_backups;
 };
 
 // |x| below this counts as zero for the ratios.

@@ -114,6 +114,8 @@ const char* AblationName(v1::Ablation::Kind kind) {
     case v1::Ablation::PROJECT: return "project";
     case v1::Ablation::DIRECTIONAL: return "directional";
     case v1::Ablation::ADD: return "add";
+    case v1::Ablation::CLAMP: return "clamp";
+    case v1::Ablation::SCALE: return "scale";
     default: return "unspecified";
   }
 }
@@ -170,23 +172,82 @@ class Directions {
   std::string sweep_;
 };
 
-// The ranking of one neuron target's layer in `rankings` (NotFound if the RANK shards did not
-// produce it).
-StatusOr<std::vector<int32_t>> RankedUnits(const v1::RankingArtifact& rankings, int layer,
-                                           const std::string& score, const std::string& tensor,
-                                           uint32_t top_k) {
-  for (const v1::NeuronRanking& r : rankings.rankings()) {
-    if (r.layer() == layer && r.score() == score && r.tensor() == tensor && r.top_k() == top_k) {
-      return std::vector<int32_t>(r.units().begin(), r.units().end());
-    }
-  }
-  return Status::NotFound("no neuron ranking for layer " + std::to_string(layer) + " by " + score +
-                          " against " + tensor);
+// The hook of an sae_latents target's SAE at `layer`.
+std::string SaeHook(const v1::Target& target, int layer) {
+  return "blocks." + std::to_string(layer) + "." + target.sae_hook();
 }
 
-// Whether a target's units come from a ranking (neurons by top_k against a direction).
+// The rank request of a ranked target at `layer` (tensor: its score direction's, attached).
+v1::RankRequest MakeRankRequest(const v1::Target& target, int layer, const std::string& tensor) {
+  v1::RankRequest request;
+  request.set_layer(layer);
+  request.set_tensor(tensor);
+  if (target.kind() == v1::Target::SAE_LATENTS) {
+    const v1::LatentSelection& select = target.select();
+    request.set_score(select.score());
+    request.set_top_k(select.top_k());
+    request.set_sae_hook(SaeHook(target, layer));
+    request.set_positive(select.positive());
+    request.set_negative(select.negative());
+    if (!select.positive().empty()) *request.mutable_position() = select.position();
+    request.set_candidates(select.candidates());
+  } else {
+    request.set_score(target.score());
+    request.set_top_k(target.top_k());
+  }
+  return request;
+}
+
+// Whether a ranking answers a request (same layer, score, direction, SAE, sets and position).
+bool Answers(const v1::NeuronRanking& r, const v1::RankRequest& q) {
+  return r.layer() == q.layer() && r.score() == q.score() && r.tensor() == q.tensor() &&
+         r.top_k() == q.top_k() && r.sae_hook() == q.sae_hook();
+}
+
+// The ranking of one ranked target's layer in `rankings` (NotFound if the RANK shards did not
+// produce it).
+StatusOr<std::vector<int32_t>> RankedUnits(const v1::RankingArtifact& rankings,
+                                           const v1::RankRequest& request) {
+  for (const v1::NeuronRanking& r : rankings.rankings()) {
+    if (Answers(r, request)) return std::vector<int32_t>(r.units().begin(), r.units().end());
+  }
+  return Status::NotFound("no ranking for layer " + std::to_string(request.layer()) + " by " +
+                          request.score() +
+                          (request.tensor().empty() ? "" : " against " + request.tensor()) +
+                          (request.sae_hook().empty() ? "" : " of the SAE at " + request.sae_hook()));
+}
+
+// The tensor a ranked target's score needs at `layer` ("" when it has no direction).
+StatusOr<std::string> RankTensor(const v1::Target& target, int layer, const Directions& directions,
+                                 v1::Shard* shard) {
+  if (target.kind() == v1::Target::SAE_LATENTS) {
+    if (!target.select().has_direction()) return std::string();
+    return directions.Attach(target.select().direction(), layer, shard);
+  }
+  return directions.Attach(target.score_direction(), layer, shard);
+}
+
+// Whether a target's units come from a ranking (neurons by top_k against a direction, SAE
+// latents by `select`).
 bool IsRanked(const v1::Target& target) {
-  return target.kind() == v1::Target::NEURONS && target.units().empty();
+  return (target.kind() == v1::Target::NEURONS || target.kind() == v1::Target::SAE_LATENTS) &&
+         target.units().empty();
+}
+
+// The unit name of a group of latents (TrialLabel.unit_name): L3F[12,856] for one layer,
+// L3-5F[9 latents] over several.
+std::string LatentGroupName(const std::vector<std::pair<int, int>>& latents) {
+  int lo = latents.front().first, hi = lo;
+  for (const auto& [layer, unit] : latents) lo = std::min(lo, layer), hi = std::max(hi, layer);
+  if (lo != hi) {
+    return "L" + std::to_string(lo) + "-" + std::to_string(hi) + "F[" +
+           std::to_string(latents.size()) + " latents]";
+  }
+  std::string name = "L" + std::to_string(lo) + "F[";
+  for (size_t i = 0; i < latents.size(); ++i) {
+    name += (i ? "," : "") + std::to_string(latents[i].second);
+  }
+  return name + "]";
 }
 bool NeedsRanking(const v1::Stage& stage) {
   if (!stage.has_knockout_sweep()) return false;
@@ -194,6 +255,83 @@ bool NeedsRanking(const v1::Stage& stage) {
     if (IsRanked(target)) return true;
   }
   return false;
+}
+
+// The latents of an sae_latents target at `layer`: listed, or from the stage's ranking (null
+// when only counting: 0..top_k-1).
+StatusOr<std::vector<int>> TargetLatents(const v1::Target& target, int layer,
+                                         const Directions& directions,
+                                         const v1::RankingArtifact* rankings) {
+  std::vector<int> units(target.units().begin(), target.units().end());
+  if (!units.empty()) return units;
+  if (!rankings) {
+    for (uint32_t i = 0; i < target.select().top_k(); ++i) units.push_back(static_cast<int>(i));
+    return units;
+  }
+  KO_ASSIGN_OR_RETURN(std::string name, RankTensor(target, layer, directions, nullptr));
+  KO_ASSIGN_OR_RETURN(auto ranked, RankedUnits(*rankings, MakeRankRequest(target, layer, name)));
+  return std::vector<int>(ranked.begin(), ranked.end());
+}
+
+// The trials of an sae_latents target: per layer, one trial per latent (unless `together` says
+// only_*), then the layer's group (together: layer / only_layer); after every layer, the group
+// over all of them (together: all / only_all). Each x the stage's ablations x positions. The
+// edits keep the error term (worker/sae); a group over layers has one edit per layer.
+Status LatentTrials(const v1::KnockoutSweepStage& stage, const v1::Target& target,
+                    const ModelShape& shape, const Directions& directions,
+                    const v1::RankingArtifact* rankings, std::vector<v1::Trial>* trials) {
+  const std::string& together = target.together();
+  const bool singles = together.rfind("only_", 0) != 0;
+  const bool layer_groups = together == "layer" || together == "only_layer";
+  const bool all_group = together == "all" || together == "only_all";
+  // Emits one trial per ablation x positions for a set of (layer, latent) pairs.
+  auto emit = [&](const std::vector<std::pair<int, int>>& latents, bool group) {
+    std::map<int, std::vector<int>> by_layer;
+    for (const auto& [layer, unit] : latents) by_layer[layer].push_back(unit);
+    const std::string name = group ? LatentGroupName(latents)
+                                   : "L" + std::to_string(latents[0].first) + "F" +
+                                         std::to_string(latents[0].second);
+    for (const v1::Ablation& ablation : stage.ablations()) {
+      for (const v1::Positions& positions : stage.positions()) {
+        v1::Trial trial;
+        for (const auto& [layer, units] : by_layer) {
+          v1::Edit* edit = trial.add_edits();
+          edit->set_hook(SaeHook(target, layer));
+          edit->set_sae(true);
+          *edit->mutable_ablation() = ablation;
+          for (int u : units) edit->add_units(u);
+          *edit->mutable_positions() = positions;
+        }
+        v1::TrialLabel* label = trial.mutable_label();
+        label->set_unit_kind(group ? "sae_latents" : "sae_latent");
+        label->set_layer(by_layer.size() == 1 ? by_layer.begin()->first : -1);
+        label->set_unit(group ? -1 : latents[0].second);
+        label->set_ablation(AblationName(ablation.kind()));
+        label->set_positions(PositionsName(positions));
+        label->set_coefficient(ablation.coefficient());
+        label->set_role(target.role());
+        label->set_unit_name(name);
+        if (group) {
+          for (const auto& [layer, unit] : latents) label->add_units(unit);
+        }
+        trials->push_back(std::move(trial));
+      }
+    }
+  };
+  std::vector<std::pair<int, int>> all;
+  for (int layer : Layers(target.layers(), shape.num_layers)) {
+    KO_ASSIGN_OR_RETURN(std::vector<int> units, TargetLatents(target, layer, directions, rankings));
+    std::vector<std::pair<int, int>> here;
+    for (int u : units) here.emplace_back(layer, u);
+    if (singles) {
+      for (const auto& latent : here) emit({latent}, false);
+    }
+    // A group of one latent is the single trial again: emitted only when singles are not.
+    if (layer_groups && (here.size() > 1 || (!singles && !here.empty()))) emit(here, true);
+    all.insert(all.end(), here.begin(), here.end());
+  }
+  if (all_group && (all.size() > 1 || (!singles && !all.empty()))) emit(all, true);
+  return Status::Ok();
 }
 
 // The trials of a knockout_sweep stage, in a fixed order: target, layer, unit, ablation,
@@ -204,6 +342,10 @@ StatusOr<std::vector<v1::Trial>> KnockoutTrials(const v1::KnockoutSweepStage& st
                                                 const v1::RankingArtifact* rankings, v1::Shard* shard) {
   std::vector<v1::Trial> trials;
   for (const v1::Target& target : stage.targets()) {
+    if (target.kind() == v1::Target::SAE_LATENTS) {
+      KO_RETURN_IF_ERROR(LatentTrials(stage, target, shape, directions, rankings, &trials));
+      continue;
+    }
     for (int layer : Layers(target.layers(), shape.num_layers)) {
       std::vector<int> units;
       std::string hook, kind;
@@ -222,10 +364,9 @@ StatusOr<std::vector<v1::Trial>> KnockoutTrials(const v1::KnockoutSweepStage& st
           if (units.empty() && !rankings) {
             for (uint32_t i = 0; i < target.top_k(); ++i) units.push_back(static_cast<int>(i));
           } else if (units.empty()) {
-            KO_ASSIGN_OR_RETURN(std::string name,
-                                directions.Attach(target.score_direction(), layer, nullptr));
-            KO_ASSIGN_OR_RETURN(auto ranked, RankedUnits(*rankings, layer, target.score(), name,
-                                                         target.top_k()));
+            KO_ASSIGN_OR_RETURN(std::string name, RankTensor(target, layer, directions, nullptr));
+            KO_ASSIGN_OR_RETURN(auto ranked,
+                                RankedUnits(*rankings, MakeRankRequest(target, layer, name)));
             units.assign(ranked.begin(), ranked.end());
           }
           break;
@@ -394,28 +535,45 @@ std::string RankingArtifactName(const std::string& stage) { return "ranking/" + 
 
 namespace {
 
+// Whether a knockout_sweep stage uses SAEs (latent targets or backups): its shards then carry
+// the spec's SAEs (workers load and cache them).
+bool UsesSaes(const v1::KnockoutSweepStage& stage) {
+  if (stage.has_backups()) return true;
+  return std::any_of(stage.targets().begin(), stage.targets().end(), [](const v1::Target& t) {
+    return t.kind() == v1::Target::SAE_LATENTS;
+  });
+}
+
 // The RANK shard of a knockout_sweep stage (index 0): one request per ranked target and layer,
 // with the score directions attached.
-StatusOr<std::vector<v1::Shard>> RankShards(const v1::KnockoutSweepStage& stage, v1::Shard base,
+StatusOr<std::vector<v1::Shard>> RankShards(const v1::SweepSpec& spec,
+                                            const v1::KnockoutSweepStage& stage, v1::Shard base,
                                             const Directions& directions, int64_t num_layers) {
   base.set_kind(v1::Shard::RANK);
   base.set_index(0);
-  std::set<std::tuple<int, std::string, std::string, uint32_t>> seen;
+  if (UsesSaes(stage)) *base.mutable_saes() = spec.saes();
+  std::set<std::string> sets;  // prompt sets the activation scores read
   for (const v1::Target& target : stage.targets()) {
     if (!IsRanked(target)) continue;
     for (int layer : Layers(target.layers(), num_layers)) {
-      KO_ASSIGN_OR_RETURN(std::string tensor,
-                          directions.Attach(target.score_direction(), layer, &base));
-      if (!seen.insert({layer, target.score(), tensor, target.top_k()}).second) continue;
-      v1::RankRequest* request = base.add_rank_requests();
-      request->set_layer(layer);
-      request->set_score(target.score());
-      request->set_tensor(tensor);
-      request->set_top_k(target.top_k());
+      KO_ASSIGN_OR_RETURN(std::string tensor, RankTensor(target, layer, directions, &base));
+      const v1::RankRequest request = MakeRankRequest(target, layer, tensor);
+      const bool seen = std::any_of(
+          base.rank_requests().begin(), base.rank_requests().end(), [&](const v1::RankRequest& q) {
+            return DeterministicBytes(q) == DeterministicBytes(request);
+          });
+      if (seen) continue;
+      *base.add_rank_requests() = request;
+      for (const std::string& set : {request.positive(), request.negative()}) {
+        if (!set.empty() && sets.insert(set).second) {
+          KO_RETURN_IF_ERROR(AddSet(spec, set, base.mutable_prompts()));
+        }
+      }
     }
   }
   return std::vector<v1::Shard>{base};
 }
+
 
 // The trial shards of a knockout_sweep stage; with `rankings` (a ranked stage) they come after
 // its RANK shard, from index 1.
@@ -427,6 +585,15 @@ StatusOr<std::vector<v1::Shard>> KnockoutShards(const v1::SweepSpec& spec, uint3
   const auto& s = stage.knockout_sweep();
   base.set_kind(v1::Shard::TRIALS);
   base.set_compensation(s.compensation());
+  if (UsesSaes(s)) *base.mutable_saes() = spec.saes();
+  if (s.has_backups()) {
+    *base.mutable_backups() = s.backups();
+    if (s.backups().has_direction()) {
+      KO_ASSIGN_OR_RETURN(std::string tensor,
+                          directions.Attach(s.backups().direction(), -1, &base));
+      base.mutable_backups()->set_tensor(tensor);
+    }
+  }
   for (const std::string& set : s.prompt_sets()) {
     KO_RETURN_IF_ERROR(AddSet(spec, set, base.mutable_prompts()));
   }
@@ -495,7 +662,7 @@ StatusOr<std::vector<v1::Shard>> SweepEngine::Expand(const v1::SweepSpec& spec,
         return KnockoutShards(spec, index, base, directions, &rankings, shape_);
       }
       if (bytes.status().code() != StatusCode::kNotFound) return bytes.status();
-      return RankShards(stage.knockout_sweep(), base, directions, shape_.num_layers);
+      return RankShards(spec, stage.knockout_sweep(), base, directions, shape_.num_layers);
     }
     case v1::Stage::kGenerate: {
       const auto& s = stage.generate();

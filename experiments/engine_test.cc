@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 
 #include "experiments/spec_inputs.h"
+#include "formats/sae.h"
 
 #include <cmath>
 #include <filesystem>
@@ -448,6 +449,126 @@ stages:
   EXPECT_EQ(sweeps_->GetSweep(*id)->state(), v1::DONE);
 }
 
+// SAE latents chosen per layer by a RANK shard (cosine filtered by activation), knocked out one
+// at a time and per layer together, with backups read from every SAE of the spec.
+TEST_F(EngineTest, SaeLatentTargetsAreRankedThenExpanded) {
+  for (int layer : {1, 2}) {
+    formats::SaeWeights sae;
+    sae.config.architecture = formats::SaeArchitecture::kTopK;
+    sae.config.k = 2;
+    sae.config.d_in = 6;
+    sae.config.d_sae = 8;
+    sae.config.hook = "blocks." + std::to_string(layer) + ".hook_resid_post";
+    sae.W_enc = {{6, 8}, std::vector<float>(48, 0.1f)};
+    sae.W_dec = {{8, 6}, std::vector<float>(48, 0.1f)};
+    sae.b_enc = {{8}, std::vector<float>(8, 0.0f)};
+    sae.b_dec = {{6}, std::vector<float>(6, 0.0f)};
+    const Status written = formats::WriteSaeLens((dir_ / ("sae" + std::to_string(layer))).string(), sae);
+    ASSERT_TRUE(written.ok()) << written.ToString();
+  }
+  const std::string yaml = R"(name: latents
+model: {path: model}
+prompt_sets:
+  harmful: harmful.jsonl
+  harmless: harmless.jsonl
+saes: [sae1, sae2]
+shard_trials: 64
+stages:
+  - name: refusal
+    extract_directions: {positive: harmful, negative: harmless, positions: ["post_inst[-1]"]}
+  - name: latents
+    knockout_sweep:
+      prompt_sets: [harmful]
+      targets:
+        - kind: sae_latents
+          layers: [1, 2]
+          select: {score: cosine_and_activation, top_k: 2, direction: {stage: refusal, position: "post_inst[-1]"}, positive: harmful, negative: harmless}
+          together: layer
+          role: downstream
+      ablations: [zero, {kind: scale, factor: -3}]
+      positions: [all]
+      backups: {top: 3, direction: {stage: refusal, layer: 2, position: "post_inst[-1]"}}
+)";
+  std::ofstream(dir_ / "latents.yaml") << yaml;
+  auto parsed = LoadSpec((dir_ / "latents.yaml").string());
+  ASSERT_TRUE(parsed.ok()) << parsed.status().ToString();
+  const Status filled = FillSpecInputs(&*parsed);
+  ASSERT_TRUE(filled.ok()) << filled.ToString();
+  ASSERT_EQ(parsed->spec.saes_size(), 2);
+  EXPECT_EQ(parsed->spec.saes(1).hook(), "blocks.2.hook_resid_post");  // from the file
+  EXPECT_EQ(parsed->spec.saes(1).d_sae(), 8);
+  EXPECT_EQ(parsed->spec.saes(1).architecture(), "topk");
+  auto plan = PlanSweep(parsed->spec, kShape);
+  ASSERT_TRUE(plan.ok()) << plan.status().ToString();
+  EXPECT_EQ((*plan)[1].trials, 12u);  // 2 layers x (2 latents + 1 group) x 2 ablations
+
+  SweepEngine engine(sweeps_.get(), kShape);
+  auto id = engine.Submit(parsed->spec, nullptr);
+  ASSERT_TRUE(id.ok()) << id.status().ToString();
+  auto pending = engine.Advance(*id);
+  ASSERT_TRUE(pending.ok());
+  ASSERT_TRUE(engine.Commit(ExtractResult((*pending)[0].shard()), 1).ok());
+  pending = engine.Advance(*id);
+  ASSERT_TRUE(pending.ok()) << pending.status().ToString();
+  ASSERT_EQ(pending->size(), 1u);
+  const v1::Shard& rank = (*pending)[0].shard();
+  EXPECT_EQ(rank.kind(), v1::Shard::RANK);
+  EXPECT_EQ(rank.saes_size(), 2);
+  EXPECT_EQ(rank.prompts_size(), 8);  // both sets of the activation difference
+  ASSERT_EQ(rank.rank_requests_size(), 2);
+  for (int i = 0; i < 2; ++i) {
+    const v1::RankRequest& request = rank.rank_requests(i);
+    EXPECT_EQ(request.layer(), i + 1);
+    EXPECT_EQ(request.score(), "cosine_and_activation");
+    EXPECT_EQ(request.sae_hook(), "blocks." + std::to_string(i + 1) + ".hook_resid_post");
+    EXPECT_EQ(request.positive(), "harmful");
+    EXPECT_EQ(request.negative(), "harmless");
+    EXPECT_EQ(request.position().kind(), v1::Positions::INST_LAST);
+    EXPECT_EQ(request.candidates(), 8u);
+    EXPECT_EQ(request.tensor(), "refusal@" + std::to_string(i + 1) + "/post_inst[-1]");
+  }
+
+  v1::ShardResult result;
+  result.set_sweep_id(*id);
+  result.set_stage(1);
+  result.set_index(0);
+  const std::vector<std::vector<int>> units = {{3, 7}, {0, 5}};
+  for (int i = 0; i < 2; ++i) {
+    v1::NeuronRanking* r = result.add_rankings();
+    r->set_layer(i + 1);
+    r->set_score("cosine_and_activation");
+    r->set_tensor(rank.rank_requests(i).tensor());
+    r->set_top_k(2);
+    r->set_sae_hook(rank.rank_requests(i).sae_hook());
+    for (int u : units[i]) r->add_units(u), r->add_scores(0.5);
+  }
+  ASSERT_TRUE(engine.Commit(result, 1).ok());
+  pending = engine.Advance(*id);
+  ASSERT_TRUE(pending.ok()) << pending.status().ToString();
+  ASSERT_EQ(pending->size(), 1u);
+  const v1::Shard& trials = (*pending)[0].shard();
+  EXPECT_EQ(trials.kind(), v1::Shard::TRIALS);
+  EXPECT_EQ(trials.saes_size(), 2);
+  EXPECT_EQ(trials.backups().top(), 3u);
+  EXPECT_EQ(trials.backups().tensor(), "refusal@2/post_inst[-1]");
+  std::vector<std::string> names;
+  for (const v1::Trial& t : trials.trials()) {
+    names.push_back(t.label().unit_name() + "/" + t.label().ablation());
+    EXPECT_EQ(t.label().role(), "downstream");
+    ASSERT_EQ(t.edits_size(), 1);
+    EXPECT_TRUE(t.edits(0).sae());
+    EXPECT_EQ(t.edits(0).hook(), "blocks." + std::to_string(t.label().layer()) + ".hook_resid_post");
+    if (t.label().ablation() == "scale") EXPECT_EQ(t.edits(0).ablation().coefficient(), -3.0);
+  }
+  const std::vector<std::string> want = {
+      "L1F3/zero",      "L1F3/scale",      "L1F7/zero", "L1F7/scale",
+      "L1F[3,7]/zero",  "L1F[3,7]/scale",  "L2F0/zero", "L2F0/scale",
+      "L2F5/zero",      "L2F5/scale",      "L2F[0,5]/zero", "L2F[0,5]/scale"};
+  EXPECT_EQ(names, want);
+  EXPECT_EQ(trials.trials(4).edits(0).units_size(), 2);
+  EXPECT_EQ(trials.trials(4).label().unit_kind(), "sae_latents");
+}
+
 // A RANK shard that answers without one of its rankings fails the sweep with the reason.
 TEST_F(EngineTest, AMissingRankingFailsTheSweep) {
   const std::string yaml = R"(name: ranked
@@ -484,7 +605,7 @@ stages:
   ASSERT_TRUE(engine.Commit(empty, 1).ok());
   auto failed = engine.Advance(*id);
   ASSERT_FALSE(failed.ok());
-  EXPECT_NE(failed.status().message().find("no neuron ranking for layer 1"), std::string::npos)
+  EXPECT_NE(failed.status().message().find("no ranking for layer 1"), std::string::npos)
       << failed.status().ToString();
   EXPECT_EQ(sweeps_->GetSweep(*id)->state(), v1::FAILED);
 }

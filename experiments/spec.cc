@@ -129,6 +129,41 @@ Status CheckLayer(const ParsedSpec& parsed, const std::string& field, int32_t la
   return CheckLayers(parsed, field, one, shape);
 }
 
+// Every layer of an sae_latents target has an SAE at blocks.L.{sae_hook} among the spec's saes
+// (their hooks known once the CLI has read the files: spec_inputs.h), and the latents fit it.
+Status CheckLatentTarget(const ParsedSpec& parsed, const std::string& path, const Target& target,
+                         const ModelShape& shape) {
+  std::vector<int> layers(target.layers().begin(), target.layers().end());
+  if (layers.empty()) {
+    for (int l = 0; l < shape.num_layers; ++l) layers.push_back(l);
+  }
+  for (int layer : layers) {
+    const std::string hook = "blocks." + std::to_string(layer) + "." + target.sae_hook();
+    const v1::SaeRef* sae = nullptr;
+    std::string listed;
+    for (const v1::SaeRef& s : parsed.spec.saes()) {
+      if (s.hook() == hook) sae = &s;
+      listed += (listed.empty() ? "" : ", ") + (s.hook().empty() ? s.path() : s.hook());
+    }
+    if (!sae) {
+      return Status::InvalidArgument(parsed.Where(Join(path, "layers")) + ": layer " +
+                                     std::to_string(layer) + " has no SAE at " + hook +
+                                     " (saes: " + listed + ")");
+    }
+    if (sae->d_sae() <= 0) continue;  // not read yet (validate without inputs)
+    KO_RETURN_IF_ERROR(CheckIndexRange(parsed, Join(path, "units"), target.units(), sae->d_sae(),
+                                       "latent", ("latents in the SAE at " + hook).c_str()));
+    const uint32_t wanted = std::max(target.select().top_k(), target.select().candidates());
+    if (static_cast<int64_t>(wanted) > sae->d_sae()) {
+      return Status::InvalidArgument(parsed.Where(Join(path, "select.top_k")) + ": " +
+                                     std::to_string(wanted) + " latents asked for, the SAE at " +
+                                     hook + " has " + std::to_string(sae->d_sae()));
+    }
+  }
+  return CheckLayer(parsed, Join(path, "select.direction.layer"),
+                    target.select().direction().layer(), shape);
+}
+
 Status CheckTarget(const ParsedSpec& parsed, const std::string& path, const Target& target,
                    const ModelShape& shape) {
   KO_RETURN_IF_ERROR(CheckLayers(parsed, Join(path, "layers"), target.layers(), shape));
@@ -144,6 +179,9 @@ Status CheckTarget(const ParsedSpec& parsed, const std::string& path, const Targ
           parsed.Where(Join(path, "top_k")) + ": top_k " + std::to_string(target.top_k()) +
           " exceeds the model's " + std::to_string(shape.intermediate_size) + " neurons per layer");
     }
+  }
+  if (target.kind() == Target::SAE_LATENTS) {
+    KO_RETURN_IF_ERROR(CheckLatentTarget(parsed, path, target, shape));
   }
   KO_RETURN_IF_ERROR(
       CheckLayer(parsed, Join(path, "direction.layer"), target.direction().layer(), shape));
@@ -251,6 +289,7 @@ void ResolveSpecPaths(const std::string& base_dir, v1::SweepSpec* spec) {
   const fs::path dir(base_dir);
   spec->mutable_model()->set_path(ResolveAgainst(dir, spec->model().path()));
   for (auto& set : *spec->mutable_prompt_sets()) set.set_path(ResolveAgainst(dir, set.path()));
+  for (auto& sae : *spec->mutable_saes()) sae.set_path(ResolveAgainst(dir, sae.path()));
   for (auto& stage : *spec->mutable_stages()) {
     if (!stage.has_orthogonalize() || stage.orthogonalize().output().empty()) continue;
     auto* orthogonalize = stage.mutable_orthogonalize();

@@ -6,7 +6,9 @@
 #include <iterator>
 #include <map>
 
+#include "experiments/spec_parser.h"
 #include "formats/config.h"
+#include "formats/sae.h"
 
 namespace knockout::experiments {
 namespace {
@@ -20,6 +22,66 @@ std::string Fnv1aHex(const std::string& bytes) {
   char hex[17];
   std::snprintf(hex, sizeof(hex), "%016llx", static_cast<unsigned long long>(h));
   return hex;
+}
+
+// The field of the spec's i-th SAE: `saes.HOOK` (map form) or `saes[i]` (list form).
+std::string SaeField(const ParsedSpec& parsed, int i) {
+  const std::string& hook = parsed.spec.saes(i).hook();
+  const std::string by_hook = spec_internal::Join("saes", hook);
+  if (!hook.empty() && parsed.lines.count(by_hook) > 0) return by_hook;
+  return spec_internal::At("saes", static_cast<size_t>(i));
+}
+
+// The SAEs' hooks and sizes as the CLI read them, checked against the model: one SAE per hook,
+// a hook inside the model, d_in equal to the residual width where the hook is a residual or
+// sublayer output (attn.hook_z is checked by the worker, which knows head_dim).
+Status ApplySaeInputs(const v1::SpecInputs& inputs, ParsedSpec* parsed) {
+  v1::SweepSpec& spec = parsed->spec;
+  if (inputs.saes_size() != spec.saes_size()) {
+    return Status::InvalidArgument(
+        parsed->Where("saes") + ": the submission carries " + std::to_string(inputs.saes_size()) +
+        " SAE configs for " + std::to_string(spec.saes_size()) +
+        " SAEs (the knockout CLI reads each SAE's config and sends it with the spec)");
+  }
+  const v1::ModelShape& shape = inputs.model_shape();
+  std::map<std::string, int> seen;
+  for (int i = 0; i < spec.saes_size(); ++i) {
+    const std::string where = parsed->Where(SaeField(*parsed, i));
+    const v1::SaeRef& given = inputs.saes(i);
+    v1::SaeRef& sae = *spec.mutable_saes(i);
+    if (given.path() != sae.path() || (!sae.hook().empty() && given.hook() != sae.hook())) {
+      return Status::InvalidArgument(where + ": the submission's SAE config is for " +
+                                     given.path() + " at " + given.hook() + ", not " + sae.path());
+    }
+    int layer = 0;
+    std::string suffix;
+    if (!spec_internal::SplitSaeHook(given.hook(), &layer, &suffix)) {
+      return Status::InvalidArgument(where + ": " + sae.path() + " reads " + given.hook() +
+                                     ", which is not a hook an SAE can read (blocks.L.hook_resid_pre/"
+                                     "mid/post, hook_attn_out, hook_mlp_out, attn.hook_z)");
+    }
+    if (layer >= shape.num_layers()) {
+      return Status::InvalidArgument(where + ": " + given.hook() + ": layer " +
+                                     std::to_string(layer) + " out of range, model has " +
+                                     std::to_string(shape.num_layers()) + " layers");
+    }
+    if (suffix != "attn.hook_z" && given.d_in() != shape.hidden_size()) {
+      return Status::InvalidArgument(where + ": " + sae.path() + " has d_in " +
+                                     std::to_string(given.d_in()) + ", the model's width at " +
+                                     given.hook() + " is " + std::to_string(shape.hidden_size()));
+    }
+    if (given.d_sae() <= 0) {
+      return Status::InvalidArgument(where + ": " + sae.path() + " has no latents (d_sae " +
+                                     std::to_string(given.d_sae()) + ")");
+    }
+    auto [it, inserted] = seen.emplace(given.hook(), i);
+    if (!inserted) {
+      return Status::InvalidArgument(where + ": two SAEs read " + given.hook() + " (saes entries " +
+                                     std::to_string(it->second) + " and " + std::to_string(i) + ")");
+    }
+    sae = given;
+  }
+  return Status::Ok();
 }
 
 }  // namespace
@@ -59,6 +121,23 @@ StatusOr<v1::SpecInputs> ReadSpecInputs(const ParsedSpec& parsed) {
       prompt->set_category(p.category);
     }
   }
+  for (int i = 0; i < parsed.spec.saes_size(); ++i) {
+    const v1::SaeRef& ref = parsed.spec.saes(i);
+    const std::string field = SaeField(parsed, i);
+    auto config = formats::ReadSaeConfig(ref.path(), ref.hook());
+    if (!config.ok()) return config.status().WithContext(parsed.Where(field));
+    if (config->hook.empty()) {
+      return Status::InvalidArgument(parsed.Where(field) + ": " + ref.path() +
+                                     " does not say which hook it reads; write saes as "
+                                     "{HOOK: PATH}");
+    }
+    v1::SaeRef* sae = inputs.add_saes();
+    sae->set_hook(config->hook);
+    sae->set_path(ref.path());
+    sae->set_d_in(config->d_in);
+    sae->set_d_sae(config->d_sae);
+    sae->set_architecture(formats::SaeArchitectureName(config->architecture));
+  }
   return inputs;
 }
 
@@ -96,7 +175,7 @@ Status ApplySpecInputs(const v1::SpecInputs& inputs, ParsedSpec* parsed) {
                                    given.begin()->first + "\", which the spec does not define");
   }
   *spec.mutable_model()->mutable_shape() = inputs.model_shape();
-  return Status::Ok();
+  return ApplySaeInputs(inputs, parsed);
 }
 
 Status FillSpecInputs(ParsedSpec* parsed) {

@@ -50,7 +50,8 @@ const NameTable<Target::Kind>& TargetKinds() {
                                                          {"heads", Target::HEADS},
                                                          {"neurons", Target::NEURONS},
                                                          {"attn_out", Target::ATTN_OUT},
-                                                         {"mlp_out", Target::MLP_OUT}};
+                                                         {"mlp_out", Target::MLP_OUT},
+                                                         {"sae_latents", Target::SAE_LATENTS}};
   return *table;
 }
 
@@ -65,7 +66,9 @@ const NameTable<Ablation::Kind>& AblationKinds() {
                                     {"resample", Ablation::RESAMPLE},
                                     {"project", Ablation::PROJECT},
                                     {"directional", Ablation::DIRECTIONAL},
-                                    {"add", Ablation::ADD}};
+                                    {"add", Ablation::ADD},
+                                    {"clamp", Ablation::CLAMP},
+                                    {"scale", Ablation::SCALE}};
   return *table;
 }
 
@@ -103,6 +106,26 @@ std::string_view StageKindName(Stage::KindCase kind) {
       break;
   }
   return "unspecified";
+}
+
+bool SplitSaeHook(const std::string& hook, int* layer, std::string* suffix) {
+  const std::string_view prefix = "blocks.";
+  if (hook.compare(0, prefix.size(), prefix) != 0) return false;
+  size_t i = prefix.size();
+  const size_t digits = i;
+  int64_t value = 0;
+  while (i < hook.size() && std::isdigit(static_cast<unsigned char>(hook[i])) && i - digits < 6) {
+    value = value * 10 + (hook[i] - '0');
+    ++i;
+  }
+  if (i == digits || i >= hook.size() || hook[i] != '.') return false;
+  const std::string rest = hook.substr(i + 1);
+  if (std::find(kSaeHookSuffixes.begin(), kSaeHookSuffixes.end(), rest) == kSaeHookSuffixes.end()) {
+    return false;
+  }
+  *layer = static_cast<int>(value);
+  *suffix = rest;
+  return true;
 }
 
 bool IsValidDevice(const std::string& device) {

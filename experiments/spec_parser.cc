@@ -89,8 +89,8 @@ Status SpecParser::ReadStrings(const YAML::Node& map, std::string_view key, cons
 Status SpecParser::Parse(const YAML::Node& root) {
   Record("", root);
   KO_RETURN_IF_ERROR(CheckMap(root, "",
-                              {"name", "seed", "model", "prompt_sets", "metrics", "shard_trials",
-                               "shard_prompts", "stages"},
+                              {"name", "seed", "model", "prompt_sets", "saes", "metrics",
+                               "shard_trials", "shard_prompts", "stages"},
                               "a map of spec fields at the top level"));
   KO_RETURN_IF_ERROR(ReadString(root, "name", "", true, spec_.mutable_name()));
   if (!IsName(spec_.name(), true)) return Fail("name", "expected letters, digits, '_', '-', '.'");
@@ -102,6 +102,7 @@ Status SpecParser::Parse(const YAML::Node& root) {
   if (root["prompt_sets"].IsDefined()) {
     KO_RETURN_IF_ERROR(ReadPromptSets(root["prompt_sets"], "prompt_sets"));
   }
+  if (root["saes"].IsDefined()) KO_RETURN_IF_ERROR(ReadSaes(root["saes"], "saes"));
   KO_RETURN_IF_ERROR(ReadMetrics(root["metrics"], "metrics"));
   KO_ASSIGN_OR_RETURN(const uint32_t shard_trials, ReadCount(root, "shard_trials", "", 64));
   KO_ASSIGN_OR_RETURN(const uint32_t shard_prompts, ReadCount(root, "shard_prompts", "", 64));
@@ -182,6 +183,57 @@ Status SpecParser::ReadPromptSet(const std::string& name, const YAML::Node& node
     KO_RETURN_IF_ERROR(ReadString(node, "csv_column", path, false, set.mutable_csv_column()));
   }
   if (set.path().empty()) return Fail(Join(path, "path"), "expected a non-empty path");
+  return Status::Ok();
+}
+
+// `saes: {HOOK: PATH, ...}`, or a list of `{hook, path}` maps or bare paths (the hook then
+// comes from the file: experiments/spec_inputs fills it in).
+Status SpecParser::ReadSaes(const YAML::Node& node, const std::string& path) {
+  if (node.IsMap()) {
+    for (const auto& entry : node) {
+      if (!entry.first.IsScalar()) return Fail(path, "map keys must be hook names");
+      const std::string at = Join(path, entry.first.Scalar());
+      Record(at, entry.first);
+      v1::SaeRef* sae = spec_.add_saes();
+      sae->set_hook(entry.first.Scalar());
+      if (!entry.second.IsScalar() || entry.second.Scalar().empty()) {
+        return Fail(at, "expected the SAE's path (a SAELens/sparsify directory or params.npz)");
+      }
+      sae->set_path(entry.second.Scalar());
+      KO_RETURN_IF_ERROR(ReadSae(YAML::Node(), at, sae));
+    }
+    return Status::Ok();
+  }
+  return ForEach(node, path, true, [&](const YAML::Node& item, const std::string& at) {
+    v1::SaeRef* sae = spec_.add_saes();
+    if (item.IsScalar()) {
+      sae->set_path(item.Scalar());
+    } else {
+      KO_RETURN_IF_ERROR(CheckMap(item, at, {"hook", "path"}, "an SAE: a path or {hook, path}"));
+      KO_RETURN_IF_ERROR(ReadString(item, "path", at, true, sae->mutable_path()));
+      KO_RETURN_IF_ERROR(ReadString(item, "hook", at, false, sae->mutable_hook()));
+    }
+    if (sae->path().empty()) return Fail(at, "expected a non-empty path");
+    return ReadSae(item, at, sae);
+  });
+}
+
+// Checks one SAE entry's hook (when given) and that no two entries read the same hook.
+Status SpecParser::ReadSae(const YAML::Node& /*node*/, const std::string& path, v1::SaeRef* out) {
+  if (out->hook().empty()) return Status::Ok();
+  int layer = 0;
+  std::string suffix;
+  if (!SplitSaeHook(out->hook(), &layer, &suffix)) {
+    std::string suffixes;
+    for (std::string_view s : kSaeHookSuffixes) suffixes += (suffixes.empty() ? "" : ", ") + std::string(s);
+    return Fail(path, Quoted(out->hook()) + ": expected a hook blocks.L.SUFFIX with SUFFIX one of " +
+                          suffixes);
+  }
+  for (const v1::SaeRef& other : spec_.saes()) {
+    if (&other != out && other.hook() == out->hook()) {
+      return Fail(path, "two SAEs read " + out->hook());
+    }
+  }
   return Status::Ok();
 }
 

@@ -72,6 +72,12 @@ inline constexpr std::array<std::string_view, 5> kStageKinds = {
     "extract_directions", "select_direction", "knockout_sweep", "generate", "orthogonalize"};
 
 std::string_view StageKindName(Stage::KindCase kind);
+// The hook points an SAE may read (worker/sae): "blocks.L.SUFFIX" with these suffixes.
+inline constexpr std::array<std::string_view, 6> kSaeHookSuffixes = {
+    "hook_resid_pre", "hook_resid_mid", "hook_resid_post", "hook_attn_out", "hook_mlp_out",
+    "attn.hook_z"};
+// Splits "blocks.L.SUFFIX" into L and SUFFIX; false if it is not such a name.
+bool SplitSaeHook(const std::string& hook, int* layer, std::string* suffix);
 bool IsValidDevice(const std::string& device);
 
 // ------------------------------------------------------------------------------------------
@@ -148,6 +154,12 @@ class SpecParser {
   Status ReadKnockout(const YAML::Node& node, const std::string& path, v1::KnockoutSweepStage* out);
   Status ReadTarget(const YAML::Node& node, const std::string& path, Target* out);
   Status ReadNeuronSelection(const YAML::Node& node, const std::string& path, Target* out);
+  Status ReadLatentTarget(const YAML::Node& node, const std::string& path, Target* out);
+  Status ReadLatentSelection(const YAML::Node& node, const std::string& path,
+                             v1::LatentSelection* out);
+  Status ReadBackups(const YAML::Node& node, const std::string& path, v1::BackupsSpec* out);
+  Status ReadSaes(const YAML::Node& node, const std::string& path);
+  Status ReadSae(const YAML::Node& node, const std::string& path, v1::SaeRef* out);
   Status ReadAblation(const YAML::Node& node, const std::string& path, Ablation* out);
   Status CheckAblationFits(const v1::KnockoutSweepStage& sweep, const std::string& path) const;
   Status CheckOneReferenceSet(const v1::KnockoutSweepStage& sweep, const std::string& path) const;

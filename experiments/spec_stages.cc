@@ -1,11 +1,15 @@
 // SpecParser's stage readers: each stage kind's fields, targets, ablations, generation
 // conditions, and the checks across a stage's fields (an ablation that fits its target, one
 // reference set, a direction's layer where one is needed) (spec_parser.h).
+#include <algorithm>
+#include <array>
+#include <cmath>
 #include <limits>
 #include <string>
 #include <utility>
 
 #include "experiments/spec_parser.h"
+#include "formats/positions.h"
 #include "proto/positions.h"
 
 namespace knockout::experiments::spec_internal {
@@ -108,7 +112,8 @@ Status SpecParser::ReadKnockout(const YAML::Node& node, const std::string& path,
                                 v1::KnockoutSweepStage* out) {
   if (!node.IsMap()) return Fail(Join(path, kStageKinds[2]), "expected a map");
   KO_RETURN_IF_ERROR(
-      CheckMap(node, path, {"prompt_sets", "targets", "ablations", "positions", "compensation"}));
+      CheckMap(node, path,
+               {"prompt_sets", "targets", "ablations", "positions", "compensation", "backups"}));
   KO_RETURN_IF_ERROR(ReadSetNames(node, "prompt_sets", path, true, out->mutable_prompt_sets()));
   for (std::string_view key : {"targets", "ablations"}) {
     if (!node[std::string(key)].IsDefined()) return Fail(Join(path, key), "missing required field");
@@ -126,19 +131,64 @@ Status SpecParser::ReadKnockout(const YAML::Node& node, const std::string& path,
   KO_RETURN_IF_ERROR(ReadPositionList(node, path, out->mutable_positions()));
   KO_ASSIGN_OR_RETURN(const bool compensation, ReadOptional(node, "compensation", path, false));
   out->set_compensation(compensation);
+  if (node["backups"].IsDefined()) {
+    KO_RETURN_IF_ERROR(ReadBackups(node["backups"], Join(path, "backups"), out->mutable_backups()));
+  }
+  return Status::Ok();
+}
+
+// `backups: true` or `{top, dormant_threshold, positions, direction}` (science.md: the latents
+// downstream of a knocked-out unit whose activation rises; defaults 10, 0.05, post_inst).
+Status SpecParser::ReadBackups(const YAML::Node& node, const std::string& path,
+                               v1::BackupsSpec* out) {
+  if (spec_.saes_size() == 0) return Fail(path, "backups are SAE latents: the spec lists no saes");
+  out->set_top(10);
+  out->set_dormant_threshold(0.05);
+  *out->mutable_positions() = ToProto(formats::Positions::PostInst());
+  if (node.IsScalar()) {
+    bool on = false;
+    if (!YAML::convert<bool>::decode(node, on) || !on) {
+      return Fail(path, "expected true or a map {top, dormant_threshold, positions, direction}");
+    }
+    return Status::Ok();
+  }
+  KO_RETURN_IF_ERROR(CheckMap(node, path, {"top", "dormant_threshold", "positions", "direction"},
+                              "true or a map {top, dormant_threshold, positions, direction}"));
+  KO_ASSIGN_OR_RETURN(const uint32_t top, ReadCount(node, "top", path, 10));
+  out->set_top(top);
+  KO_ASSIGN_OR_RETURN(const double threshold, ReadOptional(node, "dormant_threshold", path, 0.05));
+  if (!(threshold >= 0.0)) return Fail(Join(path, "dormant_threshold"), "expected a number >= 0");
+  out->set_dormant_threshold(threshold);
+  if (node["positions"].IsDefined()) {
+    KO_RETURN_IF_ERROR(
+        ReadPosition(node["positions"], Join(path, "positions"), out->mutable_positions()));
+  }
+  if (node["direction"].IsDefined()) {
+    KO_RETURN_IF_ERROR(
+        ReadDirectionRef(node["direction"], Join(path, "direction"), out->mutable_direction()));
+    KO_RETURN_IF_ERROR(RequireDirectionLayer(out->direction(), Join(path, "direction"),
+                                             "the backups' cosine column"));
+  }
   return Status::Ok();
 }
 
 Status SpecParser::ReadTarget(const YAML::Node& node, const std::string& path, Target* out) {
-  KO_RETURN_IF_ERROR(CheckMap(
-      node, path, {"kind", "layers", "units", "direction", "top_k", "score", "score_direction"},
-      "a target: a map {kind, layers, ...}"));
+  KO_RETURN_IF_ERROR(CheckMap(node, path,
+                              {"kind", "layers", "units", "direction", "top_k", "score",
+                               "score_direction", "sae_hook", "select", "together", "role"},
+                              "a target: a map {kind, layers, ...}"));
   if (!node["kind"].IsDefined()) return Fail(Join(path, "kind"), "missing required field");
   Target::Kind kind = Target::TARGET_UNSPECIFIED;
   KO_RETURN_IF_ERROR(
       ReadEnum(node["kind"], Join(path, "kind"), TargetKinds(), "target kind", &kind));
   out->set_kind(kind);
   KO_RETURN_IF_ERROR(ReadIndices(node, "layers", path, "layer", out->mutable_layers()));
+  if (kind == Target::SAE_LATENTS) return ReadLatentTarget(node, path, out);
+  for (std::string_view key : {"sae_hook", "select", "together", "role"}) {
+    if (node[std::string(key)].IsDefined()) {
+      return Fail(Join(path, key), "applies only to sae_latents targets");
+    }
+  }
   if (kind == Target::DIRECTION) {
     if (!node["direction"].IsDefined()) {
       return Fail(Join(path, "direction"), "missing required field (direction targets)");
@@ -186,6 +236,104 @@ Status SpecParser::ReadNeuronSelection(const YAML::Node& node, const std::string
                           out->mutable_score_direction());
 }
 
+// SAE latents of each layer's SAE at blocks.L.{sae_hook}: `units` (latent indices) or `select`
+// (top_k per layer by decoder cosine with a direction, by activation difference between two
+// prompt sets, or both); `together` adds group trials; `role` labels the rows.
+Status SpecParser::ReadLatentTarget(const YAML::Node& node, const std::string& path, Target* out) {
+  for (std::string_view key : {"direction", "top_k", "score", "score_direction"}) {
+    if (node[std::string(key)].IsDefined()) {
+      return Fail(Join(path, key), "does not apply to sae_latents targets (use units or select)");
+    }
+  }
+  if (spec_.saes_size() == 0) {
+    return Fail(Join(path, "kind"), "sae_latents targets need SAEs: the spec lists no saes");
+  }
+  out->set_sae_hook("hook_resid_post");
+  KO_RETURN_IF_ERROR(ReadString(node, "sae_hook", path, false, out->mutable_sae_hook()));
+  if (std::find(kSaeHookSuffixes.begin(), kSaeHookSuffixes.end(), out->sae_hook()) ==
+      kSaeHookSuffixes.end()) {
+    std::string suffixes;
+    for (std::string_view s : kSaeHookSuffixes) suffixes += (suffixes.empty() ? "" : ", ") + std::string(s);
+    return Fail(Join(path, "sae_hook"), Quoted(out->sae_hook()) + ": expected one of " + suffixes);
+  }
+  const bool by_units = node["units"].IsDefined(), by_select = node["select"].IsDefined();
+  if (by_units == by_select) {
+    return Fail(Join(path, by_units ? "select" : "units"),
+                by_units ? "give either units or select, not both"
+                         : "missing: give units (latent indices) or select");
+  }
+  if (by_units) {
+    if (node["units"].IsScalar() && node["units"].Scalar() == "all") {
+      return Fail(Join(path, "units"), "list the latents (every latent of an SAE is too many trials)");
+    }
+    KO_RETURN_IF_ERROR(ReadIndices(node, "units", path, "latent", out->mutable_units()));
+  } else {
+    KO_RETURN_IF_ERROR(ReadLatentSelection(node["select"], Join(path, "select"), out->mutable_select()));
+  }
+  KO_RETURN_IF_ERROR(ReadString(node, "together", path, false, out->mutable_together()));
+  static const std::array<std::string_view, 5> kTogether = {"", "layer", "all", "only_layer", "only_all"};
+  if (std::find(kTogether.begin(), kTogether.end(), out->together()) == kTogether.end()) {
+    return Fail(Join(path, "together"),
+                Quoted(out->together()) + ": expected layer, all, only_layer or only_all");
+  }
+  return ReadString(node, "role", path, false, out->mutable_role());
+}
+
+Status SpecParser::ReadLatentSelection(const YAML::Node& node, const std::string& path,
+                                       v1::LatentSelection* out) {
+  KO_RETURN_IF_ERROR(CheckMap(node, path,
+                              {"score", "top_k", "direction", "positive", "negative", "position",
+                               "candidates"},
+                              "a map {score, top_k, direction, positive, negative, position}"));
+  KO_RETURN_IF_ERROR(ReadString(node, "score", path, true, out->mutable_score()));
+  const std::string& score = out->score();
+  const bool cosine = score == "decoder_cosine" || score == "cosine_and_activation";
+  const bool activation = score == "activation_diff" || score == "cosine_and_activation";
+  if (!cosine && !activation) {
+    return Fail(Join(path, "score"), Quoted(score) +
+                                         ": expected decoder_cosine, activation_diff or "
+                                         "cosine_and_activation");
+  }
+  if (!node["top_k"].IsDefined()) return Fail(Join(path, "top_k"), "missing required field");
+  KO_ASSIGN_OR_RETURN(const uint32_t top_k, ReadCount(node, "top_k", path, 1));
+  out->set_top_k(top_k);
+  if (cosine) {
+    if (!node["direction"].IsDefined()) {
+      return Fail(Join(path, "direction"), "missing required field (" + score + " needs it)");
+    }
+    KO_RETURN_IF_ERROR(
+        ReadDirectionRef(node["direction"], Join(path, "direction"), out->mutable_direction()));
+  } else if (node["direction"].IsDefined()) {
+    return Fail(Join(path, "direction"), "applies only to decoder_cosine and cosine_and_activation");
+  }
+  for (std::string_view key : {"positive", "negative", "position"}) {
+    if (!activation && node[std::string(key)].IsDefined()) {
+      return Fail(Join(path, key), "applies only to activation_diff and cosine_and_activation");
+    }
+  }
+  if (activation) {
+    KO_RETURN_IF_ERROR(ReadSetName(node, "positive", path, true, out->mutable_positive()));
+    KO_RETURN_IF_ERROR(ReadSetName(node, "negative", path, true, out->mutable_negative()));
+    if (out->positive() == out->negative()) {
+      return Fail(Join(path, "negative"), "the same set as positive");
+    }
+    *out->mutable_position() = ToProto(formats::Positions::InstLast());
+    if (node["position"].IsDefined()) {
+      KO_RETURN_IF_ERROR(ReadPosition(node["position"], Join(path, "position"), out->mutable_position()));
+    }
+  }
+  if (node["candidates"].IsDefined() && score != "cosine_and_activation") {
+    return Fail(Join(path, "candidates"), "applies only to cosine_and_activation");
+  }
+  KO_ASSIGN_OR_RETURN(const uint32_t candidates,
+                      ReadCount(node, "candidates", path, score == "cosine_and_activation" ? 4 * top_k : 0));
+  if (score == "cosine_and_activation" && candidates < top_k) {
+    return Fail(Join(path, "candidates"), "fewer candidates than top_k");
+  }
+  out->set_candidates(candidates);
+  return Status::Ok();
+}
+
 // `zero` or `{kind: mean_per_position, reference_set: S}`; coefficient only for add, reference_set only for
 // mean and resample.
 Status SpecParser::ReadAblation(const YAML::Node& node, const std::string& path, Ablation* out) {
@@ -200,8 +348,9 @@ Status SpecParser::ReadAblation(const YAML::Node& node, const std::string& path,
   if (node.IsScalar()) {
     KO_RETURN_IF_ERROR(ReadEnum(node, path, AblationKinds(), "ablation", &kind));
   } else {
-    KO_RETURN_IF_ERROR(CheckMap(node, path, {"kind", "coefficient", "reference_set"},
-                                "an ablation: a name or a map {kind, coefficient, reference_set}"));
+    KO_RETURN_IF_ERROR(
+        CheckMap(node, path, {"kind", "coefficient", "reference_set", "value", "factor"},
+                 "an ablation: a name or a map {kind, coefficient, reference_set, value, factor}"));
     if (!node["kind"].IsDefined()) return Fail(Join(path, "kind"), "missing required field");
     KO_RETURN_IF_ERROR(
         ReadEnum(node["kind"], Join(path, "kind"), AblationKinds(), "ablation", &kind));
@@ -215,6 +364,26 @@ Status SpecParser::ReadAblation(const YAML::Node& node, const std::string& path,
   }
   if (node.IsMap() && node["coefficient"].IsDefined() && kind != Ablation::ADD) {
     return Fail(Join(path, "coefficient"), "applies only to add");
+  }
+  // SAE latents: clamp to `value`, scale by `factor` (error term kept).
+  for (auto [key, owner] : {std::pair<const char*, Ablation::Kind>{"value", Ablation::CLAMP},
+                            std::pair<const char*, Ablation::Kind>{"factor", Ablation::SCALE}}) {
+    const bool given = node.IsMap() && node[key].IsDefined();
+    if (given && kind != owner) {
+      return Fail(Join(path, key), std::string("applies only to ") +
+                                       std::string(NameOf(AblationKinds(), owner)));
+    }
+    if (kind == owner) {
+      if (!given) {
+        return Fail(Join(path, key), std::string(NameOf(AblationKinds(), owner)) +
+                                         " needs " + key + " (e.g. {kind: " +
+                                         std::string(NameOf(AblationKinds(), owner)) + ", " + key +
+                                         ": " + (owner == Ablation::CLAMP ? "0" : "-3") + "})");
+      }
+      KO_ASSIGN_OR_RETURN(const double v, ReadOptional(node, key, path, 0.0));
+      if (!std::isfinite(v)) return Fail(Join(path, key), "expected a finite number");
+      out->set_coefficient(v);
+    }
   }
   if (needs_reference) {
     if (!node.IsMap() || !node["reference_set"].IsDefined()) {
@@ -242,13 +411,24 @@ Status SpecParser::CheckAblationFits(const v1::KnockoutSweepStage& sweep,
     const Ablation::Kind kind = sweep.ablations(a).kind();
     const bool along_direction =
         kind == Ablation::DIRECTIONAL || kind == Ablation::PROJECT || kind == Ablation::ADD;
+    const bool latent_only = kind == Ablation::CLAMP || kind == Ablation::SCALE;
+    const bool latent_fits = latent_only || kind == Ablation::ZERO ||
+                             kind == Ablation::MEAN_ALL_POSITIONS;
     const std::string name(NameOf(AblationKinds(), kind));
     for (int t = 0; t < sweep.targets_size(); ++t) {
       const Target::Kind target = sweep.targets(t).kind();
-      if (along_direction == (target == Target::DIRECTION)) continue;
       const std::string at = At(Join(path, "ablations"), a);
       const std::string target_name =
           "targets[" + std::to_string(t) + "] is " + std::string(NameOf(TargetKinds(), target));
+      if (target == Target::SAE_LATENTS) {
+        if (latent_fits) continue;
+        return Fail(at, name + " ablation does not apply to SAE latents (" + target_name +
+                            "; use zero, clamp, scale or mean_all_positions)");
+      }
+      if (latent_only) {
+        return Fail(at, name + " ablation applies only to sae_latents targets; " + target_name);
+      }
+      if (along_direction == (target == Target::DIRECTION)) continue;
       return Fail(at, along_direction
                           ? name + " ablation applies only to direction targets; " + target_name
                           : name + " ablation does not apply to direction targets (" + target_name +

@@ -98,8 +98,10 @@ TEST(SpecTest, DemoSpecParsesWithDefaults) {
   EXPECT_EQ(spec.metrics().refusal_tokens(0), "I");
   EXPECT_EQ(spec.shard_trials(), 64u);
   EXPECT_EQ(parsed->lines.at("model.path"), 8);
+  ASSERT_EQ(spec.saes_size(), 6);
+  EXPECT_EQ(spec.saes(3).hook(), "blocks.3.hook_resid_post");
 
-  ASSERT_EQ(spec.stages_size(), 8);
+  ASSERT_EQ(spec.stages_size(), 9);
   const auto& refusal = spec.stages(0).extract_directions();
   EXPECT_TRUE(refusal.layers().empty());  // all
   EXPECT_EQ(refusal.hook(), "resid_pre");
@@ -138,7 +140,18 @@ TEST(SpecTest, DemoSpecParsesWithDefaults) {
   EXPECT_EQ(neurons.ablations(0).reference_set(), "harmless_val");
   EXPECT_EQ(spec.metrics().text_set(), "harmless_val");
 
-  const auto& generate = spec.stages(6).generate();
+  const auto& hydra = spec.stages(6).knockout_sweep();
+  ASSERT_EQ(hydra.targets_size(), 2);
+  EXPECT_EQ(hydra.targets(0).kind(), Target::SAE_LATENTS);
+  EXPECT_EQ(hydra.targets(0).role(), "downstream");
+  EXPECT_EQ(hydra.targets(0).select().score(), "decoder_cosine");
+  EXPECT_EQ(hydra.targets(1).role(), "upstream");
+  EXPECT_EQ(hydra.targets(1).select().score(), "activation_diff");
+  EXPECT_EQ(hydra.targets(1).select().position().kind(), Positions::INST_LAST);
+  EXPECT_TRUE(hydra.compensation());
+  EXPECT_EQ(hydra.backups().top(), 5u);
+
+  const auto& generate = spec.stages(7).generate();
   EXPECT_EQ(generate.max_new_tokens(), 16u);
   ASSERT_EQ(generate.conditions_size(), 3);
   EXPECT_EQ(generate.conditions(0).kind(), GenerateCondition::BASELINE);
@@ -146,7 +159,7 @@ TEST(SpecTest, DemoSpecParsesWithDefaults) {
   EXPECT_DOUBLE_EQ(generate.conditions(2).coefficient(), 1.0);
   EXPECT_EQ(generate.conditions(2).layer(), -1);
 
-  const auto& orthogonalize = spec.stages(7).orthogonalize();
+  const auto& orthogonalize = spec.stages(8).orthogonalize();
   EXPECT_EQ(DirectionRefName(orthogonalize.direction()), "select.best");
   EXPECT_TRUE(orthogonalize.output().empty());
   EXPECT_EQ(orthogonalize.prompt_sets_size(), 2);

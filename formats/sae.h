@@ -6,8 +6,11 @@
 // Canonical layout, whatever the source:
 //   W_enc [d_in, d_sae]  (sparsify's `encoder.weight [d_sae, d_in]` transposed)
 //   W_dec [d_sae, d_in], b_enc [d_sae], b_dec [d_in]
-//   threshold [d_sae]                 jumprelu only
-//   b_gate, r_mag, b_mag [d_sae]      gated only
+//   threshold [d_sae]                 jumprelu only (SAELens' `log_threshold` exponentiated)
+//   b_gate, r_mag, b_mag [d_sae]      gated only; b_enc is then empty (SAELens' gated SAEs have
+//                                     none: b_gate and b_mag take its place)
+// A SAELens/Gemma Scope finetuning `scaling_factor [d_sae]` (multiplying the latents before the
+// decoder) is folded into W_dec's rows.
 // Encode: pre = (x * scale - b_dec * apply_b_dec_to_input) W_enc + b_enc, then the
 // architecture's activation; decode: (f W_dec + b_dec) / scale (scale: normalize_activations).
 //
@@ -76,22 +79,34 @@ struct SaeWeights {
   SaeTensor b_gate, r_mag, b_mag;  // gated
 };
 
-// `path` is a SAELens or sparsify directory (cfg.json + weights), a Gemma Scope `params.npz` or
-// its directory. `hook_override` (non-empty) replaces the file's hook.
+// `path` is a SAELens or sparsify directory (cfg.json + weights), a file in one (cfg.json or the
+// .safetensors), a Gemma Scope `params.npz` or its directory. The weights file's name decides:
+// sae_weights.safetensors -> SAELens, sae.safetensors -> sparsify, params.npz -> Gemma Scope (in
+// that order when a directory holds several). `hook_override` (non-empty) replaces the file's
+// hook. ReadSaeConfig reads cfg.json and the weights' headers only (no tensor data is
+// converted; for .npz only each member's .npy header is inflated) but checks every shape as
+// ReadSae does. SAELens defaults for absent fields: architecture standard,
+// apply_b_dec_to_input true, normalize_activations none.
 //
-// Errors name the file and the field or tensor: NotFound (no cfg.json / weights / params.npz),
-// InvalidArgument (unknown architecture or normalization, missing k or threshold, a tensor
-// missing or with a shape that disagrees with d_in/d_sae or with the other tensors, a
-// non-float dtype, Fortran-ordered npy), Corruption (truncated or malformed zip/npy/safetensors/
-// JSON), Unimplemented (sparsify skip connections, multi-topk).
+// Errors name the file and the field or tensor: NotFound (no such path, no cfg.json / weights /
+// params.npz), InvalidArgument (unknown architecture or normalization, missing k or threshold,
+// missing expected_average_only_in scale, a tensor missing or with a shape that disagrees with
+// d_in/d_sae or with the other tensors, a non-float dtype, Fortran-ordered or non-float npy, a
+// field of the wrong JSON type), Corruption (truncated or malformed zip/npy/safetensors/JSON),
+// Unimplemented (sparsify skip connections, transcoders and groupmax; SAELens layer_norm
+// normalisation, SAEs on one attention head (hook_head_index), activations other than relu and
+// topk; Gemma Scope embedding SAEs and transcoders; .npz in a build without libzip). sparsify's
+// `multi_topk` is read as plain TopK (it only adds a training loss).
 StatusOr<SaeConfig> ReadSaeConfig(const std::string& path, const std::string& hook_override = "");
 StatusOr<SaeWeights> ReadSae(const std::string& path, const std::string& hook_override = "");
 
 // Writes `dir`/cfg.json (SAELens 6.x layout: architecture, d_in, d_sae, k, dtype,
 // apply_b_dec_to_input, normalize_activations, metadata.hook_name; plus hook_name at the top
-// level for older readers) and `dir`/sae_weights.safetensors (float32), each file atomically.
-// `extra_metadata` is merged into cfg.json's `metadata` (e.g. the training recipe).
-// InvalidArgument if the tensors do not fit the config.
+// level for older readers; `scaling_factor` for expected_average_only_in) and
+// `dir`/sae_weights.safetensors (float32), each file atomically; `dir` is created if missing.
+// `extra_metadata` (a JSON object) is merged into cfg.json's `metadata` (e.g. the training
+// recipe). InvalidArgument if the tensors do not fit the config (checked before anything is
+// written); IOError if writing fails.
 Status WriteSaeLens(const std::string& dir, const SaeWeights& sae,
                     const std::string& extra_metadata_json = "{}");
 
@@ -107,6 +122,7 @@ StatusOr<SaeTensor> ParseNpy(const uint8_t* bytes, size_t size, const std::strin
 struct NpzArray {
   std::string name;
   SaeTensor tensor;
+  std::string dtype;  // as stored: "float16", "float32", "float64"
 };
 StatusOr<std::vector<NpzArray>> ParseNpz(const uint8_t* bytes, size_t size,
                                          const std::string& label);

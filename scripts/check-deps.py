@@ -2,7 +2,7 @@
 """Checks the #include graph against design.md's dependency rule.
 
     formats, tokenizer, proto <- storage <- experiments <- coordinator, cli
-    worker/model depends on LibTorch and formats only
+    worker/model depends on LibTorch and formats only; worker/sae on those and worker/model
     worker depends on proto, rpc, formats, tokenizer and worker/model
     organism depends on worker (and on experiments' torch-free selection rule)
     nothing torch-free includes worker/ (but its tokenizer), organism/ or LibTorch headers
@@ -38,6 +38,7 @@ LAYER_OF_FOLDER = {
     "cli": "cli",
     "worker/model": "worker/model",
     "worker/chat": "worker/chat",
+    "worker/sae": "worker/sae",
     "worker/executor": "worker/executor",
     "worker/agent": "worker/agent",
     "worker": "worker",
@@ -47,7 +48,7 @@ LAYER_OF_FOLDER = {
 TORCH = "LibTorch"
 TORCH_FREE = {"common", "formats", "tokenizer", "proto", "rpc", "storage", "experiments",
               "coordinator", "cli"}
-WORKER = {"worker/model", "worker/chat", "worker/executor", "worker/agent", "worker"}
+WORKER = {"worker/model", "worker/sae", "worker/chat", "worker/executor", "worker/agent", "worker"}
 
 # Which layers a layer's files may include (its own included).
 _BASE = {"common", "formats", "tokenizer"}
@@ -63,8 +64,11 @@ ALLOWED = {
     "coordinator": _BASE | {"proto", "rpc", "storage", "experiments", "coordinator"},
     "cli": _BASE | {"proto", "rpc", "storage", "experiments", "coordinator", "cli"},
     "worker/model": {"common", "formats", "worker/model", TORCH},
+    # The SAE runtime: SAE files (formats) on the model runtime's hook points.
+    "worker/sae": {"common", "formats", "worker/model", "worker/sae", TORCH},
     "worker/chat": _BASE | {"worker/model", "worker/chat", TORCH},
-    "worker/executor": _BASE | {"proto", "worker/model", "worker/chat", "worker/executor", TORCH},
+    "worker/executor": _BASE | {"proto", "worker/model", "worker/sae", "worker/chat",
+                                "worker/executor", TORCH},
     "worker/agent": _BASE | {"proto", "rpc", "worker/executor", "worker/agent", TORCH},
     "worker": _BASE | {"proto", "rpc", TORCH} | WORKER,
     "organism": _BASE | {"proto", "experiments", "organism", TORCH} | WORKER,

@@ -5,8 +5,10 @@
 # candidate refusal directions (post-instruction tokens) and harmfulness directions (t_inst),
 # select the refusal direction with science.md's filters, knock out every attention
 # head (with compensation) and each direction projected out at one layer at a time, generate with the direction
-# ablated and added, and write an orthogonalised checkpoint. Prints the selection, the refusal
-# rates, the harmfulness/refusal cosines and the top of the compensation table.
+# ablated and added, write an orthogonalised checkpoint, and knock out SAE latents (downstream
+# refusal features, upstream harm sensors) with their backups on the shipped SAEs. Prints the
+# selection, the refusal rates, the harmfulness/refusal cosines, the direction knockouts and the
+# SAE latent table (unit, layer, role, TE, DE, C, top backups).
 # The store is kept in BUILD_DIR/demo-hydra-store: running again resumes (or reprints) the sweep.
 # Usage: scripts/demo.sh [BUILD_DIR]
 set -euo pipefail
@@ -28,4 +30,10 @@ echo "== the direction projected out at one layer, at t_inst vs after the instru
 "$knockout" results demo-hydra --store "$store" --stage directions \
   --where ablation=project
 echo
-echo "Query further: $knockout status|results|compensation|directions demo-hydra --store $store"
+echo "== SAE latents knocked out (harmful_val): upstream harm sensors vs downstream refusal features,"
+echo "   each with its top backups (latent clean->ablated activation after the instruction) =="
+"$knockout" compensation demo-hydra --store "$store" --stage hydra --top 3 \
+  --columns unit,layer,role,te,de,c,latent_backups
+echo
+echo "Query further: $knockout status|results|compensation|features|backups|directions demo-hydra --store $store"
+echo "  e.g. $knockout backups demo-hydra --store $store --stage hydra --unit L3F<latent>"

@@ -8,8 +8,10 @@
 // mismatch, refused token, unreadable file) prints one line `knockout-worker: <error>` and
 // exits 1. Log lines go to stderr. Its subcommands are the model runtime's tools:
 //   knockout-worker forward --model DIR --ids 1,2,3 [--ids ...] [--json] [--full-logits]
+//                           [--sae PATH [--hook NAME] --sae-clamp LATENT=VALUE ...]
 //   knockout-worker models inspect DIR [--json]
 //   knockout-worker models init-random --out DIR [sizes...]
+//   knockout-worker sae inspect PATH | sae encode --model DIR --sae PATH --ids ... (sae_commands.h)
 //   knockout-worker tokenize --tokenizer PATH (--text T | --file F) [--json] [--special]
 //                            [--chat [--template NAME|STRING] [--system S]]
 //   knockout-worker generate --model DIR (--prompt T | --prompts FILE) [--max-new-tokens N]
@@ -36,6 +38,7 @@
 #include "worker/model/hooks.h"
 #include "worker/model/model.h"
 #include "worker/runtime_flags.h"
+#include "worker/sae_commands.h"
 #ifdef KNOCKOUT_HAVE_TOKENIZER
 #include "formats/prompt_set.h"
 #include "worker/chat/chat_generation.h"
@@ -98,6 +101,7 @@ struct ForwardFlags {
   bool json = false;
   bool full_logits = false;
   int top_k = 10;
+  knockout::worker::SaeForwardFlags sae;  // --sae, --hook, --sae-clamp
 };
 
 int RunForward(const ForwardFlags& flags) {
@@ -119,6 +123,9 @@ int RunForward(const ForwardFlags& flags) {
   request.input_ids = batch.input_ids;
   request.attention_mask = batch.attention_mask;
   request.logits = km::ForwardRequest::Logits::kLastPosition;
+  auto sae_hooks = knockout::worker::SaeForwardHooks(flags.sae, **model);
+  if (!sae_hooks.ok()) return Fail(sae_hooks.status());
+  request.hooks = sae_hooks->get();
   auto result = (*model)->Forward(request);
   if (!result.ok()) return Fail(result.status().WithContext(flags.model));
   at::Tensor last = result->logits.select(1, 0).to(at::kCPU).to(at::kDouble);  // [B, V]
@@ -504,6 +511,8 @@ int main(int argc, char** argv) {
   forward_cmd->add_option("--top-k", forward.top_k, "how many logits to print")
       ->check(CLI::PositiveNumber);
   AddRuntimeFlags(forward_cmd, &forward.runtime);
+  knockout::worker::AddSaeForwardFlags(forward_cmd, &forward.sae);
+  knockout::worker::SaeCommands sae_commands(&app);  // `sae inspect`, `sae encode`
 
   CLI::App* models_cmd = app.add_subcommand("models", "inspect or create checkpoints");
   models_cmd->require_subcommand(1);
@@ -602,6 +611,7 @@ int main(int argc, char** argv) {
     if (*forward_cmd) return RunForward(forward);
     if (*inspect_cmd) return RunInspect(inspect_dir, inspect_json);
     if (*init_cmd) return RunInitRandom(init);
+    if (sae_commands.Selected()) return sae_commands.Run();
 #ifdef KNOCKOUT_HAVE_TOKENIZER
     if (*tokenize_cmd) return RunTokenize(tokenize);
     if (*generate_cmd) return RunGenerate(generate);

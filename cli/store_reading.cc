@@ -1,0 +1,61 @@
+// What several queries read from a sweep store (store_reading.h).
+#include "cli/store_reading.h"
+
+#include <algorithm>
+
+namespace knockout::cli {
+
+using experiments::SweepReader;
+
+StatusOr<std::vector<v1::StageRecord>> SelectStages(const SweepReader& store,
+                                                    const std::string& sweep,
+                                                    const std::string& name) {
+  KO_ASSIGN_OR_RETURN(auto stages, store.ListStages(sweep));
+  if (name.empty()) return stages;
+  for (const v1::StageRecord& stage : stages) {
+    if (stage.name() == name) return std::vector<v1::StageRecord>{stage};
+  }
+  KO_ASSIGN_OR_RETURN(const v1::SweepRecord record, store.GetSweep(sweep));
+  std::vector<std::string> names;
+  for (const v1::StageRecord& stage : stages) names.push_back(stage.name());
+  for (const v1::Stage& stage : record.spec().stages()) {
+    if (stage.name() == name) {
+      return Status::FailedPrecondition("sweep " + sweep + ": stage \"" + name +
+                                        "\" has not started yet (no shards)");
+    }
+    if (std::find(names.begin(), names.end(), stage.name()) == names.end()) {
+      names.push_back(stage.name());
+    }
+  }
+  std::string list;
+  for (const std::string& stage : names) list += (list.empty() ? "" : ", ") + stage;
+  return Status::InvalidArgument("sweep " + sweep + " has no stage \"" + name + "\"; stages: " +
+                                 (list.empty() ? "none" : list));
+}
+
+StatusOr<std::map<uint32_t, v1::TrialLabel>> TrialLabels(const SweepReader& store,
+                                                         const std::string& sweep,
+                                                         uint32_t stage) {
+  KO_ASSIGN_OR_RETURN(auto shards, store.ListShards(sweep, stage));
+  std::map<uint32_t, v1::TrialLabel> labels;
+  for (const v1::ShardRecord& shard : shards) {
+    for (const v1::Trial& trial : shard.shard().trials()) labels[trial.index()] = trial.label();
+  }
+  return labels;
+}
+
+std::string UnitName(const std::string& unit_kind, int layer, int unit) {
+  const std::string prefix = "L" + std::to_string(layer);
+  if (unit_kind == "head") return prefix + "H" + std::to_string(unit);
+  if (unit_kind == "neuron") return prefix + "N" + std::to_string(unit);
+  if (unit_kind.empty()) return prefix + "#" + std::to_string(unit);
+  if (unit < 0) return prefix + "." + unit_kind;
+  return prefix + "." + unit_kind + "#" + std::to_string(unit);
+}
+
+std::string TrialUnitName(const v1::TrialLabel& label) {
+  if (!label.unit_name().empty()) return label.unit_name();
+  return UnitName(label.unit_kind(), label.layer(), label.unit());
+}
+
+}  // namespace knockout::cli
