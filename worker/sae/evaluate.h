@@ -4,16 +4,20 @@
 // in next-token cross-entropy and in KL(clean || spliced). What `train-sae` reports and the
 // shipped SAEs' card is checked against.
 //
-// Positions: the SAE reads and is spliced in at every real position of a chat-templated prompt
-// but its first (see train.h's PromptActivationSource). Over those positions P:
-//   FVU = sum_P |x - x_hat|^2 / sum_P |x - mean_P x|^2            (float64)
-//   L0  = mean_P #{i : f_i > 0};  dead = latents with f_i = 0 at every position of P
-//   KL  = mean_P KL(p_clean || p_spliced) of the next-token distributions
-//   CE  = mean over the positions of P that have a next prompt token (all but the last) of
-//         -log p(next token); clean, spliced, and with the activation zeroed at P
-//         ("ce_zero", the reference of `ce_recovered` = (CE_zero - CE_spliced) /
-//         (CE_zero - CE_clean)).
-// All in nats.
+// A sequence is a chat-templated prompt, optionally followed by the model's own (greedy)
+// response. Over its positions but the first, S (prompt and response; see train.h's
+// PromptActivationSource on the first), the SAE is read and spliced in:
+//   FVU = sum_S |x - x_hat|^2 / sum_S |x - mean_S x|^2            (float64)
+//   L0  = mean_S #{i : f_i > 0};  dead = latents with f_i = 0 at every position of S
+// and the splice's cost is measured over two sets of positions:
+//   prompt:   KL(p_clean || p_spliced) of the next-token distributions over the prompt's
+//             positions but the first, P; CE over the positions of P followed by a prompt token
+//   response: CE of the response tokens and KL at the positions that predict them (the
+//             prompt's last position and every response position but the last)
+// CE is measured clean, spliced, and with the activation zeroed at S ("zero", the reference of
+// `recovered` = (CE_zero - CE_spliced) / (CE_zero - CE_clean)). All in nats. A chat model
+// trained on assistant tokens only (models/demo-refusal) predicts user tokens near uniformly:
+// its prompt CE says little; the response metrics say what the splice does to its answers.
 //
 // Thread-safety: stateless functions over immutable inputs.
 #pragma once
@@ -31,20 +35,33 @@
 
 namespace knockout::sae {
 
-struct SaeEvaluation {
-  int64_t prompts = 0;
-  int64_t positions = 0;            // |P|
-  double fvu = 0.0;
-  double l0 = 0.0;
-  int64_t dead_latents = 0;         // never active over P
-  double dead_fraction = 0.0;
-  at::Tensor ever_active;           // bool [d_sae], for unions over several sets
-  int64_t predicted_tokens = 0;     // positions in the CE means
+// Next-token cross-entropy and KL over a set of positions.
+struct SpliceCost {
+  int64_t tokens = 0;  // positions in the means
   double ce_clean = 0.0;
   double ce_spliced = 0.0;
   double ce_zero = 0.0;
   double ce_recovered = 0.0;
-  double kl = 0.0;
+  double kl = 0.0;  // KL(clean || spliced)
+};
+
+struct SaeEvaluation {
+  int64_t sequences = 0;
+  int64_t positions = 0;            // |S|
+  double fvu = 0.0;
+  double l0 = 0.0;
+  int64_t dead_latents = 0;         // never active over S
+  double dead_fraction = 0.0;
+  at::Tensor ever_active;           // bool [d_sae], for unions over several sets
+  bool spliced = false;             // whether the costs below were measured
+  SpliceCost prompt;                // CE over P's next prompt tokens; KL over P
+  SpliceCost response;              // over R (tokens 0 without responses)
+};
+
+// A chat-templated prompt, and the model's response after it (may be empty).
+struct EvalSequence {
+  std::vector<int64_t> ids;    // prompt then response
+  int64_t prompt_length = 0;   // ids[0, prompt_length) is the prompt
 };
 
 // The intervention that replaces the activation at sae->hook() by the SAE's reconstruction
@@ -57,11 +74,15 @@ struct EvaluateOptions {
   bool splice = true;          // also the CE/KL cost (three forward passes per batch, not one)
 };
 
-// Measures `sae` on `sequences` (token ids of chat-templated prompts) run through `model`.
-// InvalidArgument if there are no sequences, a sequence has fewer than 2 tokens, or the SAE's
-// hook/width does not fit the model; Internal for a LibTorch error.
+// Measures `sae` on `sequences` run through `model`. InvalidArgument if there are no
+// sequences, a prompt has fewer than 2 tokens or prompt_length is outside [2, ids.size()], or
+// the SAE's hook/width does not fit the model; Internal for a LibTorch error.
 StatusOr<SaeEvaluation> EvaluateSae(const model::Model& model, std::shared_ptr<const Sae> sae,
-                                    const std::vector<std::vector<int64_t>>& sequences,
+                                    const std::vector<EvalSequence>& sequences, int64_t pad_id,
+                                    const EvaluateOptions& options = {});
+// The same for prompts without responses.
+StatusOr<SaeEvaluation> EvaluateSae(const model::Model& model, std::shared_ptr<const Sae> sae,
+                                    const std::vector<std::vector<int64_t>>& prompts,
                                     int64_t pad_id, const EvaluateOptions& options = {});
 
 }  // namespace knockout::sae

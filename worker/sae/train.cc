@@ -46,44 +46,44 @@ bool IsSaeHook(model::HookKind kind) {
 Status ValidateTrainOptions(const SaeTrainOptions& o, int64_t d_in) {
   auto bad = [](const std::string& what) { return Status::InvalidArgument("train-sae: " + what); };
   if (o.architecture != SaeArchitecture::kTopK && o.architecture != SaeArchitecture::kJumpRelu) {
-    return bad("only topk and jumprelu SAEs can be trained");
+    return bad("--arch: only topk and jumprelu SAEs can be trained");
   }
   if (d_in < 1) return bad("d_in must be >= 1");
+  if (o.d_sae < 0) return bad("--latents must be >= 1");
   const int64_t d_sae = o.d_sae > 0 ? o.d_sae : 4 * d_in;
-  if (o.d_sae < 0) return bad("latents must be >= 1");
   if (o.architecture == SaeArchitecture::kTopK && (o.k < 1 || o.k > d_sae)) {
-    return bad("k " + std::to_string(o.k) + " must be in [1, latents = " + std::to_string(d_sae) +
-               "]");
+    return bad("--k " + std::to_string(o.k) + " must be in [1, --latents " +
+               std::to_string(d_sae) + "]");
   }
-  if (o.steps < 1) return bad("steps must be >= 1");
-  if (o.batch_tokens < 1) return bad("batch tokens must be >= 1");
+  if (o.steps < 1) return bad("--steps must be >= 1");
+  if (o.batch_tokens < 1) return bad("--batch-tokens must be >= 1");
   if (o.buffer_tokens < o.batch_tokens) {
-    return bad("buffer tokens (" + std::to_string(o.buffer_tokens) +
-               ") must be >= batch tokens (" + std::to_string(o.batch_tokens) + ")");
+    return bad("--buffer-tokens " + std::to_string(o.buffer_tokens) + " must be >= --batch-tokens " +
+               std::to_string(o.batch_tokens));
   }
-  if (!(o.lr >= 0.0) || !std::isfinite(o.lr)) return bad("lr must be a finite number >= 0");
+  if (!(o.lr >= 0.0) || !std::isfinite(o.lr)) return bad("--lr must be a finite number > 0");
   if (!(o.adam_beta1 >= 0 && o.adam_beta1 < 1 && o.adam_beta2 >= 0 && o.adam_beta2 < 1)) {
-    return bad("Adam betas must be in [0, 1)");
+    return bad("Adam's betas must be in [0, 1)");
   }
-  if (!(o.adam_epsilon > 0)) return bad("Adam epsilon must be > 0");
+  if (!(o.adam_epsilon > 0)) return bad("Adam's epsilon must be > 0");
   if (!(o.warmup_fraction >= 0 && o.warmup_fraction <= 1 && o.decay_fraction >= 0 &&
         o.decay_fraction <= 1)) {
-    return bad("warm-up and decay fractions must be in [0, 1]");
+    return bad("the warm-up and decay fractions must be in [0, 1]");
   }
-  if (o.k_aux < 0) return bad("k_aux must be >= 0");
+  if (o.k_aux < 0) return bad("--k-aux must be >= 1");
   if (!(o.aux_coefficient >= 0) || !std::isfinite(o.aux_coefficient)) {
-    return bad("aux coefficient must be a finite number >= 0");
+    return bad("--aux-coefficient must be a finite number >= 0");
   }
-  if (o.dead_tokens < 1) return bad("dead tokens must be >= 1");
+  if (o.dead_tokens < 1) return bad("--dead-tokens must be >= 1");
   if (!(o.l0_coefficient >= 0) || !std::isfinite(o.l0_coefficient)) {
-    return bad("l0 coefficient must be a finite number >= 0");
+    return bad("--l0-coefficient must be a finite number >= 0");
   }
   if (!(o.l0_warmup_fraction >= 0 && o.l0_warmup_fraction <= 1)) {
-    return bad("l0 warm-up fraction must be in [0, 1]");
+    return bad("the L0 warm-up fraction must be in [0, 1]");
   }
-  if (!(o.bandwidth > 0) || !std::isfinite(o.bandwidth)) return bad("bandwidth must be > 0");
+  if (!(o.bandwidth > 0) || !std::isfinite(o.bandwidth)) return bad("--bandwidth must be > 0");
   if (!(o.initial_threshold > 0) || !std::isfinite(o.initial_threshold)) {
-    return bad("initial threshold must be > 0");
+    return bad("--initial-threshold must be > 0");
   }
   return Status::Ok();
 }

@@ -79,7 +79,8 @@ struct SaeTrainOptions {
   int64_t buffer_tokens = 262144;
 };
 
-// InvalidArgument naming the option for values that cannot train (k > d_sae, steps < 1, ...).
+// InvalidArgument naming the option by its train-sae flag (--k, --steps, ...) for values that
+// cannot train (k > d_sae, steps < 1, a buffer smaller than a batch, ...).
 Status ValidateTrainOptions(const SaeTrainOptions& options, int64_t d_in);
 // The learning rate actually used (options.lr, or the default for d_sae).
 double EffectiveLearningRate(const SaeTrainOptions& options, int64_t d_sae);
