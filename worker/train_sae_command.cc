@@ -39,11 +39,20 @@ int Fail(const Status& status) {
 }
 
 // argv as one shell line (arguments quoted where a shell would split or expand them), the
-// program named `knockout-worker` whatever path ran it.
+// program named `knockout-worker` whatever path ran it. Where the SAE is written and how much is
+// logged do not change it, so --out, --overwrite and --log-every are left out: the recipe of a
+// retrained copy written elsewhere is byte-identical.
 std::string CommandLine(int argc, char** argv) {
   std::string line = "knockout-worker";
   for (int i = 1; i < argc; ++i) {
     const std::string arg = argv[i];
+    if (arg == "--overwrite" || arg.rfind("--out=", 0) == 0 || arg.rfind("--log-every=", 0) == 0) {
+      continue;
+    }
+    if (arg == "--out" || arg == "--log-every") {
+      ++i;  // and its value
+      continue;
+    }
     const bool plain = !arg.empty() && arg.find_first_not_of(
                                            "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
                                            "0123456789-_./=:,+@") == std::string::npos;
@@ -133,12 +142,9 @@ StatusOr<std::vector<sae::EvalSequence>> WithResponses(
   chat::ChatGenerationOptions generation;
   generation.max_new_tokens = new_tokens;
   generation.batch_size = batch_prompts;
-  KO_ASSIGN_OR_RETURN(std::vector<chat::Completion> completions,
-                      chat::GenerateCompletions(model, tokenizer, prompts, generation));
-  for (size_t i = 0; i < sequences.size(); ++i) {
-    sequences[i].ids.insert(sequences[i].ids.end(), completions[i].ids.begin(),
-                            completions[i].ids.end());
-  }
+  KO_ASSIGN_OR_RETURN(std::vector<std::vector<int64_t>> conversations,
+                      chat::PromptsWithCompletions(model, tokenizer, prompts, generation));
+  for (size_t i = 0; i < sequences.size(); ++i) sequences[i].ids = std::move(conversations[i]);
   return sequences;
 }
 
@@ -426,6 +432,7 @@ int TrainSaeCommand::Run() const {
       {"positions", "every position of each chat-templated prompt but its first"},
       {"holdout_every", f.holdout_every},
       {"new_tokens", f.new_tokens},
+      {"batch_prompts", f.batch_prompts},
       {"train_prompts", train.size()},
       {"held_out_prompts", held_out.size()},
       {"train_positions", (*source)->RowsPerPass()},

@@ -3,8 +3,10 @@
 //       [--arch topk|jumprelu] [--latents N] [--k K] [--steps S] [--seed S] [--lr X]
 //       [--batch-tokens N] [--eval-prompts FILE...] [--holdout-every N] [--overwrite] ...
 // trains an SAE on the model's activations at the hook over the chat-templated prompts and
-// writes it in SAELens layout (cfg.json + sae_weights.safetensors, float32) with the recipe and
-// the measured quality in cfg.json's `metadata.training`. The directory appears whole or not at
+// writes it in SAELens layout (cfg.json + sae_weights.safetensors, float32) with the recipe (the
+// command line less --out/--overwrite/--log-every, every option, the seed) and the measured
+// quality in cfg.json's `metadata.training`: the same command gives byte-identical files at the
+// same thread count (--threads, default 1), wherever they are written. The directory appears whole or not at
 // all (written under a temporary name, then renamed). Progress and a human summary go to
 // stderr, one JSON object (the report) to stdout. Every failure prints one line
 // `knockout-worker: <message naming the flag or file>` and exits 1.
