@@ -429,7 +429,12 @@ int TrainSaeCommand::Run() const {
       {"prompts", f.prompts},
       {"eval_prompts", f.eval_prompts},
       {"chat_template", f.chat_template.empty() ? std::string((*chat).FamilyName()) : f.chat_template},
-      {"positions", "every position of each chat-templated prompt but its first"},
+      {"positions", f.new_tokens > 0
+                        ? "every position but the first of each chat-templated prompt followed "
+                          "by the model's greedy answer (at most new_tokens tokens, EOS included)"
+                        : "every position of each chat-templated prompt but its first"},
+      {"held_out", "the prompts whose index over the prompts files, in order, is "
+                   "holdout_every - 1 modulo holdout_every"},
       {"holdout_every", f.holdout_every},
       {"new_tokens", f.new_tokens},
       {"batch_prompts", f.batch_prompts},
