@@ -12,6 +12,7 @@
 //   knockout-worker models inspect DIR [--json]
 //   knockout-worker models init-random --out DIR [sizes...]
 //   knockout-worker sae inspect PATH | sae encode --model DIR --sae PATH --ids ... (sae_commands.h)
+//   knockout-worker train-sae --model DIR --hook NAME --prompts FILE... --out DIR ... (train_sae_command.h)
 //   knockout-worker tokenize --tokenizer PATH (--text T | --file F) [--json] [--special]
 //                            [--chat [--template NAME|STRING] [--system S]]
 //   knockout-worker generate --model DIR (--prompt T | --prompts FILE) [--max-new-tokens N]
@@ -42,6 +43,7 @@
 #ifdef KNOCKOUT_HAVE_TOKENIZER
 #include "formats/prompt_set.h"
 #include "worker/chat/chat_generation.h"
+#include "worker/train_sae_command.h"
 #include "tokenizer/chat_template.h"
 #include "tokenizer/tokenizer.h"
 #endif
@@ -543,6 +545,7 @@ int main(int argc, char** argv) {
 #endif
 
 #ifdef KNOCKOUT_HAVE_TOKENIZER
+  knockout::worker::TrainSaeCommand train_sae(&app, argc, argv);  // `train-sae`
   GenerateFlags generate;
   CLI::App* generate_cmd =
       app.add_subcommand("generate", "greedy chat completions, one per instruction");
@@ -598,6 +601,7 @@ int main(int argc, char** argv) {
 #ifdef KNOCKOUT_HAVE_TOKENIZER
     if (*tokenize_cmd) return RunTokenize(tokenize);
     if (*generate_cmd) return RunGenerate(generate);
+    if (train_sae.Selected()) return train_sae.Run();
 #endif
   } catch (const std::exception& e) {
     return Fail(Status::Internal(e.what()));

@@ -57,4 +57,19 @@ StatusOr<std::vector<Completion>> GenerateCompletions(
   return completions;
 }
 
+StatusOr<std::vector<std::vector<int64_t>>> PromptsWithCompletions(
+    const model::Model& model, const tokenizer::Tokenizer& tokenizer,
+    const std::vector<tokenizer::TokenizedPrompt>& prompts, const ChatGenerationOptions& options) {
+  KO_ASSIGN_OR_RETURN(std::vector<Completion> completions,
+                      GenerateCompletions(model, tokenizer, prompts, options));
+  std::vector<std::vector<int64_t>> sequences;
+  sequences.reserve(prompts.size());
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    sequences.push_back(prompts[i].ids);
+    sequences.back().insert(sequences.back().end(), completions[i].ids.begin(),
+                            completions[i].ids.end());
+  }
+  return sequences;
+}
+
 }  // namespace knockout::chat

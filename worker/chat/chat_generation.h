@@ -41,6 +41,12 @@ StatusOr<std::vector<Completion>> GenerateCompletions(
     const model::Model& model, const tokenizer::Tokenizer& tokenizer,
     const std::vector<tokenizer::TokenizedPrompt>& prompts, const ChatGenerationOptions& options);
 
+// Each prompt's ids followed by its greedy completion's ids (GenerateCompletions), in input
+// order: the model's own conversations (what `train-sae --new-tokens` trains and measures on).
+StatusOr<std::vector<std::vector<int64_t>>> PromptsWithCompletions(
+    const model::Model& model, const tokenizer::Tokenizer& tokenizer,
+    const std::vector<tokenizer::TokenizedPrompt>& prompts, const ChatGenerationOptions& options);
+
 // The id generation pads with: the tokenizer's pad token, else its EOS, else 0.
 int64_t PadTokenId(const model::Model& model, const tokenizer::Tokenizer& tokenizer);
 
