@@ -49,9 +49,12 @@ Status ApplySaeInputs(const v1::SpecInputs& inputs, ParsedSpec* parsed) {
     const std::string where = parsed->Where(SaeField(*parsed, i));
     const v1::SaeRef& given = inputs.saes(i);
     v1::SaeRef& sae = *spec.mutable_saes(i);
-    if (given.path() != sae.path() || (!sae.hook().empty() && given.hook() != sae.hook())) {
-      return Status::InvalidArgument(where + ": the submission's SAE config is for " +
-                                     given.path() + " at " + given.hook() + ", not " + sae.path());
+    // Entries pair up by position; paths may be spelled differently on the two sides (the CLI's
+    // relative to where it runs, the coordinator's resolved against the submitted base
+    // directory), hooks may not.
+    if (!sae.hook().empty() && given.hook() != sae.hook()) {
+      return Status::InvalidArgument(where + ": the submission's SAE config reads " +
+                                     given.hook() + ", the spec says " + sae.hook());
     }
     int layer = 0;
     std::string suffix;
@@ -79,7 +82,9 @@ Status ApplySaeInputs(const v1::SpecInputs& inputs, ParsedSpec* parsed) {
       return Status::InvalidArgument(where + ": two SAEs read " + given.hook() + " (saes entries " +
                                      std::to_string(it->second) + " and " + std::to_string(i) + ")");
     }
+    const std::string path = sae.path();
     sae = given;
+    sae.set_path(path);
   }
   return Status::Ok();
 }
