@@ -24,6 +24,9 @@
 // all its rows are kept and permuted anew each epoch; otherwise the buffer is a mixing buffer
 // (fill, permute, serve half, refill), so a large corpus is never held in memory.
 //
+// The SAE is trained on the CPU in float32 (the activations are collected on the model's device
+// and copied over): the demo-sized SAEs take about a minute each on 2 cores.
+//
 // Determinism: every random draw (initialisation, permutations, prompt order) comes from CPU
 // generators seeded from `seed`. Same seed, same inputs and the same LibTorch thread count give
 // bit-identical weights; a different thread count may change the last bits (BLAS and reduction
