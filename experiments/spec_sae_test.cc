@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "experiments/spec.h"
+#include "experiments/spec_inputs.h"
 
 namespace knockout::experiments {
 namespace {
@@ -211,6 +212,56 @@ TEST(SpecSaeTest, LatentsMustFitTheSae) {
   EXPECT_NE(status.message().find("t.yaml:17: stages[2].targets[0].units: latent 1024 out of range"),
             std::string::npos)
       << status.message();
+}
+
+// The CLI reads SAE configs where it runs; a coordinator resolves the same spec's paths against
+// the submitted base directory. Entries pair up by position, whatever the paths' spelling; the
+// spec keeps its own path and takes the config's hook and sizes; a different hook is refused.
+TEST(SpecSaeTest, SaeInputsPairUpByPosition) {
+  StatusOr<ParsedSpec> parsed =
+      ParseSpec("name: t\nmodel: {path: m}\nprompt_sets: {p: p.jsonl}\nsaes: [/base/saes/a, "
+                "{hook: blocks.4.hook_mlp_out, path: /base/saes/b}]\nstages:\n  - name: g\n"
+                "    generate: {prompt_sets: [p], conditions: [{name: b, kind: baseline}]}\n",
+                "t.yaml");
+  ASSERT_TRUE(parsed.ok()) << parsed.status().ToString();
+  v1::SpecInputs inputs;
+  inputs.mutable_model_shape()->set_num_layers(6);
+  inputs.mutable_model_shape()->set_hidden_size(256);
+  v1::PromptSetRef* set = inputs.add_prompt_sets();
+  set->set_name("p");
+  set->set_inlined(true);
+  set->add_prompts()->set_instruction("a request");
+  for (const auto& [hook, path] : std::vector<std::pair<std::string, std::string>>{
+           {"blocks.3.hook_resid_post", "saes/a"}, {"blocks.4.hook_mlp_out", "saes/b"}}) {
+    v1::SaeRef* sae = inputs.add_saes();
+    sae->set_hook(hook);
+    sae->set_path(path);  // relative: as the CLI spelled it
+    sae->set_d_in(256);
+    sae->set_d_sae(1024);
+    sae->set_architecture("topk");
+  }
+  ParsedSpec applied = *parsed;
+  const Status ok = ApplySpecInputs(inputs, &applied);
+  ASSERT_TRUE(ok.ok()) << ok.ToString();
+  EXPECT_EQ(applied.spec.saes(0).path(), "/base/saes/a");
+  EXPECT_EQ(applied.spec.saes(0).hook(), "blocks.3.hook_resid_post");
+  EXPECT_EQ(applied.spec.saes(1).d_sae(), 1024);
+
+  inputs.mutable_saes(1)->set_hook("blocks.4.hook_resid_post");
+  ParsedSpec mismatched = *parsed;
+  const Status bad = ApplySpecInputs(inputs, &mismatched);
+  EXPECT_EQ(bad.code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(bad.message().find("reads blocks.4.hook_resid_post, the spec says blocks.4.hook_mlp_out"),
+            std::string::npos)
+      << bad.message();
+
+  inputs.mutable_saes(1)->set_hook("blocks.4.hook_mlp_out");
+  inputs.mutable_saes(1)->set_d_in(128);
+  ParsedSpec narrow = *parsed;
+  const Status width = ApplySpecInputs(inputs, &narrow);
+  EXPECT_NE(width.message().find("has d_in 128, the model's width at blocks.4.hook_mlp_out is 256"),
+            std::string::npos)
+      << width.message();
 }
 
 }  // namespace
