@@ -90,15 +90,10 @@ StatusOr<std::shared_ptr<const Sae>> Sae::FromWeights(const formats::SaeWeights&
   auto parsed = model::HookPoint::Parse(c.hook, config.num_layers);
   if (!parsed.ok()) return parsed.status().WithContext(name);
   const model::HookPoint hook = *parsed;
-  if (!Encodable(hook.kind)) {
-    return Status::InvalidArgument(
-        name + ": hook " + c.hook +
-        " is not one this runtime encodes (hook_resid_pre, hook_resid_mid, hook_resid_post, "
-        "hook_attn_out, hook_mlp_out, attn.hook_z)");
-  }
+  auto encodable = SaeHookWidth(config, hook);
+  if (!encodable.ok()) return encodable.status().WithContext(name);
+  const int64_t width = *encodable;
   const std::vector<int64_t> shape = model::HookActivationShape(config, hook);
-  const int64_t width =
-      std::accumulate(shape.begin(), shape.end(), int64_t{1}, std::multiplies<int64_t>());
   if (c.d_in != width) {
     return Status::InvalidArgument(name + ": d_in " + std::to_string(c.d_in) +
                                    " differs from the width " + std::to_string(width) + " of " +
@@ -312,9 +307,7 @@ class LatentIntervention : public model::ActivationEdit {
       return Status::InvalidArgument(sae_->Label() + ": an SAE of " + sae_->hook().Name() +
                                      " cannot edit " + hook.Name());
     }
-    const std::vector<int64_t> shape = model::HookActivationShape(config, hook);
-    const int64_t width =
-        std::accumulate(shape.begin(), shape.end(), int64_t{1}, std::multiplies<int64_t>());
+    KO_ASSIGN_OR_RETURN(const int64_t width, SaeHookWidth(config, hook));
     if (width != sae_->d_in()) {
       return Status::InvalidArgument(sae_->Label() + ": d_in " + std::to_string(sae_->d_in()) +
                                      " differs from the width " + std::to_string(width) + " of " +
@@ -398,6 +391,18 @@ StatusOr<model::Intervention> MakeLatentIntervention(std::shared_ptr<const Sae> 
 
 // ---------------------------------------------------------------------------------------------
 // Quality
+
+StatusOr<int64_t> SaeHookWidth(const model::ModelConfig& config, const model::HookPoint& hook) {
+  if (!Encodable(hook.kind)) {
+    return Status::InvalidArgument("hook " + hook.Name() +
+                                   " is not one this runtime encodes (hook_resid_pre, "
+                                   "hook_resid_mid, hook_resid_post, hook_attn_out, hook_mlp_out, "
+                                   "attn.hook_z)");
+  }
+  int64_t width = 1;
+  for (int64_t size : model::HookActivationShape(config, hook)) width *= size;
+  return width;
+}
 
 double Fvu(const Sae& sae, const at::Tensor& x) {
   at::Tensor x64 = sae.Flatten(x).to(at::kCPU, at::kDouble).reshape({-1, sae.d_in()});

@@ -157,6 +157,11 @@ StatusOr<model::Intervention> MakeLatentIntervention(std::shared_ptr<const Sae> 
 // every row of x is the same).
 double Fvu(const Sae& sae, const at::Tensor& x);
 
+// The hook's width as an SAE sees it (d_model, or n_heads * d_head at attn.hook_z);
+// InvalidArgument naming the hook if it is not one this runtime encodes (hook_resid_pre,
+// hook_resid_mid, hook_resid_post, hook_attn_out, hook_mlp_out, attn.hook_z).
+StatusOr<int64_t> SaeHookWidth(const model::ModelConfig& config, const model::HookPoint& hook);
+
 // The FVU of each vector on its own, float64 [...]: |x - x_hat|^2 / |x - mean(x)|^2 with the mean
 // over the vector's d_in components (what `knockout-worker sae encode` prints for one position).
 at::Tensor VectorFvu(const Sae& sae, const at::Tensor& x);

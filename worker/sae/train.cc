@@ -25,20 +25,6 @@ formats::SaeTensor ToSaeTensor(const at::Tensor& tensor) {
   return out;
 }
 
-bool IsSaeHook(model::HookKind kind) {
-  switch (kind) {
-    case model::HookKind::kResidPre:
-    case model::HookKind::kResidMid:
-    case model::HookKind::kResidPost:
-    case model::HookKind::kAttnOut:
-    case model::HookKind::kMlpOut:
-    case model::HookKind::kAttnZ:
-      return true;
-    default:
-      return false;
-  }
-}
-
 }  // namespace
 
 // --- options ---------------------------------------------------------------------------------
@@ -112,18 +98,6 @@ StatusOr<at::Tensor> TensorSource::NextBlock() {
   at::Tensor block = rows_.narrow(0, next_, n);
   next_ += n;
   return block;
-}
-
-StatusOr<int64_t> SaeHookWidth(const model::ModelConfig& config, const model::HookPoint& hook) {
-  if (!IsSaeHook(hook.kind)) {
-    return Status::InvalidArgument(
-        hook.Name() +
-        ": an SAE reads hook_resid_pre, hook_resid_mid, hook_resid_post, hook_attn_out, "
-        "hook_mlp_out or attn.hook_z");
-  }
-  int64_t width = 1;
-  for (int64_t size : model::HookActivationShape(config, hook)) width *= size;
-  return width;
 }
 
 StatusOr<at::Tensor> HookActivations(const model::Model& model, const model::HookPoint& hook,

@@ -48,6 +48,7 @@
 #include "formats/sae.h"
 #include "worker/model/hooks.h"
 #include "worker/model/model.h"
+#include "worker/sae/sae.h"
 
 namespace knockout::sae {
 
@@ -147,10 +148,6 @@ class PromptActivationSource : public ActivationSource {
   std::vector<int64_t> order_;
   size_t next_ = 0;
 };
-
-// The hook's width as an SAE sees it (d_model, or n_heads * d_head at attn.hook_z);
-// InvalidArgument naming the hook if an SAE cannot be trained there.
-StatusOr<int64_t> SaeHookWidth(const model::ModelConfig& config, const model::HookPoint& hook);
 
 // Runs `sequences` (left-padded into one batch) through `model` up to `hook` and returns the
 // activations at every real position but each sequence's first, sequence-major, [n, d_in]
