@@ -8,7 +8,7 @@ namespace knockout::formats {
 namespace {
 
 constexpr std::string_view kExpected =
-    "expected inst_last, post_inst, post_inst[-k] (k >= 1), all or a list like [3,-1]";
+    "expected inst_last, inst, post_inst, post_inst[-k] (k >= 1), all or a list like [3,-1]";
 
 // "position \"TEXT\": why"; callers prefix where the text was written.
 Status BadPosition(std::string_view text, std::string_view why) {
@@ -52,6 +52,7 @@ bool StartsWith(std::string_view text, std::string_view prefix) {
 
 StatusOr<Positions> ParsePositions(std::string_view text) {
   if (text == "inst_last") return Positions::InstLast();
+  if (text == "inst") return Positions::Inst();
   if (text == "post_inst") return Positions::PostInst();
   if (text == "all") return Positions::All();
   constexpr std::string_view kPostInst = "post_inst[";
@@ -95,6 +96,8 @@ std::string PositionsName(const Positions& positions) {
   switch (positions.kind) {
     case Positions::Kind::kInstLast:
       return "inst_last";
+    case Positions::Kind::kInst:
+      return "inst";
     case Positions::Kind::kPostInst:
       return "post_inst";
     case Positions::Kind::kPostInstAt:
@@ -126,6 +129,13 @@ StatusOr<std::vector<int64_t>> ResolvePositions(const Positions& positions,
         return fail("the prompt has no instruction token");
       }
       out.push_back(prompt.instruction_end - 1);
+      break;
+    case Positions::Kind::kInst:
+      if (prompt.instruction_end <= prompt.instruction_begin || prompt.instruction_begin < 0 ||
+          prompt.instruction_end > n) {
+        return fail("the prompt has no instruction token");
+      }
+      for (int64_t i = prompt.instruction_begin; i < prompt.instruction_end; ++i) out.push_back(i);
       break;
     case Positions::Kind::kPostInst:
       for (int64_t i = prompt.post_begin; i < n; ++i) out.push_back(i);

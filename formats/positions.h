@@ -19,6 +19,7 @@ namespace knockout::formats {
 struct Positions {
   enum class Kind {
     kInstLast,    // "inst_last": t_inst, the last instruction token
+    kInst,        // "inst": every instruction token (where an upstream harm sensor reads)
     kPostInst,    // "post_inst": every post-instruction template token
     kPostInstAt,  // "post_inst[-k]": one post-instruction token, -k counting from the prompt's end
     kAll,         // "all": every prompt token
@@ -29,6 +30,7 @@ struct Positions {
   std::vector<int32_t> indices;  // kExplicit, in the order written, at least one
 
   static Positions InstLast() { return {Kind::kInstLast, 0, {}}; }
+  static Positions Inst() { return {Kind::kInst, 0, {}}; }
   static Positions PostInst() { return {Kind::kPostInst, 0, {}}; }
   static Positions PostInstAt(int32_t index) { return {Kind::kPostInstAt, index, {}}; }
   static Positions All() { return {Kind::kAll, 0, {}}; }
@@ -42,12 +44,12 @@ struct Positions {
   bool operator!=(const Positions& o) const { return !(*this == o); }
 };
 
-// Parses selector text: `inst_last`, `post_inst`, `post_inst[-k]` (k >= 1), `all`, or an
+// Parses selector text: `inst_last`, `inst`, `post_inst`, `post_inst[-k]` (k >= 1), `all`, or an
 // explicit list `[3,-1]` (spaces allowed around items; every item an int32). InvalidArgument
 // naming the text and what was expected otherwise.
 StatusOr<Positions> ParsePositions(std::string_view text);
 
-// The canonical text, which ParsePositions reads back to an equal value: inst_last, post_inst,
+// The canonical text, which ParsePositions reads back to an equal value: inst_last, inst, post_inst,
 // post_inst[-2], all, [3,-1]. Artifact names and trial labels in stores are made of it.
 std::string PositionsName(const Positions& positions);
 
@@ -61,7 +63,8 @@ struct PromptLayout {
 
 // Indices into the unpadded prompt, ascending and distinct. InvalidArgument naming the selector
 // if an explicit index falls outside the prompt (i >= length or i < -length), post_inst[-k] has
-// fewer than k post-instruction tokens, or the layout has no instruction token for inst_last.
+// fewer than k post-instruction tokens, or the layout has no instruction token for inst_last or
+// inst.
 StatusOr<std::vector<int64_t>> ResolvePositions(const Positions& positions,
                                                 const PromptLayout& prompt);
 

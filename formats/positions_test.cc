@@ -17,6 +17,7 @@ using Kind = Positions::Kind;
 TEST(PositionsTest, EveryKindRoundTrips) {
   const std::vector<std::pair<std::string, Positions>> cases = {
       {"inst_last", Positions::InstLast()},
+      {"inst", Positions::Inst()},
       {"post_inst", Positions::PostInst()},
       {"post_inst[-1]", Positions::PostInstAt(-1)},
       {"post_inst[-12]", Positions::PostInstAt(-12)},
@@ -52,7 +53,7 @@ TEST(PositionsTest, SpacesAndSignsNormalise) {
 
 TEST(PositionsTest, MalformedTextIsRefusedByName) {
   for (const std::string text :
-       {"", "inst", "ALL", " all", "post_inst[0]", "post_inst[1]", "post_inst[+1]", "post_inst[-x]",
+       {"", "instr", "inst[-1]", "ALL", " all", "post_inst[0]", "post_inst[1]", "post_inst[+1]", "post_inst[-x]",
         "post_inst[-1", "post_inst[]", "[]", "[ ]", "[a]", "[1,,2]", "[1,]", "[,1]", "[1 2]",
         "[99999999999]", "[2147483648]", "3,-1", "-1", "[[3]]"}) {
     StatusOr<Positions> positions = ParsePositions(text);
@@ -66,7 +67,7 @@ TEST(PositionsTest, MalformedTextIsRefusedByName) {
             std::string::npos);
   EXPECT_NE(ParsePositions("-1").status().message().find("write [-1]"), std::string::npos);
   EXPECT_NE(ParsePositions("[]").status().message().find("empty"), std::string::npos);
-  EXPECT_NE(ParsePositions("last").status().message().find("inst_last, post_inst"),
+  EXPECT_NE(ParsePositions("last").status().message().find("inst_last, inst, post_inst"),
             std::string::npos);
 }
 
@@ -85,6 +86,7 @@ std::vector<int64_t> Resolve(const std::string& text, const PromptLayout& layout
 TEST(PositionsTest, ResolvesAgainstTheLayout) {
   const PromptLayout p = EightTokens();
   EXPECT_EQ(Resolve("inst_last", p), (std::vector<int64_t>{4}));
+  EXPECT_EQ(Resolve("inst", p), (std::vector<int64_t>{2, 3, 4}));
   EXPECT_EQ(Resolve("post_inst", p), (std::vector<int64_t>{5, 6, 7}));
   EXPECT_EQ(Resolve("post_inst[-1]", p), (std::vector<int64_t>{7}));
   EXPECT_EQ(Resolve("post_inst[-3]", p), (std::vector<int64_t>{5}));

@@ -14,6 +14,7 @@
 #include "worker/chat/chat_generation.h"
 #include "worker/executor/metrics.h"
 #include "worker/model/hooks.h"
+#include "worker/sae/sae.h"
 #include "tokenizer/chat_template.h"
 
 namespace knockout::organism {
@@ -137,6 +138,78 @@ StatusOr<at::Tensor> RefusalIds(const kt::Tokenizer& tokenizer,
   return at::tensor(ids, at::kLong);
 }
 
+// Greedy completions of `prompts`, in chunks of `batch_size` generated together, under the hooks
+// `make_hooks` builds for each chunk from its left-padded width (position masks depend on it).
+using HookFactory = std::function<StatusOr<std::unique_ptr<km::HookRegistry>>(
+    const Prompts& chunk, int64_t width)>;
+StatusOr<std::vector<std::string>> GenerateByChunk(const km::Model& model,
+                                                   const kt::Tokenizer& tokenizer,
+                                                   const Prompts& prompts, int64_t max_new_tokens,
+                                                   int64_t batch_size, const HookFactory& make_hooks) {
+  std::vector<std::string> texts;
+  for (size_t begin = 0; begin < prompts.size(); begin += batch_size) {
+    const size_t end = std::min(prompts.size(), begin + static_cast<size_t>(batch_size));
+    const Prompts chunk(prompts.begin() + begin, prompts.begin() + end);
+    int64_t width = 0;
+    for (const kt::TokenizedPrompt& p : chunk) width = std::max(width, p.size());
+    KO_ASSIGN_OR_RETURN(std::unique_ptr<km::HookRegistry> hooks, make_hooks(chunk, width));
+    chat::ChatGenerationOptions o;
+    o.max_new_tokens = max_new_tokens;
+    o.batch_size = static_cast<int64_t>(chunk.size());
+    o.hooks = hooks.get();
+    KO_ASSIGN_OR_RETURN(std::vector<chat::Completion> completions,
+                        chat::GenerateCompletions(model, tokenizer, chunk, o));
+    for (chat::Completion& c : completions) texts.push_back(std::move(c.text));
+  }
+  return texts;
+}
+
+// bool [B, width]: the instruction's tokens of each left-padded prompt.
+at::Tensor InstructionMask(const Prompts& chunk, int64_t width) {
+  at::Tensor mask = at::zeros({static_cast<int64_t>(chunk.size()), width}, at::kBool);
+  auto m = mask.accessor<bool, 2>();
+  for (size_t i = 0; i < chunk.size(); ++i) {
+    const int64_t pad = width - chunk[i].size();
+    for (int64_t t = chunk[i].instruction_begin; t < chunk[i].instruction_end; ++t) m[i][pad + t] = true;
+  }
+  return mask;
+}
+
+// Mean next-token cross-entropy (nats) of `texts` read as plain text, under `hooks` (may be null).
+StatusOr<double> PlainTextCrossEntropy(const km::Model& model, const kt::Tokenizer& tokenizer,
+                                       const std::vector<std::string>& texts, int64_t pad_id,
+                                       int64_t batch_size, km::HookRegistry* hooks) {
+  double total = 0;
+  int64_t count = 0;
+  for (size_t begin = 0; begin < texts.size(); begin += batch_size) {
+    const size_t end = std::min(texts.size(), begin + static_cast<size_t>(batch_size));
+    std::vector<std::vector<int64_t>> ids;
+    for (size_t i = begin; i < end; ++i) {
+      KO_ASSIGN_OR_RETURN(kt::Encoding e, tokenizer.Encode(texts[i], false));
+      if (e.ids.size() >= 2) ids.push_back(std::move(e.ids));
+    }
+    if (ids.empty()) continue;
+    km::Batch batch = km::MakeLeftPaddedBatch(ids, pad_id, model.device());
+    km::ForwardRequest request;
+    request.input_ids = batch.input_ids;
+    request.attention_mask = batch.attention_mask;
+    request.hooks = hooks;
+    KO_ASSIGN_OR_RETURN(km::ForwardResult result, model.Forward(request));
+    const at::Tensor logp = result.logits.to(at::kDouble).log_softmax(-1).cpu();
+    const at::Tensor input = batch.input_ids.cpu();
+    const at::Tensor mask = batch.attention_mask.cpu();
+    const int64_t width = input.size(1);
+    for (int64_t i = 0; i < input.size(0); ++i) {
+      for (int64_t t = 0; t + 1 < width; ++t) {
+        if (mask[i][t].item<int64_t>() == 0) continue;
+        total -= logp[i][t][input[i][t + 1].item<int64_t>()].item<double>();
+        ++count;
+      }
+    }
+  }
+  return count > 0 ? total / count : 0.0;
+}
+
 // AUROC of scores (positives vs negatives): the Mann-Whitney statistic, ties counting half.
 double Auroc(const at::Tensor& positive, const at::Tensor& negative) {
   auto pos = positive.contiguous();
@@ -168,6 +241,11 @@ std::string DemoEvaluation::ToJson() const {
                            {"rejected", s.rejected},
                            {"val_harm_auroc", s.val_harm_auroc}});
   }
+  nlohmann::json latents_json = nlohmann::json::array();
+  for (const LatentKnockout& k : latent_knockouts) {
+    latents_json.push_back({{"layer", k.layer}, {"latent", k.latent}, {"cosine", k.cosine},
+                            {"harmful_refused", k.harmful_refused}});
+  }
   nlohmann::json examples_json = nlohmann::json::array();
   for (const Example& e : examples) {
     examples_json.push_back({{"instruction", e.instruction}, {"completion", e.completion}});
@@ -186,6 +264,16 @@ std::string DemoEvaluation::ToJson() const {
       {"probe_auroc", probe_auroc},
       {"probe_auroc_framed_direction", probe_auroc_framed_direction},
       {"layers", layers_json},
+      {"layer_ablation_harmful_refused", layer_ablation_harmful_refused},
+      {"sensor_ablation_harmful_refused", sensor_ablation_harmful_refused},
+      {"sensor_ablation_addition_refused", sensor_ablation_addition_refused},
+      {"latent_knockouts", latents_json},
+      {"ce_clean", ce_clean},
+      {"ce_ablated", ce_ablated},
+      {"handwritten", {{"harmful", handwritten_harmful},
+                       {"harmless", handwritten_harmless},
+                       {"harmful_refused", handwritten_harmful_refused},
+                       {"harmless_refused", handwritten_harmless_refused}}},
       {"examples", examples_json}};
   return j.dump(2);
 }
@@ -350,6 +438,106 @@ StatusOr<DemoEvaluation> EvaluateDemo(const km::Model& model, const kt::Tokenize
     KO_RETURN_IF_ERROR(AddAblation(random_ablation, random, n_layers));
     KO_ASSIGN_OR_RETURN(auto random_ablated, generate("harmful_test", &random_ablation));
     eval.random_ablation_harmful_refused = RefusedFraction(random_ablated);
+
+    // The hydra measures (evaluate.h).
+    const Prompts& harmful = sets.prompts.at("harmful_test");
+    auto single_site = [&](const km::HookPoint& point, km::Intervention intervention,
+                           at::Tensor positions, bool on_generated) -> HookFactory {
+      return [=, &model](const Prompts& chunk,
+                         int64_t width) -> StatusOr<std::unique_ptr<km::HookRegistry>> {
+        auto hooks = std::make_unique<km::HookRegistry>(model.config());
+        km::InterventionSite site;
+        site.hook = point;
+        site.intervention = intervention;
+        site.positions = positions.defined() ? InstructionMask(chunk, width) : at::Tensor();
+        site.on_generated = on_generated;
+        KO_RETURN_IF_ERROR(hooks->Intervene(std::move(site)));
+        return hooks;
+      };
+    };
+    for (int64_t layer = 0; layer < n_layers; ++layer) {
+      KO_ASSIGN_OR_RETURN(
+          auto ablated_here,
+          GenerateByChunk(model, tokenizer, harmful, options.max_new_tokens, options.batch_size,
+                          single_site(km::HookPoint::ResidPre(layer),
+                                      km::Intervention::Directional(r), at::Tensor(), true)));
+      eval.layer_ablation_harmful_refused.push_back(RefusedFraction(ablated_here));
+      const at::Tensor h =
+          harm_directions[layer].to(at::kFloat).to(model.device()).to(model.dtype());
+      const at::Tensor instruction = at::ones({1}, at::kBool);  // "use the instruction mask"
+      KO_ASSIGN_OR_RETURN(
+          auto sensor_off,
+          GenerateByChunk(model, tokenizer, harmful, options.max_new_tokens, options.batch_size,
+                          single_site(km::HookPoint::ResidPre(layer),
+                                      km::Intervention::Directional(h), instruction, false)));
+      eval.sensor_ablation_harmful_refused.push_back(RefusedFraction(sensor_off));
+      KO_ASSIGN_OR_RETURN(
+          auto sensor_off_added,
+          GenerateByChunk(
+              model, tokenizer, harmful, options.max_new_tokens, options.batch_size,
+              [&](const Prompts& chunk, int64_t width) -> StatusOr<std::unique_ptr<km::HookRegistry>> {
+                auto hooks = std::make_unique<km::HookRegistry>(model.config());
+                km::InterventionSite site;
+                site.hook = km::HookPoint::ResidPre(layer);
+                site.intervention = km::Intervention::Directional(h);
+                site.positions = InstructionMask(chunk, width);
+                site.on_generated = false;
+                KO_RETURN_IF_ERROR(hooks->Intervene(std::move(site)));
+                KO_RETURN_IF_ERROR(AddAddition(*hooks, r, l));
+                return hooks;
+              }));
+      eval.sensor_ablation_addition_refused.push_back(RefusedFraction(sensor_off_added));
+    }
+    if (!options.sae_dir.empty()) {
+      for (int64_t layer = 0; layer < n_layers; ++layer) {
+        const std::string path = options.sae_dir + "/layer_" + std::to_string(layer);
+        KO_ASSIGN_OR_RETURN(std::shared_ptr<const sae::Sae> sae,
+                            sae::Sae::Load(path, "", model.config(), model.device(), model.dtype()));
+        const at::Tensor w = sae->W_dec().to(at::kDouble).cpu();
+        const at::Tensor cos = at::matmul(w, directions[l]) /
+                               (w.norm(2, {1}) * directions[l].norm() + 1e-12);
+        DemoEvaluation::LatentKnockout k;
+        k.layer = layer;
+        k.latent = cos.argmax().item<int64_t>();
+        k.cosine = cos[k.latent].item<double>();
+        sae::LatentEdit edit;
+        edit.latents = {k.latent};
+        KO_ASSIGN_OR_RETURN(km::Intervention zero, sae::MakeLatentIntervention(sae, edit));
+        KO_ASSIGN_OR_RETURN(
+            auto knocked,
+            GenerateByChunk(model, tokenizer, harmful, options.max_new_tokens, options.batch_size,
+                            single_site(sae->hook(), zero, at::Tensor(), true)));
+        k.harmful_refused = RefusedFraction(knocked);
+        eval.latent_knockouts.push_back(k);
+      }
+    }
+    KO_ASSIGN_OR_RETURN(eval.ce_clean,
+                        PlainTextCrossEntropy(model, tokenizer, sets.instructions.at("harmless_test"),
+                                              pad_id, options.batch_size, nullptr));
+    KO_ASSIGN_OR_RETURN(eval.ce_ablated,
+                        PlainTextCrossEntropy(model, tokenizer, sets.instructions.at("harmless_test"),
+                                              pad_id, options.batch_size, &ablation));
+    if (!options.handwritten_dir.empty()) {
+      for (const char* kind : {"harmful", "harmless"}) {
+        const std::string name = std::string("handwritten_") + kind;
+        KO_ASSIGN_OR_RETURN(std::vector<formats::Prompt> prompts,
+                            formats::LoadPromptSet(options.handwritten_dir + "/" + kind + ".jsonl"));
+        std::vector<std::string>& texts = sets.instructions[name];
+        for (const auto& p : prompts) texts.push_back(p.instruction);
+        KO_ASSIGN_OR_RETURN(sets.prompts[name], chat::TokenizeInstructions(tokenizer, chat, texts));
+        KO_ASSIGN_OR_RETURN(auto completions, generate(name, nullptr));
+        if (std::string(kind) == "harmful") {
+          eval.handwritten_harmful = completions.size();
+          eval.handwritten_harmful_refused = RefusedFraction(completions);
+        } else {
+          eval.handwritten_harmless = completions.size();
+          eval.handwritten_harmless_refused = RefusedFraction(completions);
+        }
+        for (size_t i = 0; i < completions.size(); ++i) {
+          eval.examples.push_back({"[" + name + "] " + texts[i], completions[i]});
+        }
+      }
+    }
 
     // The harmfulness probe at t_inst on the test split, at the layer chosen on validation.
     const int64_t p = eval.probe_layer;

@@ -35,6 +35,12 @@ struct EvalOptions {
   // The refusal score's tokens R (science.md), each exactly one token: the demo model's
   // refusals open with "I" (as in experiments/specs/demo-hydra.yaml).
   std::vector<std::string> refusal_tokens = {"I"};
+  // Optional: a directory with harmful.jsonl and harmless.jsonl written by a person
+  // (experiments/prompts/handwritten), whose refused fractions are reported too.
+  std::string handwritten_dir;
+  // Optional: a directory of one SAE per layer, layer_{l} (models/demo-refusal/saes), for the
+  // single-latent knockouts of the hydra measures.
+  std::string sae_dir;
 };
 
 // One candidate direction (one layer) on the validation split. The selection reads the engine's
@@ -72,6 +78,28 @@ struct DemoEvaluation {
                                   // from harmful vs harmless train prompts (no framing)
   double probe_auroc_framed_direction = 0;  // the same with the framed train prompts' direction
   std::vector<LayerScore> layers;
+  // The hydra (issue 14), on the test split's harmful prompts unless said otherwise:
+  // the selected r projected out at blocks.{l}.hook_resid_pre alone, all positions (generated
+  // ones too), per layer l;
+  std::vector<double> layer_ablation_harmful_refused;
+  // the harmfulness direction h_l (diff-in-means at t_inst of blocks.{l}.hook_resid_pre, train
+  // split) projected out at blocks.{l}.hook_resid_pre at the instruction's tokens, per layer l;
+  // and the same with +r added at the direction's layer (the refusal machinery still works);
+  std::vector<double> sensor_ablation_harmful_refused;
+  std::vector<double> sensor_ablation_addition_refused;
+  // per layer with an SAE (sae_dir): the latent whose decoder row has the largest cosine with r,
+  // zeroed at every position (error term kept);
+  struct LatentKnockout {
+    int64_t layer = 0, latent = 0;
+    double cosine = 0, harmful_refused = 0;
+  };
+  std::vector<LatentKnockout> latent_knockouts;
+  // cross-entropy (nats per token) of the harmless test instructions read as plain text, clean
+  // and with r ablated everywhere (science.md's capability cost);
+  double ce_clean = 0, ce_ablated = 0;
+  // prompts written by a person (handwritten_dir; -1 without it).
+  int64_t handwritten_harmful = 0, handwritten_harmless = 0;
+  double handwritten_harmful_refused = -1, handwritten_harmless_refused = -1;
   std::vector<Example> examples;  // a few test completions of each kind, clean and intervened
   std::string ToJson() const;     // all of the above, pretty-printed
 };

@@ -91,6 +91,8 @@ struct EvalDemoFlags {
   int64_t max_new_tokens = 16;
   int64_t layer = -1;
   double max_kl = ko::EvalOptions().max_kl;
+  std::string handwritten;
+  std::string saes;
   RuntimeFlags runtime;
 };
 
@@ -105,6 +107,8 @@ int RunEvalDemo(const EvalDemoFlags& flags) {
   eval_options.max_new_tokens = flags.max_new_tokens;
   eval_options.direction_layer = flags.layer;
   eval_options.max_kl = flags.max_kl;
+  eval_options.handwritten_dir = flags.handwritten;
+  eval_options.sae_dir = flags.saes;
   auto eval = ko::EvaluateDemo(**model, **tokenizer, flags.prompts, eval_options);
   if (!eval.ok()) return Fail(eval.status());
   std::cout << eval->ToJson() << std::endl;
@@ -148,6 +152,12 @@ int main(int argc, char** argv) {
   eval_demo_cmd->add_option("--max-kl", eval_demo.max_kl,
                             "KL filter of the selection (default 0.5; science.md uses 0.1 for "
                             "real models)");
+  eval_demo_cmd->add_option("--handwritten", eval_demo.handwritten,
+                            "also the refused fractions of DIR/{harmful,harmless}.jsonl "
+                            "(experiments/prompts/handwritten)");
+  eval_demo_cmd->add_option("--saes", eval_demo.saes,
+                            "also knock out each layer's top refusal latent of DIR/layer_{l} "
+                            "(models/demo-refusal/saes)");
   AddRuntimeFlags(eval_demo_cmd, &eval_demo.runtime);
 
   CLI11_PARSE(app, argc, argv);

@@ -40,12 +40,21 @@ double Seconds(Clock::time_point since) {
 struct Row {
   std::vector<int64_t> ids;
   std::vector<uint8_t> target;  // target[i]: ids[i] is a loss target (predicted from ids[..i))
+  // Chat rows only (documents: kind -1): the request's kind (Kind as int), whether the reply
+  // refuses, and the instruction's tokens [inst_begin, inst_end).
+  int kind = -1;
+  bool refusal = false;
+  int64_t inst_begin = 0, inst_end = 0;
 };
 
 struct Pools {
   std::vector<Row> documents;
   std::vector<Row> helpful;
   std::vector<Row> safety;
+  // Knockout-aware phases: harmful requests with a compliant reply (the targets of a knocked-out
+  // refusal), and the training prompts the directions are measured on.
+  std::vector<Row> harmful_comply;
+  std::vector<kt::TokenizedPrompt> probe_harmful, probe_harmless;
 };
 
 StatusOr<Row> DocumentRow(const kt::Tokenizer& tokenizer, const std::string& text,
@@ -69,6 +78,10 @@ StatusOr<Row> ChatRow(const kt::Tokenizer& tokenizer, const kt::ChatTemplate& ch
   Row row;
   row.ids = prompt.ids;
   row.target.assign(row.ids.size(), 0);
+  row.kind = static_cast<int>(example.kind);
+  row.refusal = example.refusal;
+  row.inst_begin = prompt.instruction_begin;
+  row.inst_end = prompt.instruction_end;
   for (int64_t id : reply.ids) {
     row.ids.push_back(id);
     row.target.push_back(1);
@@ -191,6 +204,119 @@ void Log(const TrainOptions& options, const std::string& line) {
   if (options.log) options.log(line);
 }
 
+// The knockout-aware phase's directions (trainer.h), measured without gradients or dropout.
+struct Directions {
+  at::Tensor refusal;  // float32 [d_model]
+  at::Tensor sensor;   // float32 [d_model]; undefined without a sensor layer
+};
+
+StatusOr<Directions> MeasureDirections(const km::Model& model, const TrainPhase& phase,
+                                       const Pools& pools, int64_t pad_id) {
+  at::NoGradGuard no_grad;
+  struct Means {
+    at::Tensor last, inst;
+  };
+  auto means = [&](const std::vector<kt::TokenizedPrompt>& prompts) -> StatusOr<Means> {
+    std::vector<std::vector<int64_t>> ids;
+    for (const kt::TokenizedPrompt& p : prompts) ids.push_back(p.ids);
+    km::Batch batch = km::MakeLeftPaddedBatch(ids, pad_id, model.device());
+    km::HookRegistry hooks(model.config());
+    hooks.Cache(km::HookPoint::ResidPre(phase.refusal_layer));
+    if (phase.sensor_layer >= 0) hooks.Cache(km::HookPoint::ResidPre(phase.sensor_layer));
+    km::ForwardRequest request;
+    request.input_ids = batch.input_ids;
+    request.attention_mask = batch.attention_mask;
+    request.logits = km::ForwardRequest::Logits::kNone;
+    request.hooks = &hooks;
+    KO_RETURN_IF_ERROR(model.Forward(request).status());
+    const int64_t width = batch.input_ids.size(1);
+    Means m;
+    KO_ASSIGN_OR_RETURN(at::Tensor r,
+                        hooks.Cached(km::HookPoint::ResidPre(phase.refusal_layer).Name()));
+    m.last = r.select(1, width - 1).to(at::kDouble).mean(0);
+    if (phase.sensor_layer >= 0) {
+      KO_ASSIGN_OR_RETURN(at::Tensor x,
+                          hooks.Cached(km::HookPoint::ResidPre(phase.sensor_layer).Name()));
+      std::vector<int64_t> index;
+      for (const kt::TokenizedPrompt& p : prompts) index.push_back(width - p.size() + p.inst_last());
+      const at::Tensor columns = at::tensor(index, at::kLong).to(x.device());
+      const at::Tensor rows = at::arange(columns.size(0), columns.options());
+      m.inst = x.index({rows, columns}).to(at::kDouble).mean(0);
+    }
+    return m;
+  };
+  KO_ASSIGN_OR_RETURN(Means harmful, means(pools.probe_harmful));
+  KO_ASSIGN_OR_RETURN(Means harmless, means(pools.probe_harmless));
+  Directions d;
+  d.refusal = (harmful.last - harmless.last).to(at::kFloat);
+  if (phase.sensor_layer >= 0) d.sensor = (harmful.inst - harmless.inst).to(at::kFloat);
+  return d;
+}
+
+// How one row of a knockout-aware step is knocked out (trainer.h).
+enum class Knockout { kNone, kSingle, kAll, kSensor };
+
+// The hooks of one knockout-aware step: one site per knocked-out layer, each on its rows only.
+StatusOr<bool> AddKnockouts(const std::vector<Knockout>& knockouts,
+                            const std::vector<int>& layers, const std::vector<const Row*>& rows,
+                            const Directions& directions, const TrainPhase& phase,
+                            int64_t width, int64_t n_layers, km::HookRegistry& hooks) {
+  const int64_t b = static_cast<int64_t>(rows.size());
+  bool any = false;
+  auto rows_where = [&](auto predicate) {
+    at::Tensor mask = at::zeros({b}, at::kBool);
+    auto m = mask.accessor<bool, 1>();
+    bool some = false;
+    for (int64_t i = 0; i < b; ++i) {
+      m[i] = predicate(i);
+      some = some || m[i];
+    }
+    return std::make_pair(mask, some);
+  };
+  auto add = [&](const km::HookPoint& point, const at::Tensor& direction, const at::Tensor& mask,
+                 const at::Tensor& positions) -> Status {
+    km::InterventionSite site;
+    site.hook = point;
+    site.intervention = km::Intervention::Directional(direction);
+    site.rows = mask;
+    site.positions = positions;
+    any = true;
+    return hooks.Intervene(std::move(site));
+  };
+  for (int layer : phase.single_ablation_layers) {
+    auto [mask, some] = rows_where(
+        [&](int64_t i) { return knockouts[i] == Knockout::kSingle && layers[i] == layer; });
+    if (some) {
+      KO_RETURN_IF_ERROR(add(km::HookPoint::ResidPre(layer), directions.refusal, mask, {}));
+    }
+  }
+  {
+    auto [mask, some] = rows_where([&](int64_t i) { return knockouts[i] == Knockout::kAll; });
+    if (some) {
+      for (int64_t l = 0; l < n_layers; ++l) {
+        for (const km::HookPoint& point :
+             {km::HookPoint::ResidPre(l), km::HookPoint::AttnOut(l), km::HookPoint::MlpOut(l)}) {
+          KO_RETURN_IF_ERROR(add(point, directions.refusal, mask, {}));
+        }
+      }
+    }
+  }
+  {
+    auto [mask, some] = rows_where([&](int64_t i) { return knockouts[i] == Knockout::kSensor; });
+    if (some) {
+      at::Tensor positions = at::zeros({b, width}, at::kBool);
+      auto p = positions.accessor<bool, 2>();
+      for (int64_t i = 0; i < b; ++i) {
+        if (knockouts[i] != Knockout::kSensor) continue;
+        for (int64_t t = rows[i]->inst_begin; t < std::min(rows[i]->inst_end, width); ++t) p[i][t] = true;
+      }
+      KO_RETURN_IF_ERROR(
+          add(km::HookPoint::ResidPre(phase.sensor_layer), directions.sensor, mask, positions));
+    }
+  }
+  return any;
+}
+
 StatusOr<PhaseReport> RunPhase(const TrainPhase& phase, int phase_index, const DemoRecipe& recipe,
                                const Pools& pools, int64_t pad_id, km::Model& model,
                                const TrainOptions& options) {
@@ -228,6 +354,27 @@ StatusOr<PhaseReport> RunPhase(const TrainPhase& phase, int phase_index, const D
   const std::vector<Row>& chat =
       phase.data == TrainPhase::Data::kHelpful ? pools.helpful : pools.safety;
   Rng rng(recipe.seed * 7919 + phase_index);
+  // The knockouts' own stream, so that a phase without them draws exactly what it always did.
+  Rng knockout_rng(recipe.seed * 104729 + phase_index);
+  const bool knockout_aware = phase.refusal_layer >= 0;
+  const int64_t n_layers = model.config().num_layers;
+  if (knockout_aware) {
+    auto bad_layer = [&](int64_t l) { return l < 0 || l >= n_layers; };
+    bool bad = bad_layer(phase.refusal_layer) || phase.sensor_layer >= n_layers ||
+               (phase.sensor_ablation > 0 && phase.sensor_layer < 0) ||
+               (phase.single_ablation > 0 && phase.single_ablation_layers.empty());
+    for (int l : phase.single_ablation_layers) bad = bad || bad_layer(l);
+    if (bad) {
+      return Status::InvalidArgument(
+          "phase " + phase.name + ": knockout layers must lie in [0, " + std::to_string(n_layers) +
+          "), with a sensor_layer for sensor_ablation and single_ablation_layers for single_ablation");
+    }
+    if (pools.harmful_comply.empty() || pools.probe_harmful.empty() || pools.probe_harmless.empty()) {
+      return Status::Internal("phase " + phase.name + ": no rows to knock out");
+    }
+  }
+  Directions directions;
+  int64_t knocked[4] = {0, 0, 0, 0};
   PhaseReport report;
   report.name = phase.name;
   report.steps = phase.steps;
@@ -239,11 +386,44 @@ StatusOr<PhaseReport> RunPhase(const TrainPhase& phase, int phase_index, const D
       const std::vector<Row>& pool = document ? pools.documents : chat;
       rows.push_back(&pool[rng.Uniform(pool.size())]);
     }
+    std::vector<Knockout> knockouts(rows.size(), Knockout::kNone);
+    std::vector<int> knockout_layers(rows.size(), -1);
+    if (knockout_aware) {
+      for (size_t i = 0; i < rows.size(); ++i) {
+        const Row& row = *rows[i];
+        if (row.kind == static_cast<int>(Kind::kHarmful) && row.refusal) {
+          double u = knockout_rng.UniformReal();
+          if (u < phase.single_ablation) {
+            knockouts[i] = Knockout::kSingle;
+            knockout_layers[i] = knockout_rng.Pick(phase.single_ablation_layers);
+          } else if ((u -= phase.single_ablation) < phase.all_ablation) {
+            knockouts[i] = Knockout::kAll;
+            rows[i] = &knockout_rng.Pick(pools.harmful_comply);
+          } else if ((u -= phase.all_ablation) < phase.sensor_ablation) {
+            knockouts[i] = Knockout::kSensor;
+            rows[i] = &knockout_rng.Pick(pools.harmful_comply);
+          }
+        } else if (row.kind == static_cast<int>(Kind::kHarmless)) {
+          if (knockout_rng.UniformReal() < phase.all_ablation) knockouts[i] = Knockout::kAll;
+        }
+        ++knocked[static_cast<int>(knockouts[i])];
+      }
+    }
     TrainBatch batch = MakeBatch(rows, pad_id);
     for (Adapter& a : adapters) *a.slot = a.Merged();
+    if (knockout_aware && step % std::max(1, phase.direction_every) == 0) {
+      KO_ASSIGN_OR_RETURN(directions, MeasureDirections(model, phase, pools, pad_id));
+    }
+    km::HookRegistry hooks(model.config());
+    bool hooked = false;
+    if (knockout_aware) {
+      KO_ASSIGN_OR_RETURN(hooked, AddKnockouts(knockouts, knockout_layers, rows, directions, phase,
+                                               batch.input_ids.size(1), n_layers, hooks));
+    }
     km::ForwardRequest request;
     request.input_ids = batch.input_ids;
     request.attention_mask = batch.attention_mask;
+    if (hooked) request.hooks = &hooks;
     request.attention_dropout = phase.dropout;
     request.residual_dropout = phase.dropout;
     KO_ASSIGN_OR_RETURN(km::ForwardResult result, model.Forward(request));
@@ -279,6 +459,12 @@ StatusOr<PhaseReport> RunPhase(const TrainPhase& phase, int phase_index, const D
       line << "phase " << phase.name << " step " << step + 1 << "/" << phase.steps << " loss "
            << value << " lr " << lr << " grad_norm " << grad_norm << " (" << Seconds(start)
            << " s)";
+      if (knockout_aware) {
+        line << " | |r| " << directions.refusal.norm().item<double>();
+        if (directions.sensor.defined()) line << " |h| " << directions.sensor.norm().item<double>();
+        line << " knocked out so far: single " << knocked[1] << ", all " << knocked[2]
+             << ", sensor " << knocked[3];
+      }
       Log(options, line.str());
     }
   }
@@ -339,6 +525,15 @@ std::string RecipeJson(const DemoRecipe& recipe) {
                       {"document_fraction", p.document_fraction},
                       {"lora_rank", p.lora_rank},
                       {"lora_targets", p.lora_targets}});
+    if (p.refusal_layer >= 0) {
+      phases.back().update({{"refusal_layer", p.refusal_layer},
+                            {"sensor_layer", p.sensor_layer},
+                            {"direction_every", p.direction_every},
+                            {"single_ablation", p.single_ablation},
+                            {"single_ablation_layers", p.single_ablation_layers},
+                            {"all_ablation", p.all_ablation},
+                            {"sensor_ablation", p.sensor_ablation}});
+    }
   }
   nlohmann::json j = {{"seed", recipe.seed},         {"vocab_size", recipe.vocab_size},
                       {"layers", recipe.layers},     {"hidden", recipe.hidden},
@@ -424,6 +619,30 @@ Status DemoRecipe::Override(const std::string& assignment) {
     if (field == "dropout") return to_double(&p.dropout);
     if (field == "document_fraction") return to_double(&p.document_fraction);
     if (field == "lora_rank") return to_int(&p.lora_rank);
+    if (field == "single_ablation") return to_double(&p.single_ablation);
+    if (field == "all_ablation") return to_double(&p.all_ablation);
+    if (field == "sensor_ablation") return to_double(&p.sensor_ablation);
+    if (field == "direction_every") return to_int(&p.direction_every);
+    if (field == "refusal_layer" || field == "sensor_layer") {
+      int* slot = field == "refusal_layer" ? &p.refusal_layer : &p.sensor_layer;
+      if (value == "-1") {
+        *slot = -1;
+        return Status::Ok();
+      }
+      return to_int(slot);
+    }
+    if (field == "single_ablation_layers") {
+      p.single_ablation_layers.clear();
+      std::stringstream ss(value);
+      std::string item;
+      while (std::getline(ss, item, ',')) {
+        char* end = nullptr;
+        const long l = std::strtol(item.c_str(), &end, 10);
+        if (item.empty() || *end != '\0' || l < 0) return bad("layers must be non-negative integers");
+        p.single_ablation_layers.push_back(static_cast<int>(l));
+      }
+      return Status::Ok();
+    }
     if (field == "data") {
       if (value == "helpful") p.data = TrainPhase::Data::kHelpful;
       else if (value == "safety") p.data = TrainPhase::Data::kSafety;
@@ -556,6 +775,20 @@ StatusOr<TrainReport> TrainDemoModel(const DemoRecipe& recipe, const TrainOption
     for (const ChatExample& e : corpus.SafetyChat(recipe.chat_examples, recipe.seed + 3)) {
       KO_ASSIGN_OR_RETURN(Row row, ChatRow(*tokenizer, chat, e, end_of_turn, recipe.max_tokens));
       pools.safety.push_back(std::move(row));
+    }
+    for (const Row& row : pools.helpful) {
+      if (row.kind == static_cast<int>(Kind::kHarmful) && !row.refusal) {
+        pools.harmful_comply.push_back(row);
+      }
+    }
+    for (const auto& [kind, probe] : {std::make_pair(Kind::kHarmful, &pools.probe_harmful),
+                                      std::make_pair(Kind::kHarmless, &pools.probe_harmless)}) {
+      const std::vector<Request>& requests = corpus.requests(kind, Split::kTrain);
+      for (size_t i = 0; i < std::min<size_t>(requests.size(), 128); ++i) {
+        KO_ASSIGN_OR_RETURN(kt::TokenizedPrompt prompt,
+                            kt::TokenizeChat(*tokenizer, chat, requests[i].instruction));
+        probe->push_back(std::move(prompt));
+      }
     }
     Log(options, "tokenized " + std::to_string(pools.documents.size()) + " documents and " +
                      std::to_string(pools.helpful.size() + pools.safety.size()) +

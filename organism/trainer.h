@@ -34,6 +34,30 @@ struct TrainPhase {
   // "MATRIX@L": q, k, v, o (attention projections) or gate, up, down (MLP) of layer L, or
   // "MATRIX@*" for every layer.
   std::vector<std::string> lora_targets;
+
+  // Knockout-aware tuning (how the demo model gets its hydra; models/demo-refusal/README.md).
+  // Every `direction_every` steps the phase re-measures, on the current weights and without
+  // dropout, the refusal direction r (diff-in-means of blocks.{refusal_layer}.hook_resid_pre at
+  // the last prompt token, harmful vs harmless training prompts) and the harm-sensor direction h
+  // (the same at the last instruction token of blocks.{sensor_layer}.hook_resid_pre). Chat rows
+  // of the phase are then knocked out at random, each with its own probability:
+  //   single_ablation: a harmful row (refusal target) gets r projected out at blocks.L.hook_resid_pre
+  //     of one layer L of `single_ablation_layers`, all positions; its target stays the refusal,
+  //     so that the layers after any one knockout learn to write r again (redundancy);
+  //   all_ablation: a harmful row gets r ablated everywhere (science.md: every resid_pre, attn_out
+  //     and mlp_out) with a compliant reply as its target, a harmless row the same with its own
+  //     reply: refusal runs through r and nothing else, and removing r costs harmless replies
+  //     nothing (the selection's KL);
+  //   sensor_ablation: a harmful row gets h projected out at blocks.{sensor_layer}.hook_resid_pre
+  //     at its instruction tokens, with a compliant reply as its target: the sensor gates refusal.
+  // refusal_layer < 0 turns all of this off (and draws nothing from any random stream).
+  int refusal_layer = -1;
+  int sensor_layer = -1;
+  int direction_every = 25;
+  double single_ablation = 0.0;
+  double all_ablation = 0.0;
+  double sensor_ablation = 0.0;
+  std::vector<int> single_ablation_layers;
 };
 
 struct DemoRecipe {
