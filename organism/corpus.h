@@ -52,6 +52,11 @@ struct CorpusOptions {
   int test_prompts = 128;
   // Percent of chat examples (both phases) that are impossible requests, declined.
   int impossible_percent = 0;
+  // The content set. 1: the "How do I {act}?" templates x acts that made models/demo-refusal
+  // (byte-identical forever). 2: adds more acts, whole-sentence "direct requests" (questions of
+  // fact, creative writing, recipes, casual chat, ...) of both sides with their own splits, and
+  // documents judging their subjects; prompt sets and chat mix both forms about half and half.
+  int version = 1;
 };
 
 // One category of acts of one side (harmful or harmless), with the split of each act.

@@ -209,6 +209,55 @@ TEST(CorpusTest, PinnedAcrossPlatforms) {
   EXPECT_EQ(Fnv1a(corpus.Documents(100, 1)), 6340733729905023481ull) << "documents changed";
 }
 
+// Version 1 is byte-identical to the corpus that made models/demo-refusal: its prompt sets are
+// the committed experiments/prompts/demo files, and its chat, documents and tokenizer text hash
+// to the values recorded on the code before version 2 existed.
+TEST(CorpusTest, Version1Unchanged) {
+  CorpusOptions options;
+  options.version = 1;
+  const Corpus corpus = Corpus::Generate(options);
+  const std::string dir = ::testing::TempDir() + "/corpus_test_v1";
+  std::filesystem::remove_all(dir);
+  ASSERT_TRUE(corpus.WritePromptSets(dir).ok());
+  for (Kind kind : kKinds) {
+    for (Split split : kSplits) {
+      const std::string name = std::string(KindName(kind)) + "_" + SplitName(split) + ".jsonl";
+      auto slurp = [](const std::string& path) {
+        std::ifstream in(path, std::ios::binary);
+        std::ostringstream out;
+        out << in.rdbuf();
+        return out.str();
+      };
+      const std::string committed =
+          slurp(std::string(KNOCKOUT_SOURCE_DIR) + "/experiments/prompts/demo/" + name);
+      ASSERT_FALSE(committed.empty()) << name;
+      EXPECT_TRUE(slurp(dir + "/" + name) == committed) << name << " differs from the committed file";
+    }
+  }
+  auto chat_texts = [](const std::vector<ChatExample>& chat) {
+    std::vector<std::string> texts;
+    for (const ChatExample& e : chat) {
+      texts.push_back(e.instruction);
+      texts.push_back(e.response);
+      texts.push_back(std::to_string(static_cast<int>(e.kind)) + (e.refusal ? "r" : "c") +
+                      (e.impossible ? "i" : ""));
+    }
+    return texts;
+  };
+  const uint64_t helpful = Fnv1a(chat_texts(corpus.HelpfulChat(2000, 11)));
+  const uint64_t safety = Fnv1a(chat_texts(corpus.SafetyChat(2000, 12)));
+  const uint64_t documents = Fnv1a(corpus.Documents(3000, 13));
+  const uint64_t tokenizer = Fnv1a(corpus.TokenizerTrainingText(14));
+  options.impossible_percent = 10;
+  const Corpus declines = Corpus::Generate(options);
+  const uint64_t impossible = Fnv1a(chat_texts(declines.SafetyChat(500, 15)));
+  EXPECT_EQ(helpful, 5681162194752147736ull) << "helpful chat changed";
+  EXPECT_EQ(safety, 1272264564141614447ull) << "safety chat changed";
+  EXPECT_EQ(documents, 10447035552445121132ull) << "documents changed";
+  EXPECT_EQ(tokenizer, 10801955034447339035ull) << "tokenizer text changed";
+  EXPECT_EQ(impossible, 4819397595885274735ull) << "impossible-request chat changed";
+}
+
 TEST(CorpusTest, SizesAsRequested) {
   CorpusOptions options;
   options.train_prompts = 100;
