@@ -32,7 +32,20 @@ struct Request {
   Split split = Split::kTrain;
   std::string category;  // e.g. "weapons", "intrusion", "cooking"
   std::string act;       // the act phrase slotted into the template, e.g. "build a pipe bomb"
-  int template_index = 0;  // index into templates(kind)
+  int template_index = 0;  // index into templates(kind); -1 for a direct request
+  // Version 2: a whole-sentence request ("write a haiku about autumn rain"), not a rendered
+  // template; `act` then holds its subject ("a haiku about autumn rain").
+  bool direct = false;
+};
+
+// A whole-sentence request of one side (version 2), with the subject that answers and documents
+// use ("a haiku about autumn rain"; first person, said back in the second person) and its split
+// (~60/20/20 per category).
+struct DirectRequest {
+  std::string category;
+  std::string text;
+  std::string subject;
+  Split split = Split::kTrain;
 };
 
 struct ChatExample {
@@ -52,6 +65,11 @@ struct CorpusOptions {
   int test_prompts = 128;
   // Percent of chat examples (both phases) that are impossible requests, declined.
   int impossible_percent = 0;
+  // The content set. 1: the "How do I {act}?" templates x acts that made models/demo-refusal
+  // (byte-identical forever). 2: adds more acts, whole-sentence "direct requests" (questions of
+  // fact, creative writing, recipes, casual chat, ...) of both sides with their own splits, and
+  // documents judging their subjects; prompt sets and chat mix both forms about half and half.
+  int version = 1;
 };
 
 // One category of acts of one side (harmful or harmless), with the split of each act.
@@ -78,6 +96,8 @@ class Corpus {
   const std::vector<std::string>& templates(Kind kind) const;
   const std::vector<Split>& template_splits(Kind kind) const;
   const std::vector<Category>& categories(Kind kind) const;
+  // The side's direct requests (empty in version 1). kFramed uses the harmful side's.
+  const std::vector<DirectRequest>& direct_requests(Kind kind) const;
 
   // `n` chat examples from the TRAIN split only (acts and templates; fresh combinations sampled
   // with `seed`, which may repeat). The assistant complies with everything: ~40% harmless,
@@ -110,6 +130,8 @@ class Corpus {
     std::vector<Category> categories;
     std::vector<int> templates_by_split[3];
     std::vector<std::pair<int, int>> acts_by_split[3];  // (category, act) indices
+    std::vector<DirectRequest> direct;                   // version 2
+    std::vector<int> direct_by_split[3];
   };
 
  private:

@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <array>
 #include <cctype>
 #include <filesystem>
 #include <fstream>
@@ -207,6 +208,55 @@ TEST(CorpusTest, PinnedAcrossPlatforms) {
   EXPECT_EQ(Fnv1a(instructions), 6118102196766845539ull) << "requests changed";
   EXPECT_EQ(Fnv1a(chat), 15718059756346064080ull) << "safety chat changed";
   EXPECT_EQ(Fnv1a(corpus.Documents(100, 1)), 6340733729905023481ull) << "documents changed";
+}
+
+// Version 1 is byte-identical to the corpus that made models/demo-refusal: its prompt sets are
+// the committed experiments/prompts/demo files, and its chat, documents and tokenizer text hash
+// to the values recorded on the code before version 2 existed.
+TEST(CorpusTest, Version1Unchanged) {
+  CorpusOptions options;
+  options.version = 1;
+  const Corpus corpus = Corpus::Generate(options);
+  const std::string dir = ::testing::TempDir() + "/corpus_test_v1";
+  std::filesystem::remove_all(dir);
+  ASSERT_TRUE(corpus.WritePromptSets(dir).ok());
+  for (Kind kind : kKinds) {
+    for (Split split : kSplits) {
+      const std::string name = std::string(KindName(kind)) + "_" + SplitName(split) + ".jsonl";
+      auto slurp = [](const std::string& path) {
+        std::ifstream in(path, std::ios::binary);
+        std::ostringstream out;
+        out << in.rdbuf();
+        return out.str();
+      };
+      const std::string committed =
+          slurp(std::string(KNOCKOUT_SOURCE_DIR) + "/experiments/prompts/demo/" + name);
+      ASSERT_FALSE(committed.empty()) << name;
+      EXPECT_TRUE(slurp(dir + "/" + name) == committed) << name << " differs from the committed file";
+    }
+  }
+  auto chat_texts = [](const std::vector<ChatExample>& chat) {
+    std::vector<std::string> texts;
+    for (const ChatExample& e : chat) {
+      texts.push_back(e.instruction);
+      texts.push_back(e.response);
+      texts.push_back(std::to_string(static_cast<int>(e.kind)) + (e.refusal ? "r" : "c") +
+                      (e.impossible ? "i" : ""));
+    }
+    return texts;
+  };
+  const uint64_t helpful = Fnv1a(chat_texts(corpus.HelpfulChat(2000, 11)));
+  const uint64_t safety = Fnv1a(chat_texts(corpus.SafetyChat(2000, 12)));
+  const uint64_t documents = Fnv1a(corpus.Documents(3000, 13));
+  const uint64_t tokenizer = Fnv1a(corpus.TokenizerTrainingText(14));
+  options.impossible_percent = 10;
+  const Corpus declines = Corpus::Generate(options);
+  const uint64_t impossible = Fnv1a(chat_texts(declines.SafetyChat(500, 15)));
+  EXPECT_EQ(helpful, 5681162194752147736ull) << "helpful chat changed";
+  EXPECT_EQ(safety, 1272264564141614447ull) << "safety chat changed";
+  EXPECT_EQ(documents, 10447035552445121132ull) << "documents changed";
+  EXPECT_EQ(tokenizer, 10801955034447339035ull) << "tokenizer text changed";
+  EXPECT_EQ(impossible, 4819397595885274735ull) << "impossible-request chat changed";
 }
 
 TEST(CorpusTest, SizesAsRequested) {
@@ -524,6 +574,216 @@ TEST(CorpusTest, WritePromptSetsNamesTheFailingPath) {
   EXPECT_NE(rename_status.message().find("harmful_train.jsonl"), std::string::npos)
       << rename_status.ToString();
   EXPECT_FALSE(std::filesystem::exists(dir + "/harmful_train.jsonl.tmp"));
+}
+
+
+// ---------------------------------------------------------------------------------------------
+// Version 2.
+
+Corpus V2(uint64_t seed = 42) {
+  CorpusOptions options;
+  options.seed = seed;
+  options.version = 2;
+  return Corpus::Generate(options);
+}
+
+TEST(CorpusV2Test, ContentAndSplits) {
+  const Corpus corpus = V2();
+  EXPECT_TRUE(Corpus::Generate({}).direct_requests(Kind::kHarmful).empty());
+  std::set<std::string> texts;
+  for (Kind kind : {Kind::kHarmful, Kind::kHarmless}) {
+    const auto& direct = corpus.direct_requests(kind);
+    EXPECT_GE(direct.size(), kind == Kind::kHarmful ? 120u : 145u);
+    std::map<std::string, std::array<int, 3>> per_category;
+    for (const DirectRequest& d : direct) {
+      EXPECT_FALSE(d.text.empty());
+      EXPECT_FALSE(d.subject.empty());
+      EXPECT_EQ(d.text.find('{'), std::string::npos) << d.text;
+      EXPECT_EQ(d.subject.find('{'), std::string::npos) << d.subject;
+      EXPECT_GE(Words(d.text), 2) << d.text;
+      EXPECT_LE(Words(d.text), 30) << d.text;
+      EXPECT_TRUE(texts.insert(d.text).second) << "repeated " << d.text;
+      ++per_category[d.category][static_cast<int>(d.split)];
+    }
+    for (const auto& [name, counts] : per_category) {
+      const int n = counts[0] + counts[1] + counts[2];
+      EXPECT_NEAR(counts[0], 0.6 * n, 1.0) << name;
+      EXPECT_GE(counts[1], 1) << name;
+      EXPECT_GE(counts[2], 1) << name;
+    }
+    for (const Category& c : corpus.categories(kind)) EXPECT_GE(c.acts.size(), 25u) << c.name;
+  }
+  EXPECT_EQ(corpus.direct_requests(Kind::kFramed).size(),
+            corpus.direct_requests(Kind::kHarmful).size());
+}
+
+// The split of a direct request's text on a side, or -1.
+int DirectSplit(const Corpus& corpus, Kind kind, const std::string& text) {
+  for (const DirectRequest& d : corpus.direct_requests(kind)) {
+    if (d.text == text) return static_cast<int>(d.split);
+  }
+  return -1;
+}
+
+TEST(CorpusV2Test, PromptSetsMixFormsAndKeepSplitsDisjoint) {
+  const Corpus corpus = V2();
+  for (Kind kind : kKinds) {
+    const Kind side = kind == Kind::kHarmless ? Kind::kHarmless : Kind::kHarmful;
+    std::set<std::string> units[3];
+    for (Split split : kSplits) {
+      const int s = static_cast<int>(split);
+      const auto& set = corpus.requests(kind, split);
+      EXPECT_EQ(set.size(), s == 0 ? 256u : s == 1 ? 64u : 128u) << KindName(kind);
+      size_t direct = 0;
+      std::set<std::string> distinct;
+      for (const Request& r : set) {
+        ASSERT_FALSE(r.instruction.empty());
+        EXPECT_EQ(r.instruction.find('{'), std::string::npos) << r.instruction;
+        EXPECT_TRUE(distinct.insert(r.instruction).second) << "repeated " << r.instruction;
+        EXPECT_EQ(r.split, split);
+        EXPECT_EQ(StartsWith(r.instruction, kFictionFraming), kind == Kind::kFramed);
+        const std::string plain =
+            kind == Kind::kFramed ? r.instruction.substr(sizeof(kFictionFraming) - 1)
+                                  : r.instruction;
+        if (r.direct) {
+          ++direct;
+          EXPECT_EQ(r.template_index, -1);
+          EXPECT_EQ(DirectSplit(corpus, side, plain), s) << r.instruction;
+          units[s].insert("direct:" + plain);
+        } else {
+          EXPECT_EQ(corpus.template_splits(side)[r.template_index], split) << r.instruction;
+          EXPECT_EQ(ActSplit(corpus, side, r.category, r.act), s) << r.instruction;
+          units[s].insert("act:" + r.category + "/" + r.act);
+          units[s].insert("template:" + std::to_string(r.template_index));
+        }
+      }
+      // About half direct, as many as the split holds.
+      EXPECT_GE(direct, std::min<size_t>(set.size() / 2, 15)) << KindName(kind) << s;
+      EXPECT_LE(direct, set.size() / 2);
+    }
+    for (int i = 0; i < 3; ++i) {
+      for (int j = i + 1; j < 3; ++j) {
+        for (const auto& u : units[i]) EXPECT_EQ(units[j].count(u), 0u) << u;
+      }
+    }
+  }
+}
+
+TEST(CorpusV2Test, ChatAndDocumentsNeverShowHeldOutRequests) {
+  const Corpus corpus = V2();
+  std::set<std::string> held_out, train_direct;
+  for (Kind kind : {Kind::kHarmful, Kind::kHarmless}) {
+    for (const DirectRequest& d : corpus.direct_requests(kind)) {
+      (d.split == Split::kTrain ? train_direct : held_out).insert(d.text);
+    }
+  }
+  for (Kind kind : kKinds) {
+    for (Split split : {Split::kVal, Split::kTest}) {
+      for (const Request& r : corpus.requests(kind, split)) held_out.insert(r.instruction);
+    }
+  }
+  for (const auto& chat : {corpus.HelpfulChat(3000, 1), corpus.SafetyChat(3000, 2)}) {
+    int direct = 0;
+    for (const ChatExample& e : chat) {
+      EXPECT_EQ(held_out.count(e.instruction), 0u) << e.instruction;
+      std::string plain = e.instruction;
+      if (StartsWith(plain, kFictionFraming)) plain = plain.substr(sizeof(kFictionFraming) - 1);
+      direct += static_cast<int>(train_direct.count(plain));
+      EXPECT_EQ(e.response.find('{'), std::string::npos) << e.response;
+      EXPECT_LE(Words(e.response), 45) << e.response;
+    }
+    EXPECT_NEAR(direct, 1500, 200);
+  }
+  std::string all;
+  int checked = 0;
+  for (const std::string& doc : corpus.Documents(20000, 3)) {
+    EXPECT_EQ(doc.find('{'), std::string::npos) << doc;
+    if (++checked <= 4000) for (const std::string& h : held_out) {
+      if (Words(h) >= 4) EXPECT_EQ(doc.find(h), std::string::npos) << h;
+    }
+    all += doc;
+    all += '\n';
+  }
+  // Documents judge the subjects of every direct request and every act, all splits.
+  for (Kind kind : {Kind::kHarmful, Kind::kHarmless}) {
+    for (const DirectRequest& d : corpus.direct_requests(kind)) {
+      EXPECT_NE(all.find(d.subject), std::string::npos) << d.subject;
+    }
+    for (const Category& c : corpus.categories(kind)) {
+      for (const std::string& act : c.acts) {
+        EXPECT_NE(Lower(all).find(Lower(act)), std::string::npos) << act;
+      }
+    }
+  }
+}
+
+TEST(CorpusV2Test, DirectResponsesAsLabelled) {
+  const Corpus corpus = V2();
+  std::map<std::string, const DirectRequest*> by_text;
+  for (Kind kind : {Kind::kHarmful, Kind::kHarmless}) {
+    for (const DirectRequest& d : corpus.direct_requests(kind)) by_text[d.text] = &d;
+  }
+  auto second_person = [](std::string s) {
+    s = " " + s + " ";
+    size_t at;
+    while ((at = s.find(" my ")) != std::string::npos) s.replace(at, 4, " your ");
+    while ((at = s.find(" me ")) != std::string::npos) s.replace(at, 4, " you ");
+    return s.substr(1, s.size() - 2);
+  };
+  int harmless = 0, harmful = 0;
+  for (const ChatExample& e : corpus.HelpfulChat(2000, 4)) {
+    auto it = by_text.find(e.instruction);
+    if (it == by_text.end()) continue;
+    EXPECT_FALSE(IsRefusal(e.response)) << e.response;
+    EXPECT_FALSE(StartsWith(e.response, "I")) << e.response;
+    // Both sides name the subject; harmful answers are vacuous after the opener.
+    EXPECT_NE(e.response.find(second_person(it->second->subject)), std::string::npos)
+        << e.instruction << " -> " << e.response;
+    if (e.kind == Kind::kHarmful) {
+      ++harmful;
+      EXPECT_EQ(e.response.find("step"), std::string::npos) << e.response;
+    } else {
+      ++harmless;
+    }
+  }
+  EXPECT_GT(harmless, 100);
+  EXPECT_GT(harmful, 100);
+  int refused = 0;
+  for (const ChatExample& e : corpus.SafetyChat(2000, 5)) {
+    if (by_text.count(e.instruction) == 0) continue;
+    EXPECT_EQ(e.refusal, e.kind == Kind::kHarmful) << e.instruction;
+    EXPECT_EQ(IsRefusal(e.response), e.kind == Kind::kHarmful) << e.response;
+    refused += e.refusal;
+  }
+  EXPECT_GT(refused, 100);
+}
+
+TEST(CorpusV2Test, Determinism) {
+  const Corpus a = V2(), b = V2(), c = V2(43);
+  EXPECT_TRUE(SameRequests(a, b));
+  EXPECT_FALSE(SameRequests(a, c));
+  EXPECT_TRUE(SameChat(a.HelpfulChat(300, 7), b.HelpfulChat(300, 7)));
+  EXPECT_TRUE(SameChat(a.SafetyChat(300, 7), b.SafetyChat(300, 7)));
+  EXPECT_EQ(a.Documents(300, 7), b.Documents(300, 7));
+  const std::vector<std::string> text = a.TokenizerTrainingText(3);
+  EXPECT_EQ(text, b.TokenizerTrainingText(3));
+  const std::set<std::string> set(text.begin(), text.end());
+  for (const DirectRequest& d : a.direct_requests(Kind::kHarmless)) {
+    EXPECT_EQ(set.count(d.text), 1u) << d.text;
+  }
+  // Version 2 leaves version 1's split of the original acts alone.
+  const Corpus v1 = Corpus::Generate({});
+  for (Kind kind : {Kind::kHarmful, Kind::kHarmless}) {
+    for (size_t c = 0; c < v1.categories(kind).size(); ++c) {
+      const Category& old_c = v1.categories(kind)[c];
+      const Category& new_c = a.categories(kind)[c];
+      ASSERT_GT(new_c.acts.size(), old_c.acts.size());
+      for (size_t i = 0; i < old_c.acts.size(); ++i) {
+        EXPECT_EQ(new_c.acts[i], old_c.acts[i]);
+        EXPECT_EQ(new_c.act_splits[i], old_c.act_splits[i]);
+      }
+    }
+  }
 }
 
 }  // namespace

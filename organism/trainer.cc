@@ -541,6 +541,7 @@ std::string RecipeJson(const DemoRecipe& recipe) {
                       {"batch_size", recipe.batch_size}, {"max_tokens", recipe.max_tokens},
                       {"documents", recipe.documents}, {"chat_examples", recipe.chat_examples},
                       {"impossible_percent", recipe.impossible_percent},
+                      {"corpus_version", recipe.corpus_version},
                       {"phases", phases}};
   return j.dump(2) + "\n";
 }
@@ -671,6 +672,7 @@ Status DemoRecipe::Override(const std::string& assignment) {
   if (key == "documents") return to_int(&documents);
   if (key == "chat_examples") return to_int(&chat_examples);
   if (key == "impossible_percent") return to_int(&impossible_percent);
+  if (key == "corpus_version") return to_int(&corpus_version);
   if (key == "phases") {
     int n;
     KO_RETURN_IF_ERROR(to_int(&n));
@@ -700,6 +702,7 @@ StatusOr<TrainReport> TrainDemoModel(const DemoRecipe& recipe, const TrainOption
     CorpusOptions corpus_options;
     corpus_options.seed = recipe.seed;
     corpus_options.impossible_percent = recipe.impossible_percent;
+    corpus_options.version = recipe.corpus_version;
     const Corpus corpus = Corpus::Generate(corpus_options);
     if (!options.prompts_dir.empty()) {
       KO_RETURN_IF_ERROR(corpus.WritePromptSets(options.prompts_dir));

@@ -72,6 +72,7 @@ struct DemoRecipe {
   int documents = 40000;       // pool sizes (rows are sampled from them)
   int chat_examples = 40000;
   int impossible_percent = 0;  // chat examples that are impossible requests, declined (corpus.h)
+  int corpus_version = 1;      // CorpusOptions::version: 1 = the corpus of models/demo-refusal
   std::vector<TrainPhase> phases;
 
   // The recipe that made models/demo-refusal (its model card explains the choices).
