@@ -268,6 +268,9 @@ std::string DemoEvaluation::ToJson() const {
       {"sensor_ablation_harmful_refused", sensor_ablation_harmful_refused},
       {"sensor_ablation_addition_refused", sensor_ablation_addition_refused},
       {"latent_knockouts", latents_json},
+      {"sensor_layer", sensor_layer},
+      {"latent_clean_activation", latent_clean_activation},
+      {"latent_sensor_ablated_activation", latent_sensor_ablated_activation},
       {"ce_clean", ce_clean},
       {"ce_ablated", ce_ablated},
       {"handwritten", {{"harmful", handwritten_harmful},
@@ -489,6 +492,7 @@ StatusOr<DemoEvaluation> EvaluateDemo(const km::Model& model, const kt::Tokenize
       eval.sensor_ablation_addition_refused.push_back(RefusedFraction(sensor_off_added));
     }
     if (!options.sae_dir.empty()) {
+      std::vector<std::shared_ptr<const sae::Sae>> saes;
       for (int64_t layer = 0; layer < n_layers; ++layer) {
         const std::string path = options.sae_dir + "/layer_" + std::to_string(layer);
         KO_ASSIGN_OR_RETURN(std::shared_ptr<const sae::Sae> sae,
@@ -509,6 +513,49 @@ StatusOr<DemoEvaluation> EvaluateDemo(const km::Model& model, const kt::Tokenize
                             single_site(sae->hook(), zero, at::Tensor(), true)));
         k.harmful_refused = RefusedFraction(knocked);
         eval.latent_knockouts.push_back(k);
+        saes.push_back(sae);
+      }
+      // The top refusal latents with the sensor knocked out (evaluate.h).
+      for (int64_t layer = 0; layer < n_layers / 2; ++layer) {
+        if (eval.sensor_layer < 0 || eval.sensor_ablation_harmful_refused[layer] <
+                                         eval.sensor_ablation_harmful_refused[eval.sensor_layer]) {
+          eval.sensor_layer = layer;
+        }
+      }
+      const at::Tensor h =
+          harm_directions[eval.sensor_layer].to(at::kFloat).to(model.device()).to(model.dtype());
+      for (const bool knocked_out : {false, true}) {
+        std::vector<double> sums(saes.size(), 0.0);
+        for (size_t begin = 0; begin < harmful.size(); begin += options.batch_size) {
+          const size_t end = std::min(harmful.size(), begin + static_cast<size_t>(options.batch_size));
+          const Prompts chunk(harmful.begin() + begin, harmful.begin() + end);
+          std::vector<std::vector<int64_t>> ids;
+          for (const kt::TokenizedPrompt& p : chunk) ids.push_back(p.ids);
+          km::Batch batch = km::MakeLeftPaddedBatch(ids, pad_id, model.device());
+          km::HookRegistry hooks(model.config());
+          for (const auto& sae : saes) hooks.Cache(sae->hook());
+          if (knocked_out) {
+            km::InterventionSite site;
+            site.hook = km::HookPoint::ResidPre(eval.sensor_layer);
+            site.intervention = km::Intervention::Directional(h);
+            site.positions = InstructionMask(chunk, batch.input_ids.size(1));
+            KO_RETURN_IF_ERROR(hooks.Intervene(std::move(site)));
+          }
+          km::ForwardRequest request;
+          request.input_ids = batch.input_ids;
+          request.attention_mask = batch.attention_mask;
+          request.logits = km::ForwardRequest::Logits::kNone;
+          request.hooks = &hooks;
+          KO_RETURN_IF_ERROR(model.Forward(request).status());
+          for (size_t i = 0; i < saes.size(); ++i) {
+            KO_ASSIGN_OR_RETURN(at::Tensor x, hooks.Cached(saes[i]->hook().Name()));
+            const at::Tensor last = x.select(1, x.size(1) - 1);
+            sums[i] += saes[i]->EncodeLatents(last, {eval.latent_knockouts[i].latent})
+                           .to(at::kDouble).sum().item<double>();
+          }
+        }
+        for (double& s : sums) s /= std::max<size_t>(1, harmful.size());
+        (knocked_out ? eval.latent_sensor_ablated_activation : eval.latent_clean_activation) = sums;
       }
     }
     KO_ASSIGN_OR_RETURN(eval.ce_clean,

@@ -94,6 +94,11 @@ struct DemoEvaluation {
     double cosine = 0, harmful_refused = 0;
   };
   std::vector<LatentKnockout> latent_knockouts;
+  // the same latents' mean activation at the last prompt token, clean and with the sensor of
+  // `sensor_layer` (the early layer, < n_layers / 2, whose sensor ablation refuses least)
+  // knocked out as above: the trigger gone, the refusal features fall silent.
+  int64_t sensor_layer = -1;
+  std::vector<double> latent_clean_activation, latent_sensor_ablated_activation;
   // cross-entropy (nats per token) of the harmless test instructions read as plain text, clean
   // and with r ablated everywhere (science.md's capability cost);
   double ce_clean = 0, ce_ablated = 0;

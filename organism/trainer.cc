@@ -614,6 +614,11 @@ Status DemoRecipe::Override(const std::string& assignment) {
     TrainPhase& p = phases[index];
     const std::string field = key.substr(close + 2);
     if (field == "steps") return to_int(&p.steps);
+    if (field == "name") {
+      if (value.empty()) return bad("a phase needs a name");
+      p.name = value;
+      return Status::Ok();
+    }
     if (field == "learning_rate") return to_double(&p.learning_rate);
     if (field == "warmup_steps") return to_int(&p.warmup_steps);
     if (field == "weight_decay") return to_double(&p.weight_decay);
@@ -676,7 +681,12 @@ Status DemoRecipe::Override(const std::string& assignment) {
   if (key == "phases") {
     int n;
     KO_RETURN_IF_ERROR(to_int(&n));
-    if (n < 1 || n > static_cast<int>(phases.size())) return bad("can only drop phases");
+    if (n < 1 || n > 8) return bad("a recipe has 1 to 8 phases");
+    // More phases than the recipe has: copies of its last one, named phase2, phase3, ...
+    while (static_cast<int>(phases.size()) < n) {
+      phases.push_back(phases.back());
+      phases.back().name = "phase" + std::to_string(phases.size() - 1);
+    }
     phases.resize(n);
     return Status::Ok();
   }

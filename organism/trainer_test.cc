@@ -112,6 +112,60 @@ TEST(TrainerTest, AdaptersChangeOnlyTheirTargets) {
   }
 }
 
+// The knockout-aware phase (trainer.h): with every probability at zero it is the plain phase bit
+// for bit (its draws come from a stream of its own and nothing is hooked); with knockouts on, the
+// weights move differently; layers outside the model are clean errors.
+TEST(TrainerTest, KnockoutAwarePhaseKnocksOutOnlyWhenAsked) {
+  const std::string base = TempDir("ko_base");
+  DemoRecipe recipe = TinyRecipe();
+  ASSERT_TRUE(recipe.Override("phases=1").ok());
+  TrainOptions options;
+  options.threads = 2;
+  options.out_dir = base;
+  ASSERT_TRUE(TrainDemoModel(recipe, options).ok());
+  options.base_dir = base;
+  options.first_phase = 1;
+  auto tune = [&](const std::string& name, const std::vector<std::string>& overrides) {
+    DemoRecipe r = TinyRecipe();
+    for (const std::string& o : overrides) EXPECT_TRUE(r.Override(o).ok()) << o;
+    options.out_dir = TempDir(name);
+    auto report = TrainDemoModel(r, options);
+    EXPECT_TRUE(report.ok()) << name << ": " << report.status().ToString();
+    return Weights(options.out_dir);
+  };
+  const auto plain = tune("ko_plain", {});
+  const std::vector<std::string> layers = {"phases[1].refusal_layer=1", "phases[1].sensor_layer=0",
+                                           "phases[1].single_ablation_layers=1",
+                                           "phases[1].direction_every=3"};
+  std::vector<std::string> off = layers;
+  const auto zero = tune("ko_zero", off);
+  std::vector<std::string> on = layers;
+  for (const char* o : {"phases[1].single_ablation=0.4", "phases[1].all_ablation=0.3",
+                        "phases[1].sensor_ablation=0.3"}) {
+    on.push_back(o);
+  }
+  const auto knocked = tune("ko_on", on);
+  ASSERT_EQ(plain.size(), zero.size());
+  ASSERT_EQ(plain.size(), knocked.size());
+  bool any_differs = false;
+  for (const auto& [name, t] : plain) {
+    EXPECT_TRUE(at::equal(t, zero.at(name))) << name;
+    any_differs = any_differs || !at::equal(t, knocked.at(name));
+  }
+  EXPECT_TRUE(any_differs) << "knockouts on every third harmful row changed nothing";
+
+  DemoRecipe bad = TinyRecipe();
+  for (const std::string& o : layers) ASSERT_TRUE(bad.Override(o).ok());
+  ASSERT_TRUE(bad.Override("phases[1].single_ablation_layers=2").ok());
+  ASSERT_TRUE(bad.Override("phases[1].single_ablation=0.5").ok());
+  options.out_dir = TempDir("ko_bad");
+  auto report = TrainDemoModel(bad, options);
+  ASSERT_FALSE(report.ok());
+  EXPECT_NE(report.status().message().find("knockout layers"), std::string::npos)
+      << report.status().ToString();
+  EXPECT_FALSE(fs::exists(options.out_dir));
+}
+
 TEST(TrainerTest, BadRecipesAreCleanErrors) {
   DemoRecipe recipe = DemoRecipe::Default();
   EXPECT_FALSE(recipe.Override("phases[7].steps=3").ok());

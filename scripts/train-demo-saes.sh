@@ -38,15 +38,23 @@ fi
 mkdir -p "$out"
 
 p=experiments/prompts/demo
-start=$(date +%s)
-for layer in 0 1 2 3 4 5; do
-  "$worker" train-sae --model models/demo-refusal --hook "blocks.$layer.hook_resid_post" \
+train_layer() {
+  "$worker" train-sae --model models/demo-refusal --hook "blocks.$1.hook_resid_post" \
     --prompts $p/harmful_train.jsonl $p/harmless_train.jsonl $p/framed_train.jsonl \
     --eval-prompts $p/harmful_val.jsonl $p/harmless_val.jsonl $p/framed_val.jsonl \
     --arch topk --latents 1024 --k 32 --steps 2000 --batch-tokens 1024 --lr 0.002 \
     --new-tokens 32 --holdout-every 10 --seed 0 --threads 1 \
-    --out "$out/layer_$layer" --overwrite --log-every 500 > "$out/.layer_$layer.report.json"
+    --out "$out/layer_$1" --overwrite --log-every 500 > "$out/.layer_$1.report.json"
+}
+# Layers train side by side, one thread each (KNOCKOUT_SAE_JOBS, default 2): each process is
+# single-threaded, so the files do not depend on how many run at once.
+jobs=${KNOCKOUT_SAE_JOBS:-2}
+start=$(date +%s)
+for layer in 0 1 2 3 4 5; do
+  train_layer "$layer" &
+  while (($(jobs -rp | wc -l) >= jobs)); do wait -n; done
 done
+while (($(jobs -rp | wc -l) > 0)); do wait -n; done
 end=$(date +%s)
 echo "trained 6 SAEs in $((end - start)) s" >&2
 # The reports (stdout of train-sae) carry timings, so they are not kept beside the shipped files.
