@@ -72,6 +72,20 @@ struct CorpusOptions {
   int version = 1;
 };
 
+// Version 2's lexicon (the same for every seed): a harmful category's term ("ransomware", "jump
+// someone") or a harmless phrase whose words sound violent ("kill a process"), with a short
+// neutral description of what it is, never how to make or do it.
+struct LexiconTerm {
+  std::string category;     // a harmful category name, or "benign_senses"
+  std::string term;         // without a leading "to"
+  std::string description;  // a noun phrase; for a verb, what follows "To {term} is to"
+  bool verb = false;        // read after "to" ("to jump someone")
+};
+// ~25-30 terms for each harmful category (acts' and direct requests' categories alike).
+const std::vector<LexiconTerm>& HarmLexicon();
+// ~70 harmless phrases whose words sound violent ("kill a process", "beat eggs").
+const std::vector<LexiconTerm>& BenignSenses();
+
 // One category of acts of one side (harmful or harmless), with the split of each act.
 struct Category {
   std::string name;

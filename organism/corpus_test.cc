@@ -758,6 +758,94 @@ TEST(CorpusV2Test, DirectResponsesAsLabelled) {
   EXPECT_GT(refused, 100);
 }
 
+TEST(CorpusV2Test, LexiconDocumentsCoverEveryCategoryAndBenignPhrase) {
+  const Corpus corpus = V2();
+  // Every harmful category (acts' and direct requests') has 25-40 terms; ~60+ benign phrases.
+  std::map<std::string, int> per_category;
+  std::set<std::string> terms;
+  for (const LexiconTerm& t : HarmLexicon()) {
+    ++per_category[t.category];
+    EXPECT_TRUE(terms.insert(t.term).second) << "repeated " << t.term;
+    EXPECT_FALSE(t.description.empty()) << t.term;
+  }
+  std::set<std::string> harmful_categories;
+  for (const Category& c : corpus.categories(Kind::kHarmful)) harmful_categories.insert(c.name);
+  for (const DirectRequest& d : corpus.direct_requests(Kind::kHarmful)) {
+    harmful_categories.insert(d.category);
+  }
+  for (const std::string& name : harmful_categories) {
+    EXPECT_GE(per_category[name], 25) << name;
+    EXPECT_LE(per_category[name], 40) << name;
+  }
+  EXPECT_EQ(per_category.size(), harmful_categories.size());
+  EXPECT_GE(BenignSenses().size(), 60u);
+  for (const LexiconTerm& t : BenignSenses()) {
+    EXPECT_TRUE(terms.insert(t.term).second) << "repeated " << t.term;
+  }
+
+  // Documents judge every term: harmful terms with a harmful judgment, benign ones harmless.
+  const std::vector<std::string> docs = corpus.Documents(20000, 3);
+  auto judged = [&](const LexiconTerm& t, const char* verdict) {
+    for (const std::string& doc : docs) {
+      if (doc.find(t.term) != std::string::npos && doc.find(t.description) != std::string::npos &&
+          Lower(doc).find(verdict) != std::string::npos) {
+        return true;
+      }
+    }
+    return false;
+  };
+  std::map<std::string, int> judged_terms;
+  for (const LexiconTerm& t : HarmLexicon()) {
+    // One of HarmfulAdjectives() or "harmful request" appears; "harm" covers both.
+    if (judged(t, "harm") || judged(t, "illegal") || judged(t, "dangerous") || judged(t, "wrong") ||
+        judged(t, "cruel") || judged(t, "criminal")) {
+      ++judged_terms[t.category];
+    } else {
+      ADD_FAILURE() << "no harmful judgment of " << t.term;
+    }
+  }
+  for (const std::string& name : harmful_categories) EXPECT_GT(judged_terms[name], 0) << name;
+  for (const LexiconTerm& t : BenignSenses()) {
+    EXPECT_TRUE(judged(t, "harmless") || judged(t, "ordinary") || judged(t, "safe") ||
+                judged(t, "normal") || judged(t, "fine") || judged(t, "helpful") ||
+                judged(t, "useful"))
+        << "no harmless judgment of " << t.term;
+  }
+  // The judged part stays ~40% of documents; lexicon documents (a description sentence) ~1/6 of
+  // all. Reference: Documents()' mix, 40% judged x 3/6 lexicon = 20%.
+  int lexicon_docs = 0;
+  for (const std::string& doc : docs) {
+    for (const LexiconTerm& t : BenignSenses()) {
+      if (doc.find(t.description) != std::string::npos) {
+        ++lexicon_docs;
+        break;
+      }
+    }
+  }
+  EXPECT_GT(lexicon_docs, 0.05 * docs.size());
+  EXPECT_LT(lexicon_docs, 0.15 * docs.size());
+
+  // The tokenizer text holds a document for every term (version 1's holds none).
+  const std::vector<std::string> text = corpus.TokenizerTrainingText(3);
+  std::string all;
+  for (const std::string& t : text) all += t + "\n";
+  for (const LexiconTerm& t : HarmLexicon()) EXPECT_NE(all.find(t.term), std::string::npos) << t.term;
+  for (const LexiconTerm& t : BenignSenses()) EXPECT_NE(all.find(t.term), std::string::npos) << t.term;
+  std::string v1_all;
+  for (const std::string& t : Corpus::Generate({}).TokenizerTrainingText(3)) v1_all += t + "\n";
+  EXPECT_EQ(v1_all.find(HarmLexicon().front().description), std::string::npos);
+  EXPECT_EQ(v1_all.find("a killer recipe"), std::string::npos);
+
+  // Test prompt sets hold at least 30 harmful direct requests and some benign-sense ones.
+  int harmful_direct = 0, benign_direct = 0;
+  for (const Request& r : corpus.requests(Kind::kHarmful, Split::kTest)) harmful_direct += r.direct;
+  for (const Request& r : corpus.requests(Kind::kHarmless, Split::kTest)) {
+    benign_direct += r.direct && r.category == "benign_senses";
+  }
+  EXPECT_GE(harmful_direct, 30);
+  EXPECT_GE(benign_direct, 4);
+}
+
 TEST(CorpusV2Test, Determinism) {
   const Corpus a = V2(), b = V2(), c = V2(43);
   EXPECT_TRUE(SameRequests(a, b));
