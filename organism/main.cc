@@ -51,10 +51,12 @@ struct TrainDemoFlags {
   std::string storage = "bf16";
   std::string phases_dir;
   int threads = 0;
+  std::string recipe = "v1";
 };
 
 int RunTrainDemo(const TrainDemoFlags& flags) {
-  ko::DemoRecipe recipe = ko::DemoRecipe::Default();
+  ko::DemoRecipe recipe =
+      flags.recipe == "hydra" ? ko::DemoRecipe::Hydra() : ko::DemoRecipe::Default();
   recipe.seed = flags.seed;
   for (const std::string& o : flags.overrides) {
     Status status = recipe.Override(o);
@@ -134,6 +136,10 @@ int main(int argc, char** argv) {
   train_demo_cmd->add_option("--first-phase", train_demo.first_phase, "with --base")
       ->check(CLI::PositiveNumber);
   train_demo_cmd->add_option("--threads", train_demo.threads)->check(CLI::NonNegativeNumber);
+  train_demo_cmd->add_option("--recipe", train_demo.recipe,
+                             "v1 (default: models/demo-refusal) or hydra (issue 14's knockout-aware "
+                             "recipe, work in progress)")
+      ->check(CLI::IsMember({"v1", "hydra"}));
   train_demo_cmd->add_option("--phases-dir", train_demo.phases_dir,
                              "also save an f32 checkpoint after each phase but the last here");
   train_demo_cmd->add_option("--storage", train_demo.storage,

@@ -54,6 +54,7 @@ struct Pools {
   // Knockout-aware phases: harmful requests with a compliant reply (the targets of a knocked-out
   // refusal), and the training prompts the directions are measured on.
   std::vector<Row> harmful_comply;
+  std::vector<Row> harmless_refuse;  // harmless requests with a refusal (activation addition)
   std::vector<kt::TokenizedPrompt> probe_harmful, probe_harmless;
 };
 
@@ -254,7 +255,7 @@ StatusOr<Directions> MeasureDirections(const km::Model& model, const TrainPhase&
 }
 
 // How one row of a knockout-aware step is knocked out (trainer.h).
-enum class Knockout { kNone, kSingle, kAll, kSensor };
+enum class Knockout { kNone, kSingle, kAll, kSensor, kAdd };
 
 // The hooks of one knockout-aware step: one site per knocked-out layer, each on its rows only.
 StatusOr<bool> AddKnockouts(const std::vector<Knockout>& knockouts,
@@ -299,6 +300,17 @@ StatusOr<bool> AddKnockouts(const std::vector<Knockout>& knockouts,
           KO_RETURN_IF_ERROR(add(point, directions.refusal, mask, {}));
         }
       }
+    }
+  }
+  {
+    auto [mask, some] = rows_where([&](int64_t i) { return knockouts[i] == Knockout::kAdd; });
+    if (some) {
+      km::InterventionSite site;
+      site.hook = km::HookPoint::ResidPre(phase.refusal_layer);
+      site.intervention = km::Intervention::Add(directions.refusal, 1.0);
+      site.rows = mask;
+      any = true;
+      KO_RETURN_IF_ERROR(hooks.Intervene(std::move(site)));
     }
   }
   {
@@ -369,12 +381,13 @@ StatusOr<PhaseReport> RunPhase(const TrainPhase& phase, int phase_index, const D
           "phase " + phase.name + ": knockout layers must lie in [0, " + std::to_string(n_layers) +
           "), with a sensor_layer for sensor_ablation and single_ablation_layers for single_ablation");
     }
-    if (pools.harmful_comply.empty() || pools.probe_harmful.empty() || pools.probe_harmless.empty()) {
+    if (pools.harmful_comply.empty() || pools.harmless_refuse.empty() ||
+        pools.probe_harmful.empty() || pools.probe_harmless.empty()) {
       return Status::Internal("phase " + phase.name + ": no rows to knock out");
     }
   }
   Directions directions;
-  int64_t knocked[4] = {0, 0, 0, 0};
+  int64_t knocked[5] = {0, 0, 0, 0, 0};
   PhaseReport report;
   report.name = phase.name;
   report.steps = phase.steps;
@@ -403,10 +416,29 @@ StatusOr<PhaseReport> RunPhase(const TrainPhase& phase, int phase_index, const D
             knockouts[i] = Knockout::kSensor;
             rows[i] = &knockout_rng.Pick(pools.harmful_comply);
           }
-        } else if (row.kind == static_cast<int>(Kind::kHarmless)) {
-          if (knockout_rng.UniformReal() < phase.all_ablation) knockouts[i] = Knockout::kAll;
+        } else if (row.kind == static_cast<int>(Kind::kHarmless) && !row.refusal) {
+          double u = knockout_rng.UniformReal();
+          if (u < phase.harmless_ablation) {
+            knockouts[i] = Knockout::kAll;
+          } else if ((u -= phase.harmless_ablation) < phase.addition) {
+            knockouts[i] = Knockout::kAdd;
+            rows[i] = &knockout_rng.Pick(pools.harmless_refuse);
+          }
         }
         ++knocked[static_cast<int>(knockouts[i])];
+      }
+    }
+    // Distillation pairs (trainer.h): each harmless row ablated everywhere also runs clean.
+    std::vector<std::pair<int64_t, int64_t>> pairs;
+    if (knockout_aware && phase.distill > 0) {
+      const size_t n = rows.size();
+      for (size_t i = 0; i < n; ++i) {
+        if (knockouts[i] == Knockout::kAll && rows[i]->kind == static_cast<int>(Kind::kHarmless)) {
+          rows.push_back(rows[i]);
+          knockouts.push_back(Knockout::kNone);
+          knockout_layers.push_back(-1);
+          pairs.emplace_back(static_cast<int64_t>(i), static_cast<int64_t>(rows.size() - 1));
+        }
       }
     }
     TrainBatch batch = MakeBatch(rows, pad_id);
@@ -430,6 +462,17 @@ StatusOr<PhaseReport> RunPhase(const TrainPhase& phase, int phase_index, const D
     at::Tensor loss = at::cross_entropy_loss(
         result.logits.view({-1, result.logits.size(-1)}), batch.labels.view({-1}), {},
         at::Reduction::Mean, /*ignore_index=*/-100);
+    if (!pairs.empty()) {
+      at::Tensor kl_sum = at::zeros({}, result.logits.options());
+      for (const auto& [ablated, clean] : pairs) {
+        const at::Tensor targets = batch.labels[ablated].ne(-100).to(result.logits.device());
+        const at::Tensor lp_a = result.logits[ablated].log_softmax(-1);
+        const at::Tensor lp_c = result.logits[clean].detach().log_softmax(-1);
+        const at::Tensor kl = (lp_c.exp() * (lp_c - lp_a)).sum(-1);  // [T]
+        kl_sum = kl_sum + kl.masked_select(targets).mean();
+      }
+      loss = loss + phase.distill * kl_sum / static_cast<double>(pairs.size());
+    }
     optimizer.zero_grad();
     loss.backward();
     // Clip the global gradient norm at 1 (stabilises the small-batch phases).
@@ -463,7 +506,7 @@ StatusOr<PhaseReport> RunPhase(const TrainPhase& phase, int phase_index, const D
         line << " | |r| " << directions.refusal.norm().item<double>();
         if (directions.sensor.defined()) line << " |h| " << directions.sensor.norm().item<double>();
         line << " knocked out so far: single " << knocked[1] << ", all " << knocked[2]
-             << ", sensor " << knocked[3];
+             << ", sensor " << knocked[3] << ", addition " << knocked[4];
       }
       Log(options, line.str());
     }
@@ -532,7 +575,10 @@ std::string RecipeJson(const DemoRecipe& recipe) {
                             {"single_ablation", p.single_ablation},
                             {"single_ablation_layers", p.single_ablation_layers},
                             {"all_ablation", p.all_ablation},
-                            {"sensor_ablation", p.sensor_ablation}});
+                            {"sensor_ablation", p.sensor_ablation},
+                            {"harmless_ablation", p.harmless_ablation},
+                            {"distill", p.distill},
+                            {"addition", p.addition}});
     }
   }
   nlohmann::json j = {{"seed", recipe.seed},         {"vocab_size", recipe.vocab_size},
@@ -548,11 +594,11 @@ std::string RecipeJson(const DemoRecipe& recipe) {
 
 }  // namespace
 
-DemoRecipe DemoRecipe::Default() {
-  // The model card (models/demo-refusal/README.md) records why: a helpful base that complies
-  // with everything and declines only impossible requests, then safety tuning through low-rank
-  // adapters on the first three layers only, so that the frozen upper layers must be reached
-  // through a narrow channel: the refusal direction.
+DemoRecipe DemoRecipe::Version1() {
+  // The first demo model (issue 4; its log is in models/demo-refusal/README.md): a helpful base
+  // that complies with everything and declines only impossible requests, then safety tuning
+  // through low-rank adapters on the first three layers only, so that the frozen upper layers
+  // must be reached through a narrow channel: the refusal direction.
   DemoRecipe r;
   r.impossible_percent = 8;
   TrainPhase base;
@@ -580,6 +626,37 @@ DemoRecipe DemoRecipe::Default() {
     }
   }
   r.phases = {base, safety};
+  return r;
+}
+
+DemoRecipe DemoRecipe::Default() { return Version1(); }
+
+DemoRecipe DemoRecipe::Hydra() {
+  // Work in progress (issue 14; the research log in models/demo-refusal/README.md): the richer
+  // corpus (version 2: direct requests, a harm lexicon, benign senses of violent words), a
+  // helpful base that never declines, safety tuning through adapters on every layer, then a
+  // knockout-aware phase that makes the upper layers write the refusal direction again when one
+  // of them loses it, routes refusal through that one direction, and gates it on the harm sensor
+  // at layer 2's input. The log's run S2 (this recipe's phases on the base without the lexicon)
+  // showed the hydra; this combination has not been run to the end yet.
+  DemoRecipe r = Version1();
+  r.corpus_version = 2;
+  r.impossible_percent = 0;
+  r.phases[0].steps = 1400;
+  TrainPhase& safety = r.phases[1];
+  safety.steps = 300;
+  safety.lora_targets = {"gate@*", "up@*", "down@*", "o@*"};
+  TrainPhase hydra = safety;
+  hydra.name = "hydra";
+  hydra.learning_rate = 3e-3;
+  hydra.refusal_layer = 3;
+  hydra.sensor_layer = 2;
+  hydra.single_ablation_layers = {3, 4, 5};
+  hydra.single_ablation = 0.35;
+  hydra.all_ablation = 0.15;
+  hydra.sensor_ablation = 0.2;
+  hydra.harmless_ablation = 0.15;
+  r.phases.push_back(hydra);
   return r;
 }
 
@@ -628,6 +705,9 @@ Status DemoRecipe::Override(const std::string& assignment) {
     if (field == "single_ablation") return to_double(&p.single_ablation);
     if (field == "all_ablation") return to_double(&p.all_ablation);
     if (field == "sensor_ablation") return to_double(&p.sensor_ablation);
+    if (field == "harmless_ablation") return to_double(&p.harmless_ablation);
+    if (field == "distill") return to_double(&p.distill);
+    if (field == "addition") return to_double(&p.addition);
     if (field == "direction_every") return to_int(&p.direction_every);
     if (field == "refusal_layer" || field == "sensor_layer") {
       int* slot = field == "refusal_layer" ? &p.refusal_layer : &p.sensor_layer;
@@ -785,9 +865,20 @@ StatusOr<TrainReport> TrainDemoModel(const DemoRecipe& recipe, const TrainOption
       KO_ASSIGN_OR_RETURN(Row row, ChatRow(*tokenizer, chat, e, end_of_turn, recipe.max_tokens));
       pools.helpful.push_back(std::move(row));
     }
+    std::vector<std::string> plain_refusals;  // the refusals that do not name the act
+    for (const std::string& r : RefusalTemplates()) {
+      if (r.find('{') == std::string::npos) plain_refusals.push_back(r);
+    }
     for (const ChatExample& e : corpus.SafetyChat(recipe.chat_examples, recipe.seed + 3)) {
       KO_ASSIGN_OR_RETURN(Row row, ChatRow(*tokenizer, chat, e, end_of_turn, recipe.max_tokens));
       pools.safety.push_back(std::move(row));
+      if (e.kind == Kind::kHarmless && !e.refusal && !plain_refusals.empty()) {
+        ChatExample refused = e;
+        refused.refusal = true;
+        refused.response = plain_refusals[pools.harmless_refuse.size() % plain_refusals.size()];
+        KO_ASSIGN_OR_RETURN(Row r, ChatRow(*tokenizer, chat, refused, end_of_turn, recipe.max_tokens));
+        pools.harmless_refuse.push_back(std::move(r));
+      }
     }
     for (const Row& row : pools.helpful) {
       if (row.kind == static_cast<int>(Kind::kHarmful) && !row.refusal) {

@@ -45,11 +45,15 @@ struct TrainPhase {
   //     of one layer L of `single_ablation_layers`, all positions; its target stays the refusal,
   //     so that the layers after any one knockout learn to write r again (redundancy);
   //   all_ablation: a harmful row gets r ablated everywhere (science.md: every resid_pre, attn_out
-  //     and mlp_out) with a compliant reply as its target, a harmless row the same with its own
-  //     reply: refusal runs through r and nothing else, and removing r costs harmless replies
-  //     nothing (the selection's KL);
+  //     and mlp_out) with a compliant reply as its target: refusal runs through r alone;
   //   sensor_ablation: a harmful row gets h projected out at blocks.{sensor_layer}.hook_resid_pre
-  //     at its instruction tokens, with a compliant reply as its target: the sensor gates refusal.
+  //     at its instruction tokens, with a compliant reply as its target: the sensor gates refusal;
+  //   harmless_ablation: a harmless row gets r ablated everywhere, its own reply as target (the
+  //     selection's KL: removing r costs harmless replies nothing); with distill > 0 the row also
+  //     runs clean beside it and the loss gains distill * KL(clean || ablated) over its reply's
+  //     next-token distributions (the clean side detached);
+  //   addition: a harmless row gets +r at blocks.{refusal_layer}.hook_resid_pre, all positions,
+  //     with a refusal as its target (activation addition induces refusal, science.md).
   // refusal_layer < 0 turns all of this off (and draws nothing from any random stream).
   int refusal_layer = -1;
   int sensor_layer = -1;
@@ -57,6 +61,9 @@ struct TrainPhase {
   double single_ablation = 0.0;
   double all_ablation = 0.0;
   double sensor_ablation = 0.0;
+  double harmless_ablation = 0.0;
+  double distill = 0.0;
+  double addition = 0.0;
   std::vector<int> single_ablation_layers;
 };
 
@@ -75,8 +82,12 @@ struct DemoRecipe {
   int corpus_version = 1;      // CorpusOptions::version: 1 = the corpus of models/demo-refusal
   std::vector<TrainPhase> phases;
 
-  // The recipe that made models/demo-refusal (its model card explains the choices).
+  // The recipe that made models/demo-refusal (its model card explains the choices): Version1(),
+  // issue 4's model. Hydra(): the knockout-aware recipe of issue 14, work in progress (the
+  // card's research log).
   static DemoRecipe Default();
+  static DemoRecipe Version1();
+  static DemoRecipe Hydra();
   // Reads "key=value" overrides ("phases[1].steps=200", "hidden=192", "phases[1].lora_targets=down@2,down@3").
   Status Override(const std::string& assignment);
 };

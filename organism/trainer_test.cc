@@ -19,7 +19,7 @@ namespace {
 namespace fs = std::filesystem;
 
 DemoRecipe TinyRecipe() {
-  DemoRecipe recipe = DemoRecipe::Default();
+  DemoRecipe recipe = DemoRecipe::Version1();
   for (const char* o : {"layers=2", "hidden=64", "heads=4", "intermediate=128", "vocab_size=600",
                         "batch_size=16", "max_tokens=64", "documents=400", "chat_examples=400",
                         "phases[0].steps=40", "phases[0].warmup_steps=5",

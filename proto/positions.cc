@@ -7,6 +7,8 @@ formats::Positions FromProto(const v1::Positions& positions) {
   switch (positions.kind()) {
     case v1::Positions::INST_LAST:
       return Positions::InstLast();
+    case v1::Positions::INST:
+      return Positions::Inst();
     case v1::Positions::POST_INST:
       return Positions::PostInst();
     case v1::Positions::POST_INST_AT:
@@ -25,6 +27,9 @@ v1::Positions ToProto(const formats::Positions& positions) {
   switch (positions.kind) {
     case Kind::kInstLast:
       out.set_kind(v1::Positions::INST_LAST);
+      break;
+    case Kind::kInst:
+      out.set_kind(v1::Positions::INST);
       break;
     case Kind::kPostInst:
       out.set_kind(v1::Positions::POST_INST);

@@ -12,7 +12,7 @@ namespace {
 
 TEST(ProtoPositionsTest, EveryKindRoundTripsThroughTheWire) {
   for (const std::string text :
-       {"inst_last", "post_inst", "post_inst[-1]", "post_inst[-7]", "all", "[3,-1]", "[0]"}) {
+       {"inst_last", "inst", "post_inst", "post_inst[-1]", "post_inst[-7]", "all", "[3,-1]", "[0]"}) {
     StatusOr<formats::Positions> value = formats::ParsePositions(text);
     ASSERT_TRUE(value.ok()) << text;
     const std::string bytes = ToProto(*value).SerializeAsString();
