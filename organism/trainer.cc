@@ -464,14 +464,17 @@ StatusOr<PhaseReport> RunPhase(const TrainPhase& phase, int phase_index, const D
         at::Reduction::Mean, /*ignore_index=*/-100);
     if (!pairs.empty()) {
       at::Tensor kl_sum = at::zeros({}, result.logits.options());
+      int64_t counted = 0;
       for (const auto& [ablated, clean] : pairs) {
         const at::Tensor targets = batch.labels[ablated].ne(-100).to(result.logits.device());
+        if (targets.sum().item<int64_t>() == 0) continue;  // a row cut before its reply
         const at::Tensor lp_a = result.logits[ablated].log_softmax(-1);
         const at::Tensor lp_c = result.logits[clean].detach().log_softmax(-1);
         const at::Tensor kl = (lp_c.exp() * (lp_c - lp_a)).sum(-1);  // [T]
         kl_sum = kl_sum + kl.masked_select(targets).mean();
+        ++counted;
       }
-      loss = loss + phase.distill * kl_sum / static_cast<double>(pairs.size());
+      if (counted > 0) loss = loss + phase.distill * kl_sum / static_cast<double>(counted);
     }
     optimizer.zero_grad();
     loss.backward();

@@ -113,8 +113,9 @@ TEST(TrainerTest, AdaptersChangeOnlyTheirTargets) {
 }
 
 // The knockout-aware phase (trainer.h): with every probability at zero it is the plain phase bit
-// for bit (its draws come from a stream of its own and nothing is hooked); with knockouts on, the
-// weights move differently; layers outside the model are clean errors.
+// for bit (its draws come from a stream of its own and nothing is hooked); with every kind of
+// knockout on (and the KL term), the weights move differently; layers outside the model are
+// clean errors.
 TEST(TrainerTest, KnockoutAwarePhaseKnocksOutOnlyWhenAsked) {
   const std::string base = TempDir("ko_base");
   DemoRecipe recipe = TinyRecipe();
@@ -141,7 +142,8 @@ TEST(TrainerTest, KnockoutAwarePhaseKnocksOutOnlyWhenAsked) {
   const auto zero = tune("ko_zero", off);
   std::vector<std::string> on = layers;
   for (const char* o : {"phases[1].single_ablation=0.4", "phases[1].all_ablation=0.3",
-                        "phases[1].sensor_ablation=0.3"}) {
+                        "phases[1].sensor_ablation=0.3", "phases[1].harmless_ablation=0.3",
+                        "phases[1].distill=1", "phases[1].addition=0.2"}) {
     on.push_back(o);
   }
   const auto knocked = tune("ko_on", on);
