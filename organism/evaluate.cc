@@ -9,6 +9,7 @@
 #include <map>
 
 #include "experiments/selection.h"
+#include "formats/positions.h"
 #include "formats/prompt_set.h"
 #include "organism/corpus.h"
 #include "worker/chat/chat_generation.h"
@@ -164,13 +165,15 @@ StatusOr<std::vector<std::string>> GenerateByChunk(const km::Model& model,
   return texts;
 }
 
-// bool [B, width]: the instruction's tokens of each left-padded prompt.
-at::Tensor InstructionMask(const Prompts& chunk, int64_t width) {
+// bool [B, width]: the instruction's tokens (the `inst` selector) of each left-padded prompt.
+StatusOr<at::Tensor> InstructionMask(const Prompts& chunk, int64_t width) {
   at::Tensor mask = at::zeros({static_cast<int64_t>(chunk.size()), width}, at::kBool);
   auto m = mask.accessor<bool, 2>();
   for (size_t i = 0; i < chunk.size(); ++i) {
-    const int64_t pad = width - chunk[i].size();
-    for (int64_t t = chunk[i].instruction_begin; t < chunk[i].instruction_end; ++t) m[i][pad + t] = true;
+    KO_ASSIGN_OR_RETURN(std::vector<int64_t> columns,
+                        formats::ResolvePaddedPositions(formats::Positions::Inst(),
+                                                        chunk[i].layout(), width));
+    for (int64_t t : columns) m[i][t] = true;
   }
   return mask;
 }
@@ -195,17 +198,14 @@ StatusOr<double> PlainTextCrossEntropy(const km::Model& model, const kt::Tokeniz
     request.attention_mask = batch.attention_mask;
     request.hooks = hooks;
     KO_ASSIGN_OR_RETURN(km::ForwardResult result, model.Forward(request));
-    const at::Tensor logp = result.logits.to(at::kDouble).log_softmax(-1).cpu();
-    const at::Tensor input = batch.input_ids.cpu();
-    const at::Tensor mask = batch.attention_mask.cpu();
-    const int64_t width = input.size(1);
-    for (int64_t i = 0; i < input.size(0); ++i) {
-      for (int64_t t = 0; t + 1 < width; ++t) {
-        if (mask[i][t].item<int64_t>() == 0) continue;
-        total -= logp[i][t][input[i][t + 1].item<int64_t>()].item<double>();
-        ++count;
-      }
-    }
+    // Left padding: a real token's successor is real, so the mask of the predicting column
+    // selects every prediction.
+    const int64_t width = batch.input_ids.size(1);
+    const at::Tensor logp = result.logits.narrow(1, 0, width - 1).to(at::kDouble).log_softmax(-1);
+    const at::Tensor next = batch.input_ids.narrow(1, 1, width - 1).unsqueeze(-1);
+    const at::Tensor real = batch.attention_mask.narrow(1, 0, width - 1).to(at::kBool);
+    total -= logp.gather(-1, next).squeeze(-1).masked_select(real).sum().item<double>();
+    count += real.sum().item<int64_t>();
   }
   return count > 0 ? total / count : 0.0;
 }
@@ -444,17 +444,23 @@ StatusOr<DemoEvaluation> EvaluateDemo(const km::Model& model, const kt::Tokenize
 
     // The hydra measures (evaluate.h).
     const Prompts& harmful = sets.prompts.at("harmful_test");
-    auto single_site = [&](const km::HookPoint& point, km::Intervention intervention,
-                           at::Tensor positions, bool on_generated) -> HookFactory {
-      return [=, &model](const Prompts& chunk,
-                         int64_t width) -> StatusOr<std::unique_ptr<km::HookRegistry>> {
+    // One intervention at `point`, at every position (generated ones too) or at the
+    // instruction's tokens only; optionally with +r at the direction's layer beside it.
+    enum class Where { kEverywhere, kInstruction };
+    auto single_site = [&](const km::HookPoint& point, km::Intervention intervention, Where where,
+                           bool add_r = false) -> HookFactory {
+      return [=, &model, &r](const Prompts& chunk,
+                             int64_t width) -> StatusOr<std::unique_ptr<km::HookRegistry>> {
         auto hooks = std::make_unique<km::HookRegistry>(model.config());
         km::InterventionSite site;
         site.hook = point;
         site.intervention = intervention;
-        site.positions = positions.defined() ? InstructionMask(chunk, width) : at::Tensor();
-        site.on_generated = on_generated;
+        if (where == Where::kInstruction) {
+          KO_ASSIGN_OR_RETURN(site.positions, InstructionMask(chunk, width));
+          site.on_generated = false;
+        }
         KO_RETURN_IF_ERROR(hooks->Intervene(std::move(site)));
+        if (add_r) KO_RETURN_IF_ERROR(AddAddition(*hooks, r, l));
         return hooks;
       };
     };
@@ -463,32 +469,22 @@ StatusOr<DemoEvaluation> EvaluateDemo(const km::Model& model, const kt::Tokenize
           auto ablated_here,
           GenerateByChunk(model, tokenizer, harmful, options.max_new_tokens, options.batch_size,
                           single_site(km::HookPoint::ResidPre(layer),
-                                      km::Intervention::Directional(r), at::Tensor(), true)));
+                                      km::Intervention::Directional(r), Where::kEverywhere)));
       eval.layer_ablation_harmful_refused.push_back(RefusedFraction(ablated_here));
       const at::Tensor h =
           harm_directions[layer].to(at::kFloat).to(model.device()).to(model.dtype());
-      const at::Tensor instruction = at::ones({1}, at::kBool);  // "use the instruction mask"
       KO_ASSIGN_OR_RETURN(
           auto sensor_off,
           GenerateByChunk(model, tokenizer, harmful, options.max_new_tokens, options.batch_size,
                           single_site(km::HookPoint::ResidPre(layer),
-                                      km::Intervention::Directional(h), instruction, false)));
+                                      km::Intervention::Directional(h), Where::kInstruction)));
       eval.sensor_ablation_harmful_refused.push_back(RefusedFraction(sensor_off));
       KO_ASSIGN_OR_RETURN(
           auto sensor_off_added,
-          GenerateByChunk(
-              model, tokenizer, harmful, options.max_new_tokens, options.batch_size,
-              [&](const Prompts& chunk, int64_t width) -> StatusOr<std::unique_ptr<km::HookRegistry>> {
-                auto hooks = std::make_unique<km::HookRegistry>(model.config());
-                km::InterventionSite site;
-                site.hook = km::HookPoint::ResidPre(layer);
-                site.intervention = km::Intervention::Directional(h);
-                site.positions = InstructionMask(chunk, width);
-                site.on_generated = false;
-                KO_RETURN_IF_ERROR(hooks->Intervene(std::move(site)));
-                KO_RETURN_IF_ERROR(AddAddition(*hooks, r, l));
-                return hooks;
-              }));
+          GenerateByChunk(model, tokenizer, harmful, options.max_new_tokens, options.batch_size,
+                          single_site(km::HookPoint::ResidPre(layer),
+                                      km::Intervention::Directional(h), Where::kInstruction,
+                                      /*add_r=*/true)));
       eval.sensor_ablation_addition_refused.push_back(RefusedFraction(sensor_off_added));
     }
     if (!options.sae_dir.empty()) {
@@ -510,7 +506,7 @@ StatusOr<DemoEvaluation> EvaluateDemo(const km::Model& model, const kt::Tokenize
         KO_ASSIGN_OR_RETURN(
             auto knocked,
             GenerateByChunk(model, tokenizer, harmful, options.max_new_tokens, options.batch_size,
-                            single_site(sae->hook(), zero, at::Tensor(), true)));
+                            single_site(sae->hook(), zero, Where::kEverywhere)));
         k.harmful_refused = RefusedFraction(knocked);
         eval.latent_knockouts.push_back(k);
         saes.push_back(sae);
@@ -538,7 +534,7 @@ StatusOr<DemoEvaluation> EvaluateDemo(const km::Model& model, const kt::Tokenize
             km::InterventionSite site;
             site.hook = km::HookPoint::ResidPre(eval.sensor_layer);
             site.intervention = km::Intervention::Directional(h);
-            site.positions = InstructionMask(chunk, batch.input_ids.size(1));
+            KO_ASSIGN_OR_RETURN(site.positions, InstructionMask(chunk, batch.input_ids.size(1)));
             KO_RETURN_IF_ERROR(hooks.Intervene(std::move(site)));
           }
           km::ForwardRequest request;
