@@ -640,14 +640,16 @@ DemoRecipe DemoRecipe::Hydra() {
   // helpful base that never declines, safety tuning through adapters on every layer, then a
   // knockout-aware phase that makes the upper layers write the refusal direction again when one
   // of them loses it, routes refusal through that one direction, and gates it on the harm sensor
-  // at layer 2's input. The log's run S2 (this recipe's phases on the base without the lexicon)
-  // showed the hydra; this combination has not been run to the end yet.
+  // at layer 2's input. This is the log's run S8: it has the hydra (any one upper layer's r
+  // removed: refusal holds; r everywhere or the sensor removed: it goes) but not yet the KL,
+  // activation addition and handwritten-prompt figures of issue 14. The safety phase needs its
+  // 500 steps: at 300 the refusal templates come out garbled (runs S5-S7).
   DemoRecipe r = Version1();
   r.corpus_version = 2;
   r.impossible_percent = 0;
   r.phases[0].steps = 1400;
   TrainPhase& safety = r.phases[1];
-  safety.steps = 300;
+  safety.steps = 500;
   safety.lora_targets = {"gate@*", "up@*", "down@*", "o@*"};
   TrainPhase hydra = safety;
   hydra.name = "hydra";
