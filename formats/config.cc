@@ -106,10 +106,11 @@ StatusOr<Family> FamilyFromArchitecture(const std::string& arch, const std::stri
   if (arch == "LlamaForCausalLM") return Family::kLlama;
   if (arch == "MistralForCausalLM") return Family::kMistral;
   if (arch == "Qwen2ForCausalLM") return Family::kQwen2;
+  if (arch == "Gemma2ForCausalLM") return Family::kGemma2;
   return Status::Unimplemented(label + ": field architectures: unsupported architecture \"" +
                                arch +
                                "\" (supported: LlamaForCausalLM, MistralForCausalLM, "
-                               "Qwen2ForCausalLM)");
+                               "Qwen2ForCausalLM, Gemma2ForCausalLM)");
 }
 
 StatusOr<std::optional<RopeScaling>> ParseRopeScaling(const FieldReader& top) {
@@ -158,9 +159,57 @@ const char* FamilyName(Family family) {
     case Family::kLlama: return "llama";
     case Family::kMistral: return "mistral";
     case Family::kQwen2: return "qwen2";
+    case Family::kGemma2: return "gemma2";
   }
   return "unknown";
 }
+
+namespace {
+
+// Gemma 2's own fields, with Gemma2Config's defaults (transformers configuration_gemma2.py).
+Status ParseGemma2(const FieldReader& r, ModelConfig& c) {
+  KO_ASSIGN_OR_RETURN(double scalar, r.PositiveNumberOr("query_pre_attn_scalar", 256.0));
+  c.query_pre_attn_scalar = scalar;
+  // A null cap (written by some conversions) means no capping.
+  const json& root = r.object();
+  auto cap = [&](const std::string& field, double fallback) -> StatusOr<std::optional<double>> {
+    if (root.contains(field) && root.at(field).is_null()) return std::optional<double>();
+    KO_ASSIGN_OR_RETURN(double value, r.PositiveNumberOr(field, fallback));
+    return std::optional<double>(value);
+  };
+  KO_ASSIGN_OR_RETURN(c.attn_logit_softcapping, cap("attn_logit_softcapping", 50.0));
+  KO_ASSIGN_OR_RETURN(c.final_logit_softcapping, cap("final_logit_softcapping", 30.0));
+  KO_ASSIGN_OR_RETURN(int64_t window, r.PositiveIntOr("sliding_window", 4096));
+  c.sliding_window = window;
+  if (r.Has("attention_bias")) {
+    KO_ASSIGN_OR_RETURN(bool bias, r.BoolOr("attention_bias", false));
+    if (bias) return r.Error("attention_bias", "Gemma 2 with attention biases is not supported");
+  }
+  c.attention_bias = c.o_proj_bias = false;
+  c.sliding_layers.assign(static_cast<size_t>(c.num_layers), false);
+  if (r.Has("layer_types")) {
+    const json& types = root.at("layer_types");
+    if (!types.is_array() || types.size() != static_cast<size_t>(c.num_layers)) {
+      return r.Error("layer_types", "expected one entry per layer (" +
+                                        std::to_string(c.num_layers) + "), got " + types.dump());
+    }
+    for (size_t i = 0; i < types.size(); ++i) {
+      const std::string type = types[i].is_string() ? types[i].get<std::string>() : "";
+      if (type != "sliding_attention" && type != "full_attention") {
+        return r.Error("layer_types", "entry " + std::to_string(i) + ": expected " +
+                                          "\"sliding_attention\" or \"full_attention\", got " +
+                                          types[i].dump());
+      }
+      c.sliding_layers[i] = type == "sliding_attention";
+    }
+  } else {
+    // Gemma2Attention: sliding_window if not bool(layer_idx % 2).
+    for (int64_t i = 0; i < c.num_layers; i += 2) c.sliding_layers[static_cast<size_t>(i)] = true;
+  }
+  return Status::Ok();
+}
+
+}  // namespace
 
 StatusOr<ModelConfig> ParseModelConfig(const std::string& json_text, const std::string& label) {
   json root = json::parse(json_text, nullptr, /*allow_exceptions=*/false);
@@ -204,16 +253,23 @@ StatusOr<ModelConfig> ParseModelConfig(const std::string& json_text, const std::
                                    std::to_string(c.head_dim));
   }
 
-  KO_ASSIGN_OR_RETURN(std::string act, r.StringOr("hidden_act", "silu"));
-  if (act != "silu") {
-    return Status::Unimplemented(label + ": field hidden_act: unsupported activation \"" + act +
-                                 "\" (supported: silu)");
+  const bool gemma2 = c.family == Family::kGemma2;
+  // Gemma 2 names its activation `hidden_activation` (HF ignores `hidden_act` there).
+  const std::string act_field = gemma2 && r.Has("hidden_activation") ? "hidden_activation"
+                                                                     : "hidden_act";
+  KO_ASSIGN_OR_RETURN(std::string act,
+                      r.StringOr(act_field, gemma2 ? "gelu_pytorch_tanh" : "silu"));
+  const std::string supported = gemma2 ? "gelu_pytorch_tanh" : "silu";
+  if (act != supported) {
+    return Status::Unimplemented(label + ": field " + act_field + ": unsupported activation \"" +
+                                 act + "\" (supported: " + supported + ")");
   }
+  c.activation = gemma2 ? ModelConfig::Activation::kGeluTanh : ModelConfig::Activation::kSilu;
   KO_ASSIGN_OR_RETURN(c.rms_norm_eps, r.PositiveNumberOr("rms_norm_eps", 1e-6));
   KO_ASSIGN_OR_RETURN(c.rope_theta, r.PositiveNumberOr("rope_theta", 10000.0));
   KO_ASSIGN_OR_RETURN(c.rope_scaling, ParseRopeScaling(r));
   KO_ASSIGN_OR_RETURN(c.max_position_embeddings, r.PositiveIntOr("max_position_embeddings", 2048));
-  KO_ASSIGN_OR_RETURN(c.tie_word_embeddings, r.BoolOr("tie_word_embeddings", false));
+  KO_ASSIGN_OR_RETURN(c.tie_word_embeddings, r.BoolOr("tie_word_embeddings", gemma2));
   KO_ASSIGN_OR_RETURN(c.mlp_bias, r.BoolOr("mlp_bias", false));
   if (c.family == Family::kQwen2) {
     // Qwen2 hard-codes biases on q/k/v and none on o_proj.
@@ -234,6 +290,7 @@ StatusOr<ModelConfig> ParseModelConfig(const std::string& json_text, const std::
     KO_ASSIGN_OR_RETURN(int64_t window, r.PositiveInt("sliding_window"));
     c.sliding_window = window;
   }
+  if (gemma2) KO_RETURN_IF_ERROR(ParseGemma2(r, c));
   KO_ASSIGN_OR_RETURN(c.bos_token_id, r.OptionalTokenId("bos_token_id"));
   KO_ASSIGN_OR_RETURN(c.pad_token_id, r.OptionalTokenId("pad_token_id"));
   KO_ASSIGN_OR_RETURN(c.eos_token_ids, r.TokenIdList("eos_token_id"));
@@ -262,7 +319,21 @@ std::string ModelConfigToJson(const ModelConfig& c) {
   j["num_attention_heads"] = c.num_heads;
   j["num_key_value_heads"] = c.num_kv_heads;
   j["head_dim"] = c.head_dim;
-  j["hidden_act"] = "silu";
+  const bool gemma2 = c.family == Family::kGemma2;
+  j["hidden_act"] = gemma2 ? "gelu_pytorch_tanh" : "silu";
+  if (gemma2) {
+    j["hidden_activation"] = "gelu_pytorch_tanh";
+    j["query_pre_attn_scalar"] = c.query_pre_attn_scalar.value_or(256.0);
+    j["attn_logit_softcapping"] =
+        c.attn_logit_softcapping ? json(*c.attn_logit_softcapping) : json(nullptr);
+    j["final_logit_softcapping"] =
+        c.final_logit_softcapping ? json(*c.final_logit_softcapping) : json(nullptr);
+    json types = json::array();
+    for (int64_t i = 0; i < c.num_layers; ++i) {
+      types.push_back(c.Slides(i) ? "sliding_attention" : "full_attention");
+    }
+    j["layer_types"] = types;
+  }
   j["rms_norm_eps"] = c.rms_norm_eps;
   j["rope_theta"] = c.rope_theta;
   if (c.rope_scaling) {

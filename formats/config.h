@@ -17,6 +17,11 @@ enum class Family {
   kLlama,    // LlamaForCausalLM: Llama 2/3, SmolLM, TinyLlama
   kMistral,  // MistralForCausalLM: Llama with an optional sliding attention window
   kQwen2,    // Qwen2ForCausalLM: Llama with q/k/v biases
+  // Gemma2ForCausalLM: embeddings scaled by sqrt(hidden_size), (1 + w) RMSNorms in float32, four
+  // norms per layer (the attention and MLP outputs are normalised before they join the residual
+  // stream), query_pre_attn_scalar, attention and final logit soft-capping, sliding-window
+  // attention on even layers, GeGLU (tanh GELU), tied embeddings.
+  kGemma2,
 };
 const char* FamilyName(Family family);
 
@@ -49,7 +54,17 @@ struct ModelConfig {
   bool attention_bias = false;  // q/k/v (and o for Llama's attention_bias) projections
   bool o_proj_bias = false;
   bool mlp_bias = false;
-  std::optional<int64_t> sliding_window;  // Mistral: key j visible from query i iff i - j < window
+  std::optional<int64_t> sliding_window;  // key j visible from query i iff i - j < window
+  // Which layers use the window (sliding_window set): empty = every layer (Mistral); Gemma 2:
+  // the even ones, or config.json's `layer_types` ("sliding_attention" / "full_attention").
+  std::vector<bool> sliding_layers;
+  enum class Activation { kSilu, kGeluTanh };  // silu / gelu_pytorch_tanh (HF hidden_act)
+  Activation activation = Activation::kSilu;
+  // Gemma 2: attention scores scaled by query_pre_attn_scalar^-0.5 (else head_dim^-0.5), and
+  // soft-capped as tanh(s / c) * c before the mask; logits capped the same way.
+  std::optional<double> query_pre_attn_scalar;
+  std::optional<double> attn_logit_softcapping;
+  std::optional<double> final_logit_softcapping;
   std::optional<int64_t> bos_token_id;
   std::vector<int64_t> eos_token_ids;
   std::optional<int64_t> pad_token_id;
@@ -57,14 +72,19 @@ struct ModelConfig {
 
   // Number of query heads sharing one key/value head.
   int64_t group_size() const { return num_heads / num_kv_heads; }
+  // Whether layer `layer` attends through the sliding window.
+  bool Slides(int64_t layer) const {
+    return sliding_window.has_value() &&
+           (sliding_layers.empty() || sliding_layers.at(static_cast<size_t>(layer)));
+  }
 };
 
 // Parses config.json text. `label` (the file path) prefixes errors. Errors: InvalidArgument for
 // invalid JSON, a missing or mistyped required field ("config.json: field hidden_size: missing"),
 // inconsistent sizes (num_heads not divisible by num_key_value_heads, hidden_size not divisible
 // by num_attention_heads without head_dim, odd head_dim); Unimplemented for an unknown
-// `architectures` entry, an activation other than silu, or an unsupported rope_scaling type
-// (naming the value and the supported ones).
+// `architectures` entry, an activation the family does not use (silu; gelu_pytorch_tanh for
+// Gemma 2), or an unsupported rope_scaling type (naming the value and the supported ones).
 StatusOr<ModelConfig> ParseModelConfig(const std::string& json_text, const std::string& label);
 
 // Reads and parses DIR/config.json (NotFound if it is missing).

@@ -3,8 +3,8 @@
 
 Shares NO code with knockout. Written from the published Hugging Face
 transformers model equations (modeling_llama.py, modeling_qwen2.py,
-modeling_mistral.py, modeling_rope_utils.py, masking_utils.py) and the
-safetensors file format spec (https://github.com/huggingface/safetensors).
+modeling_mistral.py, modeling_gemma2.py, modeling_rope_utils.py, masking_utils.py) and
+the safetensors file format spec (https://github.com/huggingface/safetensors).
 Needs only torch + numpy (Debian /usr/bin/python3).
 
   hf_reference.py write --variant NAME --out DIR [--dtype f32|bf16|f16] [--shards N] [--seed S]
@@ -52,6 +52,17 @@ VARIANTS = {
     "mistral": dict(architectures=["MistralForCausalLM"], model_type="mistral", rms_norm_eps=1e-6,
                     num_attention_heads=4, num_key_value_heads=2, head_dim=16, sliding_window=5),
     "llama_headdim": dict(LLAMA, num_attention_heads=4, num_key_value_heads=2, head_dim=32),
+    # Gemma 2 (modeling_gemma2.py), scaled down so that every difference from Llama bites:
+    # sliding window 4 < the prompts' 11 tokens on the even layers (0, 2), global on layer 1;
+    # query_pre_attn_scalar 24 != head_dim; soft caps small enough that tanh saturates (raw
+    # attention scores reach ~10, logits ~2, see "softcap_fraction" in the write output);
+    # tied embeddings scaled by sqrt(hidden_size); (1 + w) norms around zero; GeGLU (tanh).
+    "gemma2": dict(architectures=["Gemma2ForCausalLM"], model_type="gemma2", rms_norm_eps=1e-6,
+                   num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+                   hidden_act="gelu_pytorch_tanh", hidden_activation="gelu_pytorch_tanh",
+                   query_pre_attn_scalar=24, sliding_window=4, attn_logit_softcapping=3.0,
+                   final_logit_softcapping=1.0, attention_bias=False, tie_word_embeddings=True,
+                   cache_implementation="hybrid", pad_token_id=0, bos_token_id=2, eos_token_id=1),
 }
 DTYPES = {"f32": (torch.float32, "float32"), "bf16": (torch.bfloat16, "bfloat16"),
           "f16": (torch.float16, "float16")}
@@ -68,11 +79,27 @@ def head_dim(cfg):
 
 
 # ----------------------------------------------------------------------------- weights
+def is_gemma2(cfg):
+    return cfg["model_type"] == "gemma2"
+
+
 def weight_shapes(cfg):
     """(name, shape, kind) in HF state-dict (module registration) order."""
     H, I, V = cfg["hidden_size"], cfg["intermediate_size"], cfg["vocab_size"]
     dh = head_dim(cfg)
     q, kv = cfg["num_attention_heads"] * dh, cfg["num_key_value_heads"] * dh
+    if is_gemma2(cfg):  # Gemma2DecoderLayer: self_attn, mlp, then its four norms
+        out = [("model.embed_tokens.weight", (V, H), "gemma_embed")]
+        for i in range(cfg["num_hidden_layers"]):
+            p = f"model.layers.{i}."
+            out += [(p + "self_attn.q_proj.weight", (q, H), "mat"), (p + "self_attn.k_proj.weight", (kv, H), "mat"),
+                    (p + "self_attn.v_proj.weight", (kv, H), "mat"), (p + "self_attn.o_proj.weight", (H, q), "mat"),
+                    (p + "mlp.gate_proj.weight", (I, H), "mat"), (p + "mlp.up_proj.weight", (I, H), "mat"),
+                    (p + "mlp.down_proj.weight", (H, I), "mat")]
+            out += [(p + n + ".weight", (H,), "gemma_norm") for n in
+                    ("input_layernorm", "post_attention_layernorm", "pre_feedforward_layernorm",
+                     "post_feedforward_layernorm")]
+        return out + [("model.norm.weight", (H,), "gemma_norm")]
     qkv_bias = cfg["model_type"] == "qwen2" or cfg.get("attention_bias", False)
     out = [("model.embed_tokens.weight", (V, H), "mat")]
     for i in range(cfg["num_hidden_layers"]):
@@ -98,7 +125,10 @@ def random_weights(cfg, gen, mat_std=0.2):
     w = {}
     for name, shape, kind in weight_shapes(cfg):
         r = torch.randn(shape, generator=gen)
-        w[name] = {"mat": mat_std * r, "norm": 1.0 + 0.1 * r, "bias": 0.1 * r}[kind]
+        w[name] = {"mat": mat_std * r, "norm": 1.0 + 0.1 * r, "bias": 0.1 * r, "gemma_norm": 0.1 * r,
+                   # scaled by sqrt(hidden_size) on the way in: smaller, or the tied unembedding
+                   # just echoes the last token
+                   "gemma_embed": 0.25 * mat_std * r}[kind]
     return w
 
 
@@ -254,13 +284,79 @@ def forward(cfg, w, input_ids, attention_mask):
     return F.linear(x, head)
 
 
+def forward_gemma2(cfg, w, input_ids, attention_mask, stats=None):
+    """Gemma2ForCausalLM (modeling_gemma2.py), full sequence, everything in float64 -> logits [B,T,V].
+    `stats` (a dict), if given, receives the fraction of real scores/logits where |x| > cap / 2."""
+    w = {k: v.double() for k, v in w.items()}
+    B, T = input_ids.shape
+    H = cfg["hidden_size"]
+    nh, nkv, dh, eps = cfg["num_attention_heads"], cfg["num_key_value_heads"], head_dim(cfg), cfg["rms_norm_eps"]
+
+    def norm(x, name):  # Gemma2RMSNorm: x * rsqrt(mean(x^2) + eps) * (1 + w)
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * (1.0 + w[name + ".weight"])
+
+    def lin(h, name):
+        return F.linear(h, w[name + ".weight"])
+
+    def gelu_tanh(x):  # gelu_pytorch_tanh
+        return 0.5 * x * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x.pow(3))))
+
+    emb = w["model.embed_tokens.weight"]
+    x = emb[input_ids] * math.sqrt(H)  # Gemma2Model: hidden_states * hidden_size**0.5
+    pos = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+    inv = 1.0 / (cfg["rope_theta"] ** (torch.arange(0, dh, 2, dtype=torch.float64) / dh))
+    freqs = pos[..., None].double() * inv
+    cos, sin = torch.cat((freqs, freqs), -1).cos()[:, None], torch.cat((freqs, freqs), -1).sin()[:, None]
+    i, j = torch.arange(T)[:, None], torch.arange(T)[None, :]
+    causal = (j <= i)[None] & attention_mask.bool()[:, None, :]
+    real = attention_mask.bool()
+    cap_a, cap_f = cfg.get("attn_logit_softcapping"), cfg.get("final_logit_softcapping")
+    bitten, seen = 0, 0
+    for l in range(cfg["num_hidden_layers"]):
+        p = f"model.layers.{l}."
+        allowed = causal & ((i - j) < cfg["sliding_window"])[None] if l % 2 == 0 else causal
+        allowed = allowed | (torch.eye(T, dtype=torch.bool)[None] & ~allowed.any(-1, keepdim=True))
+        h = norm(x, p + "input_layernorm")
+        q = lin(h, p + "self_attn.q_proj").view(B, T, nh, dh).transpose(1, 2)
+        k = lin(h, p + "self_attn.k_proj").view(B, T, nkv, dh).transpose(1, 2)
+        v = lin(h, p + "self_attn.v_proj").view(B, T, nkv, dh).transpose(1, 2)
+        q, k = q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
+        k, v = k.repeat_interleave(nh // nkv, dim=1), v.repeat_interleave(nh // nkv, dim=1)
+        s = (q @ k.transpose(-1, -2)) * cfg["query_pre_attn_scalar"] ** -0.5
+        if cap_a:
+            m = allowed[:, None].expand_as(s) & real[:, None, :, None]
+            bitten += (s.abs() > cap_a / 2)[m].sum().item()
+            seen += m.sum().item()
+            s = torch.tanh(s / cap_a) * cap_a
+        s = s.masked_fill(~allowed[:, None], float("-inf"))
+        a = torch.softmax(s, dim=-1) @ v
+        x = x + norm(lin(a.transpose(1, 2).reshape(B, T, nh * dh), p + "self_attn.o_proj"),
+                     p + "post_attention_layernorm")
+        h = norm(x, p + "pre_feedforward_layernorm")
+        h = lin(gelu_tanh(lin(h, p + "mlp.gate_proj")) * lin(h, p + "mlp.up_proj"), p + "mlp.down_proj")
+        x = x + norm(h, p + "post_feedforward_layernorm")
+    logits = F.linear(norm(x, "model.norm"), emb)  # tied
+    if stats is not None:
+        stats["attn_softcap_fraction"] = bitten / max(seen, 1)
+        stats["final_softcap_fraction"] = (logits.abs() > cap_f / 2)[real].float().mean().item() if cap_f else 0.0
+    if cap_f:
+        logits = torch.tanh(logits / cap_f) * cap_f
+    return logits
+
+
+def model_forward(cfg, w, input_ids, attention_mask, stats=None):
+    if is_gemma2(cfg):
+        return forward_gemma2(cfg, w, input_ids, attention_mask, stats)
+    return forward(cfg, w, input_ids, attention_mask)
+
+
 def greedy(cfg, w, ids, steps=8, margins=None):
     """Plain no-cache greedy loop on one unpadded sequence; no EOS stopping.
     If `margins` is a list, appends each step's top1 - top2 logit gap (near-tie diagnostics)."""
     seq = list(ids)
     for _ in range(steps):
         t = torch.tensor([seq])
-        last = forward(cfg, w, t, torch.ones_like(t))[0, -1]
+        last = model_forward(cfg, w, t, torch.ones_like(t))[0, -1]
         if margins is not None:
             top = last.topk(2).values
             margins.append((top[0] - top[1]).item())
@@ -312,8 +408,9 @@ def cmd_write(a):
     V = cfg["vocab_size"]
     seqs = [torch.randint(1, V, (n,), generator=gen).tolist() for n in (7, 11, 4)]
     ids, mask = make_inputs(seqs, 11)
+    stats = {}
     with torch.inference_mode():
-        logits = forward(cfg, stored, ids, mask)
+        logits = model_forward(cfg, stored, ids, mask, stats).float()
         margins = []
         gids = torch.tensor([greedy(cfg, stored, s, margins=margins) for s in seqs], dtype=torch.int64)
     save_safetensors(os.path.join(a.out, "reference.safetensors"),
@@ -321,7 +418,7 @@ def cmd_write(a):
     real = logits[mask.bool()]
     print(json.dumps({"variant": a.variant, "dtype": a.dtype, "out": a.out, "params": sum(v.numel() for v in stored.values()),
                       "logits_std": round(real.std().item(), 3), "logits_absmax": round(real.abs().max().item(), 3),
-                      "greedy_min_top2_margin": round(min(margins), 4), "greedy_ids": gids.tolist()}))
+                      "greedy_min_top2_margin": round(min(margins), 4), "greedy_ids": gids.tolist(), **stats}))
 
 
 def cmd_check(a):
@@ -335,12 +432,12 @@ def cmd_check(a):
     ids, mask = ref["input_ids"], ref["attention_mask"]
     real = mask.bool()
     with torch.inference_mode():
-        lg = forward(cfg, w, ids, mask)
+        lg = model_forward(cfg, w, ids, mask).float()
         d_re = (lg - ref["logits"])[real].abs().max().item()
         seqs = [ids[b][real[b]].tolist() for b in range(ids.shape[0])]
         ids2, mask2 = make_inputs(seqs, ids.shape[1] + 6)  # pad more
-        d_pad = (forward(cfg, w, ids2, mask2)[mask2.bool()] - lg[real]).abs().max().item()
-        d_one = max((forward(cfg, w, torch.tensor([s]), torch.ones(1, len(s), dtype=torch.int64))[0]
+        d_pad = (model_forward(cfg, w, ids2, mask2).float()[mask2.bool()] - lg[real]).abs().max().item()
+        d_one = max((model_forward(cfg, w, torch.tensor([s]), torch.ones(1, len(s), dtype=torch.int64)).float()[0]
                      - lg[b][real[b]]).abs().max().item() for b, s in enumerate(seqs))
         g = torch.tensor([greedy(cfg, w, s) for s in seqs])
     ok = d_re < 1e-5 and d_pad < 1e-4 and d_one < 1e-4 and torch.equal(g, ref["greedy_ids"])

@@ -10,7 +10,7 @@ if ! "$python" -c 'import torch' 2>/dev/null; then
   exit 1
 fi
 rm -rf "$out.tmp" && mkdir -p "$out.tmp"
-for variant in llama_gqa llama_tied llama3_rope qwen2 mistral llama_headdim; do
+for variant in llama_gqa llama_tied llama3_rope qwen2 mistral llama_headdim gemma2; do
   for dtype in f32 bf16; do
     "$python" "$script" write --variant "$variant" --dtype "$dtype" --out "$out.tmp/$variant-$dtype" >/dev/null
   done

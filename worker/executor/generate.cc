@@ -140,6 +140,14 @@ StatusOr<v1::ShardResult> RunOrthogonalize(const LoadedModel& m, const ExecutorO
   at::Tensor r = tensors.begin()->second.to(at::kDouble);
   at::Tensor r_hat = r / (r.norm() + 1e-8);
   const km::Model& model = *m.model;
+  if (model.config().family == formats::Family::kGemma2) {
+    // Gemma 2 normalises o_proj's and down_proj's outputs (RMSNorm with a per-dimension weight)
+    // before they join the residual stream, so no edit of those matrices removes r from it.
+    return Status::Unimplemented(
+        "orthogonalize: weight orthogonalization is not exact for Gemma 2 (its attention and MLP "
+        "outputs pass through RMSNorms after o_proj and down_proj); use a generate condition with "
+        "kind: ablate, which ablates r at every layer at run time");
+  }
   km::ModelWeights edited = model.weights();
   auto project_out = [&](const at::Tensor& w_out_in) {  // [d, in]: the output axis is 0
     at::Tensor w = w_out_in.to(at::kDouble);

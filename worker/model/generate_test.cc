@@ -65,7 +65,7 @@ TEST_P(GenerateTest, KvCacheBatchedEqualsReferenceAndNoCache) {
 
 INSTANTIATE_TEST_SUITE_P(Variants, GenerateTest,
                          ::testing::Values("llama_gqa-f32", "llama3_rope-f32", "qwen2-f32",
-                                           "mistral-f32"),
+                                           "mistral-f32", "gemma2-f32"),
                          [](const ::testing::TestParamInfo<std::string>& info) {
                            std::string name = info.param;
                            for (char& c : name) c = (c == '-') ? '_' : c;

@@ -16,10 +16,12 @@ using knockout::testing::ReferenceDir;
 
 at::Tensor RowMask(std::vector<int64_t> rows) { return at::tensor(rows).to(at::kBool); }
 
-class HooksTest : public ::testing::Test {
+// Every hook test on a Llama checkpoint and on Gemma 2 (whose attention and MLP outputs are
+// normalised before they join the residual stream, and whose even layers slide).
+class HooksTest : public ::testing::TestWithParam<std::string> {
  protected:
   void SetUp() override {
-    const std::string dir = ReferenceDir("llama_gqa-f32");
+    const std::string dir = ReferenceDir(GetParam());
     auto model = Model::Load(dir, LoadOptions());
     ASSERT_TRUE(model.ok()) << model.status().ToString();
     model_ = std::move(model).value();
@@ -60,7 +62,7 @@ TEST(HookPointTest, NamesRoundTrip) {
   EXPECT_FALSE(HookPoint::Parse("blocks.x.hook_resid_pre", 6).ok());
 }
 
-TEST_F(HooksTest, CacheHasEveryHookWithConsistentValues) {
+TEST_P(HooksTest, CacheHasEveryHookWithConsistentValues) {
   HookRegistry hooks(config());
   hooks.CacheAll();
   ForwardResult clean = Run(&hooks);
@@ -83,7 +85,8 @@ TEST_F(HooksTest, CacheHasEveryHookWithConsistentValues) {
     }
   }
   // ln_final: normalized * scale == final residual.
-  at::Tensor final_resid = cache.at("blocks.2.hook_resid_post");
+  at::Tensor final_resid =
+      cache.at("blocks." + std::to_string(config().num_layers - 1) + ".hook_resid_post");
   EXPECT_TRUE(at::allclose(cache.at("ln_final.hook_normalized") * cache.at("ln_final.hook_scale"),
                            final_resid, 1e-5, 1e-5));
   // Caching alone changes nothing.
@@ -91,7 +94,7 @@ TEST_F(HooksTest, CacheHasEveryHookWithConsistentValues) {
 }
 
 // Zeroing head h at attn.hook_z equals zeroing that head's slice of o_proj's input columns.
-TEST_F(HooksTest, HeadZeroEqualsZeroingOutputProjectionColumns) {
+TEST_P(HooksTest, HeadZeroEqualsZeroingOutputProjectionColumns) {
   const int64_t layer = 1, head = 2, dh = config().head_dim;
   HookRegistry hooks(config());
   ASSERT_TRUE(
@@ -108,7 +111,7 @@ TEST_F(HooksTest, HeadZeroEqualsZeroingOutputProjectionColumns) {
 }
 
 // Per-head mean: head h's z becomes the given mean, the other heads keep their values.
-TEST_F(HooksTest, HeadMeanAndNeuronMean) {
+TEST_P(HooksTest, HeadMeanAndNeuronMean) {
   HookRegistry clean_hooks(config());
   clean_hooks.CacheAll();
   Run(&clean_hooks);
@@ -133,7 +136,7 @@ TEST_F(HooksTest, HeadMeanAndNeuronMean) {
 }
 
 // Directional ablation leaves no component along r; addition adds c * r.
-TEST_F(HooksTest, DirectionalAblationAndAddition) {
+TEST_P(HooksTest, DirectionalAblationAndAddition) {
   at::Tensor r = at::randn({config().hidden_size}, at::kFloat) * 3;
   at::Tensor r_hat = r / r.norm();
   HookRegistry clean(config());
@@ -164,7 +167,7 @@ TEST_F(HooksTest, DirectionalAblationAndAddition) {
 }
 
 // Different rows carry different interventions: each row equals its own single-row run.
-TEST_F(HooksTest, PerRowMasksGiveEachRowItsOwnIntervention) {
+TEST_P(HooksTest, PerRowMasksGiveEachRowItsOwnIntervention) {
   at::Tensor ids = ids_.narrow(0, 1, 1).repeat({3, 1});  // the 11-token prompt, three times
   at::Tensor mask = mask_.narrow(0, 1, 1).repeat({3, 1});
   HookRegistry hooks(config());
@@ -190,7 +193,7 @@ TEST_F(HooksTest, PerRowMasksGiveEachRowItsOwnIntervention) {
 
 // A position mask: columns before the first intervened column are untouched (causality); from
 // it on, the logits change.
-TEST_F(HooksTest, PositionMaskRespectsCausality) {
+TEST_P(HooksTest, PositionMaskRespectsCausality) {
   const int64_t t = ids_.size(1), first = 8;
   at::Tensor positions = at::arange(t) >= first;
   HookRegistry hooks(config());
@@ -203,7 +206,7 @@ TEST_F(HooksTest, PositionMaskRespectsCausality) {
 }
 
 // Resample: row b's activation is replaced by row b of the source.
-TEST_F(HooksTest, ResampleFromOtherPrompts) {
+TEST_P(HooksTest, ResampleFromOtherPrompts) {
   HookRegistry source(config());
   source.Cache(HookPoint::MlpOut(0));
   at::Tensor other_ids = ids_.flip({0});
@@ -218,7 +221,7 @@ TEST_F(HooksTest, ResampleFromOtherPrompts) {
   EXPECT_TRUE(at::equal(hooks.cache().at("blocks.0.hook_mlp_out"), donor));
 }
 
-TEST_F(HooksTest, RejectsMisshapenInterventions) {
+TEST_P(HooksTest, RejectsMisshapenInterventions) {
   HookRegistry hooks(config());
   Status s = hooks.Intervene({HookPoint::ResidPre(0), Intervention::Directional(at::ones({7}))});
   ASSERT_FALSE(s.ok());
@@ -234,7 +237,7 @@ TEST_F(HooksTest, RejectsMisshapenInterventions) {
 
 // Layer-prefix reuse: starting at layer L from the cached clean resid_pre equals the full pass,
 // also with an intervention at or after L.
-TEST_F(HooksTest, LayerPrefixReuseEqualsFullPass) {
+TEST_P(HooksTest, LayerPrefixReuseEqualsFullPass) {
   HookRegistry clean(config());
   for (int64_t l = 0; l < config().num_layers; ++l) clean.Cache(HookPoint::ResidPre(l));
   at::Tensor full = Run(&clean).logits;
@@ -260,7 +263,7 @@ TEST_F(HooksTest, LayerPrefixReuseEqualsFullPass) {
 
 // Sequence-prefix reuse: columns [0, p) from a clean KV cache plus a pass over [p, T) equals
 // the full pass at the later columns, with or without an intervention from p on.
-TEST_F(HooksTest, SequencePrefixReuseEqualsFullPass) {
+TEST_P(HooksTest, SequencePrefixReuseEqualsFullPass) {
   const int64_t t = ids_.size(1), p = 6;
   KVCache clean_cache;
   ForwardRequest clean;
@@ -290,6 +293,13 @@ TEST_F(HooksTest, SequencePrefixReuseEqualsFullPass) {
         << "intervene=" << intervene;
   }
 }
+
+INSTANTIATE_TEST_SUITE_P(Variants, HooksTest, ::testing::Values("llama_gqa-f32", "gemma2-f32"),
+                         [](const ::testing::TestParamInfo<std::string>& info) {
+                           std::string name = info.param;
+                           for (char& c : name) c = (c == '-') ? '_' : c;
+                           return name;
+                         });
 
 }  // namespace
 }  // namespace knockout::model

@@ -51,6 +51,20 @@ at::Tensor Linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b)
   return at::linear(x, w, b.defined() ? c10::optional<at::Tensor>(b) : c10::nullopt);
 }
 
+// A block's RMSNorm in the compute dtype. Llama: the normalised x rounded to the compute dtype,
+// then times w. Gemma 2: x / scale * (1 + w) all in float32, rounded once (Gemma2RMSNorm).
+at::Tensor Norm(const at::Tensor& x, const at::Tensor& w, const ModelConfig& c) {
+  if (c.family == Family::kGemma2) {
+    return (RmsNormalize(x, c.rms_norm_eps, nullptr) * (1.0 + w.to(at::kFloat))).to(x.scalar_type());
+  }
+  return RmsNormalize(x, c.rms_norm_eps, nullptr).to(x.scalar_type()) * w;
+}
+
+// Gemma 2's soft cap, tanh(x / cap) * cap.
+at::Tensor SoftCap(const at::Tensor& x, const std::optional<double>& cap) {
+  return cap ? at::tanh(x / *cap) * *cap : x;
+}
+
 }  // namespace
 
 std::vector<NamedWeightSlot> WeightSlots(const ModelConfig& c, ModelWeights& w) {
@@ -76,6 +90,10 @@ std::vector<NamedWeightSlot> WeightSlots(const ModelConfig& c, ModelWeights& w) 
     }
     if (c.o_proj_bias) slots.push_back({p + "self_attn.o_proj.bias", {d}, &l.o_bias});
     slots.push_back({p + "post_attention_layernorm.weight", {d}, &l.post_norm});
+    if (c.family == Family::kGemma2) {
+      slots.push_back({p + "pre_feedforward_layernorm.weight", {d}, &l.pre_ff_norm});
+      slots.push_back({p + "post_feedforward_layernorm.weight", {d}, &l.post_ff_norm});
+    }
     slots.push_back({p + "mlp.gate_proj.weight", {ff, d}, &l.gate});
     slots.push_back({p + "mlp.up_proj.weight", {ff, d}, &l.up});
     slots.push_back({p + "mlp.down_proj.weight", {d, ff}, &l.down});
@@ -155,7 +173,9 @@ std::unique_ptr<Model> Model::Random(ModelConfig config, uint64_t seed, double i
   ModelWeights weights;
   for (const NamedWeightSlot& slot : WeightSlots(config, weights)) {
     const bool is_norm = slot.name.find("norm.weight") != std::string::npos;
-    at::Tensor t = is_norm ? at::ones(slot.shape, at::kFloat)
+    // Gemma 2 scales by (1 + w): a unit norm is w = 0.
+    at::Tensor t = is_norm ? at::full(slot.shape, config.family == Family::kGemma2 ? 0.0 : 1.0,
+                                      at::kFloat)
                            : at::normal(0.0, init_std, slot.shape, generator);
     *slot.tensor = t.to(options.device, options.dtype);
   }
@@ -258,8 +278,15 @@ ForwardResult Model::ForwardImpl(const ForwardRequest& r) const {
 
   // Residual stream entering the first layer that runs.
   at::Tensor resid;
+  const bool gemma2 = c.family == Family::kGemma2;
   if (r.start_layer == 0) {
-    resid = hook(HookPoint::Embed(), at::embedding(weights_.embed, r.input_ids.to(dev)));
+    at::Tensor embedded = at::embedding(weights_.embed, r.input_ids.to(dev));
+    // Gemma 2 multiplies by sqrt(hidden_size) as a tensor of the activation dtype (rounded).
+    if (gemma2) {
+      embedded = embedded * at::scalar_tensor(std::sqrt(static_cast<double>(c.hidden_size)),
+                                              embedded.options());
+    }
+    resid = hook(HookPoint::Embed(), embedded);
   } else {
     resid = r.start_residual.to(dev, compute_dtype);
   }
@@ -296,16 +323,24 @@ ForwardResult Model::ForwardImpl(const ForwardRequest& r) const {
   at::Tensor query_col = at::arange(past, total, long_options).unsqueeze(1);  // [T, 1]
   at::Tensor key_col = at::arange(0, total, long_options).unsqueeze(0);       // [1, total]
   at::Tensor visible = (key_col <= query_col).unsqueeze(0) & (full_mask.unsqueeze(1) != 0);
-  if (c.sliding_window) visible = visible & (query_col - key_col < *c.sliding_window).unsqueeze(0);
-  visible = visible | (key_col == query_col).unsqueeze(0);
-  at::Tensor additive =
-      at::zeros({b, t, total}, at::TensorOptions().dtype(at::kFloat).device(dev))
-          .masked_fill_(visible.logical_not(), -std::numeric_limits<float>::infinity())
-          .unsqueeze(1);
+  auto additive_mask = [&](at::Tensor seen) {
+    seen = seen | (key_col == query_col).unsqueeze(0);
+    return at::zeros({b, t, total}, at::TensorOptions().dtype(at::kFloat).device(dev))
+        .masked_fill_(seen.logical_not(), -std::numeric_limits<float>::infinity())
+        .unsqueeze(1);
+  };
+  // Layers without the window (all but Mistral's; Gemma 2's odd ones) and layers with it.
+  at::Tensor additive = additive_mask(visible);
+  at::Tensor additive_sliding;
+  if (c.sliding_window) {
+    additive_sliding =
+        additive_mask(visible & (query_col - key_col < *c.sliding_window).unsqueeze(0));
+  }
 
   const int64_t end = r.end_layer == -1 ? c.num_layers : r.end_layer;
   const int64_t h = c.num_heads, hkv = c.num_kv_heads, dh = c.head_dim, g = c.group_size();
-  const double softmax_scale = 1.0 / std::sqrt(static_cast<double>(dh));
+  const double softmax_scale =
+      1.0 / std::sqrt(c.query_pre_attn_scalar.value_or(static_cast<double>(dh)));
   if (cache) {
     cache->keys.resize(c.num_layers);
     cache->values.resize(c.num_layers);
@@ -315,7 +350,7 @@ ForwardResult Model::ForwardImpl(const ForwardRequest& r) const {
     resid = hook(HookPoint::ResidPre(l), resid);
 
     // Attention.
-    at::Tensor x = RmsNormalize(resid, c.rms_norm_eps, nullptr).to(compute_dtype) * w.input_norm;
+    at::Tensor x = Norm(resid, w.input_norm, c);
     at::Tensor q = Linear(x, w.q, w.q_bias).view({b, t, h, dh}).transpose(1, 2);
     at::Tensor k = Linear(x, w.k, w.k_bias).view({b, t, hkv, dh}).transpose(1, 2);
     at::Tensor v = Linear(x, w.v, w.v_bias).view({b, t, hkv, dh}).transpose(1, 2);
@@ -349,7 +384,10 @@ ForwardResult Model::ForwardImpl(const ForwardRequest& r) const {
       scores = at::matmul(q_grouped, k.transpose(2, 3)).view({b, h, t, total});
     }
     at::Tensor probs =
-        at::softmax(scores.to(at::kFloat) * softmax_scale + additive, -1).to(compute_dtype);
+        at::softmax(SoftCap(scores.to(at::kFloat) * softmax_scale, c.attn_logit_softcapping) +
+                        (c.Slides(l) ? additive_sliding : additive),
+                    -1)
+            .to(compute_dtype);
     if (r.attention_dropout > 0) probs = at::dropout(probs, r.attention_dropout, /*train=*/true);
     at::Tensor z;
     if (shared) {
@@ -369,15 +407,23 @@ ForwardResult Model::ForwardImpl(const ForwardRequest& r) const {
               .transpose(1, 2);  // [B, T, H, dh]
     }
     z = hook(HookPoint::AttnZ(l), z);
-    at::Tensor attn_out = hook(HookPoint::AttnOut(l), Linear(z.reshape({b, t, h * dh}), w.o, w.o_bias));
+    at::Tensor attn_out = Linear(z.reshape({b, t, h * dh}), w.o, w.o_bias);
+    // Gemma 2 normalises the attention output before it joins the residual stream; hook_attn_out
+    // is what joins it (after that norm), as for every other family.
+    if (gemma2) attn_out = Norm(attn_out, w.post_norm, c);
+    attn_out = hook(HookPoint::AttnOut(l), attn_out);
     if (r.residual_dropout > 0) attn_out = at::dropout(attn_out, r.residual_dropout, true);
     resid = hook(HookPoint::ResidMid(l), resid + attn_out);
 
-    // SwiGLU MLP: down(silu(gate(x)) * up(x)).
-    x = RmsNormalize(resid, c.rms_norm_eps, nullptr).to(compute_dtype) * w.post_norm;
-    at::Tensor post = hook(HookPoint::MlpPost(l),
-                           at::silu(Linear(x, w.gate, w.gate_bias)) * Linear(x, w.up, w.up_bias));
-    at::Tensor mlp_out = hook(HookPoint::MlpOut(l), Linear(post, w.down, w.down_bias));
+    // Gated MLP: down(act(gate(x)) * up(x)), act = SiLU (SwiGLU) or tanh GELU (Gemma 2's GeGLU).
+    x = Norm(resid, gemma2 ? w.pre_ff_norm : w.post_norm, c);
+    at::Tensor gate = Linear(x, w.gate, w.gate_bias);
+    gate = c.activation == ModelConfig::Activation::kGeluTanh ? at::gelu(gate, "tanh")
+                                                              : at::silu(gate);
+    at::Tensor post = hook(HookPoint::MlpPost(l), gate * Linear(x, w.up, w.up_bias));
+    at::Tensor mlp_out = Linear(post, w.down, w.down_bias);
+    if (gemma2) mlp_out = Norm(mlp_out, w.post_ff_norm, c);
+    mlp_out = hook(HookPoint::MlpOut(l), mlp_out);
     if (r.residual_dropout > 0) mlp_out = at::dropout(mlp_out, r.residual_dropout, true);
     resid = hook(HookPoint::ResidPost(l), resid + mlp_out);
   }
@@ -401,7 +447,12 @@ ForwardResult Model::ForwardImpl(const ForwardRequest& r) const {
   at::Tensor scale = final_hook(HookPoint::FinalScale(),
                                 at::sqrt(x32.pow(2).mean(-1, /*keepdim=*/true) + c.rms_norm_eps));
   at::Tensor normalized = final_hook(HookPoint::FinalNormalized(), (x32 / scale).to(compute_dtype));
-  result.logits = at::linear(normalized * weights_.final_norm, weights_.lm_head).to(at::kFloat);
+  at::Tensor weighted =
+      gemma2 ? (normalized.to(at::kFloat) * (1.0 + weights_.final_norm.to(at::kFloat)))
+                   .to(compute_dtype)
+             : normalized * weights_.final_norm;
+  result.logits =
+      SoftCap(at::linear(weighted, weights_.lm_head).to(at::kFloat), c.final_logit_softcapping);
   return result;
 }
 

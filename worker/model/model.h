@@ -1,4 +1,4 @@
-// The transformer runtime: a decoder-only model (Llama family, Mistral, Qwen2) loaded from a
+// The transformer runtime: a decoder-only model (Llama family, Mistral, Qwen2, Gemma 2) loaded from a
 // Hugging Face checkpoint, with a forward pass that exposes every hook point of hooks.h, starts
 // at any layer from a given residual stream (layer-prefix reuse), continues from a KV cache
 // (sequence-prefix reuse and generation), and unembeds only the positions asked for.
@@ -29,9 +29,13 @@ struct LayerWeights {
   at::Tensor input_norm;       // model.layers.{i}.input_layernorm.weight          [d]
   at::Tensor q, k, v, o;       // model.layers.{i}.self_attn.{q,k,v,o}_proj.weight
   at::Tensor q_bias, k_bias, v_bias, o_bias;
-  at::Tensor post_norm;        // model.layers.{i}.post_attention_layernorm.weight [d]
+  // model.layers.{i}.post_attention_layernorm.weight [d]: the norm before the MLP in Llama and
+  // Qwen2; in Gemma 2 the norm of the attention output.
+  at::Tensor post_norm;
   at::Tensor gate, up, down;   // model.layers.{i}.mlp.{gate,up,down}_proj.weight
   at::Tensor gate_bias, up_bias, down_bias;
+  // Gemma 2 only: model.layers.{i}.{pre,post}_feedforward_layernorm.weight [d].
+  at::Tensor pre_ff_norm, post_ff_norm;
 };
 
 struct ModelWeights {

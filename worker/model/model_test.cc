@@ -55,7 +55,7 @@ INSTANTIATE_TEST_SUITE_P(
     ::testing::Values("llama_gqa-f32", "llama_gqa-bf16", "llama_tied-f32", "llama_tied-bf16",
                       "llama3_rope-f32", "llama3_rope-bf16", "qwen2-f32", "qwen2-bf16",
                       "mistral-f32", "mistral-bf16", "llama_headdim-f32", "llama_headdim-bf16",
-                      "llama_gqa-f32-sharded", "qwen2-f16-sharded"),
+                      "gemma2-f32", "gemma2-bf16", "llama_gqa-f32-sharded", "qwen2-f16-sharded"),
     [](const ::testing::TestParamInfo<std::string>& info) {
       std::string name = info.param;
       for (char& c : name) c = (c == '-') ? '_' : c;
@@ -66,7 +66,8 @@ INSTANTIATE_TEST_SUITE_P(
 // ~6.6 here) move by about a tenth. Documented tolerance: max |diff| <= 0.25 and mean |diff|
 // <= 0.05 at real positions; measured 0.12-0.14 max (docs/benchmarks.md).
 TEST(ReferenceLogitsTest, Bfloat16ComputeWithinDocumentedTolerance) {
-  for (const char* name : {"llama_gqa-bf16", "qwen2-bf16", "llama3_rope-bf16", "mistral-bf16"}) {
+  for (const char* name :
+       {"llama_gqa-bf16", "qwen2-bf16", "llama3_rope-bf16", "mistral-bf16", "gemma2-bf16"}) {
     LoadOptions options;
     options.dtype = at::kBFloat16;
     auto model = Model::Load(ReferenceDir(name), options);
@@ -80,18 +81,21 @@ TEST(ReferenceLogitsTest, Bfloat16ComputeWithinDocumentedTolerance) {
   }
 }
 
-// More left padding must not change any real position (masks and position ids).
+// More left padding must not change any real position (masks, position ids and, for Gemma 2,
+// the sliding window, which counts columns).
 TEST(ReferenceLogitsTest, ExtraLeftPaddingChangesNothing) {
-  const std::string dir = ReferenceDir("llama3_rope-f32");
-  auto model = Model::Load(dir, LoadOptions());
-  ASSERT_TRUE(model.ok()) << model.status().ToString();
-  Reference ref = LoadReference(dir);
-  const int64_t extra = 6;
-  Reference padded = ref;
-  padded.input_ids = at::cat({at::full({3, extra}, 0, at::kLong), ref.input_ids}, 1);
-  padded.attention_mask = at::cat({at::zeros({3, extra}, at::kLong), ref.attention_mask}, 1);
-  at::Tensor logits = FullLogits(**model, padded).narrow(1, extra, ref.input_ids.size(1));
-  EXPECT_LE(MaxRealDiff(logits, ref), 1e-4);
+  for (const char* name : {"llama3_rope-f32", "gemma2-f32"}) {
+    const std::string dir = ReferenceDir(name);
+    auto model = Model::Load(dir, LoadOptions());
+    ASSERT_TRUE(model.ok()) << model.status().ToString();
+    Reference ref = LoadReference(dir);
+    const int64_t extra = 6;
+    Reference padded = ref;
+    padded.input_ids = at::cat({at::full({3, extra}, 0, at::kLong), ref.input_ids}, 1);
+    padded.attention_mask = at::cat({at::zeros({3, extra}, at::kLong), ref.attention_mask}, 1);
+    at::Tensor logits = FullLogits(**model, padded).narrow(1, extra, ref.input_ids.size(1));
+    EXPECT_LE(MaxRealDiff(logits, ref), 1e-4) << name;
+  }
 }
 
 TEST(ModelTest, LastPositionLogitsEqualFullLogits) {
