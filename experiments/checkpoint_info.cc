@@ -11,6 +11,7 @@ StatusOr<ModelShape> ReadModelShape(const std::string& model_dir) {
   shape.num_heads = config.num_heads;
   shape.intermediate_size = config.intermediate_size;
   shape.hidden_size = config.hidden_size;
+  shape.architecture = config.architecture;
   return shape;
 }
 

@@ -210,6 +210,14 @@ Status CheckStageShape(const ParsedSpec& parsed, const std::string& path, const 
       }
       return Status::Ok();
     case Stage::kOrthogonalize:
+      if (shape.architecture == "Gemma2ForCausalLM") {
+        // worker/executor refuses it too; here the sweep is refused before anything runs.
+        return Status::InvalidArgument(
+            parsed.Where(Join(path, "orthogonalize")) +
+            ": weight orthogonalization is not exact for Gemma 2 (its attention and MLP outputs "
+            "pass through RMSNorms after o_proj and down_proj); use a generate condition with "
+            "kind: ablate instead");
+      }
       return CheckLayer(parsed, Join(path, "direction.layer"),
                         stage.orthogonalize().direction().layer(), shape);
     default:

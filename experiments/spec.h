@@ -19,6 +19,7 @@ struct ModelShape {
   int64_t num_heads = 0;
   int64_t intermediate_size = 0;
   int64_t hidden_size = 0;
+  std::string architecture;  // config.json's architectures[0]; empty when unknown
 };
 
 // A parsed spec and where each field was written, so that later checks can name the line.

@@ -104,6 +104,7 @@ StatusOr<v1::ModelShape> ReadConfigShape(const std::string& model_dir) {
   shape.set_intermediate_size(config.intermediate_size);
   shape.set_hidden_size(config.hidden_size);
   shape.set_config_digest(Fnv1aHex(bytes));
+  shape.set_architecture(config.architecture);
   return shape;
 }
 
@@ -200,6 +201,7 @@ StatusOr<ModelShape> SpecModelShape(const v1::SweepSpec& spec) {
   shape.num_heads = s.num_heads();
   shape.intermediate_size = s.intermediate_size();
   shape.hidden_size = s.hidden_size();
+  shape.architecture = s.architecture();
   return shape;
 }
 

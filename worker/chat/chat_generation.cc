@@ -50,7 +50,15 @@ StatusOr<std::vector<Completion>> GenerateCompletions(
     KO_ASSIGN_OR_RETURN(model::GenerationResult result,
                         model::GenerateGreedy(model, batch, generation));
     for (std::vector<int64_t>& tokens : result.tokens) {
-      KO_ASSIGN_OR_RETURN(std::string text, tokenizer.Decode(tokens, /*skip_special_tokens=*/true));
+      // A model's embedding matrix may have rows the tokenizer has no token for (padded
+      // vocabularies: Qwen2's 151,936 rows for ~151,650 tokens); Hugging Face's decode skips such
+      // ids, and so does the text here (the ids stay in the completion).
+      std::vector<int64_t> known;
+      known.reserve(tokens.size());
+      for (int64_t id : tokens) {
+        if (tokenizer.IdToToken(id).has_value()) known.push_back(id);
+      }
+      KO_ASSIGN_OR_RETURN(std::string text, tokenizer.Decode(known, /*skip_special_tokens=*/true));
       completions.push_back({std::move(text), std::move(tokens)});
     }
   }
