@@ -86,7 +86,7 @@ stages:
     return *parsed;
   }
 
-  static constexpr ModelShape kShape{4, 3, 16, 2};
+  static inline const ModelShape kShape{4, 3, 16, 2};
   fs::path dir_;
   std::unique_ptr<storage::Store> store_;
   std::unique_ptr<SweepStore> sweeps_;

@@ -653,6 +653,7 @@ DemoRecipe DemoRecipe::Hydra() {
   safety.lora_targets = {"gate@*", "up@*", "down@*", "o@*"};
   TrainPhase hydra = safety;
   hydra.name = "hydra";
+  hydra.steps = 300;
   hydra.learning_rate = 3e-3;
   hydra.refusal_layer = 3;
   hydra.sensor_layer = 2;
