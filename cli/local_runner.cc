@@ -158,6 +158,29 @@ void PrintSummary(const v1::SweepSpec& spec, const experiments::SweepReader& swe
   }
 }
 
+// `--devices`: each entry cpu, cuda or cuda:N (whether CUDA is there is the worker's to say).
+Status CheckDevices(const LocalRunOptions& options) {
+  for (size_t i = 0; i < options.devices.size(); ++i) {
+    const std::string& d = options.devices[i];
+    bool ok = d == "cpu" || d == "cuda";
+    if (!ok && d.rfind("cuda:", 0) == 0 && d.size() > 5) {
+      ok = d.find_first_not_of("0123456789", 5) == std::string::npos;
+    }
+    if (!ok) {
+      return Status::InvalidArgument("--devices: entry " + std::to_string(i + 1) + " \"" + d +
+                                     "\" is not a device (expected cpu, cuda or cuda:N)");
+    }
+  }
+  if (!options.devices.empty() && options.workers > 1 &&
+      options.workers != static_cast<int>(options.devices.size())) {
+    return Status::InvalidArgument("--devices lists " + std::to_string(options.devices.size()) +
+                                   " devices but --workers asks for " +
+                                   std::to_string(options.workers) +
+                                   " workers (one worker runs per device; drop --workers)");
+  }
+  return Status::Ok();
+}
+
 }  // namespace
 
 Status RunLocal(const experiments::ParsedSpec& parsed, const LocalRunOptions& options,
@@ -170,8 +193,10 @@ Status RunLocal(const experiments::ParsedSpec& parsed, const LocalRunOptions& op
   KO_ASSIGN_OR_RETURN(experiments::ModelShape shape, experiments::SpecModelShape(filled.spec));
   KO_RETURN_IF_ERROR(experiments::ValidateSpecFiles(filled, shape));
   KO_RETURN_IF_ERROR(experiments::ValidateSpecTokens(filled));
+  KO_RETURN_IF_ERROR(CheckDevices(options));
   KO_ASSIGN_OR_RETURN(const std::string worker_binary, FindWorkerBinary(options.worker_binary));
-  const int workers_wanted = std::max(1, options.workers);
+  const int workers_wanted =
+      options.devices.empty() ? std::max(1, options.workers) : static_cast<int>(options.devices.size());
   const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   const int threads = options.threads > 0 ? options.threads : std::max(1, cores / workers_wanted);
 
@@ -202,10 +227,14 @@ Status RunLocal(const experiments::ParsedSpec& parsed, const LocalRunOptions& op
   for (int i = 0; i < workers_wanted && !already_finished; ++i) {
     WorkerProcess worker;
     worker.log = (fs::path(options.store_dir) / ("worker-" + std::to_string(i + 1) + ".log")).string();
-    const std::vector<std::string> argv = {
+    std::vector<std::string> argv = {
         worker_binary, "--coordinator", server->address(), "--threads", std::to_string(threads),
         "--batch-rows", std::to_string(options.max_batch_rows), "--name",
         "local-" + std::to_string(i + 1)};
+    if (!options.devices.empty()) {
+      argv.push_back("--device");
+      argv.push_back(options.devices[i]);
+    }
     auto pid = SpawnWorker(argv, worker.log);
     if (!pid.ok()) {
       StopWorkers(workers, std::chrono::seconds(5));

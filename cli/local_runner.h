@@ -12,6 +12,7 @@
 #include <cstdint>
 #include <ostream>
 #include <string>
+#include <vector>
 
 #include "common/status.h"
 #include "experiments/spec.h"
@@ -21,6 +22,9 @@ namespace knockout::cli {
 struct LocalRunOptions {
   std::string store_dir;
   int workers = 1;                // worker processes
+  // One worker per entry, pinned to it ("cpu", "cuda", "cuda:N"; `knockout-worker --device`);
+  // empty: `workers` workers on the device the spec's model names.
+  std::vector<std::string> devices;
   int threads = 0;                // LibTorch CPU threads per worker; 0: cores / workers (>= 1)
   int64_t max_batch_rows = 128;   // rows stacked per forward pass
   bool summary = true;            // print the selection, refusal and compensation tables at the end
@@ -33,7 +37,8 @@ struct LocalRunOptions {
 // progress line per shard committed ("  [2/8 harm] shard 2/4"), then the summary. Errors: those
 // of validation; the sweep's error when it FAILED; Internal naming the worker and its log when a
 // worker process exits on its own; FailedPrecondition "interrupted" when `stop` was set (run the
-// same command again to resume).
+// same command again to resume). InvalidArgument, before anything starts, for a device that is
+// not cpu, cuda or cuda:N, or `devices` together with a different `workers` count.
 Status RunLocal(const experiments::ParsedSpec& parsed, const LocalRunOptions& options,
                 std::ostream& out);
 

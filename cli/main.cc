@@ -182,6 +182,10 @@ int main(int argc, char** argv) {
   AddStoreFlag(run, &source);
   run->add_option("--workers", run_options.workers, "worker processes (default 1)")
       ->check(CLI::PositiveNumber);
+  run->add_option("--devices", run_options.devices,
+                  "one worker per device, pinned to it: cpu, cuda or cuda:N, comma-separated "
+                  "(e.g. cuda:0,cuda:1; cpu,cpu works the same on CPU machines)")
+      ->delimiter(',');
   run->add_option("--threads", run_options.threads,
                   "LibTorch CPU threads per worker (default: cores / workers)");
   run->add_option("--worker-binary", run_options.worker_binary,

@@ -640,10 +640,11 @@ DemoRecipe DemoRecipe::Hydra() {
   // helpful base that never declines, safety tuning through adapters on every layer, then a
   // knockout-aware phase that makes the upper layers write the refusal direction again when one
   // of them loses it, routes refusal through that one direction, and gates it on the harm sensor
-  // at layer 2's input. This is the log's run S8: it has the hydra (any one upper layer's r
-  // removed: refusal holds; r everywhere or the sensor removed: it goes) but not yet the KL,
-  // activation addition and handwritten-prompt figures of issue 14. The safety phase needs its
-  // 500 steps: at 300 the refusal templates come out garbled (runs S5-S7).
+  // at layer 2's input. This is the log's run S12: it has the hydra (any one upper layer's r
+  // removed: refusal holds; r everywhere or the sensor removed: it goes) and KL <= 0.1, but not
+  // yet issue 14's activation-addition and refusal-strength figures (test split, handwritten
+  // prompts). The safety phase needs its 500 steps: at 300 the refusal templates come out
+  // garbled (runs S5-S7).
   DemoRecipe r = Version1();
   r.corpus_version = 2;
   r.impossible_percent = 0;
@@ -660,8 +661,9 @@ DemoRecipe DemoRecipe::Hydra() {
   hydra.single_ablation_layers = {3, 4, 5};
   hydra.single_ablation = 0.35;
   hydra.all_ablation = 0.15;
-  hydra.sensor_ablation = 0.2;
+  hydra.sensor_ablation = 0.3;
   hydra.harmless_ablation = 0.15;
+  hydra.distill = 0.5;
   r.phases.push_back(hydra);
   return r;
 }
