@@ -63,6 +63,20 @@ std::string HostName() {
   return buffer;
 }
 
+}  // namespace
+
+bool IsDeviceLost(const Status& error) {
+  if (error.ok()) return false;
+  const std::string& m = error.message();
+  auto has = [&](const char* text) { return m.find(text) != std::string::npos; };
+  if (has("out of memory")) return false;  // the next shard may fit: an ordinary failure
+  return has("CUDA error") || has("CUDA driver error") || has("cudaError") ||
+         has("CUBLAS_STATUS") || has("CUDNN_STATUS") || has("no CUDA GPUs are available") ||
+         has("device-side assert");
+}
+
+namespace {
+
 std::string LeaseKey(const v1::LeaseRef& ref) {
   return ShardName(ref) + "#" + std::to_string(ref.attempt());
 }
@@ -185,7 +199,8 @@ class Agent::Impl {
     StartBackgroundCalls();
     Status status = Loop();
     StopBackgroundCalls();
-    if (status.ok()) ReleaseAllHeld();
+    // After a lost device the other held leases go back too: this worker will run nothing more.
+    if (status.ok() || device_lost_) ReleaseAllHeld();
     {
       absl::MutexLock lock(&mu_);
       closing_ = true;  // the executor thread ends after the shard it is running, if any
@@ -440,6 +455,13 @@ class Agent::Impl {
     } else if (!finished.error.ok()) {
       log_.Line("shard " + name + " failed: " + finished.error.ToString());
       KO_ASSIGN_OR_RETURN(settled, ReleaseFailed(finished.key, ref, finished.error));
+      if (IsDeviceLost(finished.error)) {
+        absl::MutexLock lock(&mu_);
+        held_.erase(finished.key);
+        return Status::Unavailable("device lost (" + finished.error.message() +
+                                   "): releasing every shard and exiting so that the "
+                                   "supervisor restarts this worker");
+      }
     } else {
       KO_ASSIGN_OR_RETURN(settled, Report(finished.key, ref, finished.result));
     }
@@ -602,7 +624,9 @@ class Agent::Impl {
       v1::Shard shard;
       {
         absl::MutexLock lock(&mu_);
-        while (!closing_ && jobs_.empty()) jobs_cv_.Wait(&mu_);
+        // After a lost device nothing more runs here: the held leases wait for Run to give
+        // them back.
+        while (!closing_ && (jobs_.empty() || device_lost_.load())) jobs_cv_.Wait(&mu_);
         if (closing_) return;
         key = jobs_.front();
         jobs_.pop_front();
@@ -625,6 +649,7 @@ class Agent::Impl {
       finished.key = key;
       finished.error = RunShard(shard, &finished.result);
       finished.at = Clock::now();
+      if (IsDeviceLost(finished.error)) device_lost_ = true;
       absl::MutexLock lock(&mu_);
       running_.clear();
       if (auto it = held_.find(key); it != held_.end()) it->second.executing = false;
@@ -647,6 +672,7 @@ class Agent::Impl {
     try {
       KO_RETURN_IF_ERROR(EnsureModel(shard.model()));
       if (options_.before_run) options_.before_run(shard);
+      if (options_.fail_run) KO_RETURN_IF_ERROR(options_.fail_run(shard));
       KO_ASSIGN_OR_RETURN(*result, shard_executor_->Run(shard));
       return Status::Ok();
     } catch (const std::exception& e) {
@@ -816,6 +842,8 @@ class Agent::Impl {
   std::deque<std::string> jobs_ ABSL_GUARDED_BY(mu_);  // keys waiting to run, lease order
   std::deque<Finished> finished_ ABSL_GUARDED_BY(mu_);
   bool closing_ ABSL_GUARDED_BY(mu_) = false;
+  // A shard failed with IsDeviceLost: Run gives every lease back and returns the error.
+  std::atomic<bool> device_lost_{false};
   std::string running_ ABSL_GUARDED_BY(mu_);        // key of the shard executing
   std::string loaded_model_ ABSL_GUARDED_BY(mu_);   // path of the cached model
   std::string loaded_device_ ABSL_GUARDED_BY(mu_);

@@ -46,7 +46,16 @@ struct AgentOptions {
   // Tests only: called on the executor thread before each shard runs (model loaded), so a test
   // can hold a shard "executing" for as long as it needs.
   std::function<void(const v1::Shard&)> before_run;
+  // Tests only: an error returned here is the shard's error instead of running it (e.g. a CUDA
+  // error, which no CPU machine can produce).
+  std::function<Status(const v1::Shard&)> fail_run;
 };
+
+// Whether a shard's error says the worker's device is gone or broken (a CUDA, cuBLAS or cuDNN
+// error other than running out of memory; no GPU left): nothing on this device will succeed
+// again, so the agent releases its shards with the error and Run returns Unavailable, and the
+// worker process exits non-zero for its supervisor (Slurm, Kubernetes) to restart it.
+bool IsDeviceLost(const Status& error);
 
 // A worker id unique per process: "<name or host>-<pid>-<6 random hex digits>".
 std::string MakeWorkerId(const std::string& name);

@@ -526,6 +526,58 @@ TEST_F(AgentTest, AShardThatFailsIsReleasedWithItsError) {
   EXPECT_EQ(fake.report_calls, 0);
 }
 
+TEST(DeviceLostTest, CudaErrorsButNotOutOfMemory) {
+  EXPECT_TRUE(IsDeviceLost(Status::Internal(
+      "forward pass failed in LibTorch: CUDA error: an illegal memory access was encountered")));
+  EXPECT_TRUE(IsDeviceLost(Status::Internal("CUBLAS_STATUS_EXECUTION_FAILED when calling gemm")));
+  EXPECT_TRUE(IsDeviceLost(Status::InvalidArgument("no CUDA GPUs are available")));
+  EXPECT_FALSE(IsDeviceLost(Status::Internal("CUDA out of memory. Tried to allocate 2.00 GiB")));
+  EXPECT_FALSE(IsDeviceLost(Status::InvalidArgument("blocks.99.attn.hook_z: out of range")));
+  EXPECT_FALSE(IsDeviceLost(Status::Ok()));
+}
+
+// A worker whose device is gone (a CUDA error) gives back the failed shard with its error and
+// every other lease it holds, and Run returns Unavailable: the process exits non-zero so that
+// its supervisor restarts it. Out of memory stays an ordinary shard failure.
+TEST_F(AgentTest, ALostDeviceReleasesEveryShardAndEndsTheWorker) {
+  FakeCoordinator fake;
+  for (const v1::Shard& shard : *shards_) fake.pending.push_back(shard);
+  ASSERT_GE(shards_->size(), 2u);
+  FakeServer server(&fake, 0);
+  ASSERT_TRUE(server.ok());
+  AgentOptions options;
+  options.capacity = 2;
+  std::atomic<int> runs{0};
+  options.fail_run = [&](const v1::Shard&) {
+    ++runs;
+    return Status::Internal("forward pass failed in LibTorch: CUDA error: unspecified launch failure");
+  };
+  RunningAgent agent(server.address(), options);
+  const Status status = agent.Join();  // no stop: the agent ends by itself
+  EXPECT_EQ(status.code(), StatusCode::kUnavailable) << status.ToString();
+  EXPECT_NE(status.message().find("device lost"), std::string::npos) << status.ToString();
+  EXPECT_EQ(runs.load(), 1) << "nothing runs after the device is lost";
+  std::lock_guard<std::mutex> lock(fake.mu);
+  ASSERT_EQ(fake.releases.size(), 2u) << agent.log();
+  EXPECT_NE(fake.releases[0].error().find("unspecified launch failure"), std::string::npos);
+  EXPECT_EQ(fake.reports.size(), 0u);
+
+  // Out of memory: released with its error, and the worker goes on (stopped by the test).
+  FakeCoordinator oom_fake;
+  oom_fake.pending.push_back(shards_->front());
+  FakeServer oom_server(&oom_fake, 0);
+  ASSERT_TRUE(oom_server.ok());
+  AgentOptions oom_options;
+  oom_options.fail_run = [](const v1::Shard&) {
+    return Status::Internal("CUDA out of memory. Tried to allocate 20.00 GiB");
+  };
+  RunningAgent oom_agent(oom_server.address(), oom_options);
+  ASSERT_TRUE(oom_fake.WaitFor([&] { return !oom_fake.releases.empty(); }));
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  EXPECT_FALSE(oom_agent.done());
+  EXPECT_TRUE(oom_agent.Stop().ok());
+}
+
 TEST_F(AgentTest, AShardPastTheDeadlineIsGivenBackAndItsResultNotReported) {
   FakeCoordinator fake;
   fake.pending.push_back(shards_->front());
