@@ -36,6 +36,25 @@ inline formats::ModelConfig BenchConfig() {
   return std::move(config).value();
 }
 
+// Issue 15's real-size shape: Llama-3.2-1B's (16 layers, d_model 2048, 32 query heads and 8
+// key/value heads of 64, MLP 8192, vocab 128256, tied embeddings; 1.24B parameters).
+inline formats::ModelConfig Bench1BConfig() {
+  static const char* kJson = R"({
+    "architectures": ["LlamaForCausalLM"], "model_type": "llama",
+    "num_hidden_layers": 16, "hidden_size": 2048, "num_attention_heads": 32,
+    "num_key_value_heads": 8, "head_dim": 64, "intermediate_size": 8192,
+    "vocab_size": 128256, "max_position_embeddings": 131072, "rms_norm_eps": 1e-5,
+    "rope_theta": 500000.0, "hidden_act": "silu", "tie_word_embeddings": true,
+    "attention_bias": false, "mlp_bias": false, "bos_token_id": 128000,
+    "eos_token_id": 128001, "torch_dtype": "bfloat16"})";
+  auto config = formats::ParseModelConfig(kJson, "bench 1b config");
+  if (!config.ok()) {
+    std::fprintf(stderr, "bench 1b config: %s\n", config.status().ToString().c_str());
+    std::exit(2);
+  }
+  return std::move(config).value();
+}
+
 inline std::unique_ptr<model::Model> BenchModel(const model::LoadOptions& options = {}) {
   return model::Model::Random(BenchConfig(), kSeed, kInitStd, options);
 }
