@@ -4,7 +4,7 @@
 //                                          writes a random bench model (bench_model.h: the 134M
 //                                          default, or Llama-3.2-1B's shape) to DIR (config.json
 //                                          + model.safetensors, float32 unless --storage)
-//   load_rss_bench load DIR [--dtype f32] [--forward T]
+//   load_rss_bench load DIR [--dtype f32] [--device cpu|cuda[:N]] [--forward T]
 //                                          loads DIR with Model::Load in this fresh process and
 //                                          prints one JSON line; with --forward, also the
 //                                          tokens/s of one T-token forward pass (batch 1, logits
@@ -48,7 +48,7 @@ int64_t ProcStatusBytes(const char* field) {
 int Usage() {
   std::fprintf(stderr,
                "usage: load_rss_bench write DIR [--size 134m|1b] [--storage f32|bf16] | "
-               "load_rss_bench load DIR [--dtype f32] [--forward T]\n");
+               "load_rss_bench load DIR [--dtype f32] [--device cpu|cuda[:N]] [--forward T]\n");
   return 2;
 }
 
@@ -99,6 +99,13 @@ int main(int argc, char** argv) {
   for (int i = 3; i < argc; ++i) {
     if (std::strcmp(argv[i], "--dtype") == 0 && i + 1 < argc) {
       dtype_name = argv[++i];
+    } else if (std::strcmp(argv[i], "--device") == 0 && i + 1 < argc) {
+      auto device = knockout::model::ParseDevice(argv[++i]);
+      if (!device.ok()) {
+        std::fprintf(stderr, "%s\n", device.status().ToString().c_str());
+        return 2;
+      }
+      options.device = *device;
     } else if (std::strcmp(argv[i], "--forward") == 0 && i + 1 < argc) {
       forward_tokens = std::atoll(argv[++i]);
       if (forward_tokens < 1) return Usage();
@@ -142,6 +149,7 @@ int main(int argc, char** argv) {
         std::fprintf(stderr, "%s\n", out.status().ToString().c_str());
         return 1;
       }
+      (void)out->logits.sum().item<float>();  // waits for the device
       const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
       tokens_per_s = static_cast<double>(forward_tokens) / s;
     }

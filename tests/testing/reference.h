@@ -23,6 +23,13 @@ inline std::string ReferenceRoot() {
 // e.g. ReferenceDir("llama_gqa-f32").
 inline std::string ReferenceDir(const std::string& name) { return ReferenceRoot() + "/" + name; }
 
+// The device the reference tests that honour it run on (env KNOCKOUT_TEST_DEVICE, e.g. "cuda",
+// set by scripts/gpu-check.sh); cpu if unset. Results are compared on the CPU.
+inline c10::Device TestDevice() {
+  const char* device = std::getenv("KNOCKOUT_TEST_DEVICE");
+  return c10::Device(device && *device ? device : "cpu");
+}
+
 // Reads every tensor of a safetensors file into CPU tensors (copies). Aborts the test on error.
 inline std::map<std::string, at::Tensor> ReadTensors(const std::string& path) {
   auto file = formats::SafetensorsFile::Open(path);

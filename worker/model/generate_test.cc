@@ -40,7 +40,9 @@ class GenerateTest : public ::testing::TestWithParam<std::string> {};
 // own no-cache loop, and one-by-one generation.
 TEST_P(GenerateTest, KvCacheBatchedEqualsReferenceAndNoCache) {
   const std::string dir = ReferenceDir(GetParam());
-  auto model = Model::Load(dir, LoadOptions());
+  LoadOptions on_device;  // KNOCKOUT_TEST_DEVICE (scripts/gpu-check.sh), cpu unless set
+  on_device.device = knockout::testing::TestDevice();
+  auto model = Model::Load(dir, on_device);
   ASSERT_TRUE(model.ok()) << model.status().ToString();
   auto ref = ReadTensors(dir + "/reference.safetensors");
   auto prompts = Prompts(ref);

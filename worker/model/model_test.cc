@@ -12,6 +12,15 @@ namespace {
 
 using knockout::testing::ReadTensors;
 using knockout::testing::ReferenceDir;
+using knockout::testing::TestDevice;
+
+// The reference tests' load options: float32 on KNOCKOUT_TEST_DEVICE (cpu unless set).
+LoadOptions OnTestDevice(c10::ScalarType dtype = at::kFloat) {
+  LoadOptions options;
+  options.device = TestDevice();
+  options.dtype = dtype;
+  return options;
+}
 
 struct Reference {
   at::Tensor input_ids, attention_mask, logits, greedy_ids;
@@ -25,7 +34,7 @@ Reference LoadReference(const std::string& dir) {
 // Max |ours - reference| over the real (non-padding) positions.
 double MaxRealDiff(const at::Tensor& ours, const Reference& ref) {
   at::Tensor real = ref.attention_mask.to(at::kBool).unsqueeze(-1).expand_as(ref.logits);
-  return (ours.to(at::kFloat) - ref.logits).abs().masked_select(real).max().item<double>();
+  return (ours.to(at::kCPU, at::kFloat) - ref.logits).abs().masked_select(real).max().item<double>();
 }
 
 at::Tensor FullLogits(const Model& model, const Reference& ref) {
@@ -34,7 +43,7 @@ at::Tensor FullLogits(const Model& model, const Reference& ref) {
   request.attention_mask = ref.attention_mask;
   auto out = model.Forward(request);
   EXPECT_TRUE(out.ok()) << out.status().ToString();
-  return out.ok() ? out->logits : at::Tensor();
+  return out.ok() ? out->logits.to(at::kCPU) : at::Tensor();
 }
 
 class ReferenceLogitsTest : public ::testing::TestWithParam<std::string> {};
@@ -42,7 +51,7 @@ class ReferenceLogitsTest : public ::testing::TestWithParam<std::string> {};
 // f32 compute on every variant and storage dtype: the contract is max |diff| <= 1e-4.
 TEST_P(ReferenceLogitsTest, MatchesReferenceInFloat32) {
   const std::string dir = ReferenceDir(GetParam());
-  auto model = Model::Load(dir, LoadOptions());
+  auto model = Model::Load(dir, OnTestDevice());
   ASSERT_TRUE(model.ok()) << model.status().ToString();
   Reference ref = LoadReference(dir);
   at::Tensor logits = FullLogits(**model, ref);
@@ -68,9 +77,7 @@ INSTANTIATE_TEST_SUITE_P(
 TEST(ReferenceLogitsTest, Bfloat16ComputeWithinDocumentedTolerance) {
   for (const char* name :
        {"llama_gqa-bf16", "qwen2-bf16", "llama3_rope-bf16", "mistral-bf16", "gemma2-bf16"}) {
-    LoadOptions options;
-    options.dtype = at::kBFloat16;
-    auto model = Model::Load(ReferenceDir(name), options);
+    auto model = Model::Load(ReferenceDir(name), OnTestDevice(at::kBFloat16));
     ASSERT_TRUE(model.ok()) << model.status().ToString();
     Reference ref = LoadReference(ReferenceDir(name));
     at::Tensor logits = FullLogits(**model, ref);
@@ -86,7 +93,7 @@ TEST(ReferenceLogitsTest, Bfloat16ComputeWithinDocumentedTolerance) {
 TEST(ReferenceLogitsTest, ExtraLeftPaddingChangesNothing) {
   for (const char* name : {"llama3_rope-f32", "gemma2-f32"}) {
     const std::string dir = ReferenceDir(name);
-    auto model = Model::Load(dir, LoadOptions());
+    auto model = Model::Load(dir, OnTestDevice());
     ASSERT_TRUE(model.ok()) << model.status().ToString();
     Reference ref = LoadReference(dir);
     const int64_t extra = 6;
