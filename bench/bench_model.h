@@ -18,6 +18,16 @@ inline constexpr int64_t kSeq = 128;
 inline constexpr uint64_t kSeed = 0;
 inline constexpr double kInitStd = 0.02;  // the reference bench uses mat_std=0.02 too
 
+// A bench config.json text, parsed; a mistake in it ends the program (it is ours, not input).
+inline formats::ModelConfig ParseBenchConfig(const char* json, const char* label) {
+  auto config = formats::ParseModelConfig(json, label);
+  if (!config.ok()) {
+    std::fprintf(stderr, "%s: %s\n", label, config.status().ToString().c_str());
+    std::exit(2);
+  }
+  return std::move(config).value();
+}
+
 // Same fields as the reference bench's config (BASE + LLAMA with the bench sizes).
 inline formats::ModelConfig BenchConfig() {
   static const char* kJson = R"({
@@ -28,12 +38,7 @@ inline formats::ModelConfig BenchConfig() {
     "rope_theta": 10000.0, "hidden_act": "silu", "tie_word_embeddings": false,
     "attention_bias": false, "mlp_bias": false, "bos_token_id": 1, "eos_token_id": 2,
     "torch_dtype": "float32"})";
-  auto config = formats::ParseModelConfig(kJson, "bench config");
-  if (!config.ok()) {
-    std::fprintf(stderr, "bench config: %s\n", config.status().ToString().c_str());
-    std::exit(2);
-  }
-  return std::move(config).value();
+  return ParseBenchConfig(kJson, "bench config");
 }
 
 // Issue 15's real-size shape: Llama-3.2-1B's (16 layers, d_model 2048, 32 query heads and 8
@@ -47,12 +52,7 @@ inline formats::ModelConfig Bench1BConfig() {
     "rope_theta": 500000.0, "hidden_act": "silu", "tie_word_embeddings": true,
     "attention_bias": false, "mlp_bias": false, "bos_token_id": 128000,
     "eos_token_id": 128001, "torch_dtype": "bfloat16"})";
-  auto config = formats::ParseModelConfig(kJson, "bench 1b config");
-  if (!config.ok()) {
-    std::fprintf(stderr, "bench 1b config: %s\n", config.status().ToString().c_str());
-    std::exit(2);
-  }
-  return std::move(config).value();
+  return ParseBenchConfig(kJson, "bench 1b config");
 }
 
 inline std::unique_ptr<model::Model> BenchModel(const model::LoadOptions& options = {}) {

@@ -9,22 +9,10 @@ Usage: test_explicit_positions.py KNOCKOUT MODEL_DIR PROMPTS_DIR
 """
 import json
 import os
-import subprocess
 import sys
 import tempfile
 
-
-def run(cmd, check=True):
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-    if check and proc.returncode != 0:
-        sys.exit(f"FAIL: {' '.join(cmd)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
-    return proc
-
-
-def check(condition, message):
-    if not condition:
-        sys.exit("FAIL: " + message)
-    print("ok:", message)
+from clitest import check, run  # noqa: E402  (tests/cli/clitest.py)
 
 
 def spec(model, prompts, positions):

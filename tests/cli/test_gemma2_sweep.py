@@ -14,7 +14,6 @@ Usage: test_gemma2_sweep.py KNOCKOUT
 """
 import json
 import os
-import subprocess
 import sys
 import tempfile
 
@@ -23,6 +22,8 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "reference"))
 import hf_reference as ref  # noqa: E402  (independent of knockout)
+
+from clitest import check, run  # noqa: E402  (tests/cli/clitest.py)
 
 VOCAB = 336
 SPECIALS = ["<pad>", "<eos>", "<bos>", "<unk>", "<start_of_turn>", "<end_of_turn>"]
@@ -35,19 +36,6 @@ CHAT_TEMPLATE = (
     "{% set role = 'model' %}{% else %}{% set role = message['role'] %}{% endif %}"
     "{{ '<start_of_turn>' + role + '\n' + message['content'] | trim + '<end_of_turn>\n' }}"
     "{% endfor %}{% if add_generation_prompt %}{{'<start_of_turn>model\n'}}{% endif %}")
-
-
-def run(cmd, check=True):
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-    if check and proc.returncode != 0:
-        sys.exit(f"FAIL: {' '.join(cmd)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
-    return proc
-
-
-def check(condition, message):
-    if not condition:
-        sys.exit("FAIL: " + message)
-    print("ok:", message)
 
 
 def write_model(out):
