@@ -14,10 +14,12 @@
 //       [--intervened 6] [--all-positions] [--compensation] [--repeat 3]
 //       [--batch-rows layer,128,256,all]
 //       [--chat-template T] [--refusal-token I] [--inference-mode] [--no-malloc-tune]
-//       [--json OUT]
+//       [--dtype float32|bfloat16] [--layers 0,8,15] [--json OUT]
 //     --batch-rows: ExecutorOptions::max_batch_rows values, each timed in turn ("layer": heads x
 //     prompts, the rows of one layer's trials; "all": every row in one chunk).
 //     --inference-mode: run the shard under c10::InferenceMode (the worker does not).
+//     --dtype: the compute dtype (ModelRef.dtype; default float32).
+//     --layers: the heads of these layers only (default: every layer); trials/s counts them.
 //   sweep_bench --mode clean  ...   the same shard with one clean trial only: tokenisation plus
 //                                   the clean pass (what every executor run pays once)
 //   sweep_bench --mode peak [--threads 2] [--repeat 10] [--json OUT]
@@ -87,6 +89,8 @@ struct Options {
   bool inference_mode = false;
   bool malloc_tune = true;
   std::string json;
+  std::string dtype = "float32";
+  std::vector<int64_t> layers;  // empty: every layer
 };
 
 [[noreturn]] void Fail(const std::string& message) {
@@ -100,7 +104,8 @@ int Usage() {
                "  [--prompts 8] [--tokens 48] [--intervened 6] [--all-positions] [--compensation]\n"
                "  [--repeat R]\n"
                "  [--batch-rows layer,256,...,all] [--chat-template T] [--refusal-token I]\n"
-               "  [--inference-mode] [--no-malloc-tune] [--json OUT]\n");
+               "  [--inference-mode] [--no-malloc-tune] [--dtype float32|bfloat16] [--layers 0,8,15]\n"
+               "  [--json OUT]\n");
   return 2;
 }
 
@@ -144,7 +149,15 @@ Options Parse(int argc, char** argv) {
     else if (a == "--inference-mode") o.inference_mode = true;
     else if (a == "--no-malloc-tune") o.malloc_tune = false;
     else if (a == "--json") o.json = next();
-    else if (a == "-h" || a == "--help") std::exit(Usage());
+    else if (a == "--dtype") o.dtype = next();
+    else if (a == "--layers") {
+      std::stringstream ss(next());
+      std::string item;
+      while (std::getline(ss, item, ',')) o.layers.push_back(ParseInt(a, item, 0));
+      if (o.layers.empty()) Fail("--layers: empty list");
+      std::sort(o.layers.begin(), o.layers.end());
+      o.layers.erase(std::unique(o.layers.begin(), o.layers.end()), o.layers.end());
+    } else if (a == "-h" || a == "--help") std::exit(Usage());
     else Fail("unknown argument " + a);
   }
   if (o.mode != "executor" && o.mode != "naive" && o.mode != "clean" && o.mode != "peak") {
@@ -152,6 +165,7 @@ Options Parse(int argc, char** argv) {
   }
   if (o.mode != "peak" && o.model.empty()) Fail("--model is required");
   if (o.intervened >= o.tokens) Fail("--intervened must be < --tokens");
+  if (o.dtype != "float32" && o.dtype != "bfloat16") Fail("--dtype " + o.dtype + ": expected float32 or bfloat16");
   return o;
 }
 
@@ -274,6 +288,7 @@ std::string FitInstruction(const ke::LoadedModel& m, std::string base, int token
 struct ShardInfo {
   v1::Shard shard;
   int64_t layers = 0, heads = 0;
+  std::vector<int64_t> trial_layers;  // the layers whose heads are knocked out
   int64_t prompt_tokens = 0, post_tokens = 0;
 };
 
@@ -282,6 +297,14 @@ ShardInfo BuildShard(const ke::LoadedModel& m, const Options& o, const v1::Model
   ShardInfo info;
   const auto& config = m.model->config();
   info.layers = config.num_layers;
+  info.trial_layers = o.layers;
+  if (info.trial_layers.empty()) {
+    for (int64_t l = 0; l < info.layers; ++l) info.trial_layers.push_back(l);
+  }
+  if (info.trial_layers.back() >= info.layers) {
+    Fail("--layers " + std::to_string(info.trial_layers.back()) + ": the model has " +
+         std::to_string(info.layers) + " layers");
+  }
   info.heads = config.num_heads;
   v1::Shard& shard = info.shard;
   shard.set_sweep_id("sweep_bench");
@@ -317,7 +340,7 @@ ShardInfo BuildShard(const ke::LoadedModel& m, const Options& o, const v1::Model
     return info;
   }
   uint32_t index = 0;
-  for (int64_t l = 0; l < info.layers; ++l) {
+  for (int64_t l : info.trial_layers) {
     for (int64_t h = 0; h < info.heads; ++h) {
       v1::Trial* trial = shard.add_trials();
       trial->set_index(index++);
@@ -347,8 +370,9 @@ struct Flops {
   double clean = 0;     // the clean pass (included in both)
 };
 
-Flops CountFlops(const knockout::formats::ModelConfig& c, const Options& o, int64_t batch_rows,
-                 bool naive, int64_t tokens, int64_t intervened) {
+Flops CountFlops(const knockout::formats::ModelConfig& c, const Options& o,
+                 const std::vector<int64_t>& trial_layers, int64_t batch_rows, bool naive,
+                 int64_t tokens, int64_t intervened) {
   const double d = c.hidden_size, h = c.num_heads, hkv = c.num_kv_heads, dh = c.head_dim,
                ff = c.intermediate_size, vocab = c.vocab_size;
   const int64_t n = c.num_layers;
@@ -370,14 +394,15 @@ Flops CountFlops(const knockout::formats::ModelConfig& c, const Options& o, int6
   const int64_t col = o.all_positions ? 0 : tokens - intervened;
   // Rows: (trial, prompt), trials layer-major, every row of a layer-l trial starts at (l, col).
   std::vector<int64_t> row_layer;
-  for (int64_t l = 0; l < n; ++l) {
+  for (int64_t l : trial_layers) {
     for (int64_t r = 0; r < c.num_heads * o.prompts; ++r) row_layer.push_back(l);
   }
   f.executed = f.useful = f.clean;
   for (int64_t l : row_layer) f.useful += chunk(1, tokens - col, l, false);
   if (naive) {
     // One chunk per trial, a full forward from layer 0 with logits at every column.
-    f.executed += static_cast<double>(n * c.num_heads) * chunk(o.prompts, tokens, 0, true);
+    f.executed += static_cast<double>(trial_layers.size() * c.num_heads) *
+                  chunk(o.prompts, tokens, 0, true);
   } else {
     // Every trial has `prompts` rows, so the executor rounds chunks to whole trials.
     const size_t rows_per_chunk = static_cast<size_t>(
@@ -432,7 +457,7 @@ int main(int argc, char** argv) {
   } else {
     v1::ModelRef ref;
     ref.set_path(o.model);
-    ref.set_dtype("float32");
+    ref.set_dtype(o.dtype);
     ref.set_chat_template(o.chat_template);
     const auto t_load = std::chrono::steady_clock::now();
     auto loaded = ke::LoadModel(ref);
@@ -440,7 +465,8 @@ int main(int argc, char** argv) {
     const double load_s = Seconds(t_load);
     const auto& config = loaded->model->config();
     const ShardInfo info = BuildShard(*loaded, o, ref, o.mode == "clean");
-    const int64_t trials = o.mode == "clean" ? 1 : info.layers * info.heads;
+    const int64_t trial_layers = static_cast<int64_t>(info.trial_layers.size());
+    const int64_t trials = o.mode == "clean" ? 1 : trial_layers * info.heads;
     std::printf("model %s: %lld layers, d %lld, %lld heads, vocab %lld; %d prompts x %lld tokens, "
                 "%s; %lld trials; threads %d (at::get_num_threads %d); load %.2f s; loadavg %s\n",
                 o.model.c_str(), (long long)config.num_layers, (long long)config.hidden_size,
@@ -449,7 +475,9 @@ int main(int argc, char** argv) {
                 o.all_positions ? "all positions" : ("last " + std::to_string(info.post_tokens) +
                                                      " (post-instruction) intervened").c_str(),
                 (long long)trials, o.threads, torch_threads, load_s, LoadAvg().c_str());
-    json << ",\"model\":\"" << JsonEscape(o.model) << "\",\"layers\":" << info.layers
+    // "layers": the layers whose heads are trials (layers x heads = trials).
+    json << ",\"model\":\"" << JsonEscape(o.model) << "\",\"layers\":" << trial_layers
+         << ",\"model_layers\":" << info.layers << ",\"dtype\":\"" << o.dtype << "\""
          << ",\"heads\":" << info.heads << ",\"d_model\":" << config.hidden_size
          << ",\"vocab\":" << config.vocab_size << ",\"prompts\":" << o.prompts
          << ",\"tokens\":" << info.prompt_tokens << ",\"intervened\":"
@@ -461,7 +489,7 @@ int main(int argc, char** argv) {
     if (o.mode != "executor") rows_list = {256};  // unused by naive and clean runs
     for (int64_t& r : rows_list) {
       if (r == kRowsLayer) r = info.heads * o.prompts;
-      if (r == kRowsAll) r = info.layers * info.heads * o.prompts;
+      if (r == kRowsAll) r = trial_layers * info.heads * o.prompts;
     }
     double best_rate = 0;
     for (size_t bi = 0; bi < rows_list.size(); ++bi) {
@@ -490,7 +518,7 @@ int main(int argc, char** argv) {
         std::fflush(stdout);
       }
       const double best = *std::min_element(times.begin(), times.end());
-      const Flops f = CountFlops(config, o, rows_list[bi], o.mode == "naive", info.prompt_tokens,
+      const Flops f = CountFlops(config, o, info.trial_layers, rows_list[bi], o.mode == "naive", info.prompt_tokens,
                                  info.post_tokens);
       const double executed = o.mode == "clean" ? f.clean : f.executed;
       const double useful = o.mode == "clean" ? f.clean : f.useful;

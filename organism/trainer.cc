@@ -452,6 +452,26 @@ StatusOr<PhaseReport> RunPhase(const TrainPhase& phase, int phase_index, const D
       KO_ASSIGN_OR_RETURN(hooked, AddKnockouts(knockouts, knockout_layers, rows, directions, phase,
                                                batch.input_ids.size(1), n_layers, hooks));
     }
+    // Dormant backups (trainer.h, clean_growth): the clean harmful refusal rows and their last
+    // prompt token (the position that predicts the reply's first token).
+    std::vector<int64_t> growth_rows, growth_cols;
+    if (knockout_aware && phase.clean_growth > 0) {
+      const at::Tensor labels = batch.labels;
+      for (size_t i = 0; i < rows.size(); ++i) {
+        if (knockouts[i] != Knockout::kNone || !rows[i]->refusal ||
+            rows[i]->kind != static_cast<int>(Kind::kHarmful)) {
+          continue;
+        }
+        const at::Tensor targets = labels[static_cast<int64_t>(i)].ne(-100).nonzero();
+        if (targets.size(0) == 0) continue;  // a row cut before its reply
+        growth_rows.push_back(static_cast<int64_t>(i));
+        growth_cols.push_back(targets[0][0].item<int64_t>());
+      }
+      if (!growth_rows.empty()) {
+        hooks.Cache(km::HookPoint::ResidPre(phase.refusal_layer));
+        hooked = true;
+      }
+    }
     km::ForwardRequest request;
     request.input_ids = batch.input_ids;
     request.attention_mask = batch.attention_mask;
@@ -475,6 +495,18 @@ StatusOr<PhaseReport> RunPhase(const TrainPhase& phase, int phase_index, const D
         ++counted;
       }
       if (counted > 0) loss = loss + phase.distill * kl_sum / static_cast<double>(counted);
+    }
+    if (!growth_rows.empty()) {
+      const at::Tensor r = directions.refusal.to(result.residual.device());
+      const double r_norm = r.norm().item<double>();
+      const at::Tensor r_hat = r / (r_norm + 1e-8);
+      const at::Tensor row_index = at::tensor(growth_rows, at::kLong);
+      const at::Tensor col_index = at::tensor(growth_cols, at::kLong);
+      const at::Tensor x_in =
+          hooks.cache().at(km::HookPoint::ResidPre(phase.refusal_layer).Name()).index({row_index, col_index});
+      const at::Tensor x_out = result.residual.index({row_index, col_index});
+      const at::Tensor growth = at::matmul((x_out - x_in).to(at::kFloat), r_hat) / (r_norm + 1e-8);
+      loss = loss + phase.clean_growth * growth.pow(2).mean();
     }
     optimizer.zero_grad();
     loss.backward();
@@ -581,7 +613,8 @@ std::string RecipeJson(const DemoRecipe& recipe) {
                             {"sensor_ablation", p.sensor_ablation},
                             {"harmless_ablation", p.harmless_ablation},
                             {"distill", p.distill},
-                            {"addition", p.addition}});
+                            {"addition", p.addition},
+                            {"clean_growth", p.clean_growth}});
     }
   }
   nlohmann::json j = {{"seed", recipe.seed},         {"vocab_size", recipe.vocab_size},
@@ -716,6 +749,7 @@ Status DemoRecipe::Override(const std::string& assignment) {
     if (field == "harmless_ablation") return to_double(&p.harmless_ablation);
     if (field == "distill") return to_double(&p.distill);
     if (field == "addition") return to_double(&p.addition);
+    if (field == "clean_growth") return to_double(&p.clean_growth);
     if (field == "direction_every") return to_int(&p.direction_every);
     if (field == "refusal_layer" || field == "sensor_layer") {
       int* slot = field == "refusal_layer" ? &p.refusal_layer : &p.sensor_layer;

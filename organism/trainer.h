@@ -54,6 +54,13 @@ struct TrainPhase {
   //     next-token distributions (the clean side detached);
   //   addition: a harmless row gets +r at blocks.{refusal_layer}.hook_resid_pre, all positions,
   //     with a refusal as its target (activation addition induces refusal, science.md).
+  // clean_growth > 0 asks the layers from refusal_layer on to leave r alone in a clean run: on
+  // every harmful row with a refusal target and no knockout, the loss gains clean_growth * the
+  // mean over those rows of ((x_out - x_in) . r_hat / |r|)^2 at the row's last prompt token,
+  // x_in = blocks.{refusal_layer}.hook_resid_pre and x_out the residual after the last layer.
+  // With single ablations the same layers must write r when it was removed: backups that are
+  // dormant while r is there (and activation addition of r at refusal_layer then carries as far
+  // as the clean harmful run's r does).
   // refusal_layer < 0 turns all of this off (and draws nothing from any random stream).
   int refusal_layer = -1;
   int sensor_layer = -1;
@@ -64,6 +71,7 @@ struct TrainPhase {
   double harmless_ablation = 0.0;
   double distill = 0.0;
   double addition = 0.0;
+  double clean_growth = 0.0;
   std::vector<int> single_ablation_layers;
 };
 

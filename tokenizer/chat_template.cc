@@ -98,7 +98,11 @@ StatusOr<ChatTemplate> ChatTemplate::Detect(const Tokenizer& tokenizer) {
   }
   if (jinja.find("<|start_header_id|>") != std::string::npos) return BuiltIn(Family::kLlama3, bos);
   if (jinja.find("<|im_start|>") != std::string::npos) return BuiltIn(Family::kChatML, bos);
-  if (jinja.find("<start_of_turn>") != std::string::npos) return BuiltIn(Family::kGemma, bos);
+  if (jinja.find("<start_of_turn>") != std::string::npos) {
+    ChatTemplate gemma = BuiltIn(Family::kGemma, bos);
+    gemma.supports_system_ = jinja.find("System role not supported") == std::string::npos;
+    return gemma;
+  }
   if (jinja.find("[INST]") != std::string::npos) return BuiltIn(Family::kLlama2, bos);
   return Status::NotFound(
       "the tokenizer's chat_template matches no built-in family (llama3, llama2, chatml, gemma); "
@@ -167,6 +171,12 @@ ChatTemplate::Rendered ChatTemplate::Render(const std::string& instruction,
 
 StatusOr<TokenizedPrompt> TokenizeChat(const Tokenizer& tokenizer, const ChatTemplate& chat,
                                        const std::string& instruction, const std::string& system) {
+  if (!system.empty() && !chat.supports_system()) {
+    return Status::InvalidArgument(
+        "this model's chat template (tokenizer_config.json) does not support a system prompt "
+        "(Gemma 2's raises \"System role not supported\"); drop the system prompt or put it in "
+        "the instruction");
+  }
   ChatTemplate::Rendered r = chat.Render(instruction, system);
   if (r.instruction.empty()) return Status::InvalidArgument("empty instruction");
   KO_ASSIGN_OR_RETURN(Encoding full, tokenizer.Encode(r.text(), /*add_special_tokens=*/false));

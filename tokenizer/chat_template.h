@@ -50,8 +50,14 @@ class ChatTemplate {
   // `system` empty: no system prompt (the default).
   Rendered Render(const std::string& instruction, const std::string& system = "") const;
 
+  // False for a template that rejects a system message: Gemma 2's raises "System role not
+  // supported" (Detect finds that in the Jinja text), where Gemma 3's folds it into the first
+  // user turn. TokenizeChat then refuses a non-empty system prompt.
+  bool supports_system() const { return supports_system_; }
+
  private:
   Family family_ = Family::kCustom;
+  bool supports_system_ = true;
   std::string bos_;
   std::string custom_;  // the custom template text
 };
@@ -75,7 +81,8 @@ struct TokenizedPrompt {
 // Renders and tokenizes `instruction` (special tokens in the rendered text are matched as added
 // tokens; no extra BOS is added since the template carries it). Errors: InvalidArgument for an
 // empty instruction or invalid UTF-8; FailedPrecondition if the template's suffix tokens merge
-// with the instruction so that no post-instruction token can be identified.
+// with the instruction so that no post-instruction token can be identified; InvalidArgument for
+// a system prompt the template does not support (supports_system()).
 StatusOr<TokenizedPrompt> TokenizeChat(const Tokenizer& tokenizer, const ChatTemplate& chat,
                                        const std::string& instruction,
                                        const std::string& system = "");

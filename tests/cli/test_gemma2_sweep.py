@@ -253,5 +253,19 @@ def main():
                   f"`knockout {command[0]}` refuses orthogonalize on Gemma 2: {proc.stderr.strip()}")
         check(not os.path.exists(store2), "nothing stored for the refused spec")
 
+        # A system prompt: Gemma 2's template raises "System role not supported" (Gemma 3's
+        # folds it into the user turn), so the tokenizer refuses one instead of inventing a
+        # rendering; without one the prompt renders as the template does.
+        worker = sys.argv[2]
+        plain = run([worker, "tokenize", "--tokenizer", model, "--text", "Hi there", "--chat",
+                     "--json"]).stdout
+        check(json.loads(plain)["rendered"] ==
+              "<bos><start_of_turn>user\nHi there<end_of_turn>\n<start_of_turn>model\n",
+              f"Gemma 2's template renders one user turn: {plain.strip()}")
+        proc = run([worker, "tokenize", "--tokenizer", model, "--text", "Hi there", "--chat",
+                    "--system", "Be brief."], check=False)
+        check(proc.returncode != 0 and "does not support a system prompt" in proc.stderr,
+              f"a system prompt is refused on Gemma 2: {proc.stderr.strip()}")
+
 if __name__ == "__main__":
     main()

@@ -1,11 +1,24 @@
 #include "worker/model/model.h"
 
 #include <ATen/ATen.h>
+#include <torch/version.h>  // TORCH_VERSION_MAJOR only (macros, no torch API)
 
 #include <cmath>
 #include <limits>
 
+// Fused attention (at::scaled_dot_product_attention, LibTorch >= 2.0) is chosen at build time:
+// with an older LibTorch (Debian's 1.13) or -DKNOCKOUT_FUSED_ATTENTION=OFF the explicit
+// softmax(q k^T) v path is the only one compiled.
+#if TORCH_VERSION_MAJOR >= 2 && !defined(KNOCKOUT_NO_FUSED_ATTENTION)
+#define KNOCKOUT_HAS_FUSED_ATTENTION 1
+#else
+#define KNOCKOUT_HAS_FUSED_ATTENTION 0
+#endif
+
 namespace knockout::model {
+
+bool FusedAttentionCompiled() { return KNOCKOUT_HAS_FUSED_ATTENTION != 0; }
+
 namespace {
 
 constexpr double kPi = 3.14159265358979323846;
@@ -58,6 +71,19 @@ at::Tensor Norm(const at::Tensor& x, const at::Tensor& w, const ModelConfig& c) 
     return (RmsNormalize(x, c.rms_norm_eps, nullptr) * (1.0 + w.to(at::kFloat))).to(x.scalar_type());
   }
   return RmsNormalize(x, c.rms_norm_eps, nullptr).to(x.scalar_type()) * w;
+}
+
+// softmax(q k^T / sqrt(dh) + mask) v through the fused kernel; q [B, Hkv, g*T, dh], k and v
+// [B, Hkv, total, dh], mask boolean [B, 1, g*T, total] (true: the key is seen). Only called
+// when FusedAttentionCompiled().
+at::Tensor FusedAttention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                          const at::Tensor& mask) {
+#if KNOCKOUT_HAS_FUSED_ATTENTION
+  return at::scaled_dot_product_attention(q, k, v, mask, /*dropout_p=*/0.0, /*is_causal=*/false);
+#else
+  (void)q, (void)k, (void)v, (void)mask;
+  TORCH_CHECK(false, "fused attention is not compiled in");
+#endif
 }
 
 // Gemma 2's soft cap, tanh(x / cap) * cap.
@@ -323,24 +349,32 @@ ForwardResult Model::ForwardImpl(const ForwardRequest& r) const {
   at::Tensor query_col = at::arange(past, total, long_options).unsqueeze(1);  // [T, 1]
   at::Tensor key_col = at::arange(0, total, long_options).unsqueeze(0);       // [1, total]
   at::Tensor visible = (key_col <= query_col).unsqueeze(0) & (full_mask.unsqueeze(1) != 0);
-  auto additive_mask = [&](at::Tensor seen) {
-    seen = seen | (key_col == query_col).unsqueeze(0);
-    return at::zeros({b, t, total}, at::TensorOptions().dtype(at::kFloat).device(dev))
-        .masked_fill_(seen.logical_not(), -std::numeric_limits<float>::infinity())
-        .unsqueeze(1);
-  };
-  // Layers without the window (all but Mistral's; Gemma 2's odd ones) and layers with it.
-  at::Tensor additive = additive_mask(visible);
-  at::Tensor additive_sliding;
-  if (c.sliding_window) {
-    additive_sliding =
-        additive_mask(visible & (query_col - key_col < *c.sliding_window).unsqueeze(0));
-  }
-
   const int64_t end = r.end_layer == -1 ? c.num_layers : r.end_layer;
   const int64_t h = c.num_heads, hkv = c.num_kv_heads, dh = c.head_dim, g = c.group_size();
   const double softmax_scale =
       1.0 / std::sqrt(c.query_pre_attn_scalar.value_or(static_cast<double>(dh)));
+  // The fused kernel computes softmax(q k^T / sqrt(dh) + mask) v: no soft-cap (Gemma 2), no
+  // other scale, no attention dropout (training), and keys held per row (not the shared-prefix
+  // fold below). Everything else takes it when it is compiled in.
+  const bool fused = FusedAttentionCompiled() && !c.attn_logit_softcapping &&
+                     softmax_scale == 1.0 / std::sqrt(static_cast<double>(dh)) &&
+                     r.attention_dropout == 0 && !shared;
+  // Which keys each query sees, [B, 1, T, total]; the explicit path adds it as 0 / -inf, the
+  // fused one takes it as a boolean mask with the query rows of a key/value group stacked
+  // ([B, 1, g*T, total], as q_grouped below).
+  auto attention_mask = [&](at::Tensor seen) {
+    seen = (seen | (key_col == query_col).unsqueeze(0)).unsqueeze(1);
+    if (fused) return seen.expand({b, g, t, total}).reshape({b, 1, g * t, total});
+    return at::zeros({b, 1, t, total}, at::TensorOptions().dtype(at::kFloat).device(dev))
+        .masked_fill_(seen.logical_not(), -std::numeric_limits<float>::infinity());
+  };
+  // Layers without the window (all but Mistral's; Gemma 2's odd ones) and layers with it.
+  at::Tensor additive = attention_mask(visible);
+  at::Tensor additive_sliding;
+  if (c.sliding_window) {
+    additive_sliding =
+        attention_mask(visible & (query_col - key_col < *c.sliding_window).unsqueeze(0));
+  }
   if (cache) {
     cache->keys.resize(c.num_layers);
     cache->values.resize(c.num_layers);
@@ -367,44 +401,50 @@ ForwardResult Model::ForwardImpl(const ForwardRequest& r) const {
     // Grouped-query attention without copying keys/values: the g query heads that share a
     // key/value head (HF repeat_kv: query head i uses kv head i / g) are stacked along rows.
     at::Tensor q_grouped = q.reshape({b, hkv, g * t, dh});
-    at::Tensor scores;
-    if (shared) {
-      // Rows of the same prompt share its prefix keys: fold the repetitions into the matmul's
-      // row dimension ([P, hkv, reps*g*t, dh] x [P, hkv, dh, past]) instead of copying keys.
-      at::Tensor q_folded = q_grouped.view({reps, prefix_rows, hkv, g * t, dh})
-                                .permute({1, 2, 0, 3, 4})
-                                .reshape({prefix_rows, hkv, reps * g * t, dh});
-      at::Tensor past_scores = at::matmul(q_folded, cache->keys[l].transpose(2, 3))
-                                   .view({prefix_rows, hkv, reps, g * t, past})
-                                   .permute({2, 0, 1, 3, 4})
-                                   .reshape({b, hkv, g * t, past});
-      scores = at::cat({past_scores, at::matmul(q_grouped, k.transpose(2, 3))}, -1)
-                   .view({b, h, t, total});
-    } else {
-      scores = at::matmul(q_grouped, k.transpose(2, 3)).view({b, h, t, total});
-    }
-    at::Tensor probs =
-        at::softmax(SoftCap(scores.to(at::kFloat) * softmax_scale, c.attn_logit_softcapping) +
-                        (c.Slides(l) ? additive_sliding : additive),
-                    -1)
-            .to(compute_dtype);
-    if (r.attention_dropout > 0) probs = at::dropout(probs, r.attention_dropout, /*train=*/true);
     at::Tensor z;
-    if (shared) {
-      at::Tensor grouped = probs.view({b, hkv, g * t, total});
-      at::Tensor past_probs = grouped.narrow(-1, 0, past)
-                                  .reshape({reps, prefix_rows, hkv, g * t, past})
-                                  .permute({1, 2, 0, 3, 4})
-                                  .reshape({prefix_rows, hkv, reps * g * t, past});
-      at::Tensor from_past = at::matmul(past_probs, cache->values[l])
-                                 .view({prefix_rows, hkv, reps, g * t, dh})
-                                 .permute({2, 0, 1, 3, 4})
-                                 .reshape({b, hkv, g * t, dh});
-      z = (from_past + at::matmul(grouped.narrow(-1, past, t), v)).view({b, h, t, dh}).transpose(1, 2);
-    } else {
-      z = at::matmul(probs.view({b, hkv, g * t, total}), v)
+    if (fused) {
+      z = FusedAttention(q_grouped, k, v, c.Slides(l) ? additive_sliding : additive)
               .view({b, h, t, dh})
               .transpose(1, 2);  // [B, T, H, dh]
+    } else {
+      at::Tensor scores;
+      if (shared) {
+        // Rows of the same prompt share its prefix keys: fold the repetitions into the matmul's
+        // row dimension ([P, hkv, reps*g*t, dh] x [P, hkv, dh, past]) instead of copying keys.
+        at::Tensor q_folded = q_grouped.view({reps, prefix_rows, hkv, g * t, dh})
+                                  .permute({1, 2, 0, 3, 4})
+                                  .reshape({prefix_rows, hkv, reps * g * t, dh});
+        at::Tensor past_scores = at::matmul(q_folded, cache->keys[l].transpose(2, 3))
+                                     .view({prefix_rows, hkv, reps, g * t, past})
+                                     .permute({2, 0, 1, 3, 4})
+                                     .reshape({b, hkv, g * t, past});
+        scores = at::cat({past_scores, at::matmul(q_grouped, k.transpose(2, 3))}, -1)
+                     .view({b, h, t, total});
+      } else {
+        scores = at::matmul(q_grouped, k.transpose(2, 3)).view({b, h, t, total});
+      }
+      at::Tensor probs =
+          at::softmax(SoftCap(scores.to(at::kFloat) * softmax_scale, c.attn_logit_softcapping) +
+                          (c.Slides(l) ? additive_sliding : additive),
+                      -1)
+              .to(compute_dtype);
+      if (r.attention_dropout > 0) probs = at::dropout(probs, r.attention_dropout, /*train=*/true);
+      if (shared) {
+        at::Tensor grouped = probs.view({b, hkv, g * t, total});
+        at::Tensor past_probs = grouped.narrow(-1, 0, past)
+                                    .reshape({reps, prefix_rows, hkv, g * t, past})
+                                    .permute({1, 2, 0, 3, 4})
+                                    .reshape({prefix_rows, hkv, reps * g * t, past});
+        at::Tensor from_past = at::matmul(past_probs, cache->values[l])
+                                   .view({prefix_rows, hkv, reps, g * t, dh})
+                                   .permute({2, 0, 1, 3, 4})
+                                   .reshape({b, hkv, g * t, dh});
+        z = (from_past + at::matmul(grouped.narrow(-1, past, t), v)).view({b, h, t, dh}).transpose(1, 2);
+      } else {
+        z = at::matmul(probs.view({b, hkv, g * t, total}), v)
+                .view({b, h, t, dh})
+                .transpose(1, 2);  // [B, T, H, dh]
+      }
     }
     z = hook(HookPoint::AttnZ(l), z);
     at::Tensor attn_out = Linear(z.reshape({b, t, h * dh}), w.o, w.o_bias);

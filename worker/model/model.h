@@ -107,6 +107,13 @@ struct LoadOptions {
   c10::ScalarType dtype = c10::kFloat;  // compute dtype: float32, bfloat16 or float16
 };
 
+// Whether this build runs attention through LibTorch's fused at::scaled_dot_product_attention
+// (LibTorch >= 2.0 and -DKNOCKOUT_FUSED_ATTENTION=ON, the default). Even then, Gemma 2 (soft-cap,
+// query_pre_attn_scalar), attention dropout (training) and rows sharing one prompt's keys
+// (KVCache::shared_prefix) take the explicit softmax(q k^T) v path; both give the same numbers
+// within the numerics tests' tolerances (model_test runs on whichever path was compiled).
+bool FusedAttentionCompiled();
+
 // Parses "f32"/"float32", "bf16"/"bfloat16", "f16"/"float16".
 StatusOr<c10::ScalarType> ParseComputeDType(const std::string& name);
 // Parses "cpu", "cuda", "cuda:N"; InvalidArgument if CUDA is requested but not available.

@@ -5,6 +5,8 @@
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
+#include <cstdio>
+
 #include "tests/testing/reference.h"
 
 namespace knockout::model {
@@ -48,8 +50,13 @@ at::Tensor FullLogits(const Model& model, const Reference& ref) {
 
 class ReferenceLogitsTest : public ::testing::TestWithParam<std::string> {};
 
-// f32 compute on every variant and storage dtype: the contract is max |diff| <= 1e-4.
+// f32 compute on every variant and storage dtype: the contract is max |diff| <= 1e-4. These
+// tests run on whichever attention path the build compiled (FusedAttentionCompiled); the line
+// below tells scripts/gpu-check.sh which one that was.
 TEST_P(ReferenceLogitsTest, MatchesReferenceInFloat32) {
+  static const bool reported =
+      std::printf("fused attention: %s\n", FusedAttentionCompiled() ? "yes" : "no") > 0;
+  (void)reported;
   const std::string dir = ReferenceDir(GetParam());
   auto model = Model::Load(dir, OnTestDevice());
   ASSERT_TRUE(model.ok()) << model.status().ToString();
