@@ -66,9 +66,21 @@ at::Tensor MetricDirection(const model::Model& model, const at::Tensor& clean_lo
   at::Tensor in_r = at::zeros({p.size(1)}, at::kDouble).index_fill_(0, refusal_ids, 1.0);
   at::Tensor grad = (p * (in_r.unsqueeze(0) - pr) / (pr * (1 - pr))).to(at::kFloat);  // [B, V]
   const model::ModelWeights& w = model.weights();
-  // grad @ W_U in float32 on the model's device (a [B, V] x [V, d] product, no float64 copy of
-  // W_U), then through the norm's weight with the scale frozen.
-  at::Tensor through = at::matmul(grad.to(model.device()), w.lm_head.to(at::kFloat));
+  // grad @ W_U in float32 on the model's device (a [B, V] x [V, d] product), W_U converted in
+  // vocabulary blocks: a whole float32 copy of a bf16 W_U would be 1 GB at a 128k vocabulary.
+  grad = grad.to(model.device());
+  const int64_t vocab = w.lm_head.size(0);
+  const int64_t block = VocabBlock(w.lm_head.size(1));
+  at::Tensor through;
+  if (w.lm_head.scalar_type() == at::kFloat || block >= vocab) {
+    through = at::matmul(grad, w.lm_head.to(at::kFloat));
+  } else {
+    through = at::zeros({grad.size(0), w.lm_head.size(1)}, grad.options());
+    for (int64_t v0 = 0; v0 < vocab; v0 += block) {
+      const int64_t n = std::min(block, vocab - v0);
+      through.addmm_(grad.narrow(1, v0, n), w.lm_head.narrow(0, v0, n).to(at::kFloat));
+    }
+  }
   return through * w.final_norm.to(at::kFloat) / scale.to(model.device(), at::kFloat);
 }
 
