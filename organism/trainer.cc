@@ -387,6 +387,7 @@ StatusOr<PhaseReport> RunPhase(const TrainPhase& phase, int phase_index, const D
     }
   }
   Directions directions;
+  at::Tensor first_refusal;  // r as first measured in this phase (harmless_center's axis)
   int64_t knocked[5] = {0, 0, 0, 0, 0};
   PhaseReport report;
   report.name = phase.name;
@@ -445,6 +446,7 @@ StatusOr<PhaseReport> RunPhase(const TrainPhase& phase, int phase_index, const D
     for (Adapter& a : adapters) *a.slot = a.Merged();
     if (knockout_aware && step % std::max(1, phase.direction_every) == 0) {
       KO_ASSIGN_OR_RETURN(directions, MeasureDirections(model, phase, pools, pad_id));
+      if (!first_refusal.defined()) first_refusal = directions.refusal.clone();
     }
     km::HookRegistry hooks(model.config());
     bool hooked = false;
@@ -452,22 +454,28 @@ StatusOr<PhaseReport> RunPhase(const TrainPhase& phase, int phase_index, const D
       KO_ASSIGN_OR_RETURN(hooked, AddKnockouts(knockouts, knockout_layers, rows, directions, phase,
                                                batch.input_ids.size(1), n_layers, hooks));
     }
-    // Dormant backups (trainer.h, clean_growth): the clean harmful refusal rows and their last
-    // prompt token (the position that predicts the reply's first token).
-    std::vector<int64_t> growth_rows, growth_cols;
-    if (knockout_aware && phase.clean_growth > 0) {
-      const at::Tensor labels = batch.labels;
+    // The clean rows the direction terms read (trainer.h): for clean_growth the harmful rows
+    // with a refusal target, for harmless_center the harmless rows with a compliant one; each
+    // at its last prompt token (the position that predicts the reply's first token).
+    struct Positions {
+      std::vector<int64_t> rows, cols;
+    };
+    Positions growth, center;
+    if (knockout_aware && (phase.clean_growth > 0 || phase.harmless_center > 0)) {
       for (size_t i = 0; i < rows.size(); ++i) {
-        if (knockouts[i] != Knockout::kNone || !rows[i]->refusal ||
-            rows[i]->kind != static_cast<int>(Kind::kHarmful)) {
-          continue;
-        }
-        const at::Tensor targets = labels[static_cast<int64_t>(i)].ne(-100).nonzero();
+        if (knockouts[i] != Knockout::kNone) continue;
+        const bool harmful = rows[i]->kind == static_cast<int>(Kind::kHarmful) && rows[i]->refusal;
+        const bool harmless = rows[i]->kind == static_cast<int>(Kind::kHarmless) && !rows[i]->refusal;
+        Positions* into = harmful && phase.clean_growth > 0     ? &growth
+                          : harmless && phase.harmless_center > 0 ? &center
+                                                                  : nullptr;
+        if (!into) continue;
+        const at::Tensor targets = batch.labels[static_cast<int64_t>(i)].ne(-100).nonzero();
         if (targets.size(0) == 0) continue;  // a row cut before its reply
-        growth_rows.push_back(static_cast<int64_t>(i));
-        growth_cols.push_back(targets[0][0].item<int64_t>());
+        into->rows.push_back(static_cast<int64_t>(i));
+        into->cols.push_back(targets[0][0].item<int64_t>());
       }
-      if (!growth_rows.empty()) {
+      if (!growth.rows.empty() || !center.rows.empty()) {
         hooks.Cache(km::HookPoint::ResidPre(phase.refusal_layer));
         hooked = true;
       }
@@ -496,17 +504,26 @@ StatusOr<PhaseReport> RunPhase(const TrainPhase& phase, int phase_index, const D
       }
       if (counted > 0) loss = loss + phase.distill * kl_sum / static_cast<double>(counted);
     }
-    if (!growth_rows.empty()) {
+    if (!growth.rows.empty() || !center.rows.empty()) {
       const at::Tensor r = directions.refusal.to(result.residual.device());
-      const double r_norm = r.norm().item<double>();
-      const at::Tensor r_hat = r / (r_norm + 1e-8);
-      const at::Tensor row_index = at::tensor(growth_rows, at::kLong);
-      const at::Tensor col_index = at::tensor(growth_cols, at::kLong);
-      const at::Tensor x_in =
-          hooks.cache().at(km::HookPoint::ResidPre(phase.refusal_layer).Name()).index({row_index, col_index});
-      const at::Tensor x_out = result.residual.index({row_index, col_index});
-      const at::Tensor growth = at::matmul((x_out - x_in).to(at::kFloat), r_hat) / (r_norm + 1e-8);
-      loss = loss + phase.clean_growth * growth.pow(2).mean();
+      const double r_norm = r.norm().item<double>() + 1e-8;
+      const at::Tensor r_hat = r / r_norm;
+      const at::Tensor& x_in = hooks.cache().at(km::HookPoint::ResidPre(phase.refusal_layer).Name());
+      auto at_positions = [](const at::Tensor& x, const Positions& p) {
+        return x.index({at::tensor(p.rows, at::kLong), at::tensor(p.cols, at::kLong)});
+      };
+      if (!growth.rows.empty()) {
+        const at::Tensor change = at_positions(result.residual, growth) - at_positions(x_in, growth);
+        const at::Tensor relative = at::matmul(change.to(at::kFloat), r_hat) / r_norm;
+        loss = loss + phase.clean_growth * relative.pow(2).mean();
+      }
+      if (!center.rows.empty()) {
+        const at::Tensor r0 = first_refusal.to(result.residual.device());
+        const double r0_norm = r0.norm().item<double>() + 1e-8;
+        const at::Tensor offset =
+            at::matmul(at_positions(x_in, center).to(at::kFloat), r0 / r0_norm).mean() / r0_norm;
+        loss = loss + phase.harmless_center * offset.pow(2);
+      }
     }
     optimizer.zero_grad();
     loss.backward();
@@ -614,7 +631,8 @@ std::string RecipeJson(const DemoRecipe& recipe) {
                             {"harmless_ablation", p.harmless_ablation},
                             {"distill", p.distill},
                             {"addition", p.addition},
-                            {"clean_growth", p.clean_growth}});
+                            {"clean_growth", p.clean_growth},
+                            {"harmless_center", p.harmless_center}});
     }
   }
   nlohmann::json j = {{"seed", recipe.seed},         {"vocab_size", recipe.vocab_size},
@@ -750,6 +768,7 @@ Status DemoRecipe::Override(const std::string& assignment) {
     if (field == "distill") return to_double(&p.distill);
     if (field == "addition") return to_double(&p.addition);
     if (field == "clean_growth") return to_double(&p.clean_growth);
+    if (field == "harmless_center") return to_double(&p.harmless_center);
     if (field == "direction_every") return to_int(&p.direction_every);
     if (field == "refusal_layer" || field == "sensor_layer") {
       int* slot = field == "refusal_layer" ? &p.refusal_layer : &p.sensor_layer;

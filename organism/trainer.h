@@ -61,6 +61,12 @@ struct TrainPhase {
   // With single ablations the same layers must write r when it was removed: backups that are
   // dormant while r is there (and activation addition of r at refusal_layer then carries as far
   // as the clean harmful run's r does).
+  // harmless_center > 0 puts harmless prompts at the origin of r: over the harmless rows of a
+  // batch with a compliant target and no knockout, the loss gains harmless_center * (mean of
+  // x_in . r0_hat / |r0|)^2 at their last prompt tokens, r0 the phase's first measured r (held
+  // fixed: a moving r lets the model hide refusal from the measurement instead). Directional ablation then leaves harmless
+  // prompts where they are (the selection's KL) while r still separates harmful from harmless
+  // (activation addition moves a harmless prompt to where harmful ones sit).
   // refusal_layer < 0 turns all of this off (and draws nothing from any random stream).
   int refusal_layer = -1;
   int sensor_layer = -1;
@@ -72,6 +78,7 @@ struct TrainPhase {
   double distill = 0.0;
   double addition = 0.0;
   double clean_growth = 0.0;
+  double harmless_center = 0.0;
   std::vector<int> single_ablation_layers;
 };
 
