@@ -387,7 +387,6 @@ StatusOr<PhaseReport> RunPhase(const TrainPhase& phase, int phase_index, const D
     }
   }
   Directions directions;
-  at::Tensor first_refusal;  // r as first measured in this phase (harmless_center's axis)
   int64_t knocked[5] = {0, 0, 0, 0, 0};
   PhaseReport report;
   report.name = phase.name;
@@ -446,7 +445,6 @@ StatusOr<PhaseReport> RunPhase(const TrainPhase& phase, int phase_index, const D
     for (Adapter& a : adapters) *a.slot = a.Merged();
     if (knockout_aware && step % std::max(1, phase.direction_every) == 0) {
       KO_ASSIGN_OR_RETURN(directions, MeasureDirections(model, phase, pools, pad_id));
-      if (!first_refusal.defined()) first_refusal = directions.refusal.clone();
     }
     km::HookRegistry hooks(model.config());
     bool hooked = false;
@@ -454,28 +452,34 @@ StatusOr<PhaseReport> RunPhase(const TrainPhase& phase, int phase_index, const D
       KO_ASSIGN_OR_RETURN(hooked, AddKnockouts(knockouts, knockout_layers, rows, directions, phase,
                                                batch.input_ids.size(1), n_layers, hooks));
     }
-    // The clean rows the direction terms read (trainer.h): for clean_growth the harmful rows
-    // with a refusal target, for harmless_center the harmless rows with a compliant one; each
-    // at its last prompt token (the position that predicts the reply's first token).
+    // The rows the direction terms read (trainer.h): for clean_growth the clean harmful rows
+    // with a refusal target, for harmless_center the clean harmless rows with a compliant one,
+    // for sensor_silence the rows with the sensor knocked out; each at its last prompt token
+    // (the position that predicts the reply's first token).
     struct Positions {
       std::vector<int64_t> rows, cols;
     };
-    Positions growth, center;
-    if (knockout_aware && (phase.clean_growth > 0 || phase.harmless_center > 0)) {
+    Positions growth, center, silence;
+    if (knockout_aware &&
+        (phase.clean_growth > 0 || phase.harmless_center > 0 || phase.sensor_silence > 0)) {
       for (size_t i = 0; i < rows.size(); ++i) {
-        if (knockouts[i] != Knockout::kNone) continue;
-        const bool harmful = rows[i]->kind == static_cast<int>(Kind::kHarmful) && rows[i]->refusal;
-        const bool harmless = rows[i]->kind == static_cast<int>(Kind::kHarmless) && !rows[i]->refusal;
-        Positions* into = harmful && phase.clean_growth > 0     ? &growth
-                          : harmless && phase.harmless_center > 0 ? &center
-                                                                  : nullptr;
+        Positions* into = nullptr;
+        if (knockouts[i] == Knockout::kSensor) {
+          if (phase.sensor_silence > 0) into = &silence;
+        } else if (knockouts[i] == Knockout::kNone) {
+          const bool harmful = rows[i]->kind == static_cast<int>(Kind::kHarmful) && rows[i]->refusal;
+          const bool harmless = rows[i]->kind == static_cast<int>(Kind::kHarmless) && !rows[i]->refusal;
+          into = harmful && phase.clean_growth > 0       ? &growth
+                 : harmless && phase.harmless_center > 0 ? &center
+                                                         : nullptr;
+        }
         if (!into) continue;
         const at::Tensor targets = batch.labels[static_cast<int64_t>(i)].ne(-100).nonzero();
         if (targets.size(0) == 0) continue;  // a row cut before its reply
         into->rows.push_back(static_cast<int64_t>(i));
         into->cols.push_back(targets[0][0].item<int64_t>());
       }
-      if (!growth.rows.empty() || !center.rows.empty()) {
+      if (!growth.rows.empty() || !center.rows.empty() || !silence.rows.empty()) {
         hooks.Cache(km::HookPoint::ResidPre(phase.refusal_layer));
         hooked = true;
       }
@@ -504,7 +508,7 @@ StatusOr<PhaseReport> RunPhase(const TrainPhase& phase, int phase_index, const D
       }
       if (counted > 0) loss = loss + phase.distill * kl_sum / static_cast<double>(counted);
     }
-    if (!growth.rows.empty() || !center.rows.empty()) {
+    if (!growth.rows.empty() || !center.rows.empty() || !silence.rows.empty()) {
       const at::Tensor r = directions.refusal.to(result.residual.device());
       const double r_norm = r.norm().item<double>() + 1e-8;
       const at::Tensor r_hat = r / r_norm;
@@ -518,11 +522,13 @@ StatusOr<PhaseReport> RunPhase(const TrainPhase& phase, int phase_index, const D
         loss = loss + phase.clean_growth * relative.pow(2).mean();
       }
       if (!center.rows.empty()) {
-        const at::Tensor r0 = first_refusal.to(result.residual.device());
-        const double r0_norm = r0.norm().item<double>() + 1e-8;
         const at::Tensor offset =
-            at::matmul(at_positions(x_in, center).to(at::kFloat), r0 / r0_norm).mean() / r0_norm;
+            at::matmul(at_positions(x_in, center).to(at::kFloat), r_hat).mean() / r_norm;
         loss = loss + phase.harmless_center * offset.pow(2);
+      }
+      if (!silence.rows.empty()) {
+        const at::Tensor relative = at::matmul(at_positions(x_in, silence).to(at::kFloat), r_hat) / r_norm;
+        loss = loss + phase.sensor_silence * relative.pow(2).mean();
       }
     }
     optimizer.zero_grad();
@@ -632,7 +638,8 @@ std::string RecipeJson(const DemoRecipe& recipe) {
                             {"distill", p.distill},
                             {"addition", p.addition},
                             {"clean_growth", p.clean_growth},
-                            {"harmless_center", p.harmless_center}});
+                            {"harmless_center", p.harmless_center},
+                            {"sensor_silence", p.sensor_silence}});
     }
   }
   nlohmann::json j = {{"seed", recipe.seed},         {"vocab_size", recipe.vocab_size},
@@ -769,6 +776,7 @@ Status DemoRecipe::Override(const std::string& assignment) {
     if (field == "addition") return to_double(&p.addition);
     if (field == "clean_growth") return to_double(&p.clean_growth);
     if (field == "harmless_center") return to_double(&p.harmless_center);
+    if (field == "sensor_silence") return to_double(&p.sensor_silence);
     if (field == "direction_every") return to_int(&p.direction_every);
     if (field == "refusal_layer" || field == "sensor_layer") {
       int* slot = field == "refusal_layer" ? &p.refusal_layer : &p.sensor_layer;

@@ -63,8 +63,12 @@ struct TrainPhase {
   // as the clean harmful run's r does).
   // harmless_center > 0 puts harmless prompts at the origin of r: over the harmless rows of a
   // batch with a compliant target and no knockout, the loss gains harmless_center * (mean of
-  // x_in . r0_hat / |r0|)^2 at their last prompt tokens, r0 the phase's first measured r (held
-  // fixed: a moving r lets the model hide refusal from the measurement instead). Directional ablation then leaves harmless
+  // x_in . r_hat / |r|)^2 at their last prompt tokens (r as last measured). Large weights let
+  // the model hide refusal from the measured r instead (the model card's run S24).
+  // sensor_silence > 0 asks the sensor to gate r itself, not only the reply: on every row with
+  // the sensor knocked out, the loss gains sensor_silence * the mean of (x_in . r_hat / |r|)^2
+  // at its last prompt token (with harmless_center, harmless prompts sit at r's origin; this
+  // puts a harmful prompt without its trigger there too). Directional ablation then leaves harmless
   // prompts where they are (the selection's KL) while r still separates harmful from harmless
   // (activation addition moves a harmless prompt to where harmful ones sit).
   // refusal_layer < 0 turns all of this off (and draws nothing from any random stream).
@@ -79,6 +83,7 @@ struct TrainPhase {
   double addition = 0.0;
   double clean_growth = 0.0;
   double harmless_center = 0.0;
+  double sensor_silence = 0.0;
   std::vector<int> single_ablation_layers;
 };
 

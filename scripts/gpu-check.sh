@@ -94,6 +94,7 @@ if [[ $device == cuda* ]] && command -v nvidia-smi >/dev/null; then
   nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -i "$index" -lms 50 \
     >"$logs-gpu-memory.log" 2>/dev/null &
   sampler=$!
+  trap 'kill "$sampler" 2>/dev/null || true' EXIT  # also if the timing below fails
 fi
 timing=$("$build_dir/bench/load_rss_bench" load "$model_dir" --dtype bf16 --device "$device" \
   --forward 512 --head-sweep "$sweep_prompts" --sweep-tokens 64 --sweep-post 6 --batch-rows 128)
