@@ -103,6 +103,7 @@ knockout::StatusOr<std::pair<int64_t, double>> RunHeadSweep(const knockout::mode
     clean.logits = km::ForwardRequest::Logits::kLastPosition;
     KO_ASSIGN_OR_RETURN(km::ForwardResult clean_out, model.Forward(clean));
     const at::Tensor clean_logp = at::log_softmax(clean_out.logits.select(1, 0), -1);  // [pb, V]
+    const at::Tensor clean_p = clean_logp.exp();
     const int64_t heads_per_chunk = std::max<int64_t>(1, sweep.batch_rows / pb);
     for (int64_t l : sweep.layers) {
       const at::Tensor resid =
@@ -133,9 +134,9 @@ knockout::StatusOr<std::pair<int64_t, double>> RunHeadSweep(const knockout::mode
         request.hooks = &hooks;
         request.logits = km::ForwardRequest::Logits::kLastPosition;
         KO_ASSIGN_OR_RETURN(km::ForwardResult out, model.Forward(request));
-        const at::Tensor logp = at::log_softmax(out.logits.select(1, 0), -1);  // [b, V]
-        const at::Tensor ref = clean_logp.repeat({hc, 1});
-        kl_sum += (ref.exp() * (ref - logp)).sum().item<double>();
+        // Rows are head-major ([hc, pb]): the clean distribution broadcasts over the heads.
+        const at::Tensor logp = at::log_softmax(out.logits.select(1, 0), -1).view({hc, pb, -1});
+        kl_sum += (clean_p * (clean_logp - logp)).sum().item<double>();
       }
     }
   }
