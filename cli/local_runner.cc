@@ -156,6 +156,21 @@ void PrintSummary(const v1::SweepSpec& spec, const experiments::SweepReader& swe
       for (int n = 0; n < 12 && std::getline(lines, line); ++n) out << line << "\n";
     }
   }
+  for (const v1::Stage& stage : spec.stages()) {
+    if (!stage.has_attribution_screen()) continue;
+    // The screen against the knockouts that verified it: its summary lines only.
+    std::ostringstream check;
+    if (!PrintScreenCheck(sweeps, id, stage.name(), check).ok()) continue;
+    out << "\n== screen-check: " << stage.name() << " (knockout screen-check " << spec.name()
+        << " --stage " << stage.name() << ") ==\n";
+    std::istringstream lines(check.str());
+    std::string line;
+    while (std::getline(lines, line)) {
+      if (line.rfind("Spearman", 0) == 0 || line.find("recall:") != std::string::npos) {
+        out << line << "\n";
+      }
+    }
+  }
 }
 
 // `--devices`: each entry cpu, cuda or cuda:N (whether CUDA is there is the worker's to say).

@@ -256,6 +256,14 @@ int main(int argc, char** argv) {
   backups->add_option("--format", format, "table, csv or jsonl");
   add_source(backups);
 
+  auto* screen_check = app.add_subcommand(
+      "screen-check",
+      "an attribution screen's estimates vs the real knockouts that verified it (Spearman)");
+  screen_check->add_option("SWEEP", sweep, "sweep id or name")->required();
+  screen_check->add_option("--stage", stage, "the attribution_screen stage")->required();
+  screen_check->add_option("--format", format, "table, csv or jsonl");
+  add_source(screen_check);
+
   std::string export_path;
   auto* directions = app.add_subcommand(
       "directions", "per-layer cosines of the extracted directions; --export writes them all");
@@ -343,6 +351,8 @@ int main(int argc, char** argv) {
   } else if (backups->parsed()) {
     backups_query.format = *output_format;
     s = kc::PrintBackups(*reader, backups_query, std::cout);
+  } else if (screen_check->parsed()) {
+    s = kc::PrintScreenCheck(*reader, sweep, stage, std::cout, *output_format);
   } else if (directions->parsed() && !export_path.empty()) {
     s = kc::ExportDirections(*reader, sweep, export_path);
     if (s.ok()) std::cout << "wrote " << export_path << "\n";

@@ -134,4 +134,20 @@ struct BackupsQuery {
 Status PrintBackups(const experiments::SweepReader& store, const BackupsQuery& query,
                     std::ostream& out);
 
+// `knockout screen-check` (screen_queries.cc): for an attribution_screen stage, every unit a
+// later knockout_sweep verified (targets with `from: STAGE`): "screen_units" (verify_stage,
+// prompt_set, ablation, positions, unit, chosen: top or random, screen_rank, estimate, te,
+// error = estimate - te), "screen_hooks" (per hook and positions, the exact effect of ablating
+// all its screened units at once, their summed attributions and the residual: integrated
+// gradients' completeness), and "screen_check" per (verify stage, prompt set, ablation,
+// positions): units, spearman (the screen's estimates vs the real TE), top_k, top_k_recall
+// (the fraction of the real top k among the verified units, by the screen's rank key, that
+// the screen put in its top k), random_units. In table format one line per group then names
+// the Spearman rank correlation and one the recall. Errors: InvalidArgument (no stage given,
+// or not an attribution_screen stage); NotFound (the screen or every verifying stage has not
+// finished, or none refers to it); store errors.
+Status PrintScreenCheck(const experiments::SweepReader& store, const std::string& sweep,
+                        const std::string& stage, std::ostream& out,
+                        OutputFormat format = OutputFormat::kTable);
+
 }  // namespace knockout::cli

@@ -10,6 +10,7 @@
 #include <functional>
 #include <map>
 #include <set>
+#include <random>
 #include <sstream>
 #include <tuple>
 
@@ -17,6 +18,7 @@
 #include "experiments/spec_inputs.h"
 #include "formats/prompt_set.h"
 #include "proto/positions.h"
+#include "proto/protocol.h"
 
 namespace knockout::experiments {
 namespace {
@@ -68,6 +70,7 @@ const char* StageKindName(const v1::Stage& stage) {
     case v1::Stage::kKnockoutSweep: return "knockout_sweep";
     case v1::Stage::kGenerate: return "generate";
     case v1::Stage::kOrthogonalize: return "orthogonalize";
+    case v1::Stage::kAttributionScreen: return "attribution_screen";
     default: return "unknown";
   }
 }
@@ -148,6 +151,15 @@ class Directions {
     KO_ASSIGN_OR_RETURN(std::string bytes, store_->GetArtifact(sweep_, name));
     if (!direction.ParseFromString(bytes)) return Status::Corruption(name);
     return direction;
+  }
+
+  // The screen of an attribution_screen stage (screen/<stage>); NotFound before it finished.
+  StatusOr<v1::ScreenArtifact> Screen(const std::string& stage) const {
+    v1::ScreenArtifact screen;
+    if (!store_) return Status::FailedPrecondition("no store to read screen/" + stage + " from");
+    KO_ASSIGN_OR_RETURN(std::string bytes, store_->GetArtifact(sweep_, ScreenArtifactName(stage)));
+    if (!screen.ParseFromString(bytes)) return Status::Corruption(ScreenArtifactName(stage));
+    return screen;
   }
 
   // Adds the direction to `shard` (once) and returns its tensor name.
@@ -334,14 +346,159 @@ Status LatentTrials(const v1::KnockoutSweepStage& stage, const v1::Target& targe
   return Status::Ok();
 }
 
+// The hook and label kind of one unit of a (non-latent) target kind at `layer`.
+std::pair<std::string, std::string> UnitHook(v1::Target::Kind kind, int layer) {
+  const std::string l = "blocks." + std::to_string(layer);
+  switch (kind) {
+    case v1::Target::HEADS: return {l + ".attn.hook_z", "head"};
+    case v1::Target::NEURONS: return {l + ".mlp.hook_post", "neuron"};
+    case v1::Target::DIRECTION: return {l + ".hook_resid_pre", "direction"};
+    case v1::Target::ATTN_OUT: return {l + ".hook_attn_out", "attn_out"};
+    case v1::Target::MLP_OUT: return {l + ".hook_mlp_out", "mlp_out"};
+    default: return {"", ""};
+  }
+}
+
+// One trial knocking out `unit` (-1: the whole hook) of a non-latent kind at `hook`.
+v1::Trial UnitTrial(const std::string& hook, const std::string& kind, int layer, int unit,
+                    const v1::Ablation& ablation, const v1::Positions& positions,
+                    const std::string& tensor) {
+  v1::Trial trial;
+  v1::Edit* edit = trial.add_edits();
+  // Directional ablation is science.md's: every layer's resid_pre, attn_out and mlp_out (the
+  // target's layer only says which direction); project acts at the hook.
+  if (ablation.kind() == v1::Ablation::DIRECTIONAL) {
+    edit->set_every_layer(true);
+  } else {
+    edit->set_hook(hook);
+  }
+  *edit->mutable_ablation() = ablation;
+  if (unit >= 0) edit->add_units(unit);
+  edit->set_tensor(tensor);
+  *edit->mutable_positions() = positions;
+  v1::TrialLabel* label = trial.mutable_label();
+  label->set_unit_kind(kind);
+  label->set_layer(layer);
+  label->set_unit(unit);
+  label->set_ablation(AblationName(ablation.kind()));
+  label->set_positions(PositionsName(positions));
+  label->set_direction(tensor);
+  label->set_coefficient(ablation.coefficient());
+  return trial;
+}
+
+// One trial knocking out latents `units` of the SAE at `hook` (layer `layer`).
+v1::Trial LatentTrial(const std::string& hook, int layer, int unit, const v1::Ablation& ablation,
+                      const v1::Positions& positions, const std::string& role) {
+  v1::Trial trial;
+  v1::Edit* edit = trial.add_edits();
+  edit->set_hook(hook);
+  edit->set_sae(true);
+  *edit->mutable_ablation() = ablation;
+  edit->add_units(unit);
+  *edit->mutable_positions() = positions;
+  v1::TrialLabel* label = trial.mutable_label();
+  label->set_unit_kind("sae_latent");
+  label->set_layer(layer);
+  label->set_unit(unit);
+  label->set_ablation(AblationName(ablation.kind()));
+  label->set_positions(PositionsName(positions));
+  label->set_coefficient(ablation.coefficient());
+  label->set_role(role);
+  label->set_unit_name("L" + std::to_string(layer) + "F" + std::to_string(unit));
+  return trial;
+}
+
+// The label kind a screen stores for units of a target kind.
+const char* UnitKindName(v1::Target::Kind kind) {
+  return kind == v1::Target::SAE_LATENTS ? "sae_latent" : nullptr;
+}
+
+// The units a target chosen by a screen (`from`) knocks out: the screen's best `top_k` of its
+// kind (within `layers`), then `random` drawn from the rest with the spec's seed (a Fisher-Yates
+// draw on mt19937_64's raw outputs, the same on every platform). `screen` null: only counting.
+std::vector<v1::ScreenUnit> ScreenedUnits(const v1::Target& target, const v1::ScreenArtifact& screen,
+                                          uint64_t seed, size_t target_index) {
+  const std::string kind =
+      UnitKindName(target.kind()) ? UnitKindName(target.kind()) : UnitHook(target.kind(), 0).second;
+  std::set<int> layers(target.layers().begin(), target.layers().end());
+  std::vector<v1::ScreenUnit> candidates;
+  std::set<std::pair<int, int>> seen;  // a unit screened at several positions counts once
+  for (const v1::ScreenUnit& unit : screen.units()) {  // in rank order
+    if (unit.label().unit_kind() != kind) continue;
+    if (!layers.empty() && !layers.count(unit.label().layer())) continue;
+    if (!seen.insert({unit.label().layer(), unit.label().unit()}).second) continue;
+    candidates.push_back(unit);
+  }
+  const size_t top = std::min<size_t>(target.top_k(), candidates.size());
+  std::vector<v1::ScreenUnit> chosen(candidates.begin(), candidates.begin() + top);
+  std::vector<v1::ScreenUnit> rest(candidates.begin() + top, candidates.end());
+  std::mt19937_64 rng(seed ^ (0x9e3779b97f4a7c15ull * (target_index + 1)));
+  const size_t draw = std::min<size_t>(target.random(), rest.size());
+  for (size_t i = 0; i < draw; ++i) {
+    const size_t j = i + static_cast<size_t>(rng() % (rest.size() - i));
+    std::swap(rest[i], rest[j]);
+    chosen.push_back(rest[i]);
+  }
+  return chosen;
+}
+
+// The trials of a target chosen by a screen: its units x the stage's ablations x positions,
+// role "screen_top" / "screen_random" (or the target's own role).
+Status ScreenedTrials(const v1::KnockoutSweepStage& stage, const v1::Target& target,
+                      size_t target_index, uint64_t seed, const Directions& directions,
+                      bool counting, std::vector<v1::Trial>* trials) {
+  std::vector<v1::ScreenUnit> units;
+  if (counting) {  // planning: top_k + random placeholders
+    for (uint32_t i = 0; i < target.top_k() + target.random(); ++i) {
+      v1::ScreenUnit unit;
+      unit.mutable_label()->set_layer(0);
+      unit.mutable_label()->set_unit(static_cast<int>(i));
+      unit.set_rank(i < target.top_k() ? 1 : 0);
+      units.push_back(unit);
+    }
+  } else {
+    KO_ASSIGN_OR_RETURN(v1::ScreenArtifact screen, directions.Screen(target.from()));
+    units = ScreenedUnits(target, screen, seed, target_index);
+  }
+  for (size_t i = 0; i < units.size(); ++i) {
+    const v1::ScreenUnit& unit = units[i];
+    const bool top = i < target.top_k();
+    const std::string role =
+        !target.role().empty() ? target.role() : (top ? "screen_top" : "screen_random");
+    const int layer = unit.label().layer();
+    for (const v1::Ablation& ablation : stage.ablations()) {
+      for (const v1::Positions& positions : stage.positions()) {
+        if (target.kind() == v1::Target::SAE_LATENTS) {
+          trials->push_back(
+              LatentTrial(unit.hook(), layer, unit.label().unit(), ablation, positions, role));
+          continue;
+        }
+        const auto [hook, kind] = UnitHook(target.kind(), layer);
+        v1::Trial trial = UnitTrial(hook, kind, layer, unit.label().unit(), ablation, positions, "");
+        trial.mutable_label()->set_role(role);
+        trials->push_back(std::move(trial));
+      }
+    }
+  }
+  return Status::Ok();
+}
+
 // The trials of a knockout_sweep stage, in a fixed order: target, layer, unit, ablation,
 // positions. Directions are attached to `shard` (null when only counting); ranked neuron
 // targets read their units from `rankings` (null when only counting: units 0..top_k-1).
 StatusOr<std::vector<v1::Trial>> KnockoutTrials(const v1::KnockoutSweepStage& stage,
                                                 const ModelShape& shape, const Directions& directions,
-                                                const v1::RankingArtifact* rankings, v1::Shard* shard) {
+                                                const v1::RankingArtifact* rankings, v1::Shard* shard,
+                                                uint64_t seed = 0) {
   std::vector<v1::Trial> trials;
-  for (const v1::Target& target : stage.targets()) {
+  for (size_t t = 0; t < static_cast<size_t>(stage.targets_size()); ++t) {
+    const v1::Target& target = stage.targets(static_cast<int>(t));
+    if (!target.from().empty()) {
+      KO_RETURN_IF_ERROR(
+          ScreenedTrials(stage, target, t, seed, directions, shard == nullptr, &trials));
+      continue;
+    }
     if (target.kind() == v1::Target::SAE_LATENTS) {
       KO_RETURN_IF_ERROR(LatentTrials(stage, target, shape, directions, rankings, &trials));
       continue;
@@ -382,28 +539,7 @@ StatusOr<std::vector<v1::Trial>> KnockoutTrials(const v1::KnockoutSweepStage& st
       for (int unit : units) {
         for (const v1::Ablation& ablation : stage.ablations()) {
           for (const v1::Positions& positions : stage.positions()) {
-            v1::Trial trial;
-            v1::Edit* edit = trial.add_edits();
-            // Directional ablation is science.md's: every layer's resid_pre, attn_out and
-            // mlp_out (the target's layer only says which direction); project acts at the hook.
-            if (ablation.kind() == v1::Ablation::DIRECTIONAL) {
-              edit->set_every_layer(true);
-            } else {
-              edit->set_hook(hook);
-            }
-            *edit->mutable_ablation() = ablation;
-            if (unit >= 0) edit->add_units(unit);
-            edit->set_tensor(tensor);
-            *edit->mutable_positions() = positions;
-            v1::TrialLabel* label = trial.mutable_label();
-            label->set_unit_kind(kind);
-            label->set_layer(layer);
-            label->set_unit(unit);
-            label->set_ablation(AblationName(ablation.kind()));
-            label->set_positions(PositionsName(positions));
-            label->set_direction(tensor);
-            label->set_coefficient(ablation.coefficient());
-            trials.push_back(std::move(trial));
+            trials.push_back(UnitTrial(hook, kind, layer, unit, ablation, positions, tensor));
           }
         }
       }
@@ -532,6 +668,7 @@ std::string DirectionArtifactName(const std::string& stage, int layer, const std
 std::string SelectionArtifactName(const std::string& stage) { return "selection/" + stage; }
 std::string OrthogonalizeArtifactName(const std::string& stage) { return "orthogonalize/" + stage; }
 std::string RankingArtifactName(const std::string& stage) { return "ranking/" + stage; }
+std::string ScreenArtifactName(const std::string& stage) { return "screen/" + stage; }
 
 namespace {
 
@@ -599,13 +736,213 @@ StatusOr<std::vector<v1::Shard>> KnockoutShards(const v1::SweepSpec& spec, uint3
   }
   KO_ASSIGN_OR_RETURN(std::string reference, ReferenceSet(s));
   if (!reference.empty()) KO_RETURN_IF_ERROR(AddSet(spec, reference, base.mutable_reference_prompts()));
-  KO_ASSIGN_OR_RETURN(auto trials, KnockoutTrials(s, shape, directions, rankings, &base));
+  KO_ASSIGN_OR_RETURN(auto trials,
+                      KnockoutTrials(s, shape, directions, rankings, &base, spec.seed()));
   // Every shard holds all the stage's prompts, so a trial's aggregate is computed in one place.
   std::vector<v1::Shard> shards = ShardTrialList(base, trials, ShardTrials(spec, stage));
   if (rankings) {
     for (v1::Shard& shard : shards) shard.set_index(shard.index() + 1);
   }
   return shards;
+}
+
+// The d_sae of the SAE at `hook` among the spec's (0 if none: validation refuses that).
+int64_t SaeWidth(const v1::SweepSpec& spec, const std::string& hook) {
+  for (const v1::SaeRef& sae : spec.saes()) {
+    if (sae.hook() == hook) return sae.d_sae();
+  }
+  return 0;
+}
+
+// The units of an attribution_screen stage as trials, one per unit x positions, each with the
+// edit whose effect the screen estimates (the same edit a knockout_sweep would run): per unit
+// spec, layer, unit. Direction units are projected out (`project`; with `patch`, their
+// component is replaced by the patched run's). Directions are attached to `shard` (null when
+// only counting).
+StatusOr<std::vector<v1::Trial>> ScreenTrials(const v1::SweepSpec& spec,
+                                              const v1::AttributionScreenStage& stage,
+                                              const ModelShape& shape, const Directions& directions,
+                                              v1::Shard* shard) {
+  std::vector<v1::Trial> trials;
+  for (const v1::Target& target : stage.units()) {
+    for (int layer : Layers(target.layers(), shape.num_layers)) {
+      std::vector<int> units(target.units().begin(), target.units().end());
+      int64_t all = 1;
+      if (target.kind() == v1::Target::HEADS) all = shape.num_heads;
+      if (target.kind() == v1::Target::NEURONS) all = shape.intermediate_size;
+      if (target.kind() == v1::Target::SAE_LATENTS) all = SaeWidth(spec, SaeHook(target, layer));
+      const bool whole = target.kind() == v1::Target::ATTN_OUT ||
+                         target.kind() == v1::Target::MLP_OUT ||
+                         target.kind() == v1::Target::DIRECTION;
+      if (whole) units = {-1};
+      if (units.empty()) {
+        for (int64_t u = 0; u < all; ++u) units.push_back(static_cast<int>(u));
+      }
+      std::string tensor;
+      v1::Ablation ablation = stage.ablation();
+      if (target.kind() == v1::Target::DIRECTION) {
+        KO_ASSIGN_OR_RETURN(tensor, directions.Attach(target.direction(), layer, shard));
+        if (ablation.kind() != v1::Ablation::PATCH) {
+          ablation.Clear();
+          ablation.set_kind(v1::Ablation::PROJECT);
+        }
+      }
+      for (int unit : units) {
+        for (const v1::Positions& positions : stage.positions()) {
+          if (target.kind() == v1::Target::SAE_LATENTS) {
+            trials.push_back(
+                LatentTrial(SaeHook(target, layer), layer, unit, ablation, positions, ""));
+            continue;
+          }
+          const auto [hook, kind] = UnitHook(target.kind(), layer);
+          trials.push_back(UnitTrial(hook, kind, layer, unit, ablation, positions, tensor));
+        }
+      }
+    }
+  }
+  for (size_t i = 0; i < trials.size(); ++i) trials[i].set_index(static_cast<uint32_t>(i));
+  return trials;
+}
+
+// The shards of an attribution_screen stage: every unit in each shard, the prompts split
+// (scores are sums over prompts, reduced in float64 by the finaliser).
+StatusOr<std::vector<v1::Shard>> ScreenShards(const v1::SweepSpec& spec, const v1::Stage& stage,
+                                              v1::Shard base, const Directions& directions,
+                                              const ModelShape& shape) {
+  const auto& s = stage.attribution_screen();
+  base.set_kind(v1::Shard::SCREEN);
+  v1::ScreenRequest* request = base.mutable_screen();
+  request->set_method(s.method());
+  request->set_steps(s.steps());
+  request->set_metric(s.metric());
+  if (s.ablation().kind() == v1::Ablation::PATCH) {
+    KO_ASSIGN_OR_RETURN(std::string tensor, directions.Attach(s.patch(), -1, &base));
+    request->set_patch_tensor(tensor);
+  }
+  const bool latents = std::any_of(s.units().begin(), s.units().end(), [](const v1::Target& t) {
+    return t.kind() == v1::Target::SAE_LATENTS;
+  });
+  if (latents) *base.mutable_saes() = spec.saes();
+  for (const std::string& set : s.prompt_sets()) {
+    KO_RETURN_IF_ERROR(AddSet(spec, set, base.mutable_prompts()));
+  }
+  if (!s.ablation().reference_set().empty()) {
+    KO_RETURN_IF_ERROR(AddSet(spec, s.ablation().reference_set(), base.mutable_reference_prompts()));
+  }
+  KO_ASSIGN_OR_RETURN(auto trials, ScreenTrials(spec, s, shape, directions, &base));
+  for (v1::Trial& trial : trials) *base.add_trials() = std::move(trial);
+  return ShardPromptList(base, ShardPrompts(spec, stage));
+}
+
+// The finaliser of an attribution_screen: the shards' float64 sums reduced per unit (over all
+// prompts: the artifact and its ranking; per prompt set: the result rows).
+Status FinalizeScreen(const v1::Stage& stage, const std::vector<v1::ShardRecord>& shards,
+                      const std::vector<v1::PartialSum>& sums, std::string* artifact,
+                      std::vector<v1::ResultRow>* rows) {
+  const auto& s = stage.attribution_screen();
+  if (shards.empty()) return Status::FailedPrecondition("stage " + stage.name() + " has no shards");
+  const v1::Shard& first = shards.front().shard();
+  const int n = first.trials_size();
+  struct Acc {
+    std::vector<double> sum, sum_sq;
+    uint64_t count = 0;
+    double clean = 0;
+  };
+  std::map<std::string, Acc> by_set;
+  std::map<std::pair<std::string, std::string>, std::array<double, 3>> hooks;  // effect, attributed, n
+  for (const v1::PartialSum& p : sums) {
+    if (p.position() == kScreenScoreSum || p.position() == kScreenScoreSqSum) {
+      if (p.sum_size() != n) {
+        return Status::Corruption("stage " + stage.name() + ": screen sums of " +
+                                  std::to_string(p.sum_size()) + " units, expected " +
+                                  std::to_string(n));
+      }
+      Acc& acc = by_set[p.set()];
+      std::vector<double>& target = p.position() == kScreenScoreSum ? acc.sum : acc.sum_sq;
+      if (target.empty()) target.assign(n, 0.0);
+      for (int i = 0; i < n; ++i) target[i] += p.sum(i);
+      if (p.position() == kScreenScoreSum) acc.count += p.count();
+    } else if (p.position() == kScreenCleanSum && p.sum_size() == 1) {
+      by_set[p.set()].clean += p.sum(0);
+    } else if (p.position().rfind(kScreenHookSumPrefix, 0) == 0 && p.sum_size() == 2) {
+      const std::string rest = p.position().substr(sizeof(kScreenHookSumPrefix) - 1);
+      const size_t space = rest.find(' ');
+      auto& h = hooks[{rest.substr(0, space), space == std::string::npos ? "" : rest.substr(space + 1)}];
+      h[0] += p.sum(0), h[1] += p.sum(1), h[2] += static_cast<double>(p.count());
+    }
+  }
+  v1::ScreenArtifact screen;
+  screen.set_stage(stage.name());
+  screen.set_method(s.method());
+  screen.set_metric(s.metric());
+  screen.set_ablation(AblationName(s.ablation().kind()));
+  screen.set_rank(s.rank());
+  std::vector<double> total(n, 0.0), total_sq(n, 0.0);
+  uint64_t count = 0;
+  double clean = 0;
+  for (const auto& [set, acc] : by_set) {
+    if (acc.sum.empty() || acc.count == 0) continue;
+    count += acc.count;
+    clean += acc.clean;
+    for (int i = 0; i < n; ++i) {
+      total[i] += acc.sum[i];
+      total_sq[i] += acc.sum_sq.empty() ? 0.0 : acc.sum_sq[i];
+      const double mean = acc.sum[i] / acc.count;
+      const double var = (acc.sum_sq.empty() ? 0.0 : acc.sum_sq[i] / acc.count) - mean * mean;
+      v1::ResultRow row;
+      row.set_trial(first.trials(i).index());
+      row.set_prompt_set(set);
+      row.set_prompt(-1);
+      (*row.mutable_values())["score"] = mean;
+      (*row.mutable_values())["spread"] = std::sqrt(std::max(0.0, var));
+      (*row.mutable_values())["prompts"] = static_cast<double>(acc.count);
+      (*row.mutable_values())["clean_metric"] = acc.clean / acc.count;
+      rows->push_back(std::move(row));
+    }
+  }
+  if (count == 0) {
+    return Status::FailedPrecondition("stage " + stage.name() +
+                                      ": no prompt had a finite metric and scores");
+  }
+  screen.set_prompts(count);
+  screen.set_clean_metric(clean / count);
+  uint64_t planned = 0;
+  for (const auto& record : shards) planned += record.shard().prompts_size();
+  screen.set_excluded_prompts(planned > count ? planned - count : 0);
+  std::vector<int> order(n);
+  std::iota(order.begin(), order.end(), 0);
+  auto key = [&](int i) {
+    const double mean = total[i] / count;
+    if (s.rank() == "negative") return -mean;
+    if (s.rank() == "positive") return mean;
+    return std::fabs(mean);
+  };
+  std::stable_sort(order.begin(), order.end(), [&](int a, int b) { return key(a) > key(b); });
+  std::map<uint32_t, uint32_t> rank_of;
+  for (int r = 0; r < n; ++r) {
+    const int i = order[r];
+    const v1::Trial& trial = first.trials(i);
+    v1::ScreenUnit* unit = screen.add_units();
+    unit->set_trial(trial.index());
+    *unit->mutable_label() = trial.label();
+    unit->set_hook(trial.edits_size() > 0 ? trial.edits(0).hook() : "");
+    const double mean = total[i] / count;
+    unit->set_score(mean);
+    unit->set_spread(std::sqrt(std::max(0.0, total_sq[i] / count - mean * mean)));
+    unit->set_prompts(count);
+    unit->set_rank(static_cast<uint32_t>(r + 1));
+    rank_of[trial.index()] = static_cast<uint32_t>(r + 1);
+  }
+  for (v1::ResultRow& row : *rows) (*row.mutable_values())["rank"] = rank_of[row.trial()];
+  for (const auto& [key_pair, h] : hooks) {
+    v1::ScreenHookEffect* effect = screen.add_hooks();
+    effect->set_hook(key_pair.first);
+    effect->set_positions(key_pair.second);
+    effect->set_effect(h[2] > 0 ? h[0] / h[2] : 0.0);
+    effect->set_attributed(h[2] > 0 ? h[1] / h[2] : 0.0);
+  }
+  *artifact = Serialize(screen);
+  return Status::Ok();
 }
 
 }  // namespace
@@ -664,6 +1001,8 @@ StatusOr<std::vector<v1::Shard>> SweepEngine::Expand(const v1::SweepSpec& spec,
       if (bytes.status().code() != StatusCode::kNotFound) return bytes.status();
       return RankShards(spec, stage.knockout_sweep(), base, directions, shape_.num_layers);
     }
+    case v1::Stage::kAttributionScreen:
+      return ScreenShards(spec, stage, base, directions, shape_);
     case v1::Stage::kGenerate: {
       const auto& s = stage.generate();
       base.set_kind(v1::Shard::GENERATE);
@@ -728,10 +1067,16 @@ StatusOr<std::vector<v1::Shard>> SweepEngine::Expand(const v1::SweepSpec& spec,
 }
 
 StatusOr<std::vector<std::pair<std::string, std::string>>> SweepEngine::Finalize(
-    const v1::SweepRecord& sweep, uint32_t index) const {
+    const v1::SweepRecord& sweep, uint32_t index, std::vector<v1::ResultRow>* rows) const {
   const v1::Stage& stage = sweep.spec().stages(index);
   std::vector<std::pair<std::string, std::string>> artifacts;
-  if (stage.has_extract_directions()) {
+  if (stage.has_attribution_screen()) {
+    KO_ASSIGN_OR_RETURN(auto sums, store_->PartialSums(sweep.id(), index));
+    KO_ASSIGN_OR_RETURN(auto shards, store_->ListShards(sweep.id(), index));
+    std::string screen;
+    KO_RETURN_IF_ERROR(FinalizeScreen(stage, shards, sums, &screen, rows));
+    artifacts.emplace_back(ScreenArtifactName(stage.name()), std::move(screen));
+  } else if (stage.has_extract_directions()) {
     const auto& s = stage.extract_directions();
     KO_ASSIGN_OR_RETURN(auto sums, store_->PartialSums(sweep.id(), index));
     // (layer, position) -> set -> (sum, count), reduced in float64.
@@ -908,14 +1253,15 @@ StatusOr<std::vector<v1::ShardRecord>> SweepEngine::Advance(const std::string& i
             continue;
           }
         }
-        auto artifacts = Finalize(sweep, current);
+        std::vector<v1::ResultRow> rows;
+        auto artifacts = Finalize(sweep, current, &rows);
         if (!artifacts.ok()) {
           KO_RETURN_IF_ERROR(Fail(id, artifacts.status().message()));
           return artifacts.status();
         }
         stage.set_state(v1::DONE);
         if (expanded == static_cast<uint32_t>(sweep.spec().stages_size())) sweep.set_state(v1::DONE);
-        KO_RETURN_IF_ERROR(store_->FinishStage(sweep, stage, *artifacts));
+        KO_RETURN_IF_ERROR(store_->FinishStage(sweep, stage, *artifacts, rows));
         continue;
       }
     }
@@ -1017,6 +1363,15 @@ StatusOr<std::vector<StagePlan>> PlanSweep(const v1::SweepSpec& spec, const Mode
       KO_ASSIGN_OR_RETURN(auto trials, KnockoutTrials(s, shape, names, nullptr, nullptr));
       plan.trials = trials.size();
       plan.shards = ceil_div(plan.trials, per_trials) + (NeedsRanking(stage) ? 1 : 0);
+    } else if (stage.has_attribution_screen()) {
+      const auto& s = stage.attribution_screen();
+      for (const std::string& set : s.prompt_sets()) {
+        KO_ASSIGN_OR_RETURN(uint64_t n, count(set));
+        plan.prompts += n;
+      }
+      KO_ASSIGN_OR_RETURN(auto trials, ScreenTrials(spec, s, shape, names, nullptr));
+      plan.trials = trials.size();
+      plan.shards = ceil_div(plan.prompts, per_prompts);
     } else if (stage.has_generate()) {
       for (const std::string& set : stage.generate().prompt_sets()) {
         KO_ASSIGN_OR_RETURN(uint64_t n, count(set));

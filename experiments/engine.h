@@ -35,6 +35,8 @@ std::string DirectionArtifactName(const std::string& stage, int layer, const std
 std::string SelectionArtifactName(const std::string& stage);
 std::string OrthogonalizeArtifactName(const std::string& stage);
 std::string RankingArtifactName(const std::string& stage);
+// screen/<stage>: an attribution_screen's ScreenArtifact (units in rank order).
+std::string ScreenArtifactName(const std::string& stage);
 
 class SweepEngine {
  public:
@@ -73,8 +75,9 @@ class SweepEngine {
                                           uint32_t index) const;
 
  private:
+  // The stage's artifacts; result rows it computes (an attribution screen's) go to `rows`.
   StatusOr<std::vector<std::pair<std::string, std::string>>> Finalize(
-      const v1::SweepRecord& sweep, uint32_t index) const;
+      const v1::SweepRecord& sweep, uint32_t index, std::vector<v1::ResultRow>* rows) const;
   // A ranked knockout stage whose RANK shard is done: stores the rankings (ranking/<stage>) and
   // its trial shards in one batch.
   Status ExtendRankedStage(const v1::SweepRecord& sweep, v1::StageRecord stage) const;

@@ -171,6 +171,8 @@ Status CheckTarget(const ParsedSpec& parsed, const std::string& path, const Targ
     KO_RETURN_IF_ERROR(CheckIndexRange(parsed, Join(path, "units"), target.units(), shape.num_heads,
                                        "head", "heads per layer"));
   }
+  // A target chosen by a screen (`from`) takes the screen's units: checked there.
+  if (!target.from().empty()) return Status::Ok();
   if (target.kind() == Target::NEURONS) {
     KO_RETURN_IF_ERROR(CheckIndexRange(parsed, Join(path, "units"), target.units(),
                                        shape.intermediate_size, "neuron", "MLP neurons per layer"));
@@ -200,6 +202,13 @@ Status CheckStageShape(const ParsedSpec& parsed, const std::string& path, const 
                                        stage.knockout_sweep().targets(t), shape));
       }
       return Status::Ok();
+    case Stage::kAttributionScreen:
+      for (int u = 0; u < stage.attribution_screen().units_size(); ++u) {
+        KO_RETURN_IF_ERROR(CheckTarget(parsed, At(Join(path, "units"), u),
+                                       stage.attribution_screen().units(u), shape));
+      }
+      return CheckLayer(parsed, Join(path, "patch.direction.layer"),
+                        stage.attribution_screen().patch().layer(), shape);
     case Stage::kGenerate:
       for (int c = 0; c < stage.generate().conditions_size(); ++c) {
         const std::string at = At(Join(path, "conditions"), c);

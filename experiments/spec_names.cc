@@ -68,7 +68,8 @@ const NameTable<Ablation::Kind>& AblationKinds() {
                                     {"directional", Ablation::DIRECTIONAL},
                                     {"add", Ablation::ADD},
                                     {"clamp", Ablation::CLAMP},
-                                    {"scale", Ablation::SCALE}};
+                                    {"scale", Ablation::SCALE},
+                                    {"patch", Ablation::PATCH}};
   return *table;
 }
 
@@ -102,6 +103,8 @@ std::string_view StageKindName(Stage::KindCase kind) {
       return kStageKinds[3];
     case Stage::kOrthogonalize:
       return kStageKinds[4];
+    case Stage::kAttributionScreen:
+      return kStageKinds[5];
     case Stage::KIND_NOT_SET:
       break;
   }

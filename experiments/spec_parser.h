@@ -68,8 +68,9 @@ std::string Choices(const NameTable<Enum>& table) {
   return out;
 }
 
-inline constexpr std::array<std::string_view, 5> kStageKinds = {
-    "extract_directions", "select_direction", "knockout_sweep", "generate", "orthogonalize"};
+inline constexpr std::array<std::string_view, 6> kStageKinds = {
+    "extract_directions", "select_direction", "knockout_sweep", "generate", "orthogonalize",
+    "attribution_screen"};
 
 std::string_view StageKindName(Stage::KindCase kind);
 // The hook points an SAE may read (worker/sae): "blocks.L.SUFFIX" with these suffixes.
@@ -154,6 +155,11 @@ class SpecParser {
   Status ReadKnockout(const YAML::Node& node, const std::string& path, v1::KnockoutSweepStage* out);
   Status ReadTarget(const YAML::Node& node, const std::string& path, Target* out);
   Status ReadNeuronSelection(const YAML::Node& node, const std::string& path, Target* out);
+  // A knockout target whose units an earlier attribution_screen chose (`from`, top_k, random).
+  Status ReadScreenedTarget(const YAML::Node& node, const std::string& path, Target* out);
+  Status ReadScreen(const YAML::Node& node, const std::string& path,
+                    v1::AttributionScreenStage* out);
+  Status ReadScreenUnit(const YAML::Node& node, const std::string& path, Target* out);
   Status ReadLatentTarget(const YAML::Node& node, const std::string& path, Target* out);
   Status ReadLatentSelection(const YAML::Node& node, const std::string& path,
                              v1::LatentSelection* out);

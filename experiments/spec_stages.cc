@@ -21,7 +21,8 @@ namespace knockout::experiments::spec_internal {
 Status SpecParser::ReadStage(const YAML::Node& node, const std::string& path, Stage* out) {
   KO_RETURN_IF_ERROR(CheckMap(node, path,
                               {"name", "shard_trials", "shard_prompts", kStageKinds[0],
-                               kStageKinds[1], kStageKinds[2], kStageKinds[3], kStageKinds[4]},
+                               kStageKinds[1], kStageKinds[2], kStageKinds[3], kStageKinds[4],
+                               kStageKinds[5]},
                               "a stage: a map {name, <kind>: {...}}"));
   KO_RETURN_IF_ERROR(ReadString(node, "name", path, true, out->mutable_name()));
   const std::string name_path = Join(path, "name");
@@ -55,13 +56,14 @@ Status SpecParser::ReadStageKind(const YAML::Node& node, const std::string& path
   if (kind.empty()) {
     return Fail(path,
                 "the stage has no kind (expected one of: extract_directions, "
-                "select_direction, knockout_sweep, generate, orthogonalize)");
+                "select_direction, knockout_sweep, generate, orthogonalize, attribution_screen)");
   }
   const YAML::Node body = node[std::string(kind)];
   if (kind == kStageKinds[0]) return ReadExtract(body, path, out->mutable_extract_directions());
   if (kind == kStageKinds[1]) return ReadSelect(body, path, out->mutable_select_direction());
   if (kind == kStageKinds[2]) return ReadKnockout(body, path, out->mutable_knockout_sweep());
   if (kind == kStageKinds[3]) return ReadGenerate(body, path, out->mutable_generate());
+  if (kind == kStageKinds[5]) return ReadScreen(body, path, out->mutable_attribution_screen());
   return ReadOrthogonalize(body, path, out->mutable_orthogonalize());
 }
 
@@ -175,8 +177,13 @@ Status SpecParser::ReadBackups(const YAML::Node& node, const std::string& path,
 Status SpecParser::ReadTarget(const YAML::Node& node, const std::string& path, Target* out) {
   KO_RETURN_IF_ERROR(CheckMap(node, path,
                               {"kind", "layers", "units", "direction", "top_k", "score",
-                               "score_direction", "sae_hook", "select", "together", "role"},
+                               "score_direction", "sae_hook", "select", "together", "role",
+                               "from", "random"},
                               "a target: a map {kind, layers, ...}"));
+  if (node["from"].IsDefined()) return ReadScreenedTarget(node, path, out);
+  if (node["random"].IsDefined()) {
+    return Fail(Join(path, "random"), "applies only to targets chosen by a screen (from: STAGE)");
+  }
   if (!node["kind"].IsDefined()) return Fail(Join(path, "kind"), "missing required field");
   Target::Kind kind = Target::TARGET_UNSPECIFIED;
   KO_RETURN_IF_ERROR(
@@ -234,6 +241,175 @@ Status SpecParser::ReadNeuronSelection(const YAML::Node& node, const std::string
   }
   return ReadDirectionRef(node["score_direction"], Join(path, "score_direction"),
                           out->mutable_score_direction());
+}
+
+// `{kind, from: SCREEN, top_k: K, random: N, layers, role}`: the screen's best K units of the
+// kind (by its ranking, within `layers` when given) and N more drawn from the rest.
+Status SpecParser::ReadScreenedTarget(const YAML::Node& node, const std::string& path,
+                                      Target* out) {
+  for (std::string_view key :
+       {"units", "direction", "score", "score_direction", "select", "together", "sae_hook"}) {
+    if (node[std::string(key)].IsDefined()) {
+      return Fail(Join(path, key), "does not apply to a target chosen by a screen (from: STAGE)");
+    }
+  }
+  Target::Kind kind = Target::TARGET_UNSPECIFIED;
+  if (!node["kind"].IsDefined()) return Fail(Join(path, "kind"), "missing required field");
+  KO_RETURN_IF_ERROR(ReadEnum(node["kind"], Join(path, "kind"), TargetKinds(), "target kind", &kind));
+  out->set_kind(kind);
+  KO_RETURN_IF_ERROR(ReadIndices(node, "layers", path, "layer", out->mutable_layers()));
+  KO_RETURN_IF_ERROR(ReadString(node, "from", path, true, out->mutable_from()));
+  KO_ASSIGN_OR_RETURN(const Stage* screen, EarlierStage(out->from(), Join(path, "from"),
+                                                        Stage::kAttributionScreen));
+  if (kind == Target::DIRECTION) {
+    return Fail(Join(path, "kind"), "direction units are not chosen from a screen (list them)");
+  }
+  const auto& units = screen->attribution_screen().units();
+  const bool screened = std::any_of(units.begin(), units.end(),
+                                    [&](const Target& unit) { return unit.kind() == kind; });
+  if (!screened) {
+    return Fail(Join(path, "kind"), "stage " + Quoted(out->from()) + " screened no " +
+                                        std::string(NameOf(TargetKinds(), kind)));
+  }
+  if (!node["top_k"].IsDefined()) return Fail(Join(path, "top_k"), "missing required field");
+  KO_ASSIGN_OR_RETURN(const uint32_t top_k, ReadCount(node, "top_k", path, 1));
+  out->set_top_k(top_k);
+  int64_t random = 0;
+  KO_RETURN_IF_ERROR(ReadInt(node, "random", path, 0, 1 << 20, &random));
+  out->set_random(static_cast<uint32_t>(random));
+  return ReadString(node, "role", path, false, out->mutable_role());
+}
+
+// attribution_screen (sweep.proto, AttributionScreenStage): prompt_sets, units, method, steps,
+// ablation, positions, metric, patch, rank.
+Status SpecParser::ReadScreen(const YAML::Node& node, const std::string& path,
+                              v1::AttributionScreenStage* out) {
+  if (!node.IsMap()) return Fail(Join(path, kStageKinds[5]), "expected a map");
+  KO_RETURN_IF_ERROR(CheckMap(node, path,
+                              {"prompt_sets", "units", "method", "steps", "ablation", "positions",
+                               "metric", "patch", "rank"}));
+  KO_RETURN_IF_ERROR(ReadSetNames(node, "prompt_sets", path, true, out->mutable_prompt_sets()));
+  if (!node["units"].IsDefined()) return Fail(Join(path, "units"), "missing required field");
+  KO_RETURN_IF_ERROR(ForEach(node["units"], Join(path, "units"), true,
+                             [&](const YAML::Node& item, const std::string& at) {
+                               return ReadScreenUnit(item, at, out->add_units());
+                             }));
+  out->set_method("atp");
+  KO_RETURN_IF_ERROR(ReadString(node, "method", path, false, out->mutable_method()));
+  const std::string& method = out->method();
+  if (method != "atp" && method != "atp_star" && method != "integrated_gradients") {
+    return Fail(Join(path, "method"),
+                Quoted(method) + ": expected atp, atp_star or integrated_gradients");
+  }
+  // Read whatever the method (a spec may switch methods without deleting it); only
+  // integrated_gradients uses it.
+  int64_t steps = 10;
+  KO_RETURN_IF_ERROR(ReadInt(node, "steps", path, 1, 4096, &steps));
+  out->set_steps(static_cast<uint32_t>(steps));
+  out->set_metric("refusal_score");
+  KO_RETURN_IF_ERROR(ReadString(node, "metric", path, false, out->mutable_metric()));
+  const std::string& metric = out->metric();
+  if (metric != "refusal_score" && metric != "logit_diff" && metric != "kl") {
+    return Fail(Join(path, "metric"), Quoted(metric) +
+                                          ": expected refusal_score, logit_diff or kl (a "
+                                          "metric with a gradient at the last position)");
+  }
+  if (metric == "kl" && method != "integrated_gradients") {
+    return Fail(Join(path, "metric"),
+                "kl has zero gradient at the clean run (it is minimal there), so a first-order "
+                "screen scores every unit 0: use method integrated_gradients");
+  }
+  if (metric == "refusal_score" && spec_.metrics().refusal_tokens_size() == 0) {
+    return Fail(Join(path, "metric"),
+                "the screen has no metric to differentiate: refusal_score needs "
+                "metrics.refusal_tokens");
+  }
+  if (metric == "logit_diff" &&
+      (spec_.metrics().positive_tokens_size() == 0 || spec_.metrics().negative_tokens_size() == 0)) {
+    return Fail(Join(path, "metric"),
+                "logit_diff needs metrics.positive_tokens and metrics.negative_tokens");
+  }
+  if (node["ablation"].IsDefined()) {
+    KO_RETURN_IF_ERROR(ReadAblation(node["ablation"], Join(path, "ablation"), out->mutable_ablation()));
+  } else {
+    out->mutable_ablation()->set_kind(Ablation::ZERO);
+  }
+  const Ablation::Kind ablation = out->ablation().kind();
+  if (ablation != Ablation::ZERO && ablation != Ablation::MEAN_ALL_POSITIONS &&
+      ablation != Ablation::PATCH) {
+    return Fail(Join(path, "ablation"),
+                std::string(NameOf(AblationKinds(), ablation)) +
+                    ": a screen approximates zero, mean_all_positions (with a reference_set) or "
+                    "patch (the patched run's value)");
+  }
+  const bool patched = ablation == Ablation::PATCH;
+  if (patched != node["patch"].IsDefined()) {
+    return Fail(Join(path, "patch"),
+                patched ? "missing: the patch ablation needs `patch: {direction: DIRECTION}` (the "
+                          "patched run: that direction ablated at every layer)"
+                        : "applies only to ablation patch");
+  }
+  if (patched) {
+    const YAML::Node patch = node["patch"];
+    const std::string at = Join(path, "patch");
+    KO_RETURN_IF_ERROR(CheckMap(patch, at, {"direction"}, "a map {direction: DIRECTION}"));
+    if (!patch["direction"].IsDefined()) return Fail(Join(at, "direction"), "missing required field");
+    KO_RETURN_IF_ERROR(
+        ReadDirectionRef(patch["direction"], Join(at, "direction"), out->mutable_patch()));
+    KO_RETURN_IF_ERROR(
+        RequireDirectionLayer(out->patch(), Join(at, "direction"), "the patched run"));
+  }
+  KO_RETURN_IF_ERROR(ReadPositionList(node, path, out->mutable_positions()));
+  out->set_rank("magnitude");
+  KO_RETURN_IF_ERROR(ReadString(node, "rank", path, false, out->mutable_rank()));
+  if (out->rank() != "magnitude" && out->rank() != "negative" && out->rank() != "positive") {
+    return Fail(Join(path, "rank"), Quoted(out->rank()) +
+                                        ": expected magnitude (|score|, the default), negative "
+                                        "(most negative first) or positive");
+  }
+  return Status::Ok();
+}
+
+// A screen's unit: {kind: heads|neurons|attn_out|mlp_out|direction|sae_latents, layers, units,
+// direction (direction), sae_hook (sae_latents)}. Every unit has a gradient path to the metric
+// (each writes into the residual stream before the last position is read).
+Status SpecParser::ReadScreenUnit(const YAML::Node& node, const std::string& path, Target* out) {
+  KO_RETURN_IF_ERROR(CheckMap(node, path, {"kind", "layers", "units", "direction", "sae_hook"},
+                              "a unit: a map {kind, layers, units, direction, sae_hook}"));
+  if (!node["kind"].IsDefined()) return Fail(Join(path, "kind"), "missing required field");
+  Target::Kind kind = Target::TARGET_UNSPECIFIED;
+  KO_RETURN_IF_ERROR(ReadEnum(node["kind"], Join(path, "kind"), TargetKinds(), "unit kind", &kind));
+  out->set_kind(kind);
+  KO_RETURN_IF_ERROR(ReadIndices(node, "layers", path, "layer", out->mutable_layers()));
+  if (node["units"].IsDefined() && kind != Target::HEADS && kind != Target::NEURONS &&
+      kind != Target::SAE_LATENTS) {
+    return Fail(Join(path, "units"), "applies only to heads, neurons and sae_latents");
+  }
+  KO_RETURN_IF_ERROR(ReadIndices(node, "units", path, "unit", out->mutable_units()));
+  if ((kind == Target::DIRECTION) != node["direction"].IsDefined()) {
+    return Fail(Join(path, "direction"), kind == Target::DIRECTION
+                                             ? "missing required field (direction units)"
+                                             : "applies only to direction units");
+  }
+  if (kind == Target::DIRECTION) {
+    KO_RETURN_IF_ERROR(
+        ReadDirectionRef(node["direction"], Join(path, "direction"), out->mutable_direction()));
+  }
+  if (node["sae_hook"].IsDefined() && kind != Target::SAE_LATENTS) {
+    return Fail(Join(path, "sae_hook"), "applies only to sae_latents units");
+  }
+  if (kind == Target::SAE_LATENTS) {
+    if (spec_.saes_size() == 0) {
+      return Fail(Join(path, "kind"), "sae_latents units need SAEs: the spec lists no saes");
+    }
+    out->set_sae_hook("hook_resid_post");
+    KO_RETURN_IF_ERROR(ReadString(node, "sae_hook", path, false, out->mutable_sae_hook()));
+    if (std::find(kSaeHookSuffixes.begin(), kSaeHookSuffixes.end(), out->sae_hook()) ==
+        kSaeHookSuffixes.end()) {
+      return Fail(Join(path, "sae_hook"), Quoted(out->sae_hook()) + ": not a hook an SAE reads");
+    }
+  }
+  return Status::Ok();
 }
 
 // SAE latents of each layer's SAE at blocks.L.{sae_hook}: `units` (latent indices) or `select`
@@ -415,6 +591,11 @@ Status SpecParser::CheckAblationFits(const v1::KnockoutSweepStage& sweep,
     const bool latent_fits = latent_only || kind == Ablation::ZERO ||
                              kind == Ablation::MEAN_ALL_POSITIONS;
     const std::string name(NameOf(AblationKinds(), kind));
+    if (kind == Ablation::PATCH) {
+      return Fail(At(Join(path, "ablations"), a),
+                  "patch applies only to attribution_screen stages (a knockout stage patches "
+                  "with resample, mean or a directional ablation)");
+    }
     for (int t = 0; t < sweep.targets_size(); ++t) {
       const Target::Kind target = sweep.targets(t).kind();
       const std::string at = At(Join(path, "ablations"), a);

@@ -162,6 +162,10 @@ Status ValidateSpecTokens(const ParsedSpec& parsed) {
       const auto& s = stage.knockout_sweep();
       KO_RETURN_IF_ERROR(
           CheckStagePositions(parsed, path, s.prompt_sets(), s.positions(), &layouts));
+    } else if (stage.has_attribution_screen()) {
+      const auto& s = stage.attribution_screen();
+      KO_RETURN_IF_ERROR(
+          CheckStagePositions(parsed, path, s.prompt_sets(), s.positions(), &layouts));
     }
   }
   return Status::Ok();

@@ -430,6 +430,14 @@ struct EncodedPut {
   std::string key, value;
 };
 
+std::string RowKey(const std::string& sweep, uint32_t stage, const v1::ResultRow& row) {
+  std::string key = ResultsPrefix(sweep, stage, kRowKind);
+  AppendUint32(&key, row.trial());
+  AppendString(&key, row.prompt_set());
+  AppendUint32(&key, static_cast<uint32_t>(row.prompt() + 1));
+  return key;
+}
+
 // The rows, partial sums and completions of one result, encoded outside the lock (they do not
 // depend on stored state).
 StatusOr<std::vector<EncodedPut>> EncodeResult(const v1::ShardResult& result) {
@@ -444,12 +452,8 @@ StatusOr<std::vector<EncodedPut>> EncodeResult(const v1::ShardResult& result) {
                                      " has prompt " + std::to_string(row.prompt()) +
                                      " (expected >= -1)");
     }
-    std::string key = ResultsPrefix(sweep, stage, kRowKind);
-    AppendUint32(&key, row.trial());
-    AppendString(&key, row.prompt_set());
-    AppendUint32(&key, static_cast<uint32_t>(row.prompt() + 1));
     KO_ASSIGN_OR_RETURN(std::string value, Serialize(row));
-    puts.push_back({Family::kResults, std::move(key), std::move(value)});
+    puts.push_back({Family::kResults, RowKey(sweep, stage, row), std::move(value)});
   }
   for (int n = 0; n < result.sums_size(); ++n) {
     std::string key = ResultsPrefix(sweep, stage, kPartialSumKind);
@@ -599,9 +603,19 @@ Status SweepStore::FailShard(const std::string& sweep, uint32_t stage, uint32_t 
 }
 
 Status SweepStore::FinishStage(const v1::SweepRecord& updated_sweep, const v1::StageRecord& stage,
-                               const std::vector<std::pair<std::string, std::string>>& artifacts) {
+                               const std::vector<std::pair<std::string, std::string>>& artifacts,
+                               const std::vector<v1::ResultRow>& rows) {
   const std::string& sweep = updated_sweep.id();
   Store::Batch batch;
+  for (const v1::ResultRow& row : rows) {
+    if (row.prompt() < -1) {
+      return Status::InvalidArgument(StageLabel(sweep, stage.index()) + ": finished row of trial " +
+                                     std::to_string(row.trial()) + " has prompt " +
+                                     std::to_string(row.prompt()));
+    }
+    KO_ASSIGN_OR_RETURN(std::string value, Serialize(row));
+    batch.Put(Family::kResults, RowKey(sweep, stage.index(), row), value);
+  }
   for (const auto& [name, bytes] : artifacts) {
     if (name.empty()) {
       return Status::InvalidArgument(StageLabel(sweep, stage.index()) +

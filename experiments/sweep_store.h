@@ -114,10 +114,12 @@ class SweepStore : public SweepReader {
   Status FailShard(const std::string& sweep, uint32_t stage, uint32_t shard, uint32_t attempt,
                    const std::string& error);
 
-  // Finishes a stage in one synced batch: its artifacts, the stage record (state DONE) and the
-  // sweep record (e.g. state DONE after the last stage).
+  // Finishes a stage in one synced batch: its artifacts, result rows the finaliser computed
+  // (an attribution screen's means over every shard's prompts), the stage record (state DONE)
+  // and the sweep record (e.g. state DONE after the last stage).
   Status FinishStage(const v1::SweepRecord& updated_sweep, const v1::StageRecord& stage,
-                     const std::vector<std::pair<std::string, std::string>>& artifacts);
+                     const std::vector<std::pair<std::string, std::string>>& artifacts,
+                     const std::vector<v1::ResultRow>& rows = {});
   // Replaces the sweep record (synced). NotFound if no sweep has its id.
   Status UpdateSweep(const v1::SweepRecord& sweep);
 

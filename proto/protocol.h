@@ -13,7 +13,18 @@
 namespace knockout {
 
 constexpr uint32_t kProtocolMajor = 1;
-constexpr uint32_t kProtocolMinor = 1;  // 1: ReleaseShardRequest.code
+constexpr uint32_t kProtocolMinor = 2;  // 1: ReleaseShardRequest.code; 2: SCREEN shards
+
+// The PartialSum names a SCREEN shard reports (ShardResult.sums, layer -1; the worker writes
+// them, the finaliser reduces them in float64): per prompt set, "screen/score" and
+// "screen/score_sq" hold each trial's sum over the shard's prompts (shard trial order; count:
+// the prompts summed), "screen/clean" the clean metric's sum (sum[0]), and
+// "screen/hook <hook> <positions>" {effect, attributed} summed over prompts (count).
+inline constexpr char kScreenScoreSum[] = "screen/score";
+inline constexpr char kScreenScoreSqSum[] = "screen/score_sq";
+inline constexpr char kScreenCleanSum[] = "screen/clean";
+inline constexpr char kScreenHookSumPrefix[] = "screen/hook ";
+
 
 inline v1::ProtocolVersion CurrentProtocol() {
   v1::ProtocolVersion version;

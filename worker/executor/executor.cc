@@ -56,6 +56,9 @@ StatusOr<v1::ShardResult> ShardExecutor::Run(const v1::Shard& shard) const {
       case v1::Shard::RANK:
         result = internal::RunRank(model_, options_, shard);
         break;
+      case v1::Shard::SCREEN:
+        result = internal::RunScreen(model_, options_, shard);
+        break;
       default:
         return Status::InvalidArgument("shard " + std::to_string(shard.index()) + ": no kind");
     }

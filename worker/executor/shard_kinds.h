@@ -25,5 +25,8 @@ StatusOr<v1::ShardResult> RunOrthogonalize(const LoadedModel& m, const ExecutorO
 // RANK: neuron rankings against a direction for knockout targets with top_k (rank.cc).
 StatusOr<v1::ShardResult> RunRank(const LoadedModel& m, const ExecutorOptions& options,
                                   const v1::Shard& shard);
+// SCREEN: attribution scores of every unit from gradients (screen.cc).
+StatusOr<v1::ShardResult> RunScreen(const LoadedModel& m, const ExecutorOptions& options,
+                                    const v1::Shard& shard);
 
 }  // namespace knockout::executor::internal

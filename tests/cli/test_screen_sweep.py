@@ -1,0 +1,168 @@
+#!/usr/bin/env python3
+"""Attribution screening end to end on the shipped demo model (issue 16).
+
+1. The issue's example spec (its stages verbatim, under the demo model's header) validates and
+   runs: a screen of every head and the layer 3-5 SAE latents, then the screen's top 16 heads
+   verified by real knockouts; `knockout screen-check` prints a line naming "Spearman".
+2. experiments/specs/demo-screen.yaml: every head verified (top 16 + the 32 others drawn at
+   random), the top 16 + 16 random neurons of layer 2 and latents of layers 3-5. Checks, against
+   the stored knockouts (not against the screen's own numbers):
+   - the screen's rank correlation with the real TE of all 48 heads is at least HEAD_SPEARMAN;
+   - the real top 5 heads by |TE| are all in the screen's top 16;
+   - the latent screen's correlation is at least LATENT_SPEARMAN.
+   The bounds sit below what docs/benchmarks.md measured (head Spearman 0.96 on this model and
+   these prompts), so that a regression of the screen, not noise, fails them.
+3. Bad screen specs are refused at validation, naming the field.
+
+Usage: test_screen_sweep.py KNOCKOUT SPEC_DIR
+"""
+import csv
+import io
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+HEAD_SPEARMAN = 0.85
+LATENT_SPEARMAN = 0.7
+
+
+def run(cmd, check=True):
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if check and proc.returncode != 0:
+        sys.exit(f"FAIL: {' '.join(cmd)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def check(condition, message):
+    if not condition:
+        sys.exit("FAIL: " + message)
+    print("ok:", message)
+
+
+def tables(text):
+    """`--format csv` output with several tables: a list of row dicts per table."""
+    return [list(csv.DictReader(io.StringIO(block))) for block in text.strip().split("\n\n")]
+
+
+ISSUE_STAGES = """stages:
+  - name: screen
+    attribution_screen:
+      prompt_sets: [harmful_val]
+      units: [{kind: heads}, {kind: sae_latents, layers: [3, 4, 5]}]
+      method: atp              # atp | atp_star | integrated_gradients
+      steps: 10                # integrated_gradients only
+      ablation: zero
+      positions: [post_inst]
+      metric: refusal_score
+  - name: verify
+    knockout_sweep:
+      prompt_sets: [harmful_val]
+      targets: [{kind: heads, from: screen, top_k: 16}]
+      ablations: [zero]
+      positions: [post_inst]
+"""
+
+
+def header(spec_dir, name, limit=8):
+    root = os.path.abspath(os.path.join(spec_dir, "..", ".."))
+    saes = "".join(f"  blocks.{l}.hook_resid_post: {root}/models/demo-refusal/saes/layer_{l}\n"
+                   for l in (3, 4, 5))
+    return f"""name: {name}
+seed: 42
+model: {{path: {root}/models/demo-refusal, dtype: float32, device: cpu}}
+prompt_sets:
+  harmful_val: {{path: {root}/experiments/prompts/demo/harmful_val.jsonl, limit: {limit}}}
+  harmless_val: {{path: {root}/experiments/prompts/demo/harmless_val.jsonl, limit: {limit}}}
+saes:
+{saes}metrics:
+  refusal_tokens: ["I"]
+"""
+
+
+def refused(knockout, path, text, field):
+    with open(path, "w") as f:
+        f.write(text)
+    proc = run([knockout, "validate", path], check=False)
+    message = (proc.stdout + proc.stderr).strip()
+    check(proc.returncode != 0 and field in message and "Traceback" not in message,
+          f"refused naming {field}: {message.splitlines()[-1] if message else '(nothing)'}")
+
+
+def main():
+    knockout, spec_dir = sys.argv[1], sys.argv[2]
+    with tempfile.TemporaryDirectory() as tmp:
+        # 1. The issue's example.
+        spec = os.path.join(tmp, "issue.yaml")
+        with open(spec, "w") as f:
+            f.write(header(spec_dir, "issue-screen") + ISSUE_STAGES)
+        run([knockout, "validate", spec])
+        store = os.path.join(tmp, "issue-store")
+        run([knockout, "run", spec, "--store", store, "--no-summary"])
+        out = run([knockout, "screen-check", "issue-screen", "--stage", "screen", "--store", store]).stdout
+        lines = [line for line in out.splitlines() if "Spearman" in line]
+        check(len(lines) == 1 and "heads" in lines[0], f"screen-check names Spearman: {lines}")
+        rows = tables(run([knockout, "results", "issue-screen", "--stage", "screen", "--store", store,
+                           "--format", "csv"]).stdout)[0]
+        check(len(rows) == 48 + 3 * 1024, f"one screen row per unit: {len(rows)}")
+
+        # 2. The demo screening spec: every head verified.
+        store = os.path.join(tmp, "demo-store")
+        run([knockout, "run", os.path.join(spec_dir, "demo-screen.yaml"), "--store", store, "--no-summary"])
+        out = run([knockout, "screen-check", "demo-screen", "--stage", "screen", "--store", store,
+                   "--format", "csv"]).stdout
+        units, hooks, summary = tables(out)
+        by_kind = {r["unit_kind"]: r for r in summary}
+        head = by_kind["head"]
+        check(int(head["units"]) == 48, f"all 48 heads verified: {head['units']}")
+        rho = float(head["spearman"])
+        check(rho >= HEAD_SPEARMAN, f"heads: Spearman {rho:.3f} >= {HEAD_SPEARMAN}")
+        heads = [u for u in units if u["unit"].startswith("L") and "H" in u["unit"] and "F" not in u["unit"]]
+        real_top = sorted(heads, key=lambda u: -abs(float(u["te"])))[:5]
+        check(all(u["chosen"] == "top" for u in real_top),
+              "the real top 5 heads by |TE| are in the screen's top 16: " +
+              ", ".join(f"{u['unit']} (screen rank {u['screen_rank']})" for u in real_top))
+        latent = by_kind["sae_latent"]
+        check(float(latent["spearman"]) >= LATENT_SPEARMAN,
+              f"latents: Spearman {float(latent['spearman']):.3f} >= {LATENT_SPEARMAN}")
+        check(int(by_kind["neuron"]["units"]) == 32, "32 neurons verified")
+        print("neurons: Spearman", by_kind["neuron"]["spearman"], "recall", by_kind["neuron"]["top_k_recall"])
+        check(len(hooks) == 6 + 1 + 3, f"one completeness row per screened hook: {len(hooks)}")
+
+        # 3. Bad specs.
+        bad = os.path.join(tmp, "bad.yaml")
+        base = header(spec_dir, "bad")
+        screen = """stages:
+  - name: screen
+    attribution_screen:
+      prompt_sets: [harmful_val]
+      units: [{kind: heads}]
+      positions: [post_inst]
+"""
+        refused(knockout, bad, base + screen.replace("      positions", "      metric: kl\n      positions"),
+                "stages[0].metric")
+        refused(knockout, bad, base.replace('refusal_tokens: ["I"]', "refusal_tokens: []") + screen,
+                "stages[0].metric")
+        refused(knockout, bad, base + screen.replace("      positions", "      method: gradient\n      positions"),
+                "stages[0].method")
+        refused(knockout, bad, base + screen.replace("      positions", "      ablation: patch\n      positions"),
+                "stages[0].patch")
+        refused(knockout, bad, base + screen.replace("{kind: heads}", "{kind: heads, layers: [9]}"),
+                "stages[0].units[0].layers")
+        verify = """  - name: verify
+    knockout_sweep:
+      prompt_sets: [harmful_val]
+      targets: [{kind: neurons, from: screen, top_k: 4}]
+      ablations: [zero]
+      positions: [post_inst]
+"""
+        refused(knockout, bad, base + screen + verify, "stages[1].targets[0].kind")
+        refused(knockout, bad, base + screen + verify.replace("from: screen", "from: nowhere"),
+                "stages[1].targets[0].from")
+        refused(knockout, bad, base + screen + verify.replace("ablations: [zero]", "ablations: [patch]"),
+                "stages[1].ablations[0]")
+
+
+if __name__ == "__main__":
+    main()
