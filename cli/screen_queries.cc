@@ -56,7 +56,7 @@ std::string KindOf(v1::Target::Kind kind) {
 
 struct Pair {
   std::string unit;
-  uint32_t rank = 0;
+  uint32_t rank = 0, kind_rank = 0;
   bool top = false;
   double estimate = 0, te = 0;
 };
@@ -79,11 +79,12 @@ Status PrintScreenCheck(const SweepReader& store, const std::string& sweep_name,
     return Status::NotFound("stage \"" + stage.name() + "\" has not finished (no screen yet)");
   }
   // The screen's estimate per (unit, prompt set), and pooled.
-  std::map<uint32_t, const v1::ScreenUnit*> by_trial;
   std::map<UnitKey, const v1::ScreenUnit*> by_key;
+  std::map<UnitKey, uint32_t> kind_rank;  // rank among the units of its kind (1 = best)
+  std::map<std::string, uint32_t> seen;
   for (const v1::ScreenUnit& unit : screen->units()) {
-    by_trial[unit.trial()] = &unit;
     by_key[KeyOf(unit.label())] = &unit;
+    kind_rank[KeyOf(unit.label())] = ++seen[unit.label().unit_kind()];
   }
   KO_ASSIGN_OR_RETURN(auto screen_rows, store.Rows(sweep, stage.index(), true));
   std::map<std::pair<uint32_t, std::string>, double> per_set;
@@ -98,7 +99,7 @@ Status PrintScreenCheck(const SweepReader& store, const std::string& sweep_name,
   units.name = "screen_units";
   units.title = "screened units verified by knockouts (screen rank order)";
   units.columns = {"verify_stage", "prompt_set", "ablation", "positions", "unit", "chosen",
-                   "screen_rank", "estimate", "te", "error"};
+                   "screen_rank", "kind_rank", "estimate", "te", "error"};
   Table summary;
   summary.name = "screen_check";
   summary.title = "how well the screen (" + screen->method() + ", " + screen->metric() + ", " +
@@ -138,6 +139,7 @@ Status PrintScreenCheck(const SweepReader& store, const std::string& sweep_name,
       Pair pair;
       pair.unit = TrialUnitName(label->second);
       pair.rank = unit->second->rank();
+      pair.kind_rank = kind_rank[KeyOf(label->second)];
       pair.top = top[label->second.unit_kind()].count({label->second.layer(), label->second.unit()}) > 0;
       const auto set_score = per_set.find({unit->second->trial(), row.prompt_set()});
       pair.estimate = set_score != per_set.end() ? set_score->second : unit->second->score();
@@ -156,6 +158,7 @@ Status PrintScreenCheck(const SweepReader& store, const std::string& sweep_name,
         units.rows.push_back({Cell::Text(spec_stage.name()), Cell::Text(set), Cell::Text(ablation),
                               Cell::Text(positions), Cell::Text(p.unit),
                               Cell::Text(p.top ? "top" : "random"), Cell::Integer(p.rank),
+                              Cell::Integer(p.kind_rank),
                               Cell::Number(p.estimate), Cell::Number(p.te),
                               Cell::Number(p.estimate - p.te)});
         estimates.push_back(p.estimate);
@@ -184,10 +187,11 @@ Status PrintScreenCheck(const SweepReader& store, const std::string& sweep_name,
            << "): " << FormatDouble(rho, 4) << " over " << pairs.size() << " units";
       lines.push_back(line.str());
       std::ostringstream recall_line;
-      recall_line << kind << "s: top-" << k << " recall: " << FormatDouble(recall, 4)
-                  << " of the real top " << k << " (by "
+      recall_line << kind << "s: top-" << k << " recall " << FormatDouble(recall, 4)
+                  << " (the share of the real top " << k << " by "
                   << (screen->rank() == "magnitude" ? "|TE|" : screen->rank() + " TE")
-                  << ") among the verified units were in the screen's top " << k;
+                  << " among the " << pairs.size() << " verified that the screen ranked in its top "
+                  << k << ")";
       if (randoms == 0) recall_line << " (no random units verified: add `random: N` to the target)";
       lines.push_back(recall_line.str());
     }

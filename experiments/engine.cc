@@ -243,7 +243,7 @@ StatusOr<std::string> RankTensor(const v1::Target& target, int layer, const Dire
 // latents by `select`).
 bool IsRanked(const v1::Target& target) {
   return (target.kind() == v1::Target::NEURONS || target.kind() == v1::Target::SAE_LATENTS) &&
-         target.units().empty();
+         target.units().empty() && target.from().empty();
 }
 
 // The unit name of a group of latents (TrialLabel.unit_name): L3F[12,856] for one layer,

@@ -122,7 +122,7 @@ def main():
         real_top = sorted(heads, key=lambda u: -abs(float(u["te"])))[:5]
         check(all(u["chosen"] == "top" for u in real_top),
               "the real top 5 heads by |TE| are in the screen's top 16: " +
-              ", ".join(f"{u['unit']} (screen rank {u['screen_rank']})" for u in real_top))
+              ", ".join(f"{u['unit']} (screen rank {u['kind_rank']} among heads)" for u in real_top))
         latent = by_kind["sae_latent"]
         check(float(latent["spearman"]) >= LATENT_SPEARMAN,
               f"latents: Spearman {float(latent['spearman']):.3f} >= {LATENT_SPEARMAN}")
@@ -130,7 +130,47 @@ def main():
         print("neurons: Spearman", by_kind["neuron"]["spearman"], "recall", by_kind["neuron"]["top_k_recall"])
         check(len(hooks) == 6 + 1 + 3, f"one completeness row per screened hook: {len(hooks)}")
 
-        # 3. Bad specs.
+        # 3. Integrated gradients along the path to a patched run (the refusal direction of layer
+        # 3 ablated at every layer; Yeo et al.), for heads of two layers and a direction unit:
+        # completeness, the attributions of a hook's units sum to the exact effect of patching
+        # them all (an independent forward pass), within 5% with 32 steps.
+        spec = os.path.join(tmp, "ig.yaml")
+        with open(spec, "w") as f:
+            f.write(header(spec_dir, "ig-screen", limit=16) + """stages:
+  - name: refusal
+    extract_directions:
+      positive: harmful_val
+      negative: harmless_val
+      layers: [3]
+      positions: ["post_inst[-1]"]
+  - name: screen
+    attribution_screen:
+      prompt_sets: [harmful_val]
+      units: [{kind: heads, layers: [1, 4]}, {kind: direction, layers: [2, 4],
+               direction: {stage: refusal, layer: 3, position: "post_inst[-1]"}}]
+      method: integrated_gradients
+      steps: 32
+      ablation: patch
+      patch: {direction: {stage: refusal, layer: 3, position: "post_inst[-1]"}}
+      positions: [all]
+  - name: verify
+    knockout_sweep:
+      prompt_sets: [harmful_val]
+      targets: [{kind: heads, from: screen, top_k: 4, random: 4}]
+      ablations: [zero]
+      positions: [all]
+""")
+        store = os.path.join(tmp, "ig-store")
+        run([knockout, "run", spec, "--store", store, "--no-summary"])
+        _, hooks, _ = tables(run([knockout, "screen-check", "ig-screen", "--stage", "screen",
+                                  "--store", store, "--format", "csv"]).stdout)
+        check(len(hooks) == 4, f"two head hooks and two direction units: {[h['hook'] for h in hooks]}")
+        for h in hooks:
+            effect, attributed = float(h["effect"]), float(h["attributed"])
+            check(abs(effect) > 1e-3 and abs(attributed - effect) <= 0.05 * abs(effect) + 1e-3,
+                  f"completeness at {h['hook']}: sum of IG {attributed:.4f} vs effect {effect:.4f}")
+
+        # 4. Bad specs.
         bad = os.path.join(tmp, "bad.yaml")
         base = header(spec_dir, "bad")
         screen = """stages:
@@ -143,7 +183,7 @@ def main():
         refused(knockout, bad, base + screen.replace("      positions", "      metric: kl\n      positions"),
                 "stages[0].metric")
         refused(knockout, bad, base.replace('refusal_tokens: ["I"]', "refusal_tokens: []") + screen,
-                "stages[0].metric")
+                "metrics.refusal_tokens")
         refused(knockout, bad, base + screen.replace("      positions", "      method: gradient\n      positions"),
                 "stages[0].method")
         refused(knockout, bad, base + screen.replace("      positions", "      ablation: patch\n      positions"),
@@ -160,7 +200,8 @@ def main():
         refused(knockout, bad, base + screen + verify, "stages[1].targets[0].kind")
         refused(knockout, bad, base + screen + verify.replace("from: screen", "from: nowhere"),
                 "stages[1].targets[0].from")
-        refused(knockout, bad, base + screen + verify.replace("ablations: [zero]", "ablations: [patch]"),
+        refused(knockout, bad, base + screen + verify.replace("neurons", "heads").replace(
+            "ablations: [zero]", "ablations: [patch]"),
                 "stages[1].ablations[0]")
 
 
