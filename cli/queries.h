@@ -137,9 +137,9 @@ Status PrintBackups(const experiments::SweepReader& store, const BackupsQuery& q
 // `knockout screen-check` (screen_queries.cc): for an attribution_screen stage, every unit a
 // later knockout_sweep verified (targets with `from: STAGE`): "screen_units" (verify_stage,
 // prompt_set, ablation, positions, unit, chosen: top or random, screen_rank, estimate, te,
-// error = estimate - te), "screen_hooks" (per hook and positions, the exact effect of ablating
-// all its screened units at once, their summed attributions and the residual: integrated
-// gradients' completeness), and "screen_check" per (verify stage, prompt set, ablation,
+// error = estimate - te), "screen_hooks" (integrated gradients only: per hook and positions,
+// the exact effect of ablating all its screened units at once, their summed attributions and
+// the residual: completeness), and "screen_check" per (verify stage, prompt set, ablation,
 // positions): units, spearman (the screen's estimates vs the real TE), top_k, top_k_recall
 // (the fraction of the real top k among the verified units, by the screen's rank key, that
 // the screen put in its top k), random_units. In table format one line per group then names

@@ -210,7 +210,12 @@ Status PrintScreenCheck(const SweepReader& store, const std::string& sweep_name,
     hooks.rows.push_back({Cell::Text(h.hook()), Cell::Text(h.positions()), Cell::Number(h.effect()),
                           Cell::Number(h.attributed()), Cell::Number(h.attributed() - h.effect())});
   }
-  RenderTables({units, hooks, summary}, format, out);
+  // Hook effects exist for integrated gradients only (completeness).
+  if (hooks.rows.empty()) {
+    RenderTables({units, summary}, format, out);
+  } else {
+    RenderTables({units, hooks, summary}, format, out);
+  }
   if (format == OutputFormat::kTable) {
     out << "\n";
     for (const std::string& line : lines) out << line << "\n";

@@ -2,8 +2,9 @@
 // from gradients (README.md). One trial per unit, its one edit being the knockout whose effect
 // the score approximates (hook, units, ablation, positions; SAE latents with the error term
 // kept). Per block of prompts:
-//   - a clean pass caches the units' hooks (and the metric), a patched pass (ablation `patch`:
-//     the shard's patch direction ablated at every layer) the patched activations;
+//   - a clean pass caches the units' hooks and the metric (for atp and atp_star it is the
+//     gradient pass itself: its taps are zeros), a patched pass (ablation `patch`: the shard's
+//     patch direction ablated at every layer) the patched activations;
 //   - each group of units (one hook and positions; a direction unit alone) gets its ablated
 //     delta: delta = a_ablated - a_clean at the selected positions, 0 elsewhere (heads, neurons:
 //     their slices of the hook; latents: in latent space, written back through W_dec / s);
@@ -13,9 +14,12 @@
 //     mean over the L - 1 layers other than the unit's own of |atp_u with layer l dropped|;
 //     integrated_gradients: per group, `steps` passes at a = a_clean + alpha delta (alpha at
 //     the midpoints (k - 1/2) / steps), score_u = delta_u . mean_k g(alpha_k);
-//   - per group, one more pass with the whole delta applied gives the exact effect of
-//     ablating all its units at once, reported next to the sum of their scores (for
-//     integrated gradients the two agree as steps grow: completeness).
+//   - integrated gradients: per group, one more pass with the whole delta applied gives the
+//     exact effect of ablating all its units at once, reported next to the sum of their
+//     scores (the two agree as steps grow: completeness). First-order methods skip it (it
+//     would cost a forward pass per hook).
+// atp and atp_star thus cost one forward and one backward pass per block (atp_star: L more
+// backward passes with their forwards), integrated gradients steps + 1 passes per group.
 // A unit's own attention softmax is never linearised: delta at attn.hook_z is the head's output
 // change computed from the real (zero, mean or patched) activations.
 // Scores are summed per prompt set in float64 (PartialSums named in proto/protocol.h); a prompt
@@ -118,13 +122,16 @@ class ScreenRunner {
   Status RunBlock(int64_t p0, int64_t n);
   // A forward pass over the block with `edits` at hooks; returns the metric per prompt
   // (float64 [n], with autograd when a tap is registered).
+  // `cache`: also keep the group hooks' activations (detached) there.
   StatusOr<at::Tensor> Pass(int64_t p0, int64_t n,
                             const std::vector<std::pair<km::HookPoint, std::shared_ptr<ScreenEdit>>>& edits,
-                            int64_t end_layer_hint = -1);
+                            std::map<std::string, at::Tensor>* cache = nullptr);
   at::Tensor Metric(const at::Tensor& logits_last) const;
   // g at every group's hook after one backward pass (drop: the layer whose attention and MLP
-  // outputs pass no gradient, -1 none).
-  StatusOr<std::map<std::string, at::Tensor>> Gradients(int64_t p0, int64_t n, int64_t drop);
+  // outputs pass no gradient, -1 none). With `clean` (drop -1 only) the same pass is the clean
+  // run: its activations and metric fill clean_ and clean_metric_ (the taps are zeros).
+  StatusOr<std::map<std::string, at::Tensor>> Gradients(int64_t p0, int64_t n, int64_t drop,
+                                                        bool clean = false);
   // Per group: scores [n, units] (float64, CPU) of `delta` against gradients at its hook.
   at::Tensor Scores(const Group& group, const at::Tensor& delta_latent_or_act,
                     const at::Tensor& grad) const;
@@ -181,6 +188,10 @@ Status ScreenRunner::Prepare() {
   if (metric != "refusal_score" && metric != "logit_diff" && metric != "kl") {
     return Status::InvalidArgument("screen metric " + metric +
                                    " (expected refusal_score, logit_diff or kl)");
+  }
+  if (metric == "kl" && method != "integrated_gradients") {
+    return Status::InvalidArgument("metric kl has zero gradient at the clean run: screen it with "
+                                   "integrated_gradients");
   }
   const int64_t pad_id = chat::PadTokenId(model_, *m_.tokenizer);
   KO_ASSIGN_OR_RETURN(batch_, Tokenize(m_, shard_.prompts(), pad_id));
@@ -355,8 +366,11 @@ at::Tensor ScreenRunner::Metric(const at::Tensor& logits_last) const {
 StatusOr<at::Tensor> ScreenRunner::Pass(
     int64_t p0, int64_t n,
     const std::vector<std::pair<km::HookPoint, std::shared_ptr<ScreenEdit>>>& edits,
-    int64_t /*end_layer_hint*/) {
+    std::map<std::string, at::Tensor>* cache) {
   km::HookRegistry hooks(config_);
+  if (cache) {
+    for (const std::string& name : hooks_) KO_RETURN_IF_ERROR(hooks.Cache(name));
+  }
   for (const auto& [hook, edit] : edits) {
     km::InterventionSite site;
     site.hook = hook;
@@ -369,11 +383,14 @@ StatusOr<at::Tensor> ScreenRunner::Pass(
   request.logits = km::ForwardRequest::Logits::kLastPosition;
   request.hooks = &hooks;
   KO_ASSIGN_OR_RETURN(km::ForwardResult out, model_.Forward(request));
+  if (cache) {
+    for (const auto& [name, value] : hooks.cache()) (*cache)[name] = value.detach();
+  }
   return Metric(out.logits.select(1, out.logits.size(1) - 1));
 }
 
 StatusOr<std::map<std::string, at::Tensor>> ScreenRunner::Gradients(int64_t p0, int64_t n,
-                                                                     int64_t drop) {
+                                                                     int64_t drop, bool clean) {
   std::vector<std::pair<km::HookPoint, std::shared_ptr<ScreenEdit>>> edits;
   std::map<std::string, std::shared_ptr<ScreenEdit::Slot>> slots;
   std::set<std::string> seen;
@@ -388,7 +405,8 @@ StatusOr<std::map<std::string, at::Tensor>> ScreenRunner::Gradients(int64_t p0, 
       edits.emplace_back(hook, std::make_shared<ScreenEdit>(true, at::Tensor(), 0.0, nullptr));
     }
   }
-  KO_ASSIGN_OR_RETURN(at::Tensor metric, Pass(p0, n, edits));
+  KO_ASSIGN_OR_RETURN(at::Tensor metric, Pass(p0, n, edits, clean ? &clean_ : nullptr));
+  if (clean) clean_metric_ = metric.detach().to(at::kCPU);
   metric.sum().backward();
   std::map<std::string, at::Tensor> grads;
   for (const auto& [name, slot] : slots) {
@@ -485,19 +503,28 @@ at::Tensor ScreenRunner::Scores(const Group& group, const at::Tensor& delta,
 Status ScreenRunner::RunBlock(int64_t p0, int64_t n) {
   clean_.clear();
   patched_.clear();
+  const std::string& method = request_->method();
+  const bool first_order = method != "integrated_gradients";
+  // First order: the gradient pass is the clean run (one forward and one backward in all).
+  std::map<std::string, at::Tensor> grads;
+  if (first_order) {
+    KO_ASSIGN_OR_RETURN(grads, Gradients(p0, n, -1, /*clean=*/true));
+  }
   {
     at::NoGradGuard no_grad;
-    km::HookRegistry hooks(config_);
-    for (const std::string& name : hooks_) KO_RETURN_IF_ERROR(hooks.Cache(name));
     km::ForwardRequest request;
     request.input_ids = batch_.ids.narrow(0, p0, n);
     request.attention_mask = batch_.mask.narrow(0, p0, n);
-    request.logits = km::ForwardRequest::Logits::kLastPosition;
-    request.hooks = &hooks;
-    KO_ASSIGN_OR_RETURN(km::ForwardResult out, model_.Forward(request));
-    clean_logits_ = out.logits.select(1, out.logits.size(1) - 1).to(at::kDouble);
-    clean_ = hooks.cache();
-    clean_metric_ = Metric(clean_logits_).to(at::kCPU);
+    if (!first_order) {
+      km::HookRegistry hooks(config_);
+      for (const std::string& name : hooks_) KO_RETURN_IF_ERROR(hooks.Cache(name));
+      request.logits = km::ForwardRequest::Logits::kLastPosition;
+      request.hooks = &hooks;
+      KO_ASSIGN_OR_RETURN(km::ForwardResult out, model_.Forward(request));
+      clean_logits_ = out.logits.select(1, out.logits.size(1) - 1).to(at::kDouble);
+      clean_ = hooks.cache();
+      clean_metric_ = Metric(clean_logits_).to(at::kCPU);
+    }
     if (ablation_ == v1::Ablation::PATCH) {
       km::HookRegistry patch(config_);
       for (const std::string& name : hooks_) KO_RETURN_IF_ERROR(patch.Cache(name));
@@ -512,6 +539,7 @@ Status ScreenRunner::RunBlock(int64_t p0, int64_t n) {
       }
       request.hooks = &patch;
       request.logits = km::ForwardRequest::Logits::kNone;
+      request.end_layer = -1;
       KO_ASSIGN_OR_RETURN(km::ForwardResult unused, model_.Forward(request));
       (void)unused;
       patched_ = patch.cache();
@@ -527,8 +555,9 @@ Status ScreenRunner::RunBlock(int64_t p0, int64_t n) {
     return groups_[gi].kind == UnitKind::kLatent ? latent[gi] : deltas[gi];
   };
   std::vector<at::Tensor> scores(groups_.size());  // [n, units] float64 CPU
-  const std::string& method = request_->method();
-  if (method == "integrated_gradients") {
+  // Integrated gradients: also the exact effect of each group's whole delta (completeness).
+  std::vector<at::Tensor> effects(groups_.size());
+  if (!first_order) {
     const int steps = std::max<int>(1, static_cast<int>(request_->steps()));
     for (size_t gi = 0; gi < groups_.size(); ++gi) {
       const Group& group = groups_[gi];
@@ -545,9 +574,13 @@ Status ScreenRunner::RunBlock(int64_t p0, int64_t n) {
         total = total.defined() ? total + g.to(at::kFloat) : g.to(at::kFloat);
       }
       scores[gi] = Scores(group, unit_delta(gi), total / steps);
+      at::NoGradGuard no_grad;
+      KO_ASSIGN_OR_RETURN(
+          at::Tensor metric,
+          Pass(p0, n, {{group.hook, std::make_shared<ScreenEdit>(false, deltas[gi], 1.0, nullptr)}}));
+      effects[gi] = (metric.to(at::kCPU) - clean_metric_).to(at::kDouble);
     }
   } else {
-    KO_ASSIGN_OR_RETURN(auto grads, Gradients(p0, n, -1));
     for (size_t gi = 0; gi < groups_.size(); ++gi) {
       scores[gi] = Scores(groups_[gi], unit_delta(gi), grads.at(groups_[gi].name));
     }
@@ -572,15 +605,6 @@ Status ScreenRunner::RunBlock(int64_t p0, int64_t n) {
       }
     }
   }
-  // The exact effect of each group's whole delta, for the completeness / linearity check.
-  std::vector<at::Tensor> effects(groups_.size());
-  for (size_t gi = 0; gi < groups_.size(); ++gi) {
-    at::NoGradGuard no_grad;
-    KO_ASSIGN_OR_RETURN(
-        at::Tensor metric,
-        Pass(p0, n, {{groups_[gi].hook, std::make_shared<ScreenEdit>(false, deltas[gi], 1.0, nullptr)}}));
-    effects[gi] = (metric.to(at::kCPU) - clean_metric_).to(at::kDouble);
-  }
   // Per prompt: finite check, then the sums of its set.
   for (int64_t i = 0; i < n; ++i) {
     const v1::ShardPrompt& prompt = shard_.prompts(static_cast<int>(p0 + i));
@@ -588,7 +612,7 @@ Status ScreenRunner::RunBlock(int64_t p0, int64_t n) {
     bool finite = std::isfinite(clean);
     for (size_t gi = 0; gi < groups_.size() && finite; ++gi) {
       finite = at::isfinite(scores[gi][i]).all().item<bool>() &&
-               std::isfinite(effects[gi][i].item<double>());
+               (!effects[gi].defined() || std::isfinite(effects[gi][i].item<double>()));
     }
     if (!finite) continue;
     Sums& sums = sums_[prompt.set()];
@@ -608,6 +632,7 @@ Status ScreenRunner::RunBlock(int64_t p0, int64_t n) {
         sums.score_sq[unit.trial] += v[k] * v[k];
         attributed += v[k];
       }
+      if (!effects[gi].defined()) continue;
       auto& hook = sums.hooks[static_cast<int>(gi)];
       hook.first += effects[gi][i].item<double>();
       hook.second += attributed;
