@@ -34,6 +34,7 @@
 
 #include "formats/prompt_set.h"
 #include "formats/sae.h"
+#include "bench/random_sae.h"
 #include "worker/executor/executor.h"
 #include "worker/model/model.h"
 
@@ -104,35 +105,6 @@ Options Parse(int argc, char** argv) {
   return o;
 }
 
-// A random SAE at `hook` (Gao et al.'s initialisation: unit-norm decoder rows, encoder = its
-// transpose), written in SAELens layout to `dir`.
-void WriteRandomSae(const std::string& dir, const std::string& hook, int64_t d_in,
-                    const Options& o, uint64_t seed) {
-  at::manual_seed(static_cast<int64_t>(seed));
-  at::Tensor w_dec = at::randn({o.sae_latents, d_in});
-  w_dec = w_dec / w_dec.norm(2, {1}, true);
-  at::Tensor w_enc = w_dec.t().contiguous();
-  auto values = [](const at::Tensor& t) {
-    at::Tensor c = t.contiguous().to(at::kFloat);
-    return std::vector<float>(c.data_ptr<float>(), c.data_ptr<float>() + c.numel());
-  };
-  kf::SaeWeights sae;
-  sae.config.architecture =
-      o.sae_arch == "topk" ? kf::SaeArchitecture::kTopK : kf::SaeArchitecture::kJumpRelu;
-  sae.config.k = o.sae_arch == "topk" ? o.k : 0;
-  sae.config.d_in = d_in;
-  sae.config.d_sae = o.sae_latents;
-  sae.config.hook = hook;
-  sae.config.apply_b_dec_to_input = true;
-  sae.W_enc = {{d_in, o.sae_latents}, values(w_enc)};
-  sae.W_dec = {{o.sae_latents, d_in}, values(w_dec)};
-  sae.b_enc = {{o.sae_latents}, std::vector<float>(o.sae_latents, 0.0f)};
-  sae.b_dec = {{d_in}, std::vector<float>(d_in, 0.0f)};
-  if (o.sae_arch == "jumprelu") sae.threshold = {{o.sae_latents}, std::vector<float>(o.sae_latents, 0.5f)};
-  const auto status = kf::WriteSaeLens(dir, sae);
-  if (!status.ok()) Fail(status.ToString());
-}
-
 double Seconds(std::chrono::steady_clock::time_point since) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - since).count();
 }
@@ -185,7 +157,8 @@ int main(int argc, char** argv) {
     for (int l : sae_layers) {
       const std::string hook = "blocks." + std::to_string(l) + ".hook_resid_post";
       const std::string dir = sae_dir + "/layer_" + std::to_string(l);
-      if (!temp.empty()) WriteRandomSae(dir, hook, config.hidden_size, o, 1000 + l);
+      if (!temp.empty()) knockout::bench::WriteRandomSae(dir, hook, config.hidden_size, o.sae_latents, o.sae_arch, o.k,
+                                                       1000 + l);
       v1::SaeRef* sae = shard.add_saes();
       sae->set_hook(hook);
       sae->set_path(dir);
