@@ -9,7 +9,8 @@
 //   verify      one TRIALS shard knocking out the screen's top --top units (by |score|)
 //   exhaustive  one TRIALS shard knocking out every unit (or --exhaustive-sample N of them, drawn
 //               at random: its time is scaled to all units, and the top-10 comparison is then
-//               over the sample)
+//               over the sample: the sample's real top 10 against the screen's top --top among
+//               the sampled units)
 //   clean       one TRIALS shard with one clean trial: tokenisation plus one forward pass, the
 //               cost of one "pass" over the prompts
 // Prints (and writes --json) the wall time of each, the speed-up of screen + verify over
@@ -254,8 +255,14 @@ int main(int argc, char** argv) {
   std::stable_sort(by_te.begin(), by_te.end(), [&](size_t a, size_t b) {
     return std::fabs(te.at(static_cast<uint32_t>(a))) > std::fabs(te.at(static_cast<uint32_t>(b)));
   });
-  std::vector<bool> in_top(units.size(), false);
-  for (size_t r = 0; r < top; ++r) in_top[order[r]] = true;
+  // The screen's top `top` among the knocked-out units (all of them, or the sample's).
+  std::vector<bool> knocked(units.size(), false), in_top(units.size(), false);
+  for (size_t i : chosen) knocked[i] = true;
+  for (size_t r = 0, taken = 0; r < order.size() && taken < top; ++r) {
+    if (!knocked[order[r]]) continue;
+    in_top[order[r]] = true;
+    ++taken;
+  }
   int found = 0;
   const size_t ten = std::min<size_t>(10, by_te.size());
   for (size_t r = 0; r < ten; ++r) found += in_top[by_te[r]] ? 1 : 0;

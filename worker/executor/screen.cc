@@ -13,7 +13,8 @@
 //     MLP outputs dropped (GradDrop, Kramar et al. 2024 sec. 3.1.2): score_u = sign(atp_u) x
 //     mean over the L - 1 layers other than the unit's own of |atp_u with layer l dropped|;
 //     integrated_gradients: per group, `steps` passes at a = a_clean + alpha delta (alpha at
-//     the midpoints (k - 1/2) / steps), score_u = delta_u . mean_k g(alpha_k);
+//     the midpoints (k - 1/2) / steps), score_u = delta_u . mean_k g(alpha_k), each starting
+//     at the group's layer from the clean residual (layer-prefix reuse);
 //   - integrated gradients: per group, one more pass with the whole delta applied gives the
 //     exact effect of ablating all its units at once, reported next to the sum of their
 //     scores (the two agree as steps grow: completeness). First-order methods skip it (it
@@ -122,10 +123,13 @@ class ScreenRunner {
   Status RunBlock(int64_t p0, int64_t n);
   // A forward pass over the block with `edits` at hooks; returns the metric per prompt
   // (float64 [n], with autograd when a tap is registered).
-  // `cache`: also keep the group hooks' activations (detached) there.
+  // `cache`: also keep the group hooks' activations (detached) there. `start_layer` > 0: begin
+  // at that layer from the block's clean residual (resid_pre_; layer-prefix reuse: the layers
+  // before an edit compute exactly the clean run, and no gradient is asked of them).
   StatusOr<at::Tensor> Pass(int64_t p0, int64_t n,
                             const std::vector<std::pair<km::HookPoint, std::shared_ptr<ScreenEdit>>>& edits,
-                            std::map<std::string, at::Tensor>* cache = nullptr);
+                            std::map<std::string, at::Tensor>* cache = nullptr,
+                            int64_t start_layer = 0);
   at::Tensor Metric(const at::Tensor& logits_last) const;
   // g at every group's hook after one backward pass (drop: the layer whose attention and MLP
   // outputs pass no gradient, -1 none). With `clean` (drop -1 only) the same pass is the clean
@@ -166,6 +170,7 @@ class ScreenRunner {
   // Per block (cleared by RunBlock).
   std::map<std::string, at::Tensor> clean_, patched_;
   at::Tensor clean_metric_, clean_logits_;
+  std::map<int64_t, at::Tensor> resid_pre_;  // integrated gradients: clean resid_pre by layer
 
   // Per prompt set: sums over its finite prompts.
   struct Sums {
@@ -366,7 +371,7 @@ at::Tensor ScreenRunner::Metric(const at::Tensor& logits_last) const {
 StatusOr<at::Tensor> ScreenRunner::Pass(
     int64_t p0, int64_t n,
     const std::vector<std::pair<km::HookPoint, std::shared_ptr<ScreenEdit>>>& edits,
-    std::map<std::string, at::Tensor>* cache) {
+    std::map<std::string, at::Tensor>* cache, int64_t start_layer) {
   km::HookRegistry hooks(config_);
   if (cache) {
     for (const std::string& name : hooks_) KO_RETURN_IF_ERROR(hooks.Cache(name));
@@ -382,6 +387,10 @@ StatusOr<at::Tensor> ScreenRunner::Pass(
   request.attention_mask = batch_.mask.narrow(0, p0, n);
   request.logits = km::ForwardRequest::Logits::kLastPosition;
   request.hooks = &hooks;
+  if (start_layer > 0) {
+    request.start_layer = start_layer;
+    request.start_residual = resid_pre_.at(start_layer);
+  }
   KO_ASSIGN_OR_RETURN(km::ForwardResult out, model_.Forward(request));
   if (cache) {
     for (const auto& [name, value] : hooks.cache()) (*cache)[name] = value.detach();
@@ -518,12 +527,20 @@ Status ScreenRunner::RunBlock(int64_t p0, int64_t n) {
     if (!first_order) {
       km::HookRegistry hooks(config_);
       for (const std::string& name : hooks_) KO_RETURN_IF_ERROR(hooks.Cache(name));
+      resid_pre_.clear();
+      for (const Group& group : groups_) {
+        if (group.hook.layer > 0) hooks.Cache(km::HookPoint::ResidPre(group.hook.layer));
+      }
       request.logits = km::ForwardRequest::Logits::kLastPosition;
       request.hooks = &hooks;
       KO_ASSIGN_OR_RETURN(km::ForwardResult out, model_.Forward(request));
       clean_logits_ = out.logits.select(1, out.logits.size(1) - 1).to(at::kDouble);
       clean_ = hooks.cache();
       clean_metric_ = Metric(clean_logits_).to(at::kCPU);
+      for (const Group& group : groups_) {
+        const int64_t l = group.hook.layer;
+        if (l > 0) resid_pre_[l] = hooks.cache().at(km::HookPoint::ResidPre(l).Name());
+      }
     }
     if (ablation_ == v1::Ablation::PATCH) {
       km::HookRegistry patch(config_);
@@ -568,7 +585,8 @@ Status ScreenRunner::RunBlock(int64_t p0, int64_t n) {
         auto slot = std::make_shared<ScreenEdit::Slot>();
         KO_ASSIGN_OR_RETURN(
             at::Tensor metric,
-            Pass(p0, n, {{group.hook, std::make_shared<ScreenEdit>(false, deltas[gi], alpha, slot)}}));
+            Pass(p0, n, {{group.hook, std::make_shared<ScreenEdit>(false, deltas[gi], alpha, slot)}},
+                 nullptr, std::max<int64_t>(0, group.hook.layer)));
         metric.sum().backward();
         at::Tensor g = slot->tap.grad().detach();
         total = total.defined() ? total + g.to(at::kFloat) : g.to(at::kFloat);
@@ -577,7 +595,8 @@ Status ScreenRunner::RunBlock(int64_t p0, int64_t n) {
       at::NoGradGuard no_grad;
       KO_ASSIGN_OR_RETURN(
           at::Tensor metric,
-          Pass(p0, n, {{group.hook, std::make_shared<ScreenEdit>(false, deltas[gi], 1.0, nullptr)}}));
+          Pass(p0, n, {{group.hook, std::make_shared<ScreenEdit>(false, deltas[gi], 1.0, nullptr)}},
+               nullptr, std::max<int64_t>(0, group.hook.layer)));
       effects[gi] = (metric.to(at::kCPU) - clean_metric_).to(at::kDouble);
     }
   } else {
