@@ -27,12 +27,9 @@ for f in "$BENCH" "$WORKER"; do
   [[ -x $f ]] || { echo "run_sae_sweep_bench.sh: $f missing (ninja -C $BUILD sae_sweep_bench knockout-worker)" >&2; exit 2; }
 done
 BIG="$OUT_DIR/llama12-d768"
-if [[ $MODELS == *big* && ! -f $BIG/model.safetensors ]]; then
-  "$WORKER" models init-random --out "$BIG" --architecture LlamaForCausalLM --layers 12 \
-    --hidden 768 --heads 12 --kv-heads 12 --intermediate 2048 --vocab 32000 --seed 0 \
-    --init-std 0.02 --dtype f32 >/dev/null
-  cp models/demo-refusal/tokenizer.json models/demo-refusal/tokenizer_config.json "$BIG/"
-fi
+# shellcheck source=bench/random_llama.sh
+source bench/random_llama.sh
+if [[ $MODELS == *big* ]]; then make_random_llama "$BIG" "$WORKER"; fi
 echo "output: $OUT_DIR; $(lscpu | grep 'Model name' | sed 's/  */ /g'); $(nproc) cores; threads $THREADS" >&2
 common=(--prompts "$PROMPTS" --limit "$LIMIT" --units "$UNITS" --layers "$LAYERS" --threads "$THREADS" --repeat "$REPEAT")
 for model in $MODELS; do

@@ -67,16 +67,10 @@ measure() {  # measure NAME CMD...: stdout -> $OUT_DIR/NAME.log, meta -> NAME.lo
     --max-other "$MAX_OTHER" --retries "$RETRIES" -- "$@"
 }
 
-# The random Llama-shaped model: 12 layers, d_model 768, 12 heads x 64, MLP 2048, vocab 32000,
-# untied lm_head, float32 (134M parameters), with the demo model's tokenizer files (4,000 ids,
-# all < 32000) so that the executor can chat-template instructions for it.
 BIG="$OUT_DIR/llama12-d768"
-if [[ $MODELS == *big* && ! -f $BIG/model.safetensors ]]; then
-  "$WORKER" models init-random --out "$BIG" --architecture LlamaForCausalLM --layers 12 \
-    --hidden 768 --heads 12 --kv-heads 12 --intermediate 2048 --vocab 32000 --seed 0 \
-    --init-std 0.02 --dtype f32 >/dev/null
-  cp models/demo-refusal/tokenizer.json models/demo-refusal/tokenizer_config.json "$BIG/"
-fi
+# shellcheck source=bench/random_llama.sh
+source bench/random_llama.sh
+if [[ $MODELS == *big* ]]; then make_random_llama "$BIG" "$WORKER"; fi
 
 echo "output: $OUT_DIR; $(lscpu | grep 'Model name' | sed 's/  */ /g'); $(nproc) cores; threads $THREADS" >&2
 measure peak "$BENCH" --mode peak --threads "$THREADS" --repeat 10 --json "$OUT_DIR/peak.json"

@@ -22,7 +22,8 @@
 //   screen_bench --model DIR --prompts FILE [--limit 16] --kind heads|neurons|latents
 //       [--neurons 1000] [--sae DIR | --sae-latents 16384 --sae-layer 6] [--method atp]
 //       [--steps 10] [--top 16] [--exhaustive-sample 0] [--threads 2] [--batch-rows 128]
-//       [--refusal-token I] [--chat-template T] [--json OUT]
+//       [--refusal-token I] [--chat-template T] [--json OUT] [--screen-only]
+//     --screen-only: time the clean pass and the screen only (its memory against --batch-rows)
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <sys/resource.h>
@@ -56,6 +57,7 @@ struct Options {
   std::string model, prompts, kind, sae, method = "atp", refusal = "I", chat_template, json;
   int limit = 16, neurons = 1000, steps = 10, top = 16, threads = 2, sae_layer = 6;
   int64_t sae_latents = 0, batch_rows = 128, sample = 0;
+  bool screen_only = false;
 };
 
 [[noreturn]] void Fail(const std::string& message) {
@@ -88,6 +90,7 @@ Options Parse(int argc, char** argv) {
     else if (flag == "--refusal-token") o.refusal = next();
     else if (flag == "--chat-template") o.chat_template = next();
     else if (flag == "--json") o.json = next();
+    else if (flag == "--screen-only") o.screen_only = true;
     else Fail("unknown flag " + flag);
   }
   if (o.model.empty() || o.prompts.empty()) Fail("--model and --prompts are required");
@@ -227,6 +230,16 @@ int main(int argc, char** argv) {
   std::stable_sort(order.begin(), order.end(),
                    [&](size_t a, size_t b) { return std::fabs(score[a]) > std::fabs(score[b]); });
   const size_t top = std::min<size_t>(static_cast<size_t>(o.top), units.size());
+  if (o.screen_only) {  // the screen's time and memory alone (e.g. against --batch-rows)
+    struct rusage usage;
+    getrusage(RUSAGE_SELF, &usage);
+    std::printf("%s %s: %zu units, %d prompts, batch rows %lld: clean pass %.3f s, screen %.3f s, "
+                "peak RSS %.0f MB\n",
+                o.kind.c_str(), o.method.c_str(), units.size(), base.prompts_size(),
+                static_cast<long long>(o.batch_rows), t_clean, t_screen, usage.ru_maxrss / 1024.0);
+    if (!temp.empty()) std::filesystem::remove_all(temp);
+    return 0;
+  }
 
   // verify: the screen's top units.
   v1::Shard verify = base;

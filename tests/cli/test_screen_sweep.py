@@ -18,27 +18,14 @@ Usage: test_screen_sweep.py KNOCKOUT SPEC_DIR
 """
 import csv
 import io
-import json
 import os
-import subprocess
 import sys
 import tempfile
 
+from clitest import check, run
+
 HEAD_SPEARMAN = 0.85
 LATENT_SPEARMAN = 0.7
-
-
-def run(cmd, check=True):
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if check and proc.returncode != 0:
-        sys.exit(f"FAIL: {' '.join(cmd)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
-    return proc
-
-
-def check(condition, message):
-    if not condition:
-        sys.exit("FAIL: " + message)
-    print("ok:", message)
 
 
 def tables(text):

@@ -140,12 +140,7 @@ class ScreenRunner {
   at::Tensor Scores(const Group& group, const at::Tensor& delta_latent_or_act,
                     const at::Tensor& grad) const;
   StatusOr<at::Tensor> Delta(const Group& group, int64_t p0, int64_t n, at::Tensor* latent_delta);
-  Status StopIfAsked() const {
-    if (options_.should_stop && options_.should_stop()) {
-      return Status::Cancelled("shard stopped before it finished (deadline, dropped lease or shutdown)");
-    }
-    return Status::Ok();
-  }
+  Status StopIfAsked() const { return internal::StopIfAsked(options_); }
 
   const LoadedModel& m_;
   const km::Model& model_;

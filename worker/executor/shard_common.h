@@ -49,4 +49,13 @@ StatusOr<at::Tensor> FindTensor(const std::map<std::string, at::Tensor>& tensors
 // ablation) every layer's resid_pre, attn_out and mlp_out.
 StatusOr<std::vector<model::HookPoint>> EditHooks(const v1::Edit& edit, int64_t num_layers);
 
+// Cancelled when ExecutorOptions::should_stop asks (a shard deadline, a dropped lease, the
+// worker stopping); the shard kinds check it between chunks and blocks.
+inline Status StopIfAsked(const ExecutorOptions& options) {
+  if (options.should_stop && options.should_stop()) {
+    return Status::Cancelled("shard stopped before it finished (deadline, dropped lease or shutdown)");
+  }
+  return Status::Ok();
+}
+
 }  // namespace knockout::executor::internal

@@ -208,14 +208,7 @@ class TrialRunner {
   std::set<std::string> CompensationHooks() const;
   v1::ShardResult Assemble() const;
   int64_t BlockRows() const { return std::max<int64_t>(1, options_.max_batch_rows); }
-  // Cancelled when ExecutorOptions::should_stop asks (a shard deadline, a dropped lease, the
-  // worker stopping); checked between chunks and blocks.
-  Status StopIfAsked() const {
-    if (options_.should_stop && options_.should_stop()) {
-      return Status::Cancelled("shard stopped before it finished (deadline, dropped lease or shutdown)");
-    }
-    return Status::Ok();
-  }
+  Status StopIfAsked() const { return internal::StopIfAsked(options_); }
 
   const LoadedModel& m_;
   const km::Model& model_;
