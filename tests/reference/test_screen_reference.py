@@ -18,6 +18,7 @@ test_latent_reference.py, which share no code with knockout):
                  delta_u (Yeo et al. 2025's path, here zero ablation); completeness: the sum over
                  a group approaches M(a_clean + delta_group) - M(clean), checked with many steps
   mean ablation  atp with delta_u = mean over every real token of the reference set - a_clean
+  logit_diff     atp of the logit difference (mean logit of "I" minus that of "Sure")
 
 Units: every head of two layers, listed neurons of one layer, the attention and MLP outputs of
 one layer each, 16 latents of an SAE at blocks.3.hook_resid_post that the test writes (error term
@@ -37,7 +38,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from test_latent_reference import draw_sae  # noqa: E402  (SAELens writer, float64 encoder)
 from test_metrics_reference import (  # noqa: E402  (the independent float64 forward + helpers)
-    Llama, parse_csv, read_prompts, refusal_score, run, tokenize_chat, token_id)
+    Llama, logit_diff, parse_csv, read_prompts, refusal_score, run, tokenize_chat, token_id)
 
 torch.set_default_dtype(torch.float64)
 N_PROMPTS = 6
@@ -74,19 +75,21 @@ saes:
   blocks.{SAE_LAYER}.hook_resid_post: {sae_dir}
 metrics:
   refusal_tokens: ["I"]
+  positive_tokens: ["I"]
+  negative_tokens: ["Sure"]
 stages:
-{stage("atp", "atp")}{stage("star", "atp_star")}{stage("ig", "integrated_gradients", f"{chr(10)}      steps: {STEPS}")}{stage("mean", "atp", f"{chr(10)}      ablation: {{kind: mean_all_positions, reference_set: {REF_SET}}}")}"""
+{stage("atp", "atp")}{stage("star", "atp_star")}{stage("ig", "integrated_gradients", f"{chr(10)}      steps: {STEPS}")}{stage("mean", "atp", f"{chr(10)}      ablation: {{kind: mean_all_positions, reference_set: {REF_SET}}}")}{stage("ld", "atp", f"{chr(10)}      metric: logit_diff")}"""
 
 
 class Screen:
     """The reference screen of one prompt: activations, deltas and the metric under edits."""
 
-    def __init__(self, model, sae, refusal_ids, prompt, means=None):
-        self.m, self.sae, self.r = model, sae, refusal_ids
+    def __init__(self, model, sae, refusal_ids, prompt, means=None, diff_ids=None):
+        self.m, self.sae, self.r, self.diff = model, sae, refusal_ids, diff_ids
         self.ids, self.pos = prompt["ids"], prompt["post_inst"]
         with torch.no_grad():
             out = model.forward(self.ids)
-        self.clean = refusal_score(out["logits"][0, 0], refusal_ids).item()
+        self.clean = self.score(out["logits"])[0].item()
         T = len(self.ids)
         mask = torch.zeros(T)
         mask[self.pos] = 1.0
@@ -121,11 +124,17 @@ class Screen:
             self.units.append((("sae_latent", SAE_LAYER, j), "resid_post", SAE_LAYER,
                                df[:, None] * sae.W_dec[j][None]))
 
+    def score(self, logits):
+        """The metric of last-position logits [B, 1, V]: refusal score, or the logit difference."""
+        if self.diff is not None:
+            return logit_diff(logits[:, 0], self.diff[0], self.diff[1])
+        return refusal_score(logits[:, 0], self.r)
+
     def metric(self, edits):
-        """Refusal scores of one row per edit dict {(kind, layer): fn(t) -> t}."""
+        """The metric of one row per edit dict {(kind, layer): fn(t) -> t}."""
         rows = [(lambda kind, l, t, e=e: e[(kind, l)](t) if (kind, l) in e else t) for e in edits]
         out = self.m.forward(self.ids, rows)
-        return refusal_score(out["logits"][:, 0], self.r)
+        return self.score(out["logits"])
 
     def finite_difference(self):
         edits = []
@@ -221,12 +230,13 @@ def main():
         store = os.path.join(tmp, "store")
         run([knockout, "run", spec, "--store", store, "--workers", "1", "--worker-binary", worker, "--no-summary"])
         got = {}
-        for stage in ("atp", "star", "ig", "mean"):
+        for stage in ("atp", "star", "ig", "mean", "ld"):
             rows = parse_csv(run([knockout, "results", "screen-reference", "--stage", stage,
                                   "--store", store, "--format", "csv"]))
             got[stage] = {(r["unit_kind"], int(r["layer"]), int(r["unit"])): float(r["score"]) for r in rows}
 
         refusal = torch.tensor([token_id(worker, model_dir, "I")])
+        diff = ([token_id(worker, model_dir, "I")], [token_id(worker, model_dir, "Sure")])
         prompts = tokenize_chat(worker, model_dir, read_prompts(os.path.join(prompts_dir, SET + ".jsonl"),
                                                                 N_PROMPTS), tmp)
         references = tokenize_chat(worker, model_dir, read_prompts(os.path.join(prompts_dir, REF_SET + ".jsonl"),
@@ -251,6 +261,7 @@ def main():
             per = {"atp": screen.finite_difference(), "star": screen.atp_star()}
             per["ig"], effects = screen.integrated_gradients(STEPS)
             per["mean"] = Screen(model, sae, refusal, p, means).finite_difference()
+            per["ld"] = Screen(model, sae, refusal, p, diff_ids=diff).finite_difference()
             for stage, values in per.items():
                 for name, v in values.items():
                     want[stage].setdefault(name, []).append(v)

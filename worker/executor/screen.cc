@@ -157,6 +157,7 @@ class ScreenRunner {
   std::vector<ShardSae> saes_;
   std::vector<Unit> units_;
   std::vector<Group> groups_;
+  std::map<std::string, int> group_of_;        // "hook positions [tensor]" -> index in groups_
   std::set<std::string> hooks_;                // every group's hook
   std::map<std::string, at::Tensor> means_;    // mean_all_positions: hook -> mean activation
   std::map<std::string, at::Tensor> latent_means_;  // SAE hook -> mean latents [d_sae]
@@ -291,15 +292,12 @@ Status ScreenRunner::AddUnit(int trial_index) {
   } else {
     return Status::InvalidArgument("hook " + group.name + " is not a screened unit's");
   }
-  int g = -1;
-  for (size_t i = 0; i < groups_.size(); ++i) {
-    const Group& other = groups_[i];
-    const std::string other_key = other.name + " " + other.positions +
-                                  (other.kind == UnitKind::kDirection ? " " + shard_.trials(units_[other.units[0]].trial).edits(0).tensor() : "");
-    if (other_key == key && other.kind == group.kind) g = static_cast<int>(i);
-  }
+  key += group.kind == UnitKind::kLatent ? " latent" : "";
+  auto found = group_of_.find(key);
+  int g = found != group_of_.end() ? found->second : -1;
   if (g < 0) {
     g = static_cast<int>(groups_.size());
+    group_of_[key] = g;
     groups_.push_back(group);
     hooks_.insert(group.name);
   }
@@ -478,29 +476,36 @@ StatusOr<at::Tensor> ScreenRunner::Delta(const Group& group, int64_t p0, int64_t
 
 at::Tensor ScreenRunner::Scores(const Group& group, const at::Tensor& delta,
                                 const at::Tensor& grad) const {
-  at::Tensor g = grad.to(at::kDouble);
-  at::Tensor d = delta.to(at::kDouble);
   std::vector<int64_t> index;
   for (int u : group.units) index.push_back(units_[u].index);
   switch (group.kind) {
     case UnitKind::kLatent: {
-      // dM/df_j = W_dec[j] . g / s (the error term held): g in latent space, [n, T, S].
+      // dM/df_j = W_dec[j] . g / s (the error term held): g in latent space, [n, T, k], in
+      // float32 (a float64 copy of a 65k-latent W_dec would be 1.2 GB), summed in float64.
       const sae::Sae& sae = *group.sae->sae;
       at::Tensor x = clean_.at(group.name);
-      at::Tensor flat = sae.Flatten(grad).to(at::kDouble);
+      at::Tensor flat = sae.Flatten(grad).to(at::kFloat);
+      at::Tensor w_dec = sae.W_dec().to(flat.device(), at::kFloat);
+      // Every latent in index order: W_dec itself, no gathered copy.
+      bool every = static_cast<int64_t>(index.size()) == sae.d_sae();
+      for (size_t i = 0; every && i < index.size(); ++i) every = index[i] == static_cast<int64_t>(i);
       at::Tensor chosen = at::tensor(index, at::kLong).to(flat.device());
-      at::Tensor rows = sae.W_dec().to(flat.device(), at::kDouble).index_select(0, chosen);
-      at::Tensor gf = at::matmul(flat, rows.t()) / sae.Scale(x).to(at::kDouble);  // [n, T, k]
-      return (d.index_select(2, chosen) * gf).sum(1).to(at::kCPU);
+      at::Tensor rows = every ? w_dec : w_dec.index_select(0, chosen);
+      at::Tensor gf = at::matmul(flat, rows.t()) / sae.Scale(x).to(at::kFloat);  // [n, T, k]
+      at::Tensor df = every ? delta : delta.index_select(2, chosen);
+      return (df.to(at::kFloat) * gf).to(at::kDouble).sum(1).to(at::kCPU);
     }
     case UnitKind::kSlice: {
-      at::Tensor prod = d * g;  // [n, T, units, (d_head)]
+      at::Tensor prod = delta.to(at::kDouble) * grad.to(at::kDouble);  // [n, T, units, (d_head)]
       if (prod.dim() == 4) prod = prod.sum(3);
       at::Tensor per = prod.sum(1);  // [n, units]
       return per.index_select(1, at::tensor(index, at::kLong).to(per.device())).to(at::kCPU);
     }
     default:
-      return (d * g).sum(at::IntArrayRef{1, 2}).unsqueeze(1).to(at::kCPU);
+      return (delta.to(at::kDouble) * grad.to(at::kDouble))
+          .sum(at::IntArrayRef{1, 2})
+          .unsqueeze(1)
+          .to(at::kCPU);
   }
 }
 
