@@ -15,6 +15,7 @@ packages=(
   prometheus-cpp-dev libssl-dev openssl          # coordinator metrics endpoint, TLS
   libjemalloc-dev                                # the coordinator's allocator (optional)
   iproute2 nftables                              # multi-host test: network namespaces, partitions
+  slurmctld slurmd slurm-client munge            # deploy/slurm's test on a single-node Slurm
   libyaml-cpp-dev nlohmann-json3-dev libcli11-dev libspdlog-dev libfmt-dev libpcre2-dev
   libutf8proc-dev                                # NFC/NFKC normalizers of tokenizers
   libzip-dev                                     # Gemma Scope params.npz (formats/sae)
