@@ -45,6 +45,11 @@ int main(int argc, char** argv) {
                "Allow plaintext on a non-loopback address (logs a warning)");
   app.add_option("--metrics-listen", options.metrics_listen,
                  "host:port of the Prometheus /metrics endpoint (none by default)");
+  app.add_option("--health-listen", options.health_listen,
+                 "host:port of a plaintext gRPC health service for probes (none by default)");
+  bool check_flags = false;
+  app.add_flag("--check-flags", check_flags,
+               "parse the command line, then exit 0 without starting (deployment checks)");
   app.add_option("--lease-seconds", lease_seconds,
                  "Lease length; workers heartbeat every third of it")
       ->check(CLI::Range(0.1, 86400.0))
@@ -65,6 +70,7 @@ int main(int argc, char** argv) {
   } catch (const CLI::ParseError& error) {
     return Fail(error.what());
   }
+  if (check_flags) return 0;
   options.scheduler.lease_ms = static_cast<uint32_t>(lease_seconds * 1000.0 + 0.5);
   options.max_message_bytes = max_message_mb << 20;
 

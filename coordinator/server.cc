@@ -7,6 +7,7 @@
 #include <absl/synchronization/mutex.h>
 #include <absl/time/time.h>
 #include <grpcpp/grpcpp.h>
+#include <grpcpp/generic/async_generic_service.h>
 #include <grpcpp/health_check_service_interface.h>
 #include <prometheus/exposer.h>
 
@@ -349,6 +350,12 @@ struct Server::Impl : public v1::Coordinator::CallbackService {
   std::unique_ptr<experiments::SweepStore> sweeps;
   std::unique_ptr<Scheduler> scheduler;
   std::unique_ptr<grpc::Server> server;
+  std::unique_ptr<grpc::Server> health_server;  // ServerOptions::health_listen
+  // The health server's only registered service: every call it receives other than the health
+  // service's is answered UNIMPLEMENTED (gRPC attaches the default health service to a server
+  // only when it has a service of its own).
+  grpc::CallbackGenericService health_unimplemented;
+  int health_bound_port = 0;
   int bound_port = 0;
   std::string bound_address;
 
@@ -450,6 +457,28 @@ Status Server::Impl::Start() {
     health->SetServingStatus(true);
     health->SetServingStatus(v1::Coordinator::service_full_name(), true);
   }
+  if (!options.health_listen.empty()) {
+    // Only the default health service (enabled above) answers; anything else is UNIMPLEMENTED.
+    grpc::ServerBuilder health_builder;
+    health_builder.RegisterCallbackGenericService(&health_unimplemented);
+    health_builder.AddListeningPort(options.health_listen, grpc::InsecureServerCredentials(),
+                                    &health_bound_port);
+    health_builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
+    health_server = health_builder.BuildAndStart();
+    if (!health_server || health_bound_port == 0) {
+      if (health_server) health_server->Shutdown();
+      health_server.reset();
+      server->Shutdown();
+      server.reset();
+      return Status::Unavailable("cannot listen on " + options.health_listen +
+                                 " (--health-listen: address in use or not local?)");
+    }
+    if (grpc::HealthCheckServiceInterface* health = health_server->GetHealthCheckService()) {
+      health->SetServingStatus(true);
+      health->SetServingStatus(v1::Coordinator::service_full_name(), true);
+    }
+    Log("health service (plaintext, for probes) on port " + std::to_string(health_bound_port));
+  }
 
   committer = std::thread([this] { CommitLoop(); });
   if (options.expire_interval_ms > 0) {
@@ -463,8 +492,9 @@ Status Server::Impl::Start() {
 void Server::Impl::Shutdown(uint32_t grace_ms) {
   absl::MutexLock shutdown_lock(&shutdown_mu);
   if (shut_down) return;
-  if (server) {
-    if (grpc::HealthCheckServiceInterface* health = server->GetHealthCheckService()) {
+  for (grpc::Server* s : {server.get(), health_server.get()}) {
+    if (!s) continue;
+    if (grpc::HealthCheckServiceInterface* health = s->GetHealthCheckService()) {
       health->Shutdown();  // NOT_SERVING from now on
     }
   }
@@ -481,6 +511,7 @@ void Server::Impl::Shutdown(uint32_t grace_ms) {
   // Nothing is in flight (or the grace is over): a deadline of now cancels what is left and
   // closes the connections without waiting for idle clients to hang up.
   if (server) server->Shutdown(std::chrono::system_clock::now());
+  if (health_server) health_server->Shutdown(std::chrono::system_clock::now());
   JoinHelpers();
   {
     absl::MutexLock lock(&report_mu);
@@ -494,6 +525,7 @@ void Server::Impl::Shutdown(uint32_t grace_ms) {
   exposer.reset();  // before the scheduler its collector reads
   metrics.reset();
   server.reset();
+  health_server.reset();
   // Closing the store releases the RocksDB lock: a new Server may open the directory.
   scheduler.reset();
   sweeps.reset();
@@ -524,6 +556,7 @@ Server::Server(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 Server::~Server() { Shutdown(); }
 
 int Server::port() const { return impl_->bound_port; }
+int Server::health_port() const { return impl_->health_bound_port; }
 std::string Server::address() const { return impl_->bound_address; }
 Scheduler* Server::scheduler() const { return impl_->scheduler.get(); }
 experiments::SweepStore* Server::sweeps() const { return impl_->sweeps.get(); }

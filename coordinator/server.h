@@ -31,6 +31,10 @@ struct ServerOptions {
   std::string token_file;                 // bearer token required on every RPC
   bool insecure = false;                  // allow plaintext on a non-loopback address
   std::string metrics_listen;             // host:port of the Prometheus endpoint; "" none
+  // host:port of a plaintext gRPC server with the standard health service alone (no other
+  // service, no token): what Kubernetes' native gRPC probes can reach when the main port
+  // requires TLS. "" none; port 0 picks a free one (health_port()).
+  std::string health_listen;
   int max_message_bytes = 64 << 20;
   uint32_t expire_interval_ms = 250;      // how often leases are checked for expiry
   SchedulerOptions scheduler;
@@ -48,6 +52,7 @@ class Server {
   ~Server();
 
   int port() const;                       // the bound port
+  int health_port() const;                // the health server's bound port; 0 without one
   std::string address() const;            // host:port actually bound
   Scheduler* scheduler() const;
   experiments::SweepStore* sweeps() const;  // the store, for in-process queries

@@ -681,6 +681,55 @@ TEST_F(ServerTest, ConcurrentReportsAreGroupCommittedAndAllAnswered) {
 // ------------------------------------------------------------------------------------------
 // Health, watch, query
 
+// Calls /grpc.health.v1.Health/Check for `service` on a plaintext channel to `port`; returns
+// the response bytes (HealthCheckResponse) or the call's error.
+StatusOr<std::string> HealthCheck(int port, const std::string& service,
+                                  const std::string& method = "/grpc.health.v1.Health/Check") {
+  auto channel = grpc::CreateChannel("127.0.0.1:" + std::to_string(port),
+                                     grpc::InsecureChannelCredentials());
+  grpc::GenericStub stub(channel);
+  // grpc.health.v1.HealthCheckRequest{service}: field 1, length-delimited.
+  std::string request_bytes;
+  if (!service.empty()) {
+    request_bytes = std::string("\x0a", 1) + static_cast<char>(service.size()) + service;
+  }
+  grpc::Slice slice(request_bytes);
+  grpc::ByteBuffer request(&slice, 1), response;
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() + kTimeout);
+  std::promise<grpc::Status> done;
+  stub.UnaryCall(&context, method, grpc::StubOptions(), &request, &response,
+                 [&](grpc::Status status) { done.set_value(status); });
+  grpc::Status status = done.get_future().get();
+  if (!status.ok()) return Status::Unavailable(status.error_message());
+  std::vector<grpc::Slice> slices;
+  if (!response.Dump(&slices).ok()) return Status::Internal("no response");
+  std::string bytes;
+  for (const grpc::Slice& part : slices) {
+    bytes.append(reinterpret_cast<const char*>(part.begin()), part.size());
+  }
+  return bytes;
+}
+
+// --health-listen: a second, plaintext server with the health service alone (Kubernetes' gRPC
+// probes cannot speak TLS); the coordinator's own service is not reachable there.
+TEST_F(ServerTest, HealthListenServesTheHealthServiceAlone) {
+  WriteText(dir_ / "token", "s3cret-token\n");
+  ServerOptions options = Options();
+  options.token_file = (dir_ / "token").string();
+  options.health_listen = "127.0.0.1:0";
+  Start(options);
+  ASSERT_GT(server_->health_port(), 0);
+  ASSERT_NE(server_->health_port(), server_->port());
+  for (const std::string service : {"", "knockout.v1.Coordinator"}) {
+    auto bytes = HealthCheck(server_->health_port(), service);
+    ASSERT_TRUE(bytes.ok()) << bytes.status().ToString();
+    EXPECT_EQ(*bytes, std::string("\x08\x01", 2)) << service;  // SERVING
+  }
+  auto other = HealthCheck(server_->health_port(), "", "/knockout.v1.Coordinator/ListSweeps");
+  EXPECT_FALSE(other.ok()) << "the coordinator's RPCs must not be served on the health port";
+}
+
 TEST_F(ServerTest, HealthServiceSaysServing) {
   WriteText(dir_ / "token", "s3cret-token\n");
   ServerOptions options = Options();

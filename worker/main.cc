@@ -478,6 +478,9 @@ int main(int argc, char** argv) {
                  "agent: seconds a shard may run before it is given back with an error "
                  "(retried elsewhere); 0: no limit (default 21600, 6 h)")
       ->check(CLI::NonNegativeNumber);
+  bool check_flags = false;
+  app.add_flag("--check-flags", check_flags,
+               "agent: parse the command line, then exit 0 without connecting (deployment checks)");
   // The agent's options mean nothing to the tools: refuse them without --coordinator.
   for (CLI::Option* option : app.get_options()) {
     if (option == coordinator_opt || option == app.get_help_ptr()) continue;
@@ -578,6 +581,7 @@ int main(int argc, char** argv) {
       return Fail(Status::InvalidArgument("--coordinator runs the worker agent and takes no "
                                           "subcommand"));
     }
+    if (check_flags) return 0;
     try {
       return RunAgentProcess(std::move(agent));
     } catch (const std::exception& e) {
