@@ -4,7 +4,13 @@
 // build-notes.md.
 //
 //   coordinator_bench [--workers 8,64,512] [--seconds 5] [--warmup 1] [--rows 64]
-//                     [--dir /tmp] [--json OUT]
+//                     [--shards 0] [--dir /tmp] [--json OUT]
+//
+// --shards N (issue 17): instead, ONE sweep of about N one-trial shards (a config-only model of
+// ceil(N / 640) layers x 64 heads, 2 ablations x 5 positions per head), so that the coordinator
+// works against a sweep of that size; reported besides: the time to submit (expand) it, the
+// p50 / p99 latency of GetSweep (what `knockout status SWEEP` asks, polled every 100 ms by one
+// more client meanwhile) and the process's peak RSS.
 //
 // Per worker count: a fresh store and an in-process coordinator::Server on 127.0.0.1:0; sweeps
 // over a config-only 32-layer x 32-head model (the coordinator never loads weights), one trial
@@ -47,13 +53,15 @@ void WriteFile(const fs::path& path, const std::string& text) {
 
 // A model directory with only config.json, a prompt set, and a spec whose knockout_sweep has
 // kLayers * kHeads * 2 ablations * 5 positions = 10240 one-trial shards.
-std::string MakeInputs(const fs::path& dir, int index) {
+std::string MakeInputs(const fs::path& dir, int index, int layers = 32, int heads = 32) {
   fs::create_directories(dir / "model");
-  WriteFile(dir / "model" / "config.json", R"({
-  "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 1024,
-  "intermediate_size": 2816, "num_attention_heads": 32, "num_hidden_layers": 32,
-  "num_key_value_heads": 32, "vocab_size": 32000, "rms_norm_eps": 1e-5,
-  "max_position_embeddings": 2048, "rope_theta": 10000.0, "tie_word_embeddings": false})");
+  WriteFile(dir / "model" / "config.json",
+            "{\"architectures\": [\"LlamaForCausalLM\"], \"model_type\": \"llama\", "
+            "\"hidden_size\": " + std::to_string(heads * 32) + ", \"intermediate_size\": 2816, "
+            "\"num_attention_heads\": " + std::to_string(heads) + ", \"num_hidden_layers\": " +
+            std::to_string(layers) + ", \"num_key_value_heads\": " + std::to_string(heads) +
+            ", \"vocab_size\": 32000, \"rms_norm_eps\": 1e-5, \"max_position_embeddings\": 2048, "
+            "\"rope_theta\": 10000.0, \"tie_word_embeddings\": false}");
   WriteFile(dir / "prompts.jsonl",
             "{\"instruction\": \"a\"}\n{\"instruction\": \"b\"}\n{\"instruction\": \"c\"}\n");
   std::ostringstream spec;
@@ -62,7 +70,7 @@ std::string MakeInputs(const fs::path& dir, int index) {
        << "metrics: {refusal_tokens: [\"I\"]}\nshard_trials: 1\n"
        << "stages:\n  - name: heads\n    knockout_sweep:\n      prompt_sets: [p]\n"
        << "      targets: [{kind: heads}]\n"
-       << "      ablations: [zero, {kind: mean, reference_set: p}]\n"
+       << "      ablations: [zero, {kind: mean_per_position, reference_set: p}]\n"
        << "      positions: [post_inst, inst_last, all, \"post_inst[-1]\", \"post_inst[-2]\"]\n";
   return spec.str();
 }
@@ -79,9 +87,42 @@ struct Result {
   double seconds = 0;
   uint64_t round_trips = 0, rows = 0, errors = 0;
   double lease_p50 = 0, lease_p99 = 0, report_p50 = 0, report_p99 = 0;
+  uint64_t shards = 0;  // --shards: the sweep's shard count
+  double submit_s = 0, status_p50 = 0, status_p99 = 0, peak_rss_mb = 0;
 };
 
-Result RunOne(int workers, double seconds, double warmup, int rows_per_report, const fs::path& root) {
+// Submits one spec (inputs written under `inputs`); exits on error.
+void SubmitSpec(kc::Server& server, const fs::path& inputs, const std::string& yaml) {
+  v1::SubmitSweepRequest request;
+  *request.mutable_version() = knockout::CurrentProtocol();
+  request.set_spec_yaml(yaml);
+  request.set_spec_label("bench.yaml");
+  request.set_base_dir(inputs.string());
+  auto read = knockout::experiments::ReadSpecInputs(request.spec_yaml(), "bench.yaml",
+                                                    inputs.string());
+  if (!read.ok()) {
+    std::cerr << "coordinator_bench: " << read.status().ToString() << "\n";
+    std::exit(1);
+  }
+  *request.mutable_inputs() = std::move(*read);
+  auto submitted = server.scheduler()->Submit(request);
+  if (!submitted.ok()) {
+    std::cerr << "coordinator_bench: " << submitted.status().ToString() << "\n";
+    std::exit(1);
+  }
+}
+
+double PeakRssMb() {
+  std::ifstream status("/proc/self/status");
+  std::string line;
+  while (std::getline(status, line)) {
+    if (line.rfind("VmHWM:", 0) == 0) return std::stod(line.substr(6)) / 1024.0;
+  }
+  return 0;
+}
+
+Result RunOne(int workers, double seconds, double warmup, int rows_per_report, const fs::path& root,
+              uint64_t shards) {
   const fs::path dir = root / ("coordinator-bench-" + std::to_string(workers));
   fs::remove_all(dir);
   fs::create_directories(dir);
@@ -98,26 +139,23 @@ Result RunOne(int workers, double seconds, double warmup, int rows_per_report, c
   knockout::rpc::ChannelOptions channel;
   channel.address = (*server)->address();
 
-  // Enough shards for the fastest expected rate (10240 per sweep).
-  const double wanted = 8000.0 * (seconds + warmup);
-  for (int i = 0; i * 10240.0 < wanted; ++i) {
-    const fs::path inputs = dir / ("inputs-" + std::to_string(i));
-    v1::SubmitSweepRequest request;
-    *request.mutable_version() = knockout::CurrentProtocol();
-    request.set_spec_yaml(MakeInputs(inputs, i));
-    request.set_spec_label("bench.yaml");
-    request.set_base_dir(inputs.string());
-    auto read = knockout::experiments::ReadSpecInputs(request.spec_yaml(), "bench.yaml",
-                                                      inputs.string());
-    if (!read.ok()) {
-      std::cerr << "coordinator_bench: " << read.status().ToString() << "\n";
-      std::exit(1);
-    }
-    *request.mutable_inputs() = std::move(*read);
-    auto submitted = (*server)->scheduler()->Submit(request);
-    if (!submitted.ok()) {
-      std::cerr << "coordinator_bench: " << submitted.status().ToString() << "\n";
-      std::exit(1);
+  Result result;
+  std::string sweep_name;
+  if (shards > 0) {
+    // One sweep of ~`shards` one-trial shards: 64 heads x 10 trials per layer.
+    const int layers = static_cast<int>((shards + 639) / 640);
+    const fs::path inputs = dir / "inputs-0";
+    const auto t0 = Clock::now();
+    SubmitSpec(**server, inputs, MakeInputs(inputs, 0, layers, 64));
+    result.submit_s = std::chrono::duration<double>(Clock::now() - t0).count();
+    result.shards = static_cast<uint64_t>(layers) * 640;
+    sweep_name = "bench-0";
+  } else {
+    // Enough shards for the fastest expected rate (10240 per sweep).
+    const double wanted = 8000.0 * (seconds + warmup);
+    for (int i = 0; i * 10240.0 < wanted; ++i) {
+      const fs::path inputs = dir / ("inputs-" + std::to_string(i));
+      SubmitSpec(**server, inputs, MakeInputs(inputs, i));
     }
   }
 
@@ -132,7 +170,6 @@ Result RunOne(int workers, double seconds, double warmup, int rows_per_report, c
 
   std::atomic<bool> measuring{false}, stop{false};
   std::mutex mu;
-  Result result;
   result.workers = workers;
   std::vector<double> lease_ms, report_ms;
   std::vector<std::thread> threads;
@@ -200,6 +237,27 @@ Result RunOne(int workers, double seconds, double warmup, int rows_per_report, c
       report_ms.insert(report_ms.end(), my_report.begin(), my_report.end());
     });
   }
+  // --shards: one more client polls GetSweep (what `knockout status SWEEP` asks).
+  std::vector<double> status_ms;
+  std::thread status_thread;
+  if (!sweep_name.empty()) {
+    status_thread = std::thread([&] {
+      auto client = knockout::rpc::CoordinatorClient::Connect(channel);
+      if (!client.ok()) return;
+      while (!stop.load()) {
+        v1::GetSweepRequest request;
+        *request.mutable_version() = knockout::CurrentProtocol();
+        request.set_sweep(sweep_name);
+        v1::SweepProgress progress;
+        auto context = (*client)->MakeContext(std::chrono::seconds(30));
+        const auto t0 = Clock::now();
+        grpc::Status status = (*client)->stub()->GetSweep(context.get(), request, &progress);
+        const double ms = std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
+        if (status.ok() && measuring.load()) status_ms.push_back(ms);
+        std::this_thread::sleep_for(std::chrono::milliseconds(100));
+      }
+    });
+  }
   std::this_thread::sleep_for(std::chrono::duration<double>(warmup));
   measuring = true;
   const auto start = Clock::now();
@@ -208,6 +266,10 @@ Result RunOne(int workers, double seconds, double warmup, int rows_per_report, c
   result.seconds = std::chrono::duration<double>(Clock::now() - start).count();
   stop = true;
   for (std::thread& thread : threads) thread.join();
+  if (status_thread.joinable()) status_thread.join();
+  result.status_p50 = Percentile(status_ms, 0.50);
+  result.status_p99 = Percentile(status_ms, 0.99);
+  result.peak_rss_mb = PeakRssMb();
   result.lease_p50 = Percentile(lease_ms, 0.50);
   result.lease_p99 = Percentile(lease_ms, 0.99);
   result.report_p50 = Percentile(report_ms, 0.50);
@@ -232,6 +294,8 @@ int main(int argc, char** argv) {
   app.add_option("--rows", rows, "result rows per report");
   app.add_option("--dir", root, "where the temporary stores go");
   app.add_option("--json", json_path, "also write the results as JSON lines");
+  uint64_t shards = 0;
+  app.add_option("--shards", shards, "one sweep of about this many shards (0: the issue-6 setup)");
   CLI11_PARSE(app, argc, argv);
 
   std::printf("| simulated workers | round trips/s | result rows/s | lease p50 / p99 (ms) | "
@@ -239,17 +303,26 @@ int main(int argc, char** argv) {
   std::ofstream json;
   if (!json_path.empty()) json.open(json_path);
   for (int workers : worker_counts) {
-    const Result r = RunOne(workers, seconds, warmup, rows, root);
+    const Result r = RunOne(workers, seconds, warmup, rows, root, shards);
     const double trips = r.round_trips / r.seconds, row_rate = r.rows / r.seconds;
     std::printf("| %d | %.0f | %.0f | %.2f / %.2f | %.2f / %.2f | %llu |\n", workers, trips,
                 row_rate, r.lease_p50, r.lease_p99, r.report_p50, r.report_p99,
                 static_cast<unsigned long long>(r.errors));
+    if (shards > 0) {
+      std::printf("|   sweep of %llu shards: submitted (expanded) in %.1f s; GetSweep p50 / p99 %.1f / %.1f ms; "
+                  "peak RSS %.0f MB |\n",
+                  static_cast<unsigned long long>(r.shards), r.submit_s, r.status_p50, r.status_p99,
+                  r.peak_rss_mb);
+    }
     std::fflush(stdout);
     if (json.is_open()) {
       json << "{\"workers\": " << workers << ", \"round_trips_per_s\": " << trips
            << ", \"rows_per_s\": " << row_rate << ", \"lease_p50_ms\": " << r.lease_p50
            << ", \"lease_p99_ms\": " << r.lease_p99 << ", \"report_p50_ms\": " << r.report_p50
-           << ", \"report_p99_ms\": " << r.report_p99 << ", \"errors\": " << r.errors << "}\n";
+           << ", \"report_p99_ms\": " << r.report_p99 << ", \"errors\": " << r.errors
+           << ", \"shards\": " << r.shards << ", \"submit_s\": " << r.submit_s
+           << ", \"status_p50_ms\": " << r.status_p50 << ", \"status_p99_ms\": " << r.status_p99
+           << ", \"peak_rss_mb\": " << r.peak_rss_mb << "}\n";
     }
   }
   return 0;
