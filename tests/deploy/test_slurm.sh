@@ -57,15 +57,19 @@ done_shards() {
   "${ko[@]}" status "$sweep" --coordinator "$KNOCKOUT_COORDINATOR" 2>/dev/null \
     | awk '/^ *[0-9]+ +[A-Za-z0-9_-]+ +[a-z_]+ +(done|running|pending) / {split($5, a, "/"); s += a[1]} END {print s + 0}'
 }
-# Cancel it while it holds a lease: a "leased" line of its log with no "reported" after it.
+# Cancel it while it holds a lease: its last leased shard not reported yet (sets $held).
 log1=$KNOCKOUT_SHARED/logs/worker-${workers}_1.out
-holding() { [[ -f $log1 ]] && tail -n 1 "$log1" | grep -q ": leased "; }
+held=""
+holding() {
+  local last
+  last=$(grep -o ': leased [^ ]*' "$log1" 2>/dev/null | tail -n 1 | cut -d' ' -f3)
+  [[ -n $last ]] && ! grep -q "reported $last " "$log1" && held=$last
+}
 for _ in $(seq 3000); do
   holding && break
   sleep 0.05
 done
-holding || fail "worker task 1 never held a shard"
-held=$(tail -n 1 "$log1" | sed 's/.*: leased \([^ ]*\) .*/\1/')
+[[ -n $held ]] || fail "worker task 1 never held a shard"
 scancel "${workers}_1"
 for _ in $(seq 100); do
   state=$(scontrol show job "${workers}_1" 2>/dev/null | grep -o 'JobState=[A-Z_]*' | head -1)
