@@ -24,7 +24,7 @@ cleanup() {
   rm -rf "$tmp"
 }
 trap cleanup EXIT
-fail() { echo "FAIL: $*"; squeue 2>/dev/null; for f in "$tmp"/shared/logs/* "$tmp"/shared/*.log; do [[ -f $f ]] && { echo "== $f"; tail -20 "$f"; }; done; exit 1; }
+fail() { echo "FAIL: $*"; squeue 2>/dev/null; tail -5 "$tmp"/slurm/log/slurmd.log "$tmp"/slurm/log/slurmctld.log 2>/dev/null; for f in "$tmp"/shared/logs/* "$tmp"/shared/*.log; do [[ -f $f ]] && { echo "== $f"; tail -20 "$f"; }; done; exit 1; }
 ok() { echo "ok: $*"; }
 
 SLURMCTLD_PORT=$((7000 + RANDOM % 500)) SLURMD_PORT=$((7600 + RANDOM % 500)) start_slurm "$tmp/slurm" \
@@ -70,20 +70,28 @@ for _ in $(seq 3000); do
   sleep 0.05
 done
 [[ -n $held ]] || fail "worker task 1 never held a shard"
+job_state() { scontrol show job "${workers}_1" 2>/dev/null | grep -o 'JobState=[A-Z_]*' | head -1; }
 scancel "${workers}_1"
-for _ in $(seq 100); do
-  state=$(scontrol show job "${workers}_1" 2>/dev/null | grep -o 'JobState=[A-Z_]*' | head -1)
-  [[ $state == JobState=CANCELLED ]] && break
+# Requeue only once Slurm has finished with it (no longer listed by squeue: not COMPLETING).
+for _ in $(seq 300); do
+  [[ $(job_state) == JobState=CANCELLED && -z $(squeue -h -j "${workers}_1" 2>/dev/null) ]] && break
   sleep 0.2
 done
+state=$(job_state)
 ok "worker task 1 cancelled mid-sweep ($(done_shards) shards done; $state)"
-scontrol requeue "${workers}_1" || fail "scontrol requeue ${workers}_1"
-# A requeued job waits out a begin-time delay; let it start now.
-scontrol update JobId="${workers}_1" StartTime=now >/dev/null 2>&1 || true
-for _ in $(seq 300); do
-  state=$(scontrol show job "${workers}_1" 2>/dev/null | grep -o 'JobState=[A-Z_]*' | head -1)
+# A requeued job waits out a begin-time delay; StartTime=now lets it start at once. A relaunch
+# can still fail while slurmd tidies up the cancelled step: requeue again then (3 tries).
+for try in 1 2 3; do
+  scontrol requeue "${workers}_1" || fail "scontrol requeue ${workers}_1"
+  scontrol update JobId="${workers}_1" StartTime=now >/dev/null 2>&1 || true
+  for _ in $(seq 300); do
+    state=$(job_state)
+    [[ $state == JobState=RUNNING || $state == JobState=FAILED || $state == JobState=COMPLETED ]] && break
+    sleep 0.2
+  done
   [[ $state == JobState=RUNNING ]] && break
-  sleep 0.2
+  echo "requeue try $try: $state; $(scontrol show job "${workers}_1" | grep -o 'Reason=[^ ]*')"
+  sleep 1
 done
 [[ $state == JobState=RUNNING ]] || fail "task 1 did not run again after the requeue ($state)"
 ok "worker task 1 requeued and running again ($(scontrol show job "${workers}_1" | grep -o 'Restarts=[0-9]*'))"
