@@ -416,7 +416,7 @@ const char* UnitKindName(v1::Target::Kind kind) {
 
 // The units a target chosen by a screen (`from`) knocks out: the screen's best `top_k` of its
 // kind (within `layers`), then `random` drawn from the rest with the spec's seed (a Fisher-Yates
-// draw on mt19937_64's raw outputs, the same on every platform). `screen` null: only counting.
+// draw on mt19937_64's raw outputs, the same on every platform).
 std::vector<v1::ScreenUnit> ScreenedUnits(const v1::Target& target, const v1::ScreenArtifact& screen,
                                           uint64_t seed, size_t target_index) {
   const std::string kind =
