@@ -28,32 +28,6 @@ UnitKey KeyOf(const v1::TrialLabel& label) {
   return {label.unit_kind(), label.layer(), label.unit(), label.positions()};
 }
 
-// The screen's best `top_k` units of a target's kind (within its layers), by (layer, unit): the
-// same choice the engine made when it expanded the verifying stage.
-std::set<std::pair<int, int>> ScreenTop(const v1::ScreenArtifact& screen, const v1::Target& target,
-                                        const std::string& kind) {
-  std::set<int> layers(target.layers().begin(), target.layers().end());
-  std::set<std::pair<int, int>> top;
-  for (const v1::ScreenUnit& unit : screen.units()) {
-    if (top.size() >= target.top_k()) break;
-    if (unit.label().unit_kind() != kind) continue;
-    if (!layers.empty() && !layers.count(unit.label().layer())) continue;
-    top.insert({unit.label().layer(), unit.label().unit()});
-  }
-  return top;
-}
-
-std::string KindOf(v1::Target::Kind kind) {
-  switch (kind) {
-    case v1::Target::HEADS: return "head";
-    case v1::Target::NEURONS: return "neuron";
-    case v1::Target::ATTN_OUT: return "attn_out";
-    case v1::Target::MLP_OUT: return "mlp_out";
-    case v1::Target::SAE_LATENTS: return "sae_latent";
-    default: return "direction";
-  }
-}
-
 struct Pair {
   std::string unit;
   uint32_t rank = 0, kind_rank = 0;
@@ -114,8 +88,12 @@ Status PrintScreenCheck(const SweepReader& store, const std::string& sweep_name,
     std::map<std::string, std::set<std::pair<int, int>>> top;  // kind -> top units
     for (const v1::Target& target : spec_stage.knockout_sweep().targets()) {
       if (target.from() != stage.name()) continue;
-      for (const auto& unit : ScreenTop(*screen, target, KindOf(target.kind()))) {
-        top[KindOf(target.kind())].insert(unit);
+      // The engine's own choice: the first top_k of the screen's candidates.
+      const auto candidates = experiments::ScreenCandidates(target, *screen);
+      const size_t k = std::min<size_t>(target.top_k(), candidates.size());
+      for (size_t i = 0; i < k; ++i) {
+        top[experiments::UnitKindLabel(target.kind())].insert(
+            {candidates[i].label().layer(), candidates[i].label().unit()});
       }
     }
     if (top.empty()) continue;

@@ -350,11 +350,11 @@ Status LatentTrials(const v1::KnockoutSweepStage& stage, const v1::Target& targe
 std::pair<std::string, std::string> UnitHook(v1::Target::Kind kind, int layer) {
   const std::string l = "blocks." + std::to_string(layer);
   switch (kind) {
-    case v1::Target::HEADS: return {l + ".attn.hook_z", "head"};
-    case v1::Target::NEURONS: return {l + ".mlp.hook_post", "neuron"};
-    case v1::Target::DIRECTION: return {l + ".hook_resid_pre", "direction"};
-    case v1::Target::ATTN_OUT: return {l + ".hook_attn_out", "attn_out"};
-    case v1::Target::MLP_OUT: return {l + ".hook_mlp_out", "mlp_out"};
+    case v1::Target::HEADS: return {l + ".attn.hook_z", UnitKindLabel(kind)};
+    case v1::Target::NEURONS: return {l + ".mlp.hook_post", UnitKindLabel(kind)};
+    case v1::Target::DIRECTION: return {l + ".hook_resid_pre", UnitKindLabel(kind)};
+    case v1::Target::ATTN_OUT: return {l + ".hook_attn_out", UnitKindLabel(kind)};
+    case v1::Target::MLP_OUT: return {l + ".hook_mlp_out", UnitKindLabel(kind)};
     default: return {"", ""};
   }
 }
@@ -409,27 +409,12 @@ v1::Trial LatentTrial(const std::string& hook, int layer, int unit, const v1::Ab
   return trial;
 }
 
-// The label kind a screen stores for units of a target kind.
-const char* UnitKindName(v1::Target::Kind kind) {
-  return kind == v1::Target::SAE_LATENTS ? "sae_latent" : nullptr;
-}
-
 // The units a target chosen by a screen (`from`) knocks out: the screen's best `top_k` of its
 // kind (within `layers`), then `random` drawn from the rest with the spec's seed (a Fisher-Yates
 // draw on mt19937_64's raw outputs, the same on every platform).
 std::vector<v1::ScreenUnit> ScreenedUnits(const v1::Target& target, const v1::ScreenArtifact& screen,
                                           uint64_t seed, size_t target_index) {
-  const std::string kind =
-      UnitKindName(target.kind()) ? UnitKindName(target.kind()) : UnitHook(target.kind(), 0).second;
-  std::set<int> layers(target.layers().begin(), target.layers().end());
-  std::vector<v1::ScreenUnit> candidates;
-  std::set<std::pair<int, int>> seen;  // a unit screened at several positions counts once
-  for (const v1::ScreenUnit& unit : screen.units()) {  // in rank order
-    if (unit.label().unit_kind() != kind) continue;
-    if (!layers.empty() && !layers.count(unit.label().layer())) continue;
-    if (!seen.insert({unit.label().layer(), unit.label().unit()}).second) continue;
-    candidates.push_back(unit);
-  }
+  const std::vector<v1::ScreenUnit> candidates = ScreenCandidates(target, screen);
   const size_t top = std::min<size_t>(target.top_k(), candidates.size());
   std::vector<v1::ScreenUnit> chosen(candidates.begin(), candidates.begin() + top);
   std::vector<v1::ScreenUnit> rest(candidates.begin() + top, candidates.end());
@@ -669,6 +654,33 @@ std::string SelectionArtifactName(const std::string& stage) { return "selection/
 std::string OrthogonalizeArtifactName(const std::string& stage) { return "orthogonalize/" + stage; }
 std::string RankingArtifactName(const std::string& stage) { return "ranking/" + stage; }
 std::string ScreenArtifactName(const std::string& stage) { return "screen/" + stage; }
+
+const char* UnitKindLabel(v1::Target::Kind kind) {
+  switch (kind) {
+    case v1::Target::HEADS: return "head";
+    case v1::Target::NEURONS: return "neuron";
+    case v1::Target::DIRECTION: return "direction";
+    case v1::Target::ATTN_OUT: return "attn_out";
+    case v1::Target::MLP_OUT: return "mlp_out";
+    case v1::Target::SAE_LATENTS: return "sae_latent";
+    default: return "";
+  }
+}
+
+std::vector<v1::ScreenUnit> ScreenCandidates(const v1::Target& target,
+                                             const v1::ScreenArtifact& screen) {
+  const std::string kind = UnitKindLabel(target.kind());
+  std::set<int> layers(target.layers().begin(), target.layers().end());
+  std::vector<v1::ScreenUnit> candidates;
+  std::set<std::pair<int, int>> seen;  // a unit screened at several positions counts once
+  for (const v1::ScreenUnit& unit : screen.units()) {  // in rank order
+    if (unit.label().unit_kind() != kind) continue;
+    if (!layers.empty() && !layers.count(unit.label().layer())) continue;
+    if (!seen.insert({unit.label().layer(), unit.label().unit()}).second) continue;
+    candidates.push_back(unit);
+  }
+  return candidates;
+}
 
 namespace {
 

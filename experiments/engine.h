@@ -38,6 +38,16 @@ std::string RankingArtifactName(const std::string& stage);
 // screen/<stage>: an attribution_screen's ScreenArtifact (units in rank order).
 std::string ScreenArtifactName(const std::string& stage);
 
+// The label kind (TrialLabel.unit_kind) of a target kind's single units: head, neuron,
+// direction, attn_out, mlp_out, sae_latent ("" for none).
+const char* UnitKindLabel(v1::Target::Kind kind);
+// The units of `target`'s kind (within its layers) that `screen` scored, best first, each unit
+// once (screened at several positions: its best rank): a `from: STAGE` target knocks out the
+// first top_k of these and draws its `random` ones from the rest; `knockout screen-check`
+// reads the same list to tell the two apart.
+std::vector<v1::ScreenUnit> ScreenCandidates(const v1::Target& target,
+                                             const v1::ScreenArtifact& screen);
+
 class SweepEngine {
  public:
   // `store` must outlive the engine. `shape` is the model's: from the spec (ModelRef.shape,

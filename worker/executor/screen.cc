@@ -470,7 +470,6 @@ StatusOr<at::Tensor> ScreenRunner::Delta(const Group& group, int64_t p0, int64_t
     kshape.resize(x.dim(), 1);
     delta = delta * keep.view(kshape);
   }
-  (void)latent_delta;
   return delta.to(x.scalar_type());
 }
 
