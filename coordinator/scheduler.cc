@@ -98,8 +98,11 @@ struct Scheduler::State {
     std::vector<uint32_t> trials;
     std::vector<std::string> leased_to;
   };
-  static LeaseEntry EntryOf(const v1::ShardRecord& record) {
+  // From a RUNNING shard record; `lease` (its lease record), when given, has the current
+  // deadline (heartbeats move it there, not in the shard record).
+  static LeaseEntry EntryOf(const v1::ShardRecord& record, const v1::LeaseRecord* lease = nullptr) {
     LeaseEntry entry{record.worker(), record.lease_deadline_unix_ms(), record.attempt(), {}, {}};
+    if (lease != nullptr) entry.deadline_ms = lease->deadline_unix_ms();
     entry.trials.reserve(record.shard().trials_size());
     for (const v1::Trial& trial : record.shard().trials()) entry.trials.push_back(trial.index());
     entry.leased_to.assign(record.leased_to().begin(), record.leased_to().end());
@@ -116,8 +119,12 @@ struct Scheduler::State {
   SchedulerOptions options;
 
   std::map<std::string, Sweep> sweeps;  // every sweep in the store
+  std::set<std::string> active;         // the RUNNING ones: the only sweeps Lease looks at
   std::map<std::string, std::unique_ptr<SweepEngine>> engines;
+  // The lease table and its deadline-ordered index (expiry reads the front, not every lease);
+  // changed only through PutLease and EraseLease, which keep the two equal.
   std::map<ShardKey, LeaseEntry> leases;
+  std::set<std::pair<uint64_t, ShardKey>> deadlines;
   std::map<std::string, v1::WorkerRecord> workers;
   std::set<std::string> advance_due;  // sweeps whose Advance failed on a store error: retried
   // Shards of the commit being written (outside mu_): not in any pending queue, and neither
@@ -150,19 +157,51 @@ struct Scheduler::State {
     return raw;
   }
 
+  void PutLease(const ShardKey& key, LeaseEntry entry) {
+    auto it = leases.find(key);
+    if (it != leases.end()) deadlines.erase({it->second.deadline_ms, key});
+    deadlines.insert({entry.deadline_ms, key});
+    leases[key] = std::move(entry);
+  }
+  void MoveDeadline(std::map<ShardKey, LeaseEntry>::iterator it, uint64_t deadline) {
+    deadlines.erase({it->second.deadline_ms, it->first});
+    it->second.deadline_ms = deadline;
+    deadlines.insert({deadline, it->first});
+  }
+  std::map<ShardKey, LeaseEntry>::iterator EraseLease(std::map<ShardKey, LeaseEntry>::iterator it) {
+    deadlines.erase({it->second.deadline_ms, it->first});
+    return leases.erase(it);
+  }
+  void EraseLease(const ShardKey& key) {
+    auto it = leases.find(key);
+    if (it != leases.end()) EraseLease(it);
+  }
+
   void DropLeasesOf(const std::string& id) {
     for (auto it = leases.lower_bound({id, 0, 0});
          it != leases.end() && std::get<0>(it->first) == id;) {
-      it = leases.erase(it);
+      it = EraseLease(it);
     }
   }
 
-  // Re-reads the sweep record and, if it is RUNNING, its current stage's shards: PENDING and
-  // FAILED ones become leasable, RUNNING ones enter the lease table with their stored deadline.
+  // Keeps `active` equal to the set of RUNNING sweeps.
+  void SetRecord(Sweep* sweep, v1::SweepRecord record) {
+    if (record.state() == v1::RUNNING) {
+      active.insert(record.id());
+    } else {
+      active.erase(record.id());
+    }
+    sweep->record = std::move(record);
+  }
+
+  // Re-reads the sweep record and, if it is RUNNING, its current stage's queue from the
+  // indexes (sweep_store.h), O(pending keys + leases + failures) and no shard payload parsed
+  // except those of leased shards: pending keys not leased become leasable (FAILED ones, by
+  // the failure index, too), lease records enter the lease table with their deadlines.
   Status LoadSweep(const std::string& id) {
     KO_ASSIGN_OR_RETURN(v1::SweepRecord record, store->GetSweep(id));
     Sweep& sweep = sweeps[id];
-    sweep.record = std::move(record);
+    SetRecord(&sweep, std::move(record));
     sweep.pending.clear();
     sweep.failed.clear();
     DropLeasesOf(id);
@@ -170,24 +209,28 @@ struct Scheduler::State {
       return Status::Ok();
     }
     const uint32_t stage = sweep.record.stages_expanded() - 1;
-    KO_ASSIGN_OR_RETURN(auto shards, store->ListShards(id, stage));
-    for (const v1::ShardRecord& shard : shards) {
-      const std::pair<uint32_t, uint32_t> at{stage, shard.shard().index()};
-      switch (shard.state()) {
-        case v1::RUNNING:
-          leases[{id, stage, shard.shard().index()}] = EntryOf(shard);
-          break;
-        case v1::FAILED:
-          // Only a sweep resumed outside the coordinator has these (the embedded runner's
-          // FailShard); they run again like pending ones.
-          sweep.failed.insert(at);
-          sweep.pending.insert(at);
-          break;
-        case v1::DONE:
-          break;
-        default:
-          sweep.pending.insert(at);
-      }
+    std::set<uint32_t> held, failed;
+    KO_ASSIGN_OR_RETURN(auto leased, store->ListLeases(id));
+    for (const v1::LeaseRecord& lease : leased) {
+      if (lease.stage() != stage) continue;
+      auto shard = store->GetShard(id, stage, lease.shard());
+      if (!shard.ok() && shard.status().code() == StatusCode::kNotFound) continue;
+      KO_RETURN_IF_ERROR(shard.status());
+      if (shard->state() != v1::RUNNING) continue;  // not a lease any more
+      PutLease({id, stage, lease.shard()}, EntryOf(*shard, &lease));
+      held.insert(lease.shard());
+    }
+    KO_ASSIGN_OR_RETURN(auto failures, store->ListFailures(id));
+    for (const v1::ShardFailure& failure : failures) {
+      // Only a sweep resumed outside the coordinator has FAILED shards in a running stage (the
+      // embedded runner's FailShard); they run again like pending ones.
+      if (failure.stage() == stage && failure.state() == v1::FAILED) failed.insert(failure.shard());
+    }
+    KO_ASSIGN_OR_RETURN(auto pending, store->PendingIndices(id, stage));
+    for (uint32_t index : pending) {
+      if (held.count(index) > 0) continue;
+      sweep.pending.insert({stage, index});
+      if (failed.count(index) > 0) sweep.failed.insert({stage, index});
     }
     return Status::Ok();
   }
@@ -245,7 +288,22 @@ struct Scheduler::State {
     KO_ASSIGN_OR_RETURN(v1::SweepRecord record, store->GetSweep(id));
     if (record.stages_expanded() == 0) return Status::Ok();
     const uint32_t stage = record.stages_expanded() - 1;
-    KO_ASSIGN_OR_RETURN(auto shards, store->ListShards(id, stage));
+    // The shards to reset are the RUNNING and FAILED ones: the lease and failure indexes name
+    // them, so that no other shard record is read.
+    std::set<uint32_t> indices;
+    KO_ASSIGN_OR_RETURN(auto leased, store->ListLeases(id));
+    for (const v1::LeaseRecord& lease : leased) {
+      if (lease.stage() == stage) indices.insert(lease.shard());
+    }
+    KO_ASSIGN_OR_RETURN(auto failures, store->ListFailures(id));
+    for (const v1::ShardFailure& failure : failures) {
+      if (failure.stage() == stage && failure.state() == v1::FAILED) indices.insert(failure.shard());
+    }
+    std::vector<v1::ShardRecord> shards;
+    for (uint32_t index : indices) {
+      KO_ASSIGN_OR_RETURN(v1::ShardRecord shard, store->GetShard(id, stage, index));
+      shards.push_back(std::move(shard));
+    }
     RecordUpdate update;
     const uint64_t now = clock->NowMs();
     for (v1::ShardRecord& shard : shards) {
@@ -287,15 +345,21 @@ struct Scheduler::State {
     return worker;
   }
 
-  v1::WorkerStatus WorkerStatusOf(const v1::WorkerRecord& worker, uint64_t now) const {
+  // How many leases each worker holds (one pass over the lease table).
+  std::map<std::string, uint32_t> LeasesHeld() const {
+    std::map<std::string, uint32_t> held;
+    for (const auto& [key, lease] : leases) ++held[lease.worker];
+    return held;
+  }
+
+  v1::WorkerStatus WorkerStatusOf(const v1::WorkerRecord& worker, uint64_t now,
+                                  uint32_t held) const {
     v1::WorkerStatus status;
     *status.mutable_info() = worker.info();
     const uint64_t last_seen = worker.last_seen_unix_ms();
     status.set_alive(last_seen + 2ull * options.lease_ms >= now);
     status.set_last_seen_unix_ms(last_seen);
     status.set_loaded_model(worker.loaded_model());
-    uint32_t held = 0;
-    for (const auto& [key, lease] : leases) held += lease.worker == worker.info().id();
     status.set_leases_held(held);
     status.set_shards_done(worker.shards_done());
     status.set_trials_run(worker.trials_run());
@@ -355,13 +419,13 @@ struct Scheduler::State {
   void ApplyReturned(const RecordUpdate& update) {
     for (const v1::SweepRecord& record : update.sweeps) {
       Sweep& sweep = sweeps[record.id()];
-      sweep.record = record;
+      SetRecord(&sweep, record);
       sweep.pending.clear();
       sweep.failed.clear();
       DropLeasesOf(record.id());
     }
     for (const v1::ShardRecord& shard : update.shards) {
-      leases.erase(KeyOf(shard.shard()));
+      EraseLease(KeyOf(shard.shard()));
       auto it = sweeps.find(shard.shard().sweep_id());
       if (it == sweeps.end() || it->second.record.state() != v1::RUNNING) continue;
       if (shard.state() == v1::PENDING) {
@@ -381,8 +445,10 @@ struct Scheduler::State {
     RecordUpdate update;
     std::set<std::string> failing;
     std::vector<std::pair<ShardKey, v1::RunState>> stale;  // the store moved on without us
-    for (const auto& [key, lease] : leases) {
-      if (lease.deadline_ms >= now) continue;
+    // The deadline index, front first: only the leases that are due are looked at.
+    for (auto due = deadlines.begin(); due != deadlines.end() && due->first < now; ++due) {
+      const ShardKey& key = due->second;
+      const LeaseEntry& lease = leases.at(key);
       // Being committed: its result wins; if the write fails, it expires at a later call.
       if (committing.count(key) > 0) continue;
       const auto& [sweep, stage, index] = key;
@@ -401,7 +467,7 @@ struct Scheduler::State {
       update.shards.push_back(std::move(shard));
     }
     for (const auto& [key, stored] : stale) {
-      leases.erase(key);
+      EraseLease(key);
       auto sweep = sweeps.find(std::get<0>(key));
       if (stored != v1::DONE && sweep != sweeps.end() &&
           sweep->second.record.state() == v1::RUNNING) {
@@ -588,7 +654,7 @@ struct Scheduler::State {
         ++counters.reports_duplicate;
       } else {
         const v1::ShardResult& result = *batch.commits[c].result;
-        leases.erase({result.sweep_id(), result.stage(), result.index()});
+        EraseLease({result.sweep_id(), result.stage(), result.index()});
         auto sweep = sweeps.find(result.sweep_id());
         if (sweep != sweeps.end()) {
           sweep->second.pending.erase({result.stage(), result.index()});
@@ -625,39 +691,29 @@ struct Scheduler::State {
   // ----------------------------------------------------------------------------------------
   // Progress
 
+  // O(stages + leases + failures): the counts from the stage records (total, done), the lease
+  // records (running) and the failure index (failed); pending is the rest. Never a shard record.
   StatusOr<v1::SweepProgress> Progress(const std::string& id) const {
     const uint64_t now = clock->NowMs();
     v1::SweepProgress progress;
     KO_ASSIGN_OR_RETURN(*progress.mutable_sweep(), store->GetSweep(id));
     KO_ASSIGN_OR_RETURN(auto stages, store->ListStages(id));
-    std::vector<v1::ShardFailure> failures;
-    std::vector<uint64_t> failure_times;
-    std::set<std::string> worker_ids;
+    KO_ASSIGN_OR_RETURN(auto leased, store->ListLeases(id));
+    KO_ASSIGN_OR_RETURN(auto failures, store->ListFailures(id));
+    uint64_t total = 0, done = 0, failed = 0;
     for (const v1::StageRecord& stage : stages) {
       *progress.add_stages() = stage;
-      KO_ASSIGN_OR_RETURN(auto shards, store->ListShards(id, stage.index()));
-      for (const v1::ShardRecord& shard : shards) {
-        progress.set_shards_total(progress.shards_total() + 1);
-        switch (shard.state()) {
-          case v1::RUNNING: progress.set_shards_running(progress.shards_running() + 1); break;
-          case v1::DONE: progress.set_shards_done(progress.shards_done() + 1); break;
-          case v1::FAILED: progress.set_shards_failed(progress.shards_failed() + 1); break;
-          default: progress.set_shards_pending(progress.shards_pending() + 1);
-        }
-        if ((shard.state() == v1::RUNNING || shard.state() == v1::DONE) &&
-            !shard.worker().empty()) {
-          worker_ids.insert(shard.worker());
-        }
-        if (shard.errors_size() > 0 || shard.state() == v1::FAILED) {
-          v1::ShardFailure failure;
-          failure.set_stage(stage.index());
-          failure.set_shard(shard.shard().index());
-          failure.set_state(shard.state());
-          *failure.mutable_errors() = shard.errors();
-          failures.push_back(std::move(failure));
-        }
-      }
+      total += stage.shards_total();
+      done += stage.shards_done();
     }
+    for (const v1::ShardFailure& failure : failures) failed += failure.state() == v1::FAILED;
+    const uint64_t running = leased.size();
+    progress.set_shards_total(total);
+    progress.set_shards_done(done);
+    progress.set_shards_running(running);
+    progress.set_shards_failed(failed);
+    const uint64_t accounted = done + running + failed;
+    progress.set_shards_pending(total > accounted ? total - accounted : 0);
     // Most recent first: by the time of the last error.
     auto last_error = [](const v1::ShardFailure& f) {
       return f.errors().empty() ? 0 : f.errors(f.errors_size() - 1).unix_ms();
@@ -668,13 +724,21 @@ struct Scheduler::State {
                      });
     if (failures.size() > options.max_failures_shown) failures.resize(options.max_failures_shown);
     for (auto& failure : failures) *progress.add_failures() = std::move(failure);
-    for (const auto& [key, lease] : leases) {
-      if (std::get<0>(key) == id) worker_ids.insert(lease.worker);
+    std::vector<std::string> worker_ids(progress.sweep().workers().begin(),
+                                        progress.sweep().workers().end());
+    for (const v1::LeaseRecord& lease : leased) {
+      if (std::find(worker_ids.begin(), worker_ids.end(), lease.worker()) == worker_ids.end()) {
+        worker_ids.push_back(lease.worker());
+      }
     }
+    std::sort(worker_ids.begin(), worker_ids.end());
+    const std::map<std::string, uint32_t> held = LeasesHeld();
     for (const std::string& worker : worker_ids) {
       auto it = workers.find(worker);
       if (it != workers.end()) {
-        *progress.add_workers() = WorkerStatusOf(it->second, now);
+        auto count = held.find(worker);
+        *progress.add_workers() =
+            WorkerStatusOf(it->second, now, count == held.end() ? 0 : count->second);
       } else {
         // A worker of a store written by the embedded runner: known by name only.
         v1::WorkerStatus* status = progress.add_workers();
@@ -702,11 +766,13 @@ StatusOr<std::unique_ptr<Scheduler>> Scheduler::Open(experiments::SweepStore* st
   std::unique_ptr<Scheduler> scheduler(new Scheduler(store, clock, options));
   absl::MutexLock lock(&scheduler->mu_);
   State& state = *scheduler->state_;
+  // A store from before the lease and failure indexes gets them first (once).
+  KO_RETURN_IF_ERROR(store->EnsureIndexes());
   KO_ASSIGN_OR_RETURN(auto workers, store->ListWorkers());
   for (auto& worker : workers) state.workers[worker.info().id()] = std::move(worker);
   KO_ASSIGN_OR_RETURN(auto sweeps, store->ListSweeps());
   for (const v1::SweepRecord& sweep : sweeps) {
-    state.sweeps[sweep.id()].record = sweep;
+    state.SetRecord(&state.sweeps[sweep.id()], sweep);
     if (sweep.state() != v1::RUNNING) continue;
     if (options.release_leases_on_open) {
       KO_RETURN_IF_ERROR(state.ResetShards(
@@ -826,6 +892,8 @@ StatusOr<v1::LeaseShardsResponse> Scheduler::Lease(const v1::LeaseShardsRequest&
   const uint32_t capacity = std::max<uint32_t>(1, request.capacity());
   RecordUpdate update;
   std::vector<std::pair<State::Sweep*, std::pair<uint32_t, uint32_t>>> taken;
+  // Sweeps that learn of this worker with this grant (SweepRecord.workers), by id.
+  std::map<std::string, v1::SweepRecord> joined;
   while (update.shards.size() < capacity) {
     State::Sweep* best = nullptr;
     auto rank = [&](const State::Sweep& s) {
@@ -835,8 +903,9 @@ StatusOr<v1::LeaseShardsResponse> Scheduler::Lease(const v1::LeaseShardsRequest&
       return std::make_tuple(affinity, s.record.priority(), -static_cast<int64_t>(s.last_served),
                              -static_cast<int64_t>(s.record.created_unix_ms()));
     };
-    for (auto& [id, sweep] : state.sweeps) {
-      if (sweep.record.state() != v1::RUNNING || sweep.pending.empty()) continue;
+    for (const std::string& id : state.active) {  // RUNNING sweeps only, in id order
+      State::Sweep& sweep = state.sweeps[id];
+      if (sweep.pending.empty()) continue;
       if (best == nullptr || rank(sweep) > rank(*best)) best = &sweep;  // ties: lower id
     }
     if (best == nullptr) break;
@@ -861,6 +930,11 @@ StatusOr<v1::LeaseShardsResponse> Scheduler::Lease(const v1::LeaseShardsRequest&
     record->set_attempt(record->attempt() + 1);
     if (!Contains(record->leased_to(), worker_id)) record->add_leased_to(worker_id);
     update.shards.push_back(std::move(record).value());
+    if (!Contains(best->record.workers(), worker_id) && joined.count(best->record.id()) == 0) {
+      v1::SweepRecord sweep = best->record;
+      sweep.add_workers(worker_id);
+      joined.emplace(sweep.id(), std::move(sweep));
+    }
   }
 
   v1::LeaseShardsResponse response;
@@ -872,15 +946,17 @@ StatusOr<v1::LeaseShardsResponse> Scheduler::Lease(const v1::LeaseShardsRequest&
     return response;
   }
   update.workers.push_back(worker);
+  for (const auto& [id, sweep] : joined) update.sweeps.push_back(sweep);
   // Not synced: a grant lost to a power failure is a shard leased again, never a lost result.
   if (Status written = store_->WriteRecords(update, /*sync=*/false); !written.ok()) {
     for (auto& [sweep, shard] : taken) sweep->pending.insert(shard);
     return written;
   }
   state.workers[worker_id] = std::move(worker);
+  for (auto& [id, sweep] : joined) state.sweeps[id].record = std::move(sweep);
   if (!state.committing.empty()) state.written_during_commit.insert(worker_id);
   for (const v1::ShardRecord& record : update.shards) {
-    state.leases[KeyOf(record.shard())] = State::EntryOf(record);
+    state.PutLease(KeyOf(record.shard()), State::EntryOf(record));
     v1::Lease* lease = response.add_leases();
     v1::LeaseRef* ref = lease->mutable_ref();
     ref->set_sweep_id(record.shard().sweep_id());
@@ -898,7 +974,8 @@ StatusOr<v1::LeaseShardsResponse> Scheduler::Lease(const v1::LeaseShardsRequest&
 StatusOr<v1::HeartbeatResponse> Scheduler::Heartbeat(const v1::HeartbeatRequest& request) {
   const std::string& worker_id = request.worker_id();
   if (worker_id.empty()) return Status::InvalidArgument("Heartbeat: empty worker id");
-  absl::MutexLock commit_lock(&commit_mu_);
+  // mu_ only: a heartbeat writes lease records, never a shard record, so it does not wait for
+  // a result commit's fdatasync (a shard being committed is answered keep without a write).
   absl::MutexLock lock(&mu_);
   State& state = *state_;
   const uint64_t now = clock_->NowMs();
@@ -930,11 +1007,20 @@ StatusOr<v1::HeartbeatResponse> Scheduler::Heartbeat(const v1::HeartbeatRequest&
     auto lease = state.leases.find(key);
     if (lease != state.leases.end() && lease->second.worker == worker_id &&
         lease->second.attempt == ref.attempt()) {
-      auto record = store_->GetShard(ref.sweep_id(), ref.stage(), ref.shard());
-      if (!record.ok()) return record.status();
-      record->set_lease_deadline_unix_ms(deadline);
-      update.shards.push_back(std::move(record).value());
       status->set_keep(true);
+      if (state.committing.count(key) > 0) {
+        // Its result is being written: the commit decides; the lease is not extended.
+        status->set_deadline_unix_ms(lease->second.deadline_ms);
+        continue;
+      }
+      v1::LeaseRecord record;
+      record.set_sweep_id(ref.sweep_id());
+      record.set_stage(ref.stage());
+      record.set_shard(ref.shard());
+      record.set_worker(worker_id);
+      record.set_attempt(ref.attempt());
+      record.set_deadline_unix_ms(deadline);
+      update.leases.push_back(std::move(record));
       status->set_deadline_unix_ms(deadline);
       continue;
     }
@@ -958,8 +1044,9 @@ StatusOr<v1::HeartbeatResponse> Scheduler::Heartbeat(const v1::HeartbeatRequest&
   // Not synced: a renewal lost to a power failure at worst expires a lease early.
   KO_RETURN_IF_ERROR(store_->WriteRecords(update, /*sync=*/false));
   state.workers[worker_id] = std::move(worker);
-  for (const v1::ShardRecord& record : update.shards) {
-    state.leases[KeyOf(record.shard())].deadline_ms = deadline;
+  for (const v1::LeaseRecord& record : update.leases) {
+    auto it = state.leases.find({record.sweep_id(), record.stage(), record.shard()});
+    if (it != state.leases.end()) state.MoveDeadline(it, deadline);
   }
   return response;
 }
@@ -1072,29 +1159,25 @@ SchedulerCounters Scheduler::Counters() const {
   const State& state = *state_;
   const uint64_t now = clock_->NowMs();
   SchedulerCounters counters = state.counters;
-  // Gauges from the in-memory indexes (no shard scan): pending and failed from the queues,
-  // running from the lease table, done from the stage records.
-  for (const auto& [id, sweep] : state.sweeps) {
-    if (sweep.record.state() != v1::RUNNING) continue;
-    for (const auto& at : sweep.pending) {
-      if (sweep.failed.count(at) > 0) {
-        ++counters.shards_failed;
-      } else {
-        ++counters.shards_pending;
-      }
-    }
+  // Gauges from the in-memory indexes, O(running sweeps' stages + leases + workers): pending
+  // and failed from the queues' sizes, running from the lease table, done from the stage
+  // records.
+  for (const std::string& id : state.active) {
+    const State::Sweep& sweep = state.sweeps.at(id);
+    counters.shards_failed += sweep.failed.size();
+    counters.shards_pending += sweep.pending.size() - sweep.failed.size();
     auto stages = store_->ListStages(id);
     if (!stages.ok()) continue;  // a gauge, not worth failing a metrics scrape
     for (const v1::StageRecord& stage : *stages) counters.shards_done += stage.shards_done();
   }
   for (const auto& [key, lease] : state.leases) {
-    auto sweep = state.sweeps.find(std::get<0>(key));
-    if (sweep != state.sweeps.end() && sweep->second.record.state() == v1::RUNNING) {
-      ++counters.shards_running;
-    }
+    counters.shards_running += state.active.count(std::get<0>(key));
   }
+  const std::map<std::string, uint32_t> held = state.LeasesHeld();
   for (const auto& [id, worker] : state.workers) {
-    v1::WorkerStatus status = state.WorkerStatusOf(worker, now);
+    auto count = held.find(id);
+    v1::WorkerStatus status =
+        state.WorkerStatusOf(worker, now, count == held.end() ? 0 : count->second);
     counters.workers_alive += status.alive();
     counters.workers.push_back(std::move(status));
   }

@@ -22,8 +22,15 @@
 // in-memory state (Abseil annotations, checked by clang's -Wthread-safety in ctest). Report's synced group commit is written without mu_: its shards are marked
 // committing first (Lease, expiry and the queues leave them alone), so that lease grants do not
 // wait for the fdatasync. commit_mu_ serialises Report with the other state changes that may
-// touch committing shards (Heartbeat, Release, ExpireLeases, Submit, Cancel); Lease, the
-// progress views and the counters take mu_ only.
+// touch committing shards (Release, ExpireLeases, Submit, Cancel); Lease, Heartbeat (it writes
+// lease records only and leaves committing shards alone), the progress views and the counters
+// take mu_ only.
+//
+// Scale: nothing here reads every shard of a sweep after Open. The progress views read stage
+// records, lease records and the failure index (sweep_store.h, "Indexes"); expiry reads the
+// front of a deadline-ordered index; Lease ranks the RUNNING sweeps only; the metrics gauges
+// come from queue sizes and the lease table. Loading a stage's queue (Open, a stage expanded)
+// reads its pending keys, not its shard records.
 #pragma once
 
 #include <absl/base/thread_annotations.h>

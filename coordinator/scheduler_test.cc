@@ -14,9 +14,11 @@
 #include <fstream>
 #include <map>
 #include <memory>
+#include <random>
 #include <set>
 #include <string>
 #include <thread>
+#include <tuple>
 #include <vector>
 
 #include "experiments/spec_inputs.h"
@@ -378,7 +380,14 @@ TEST_F(SchedulerTest, HeartbeatRenewsTheLeaseSoItDoesNotExpire) {
   ASSERT_EQ(beat.leases_size(), 1);
   EXPECT_TRUE(beat.leases(0).keep()) << beat.leases(0).reason();
   EXPECT_EQ(beat.leases(0).deadline_unix_ms(), clock_.NowMs() + kLeaseMs);
-  EXPECT_EQ(Shard(id, 0, 0).lease_deadline_unix_ms(), clock_.NowMs() + kLeaseMs);
+  // The renewal is written to the small lease record; the shard record (its payload) is not
+  // rewritten and keeps the grant's deadline.
+  auto leases = sweeps_->ListLeases(id);
+  ASSERT_TRUE(leases.ok()) << leases.status().ToString();
+  ASSERT_EQ(leases->size(), 1u);
+  EXPECT_EQ((*leases)[0].deadline_unix_ms(), clock_.NowMs() + kLeaseMs);
+  EXPECT_EQ((*leases)[0].worker(), "w1");
+  EXPECT_EQ(Shard(id, 0, 0).lease_deadline_unix_ms(), granted.leases(0).deadline_unix_ms());
 
   // Past the first deadline, within the renewed one: nothing expires.
   clock_.Advance(kLeaseMs - 2'000);
@@ -1126,6 +1135,150 @@ TEST_F(SchedulerTest, LeaseRunsBesideAGroupCommitWithoutTouchingItsShards) {
     if (request.result().stage() == 0) rows += request.result().rows_size();
   }
   EXPECT_EQ(RowCount(id, 0), rows);
+}
+
+// The progress views read the stage records, the lease records and the failure index, never
+// the shards. Checked here against a full scan of every shard record (the old way, written out
+// independently) after each step of a random run: leases, heartbeats, reports, releases with
+// and without errors, expiries, cancellations and resubmissions, restarts.
+TEST_F(SchedulerTest, ProgressFromTheIndexesEqualsAScanOfEveryShard) {
+  options_.max_attempts = 2;
+  Reopen();
+  const std::vector<std::string> names = {"alpha", "beta", "gamma"};
+  std::map<std::string, std::string> ids;  // name -> id
+  for (const std::string& name : names) ids[name] = Submit(name);
+  std::mt19937 random(20261206);
+  auto pick = [&](size_t n) { return static_cast<size_t>(random() % n); };
+  std::vector<std::pair<std::string, v1::Lease>> held;  // (worker, lease) as workers see them
+
+  auto check = [&](int step) {
+    for (const auto& [name, id] : ids) {
+      SCOPED_TRACE("step " + std::to_string(step) + " sweep " + name);
+      const v1::SweepProgress progress = Progress(id);
+      uint64_t total = 0, pending = 0, running = 0, done = 0, failed = 0;
+      std::set<std::tuple<uint32_t, uint32_t, int, int>> expected_failures;
+      auto stages = sweeps_->ListStages(id);
+      ASSERT_TRUE(stages.ok());
+      std::set<std::string> workers;
+      for (const v1::StageRecord& stage : *stages) {
+        auto shards = sweeps_->ListShards(id, stage.index());
+        ASSERT_TRUE(shards.ok());
+        for (const v1::ShardRecord& shard : *shards) {
+          ++total;
+          switch (shard.state()) {
+            case v1::RUNNING: ++running; break;
+            case v1::DONE: ++done; break;
+            case v1::FAILED: ++failed; break;
+            default: ++pending;
+          }
+          if (shard.errors_size() > 0 || shard.state() == v1::FAILED) {
+            expected_failures.insert({shard.shard().stage(), shard.shard().index(),
+                                      static_cast<int>(shard.state()), shard.errors_size()});
+          }
+          for (const std::string& w : shard.leased_to()) workers.insert(w);
+        }
+      }
+      EXPECT_EQ(progress.shards_total(), total);
+      EXPECT_EQ(progress.shards_pending(), pending);
+      EXPECT_EQ(progress.shards_running(), running);
+      EXPECT_EQ(progress.shards_done(), done);
+      EXPECT_EQ(progress.shards_failed(), failed);
+      std::set<std::tuple<uint32_t, uint32_t, int, int>> failures;
+      for (const v1::ShardFailure& f : progress.failures()) {
+        failures.insert({f.stage(), f.shard(), static_cast<int>(f.state()), f.errors_size()});
+      }
+      EXPECT_EQ(failures, expected_failures);
+      std::set<std::string> listed;
+      for (const v1::WorkerStatus& w : progress.workers()) listed.insert(w.info().id());
+      EXPECT_EQ(listed, workers);
+    }
+    // The metrics gauges agree with the progress of the running sweeps.
+    const SchedulerCounters counters = scheduler_->Counters();
+    uint64_t pending = 0, running = 0, done = 0, failed = 0;
+    for (const auto& [name, id] : ids) {
+      const v1::SweepProgress progress = Progress(id);
+      if (progress.sweep().state() != v1::RUNNING) continue;
+      pending += progress.shards_pending();
+      running += progress.shards_running();
+      done += progress.shards_done();
+      failed += progress.shards_failed();
+    }
+    EXPECT_EQ(counters.shards_pending, pending) << "step " << step;
+    EXPECT_EQ(counters.shards_running, running) << "step " << step;
+    EXPECT_EQ(counters.shards_done, done) << "step " << step;
+    EXPECT_EQ(counters.shards_failed, failed) << "step " << step;
+  };
+
+  for (int step = 0; step < 240 && !HasFailure(); ++step) {
+    const size_t action = pick(100);
+    const std::string worker = "w" + std::to_string(pick(4));
+    if (action < 30) {
+      v1::LeaseShardsResponse granted = Lease(worker, 1 + pick(3));
+      for (const v1::Lease& lease : granted.leases()) held.emplace_back(worker, lease);
+    } else if (action < 42 && !held.empty()) {
+      const auto& [w, lease] = held[pick(held.size())];
+      Heartbeat(w, {lease.ref()});
+    } else if (action < 65 && !held.empty()) {
+      const size_t i = pick(held.size());
+      (void)Report(ReportRequest(held[i].first, held[i].second));
+      held.erase(held.begin() + i);
+    } else if (action < 77 && !held.empty()) {
+      const size_t i = pick(held.size());
+      const bool with_error = pick(2) == 0;
+      (void)Release(held[i].first, held[i].second.ref(), with_error ? "CUDA out of memory" : "",
+                    v1::ERROR_INTERNAL);
+      held.erase(held.begin() + i);
+    } else if (action < 87) {
+      clock_.Advance(pick(2) == 0 ? kLeaseMs + 1 : kLeaseMs / 3);
+      ASSERT_TRUE(scheduler_->ExpireLeases().ok());
+    } else if (action < 91) {
+      const std::string& id = ids[names[pick(names.size())]];
+      (void)scheduler_->Cancel(id);
+    } else if (action < 96) {
+      const std::string name = names[pick(names.size())];
+      auto response = TrySubmit(SpecYaml(name));  // resumes; a stopped sweep runs again
+      if (response.ok()) EXPECT_EQ(response->sweep_id(), ids[name]);
+    } else {
+      Reopen();
+    }
+    check(step);
+  }
+}
+
+// A store written before the lease and failure indexes: Open builds them (once) from the shard
+// records, and the progress reads the same as before.
+TEST_F(SchedulerTest, OpenBuildsTheIndexesOfAnOlderStore) {
+  const std::string id = Submit("unit");
+  v1::LeaseShardsResponse granted = Lease("w1", 3);
+  ASSERT_EQ(granted.leases_size(), 3);
+  ASSERT_TRUE(Release("w1", granted.leases(0).ref(), "CUDA out of memory", v1::ERROR_INTERNAL).ok());
+  ASSERT_TRUE(Report(ReportRequest("w1", granted.leases(1))).ok());
+  const v1::SweepProgress before = Progress(id);
+  ASSERT_EQ(before.shards_running(), 1u);
+  ASSERT_EQ(before.failures_size(), 1);
+
+  // Take the indexes away, as in a store of the previous build.
+  {
+    storage::Store::Batch batch;
+    for (auto family : {storage::Family::kLeases, storage::Family::kFailures}) {
+      auto entries = store_->Scan(family, "");
+      ASSERT_TRUE(entries.ok());
+      for (const auto& entry : *entries) batch.Delete(family, entry.first);
+    }
+    batch.Delete(storage::Family::kMeta, "sweep_store.indexes");
+    ASSERT_TRUE(store_->Write(batch, /*sync=*/true).ok());
+  }
+  Reopen();
+  const v1::SweepProgress after = Progress(id);
+  EXPECT_EQ(after.shards_running(), 1u);
+  EXPECT_EQ(after.shards_pending(), before.shards_pending());
+  EXPECT_EQ(after.shards_done(), 1u);
+  ASSERT_EQ(after.failures_size(), 1);
+  EXPECT_EQ(after.failures(0).shard(), granted.leases(0).ref().shard());
+  // The rebuilt lease table: the held shard's heartbeat is answered keep.
+  v1::HeartbeatResponse beat = Heartbeat("w1", {granted.leases(2).ref()});
+  ASSERT_EQ(beat.leases_size(), 1);
+  EXPECT_TRUE(beat.leases(0).keep()) << beat.leases(0).reason();
 }
 
 }  // namespace

@@ -166,6 +166,48 @@ uint32_t TrailingUint32(const std::string& key) {
   return value;
 }
 
+// The index entries that go with a shard record, in the same batch (sweep_store.h, "Indexes"):
+// a lease record exactly while it is RUNNING, a failure entry once it has an error history.
+Status PutShardIndexes(const v1::ShardRecord& record, const std::string& key, Store::Batch* batch) {
+  if (record.state() == v1::RUNNING) {
+    v1::LeaseRecord lease;
+    lease.set_sweep_id(record.shard().sweep_id());
+    lease.set_stage(record.shard().stage());
+    lease.set_shard(record.shard().index());
+    lease.set_worker(record.worker());
+    lease.set_attempt(record.attempt());
+    lease.set_deadline_unix_ms(record.lease_deadline_unix_ms());
+    KO_ASSIGN_OR_RETURN(std::string value, Serialize(lease));
+    batch->Put(Family::kLeases, key, value);
+  } else {
+    batch->Delete(Family::kLeases, key);
+  }
+  if (record.errors_size() > 0 || record.state() == v1::FAILED) {
+    v1::ShardFailure failure;
+    failure.set_stage(record.shard().stage());
+    failure.set_shard(record.shard().index());
+    failure.set_state(record.state());
+    *failure.mutable_errors() = record.errors();
+    KO_ASSIGN_OR_RETURN(std::string value, Serialize(failure));
+    batch->Put(Family::kFailures, key, value);
+  }
+  return Status::Ok();
+}
+
+// The (stage, shard) a shards-family key ends with.
+std::pair<uint32_t, uint32_t> StageAndShard(std::string_view key) {
+  auto u32 = [&](size_t from) {
+    uint32_t value = 0;
+    for (size_t i = from; i < from + 4; ++i) value = (value << 8) | static_cast<uint8_t>(key[i]);
+    return value;
+  };
+  if (key.size() < 8) return {UINT32_MAX, UINT32_MAX};
+  return {u32(key.size() - 8), u32(key.size() - 4)};
+}
+
+constexpr char kIndexesKey[] = "sweep_store.indexes";
+constexpr char kIndexesVersion[] = "1";
+
 bool SweepOrder(const v1::SweepRecord& a, const v1::SweepRecord& b) {
   return std::make_tuple(a.created_unix_ms(), a.id()) <
          std::make_tuple(b.created_unix_ms(), b.id());
@@ -249,7 +291,12 @@ Status SweepStore::WriteRecords(const RecordUpdate& update, bool sync) {
     const std::string key = ShardKey(shard.sweep_id(), shard.stage(), shard.index());
     KO_ASSIGN_OR_RETURN(std::string value, Serialize(record));
     batch.Put(Family::kShards, key, value);
+    KO_RETURN_IF_ERROR(PutShardIndexes(record, key, &batch));
     shard_keys.emplace_back(key, ShardLabel(shard.sweep_id(), shard.stage(), shard.index()));
+  }
+  for (const v1::LeaseRecord& lease : update.leases) {
+    KO_ASSIGN_OR_RETURN(std::string value, Serialize(lease));
+    batch.Put(Family::kLeases, ShardKey(lease.sweep_id(), lease.stage(), lease.shard()), value);
   }
   for (const v1::WorkerRecord& worker : update.workers) {
     if (worker.info().id().empty()) return Status::InvalidArgument("worker record without an id");
@@ -281,6 +328,65 @@ Status SweepStore::WriteRecords(const RecordUpdate& update, bool sync) {
     }
   }
   return store_->Write(batch, sync);
+}
+
+StatusOr<std::vector<v1::LeaseRecord>> SweepStore::ListLeases(const std::string& sweep) const {
+  return ScanRecords<v1::LeaseRecord>(*store_, Family::kLeases, "sweep=" + sweep, SweepKey(sweep));
+}
+
+StatusOr<std::vector<v1::ShardFailure>> SweepStore::ListFailures(const std::string& sweep) const {
+  return ScanRecords<v1::ShardFailure>(*store_, Family::kFailures, "sweep=" + sweep,
+                                       SweepKey(sweep));
+}
+
+StatusOr<std::vector<uint32_t>> SweepStore::PendingIndices(const std::string& sweep,
+                                                           uint32_t stage) const {
+  std::vector<uint32_t> indices;
+  KO_RETURN_IF_ERROR(store_->ForEach(Family::kPending, StageKey(sweep, stage), "",
+                                     [&](std::string_view key, std::string_view) {
+                                       indices.push_back(StageAndShard(key).second);
+                                       return true;
+                                     }));
+  return indices;
+}
+
+Status SweepStore::EnsureIndexes() {
+  std::lock_guard<std::mutex> commit_lock(commit_mu_);
+  std::lock_guard<std::mutex> lock(mu_);
+  KO_ASSIGN_OR_RETURN(bool indexed, Exists(*store_, Family::kMeta, kIndexesKey));
+  if (indexed) return Status::Ok();
+  // Batches of a few thousand shards: the rebuild's memory does not grow with the store.
+  constexpr size_t kPerBatch = 4096;
+  Store::Batch batch;
+  size_t in_batch = 0;
+  Status failed;
+  KO_RETURN_IF_ERROR(store_->ForEach(
+      Family::kShards, "", "", [&](std::string_view key_view, std::string_view value) {
+        const std::string key(key_view);
+        auto record = Parse<v1::ShardRecord>(Family::kShards, "shard", key, std::string(value));
+        if (!record.ok()) {
+          failed = record.status();
+          return false;
+        }
+        if (record->state() != v1::RUNNING && record->errors_size() == 0 &&
+            record->state() != v1::FAILED) {
+          return true;
+        }
+        if (Status s = PutShardIndexes(*record, key, &batch); !s.ok()) {
+          failed = s;
+          return false;
+        }
+        if (++in_batch >= kPerBatch) {
+          failed = store_->Write(batch, /*sync=*/false);
+          batch = Store::Batch();
+          in_batch = 0;
+          return failed.ok();
+        }
+        return true;
+      }));
+  KO_RETURN_IF_ERROR(failed);
+  batch.Put(Family::kMeta, kIndexesKey, kIndexesVersion);
+  return store_->Write(batch, /*sync=*/true);
 }
 
 StatusOr<std::vector<v1::WorkerRecord>> SweepStore::ListWorkers() const {
@@ -553,6 +659,7 @@ Status SweepStore::CommitShards(const std::vector<ShardCommit>& commits,
     KO_ASSIGN_OR_RETURN(std::string shard_value, Serialize(shard));
     batch.Put(Family::kShards, shard_key, shard_value);
     batch.Delete(Family::kPending, shard_key);
+    KO_RETURN_IF_ERROR(PutShardIndexes(shard, shard_key, &batch));
     any = true;
   }
   for (const auto& [key, record] : stages) {
@@ -599,6 +706,7 @@ Status SweepStore::FailShard(const std::string& sweep, uint32_t stage, uint32_t 
   KO_ASSIGN_OR_RETURN(std::string value, Serialize(shard));
   Store::Batch batch;
   batch.Put(Family::kShards, key, value);  // the pending key stays: the shard may be retried
+  KO_RETURN_IF_ERROR(PutShardIndexes(shard, key, &batch));
   return store_->Write(batch, /*sync=*/true);
 }
 

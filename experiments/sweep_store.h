@@ -15,6 +15,15 @@
 //   artifacts: sweep, name (raw bytes, not length-prefixed: it is the last component, so a
 //              prefix scan lists names in name order)   -> bytes (a serialised artifact)
 //   workers:   worker id (raw bytes)                        -> WorkerRecord (coordinator.proto)
+//   leases:    sweep, stage(u32), shard(u32)                -> LeaseRecord (while RUNNING)
+//   failures:  sweep, stage(u32), shard(u32)                -> ShardFailure (coordinator.proto)
+//
+// Indexes: every write of a shard record writes, in the same batch, its lease record (put while
+// the shard is RUNNING, deleted otherwise) and, once the shard has an error history or is
+// FAILED, its failure entry (state and errors as in the record). So the progress views read
+// stage records, lease records and failure entries, O(stages + leases + failures), never every
+// shard, and a heartbeat rewrites a lease record (RecordUpdate.leases) instead of the shard.
+// A store written before the indexes existed gets them at EnsureIndexes (one scan, once).
 // Values are protos serialised deterministically; one that does not parse is Corruption naming
 // the family and the key.
 //
@@ -55,7 +64,11 @@ struct RecordUpdate {
   std::vector<v1::SweepRecord> sweeps;
   std::vector<v1::ShardRecord> shards;
   std::vector<v1::WorkerRecord> workers;
-  bool empty() const { return sweeps.empty() && shards.empty() && workers.empty(); }
+  // Lease records alone (heartbeats: the deadline moves, the shard record is not rewritten).
+  std::vector<v1::LeaseRecord> leases;
+  bool empty() const {
+    return sweeps.empty() && shards.empty() && workers.empty() && leases.empty();
+  }
 };
 
 class SweepStore : public SweepReader {
@@ -129,6 +142,18 @@ class SweepStore : public SweepReader {
   // a shard that is DONE in the store is never overwritten (FailedPrecondition naming it).
   // NotFound if a sweep or shard does not exist. Nothing is written on error.
   Status WriteRecords(const RecordUpdate& update, bool sync);
+
+  // The lease records of a sweep's RUNNING shards, in (stage, shard) order.
+  StatusOr<std::vector<v1::LeaseRecord>> ListLeases(const std::string& sweep) const;
+  // The failure entries of a sweep (shards with an error history, or FAILED), in order.
+  StatusOr<std::vector<v1::ShardFailure>> ListFailures(const std::string& sweep) const;
+  // The indices of a stage's shards that are not DONE (the pending keys), in order, read
+  // without parsing a shard record.
+  StatusOr<std::vector<uint32_t>> PendingIndices(const std::string& sweep, uint32_t stage) const;
+  // Builds the lease and failure indexes of a store written before they existed (one scan of
+  // every shard record, in batches), then marks the store as indexed; a no-op afterwards.
+  // Call before the store is written to (the coordinator's Open does).
+  Status EnsureIndexes();
 
   // Workers (the coordinator's record of who leased and committed what), in id order.
   StatusOr<std::vector<v1::WorkerRecord>> ListWorkers() const;

@@ -13,9 +13,10 @@
 namespace knockout::storage {
 namespace {
 
-constexpr Family kFamilies[] = {Family::kMeta,    Family::kSweeps,  Family::kStages,
-                                Family::kShards,  Family::kPending, Family::kResults,
-                                Family::kArtifacts, Family::kWorkers};
+constexpr Family kFamilies[] = {Family::kMeta,      Family::kSweeps,  Family::kStages,
+                                Family::kShards,    Family::kPending, Family::kResults,
+                                Family::kArtifacts, Family::kWorkers, Family::kLeases,
+                                Family::kFailures};
 constexpr char kSchemaKey[] = "schema_version";
 
 std::string EncodeVersion(uint32_t version) {
@@ -36,6 +37,8 @@ const char* FamilyName(Family family) {
     case Family::kResults: return "results";
     case Family::kArtifacts: return "artifacts";
     case Family::kWorkers: return "workers";
+    case Family::kLeases: return "leases";
+    case Family::kFailures: return "failures";
   }
   return "unknown";
 }
@@ -218,6 +221,27 @@ StatusOr<std::vector<std::pair<std::string, std::string>>> Store::Scan(
   }
   if (!it->status().ok()) return Status::IOError(path_ + ": scan failed: " + it->status().ToString());
   return rows;
+}
+
+Status Store::ForEach(Family family, const std::string& prefix, const std::string& start_after,
+                      Visitor visit, void* context) const {
+  rocksdb::ReadOptions options;
+  options.fill_cache = false;  // a long range read should not evict the hot records
+  std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(options, Handle(family)));
+  if (start_after.empty() || start_after < prefix) {
+    it->Seek(prefix);
+  } else {
+    it->Seek(start_after);
+    if (it->Valid() && it->key() == rocksdb::Slice(start_after)) it->Next();
+  }
+  for (; it->Valid() && it->key().starts_with(prefix); it->Next()) {
+    if (!visit(context, std::string_view(it->key().data(), it->key().size()),
+               std::string_view(it->value().data(), it->value().size()))) {
+      break;
+    }
+  }
+  if (!it->status().ok()) return Status::IOError(path_ + ": scan failed: " + it->status().ToString());
+  return Status::Ok();
 }
 
 }  // namespace knockout::storage

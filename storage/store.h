@@ -7,6 +7,8 @@
 
 #include <memory>
 #include <string>
+#include <string_view>
+#include <type_traits>
 #include <vector>
 
 #include "common/status.h"
@@ -19,8 +21,11 @@ class WriteBatch;
 
 namespace knockout::storage {
 
-// Column families, in the order of design.md.
-enum class Family { kMeta, kSweeps, kStages, kShards, kPending, kResults, kArtifacts, kWorkers };
+// Column families, in the order of design.md (kLeases and kFailures came later: a store written
+// before them gets them when it is first opened read-write).
+enum class Family {
+  kMeta, kSweeps, kStages, kShards, kPending, kResults, kArtifacts, kWorkers, kLeases, kFailures
+};
 const char* FamilyName(Family family);
 
 class Store {
@@ -68,9 +73,29 @@ class Store {
   // acknowledged only after a synced commit).
   Status Write(const Batch& batch, bool sync);
 
-  // Every (key, value) in `family` whose key starts with `prefix`, in key order.
+  // Every (key, value) in `family` whose key starts with `prefix`, in key order. Holds the
+  // whole range in memory: for small ranges (a sweep's stages, its leases); large ones stream.
   StatusOr<std::vector<std::pair<std::string, std::string>>> Scan(Family family,
                                                                   const std::string& prefix) const;
+
+  // The streaming form of Scan: calls `visit(key, value)` for every key in `family` that starts
+  // with `prefix` and sorts after `start_after` (all of them when it is empty), in key order,
+  // one at a time through a RocksDB iterator (memory stays flat in the range's size), until
+  // `visit` returns false. The views are valid during the call only. Errors: IOError from the
+  // iterator; a non-OK status returned by `visit` (through `*stop`) is the caller's business.
+  using Visitor = bool (*)(void* context, std::string_view key, std::string_view value);
+  Status ForEach(Family family, const std::string& prefix, const std::string& start_after,
+                 Visitor visit, void* context) const;
+  template <typename Fn>  // bool(std::string_view key, std::string_view value)
+  Status ForEach(Family family, const std::string& prefix, const std::string& start_after,
+                 Fn&& fn) const {
+    return ForEach(
+        family, prefix, start_after,
+        [](void* context, std::string_view key, std::string_view value) {
+          return (*static_cast<std::remove_reference_t<Fn>*>(context))(key, value);
+        },
+        &fn);
+  }
 
   const std::string& path() const { return path_; }
   uint32_t schema_version() const { return schema_version_; }
