@@ -47,6 +47,47 @@ std::string Title(const v1::StageRecord& stage, const std::string& what) {
 // ------------------------------------------------------------------------------------------
 // Result tables by stage kind
 
+// The results table's columns: the label columns, then the value keys in order, then "error"
+// when a row carries one.
+std::vector<std::string> ResultColumns(const std::set<std::string>& keys, bool per_prompt,
+                                       bool errors) {
+  std::vector<std::string> columns = {"stage",     "trial",     "unit_kind",   "layer",
+                                      "unit",      "ablation",  "positions",   "direction",
+                                      "coefficient", "role",    "prompt_set"};
+  if (per_prompt) columns.push_back("prompt");
+  columns.insert(columns.end(), keys.begin(), keys.end());
+  if (errors) columns.push_back("error");
+  return columns;
+}
+
+std::vector<Cell> ResultCells(const v1::StageRecord& stage, const v1::ResultRow& row,
+                              const std::map<uint32_t, v1::TrialLabel>& labels,
+                              const std::set<std::string>& keys, bool per_prompt, bool errors) {
+  std::vector<Cell> cells = {Cell::Text(stage.name()), Cell::Integer(row.trial())};
+  const auto label = labels.find(row.trial());
+  if (label != labels.end()) {
+    const v1::TrialLabel& l = label->second;
+    cells.insert(cells.end(), {Cell::Text(l.unit_kind()), Cell::Integer(l.layer()),
+                               Cell::Integer(l.unit()), Cell::Text(l.ablation()),
+                               Cell::Text(l.positions()), Cell::Text(l.direction()),
+                               Cell::Number(l.coefficient()), Cell::Text(l.role())});
+  } else {
+    cells.resize(cells.size() + 8);  // a row whose trial no shard lists: shown unlabelled
+  }
+  cells.push_back(Cell::Text(row.prompt_set()));
+  if (per_prompt) cells.push_back(Cell::Integer(row.prompt()));
+  for (const std::string& key : keys) {
+    const auto value = row.values().find(key);
+    cells.push_back(value == row.values().end() ? Cell::Empty() : Cell::Number(value->second));
+  }
+  if (errors) cells.push_back(Cell::Text(row.error()));
+  return cells;
+}
+
+std::string ResultsTitle(const v1::StageRecord& stage, bool per_prompt) {
+  return Title(stage, per_prompt ? "results per prompt" : "results (means over prompts)");
+}
+
 StatusOr<Table> ResultsTable(const SweepReader& store, const std::string& sweep,
                              const v1::StageRecord& stage, bool per_prompt) {
   KO_ASSIGN_OR_RETURN(auto rows, store.Rows(sweep, stage.index(), !per_prompt));
@@ -58,39 +99,66 @@ StatusOr<Table> ResultsTable(const SweepReader& store, const std::string& sweep,
   for (const v1::ResultRow& row : rows) {
     for (const auto& [key, value] : row.values()) keys.insert(key);
   }
-  Table table;
-  table.name = "results";
-  table.title = Title(stage, per_prompt ? "results per prompt" : "results (means over prompts)");
-  table.columns = {"stage",     "trial",       "unit_kind", "layer", "unit",      "ablation",
-                   "positions", "direction",   "coefficient", "role", "prompt_set"};
-  if (per_prompt) table.columns.push_back("prompt");
-  table.columns.insert(table.columns.end(), keys.begin(), keys.end());
   // Per-prompt rows left out of their aggregate's means (non-finite values) say why.
   const bool errors = std::any_of(rows.begin(), rows.end(),
                                   [](const v1::ResultRow& row) { return !row.error().empty(); });
-  if (errors) table.columns.push_back("error");
+  Table table;
+  table.name = "results";
+  table.title = ResultsTitle(stage, per_prompt);
+  table.columns = ResultColumns(keys, per_prompt, errors);
   for (const v1::ResultRow& row : rows) {
-    std::vector<Cell> cells = {Cell::Text(stage.name()), Cell::Integer(row.trial())};
-    const auto label = labels.find(row.trial());
-    if (label != labels.end()) {
-      const v1::TrialLabel& l = label->second;
-      cells.insert(cells.end(), {Cell::Text(l.unit_kind()), Cell::Integer(l.layer()),
-                                 Cell::Integer(l.unit()), Cell::Text(l.ablation()),
-                                 Cell::Text(l.positions()), Cell::Text(l.direction()),
-                                 Cell::Number(l.coefficient()), Cell::Text(l.role())});
-    } else {
-      cells.resize(cells.size() + 8);  // a row whose trial no shard lists: shown unlabelled
-    }
-    cells.push_back(Cell::Text(row.prompt_set()));
-    if (per_prompt) cells.push_back(Cell::Integer(row.prompt()));
-    for (const std::string& key : keys) {
-      const auto value = row.values().find(key);
-      cells.push_back(value == row.values().end() ? Cell::Empty() : Cell::Number(value->second));
-    }
-    if (errors) cells.push_back(Cell::Text(row.error()));
-    table.rows.push_back(std::move(cells));
+    table.rows.push_back(ResultCells(stage, row, labels, keys, per_prompt, errors));
   }
   return table;
+}
+
+// The results table of one stage written as CSV or JSON lines straight from the reader's row
+// stream, a few thousand rows at a time: memory stays flat in the number of rows (a 10M-row
+// stage). Two passes: the first finds the columns (value keys, errors), the second writes.
+Status StreamResults(const SweepReader& store, const std::string& sweep,
+                     const v1::StageRecord& stage, bool per_prompt,
+                     const std::vector<Filter>& filters, OutputFormat format, std::ostream& out) {
+  std::set<std::string> keys;
+  bool errors = false;
+  KO_RETURN_IF_ERROR(store.ForEachRow(sweep, stage.index(), !per_prompt, [&](v1::ResultRow& row) {
+    if ((row.prompt() >= 0) != per_prompt) return true;
+    for (const auto& [key, value] : row.values()) keys.insert(key);
+    errors = errors || !row.error().empty();
+    return true;
+  }));
+  KO_ASSIGN_OR_RETURN(auto labels, TrialLabels(store, sweep, stage.index()));
+  Table chunk;
+  chunk.name = "results";
+  chunk.title = ResultsTitle(stage, per_prompt);
+  chunk.columns = ResultColumns(keys, per_prompt, errors);
+  {
+    // A filter on a column no table has is an error; one this table lacks prints nothing.
+    std::vector<Table> probe = {chunk};
+    KO_RETURN_IF_ERROR(ApplyFilters(filters, &probe));
+    if (probe.empty()) return Status::Ok();
+  }
+  bool header = true;
+  Status failed;
+  auto flush = [&] {
+    std::vector<Table> one = {std::move(chunk)};
+    failed = ApplyFilters(filters, &one);
+    if (failed.ok() && !one.empty()) RenderRows(one[0], format, header, out);
+    header = false;
+    chunk = Table{one.empty() ? "results" : one[0].name, ResultsTitle(stage, per_prompt),
+                  ResultColumns(keys, per_prompt, errors), {}};
+    return failed.ok();
+  };
+  constexpr size_t kRowsPerChunk = 4096;
+  KO_RETURN_IF_ERROR(store.ForEachRow(sweep, stage.index(), !per_prompt, [&](v1::ResultRow& row) {
+    if ((row.prompt() >= 0) != per_prompt) return true;
+    chunk.rows.push_back(ResultCells(stage, row, labels, keys, per_prompt, errors));
+    return chunk.rows.size() < kRowsPerChunk || flush();
+  }));
+  KO_RETURN_IF_ERROR(failed);
+  flush();
+  KO_RETURN_IF_ERROR(failed);
+  if (!out) return Status::IOError("writing the results failed (disk full or output closed?)");
+  return Status::Ok();
 }
 
 StatusOr<Table> DirectionsTable(const SweepReader& store, const std::string& sweep,
@@ -360,6 +428,13 @@ Status PrintResults(const SweepReader& store, const ResultsQuery& query, std::os
   KO_ASSIGN_OR_RETURN(const auto filters, ParseFilters(query.where));
   KO_ASSIGN_OR_RETURN(const std::string sweep, store.ResolveSweep(query.sweep));
   KO_ASSIGN_OR_RETURN(const auto stages, SelectStages(store, sweep, query.stage));
+  // One stage whose only table is its results, as CSV or JSON lines: streamed (any size).
+  if (query.format != OutputFormat::kTable && stages.size() == 1 &&
+      (stages[0].kind() == "knockout_sweep" || stages[0].kind() == "attribution_screen")) {
+    const Status status = StreamResults(store, sweep, stages[0], query.per_prompt, filters,
+                                        query.format, out);
+    return status.ok() ? status : status.WithContext("stage " + stages[0].name());
+  }
   std::vector<Table> tables;
   for (const v1::StageRecord& stage : stages) {
     const Status status = AppendStageTables(store, sweep, stage, query.per_prompt, &tables);

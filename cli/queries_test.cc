@@ -663,6 +663,57 @@ TEST_F(QueriesTest, CompensationNamesTheTrialWithoutADirectEffect) {
   EXPECT_NE(status.message().find("stage knock"), std::string::npos);
 }
 
+// A stage too large for one chunk of the streamed CSV / JSON lines (4096 rows): every row once,
+// the header once, labels joined from the label index, filters applied across chunks.
+TEST_F(QueriesTest, LargeResultsStreamInChunksWithOneHeader) {
+  v1::SweepRecord other;
+  other.set_id("s3");
+  other.set_name("large");
+  other.set_created_unix_ms(1700000002000ull);
+  ASSERT_TRUE(sweeps_->CreateSweep(other).ok());
+  sweep_ = other;
+  constexpr uint32_t kTrials = 10000;
+  std::vector<std::pair<uint32_t, v1::TrialLabel>> trials;
+  std::vector<v1::ResultRow> rows;
+  for (uint32_t t = 0; t < kTrials; ++t) {
+    trials.emplace_back(t, Label("head", static_cast<int>(t % 7), static_cast<int>(t / 7),
+                                 "zero", "all"));
+    rows.push_back(Row(t, "harmful", -1, {{"te", 0.5 * t}}));
+  }
+  AddStage(0, "big", "knockout_sweep", {trials}, rows, {}, {});
+
+  ResultsQuery query;
+  query.sweep = "large";
+  query.stage = "big";
+  query.format = OutputFormat::kCsv;
+  const auto records = ParseCsv(Results(query));
+  ASSERT_EQ(records.size(), kTrials + 1);
+  const auto& header = records[0];
+  EXPECT_EQ(header[0], "stage");
+  const auto column = [&](const std::string& name) {
+    return static_cast<size_t>(std::find(header.begin(), header.end(), name) - header.begin());
+  };
+  for (uint32_t t = 0; t < kTrials; ++t) {
+    const auto& record = records[t + 1];
+    ASSERT_EQ(record.size(), header.size());
+    EXPECT_EQ(record[column("trial")], std::to_string(t));
+    EXPECT_EQ(record[column("layer")], std::to_string(t % 7));
+    EXPECT_EQ(std::stod(record[column("te")]), 0.5 * t);
+  }
+  query.format = OutputFormat::kJsonl;
+  query.where = {"layer=3"};
+  const auto objects = ParseJsonl(Results(query));
+  size_t expected = 0;
+  for (uint32_t t = 0; t < kTrials; ++t) expected += t % 7 == 3;
+  ASSERT_EQ(objects.size(), expected);
+  for (const Json& object : objects) EXPECT_EQ(object["layer"], 3);
+  // A field no column has is still an error, before anything is written.
+  query.where = {"nope=1"};
+  Status status;
+  EXPECT_EQ(Results(query, &status), "");
+  EXPECT_EQ(status.code(), StatusCode::kInvalidArgument);
+}
+
 TEST_F(QueriesTest, ExportDirectionsWritesAReadableSafetensorsFile) {
   const std::string path = dir_ + "/directions.safetensors";
   const Status status = ExportDirections(*sweeps_, "demo", path);

@@ -131,6 +131,35 @@ StatusOr<std::vector<v1::ResultRow>> RemoteSweepReader::Rows(const std::string& 
   return rows;
 }
 
+Status RemoteSweepReader::ForEachRow(const std::string& sweep, uint32_t stage,
+                                     bool aggregates_only, const RowVisitor& visit) const {
+  v1::QueryResultsRequest request;
+  request.set_sweep(sweep);
+  request.set_what(v1::QueryResultsRequest::ROWS);
+  request.set_stage(stage);
+  request.set_aggregates_only(aggregates_only);
+  bool stopped = false;
+  return Query(request, [&](v1::QueryResultsChunk& chunk) {
+    for (auto& row : *chunk.mutable_rows()) {
+      if (stopped) return;
+      stopped = !visit(row);
+    }
+  });
+}
+
+StatusOr<std::map<uint32_t, v1::TrialLabel>> RemoteSweepReader::TrialLabels(
+    const std::string& sweep, uint32_t stage) const {
+  v1::QueryResultsRequest request;
+  request.set_sweep(sweep);
+  request.set_what(v1::QueryResultsRequest::LABELS);
+  request.set_stage(stage);
+  std::map<uint32_t, v1::TrialLabel> labels;
+  KO_RETURN_IF_ERROR(Query(request, [&](v1::QueryResultsChunk& chunk) {
+    for (auto& trial : *chunk.mutable_labels()) labels[trial.index()] = std::move(*trial.mutable_label());
+  }));
+  return labels;
+}
+
 StatusOr<std::vector<v1::CompletionRecord>> RemoteSweepReader::Completions(
     const std::string& sweep, uint32_t stage) const {
   v1::QueryResultsRequest request;

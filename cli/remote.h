@@ -38,6 +38,11 @@ class RemoteSweepReader : public experiments::SweepReader {
                                             bool aggregates_only) const override;
   StatusOr<std::vector<v1::CompletionRecord>> Completions(const std::string& sweep,
                                                           uint32_t stage) const override;
+  // Streamed: one QueryResults chunk in memory at a time.
+  Status ForEachRow(const std::string& sweep, uint32_t stage, bool aggregates_only,
+                    const RowVisitor& visit) const override;
+  StatusOr<std::map<uint32_t, v1::TrialLabel>> TrialLabels(const std::string& sweep,
+                                                           uint32_t stage) const override;
   StatusOr<std::string> GetArtifact(const std::string& sweep,
                                     const std::string& name) const override;
   StatusOr<std::vector<std::pair<std::string, std::string>>> ListArtifacts(

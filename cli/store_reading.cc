@@ -36,12 +36,7 @@ StatusOr<std::vector<v1::StageRecord>> SelectStages(const SweepReader& store,
 StatusOr<std::map<uint32_t, v1::TrialLabel>> TrialLabels(const SweepReader& store,
                                                          const std::string& sweep,
                                                          uint32_t stage) {
-  KO_ASSIGN_OR_RETURN(auto shards, store.ListShards(sweep, stage));
-  std::map<uint32_t, v1::TrialLabel> labels;
-  for (const v1::ShardRecord& shard : shards) {
-    for (const v1::Trial& trial : shard.shard().trials()) labels[trial.index()] = trial.label();
-  }
-  return labels;
+  return store.TrialLabels(sweep, stage);  // the label index, not every shard
 }
 
 std::string UnitName(const std::string& unit_kind, int layer, int unit) {

@@ -129,11 +129,11 @@ static std::string CsvField(const std::string& text) {
   return out + "\"";
 }
 
-static void RenderCsv(const Table& table, std::ostream& out) {
-  for (size_t i = 0; i < table.columns.size(); ++i) {
+static void RenderCsv(const Table& table, std::ostream& out, bool header = true) {
+  for (size_t i = 0; header && i < table.columns.size(); ++i) {
     out << (i ? "," : "") << CsvField(table.columns[i]);
   }
-  out << "\n";
+  if (header) out << "\n";
   for (const auto& row : table.rows) {
     for (size_t i = 0; i < row.size(); ++i) {
       out << (i ? "," : "") << CsvField(CellText(row[i], /*exact=*/true));
@@ -149,6 +149,20 @@ static void RenderJsonl(const Table& table, std::ostream& out) {
     for (size_t i = 0; i < row.size(); ++i) object[table.columns[i]] = CellJson(row[i]);
     // Replace, not throw, on invalid UTF-8 in stored text (a completion cut mid-character).
     out << object.dump(-1, ' ', false, Json::error_handler_t::replace) << "\n";
+  }
+}
+
+void RenderRows(const Table& table, OutputFormat format, bool header, std::ostream& out) {
+  switch (format) {
+    case OutputFormat::kTable:
+      RenderAligned(table, out, "");
+      break;
+    case OutputFormat::kCsv:
+      RenderCsv(table, out, header);
+      break;
+    case OutputFormat::kJsonl:
+      RenderJsonl(table, out);
+      break;
   }
 }
 

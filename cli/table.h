@@ -71,6 +71,10 @@ void RenderAligned(const Table& table, std::ostream& out, const std::string& ind
 
 void RenderTables(const std::vector<Table>& tables, OutputFormat format, std::ostream& out);
 
+// CSV (with the header line when `header`) or JSON lines of one table's rows: how a table
+// streamed in chunks is written (kTable renders aligned, header and all, as RenderTables does).
+void RenderRows(const Table& table, OutputFormat format, bool header, std::ostream& out);
+
 // --where filters: FIELD=VALUE; numbers compare numerically (relative 1e-9), position selectors
 // in their canonical spelling, anything else as its exact text.
 struct Filter {

@@ -214,12 +214,20 @@ struct Server::Impl : public v1::Coordinator::CallbackService {
     }
     if (!admitted.ok()) {
       stream->Finish(rpc::ToGrpc(admitted));
+    } else if (open_streams.fetch_add(1) >= options.max_streams) {
+      open_streams.fetch_sub(1);
+      stream->Finish(grpc::Status(
+          grpc::StatusCode::RESOURCE_EXHAUSTED,
+          "the coordinator has " + std::to_string(options.max_streams) +
+              " WatchSweep/QueryResults streams open (--max-streams); retry when one ends"));
     } else if (SpawnHelper([this, stream] {
                  stream->Run();  // ends with Finish; the stream may be gone after it
+                 open_streams.fetch_sub(1);
                  EndCall();
                })) {
       return;
     } else {
+      open_streams.fetch_sub(1);
       stream->Finish(ShuttingDown());
     }
     EndCall();
@@ -365,6 +373,7 @@ struct Server::Impl : public v1::Coordinator::CallbackService {
   bool accepting ABSL_GUARDED_BY(calls_mu) = true;
 
   std::atomic<bool> stopping{false};
+  std::atomic<uint32_t> open_streams{0};  // WatchSweep and QueryResults streams running
   absl::Mutex helpers_mu;
   std::list<Helper> helpers ABSL_GUARDED_BY(helpers_mu);
 

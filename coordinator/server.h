@@ -36,6 +36,9 @@ struct ServerOptions {
   // requires TLS. "" none; port 0 picks a free one (health_port()).
   std::string health_listen;
   int max_message_bytes = 64 << 20;
+  // WatchSweep and QueryResults streams open at once (each has a helper thread and a store
+  // iterator); one more is refused with RESOURCE_EXHAUSTED until one ends.
+  uint32_t max_streams = 64;
   uint32_t expire_interval_ms = 250;      // how often leases are checked for expiry
   SchedulerOptions scheduler;
   const Clock* clock = nullptr;           // nullptr: the system clock

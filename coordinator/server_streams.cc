@@ -38,12 +38,43 @@ grpc::Status QueryStream::Stream() {
   if (!sweep.ok()) return rpc::ToGrpc(sweep.status());
   const uint32_t stage = request_.stage();
   switch (request_.what()) {
-    case v1::QueryResultsRequest::ROWS:
-      return SendAll(sweeps_->Rows(*sweep, stage, request_.aggregates_only()),
-                     [](v1::QueryResultsChunk* c) { return c->mutable_rows(); });
-    case v1::QueryResultsRequest::SHARDS:
-      return SendAll(sweeps_->ListShards(*sweep, stage),
-                     [](v1::QueryResultsChunk* c) { return c->mutable_shards(); });
+    case v1::QueryResultsRequest::ROWS: {
+      // Straight from the store's iterator: a 10M-row stage never sits in memory.
+      bool broke = false;
+      Status read = sweeps_->ForEachRow(*sweep, stage, request_.aggregates_only(),
+                                        [&](v1::ResultRow& row) {
+                                          broke = !Add(row, [](v1::QueryResultsChunk* c) {
+                                            return c->mutable_rows();
+                                          });
+                                          return !broke;
+                                        });
+      if (broke) return StopStatus();
+      if (!read.ok()) return rpc::ToGrpc(read);
+      return Flush();
+    }
+    case v1::QueryResultsRequest::SHARDS: {
+      bool broke = false;
+      Status read = sweeps_->ForEachShard(*sweep, stage, [&](v1::ShardRecord& shard) {
+        broke = !Add(shard, [](v1::QueryResultsChunk* c) { return c->mutable_shards(); });
+        return !broke;
+      });
+      if (broke) return StopStatus();
+      if (!read.ok()) return rpc::ToGrpc(read);
+      return Flush();
+    }
+    case v1::QueryResultsRequest::LABELS: {
+      auto labels = sweeps_->TrialLabels(*sweep, stage);
+      if (!labels.ok()) return rpc::ToGrpc(labels.status());
+      for (auto& [index, label] : *labels) {
+        v1::Trial trial;
+        trial.set_index(index);
+        *trial.mutable_label() = std::move(label);
+        if (!Add(trial, [](v1::QueryResultsChunk* c) { return c->mutable_labels(); })) {
+          return StopStatus();
+        }
+      }
+      return Flush();
+    }
     case v1::QueryResultsRequest::COMPLETIONS:
       return SendAll(sweeps_->Completions(*sweep, stage),
                      [](v1::QueryResultsChunk* c) { return c->mutable_completions(); });
@@ -69,6 +100,27 @@ grpc::Status QueryStream::Stream() {
                           "QueryResults: `what` must be ROWS, SHARDS, COMPLETIONS, ARTIFACTS "
                           "or PARTIAL_SUMS");
   }
+}
+
+template <typename Item, typename Field>
+bool QueryStream::Add(Item& item, Field field) {
+  const size_t size = item.ByteSizeLong();
+  if (count_ > 0 && (count_ >= kChunkItems || bytes_ + size > chunk_bytes_)) {
+    if (Stopped() || !Send(chunk_)) return false;
+    chunk_.Clear();
+    count_ = bytes_ = 0;
+  }
+  *field(&chunk_)->Add() = std::move(item);
+  ++count_;
+  bytes_ += size;
+  return true;
+}
+
+grpc::Status QueryStream::Flush() {
+  if (count_ > 0 && (Stopped() || !Send(chunk_))) return StopStatus();
+  chunk_.Clear();
+  count_ = bytes_ = 0;
+  return grpc::Status::OK;
 }
 
 // Streams the items in chunks of at most kChunkItems items or about chunk_bytes_ bytes (one

@@ -144,6 +144,13 @@ class QueryStream : public HelperStream<v1::QueryResultsChunk> {
   // item larger than that travels alone).
   template <typename Item, typename Field>
   grpc::Status SendAll(StatusOr<std::vector<Item>> items, Field field);
+  // The same, one item at a time as a store iterator yields it (memory: one chunk): Add moves
+  // `item` into the chunk and sends the chunk first when it is full (false: the stream broke);
+  // Flush sends what is left.
+  template <typename Item, typename Field>
+  bool Add(Item& item, Field field);
+  grpc::Status Flush();
+  size_t count_ = 0, bytes_ = 0;  // in chunk_
 
   const experiments::SweepStore* sweeps_;
   const v1::QueryResultsRequest request_;

@@ -5,6 +5,8 @@
 // Thread-safety: implementations are safe to call from several threads.
 #pragma once
 
+#include <functional>
+#include <map>
 #include <string>
 #include <utility>
 #include <vector>
@@ -29,6 +31,29 @@ class SweepReader {
   // Result rows of a stage in key order; `aggregates_only` skips per-prompt rows.
   virtual StatusOr<std::vector<v1::ResultRow>> Rows(const std::string& sweep, uint32_t stage,
                                                     bool aggregates_only) const = 0;
+  // The streaming form of Rows: `visit` gets each row in key order (it may move from it) until
+  // it returns false, with memory flat in the number of rows where the reader streams (the
+  // store, the coordinator's QueryResults); this default reads Rows() whole.
+  using RowVisitor = std::function<bool(v1::ResultRow& row)>;
+  virtual Status ForEachRow(const std::string& sweep, uint32_t stage, bool aggregates_only,
+                            const RowVisitor& visit) const {
+    KO_ASSIGN_OR_RETURN(auto rows, Rows(sweep, stage, aggregates_only));
+    for (v1::ResultRow& row : rows) {
+      if (!visit(row)) break;
+    }
+    return Status::Ok();
+  }
+  // Each trial's label (unit, ablation, positions, ...), by trial index. This default reads
+  // every shard of the stage; the store reads its label index instead (sweep_store.h).
+  virtual StatusOr<std::map<uint32_t, v1::TrialLabel>> TrialLabels(const std::string& sweep,
+                                                                   uint32_t stage) const {
+    KO_ASSIGN_OR_RETURN(auto shards, ListShards(sweep, stage));
+    std::map<uint32_t, v1::TrialLabel> labels;
+    for (const v1::ShardRecord& shard : shards) {
+      for (const v1::Trial& trial : shard.shard().trials()) labels[trial.index()] = trial.label();
+    }
+    return labels;
+  }
   virtual StatusOr<std::vector<v1::CompletionRecord>> Completions(const std::string& sweep,
                                                                   uint32_t stage) const = 0;
   // NotFound naming the artifact.

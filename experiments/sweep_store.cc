@@ -24,6 +24,7 @@ constexpr uint32_t kRowKind = 0;
 constexpr uint32_t kPartialSumKind = 1;
 constexpr uint32_t kCompletionKind = 2;
 constexpr uint32_t kRankingKind = 3;
+constexpr uint32_t kLabelKind = 4;
 
 // Keys carry binary lengths and integers: printable bytes are kept so that ids and names stay
 // readable in error messages, the rest are shown as \xNN.
@@ -190,6 +191,18 @@ Status PutShardIndexes(const v1::ShardRecord& record, const std::string& key, St
     *failure.mutable_errors() = record.errors();
     KO_ASSIGN_OR_RETURN(std::string value, Serialize(failure));
     batch->Put(Family::kFailures, key, value);
+  }
+  return Status::Ok();
+}
+
+// The label index entries of a shard's trials (a trial split across shards by prompts is
+// written once per shard, with the same label).
+Status PutLabels(const v1::Shard& shard, Store::Batch* batch) {
+  for (const v1::Trial& trial : shard.trials()) {
+    std::string key = ResultsPrefix(shard.sweep_id(), shard.stage(), kLabelKind);
+    AppendUint32(&key, trial.index());
+    KO_ASSIGN_OR_RETURN(std::string value, Serialize(trial.label()));
+    batch->Put(Family::kResults, key, value);
   }
   return Status::Ok();
 }
@@ -424,6 +437,7 @@ Status SweepStore::ExpandStage(const v1::SweepRecord& updated_sweep, const v1::S
     const std::string key = ShardKey(sweep, stage.index(), shard.index());
     batch.Put(Family::kShards, key, value);
     batch.Put(Family::kPending, key, "");
+    KO_RETURN_IF_ERROR(PutLabels(shard, &batch));
   }
   KO_ASSIGN_OR_RETURN(std::string sweep_value, Serialize(updated_sweep));
   batch.Put(Family::kSweeps, SweepKey(sweep), sweep_value);
@@ -462,6 +476,7 @@ Status SweepStore::ExtendStage(const v1::SweepRecord& sweep_record, const v1::St
     keys.push_back(ShardKey(sweep, stage.index(), shard.index()));
     batch.Put(Family::kShards, keys.back(), value);
     batch.Put(Family::kPending, keys.back(), "");
+    KO_RETURN_IF_ERROR(PutLabels(shard, &batch));
   }
   std::lock_guard<std::mutex> commit_lock(commit_mu_);
   std::lock_guard<std::mutex> lock(mu_);
@@ -754,6 +769,70 @@ StatusOr<std::vector<v1::ResultRow>> SweepStore::Rows(const std::string& sweep, 
       ResultsPrefix(sweep, stage, kRowKind), [aggregates_only](const std::string& key) {
         return !aggregates_only || TrailingUint32(key) == 0;
       });
+}
+
+Status SweepStore::ForEachRow(const std::string& sweep, uint32_t stage, bool aggregates_only,
+                              const RowVisitor& visit) const {
+  Status failed;
+  const std::string label = StageLabel(sweep, stage) + " rows";
+  KO_RETURN_IF_ERROR(store_->ForEach(
+      Family::kResults, ResultsPrefix(sweep, stage, kRowKind), "",
+      [&](std::string_view key, std::string_view value) {
+        if (aggregates_only && TrailingUint32(std::string(key)) != 0) return true;
+        v1::ResultRow row;
+        if (!row.ParseFromArray(value.data(), static_cast<int>(value.size()))) {
+          failed = Status::Corruption(KeyName(Family::kResults, label, std::string(key)) +
+                                      ": value (" + std::to_string(value.size()) +
+                                      " bytes) does not parse as " + row.GetTypeName());
+          return false;
+        }
+        return visit(row);
+      }));
+  return failed;
+}
+
+StatusOr<std::map<uint32_t, v1::TrialLabel>> SweepStore::TrialLabels(const std::string& sweep,
+                                                                     uint32_t stage) const {
+  std::map<uint32_t, v1::TrialLabel> labels;
+  Status failed;
+  const std::string label = StageLabel(sweep, stage) + " labels";
+  KO_RETURN_IF_ERROR(store_->ForEach(
+      Family::kResults, ResultsPrefix(sweep, stage, kLabelKind), "",
+      [&](std::string_view key, std::string_view value) {
+        v1::TrialLabel& trial = labels[TrailingUint32(std::string(key))];
+        if (!trial.ParseFromArray(value.data(), static_cast<int>(value.size()))) {
+          failed = Status::Corruption(KeyName(Family::kResults, label, std::string(key)) +
+                                      ": value does not parse as " + trial.GetTypeName());
+          return false;
+        }
+        return true;
+      }));
+  KO_RETURN_IF_ERROR(failed);
+  if (!labels.empty()) return labels;
+  // A stage expanded before the label index: its shards, one at a time.
+  KO_RETURN_IF_ERROR(ForEachShard(sweep, stage, [&](v1::ShardRecord& shard) {
+    for (const v1::Trial& trial : shard.shard().trials()) labels[trial.index()] = trial.label();
+    return true;
+  }));
+  return labels;
+}
+
+Status SweepStore::ForEachShard(const std::string& sweep, uint32_t stage,
+                                const std::function<bool(v1::ShardRecord& shard)>& visit) const {
+  Status failed;
+  const std::string label = StageLabel(sweep, stage);
+  KO_RETURN_IF_ERROR(store_->ForEach(
+      Family::kShards, StageKey(sweep, stage), "",
+      [&](std::string_view key, std::string_view value) {
+        v1::ShardRecord shard;
+        if (!shard.ParseFromArray(value.data(), static_cast<int>(value.size()))) {
+          failed = Status::Corruption(KeyName(Family::kShards, label, std::string(key)) +
+                                      ": value does not parse as " + shard.GetTypeName());
+          return false;
+        }
+        return visit(shard);
+      }));
+  return failed;
 }
 
 StatusOr<std::vector<v1::PartialSum>> SweepStore::PartialSums(const std::string& sweep,

@@ -12,6 +12,8 @@
 //              sweep, stage(u32), 1(u32), shard(u32), n(u32) -> PartialSum
 //              sweep, stage(u32), 2(u32), condition, set, prompt(u32) -> CompletionRecord
 //              sweep, stage(u32), 3(u32), shard(u32), n(u32) -> NeuronRanking (RANK shards)
+//              sweep, stage(u32), 4(u32), trial(u32)        -> TrialLabel (written with the
+//                                                              shards: tables read no shard)
 //   artifacts: sweep, name (raw bytes, not length-prefixed: it is the last component, so a
 //              prefix scan lists names in name order)   -> bytes (a serialised artifact)
 //   workers:   worker id (raw bytes)                        -> WorkerRecord (coordinator.proto)
@@ -162,6 +164,16 @@ class SweepStore : public SweepReader {
   // first). `aggregates_only` skips per-prompt rows.
   StatusOr<std::vector<v1::ResultRow>> Rows(const std::string& sweep, uint32_t stage,
                                             bool aggregates_only) const override;
+  // Streams through a RocksDB iterator: memory stays flat in the number of rows.
+  Status ForEachRow(const std::string& sweep, uint32_t stage, bool aggregates_only,
+                    const RowVisitor& visit) const override;
+  // From the label index; a stage expanded before it existed falls back to its shards (read
+  // one at a time).
+  StatusOr<std::map<uint32_t, v1::TrialLabel>> TrialLabels(const std::string& sweep,
+                                                           uint32_t stage) const override;
+  // Every shard record of a stage in index order, one at a time, until `visit` returns false.
+  Status ForEachShard(const std::string& sweep, uint32_t stage,
+                      const std::function<bool(v1::ShardRecord& shard)>& visit) const;
   StatusOr<std::vector<v1::PartialSum>> PartialSums(const std::string& sweep,
                                                     uint32_t stage) const;
   StatusOr<std::vector<v1::CompletionRecord>> Completions(const std::string& sweep,

@@ -13,7 +13,8 @@
 namespace knockout {
 
 constexpr uint32_t kProtocolMajor = 1;
-constexpr uint32_t kProtocolMinor = 2;  // 1: ReleaseShardRequest.code; 2: SCREEN shards
+constexpr uint32_t kProtocolMinor = 3;  // 1: ReleaseShardRequest.code; 2: SCREEN shards;
+                                         // 3: QueryResults LABELS
 
 // The PartialSum names a SCREEN shard reports (ShardResult.sums, layer -1; the worker writes
 // them, the finaliser reduces them in float64): per prompt set, "screen/score" and

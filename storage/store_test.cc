@@ -82,6 +82,36 @@ TEST(StoreTest, BatchesAreAtomicPutsAndDeletes) {
   EXPECT_EQ(*(*store)->Get(Family::kShards, "a"), "leased");
 }
 
+TEST(StoreTest, ForEachStreamsAPrefixFromAKeyAndStopsWhenAsked) {
+  auto store = Store::Open(FreshDir("foreach"));
+  ASSERT_TRUE(store.ok());
+  Store::Batch batch;
+  for (const char* key : {"a1", "b1", "b2", "b3", "b4", "c1"}) {
+    batch.Put(Family::kResults, key, std::string("v") + key);
+  }
+  ASSERT_TRUE((*store)->Write(batch, false).ok());
+  auto collect = [&](const std::string& prefix, const std::string& after, size_t stop_at) {
+    std::vector<std::string> seen;
+    const Status status = (*store)->ForEach(
+        Family::kResults, prefix, after, [&](std::string_view key, std::string_view value) {
+          EXPECT_EQ(value, "v" + std::string(key));
+          seen.emplace_back(key);
+          return seen.size() < stop_at;
+        });
+    EXPECT_TRUE(status.ok()) << status.ToString();
+    return seen;
+  };
+  using Keys = std::vector<std::string>;
+  EXPECT_EQ(collect("b", "", 100), (Keys{"b1", "b2", "b3", "b4"}));
+  EXPECT_EQ(collect("b", "b2", 100), (Keys{"b3", "b4"}));       // strictly after
+  EXPECT_EQ(collect("b", "b25", 100), (Keys{"b3", "b4"}));      // between two keys
+  EXPECT_EQ(collect("b", "a9", 100), (Keys{"b1", "b2", "b3", "b4"}));  // before the prefix
+  EXPECT_EQ(collect("b", "b4", 100), Keys{});
+  EXPECT_EQ(collect("b", "", 2), (Keys{"b1", "b2"}));            // stopped by the visitor
+  EXPECT_EQ(collect("", "", 100).size(), 6u);
+  EXPECT_EQ(collect("d", "", 100), Keys{});
+}
+
 TEST(StoreTest, ReadOnlyOpensBesideAWriterAndRefusesWrites) {
   const std::string dir = FreshDir("read_only");
   EXPECT_EQ(Store::OpenReadOnly(dir).status().code(), StatusCode::kNotFound);
