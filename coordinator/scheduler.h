@@ -82,10 +82,11 @@ struct SchedulerCounters {
 
 class Scheduler {
  public:
-  // Opens the scheduler over `store` (which must outlive it): reads every sweep, re-runs
-  // Advance for RUNNING sweeps (a finaliser interrupted by a crash runs again), and rebuilds the
-  // in-memory pending queues and lease table from the shard records. Leases keep their stored
-  // deadlines. Errors: those of the store (Corruption naming the key, IOError).
+  // Opens the scheduler over `store` (which must outlive it): builds the lease and failure
+  // indexes of a store written before them (once), reads every sweep, re-runs Advance for
+  // RUNNING sweeps (a finaliser interrupted by a crash runs again), and rebuilds the in-memory
+  // pending queues (from the pending keys) and lease table (from the lease records). Leases keep
+  // their stored deadlines. Errors: those of the store (Corruption naming the key, IOError).
   static StatusOr<std::unique_ptr<Scheduler>> Open(experiments::SweepStore* store,
                                                    const Clock* clock,
                                                    SchedulerOptions options = {});
@@ -107,7 +108,9 @@ class Scheduler {
   StatusOr<v1::SubmitSweepResponse> Submit(const v1::SubmitSweepRequest& request)
       ABSL_LOCKS_EXCLUDED(commit_mu_, mu_);
 
-  // Progress of one sweep (`sweep`: id or name). NotFound lists the sweeps that exist.
+  // Progress of one sweep (`sweep`: id or name), O(stages + leases + failures): counts from the
+  // stage records, the lease records and the failure index. NotFound lists the sweeps that
+  // exist.
   StatusOr<v1::SweepProgress> Progress(const std::string& sweep) const ABSL_LOCKS_EXCLUDED(mu_);
   StatusOr<std::vector<v1::SweepProgress>> List() const ABSL_LOCKS_EXCLUDED(mu_);
 
@@ -126,8 +129,9 @@ class Scheduler {
   StatusOr<v1::LeaseShardsResponse> Lease(const v1::LeaseShardsRequest& request)
       ABSL_LOCKS_EXCLUDED(mu_);
 
-  // Per lease: keep (the worker still holds it: deadline extended, written in one unsynced
-  // batch with the worker's last_seen) or drop with a reason: "sweep cancelled", "sweep
+  // Per lease: keep (the worker still holds it: deadline extended in its lease record, written
+  // in one unsynced batch with the worker's last_seen; the shard record is not rewritten; a
+  // shard whose result is being committed is kept without extension) or drop with a reason: "sweep cancelled", "sweep
   // failed", "shard already done", "lease expired; shard re-leased to W", "lease expired",
   // "sweep not found", "shard not found". InvalidArgument for an empty worker id.
   StatusOr<v1::HeartbeatResponse> Heartbeat(const v1::HeartbeatRequest& request)
