@@ -1052,7 +1052,7 @@ StatusOr<v1::HeartbeatResponse> Scheduler::Heartbeat(const v1::HeartbeatRequest&
 }
 
 std::vector<StatusOr<v1::ReportResultsResponse>> Scheduler::Report(
-    const std::vector<const v1::ReportResultsRequest*>& requests) {
+    const std::vector<const v1::ReportResultsRequest*>& requests, bool sync) {
   std::vector<StatusOr<v1::ReportResultsResponse>> out(
       requests.size(), Status::Internal("report not processed"));
   if (requests.empty()) return out;
@@ -1079,9 +1079,9 @@ std::vector<StatusOr<v1::ReportResultsResponse>> Scheduler::Report(
       action == fault::Action::kError) {
     written = Status::Unavailable("fault injected at scheduler.before_commit");
   } else {
-    written = store_->CommitShards(batch.commits, &duplicate, worker_records);
+    written = store_->CommitShards(batch.commits, &duplicate, worker_records, sync);
   }
-  if (written.ok()) {
+  if (written.ok() && sync) {
     (void)KO_FAULT_POINT("scheduler.after_commit");  // kCrash: acknowledged to nobody, durable
   }
   mu_.Lock();
@@ -1096,6 +1096,12 @@ std::vector<StatusOr<v1::ReportResultsResponse>> Scheduler::Report(
   state.MergeReportWorkers(&batch, rewrite);
   state.AdvanceCommitted(state.ApplyReports(batch, duplicate, &out));
   return out;
+}
+
+Status Scheduler::SyncCommits() {
+  KO_RETURN_IF_ERROR(store_->Sync());
+  (void)KO_FAULT_POINT("scheduler.after_commit");  // kCrash: acknowledged to nobody, durable
+  return Status::Ok();
 }
 
 Status Scheduler::Release(const v1::ReleaseShardRequest& request) {

@@ -145,9 +145,20 @@ class Scheduler {
   // or late (committed though the lease was no longer the worker's current one). If the write
   // fails, every accepted report gets its error. Fault points "scheduler.before_commit" and
   // "scheduler.after_commit" surround the synced write (kError before it: Unavailable).
+  //
+  // `sync` false (the server's pipelined group commit): the batch is written and applied but
+  // not yet durable, and the fault point "scheduler.after_commit" is not hit here: the caller
+  // must call SyncCommits() and see it succeed before it answers any of these reports (the next
+  // Report may run meanwhile; a later sync covers every earlier write).
   std::vector<StatusOr<v1::ReportResultsResponse>> Report(
-      const std::vector<const v1::ReportResultsRequest*>& requests)
+      const std::vector<const v1::ReportResultsRequest*>& requests, bool sync = true)
       ABSL_LOCKS_EXCLUDED(commit_mu_, mu_);
+
+  // Makes every commit so far durable (after Report with sync = false), then hits the fault
+  // point "scheduler.after_commit". IOError if the log cannot be synced: the reports must then
+  // be answered with that error (their results may be readable, and are acknowledged as
+  // duplicates only once a later sync succeeds).
+  Status SyncCommits();
 
   // Gives a lease back (see coordinator.proto). A lease the worker does not hold (expired,
   // re-leased, done) is OK and changes nothing. A counted failure that uses up max_attempts, or

@@ -164,7 +164,8 @@ struct Server::Impl : public v1::Coordinator::CallbackService {
   }
 
   // Group commit: the handler only queues the report; the committer thread writes everything
-  // queued as one synced batch and then finishes each call.
+  // queued as one batch, and the syncer thread makes it durable and then finishes each call.
+  // The two overlap: the next group is accepted, encoded and written while this one syncs.
   ServerUnaryReactor* ReportResults(CallbackServerContext* context,
                                     const v1::ReportResultsRequest* request,
                                     v1::ReportResultsResponse* response) override {
@@ -297,13 +298,39 @@ struct Server::Impl : public v1::Coordinator::CallbackService {
       std::vector<const v1::ReportResultsRequest*> requests;
       requests.reserve(batch.size());
       for (const PendingReport& report : batch) requests.push_back(report.request);
-      std::vector<StatusOr<v1::ReportResultsResponse>> results = scheduler->Report(requests);
-      for (size_t i = 0; i < batch.size(); ++i) {
-        batch[i].reactor->Finish(Answer(i < results.size() ? &results[i] : nullptr,
-                                        batch[i].response));
-        EndCall();
+      std::vector<StatusOr<v1::ReportResultsResponse>> results =
+          scheduler->Report(requests, /*sync=*/false);
+      {
+        absl::MutexLock lock(&sync_mu);
+        to_sync.push_back(Written{std::move(batch), std::move(results)});
+        sync_cv.Signal();
       }
       batch.clear();
+    }
+  }
+
+  // Syncs what the committer wrote, every group written since the last sync at once, then
+  // answers those reports: none is acknowledged before its commit is durable.
+  void SyncLoop() ABSL_LOCKS_EXCLUDED(sync_mu) {
+    std::vector<Written> groups;
+    while (true) {
+      {
+        absl::MutexLock lock(&sync_mu);
+        while (!syncer_stop && to_sync.empty()) sync_cv.Wait(&sync_mu);
+        if (to_sync.empty()) return;  // stopping, and everything written has been answered
+        groups.swap(to_sync);
+      }
+      const Status synced = scheduler->SyncCommits();
+      for (Written& group : groups) {
+        for (size_t i = 0; i < group.batch.size(); ++i) {
+          StatusOr<v1::ReportResultsResponse>* result =
+              i < group.results.size() ? &group.results[i] : nullptr;
+          if (result != nullptr && result->ok() && !synced.ok()) *result = synced;
+          group.batch[i].reactor->Finish(Answer(result, group.batch[i].response));
+          EndCall();
+        }
+      }
+      groups.clear();
     }
   }
 
@@ -341,6 +368,10 @@ struct Server::Impl : public v1::Coordinator::CallbackService {
     ServerUnaryReactor* reactor;
     const v1::ReportResultsRequest* request;
     v1::ReportResultsResponse* response;
+  };
+  struct Written {  // a group the committer wrote, waiting for the syncer
+    std::vector<PendingReport> batch;
+    std::vector<StatusOr<v1::ReportResultsResponse>> results;
   };
   struct Helper {
     std::thread thread;
@@ -382,6 +413,11 @@ struct Server::Impl : public v1::Coordinator::CallbackService {
   std::vector<PendingReport> reports ABSL_GUARDED_BY(report_mu);
   bool committer_stop ABSL_GUARDED_BY(report_mu) = false;
   std::thread committer;
+  absl::Mutex sync_mu;
+  absl::CondVar sync_cv;  // signalled when to_sync or syncer_stop changes
+  std::vector<Written> to_sync ABSL_GUARDED_BY(sync_mu);
+  bool syncer_stop ABSL_GUARDED_BY(sync_mu) = false;
+  std::thread syncer;
 
   boost::asio::io_context io;
   std::unique_ptr<boost::asio::steady_timer> expiry_timer;
@@ -391,7 +427,7 @@ struct Server::Impl : public v1::Coordinator::CallbackService {
   std::unique_ptr<prometheus::Exposer> exposer;
 
   // Held for the whole shutdown, so a second caller waits for it; taken before the others.
-  absl::Mutex shutdown_mu ABSL_ACQUIRED_BEFORE(calls_mu, helpers_mu, report_mu);
+  absl::Mutex shutdown_mu ABSL_ACQUIRED_BEFORE(calls_mu, helpers_mu, report_mu, sync_mu);
   absl::CondVar shutdown_cv;
   bool shut_down ABSL_GUARDED_BY(shutdown_mu) = false;
 };
@@ -490,6 +526,7 @@ Status Server::Impl::Start() {
   }
 
   committer = std::thread([this] { CommitLoop(); });
+  syncer = std::thread([this] { SyncLoop(); });
   if (options.expire_interval_ms > 0) {
     expiry_timer = std::make_unique<boost::asio::steady_timer>(io);
     ScheduleExpiry();
@@ -528,6 +565,12 @@ void Server::Impl::Shutdown(uint32_t grace_ms) {
     report_cv.SignalAll();
   }
   if (committer.joinable()) committer.join();
+  {
+    absl::MutexLock lock(&sync_mu);
+    syncer_stop = true;
+    sync_cv.SignalAll();
+  }
+  if (syncer.joinable()) syncer.join();
   io.stop();
   if (timer_thread.joinable()) timer_thread.join();
   expiry_timer.reset();

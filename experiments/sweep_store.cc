@@ -612,7 +612,7 @@ StatusOr<std::vector<EncodedPut>> EncodeResult(const v1::ShardResult& result) {
 // across processes it must serialise commits per stage itself.
 Status SweepStore::CommitShards(const std::vector<ShardCommit>& commits,
                                 std::vector<bool>* duplicate,
-                                const std::vector<v1::WorkerRecord>& workers) {
+                                const std::vector<v1::WorkerRecord>& workers, bool sync) {
   if (duplicate != nullptr) duplicate->assign(commits.size(), false);
   std::vector<std::vector<EncodedPut>> encoded;
   encoded.reserve(commits.size());
@@ -687,7 +687,7 @@ Status SweepStore::CommitShards(const std::vector<ShardCommit>& commits,
     // not yet durable (Store::Write syncs after writing, and that sync may have failed). An
     // empty synced write syncs the log up to here, so a duplicate is acknowledged only once the
     // first commit is durable.
-    if (commits.empty()) return Status::Ok();
+    if (commits.empty() || !sync) return Status::Ok();  // unsynced: the caller syncs
     lock.unlock();
     return store_->Write(Store::Batch(), /*sync=*/true);
   }
@@ -696,7 +696,7 @@ Status SweepStore::CommitShards(const std::vector<ShardCommit>& commits,
     if (shard.state() == v1::DONE && in_flight_.insert(key).second) marked.push_back(key);
   }
   lock.unlock();
-  const Status written = store_->Write(batch, /*sync=*/true);
+  const Status written = store_->Write(batch, sync);
   lock.lock();
   for (const std::string& key : marked) in_flight_.erase(key);
   lock.unlock();

@@ -121,8 +121,12 @@ class SweepStore : public SweepReader {
   // nothing of it is written. Several shards of one stage advance shards_done by their number.
   // NotFound if a shard does not exist, InvalidArgument for a malformed row (prompt < -1) or a
   // commit without a result; nothing at all is written then.
+  // `sync` false: written but not yet durable; the caller calls Sync() before it acknowledges
+  // anything (a pipelined group commit: the next group is written while this one syncs).
   Status CommitShards(const std::vector<ShardCommit>& commits, std::vector<bool>* duplicate,
-                      const std::vector<v1::WorkerRecord>& workers = {});
+                      const std::vector<v1::WorkerRecord>& workers = {}, bool sync = true);
+  // Makes every write so far durable (storage::Store::Sync).
+  Status Sync() { return store_->Sync(); }
   // Records a failed attempt (state FAILED, the error kept) without touching results; the
   // pending key stays (the shard may be retried). A shard already DONE is left as it is (OK).
   // NotFound if the shard does not exist.

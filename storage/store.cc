@@ -212,6 +212,12 @@ Status Store::Write(const Batch& batch, bool sync) {
   return Status::Ok();
 }
 
+Status Store::Sync() {
+  rocksdb::Status s = db_->SyncWAL();
+  if (!s.ok()) return Status::IOError(path_ + ": syncing the write-ahead log failed: " + s.ToString());
+  return Status::Ok();
+}
+
 StatusOr<std::vector<std::pair<std::string, std::string>>> Store::Scan(
     Family family, const std::string& prefix) const {
   std::vector<std::pair<std::string, std::string>> rows;

@@ -73,6 +73,10 @@ class Store {
   // acknowledged only after a synced commit).
   Status Write(const Batch& batch, bool sync);
 
+  // Makes every write so far durable (the write-ahead log synced): what a group of unsynced
+  // writes needs before it is acknowledged. IOError naming the path.
+  Status Sync();
+
   // Every (key, value) in `family` whose key starts with `prefix`, in key order. Holds the
   // whole range in memory: for small ranges (a sweep's stages, its leases); large ones stream.
   StatusOr<std::vector<std::pair<std::string, std::string>>> Scan(Family family,
