@@ -61,6 +61,10 @@ int main(int argc, char** argv) {
   app.add_option("--max-message-mb", max_message_mb, "Largest gRPC message accepted, in MiB")
       ->check(CLI::Range(1, 2047))
       ->capture_default_str();
+  app.add_option("--checkpoint-root", options.scheduler.checkpoint_root,
+                 "Where orthogonalize stages without output: write (ROOT/SWEEP/STAGE), on storage "
+                 "the workers share (default: STORE/checkpoints, only right when the workers see "
+                 "the store's directory)");
   app.add_option("--max-streams", options.max_streams,
                  "WatchSweep/QueryResults streams open at once; more are refused until one ends")
       ->check(CLI::Range(1, 4096))

@@ -152,6 +152,7 @@ struct Scheduler::State {
     if (it != engines.end()) return it->second.get();
     KO_ASSIGN_OR_RETURN(experiments::ModelShape shape, experiments::SpecModelShape(record.spec()));
     auto engine = std::make_unique<SweepEngine>(store, shape);
+    engine->set_checkpoint_root(options.checkpoint_root);
     SweepEngine* raw = engine.get();
     engines.emplace(record.id(), std::move(engine));
     return raw;
@@ -269,7 +270,7 @@ struct Scheduler::State {
       if (!needed) return LoadSweep(id);
       return FailSweep(id, "cannot advance to the next stage: " + engine.status().ToString());
     }
-    auto advanced = (*engine)->Advance(id);
+    auto advanced = (*engine)->Advance(id, /*want_shards=*/false);  // the queue: LoadSweep
     if (!advanced.ok()) {
       KO_ASSIGN_OR_RETURN(v1::SweepRecord now, store->GetSweep(id));
       if (now.state() != v1::FAILED) {

@@ -59,6 +59,9 @@ struct SchedulerOptions {
   // deadline: right when the workers that held them cannot be alive, as in the embedded mode,
   // whose workers die with the process that ran the coordinator.
   bool release_leases_on_open = false;
+  // Where orthogonalize stages without `output:` write (experiments::SweepEngine::
+  // set_checkpoint_root); empty: <store>/checkpoints.
+  std::string checkpoint_root;
 };
 
 // Counters for the metrics endpoint (monotonic unless noted).

@@ -1063,9 +1063,9 @@ StatusOr<std::vector<v1::Shard>> SweepEngine::Expand(const v1::SweepSpec& spec,
         KO_RETURN_IF_ERROR(AddSet(spec, set, base.mutable_prompts()));
       }
       KO_ASSIGN_OR_RETURN(std::string tensor, directions.Attach(s.direction(), -1, &base));
-      base.set_output(!s.output().empty() ? s.output()
-                                          : store_->store()->path() + "/checkpoints/" + sweep + "/" +
-                                                stage.name());
+      const std::string root = !checkpoint_root_.empty() ? checkpoint_root_
+                                                         : store_->store()->path() + "/checkpoints";
+      base.set_output(!s.output().empty() ? s.output() : root + "/" + sweep + "/" + stage.name());
       v1::Trial* trial = base.add_trials();
       trial->mutable_label()->set_unit_kind("condition");
       trial->mutable_label()->set_role("orthogonalized");
@@ -1235,7 +1235,8 @@ StatusOr<std::string> SweepEngine::Submit(const v1::SweepSpec& spec, const std::
   return id;
 }
 
-StatusOr<std::vector<v1::ShardRecord>> SweepEngine::Advance(const std::string& id) {
+StatusOr<std::vector<v1::ShardRecord>> SweepEngine::Advance(const std::string& id,
+                                                            bool want_shards) {
   for (;;) {
     KO_ASSIGN_OR_RETURN(v1::SweepRecord sweep, store_->GetSweep(id));
     if (sweep.state() == v1::DONE) return std::vector<v1::ShardRecord>{};
@@ -1251,8 +1252,13 @@ StatusOr<std::vector<v1::ShardRecord>> SweepEngine::Advance(const std::string& i
       const uint32_t current = expanded - 1;
       KO_ASSIGN_OR_RETURN(v1::StageRecord stage, store_->GetStage(id, current));
       if (stage.state() != v1::DONE) {
-        KO_ASSIGN_OR_RETURN(auto pending, store_->PendingShards(id, current));
-        if (!pending.empty()) return pending;
+        if (!want_shards) {
+          KO_ASSIGN_OR_RETURN(bool any, store_->HasPending(id, current));
+          if (any) return std::vector<v1::ShardRecord>{};
+        } else {
+          KO_ASSIGN_OR_RETURN(auto pending, store_->PendingShards(id, current));
+          if (!pending.empty()) return pending;
+        }
         if (NeedsRanking(sweep.spec().stages(current))) {
           // The RANK shard is done: its trial shards join the stage (once).
           auto ranked = store_->GetArtifact(id, RankingArtifactName(stage.name()));

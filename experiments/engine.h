@@ -57,6 +57,13 @@ class SweepEngine {
   // committed (artifact ranking/<stage>).
   SweepEngine(SweepStore* store, ModelShape shape) : store_(store), shape_(shape) {}
 
+  // Where an orthogonalize stage without `output:` writes its checkpoint:
+  // <root>/<sweep>/<stage>. Empty (the default): <store directory>/checkpoints, right only when
+  // the workers see the store's directory (the embedded runner; a store on shared storage). On
+  // a cluster whose workers do not (Kubernetes), the coordinator's --checkpoint-root names
+  // shared storage.
+  void set_checkpoint_root(std::string root) { checkpoint_root_ = std::move(root); }
+
   // Creates the sweep of `spec` with `priority` (SweepRecord.priority), or finds it if it
   // exists (`*resumed` = true; a FAILED or CANCELLED sweep is set RUNNING again, so that its
   // failed shards and finaliser are retried; the priority is updated to the one given). The spec
@@ -71,8 +78,10 @@ class SweepEngine {
   // the current stage, or nothing when the sweep is DONE (FailedPrecondition when it is FAILED
   // or CANCELLED: it runs again only when submitted again). A finaliser that cannot
   // produce its artifact (no candidate passes the selection filters) fails the sweep with that
-  // reason, and the error is returned.
-  StatusOr<std::vector<v1::ShardRecord>> Advance(const std::string& sweep);
+  // reason, and the error is returned. `want_shards` false (the coordinator, which loads its
+  // queue from the pending keys): the pending shards are not read (an empty list comes back),
+  // only whether there are any, so that a stage of a million shards is not read whole.
+  StatusOr<std::vector<v1::ShardRecord>> Advance(const std::string& sweep, bool want_shards = true);
 
   // Stores a shard's result (first commit wins; see SweepStore::CommitShard).
   Status Commit(const v1::ShardResult& result, uint32_t attempt);
@@ -94,6 +103,7 @@ class SweepEngine {
 
   SweepStore* store_;
   ModelShape shape_;
+  std::string checkpoint_root_;
 };
 
 // How many shards and trials each stage will have, without a store or a model run: what

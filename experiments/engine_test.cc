@@ -246,6 +246,73 @@ TEST_F(EngineTest, ExtractionSelectionAndKnockoutOverTheStore) {
   EXPECT_TRUE(resumed);
 }
 
+// An orthogonalize stage without `output:` writes under the checkpoint root: by default the
+// store's checkpoints/ directory, which only the embedded runner's workers (and a store on
+// shared storage) see; a coordinator whose workers do not names another root.
+TEST_F(EngineTest, OrthogonalizeWithoutAnOutputWritesUnderTheCheckpointRoot) {
+  const std::string yaml = R"(name: orth
+model: {path: model}
+prompt_sets:
+  harmful: harmful.jsonl
+  harmless: harmless.jsonl
+shard_prompts: 8
+stages:
+  - name: refusal
+    extract_directions: {positive: harmful, negative: harmless, positions: ["post_inst[-1]"]}
+  - name: select
+    select_direction: {candidates: refusal, harmful: harmful, harmless: harmless, max_kl: 0.5}
+  - name: orth
+    orthogonalize: {direction: select.best, prompt_sets: [harmful]}
+)";
+  std::ofstream(dir_ / "orth.yaml") << yaml;
+  auto parsed = LoadSpec((dir_ / "orth.yaml").string());
+  ASSERT_TRUE(parsed.ok()) << parsed.status().ToString();
+  for (const std::string root : {std::string(), std::string("/shared/outputs/checkpoints")}) {
+    SCOPED_TRACE("root '" + root + "'");
+    // A fresh store per root: the same spec is the same sweep.
+    sweeps_.reset();
+    store_.reset();
+    fs::remove_all(dir_ / "store");
+    auto store = storage::Store::Open((dir_ / "store").string());
+    ASSERT_TRUE(store.ok());
+    store_ = std::move(store).value();
+    sweeps_ = std::make_unique<SweepStore>(store_.get());
+    SweepEngine engine(sweeps_.get(), kShape);
+    engine.set_checkpoint_root(root);
+    bool resumed = false;
+    auto id = engine.Submit(parsed->spec, &resumed);
+    ASSERT_TRUE(id.ok()) << id.status().ToString();
+    auto pending = engine.Advance(*id);
+    ASSERT_TRUE(pending.ok()) << pending.status().ToString();
+    for (const auto& record : *pending) ASSERT_TRUE(engine.Commit(ExtractResult(record.shard()), 1).ok());
+    pending = engine.Advance(*id);
+    ASSERT_TRUE(pending.ok()) << pending.status().ToString();
+    ASSERT_EQ(pending->size(), 1u);
+    const v1::Shard& select = (*pending)[0].shard();
+    v1::ShardResult result;
+    result.set_sweep_id(*id);
+    result.set_stage(select.stage());
+    result.set_index(select.index());
+    for (const v1::Trial& trial : select.trials()) {
+      for (const std::string set : {"harmful", "harmless"}) {
+        v1::ResultRow* row = result.add_rows();
+        row->set_trial(trial.index());
+        row->set_prompt_set(set);
+        row->set_prompt(-1);
+        (*row->mutable_values())["refusal_score"] = trial.label().role() == "ablate" ? -1.0 : 1.0;
+        (*row->mutable_values())["kl"] = 0.0;
+      }
+    }
+    ASSERT_TRUE(engine.Commit(result, 1).ok());
+    pending = engine.Advance(*id);
+    ASSERT_TRUE(pending.ok()) << pending.status().ToString();
+    ASSERT_EQ(pending->size(), 1u);
+    const std::string expected =
+        (root.empty() ? (dir_ / "store").string() + "/checkpoints" : root) + "/" + *id + "/orth";
+    EXPECT_EQ((*pending)[0].shard().output(), expected);
+  }
+}
+
 // The same spec over edited inputs is another sweep: the id hashes the filled spec, which holds
 // the prompts and config.json's digest (before, an edited prompt file or config.json silently
 // resumed the old sweep with other inputs). SweepIdFor itself reads no file.

@@ -363,6 +363,16 @@ StatusOr<std::vector<uint32_t>> SweepStore::PendingIndices(const std::string& sw
   return indices;
 }
 
+StatusOr<bool> SweepStore::HasPending(const std::string& sweep, uint32_t stage) const {
+  bool any = false;
+  KO_RETURN_IF_ERROR(store_->ForEach(Family::kPending, StageKey(sweep, stage), "",
+                                     [&](std::string_view, std::string_view) {
+                                       any = true;
+                                       return false;
+                                     }));
+  return any;
+}
+
 Status SweepStore::EnsureIndexes() {
   std::lock_guard<std::mutex> commit_lock(commit_mu_);
   std::lock_guard<std::mutex> lock(mu_);

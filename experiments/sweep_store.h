@@ -156,6 +156,8 @@ class SweepStore : public SweepReader {
   // The indices of a stage's shards that are not DONE (the pending keys), in order, read
   // without parsing a shard record.
   StatusOr<std::vector<uint32_t>> PendingIndices(const std::string& sweep, uint32_t stage) const;
+  // Whether any shard of the stage is not DONE (one key read).
+  StatusOr<bool> HasPending(const std::string& sweep, uint32_t stage) const;
   // Builds the lease and failure indexes of a store written before they existed (one scan of
   // every shard record, in batches), then marks the store as indexed; a no-op afterwards.
   // Call before the store is written to (the coordinator's Open does).
