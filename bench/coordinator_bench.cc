@@ -34,6 +34,7 @@
 #include <vector>
 
 #include "coordinator/server.h"
+#include "coordinator/synthetic_sweep.h"
 #include "experiments/spec_inputs.h"
 #include "proto/protocol.h"
 #include "rpc/channel.h"
@@ -47,32 +48,10 @@ using Clock = std::chrono::steady_clock;
 
 constexpr int kLayers = 32, kHeads = 32;
 
-void WriteFile(const fs::path& path, const std::string& text) {
-  std::ofstream(path) << text;
-}
-
 // A model directory with only config.json, a prompt set, and a spec whose knockout_sweep has
-// kLayers * kHeads * 2 ablations * 5 positions = 10240 one-trial shards.
-std::string MakeInputs(const fs::path& dir, int index, int layers = 32, int heads = 32) {
-  fs::create_directories(dir / "model");
-  WriteFile(dir / "model" / "config.json",
-            "{\"architectures\": [\"LlamaForCausalLM\"], \"model_type\": \"llama\", "
-            "\"hidden_size\": " + std::to_string(heads * 32) + ", \"intermediate_size\": 2816, "
-            "\"num_attention_heads\": " + std::to_string(heads) + ", \"num_hidden_layers\": " +
-            std::to_string(layers) + ", \"num_key_value_heads\": " + std::to_string(heads) +
-            ", \"vocab_size\": 32000, \"rms_norm_eps\": 1e-5, \"max_position_embeddings\": 2048, "
-            "\"rope_theta\": 10000.0, \"tie_word_embeddings\": false}");
-  WriteFile(dir / "prompts.jsonl",
-            "{\"instruction\": \"a\"}\n{\"instruction\": \"b\"}\n{\"instruction\": \"c\"}\n");
-  std::ostringstream spec;
-  spec << "name: bench-" << index << "\nmodel: {path: model}\n"
-       << "prompt_sets:\n  p: {path: prompts.jsonl}\n"
-       << "metrics: {refusal_tokens: [\"I\"]}\nshard_trials: 1\n"
-       << "stages:\n  - name: heads\n    knockout_sweep:\n      prompt_sets: [p]\n"
-       << "      targets: [{kind: heads}]\n"
-       << "      ablations: [zero, {kind: mean_per_position, reference_set: p}]\n"
-       << "      positions: [post_inst, inst_last, all, \"post_inst[-1]\", \"post_inst[-2]\"]\n";
-  return spec.str();
+// layers * heads * 2 ablations * 5 positions one-trial shards (10240 at the default 32 x 32).
+std::string MakeInputs(const fs::path& dir, int index, int layers = kLayers, int heads = kHeads) {
+  return kc::WriteSyntheticHeadSweep(dir, "bench-" + std::to_string(index), layers, heads);
 }
 
 double Percentile(std::vector<double>& values, double q) {

@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "coordinator/server.h"
+#include "coordinator/synthetic_sweep.h"
 #include "experiments/spec_inputs.h"
 #include "experiments/sweep_store.h"
 #include "proto/protocol.h"
@@ -37,28 +38,6 @@ constexpr int kLayers = 16, kHeads = 64;  // 16 layers x 64 heads x 10 trials = 
 constexpr uint32_t kShards = kLayers * kHeads * 10;
 constexpr int kWorkers = 16;
 constexpr int kPromptsPerShard = 3;
-
-void WriteFile(const fs::path& path, const std::string& text) { std::ofstream(path) << text; }
-
-// A config-only Llama (the coordinator opens no weights) and a spec of one-trial shards.
-std::string WriteInputs(const fs::path& dir) {
-  fs::create_directories(dir / "model");
-  WriteFile(dir / "model" / "config.json",
-            "{\"architectures\": [\"LlamaForCausalLM\"], \"model_type\": \"llama\", "
-            "\"hidden_size\": " + std::to_string(kHeads * 32) + ", \"intermediate_size\": 2816, "
-            "\"num_attention_heads\": " + std::to_string(kHeads) + ", \"num_hidden_layers\": " +
-            std::to_string(kLayers) + ", \"num_key_value_heads\": " + std::to_string(kHeads) +
-            ", \"vocab_size\": 32000, \"rms_norm_eps\": 1e-5, \"max_position_embeddings\": 2048, "
-            "\"rope_theta\": 10000.0, \"tie_word_embeddings\": false}");
-  WriteFile(dir / "prompts.jsonl",
-            "{\"instruction\": \"a\"}\n{\"instruction\": \"b\"}\n{\"instruction\": \"c\"}\n");
-  return "name: scale-chaos\nmodel: {path: model}\nprompt_sets:\n  p: {path: prompts.jsonl}\n"
-         "metrics: {refusal_tokens: [\"I\"]}\nshard_trials: 1\n"
-         "stages:\n  - name: heads\n    knockout_sweep:\n      prompt_sets: [p]\n"
-         "      targets: [{kind: heads}]\n"
-         "      ablations: [zero, {kind: mean_per_position, reference_set: p}]\n"
-         "      positions: [post_inst, inst_last, all, \"post_inst[-1]\", \"post_inst[-2]\"]\n";
-}
 
 // What a simulated worker reports for a trial and prompt: a function of both only, so that a row
 // in the wrong place or from a stale attempt of another shard would not match.
@@ -96,7 +75,7 @@ TEST_F(ScaleChaosTest, TenThousandShardsSixteenWorkersAndARestartUnderLoad) {
 
   v1::SubmitSweepRequest submit;
   *submit.mutable_version() = CurrentProtocol();
-  submit.set_spec_yaml(WriteInputs(dir_ / "inputs"));
+  submit.set_spec_yaml(WriteSyntheticHeadSweep(dir_ / "inputs", "scale-chaos", kLayers, kHeads));
   submit.set_spec_label("scale-chaos.yaml");
   submit.set_base_dir((dir_ / "inputs").string());
   auto inputs = experiments::ReadSpecInputs(submit.spec_yaml(), "scale-chaos.yaml",

@@ -1172,7 +1172,10 @@ SchedulerCounters Scheduler::Counters() const {
   for (const std::string& id : state.active) {
     const State::Sweep& sweep = state.sweeps.at(id);
     counters.shards_failed += sweep.failed.size();
-    counters.shards_pending += sweep.pending.size() - sweep.failed.size();
+    // A failed shard whose late report is being committed has left the queue already.
+    counters.shards_pending += sweep.pending.size() > sweep.failed.size()
+                                   ? sweep.pending.size() - sweep.failed.size()
+                                   : 0;
     auto stages = store_->ListStages(id);
     if (!stages.ok()) continue;  // a gauge, not worth failing a metrics scrape
     for (const v1::StageRecord& stage : *stages) counters.shards_done += stage.shards_done();
