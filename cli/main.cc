@@ -16,6 +16,7 @@
 #include "cli/local_runner.h"
 #include "cli/queries.h"
 #include "cli/remote.h"
+#include "cli/report.h"
 #include "experiments/engine.h"
 #include "experiments/spec.h"
 #include "experiments/spec_inputs.h"
@@ -272,6 +273,17 @@ int main(int argc, char** argv) {
   directions->add_option("--format", format, "table, csv or jsonl");
   add_source(directions);
 
+  kc::ReportOptions report_options;
+  std::string report_path;
+  auto* report = app.add_subcommand(
+      "report", "one self-contained HTML page of a sweep: heatmaps, rates, backups, CSVs");
+  report->add_option("SWEEP", report_options.sweep, "sweep id or name")->required();
+  report->add_option("--out", report_path, "the HTML file to write (replaced atomically)")
+      ->required();
+  report->add_option("--heatmaps", report_options.max_heatmaps, "heatmaps per stage at most")
+      ->check(CLI::PositiveNumber);
+  add_source(report);
+
   CLI11_PARSE(app, argc, argv);
 
   if (validate->parsed()) return Validate(spec_path);
@@ -358,6 +370,11 @@ int main(int argc, char** argv) {
     if (s.ok()) std::cout << "wrote " << export_path << "\n";
   } else if (directions->parsed()) {
     s = kc::PrintDirectionCosines(*reader, sweep, std::cout, *output_format);
+  } else if (report->parsed()) {
+    report_options.source = client ? "coordinator " + source.channel.address
+                                   : "store " + std::filesystem::absolute(source.store_dir).string();
+    s = kc::WriteReportFile(*reader, report_options, report_path);
+    if (s.ok()) std::cout << "wrote " << report_path << "\n";
   }
   return s.ok() ? 0 : Fail(s);
 }

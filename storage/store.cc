@@ -102,14 +102,27 @@ StatusOr<std::unique_ptr<Store>> Store::OpenImpl(const std::string& path, bool r
   if (read_only) {
     // A reader beside a running writer (queries during `knockout run`): no lock, a snapshot of
     // the state at open. Only the families that exist can be opened.
+    // The families added after the first build (kLeases, kFailures: the coordinator's indexes,
+    // which queries do not read) may be missing: reads of them find nothing.
     std::vector<rocksdb::ColumnFamilyDescriptor> present;
-    for (const auto& d : descriptors) {
-      if (std::find(existing.begin(), existing.end(), d.name) != existing.end()) present.push_back(d);
-    }
-    if (present.size() < std::size(kFamilies) + 1) {
-      return Status::FailedPrecondition(path + ": store written by an older build; open it read-write once");
+    std::vector<bool> have;
+    for (size_t i = 0; i < descriptors.size(); ++i) {
+      const bool exists = std::find(existing.begin(), existing.end(), descriptors[i].name) != existing.end();
+      const bool later = i < std::size(kFamilies) && kFamilies[i] >= Family::kLeases;
+      if (!exists && !later) {
+        return Status::FailedPrecondition(path + ": store written by an older build (no \"" +
+                                          descriptors[i].name + "\" family); open it read-write once");
+      }
+      have.push_back(exists);
+      if (exists) present.push_back(descriptors[i]);
     }
     s = rocksdb::DB::OpenForReadOnly(options, path, present, &handles, &db);
+    if (s.ok()) {
+      std::vector<rocksdb::ColumnFamilyHandle*> aligned;  // by Family, nullptr where missing
+      size_t next = 0;
+      for (bool exists : have) aligned.push_back(exists ? handles[next++] : nullptr);
+      handles = std::move(aligned);
+    }
   } else {
     s = rocksdb::DB::Open(options, path, descriptors, &handles, &db);
   }
@@ -145,7 +158,9 @@ StatusOr<std::unique_ptr<Store>> Store::OpenImpl(const std::string& path, bool r
     }
   }
   if (!problem.ok()) {
-    for (auto* handle : handles) db->DestroyColumnFamilyHandle(handle);
+    for (auto* handle : handles) {
+      if (handle != nullptr) db->DestroyColumnFamilyHandle(handle);
+    }
     delete db;
     return problem;
   }
@@ -157,7 +172,9 @@ Store::Store(std::string path, rocksdb::DB* db, std::vector<rocksdb::ColumnFamil
     : path_(std::move(path)), db_(db), handles_(std::move(handles)), schema_version_(schema_version) {}
 
 Store::~Store() {
-  for (auto* handle : handles_) db_->DestroyColumnFamilyHandle(handle);
+  for (auto* handle : handles_) {
+    if (handle != nullptr) db_->DestroyColumnFamilyHandle(handle);
+  }
   delete db_;
 }
 
@@ -166,6 +183,9 @@ rocksdb::ColumnFamilyHandle* Store::Handle(Family family) const {
 }
 
 StatusOr<std::string> Store::Get(Family family, const std::string& key) const {
+  if (Handle(family) == nullptr) {  // a later family a read-only store does not have yet
+    return Status::NotFound(std::string(FamilyName(family)) + ": key not found");
+  }
   std::string value;
   rocksdb::Status s = db_->Get(rocksdb::ReadOptions(), Handle(family), key, &value);
   if (s.IsNotFound()) {
@@ -189,6 +209,10 @@ void Store::Batch::Delete(Family family, const std::string& key) {
 Status Store::Write(const Batch& batch, bool sync) {
   rocksdb::WriteBatch write_batch;
   for (const Batch::Op& op : batch.ops_) {
+    if (Handle(op.family) == nullptr) {
+      return Status::FailedPrecondition(path_ + ": opened read-only without the \"" +
+                                        std::string(FamilyName(op.family)) + "\" family");
+    }
     rocksdb::Status s = op.is_delete ? write_batch.Delete(Handle(op.family), op.key)
                                      : write_batch.Put(Handle(op.family), op.key, op.value);
     if (!s.ok()) return Status::Internal("cannot build a write batch: " + s.ToString());
@@ -221,6 +245,7 @@ Status Store::Sync() {
 StatusOr<std::vector<std::pair<std::string, std::string>>> Store::Scan(
     Family family, const std::string& prefix) const {
   std::vector<std::pair<std::string, std::string>> rows;
+  if (Handle(family) == nullptr) return rows;
   std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions(), Handle(family)));
   for (it->Seek(prefix); it->Valid() && it->key().starts_with(prefix); it->Next()) {
     rows.emplace_back(it->key().ToString(), it->value().ToString());
@@ -231,6 +256,7 @@ StatusOr<std::vector<std::pair<std::string, std::string>>> Store::Scan(
 
 Status Store::ForEach(Family family, const std::string& prefix, const std::string& start_after,
                       Visitor visit, void* context) const {
+  if (Handle(family) == nullptr) return Status::Ok();
   rocksdb::ReadOptions options;
   options.fill_cache = false;  // a long range read should not evict the hot records
   std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(options, Handle(family)));

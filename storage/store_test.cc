@@ -128,6 +128,60 @@ TEST(StoreTest, ReadOnlyOpensBesideAWriterAndRefusesWrites) {
   EXPECT_FALSE((*reader)->Write(put, true).ok());
 }
 
+// A store written before the lease and failure families existed: queries (read-only) still open
+// it and find nothing there; the first read-write open adds them.
+TEST(StoreTest, ReadOnlyOpensAStoreWithoutTheLaterFamilies) {
+  const std::string dir = FreshDir("older");
+  {
+    auto store = Store::Open(dir);
+    ASSERT_TRUE(store.ok());
+    Store::Batch put;
+    put.Put(Family::kSweeps, "s", "v1");
+    ASSERT_TRUE((*store)->Write(put, true).ok());
+  }
+  {
+    // Drop the later families with RocksDB itself, as the older build never had them.
+    std::vector<std::string> names;
+    ASSERT_TRUE(rocksdb::DB::ListColumnFamilies(rocksdb::Options(), dir, &names).ok());
+    std::vector<rocksdb::ColumnFamilyDescriptor> descriptors;
+    for (const std::string& name : names) descriptors.emplace_back(name, rocksdb::ColumnFamilyOptions());
+    std::vector<rocksdb::ColumnFamilyHandle*> handles;
+    rocksdb::DB* db = nullptr;
+    ASSERT_TRUE(rocksdb::DB::Open(rocksdb::Options(), dir, descriptors, &handles, &db).ok());
+    for (size_t i = 0; i < names.size(); ++i) {
+      if (names[i] == "leases" || names[i] == "failures") {
+        ASSERT_TRUE(db->DropColumnFamily(handles[i]).ok());
+      }
+    }
+    for (auto* handle : handles) db->DestroyColumnFamilyHandle(handle);
+    delete db;
+  }
+  {
+    auto reader = Store::OpenReadOnly(dir);
+    ASSERT_TRUE(reader.ok()) << reader.status().ToString();
+    EXPECT_EQ(*(*reader)->Get(Family::kSweeps, "s"), "v1");
+    EXPECT_EQ((*reader)->Get(Family::kLeases, "x").status().code(), StatusCode::kNotFound);
+    auto scanned = (*reader)->Scan(Family::kFailures, "");
+    ASSERT_TRUE(scanned.ok());
+    EXPECT_TRUE(scanned->empty());
+    int visited = 0;
+    EXPECT_TRUE((*reader)
+                    ->ForEach(Family::kLeases, "", "",
+                              [&](std::string_view, std::string_view) { return ++visited > 0; })
+                    .ok());
+    EXPECT_EQ(visited, 0);
+    Store::Batch lease;
+    lease.Put(Family::kLeases, "x", "y");
+    EXPECT_FALSE((*reader)->Write(lease, false).ok());
+  }
+  auto writer = Store::Open(dir);  // adds the families
+  ASSERT_TRUE(writer.ok()) << writer.status().ToString();
+  Store::Batch lease;
+  lease.Put(Family::kLeases, "x", "y");
+  ASSERT_TRUE((*writer)->Write(lease, true).ok());
+  EXPECT_EQ(*(*writer)->Get(Family::kLeases, "x"), "y");
+}
+
 TEST(StoreTest, RefusesNewerSchema) {
   const std::string dir = FreshDir("newer");
   ASSERT_TRUE(Store::Open(dir).ok());

@@ -16,6 +16,9 @@ import subprocess
 import sys
 import tempfile
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import report_check  # noqa: E402
+
 
 def run(cmd, check=True):
     proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -165,6 +168,8 @@ def run_until(knockout, spec, store, marker, sig):
 
 def main():
     knockout, spec = sys.argv[1], sys.argv[2]
+    # Where the report, its screenshot and Chromium's net log are kept (the build tree in ctest).
+    report_dir = sys.argv[3] if len(sys.argv) > 3 else None
     with tempfile.TemporaryDirectory(prefix="knockout-demo-") as workdir:
         out = run([knockout, "validate", spec]).stdout
         check("9 stages" in out, "validate counts 9 stages")
@@ -173,6 +178,8 @@ def main():
         out = run([knockout, "run", spec, "--store", clean]).stdout
         check("== select ==" in out and "compensation" in out, "run prints selection and compensation")
         science(knockout, clean, workdir)
+        report_check.check_report(knockout, clean, report_dir or os.path.join(workdir, "report"),
+                                  check)
 
         # Killed with SIGKILL in the middle of the extraction, then interrupted with SIGINT while
         # the head sweep is next, then finished: the same rows as the uninterrupted run.
@@ -181,6 +188,7 @@ def main():
         check(rc == -signal.SIGKILL, "first run killed with SIGKILL")
         status = run([knockout, "status", "demo-hydra", "--store", resumed]).stdout
         check("running" in status, "status reads the killed run's store")
+        report_check.check_partial_report(knockout, resumed, report_dir or workdir, check)
         rc, seen, err = run_until(knockout, spec, resumed, "[3/9 select]", signal.SIGINT)
         check("(resumed)" in seen and "[1/9" not in seen, "second run resumes after the committed shards")
         check(rc == 130 and "interrupted" in err, f"SIGINT stops between shards with exit 130 (got {rc})")
