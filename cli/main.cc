@@ -17,6 +17,7 @@
 #include "cli/queries.h"
 #include "cli/remote.h"
 #include "cli/report.h"
+#include "common/version.h"
 #include "experiments/engine.h"
 #include "experiments/spec.h"
 #include "experiments/spec_inputs.h"
@@ -161,6 +162,12 @@ int Watch(const knockout::rpc::CoordinatorClient* client, const Source& source,
 
 int main(int argc, char** argv) {
   CLI::App app{"knockout: ablation sweeps inside transformer language models"};
+  app.set_version_flag("--version", [] {
+    auto libraries = knockout::rpc::LibraryVersions();
+    libraries.emplace_back("RocksDB", knockout::storage::Store::RocksDbVersion());
+    std::string text = knockout::VersionText("knockout", libraries);
+    return text.substr(0, text.size() - 1);  // CLI11 ends the line
+  });
   app.require_subcommand(1);
   Source source;
   source.channel.address = FromEnvironment("KNOCKOUT_COORDINATOR", "");

@@ -10,7 +10,10 @@
 #include <iostream>
 #include <string>
 
+#include "common/version.h"
 #include "coordinator/server.h"
+#include "rpc/channel.h"
+#include "storage/store.h"
 
 namespace {
 
@@ -30,6 +33,12 @@ int main(int argc, char** argv) {
   int max_message_mb = options.max_message_bytes >> 20;
 
   CLI::App app{"knockout coordinator: leases sweep shards to workers and stores their results"};
+  app.set_version_flag("--version", [] {
+    auto libraries = knockout::rpc::LibraryVersions();
+    libraries.emplace_back("RocksDB", knockout::storage::Store::RocksDbVersion());
+    std::string text = knockout::VersionText("knockout-coordinator", libraries);
+    return text.substr(0, text.size() - 1);  // CLI11 ends the line
+  });
   app.add_option("--store", options.store_dir, "Store directory (created if missing)")
       ->required();
   app.add_option("--listen", options.listen,
@@ -75,6 +84,8 @@ int main(int argc, char** argv) {
     return app.exit(help);
   } catch (const CLI::CallForAllHelp& help) {
     return app.exit(help);
+  } catch (const CLI::CallForVersion& version) {
+    return app.exit(version);
   } catch (const CLI::ParseError& error) {
     return Fail(error.what());
   }

@@ -1237,7 +1237,9 @@ TEST_F(SchedulerTest, ProgressFromTheIndexesEqualsAScanOfEveryShard) {
     } else if (action < 96) {
       const std::string name = names[pick(names.size())];
       auto response = TrySubmit(SpecYaml(name));  // resumes; a stopped sweep runs again
-      if (response.ok()) EXPECT_EQ(response->sweep_id(), ids[name]);
+      if (response.ok()) {
+        EXPECT_EQ(response->sweep_id(), ids[name]);
+      }
     } else {
       Reopen();
     }

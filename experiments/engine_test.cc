@@ -267,7 +267,7 @@ stages:
   std::ofstream(dir_ / "orth.yaml") << yaml;
   auto parsed = LoadSpec((dir_ / "orth.yaml").string());
   ASSERT_TRUE(parsed.ok()) << parsed.status().ToString();
-  for (const std::string root : {std::string(), std::string("/shared/outputs/checkpoints")}) {
+  for (const std::string& root : {std::string(), std::string("/shared/outputs/checkpoints")}) {
     SCOPED_TRACE("root '" + root + "'");
     // A fresh store per root: the same spec is the same sweep.
     sweeps_.reset();

@@ -8,12 +8,15 @@
 #include <ATen/Parallel.h>
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
+#include <torch/version.h>
 
 #include <algorithm>
 #include <iostream>
 #include <string>
 #include <thread>
 #include <vector>
+
+#include "common/version.h"
 
 #include "organism/evaluate.h"
 #include "organism/trainer.h"
@@ -121,6 +124,10 @@ int RunEvalDemo(const EvalDemoFlags& flags) {
 
 int main(int argc, char** argv) {
   CLI::App app{"knockout-organism: trains and evaluates the demo refusal model organism"};
+  app.set_version_flag("--version", [] {
+    std::string text = knockout::VersionText("knockout-organism", {{"LibTorch", TORCH_VERSION}});
+    return text.substr(0, text.size() - 1);  // CLI11 ends the line
+  });
   app.require_subcommand(1);
   TrainDemoFlags train_demo;
   CLI::App* train_demo_cmd = app.add_subcommand(

@@ -1,10 +1,20 @@
 #include "rpc/channel.h"
 
+#include <google/protobuf/stubs/common.h>
+#include <grpcpp/grpcpp.h>
+
 #include <fstream>
 #include <sstream>
 #include <utility>
 
 namespace knockout::rpc {
+
+std::vector<std::pair<std::string, std::string>> LibraryVersions() {
+  const int pb = GOOGLE_PROTOBUF_VERSION;  // e.g. 3021012
+  return {{"gRPC", grpc::Version()},
+          {"protobuf", std::to_string(pb / 1000000) + "." + std::to_string(pb / 1000 % 1000) + "." +
+                           std::to_string(pb % 1000)}};
+}
 
 namespace {
 

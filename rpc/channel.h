@@ -10,11 +10,16 @@
 #include <chrono>
 #include <memory>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "common/status.h"
 #include "knockout/v1/coordinator.grpc.pb.h"
 
 namespace knockout::rpc {
+
+// The gRPC and protobuf versions this binary links, for --version (common/version.h).
+std::vector<std::pair<std::string, std::string>> LibraryVersions();
 
 struct ChannelOptions {
   std::string address;          // host:port

@@ -2,6 +2,7 @@
 
 #include <rocksdb/db.h>
 #include <rocksdb/options.h>
+#include <rocksdb/version.h>
 #include <rocksdb/write_batch.h>
 #include <sys/stat.h>
 
@@ -234,6 +235,11 @@ Status Store::Write(const Batch& batch, bool sync) {
     }
   }
   return Status::Ok();
+}
+
+std::string Store::RocksDbVersion() {
+  return std::to_string(ROCKSDB_MAJOR) + "." + std::to_string(ROCKSDB_MINOR) + "." +
+         std::to_string(ROCKSDB_PATCH);
 }
 
 Status Store::Sync() {

@@ -101,6 +101,9 @@ class Store {
         &fn);
   }
 
+  // "7.8.3": the RocksDB this build links (--version).
+  static std::string RocksDbVersion();
+
   const std::string& path() const { return path_; }
   uint32_t schema_version() const { return schema_version_; }
 

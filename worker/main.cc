@@ -20,6 +20,7 @@
 // Every failure prints one line naming the file, field or flag at fault and exits non-zero.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <torch/version.h>
 
 #include <malloc.h>
 
@@ -33,6 +34,7 @@
 #include <sstream>
 #include <thread>
 
+#include "common/version.h"
 #include "formats/checkpoint_files.h"
 #include "formats/config.h"
 #include "formats/safetensors.h"
@@ -445,6 +447,14 @@ void TuneAllocator() {
 int main(int argc, char** argv) {
   TuneAllocator();
   CLI::App app{"knockout-worker: runs knockout shards and the model runtime's tools"};
+  app.set_version_flag("--version", [] {
+    std::vector<std::pair<std::string, std::string>> libraries = {{"LibTorch", TORCH_VERSION}};
+#ifdef KNOCKOUT_HAVE_AGENT
+    for (auto& library : knockout::rpc::LibraryVersions()) libraries.push_back(library);
+#endif
+    std::string text = knockout::VersionText("knockout-worker", libraries);
+    return text.substr(0, text.size() - 1);  // CLI11 ends the line
+  });
   // A subcommand (a tool), or none with --coordinator (the agent).
   app.require_subcommand(0, 1);
 #ifdef KNOCKOUT_HAVE_AGENT
