@@ -290,8 +290,9 @@ Status RunLocal(const experiments::ParsedSpec& parsed, const LocalRunOptions& op
   });
 
   WatchOptions watch;
-  watch.shard_lines = true;
-  watch.interval_ms = 100;
+  watch.shard_lines = !options.live;  // plain lines when the output is a file or a pipe
+  watch.live = options.live;
+  watch.interval_ms = options.live ? 250 : 100;
   watch.stop = &stop;
   watch.since = &submitted.progress();
   v1::SweepProgress final;

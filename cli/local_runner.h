@@ -28,13 +28,17 @@ struct LocalRunOptions {
   int threads = 0;                // LibTorch CPU threads per worker; 0: cores / workers (>= 1)
   int64_t max_batch_rows = 128;   // rows stacked per forward pass
   bool summary = true;            // print the selection, refusal and compensation tables at the end
+  // On a terminal: the live block of `status --watch` (bar, shards per state, rate, ETA,
+  // workers' trials/s, errors) redrawn in place, instead of a line per shard.
+  bool live = false;
   std::string worker_binary;      // "": knockout-worker next to this executable (or its build dir)
   uint32_t lease_ms = 10'000;
   const std::atomic<bool>* stop = nullptr;  // set (e.g. by SIGINT) to stop the run
 };
 
 // Runs (or resumes) the sweep of `parsed` to completion. Prints the sweep id first, then one
-// progress line per shard committed ("  [2/8 harm] shard 2/4"), then the summary. Errors: those
+// progress line per shard committed ("  [2/8 harm] shard 2/4"; with `live`, the progress block
+// redrawn instead), then the summary. Errors: those
 // of validation; the sweep's error when it FAILED; Internal naming the worker and its log when a
 // worker process exits on its own; FailedPrecondition "interrupted" when `stop` was set (run the
 // same command again to resume). InvalidArgument, before anything starts, for a device that is

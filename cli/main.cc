@@ -301,6 +301,7 @@ int main(int argc, char** argv) {
     std::signal(SIGTERM, OnSignal);
     run_options.store_dir = source.store_dir;
     run_options.summary = !no_summary;
+    run_options.live = isatty(STDOUT_FILENO);
     run_options.stop = &g_stop;
     Status s = kc::RunLocal(*parsed, run_options, std::cout);
     if (!s.ok()) {
