@@ -23,7 +23,14 @@ def main():
             sys.exit(f"FAIL: {name} --version exited {proc.returncode}: {proc.stderr}")
         lines = proc.stdout.rstrip("\n").split("\n")
         m = re.fullmatch(r"(\S+) (\S+) \(git ([0-9a-f]{12}|unknown)(-dirty)?\)", lines[0])
-        if not m or m.group(1) != name or m.group(2) != version or m.group(3) != commit:
+        # Built from uncommitted changes that were committed afterwards (no rebuild since): the
+        # binary names the commit it was built on, marked dirty, an ancestor of HEAD.
+        built_before_commit = (
+            m is not None and m.group(4) == "-dirty" and m.group(3) != commit and
+            subprocess.run(["git", "-C", source, "merge-base", "--is-ancestor", m.group(3), "HEAD"],
+                           capture_output=True).returncode == 0)
+        if not m or m.group(1) != name or m.group(2) != version or (
+                m.group(3) != commit and not built_before_commit):
             sys.exit(f"FAIL: {name}: first line {lines[0]!r}, want '{name} {version} (git {commit}[-dirty])'")
         libraries = {}
         for line in lines[1:]:
