@@ -13,6 +13,7 @@
 #include <thread>
 #include <unistd.h>
 
+#include "cli/completion.h"
 #include "cli/local_runner.h"
 #include "cli/queries.h"
 #include "cli/remote.h"
@@ -291,7 +292,19 @@ int main(int argc, char** argv) {
       ->check(CLI::PositiveNumber);
   add_source(report);
 
+  std::string shell;
+  auto* completion = app.add_subcommand(
+      "completion", "print a shell completion script: source <(knockout completion bash)");
+  completion->add_option("SHELL", shell, "bash or zsh")->required();
+
   CLI11_PARSE(app, argc, argv);
+
+  if (completion->parsed()) {
+    auto script = kc::CompletionScript(app, "knockout", shell);
+    if (!script.ok()) return Fail(script.status());
+    std::cout << *script;
+    return 0;
+  }
 
   if (validate->parsed()) return Validate(spec_path);
   if (run->parsed()) {

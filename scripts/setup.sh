@@ -22,6 +22,7 @@ packages=(
   libgtest-dev libgmock-dev libbenchmark-dev
   python3-torch python3-numpy                    # independent numerical reference (/usr/bin/python3)
   chromium                                       # `knockout report` rendered in a real browser
+  zsh                                            # `knockout completion zsh` loaded in a real zsh
 )
 
 # The tokenizer tests compare against a JavaScript reference from the npm registry. Keep an
