@@ -11,6 +11,7 @@
 #include <iostream>
 #include <sstream>
 #include <thread>
+#include <sys/ioctl.h>
 #include <unistd.h>
 
 #include "cli/completion.h"
@@ -18,6 +19,7 @@
 #include "cli/queries.h"
 #include "cli/remote.h"
 #include "cli/report.h"
+#include "cli/table.h"
 #include "common/version.h"
 #include "experiments/engine.h"
 #include "experiments/spec.h"
@@ -326,6 +328,15 @@ int main(int argc, char** argv) {
 
   auto output_format = kc::ParseOutputFormat(format);
   if (!output_format.ok()) return Fail(output_format.status());
+  // Aligned tables fit the terminal they are printed on ($COLUMNS wins); files and pipes get
+  // every column.
+  if (isatty(STDOUT_FILENO)) {
+    int width = 0;
+    if (const char* columns = std::getenv("COLUMNS"); columns && *columns) width = std::atoi(columns);
+    winsize size{};
+    if (width <= 0 && ioctl(STDOUT_FILENO, TIOCGWINSZ, &size) == 0) width = size.ws_col;
+    kc::SetTableWidth(width);
+  }
 
   std::unique_ptr<knockout::rpc::CoordinatorClient> client;
   if (source.remote()) {

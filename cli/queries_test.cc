@@ -1,4 +1,5 @@
 #include "cli/queries.h"
+#include "cli/table.h"
 
 #include "experiments/sweep_store.h"
 #include "storage/store.h"
@@ -405,6 +406,34 @@ TEST_F(QueriesTest, ResultsTableJoinsTrialLabelsWithValues) {
   EXPECT_EQ(rows[3].at("positions"), "post_inst");
   EXPECT_EQ(rows[3].at("ablation"), "mean");
   EXPECT_EQ(rows[0].count("prompt"), 0u);  // aggregates have no prompt column
+}
+
+// On a narrow terminal, aligned tables leave out the columns that do not fit (empty ones
+// first, then from the right) and say which, and how to see them all.
+TEST_F(QueriesTest, NarrowTerminalsGetTheColumnsThatFitAndANote) {
+  ResultsQuery query;
+  query.stage = "knock";
+  SetTableWidth(70);
+  const std::string text = Results(query);
+  SetTableWidth(0);
+  size_t widest = 0;
+  const auto lines = Lines(text);
+  for (const std::string& line : lines) {
+    if (line.rfind("(", 0) == 0 || line.rfind("#", 0) == 0) continue;  // the note, the title
+    widest = std::max(widest, line.size());
+  }
+  EXPECT_LE(widest, 70u) << text;
+  ASSERT_FALSE(lines.empty());
+  const std::string& note = lines.back();
+  EXPECT_NE(note.find("more columns for a wider terminal"), std::string::npos) << text;
+  EXPECT_NE(note.find("--format csv shows every column"), std::string::npos);
+  EXPECT_NE(note.find("refusal_score"), std::string::npos) << note;  // a value column left out
+  EXPECT_NE(note.find("direction"), std::string::npos) << note;      // empty: left out first
+  EXPECT_EQ(lines[1].rfind("stage", 0), 0u) << text;                 // the first columns stay
+  // Without a width every column is printed, and no note.
+  const std::string wide = Results(query);
+  EXPECT_EQ(wide.find("more column"), std::string::npos);
+  EXPECT_NE(wide.find("refusal_score"), std::string::npos);
 }
 
 TEST_F(QueriesTest, PerPromptRowsCarryThePromptColumn) {

@@ -90,7 +90,74 @@ static std::string DisplayText(const std::string& text) {
   return out;
 }
 
-void RenderAligned(const Table& table, std::ostream& out, const std::string& indent) {
+static int g_table_width = 0;
+
+void SetTableWidth(int columns) { g_table_width = std::max(0, columns); }
+
+// The columns of `table` that fit in `width` characters (every one when width is 0).
+static std::vector<size_t> FittingColumns(const Table& table, const std::string& indent, int width) {
+  std::vector<size_t> keep(table.columns.size());
+  for (size_t i = 0; i < keep.size(); ++i) keep[i] = i;
+  if (width <= 0) return keep;
+  std::vector<size_t> widths(table.columns.size(), 0);
+  std::vector<bool> empty(table.columns.size(), true), constant(table.columns.size(), true);
+  std::vector<std::string> first(table.columns.size());
+  for (size_t i = 0; i < table.columns.size(); ++i) widths[i] = DisplayWidth(table.columns[i]);
+  for (size_t r = 0; r < table.rows.size(); ++r) {
+    const auto& row = table.rows[r];
+    for (size_t i = 0; i < row.size() && i < widths.size(); ++i) {
+      const std::string text = DisplayText(CellText(row[i], /*exact=*/false));
+      widths[i] = std::max(widths[i], DisplayWidth(text));
+      empty[i] = empty[i] && text.empty();
+      if (r == 0) first[i] = text;
+      constant[i] = constant[i] && text == first[i];
+    }
+  }
+  if (table.rows.size() < 2) constant.assign(constant.size(), false);
+  auto total = [&] {
+    size_t sum = indent.size();
+    for (size_t i = 0; i < keep.size(); ++i) sum += widths[keep[i]] + (i ? 2 : 0);
+    return sum;
+  };
+  // Empty columns go first, then those with one value in every row (the note gives it), then
+  // the rightmost, while the table is too wide; the first two columns always stay.
+  for (const std::vector<bool>* drop : {&empty, &constant}) {
+    for (size_t i = keep.size(); i-- > 2 && total() > static_cast<size_t>(width);) {
+      if ((*drop)[keep[i]]) keep.erase(keep.begin() + static_cast<long>(i));
+    }
+  }
+  while (keep.size() > 2 && total() > static_cast<size_t>(width)) keep.pop_back();
+  return keep;
+}
+
+void RenderAligned(const Table& full, std::ostream& out, const std::string& indent) {
+  const std::vector<size_t> keep = FittingColumns(full, indent, g_table_width);
+  Table table;
+  std::vector<std::string> hidden;
+  for (size_t i = 0, k = 0; i < full.columns.size(); ++i) {
+    if (k < keep.size() && keep[k] == i) {
+      table.columns.push_back(full.columns[i]);
+      ++k;
+    } else {
+      // A column with one value in every row is named with it.
+      std::string name = full.columns[i];
+      std::string value;
+      bool same = full.rows.size() > 1;
+      for (size_t r = 0; r < full.rows.size() && same; ++r) {
+        const std::string text =
+            i < full.rows[r].size() ? DisplayText(CellText(full.rows[r][i], /*exact=*/false)) : "";
+        if (r == 0) value = text;
+        same = text == value;
+      }
+      if (same && !value.empty()) name += "=" + value;
+      hidden.push_back(name);
+    }
+  }
+  for (const auto& full_row : full.rows) {
+    std::vector<Cell> row;
+    for (size_t i : keep) row.push_back(i < full_row.size() ? full_row[i] : Cell::Empty());
+    table.rows.push_back(std::move(row));
+  }
   std::vector<std::vector<std::string>> lines;
   lines.push_back(table.columns);
   for (const auto& row : table.rows) {
@@ -115,6 +182,12 @@ void RenderAligned(const Table& table, std::ostream& out, const std::string& ind
     out << text << "\n";
   }
   if (table.rows.empty()) out << indent << "(no rows)\n";
+  if (!hidden.empty()) {
+    std::string names;
+    for (const std::string& name : hidden) names += (names.empty() ? "" : ", ") + name;
+    out << indent << "(" << hidden.size() << " more column" << (hidden.size() == 1 ? "" : "s")
+        << " for a wider terminal: " << names << "; --format csv shows every column)\n";
+  }
 }
 
 static std::string CsvField(const std::string& text) {

@@ -69,6 +69,12 @@ std::string FormatDouble(double value, int significant);
 
 void RenderAligned(const Table& table, std::ostream& out, const std::string& indent);
 
+// The width aligned tables are fitted to (0, the default: no limit). Columns that would run past
+// it are left out, empty ones first, then from the right (the first two always stay), and a
+// line under the table names them and says `--format csv` shows every column. `knockout` sets
+// it to the terminal's width when its output is a terminal.
+void SetTableWidth(int columns);
+
 void RenderTables(const std::vector<Table>& tables, OutputFormat format, std::ostream& out);
 
 // CSV (with the header line when `header`) or JSON lines of one table's rows: how a table
