@@ -215,10 +215,12 @@ int main(int argc, char** argv) {
 
   std::string sweep;
   bool watch = false;
+  std::string format = "table";  // --format of every table command
   auto* status = app.add_subcommand("status", "sweeps with their stages and progress");
   status->add_option("SWEEP", sweep, "sweep id or name");
   status->add_flag("--watch", watch,
                    "follow one sweep live: progress bar, shards per state, ETA, workers, errors");
+  status->add_option("--format", format, "table, csv or jsonl (one row per stage)");
   add_source(status);
 
   auto* cancel = app.add_subcommand("cancel", "cancel a sweep on a coordinator");
@@ -226,7 +228,6 @@ int main(int argc, char** argv) {
   AddCoordinatorFlags(cancel, &source, /*required=*/true);
 
   kc::ResultsQuery query;
-  std::string format = "table";
   auto* results = app.add_subcommand("results", "result tables of a sweep");
   results->add_option("SWEEP", query.sweep, "sweep id or name")->required();
   results->add_option("--stage", query.stage, "one stage (default: all)");
@@ -378,9 +379,9 @@ int main(int argc, char** argv) {
   }
   Status s;
   if (status->parsed()) {
-    s = kc::PrintStatus(*reader, sweep, std::cout);
+    s = kc::PrintStatus(*reader, sweep, std::cout, *output_format);
     // A coordinator also knows the live side: shards per state, workers, failed attempts.
-    if (s.ok() && remote && !sweep.empty()) {
+    if (s.ok() && remote && !sweep.empty() && *output_format == kc::OutputFormat::kTable) {
       auto progress = remote->Progress(sweep);
       if (!progress.ok()) return Fail(progress.status());
       std::cout << "\n" << kc::RenderProgress(*progress, 0);

@@ -378,7 +378,7 @@ StatusOr<OutputFormat> ParseOutputFormat(const std::string& name) {
 }
 
 Status PrintStatus(const SweepReader& store, const std::string& sweep_or_empty,
-                   std::ostream& out) {
+                   std::ostream& out, OutputFormat format) {
   std::vector<v1::SweepRecord> sweeps;
   if (sweep_or_empty.empty()) {
     KO_ASSIGN_OR_RETURN(sweeps, store.ListSweeps());
@@ -386,6 +386,39 @@ Status PrintStatus(const SweepReader& store, const std::string& sweep_or_empty,
     KO_ASSIGN_OR_RETURN(const std::string id, store.ResolveSweep(sweep_or_empty));
     KO_ASSIGN_OR_RETURN(v1::SweepRecord sweep, store.GetSweep(id));
     sweeps.push_back(std::move(sweep));
+  }
+  if (format != OutputFormat::kTable) {
+    Table table;
+    table.name = "status";
+    table.columns = {"sweep", "sweep_name", "sweep_state", "created", "error", "stage",
+                     "name", "kind", "state", "shards_done", "shards_total", "trials"};
+    for (const v1::SweepRecord& sweep : sweeps) {
+      KO_ASSIGN_OR_RETURN(auto stages, store.ListStages(sweep.id()));
+      std::map<int, v1::StageRecord> expanded;
+      for (const v1::StageRecord& stage : stages) expanded[static_cast<int>(stage.index())] = stage;
+      for (int i = 0; i < sweep.spec().stages_size(); ++i) {
+        std::vector<Cell> row = {Cell::Text(sweep.id()), Cell::Text(sweep.name()),
+                                 Cell::Text(RunStateName(sweep.state())),
+                                 Cell::Text(UtcTime(sweep.created_unix_ms())), Cell::Text(sweep.error()),
+                                 Cell::Integer(i)};
+        auto it = expanded.find(i);
+        if (it != expanded.end()) {
+          const v1::StageRecord& stage = it->second;
+          row.insert(row.end(), {Cell::Text(stage.name()), Cell::Text(stage.kind()),
+                                 Cell::Text(RunStateName(stage.state())),
+                                 Cell::Integer(stage.shards_done()), Cell::Integer(stage.shards_total()),
+                                 Cell::Integer(static_cast<int64_t>(stage.trials_total()))});
+        } else {
+          row.insert(row.end(), {Cell::Text(sweep.spec().stages(i).name()),
+                                 Cell::Text(experiments::StageKindName(sweep.spec().stages(i))),
+                                 Cell::Text("waiting"), Cell::Integer(0), Cell::Integer(0),
+                                 Cell::Integer(0)});
+        }
+        table.rows.push_back(std::move(row));
+      }
+    }
+    RenderTables({table}, format, out);
+    return Status::Ok();
   }
   if (sweeps.empty()) {
     out << "no sweeps\n";

@@ -16,7 +16,8 @@ namespace knockout::cli {
 
 // Output formats of tables. kTable: aligned columns for people, floating-point numbers with 4
 // significant digits, long cells cut at 120 characters; kCsv: RFC 4180 quoting, one header line
-// per table, full precision (a blank line between tables when a query prints several); kJsonl:
+// per table, full precision (several tables as one long table: a first column `table`, then
+// every column once, empty where a row's table lacks it); kJsonl:
 // one JSON object per row, keys in column order plus "table" (what the row is: "results",
 // "candidates", ...), full precision, NaN as null.
 enum class OutputFormat { kTable, kCsv, kJsonl };
@@ -31,8 +32,11 @@ StatusOr<OutputFormat> ParseOutputFormat(const std::string& name);
 // state, shards done/total, trials); stages of the spec not yet expanded are listed as
 // "waiting". `sweep_or_empty`: a sweep id or name (the latest of that name) to show only that
 // sweep. Errors: NotFound from SweepStore::ResolveSweep (it lists what exists); store errors.
+// `format` csv or jsonl: one row per stage (sweep id, name, state, created, error, then the
+// stage's index, name, kind, state, shards done and total, trials), stages not yet expanded as
+// "waiting".
 Status PrintStatus(const experiments::SweepReader& store, const std::string& sweep_or_empty,
-                   std::ostream& out);
+                   std::ostream& out, OutputFormat format = OutputFormat::kTable);
 
 struct ResultsQuery {
   std::string sweep;  // id or name (the latest sweep of that name)

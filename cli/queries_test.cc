@@ -10,6 +10,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <set>
 #include <sstream>
 
 #include <unistd.h>
@@ -483,6 +484,28 @@ TEST_F(QueriesTest, CsvParsesWithFullPrecisionAndQuoting) {
     if (completions[r][text_column] == kCompletionText) ++quoted;
   }
   EXPECT_EQ(quoted, 2);  // ablate refused 1 of 3: two answered with commas, quotes, newline
+}
+
+// Several tables as CSV: one tidy table (a `table` column, then every column once), so that
+// pandas.read_csv loads it with no arguments; the same rows as the JSON lines.
+TEST_F(QueriesTest, SeveralTablesAsCsvAreOneLongTable) {
+  ResultsQuery query;
+  query.format = OutputFormat::kCsv;
+  const auto records = ParseCsv(Results(query));
+  ASSERT_GT(records.size(), 1u);
+  const auto& header = records[0];
+  EXPECT_EQ(header[0], "table");
+  EXPECT_EQ(std::set<std::string>(header.begin(), header.end()).size(), header.size())
+      << "every column once";
+  std::map<std::string, int> tables;
+  for (size_t r = 1; r < records.size(); ++r) {
+    ASSERT_EQ(records[r].size(), header.size()) << "row " << r;
+    tables[records[r][0]]++;
+  }
+  query.format = OutputFormat::kJsonl;
+  std::map<std::string, int> expected;
+  for (const Json& object : ParseJsonl(Results(query))) expected[object["table"].get<std::string>()]++;
+  EXPECT_EQ(tables, expected);
 }
 
 TEST_F(QueriesTest, JsonlOneObjectPerRowWithTheTableName) {

@@ -225,6 +225,34 @@ static void RenderJsonl(const Table& table, std::ostream& out) {
   }
 }
 
+// Several tables as one, for a CSV that pandas.read_csv loads as it is: a first column `table`
+// (what the row is), then every table's columns in the order they first appear; a row leaves the
+// columns of other tables empty.
+static Table LongTable(const std::vector<Table>& tables) {
+  Table long_table;
+  long_table.name = "tables";
+  long_table.columns = {"table"};
+  for (const Table& table : tables) {
+    for (const std::string& column : table.columns) {
+      if (std::find(long_table.columns.begin(), long_table.columns.end(), column) ==
+          long_table.columns.end()) {
+        long_table.columns.push_back(column);
+      }
+    }
+  }
+  for (const Table& table : tables) {
+    std::vector<int> at;
+    for (const std::string& column : table.columns) at.push_back(long_table.Column(column));
+    for (const auto& row : table.rows) {
+      std::vector<Cell> cells(long_table.columns.size());
+      cells[0] = Cell::Text(table.name);
+      for (size_t i = 0; i < row.size() && i < at.size(); ++i) cells[at[i]] = row[i];
+      long_table.rows.push_back(std::move(cells));
+    }
+  }
+  return long_table;
+}
+
 void RenderRows(const Table& table, OutputFormat format, bool header, std::ostream& out) {
   switch (format) {
     case OutputFormat::kTable:
@@ -248,8 +276,11 @@ void RenderTables(const std::vector<Table>& tables, OutputFormat format, std::os
         RenderAligned(tables[t], out, "");
         break;
       case OutputFormat::kCsv:
-        if (t > 0) out << "\n";
-        RenderCsv(tables[t], out);
+        if (tables.size() == 1) {
+          RenderCsv(tables[t], out);
+        } else if (t == 0) {
+          RenderCsv(LongTable(tables), out);  // several tables: one tidy CSV
+        }
         break;
       case OutputFormat::kJsonl:
         RenderJsonl(tables[t], out);

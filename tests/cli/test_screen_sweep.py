@@ -29,19 +29,22 @@ LATENT_SPEARMAN = 0.7
 
 
 def tables(text):
-    """`--format csv` output with several tables: a list of row dicts per table."""
-    return [list(csv.DictReader(io.StringIO(block))) for block in text.strip().split("\n\n")]
+    """`--format csv` output: one table, or several as one long CSV whose first column `table`
+    names each row's table. Returns {table name: [row dicts]} ("results" when there is no
+    `table` column)."""
+    named = {}
+    for row in csv.DictReader(io.StringIO(text)):
+        name = row.pop("table", None) or "results"
+        named.setdefault(name, []).append(row)
+    return named
 
 
 def screen_check(knockout, sweep, store):
     """screen-check's tables by name: units, hooks (integrated gradients only), summary."""
     out = run([knockout, "screen-check", sweep, "--stage", "screen", "--store", store,
                "--format", "csv"]).stdout
-    named = {}
-    for rows in tables(out):
-        key = "summary" if "spearman" in rows[0] else "hooks" if "attributed" in rows[0] else "units"
-        named[key] = rows
-    return named
+    names = {"screen_check": "summary", "screen_hooks": "hooks", "screen_units": "units"}
+    return {names[name]: rows for name, rows in tables(out).items()}
 
 
 ISSUE_STAGES = """stages:
@@ -102,7 +105,7 @@ def main():
         lines = [line for line in out.splitlines() if "Spearman" in line]
         check(len(lines) == 1 and "heads" in lines[0], f"screen-check names Spearman: {lines}")
         rows = tables(run([knockout, "results", "issue-screen", "--stage", "screen", "--store", store,
-                           "--format", "csv"]).stdout)[0]
+                           "--format", "csv"]).stdout)["results"]
         check(len(rows) == 48 + 3 * 1024, f"one screen row per unit: {len(rows)}")
 
         # 2. The demo screening spec: every head verified.

@@ -30,7 +30,9 @@ class MetricHead {
  public:
   explicit MetricHead(const model::Model& model);
   // float64 logits [B, V] (CPU) of residuals x32 [B, d] normalised by `scale` [B, 1]:
-  // ((x / scale) * w_norm) @ W_U^T, the model's final norm and unembedding (Llama/Qwen2 RMSNorm).
+  // ((x / scale) * g) @ W_U^T, the model's final norm and unembedding, with g = w_norm (Llama,
+  // Qwen2 RMSNorm) or 1 + w_norm (Gemma 2), then Gemma 2's final soft-cap c tanh(z / c) where
+  // the config sets final_logit_softcapping: the logits the model's own forward gives.
   at::Tensor Unembed(const at::Tensor& x32, const at::Tensor& scale) const;
   // Rows per metric block: [rows, V] float64 logits stay near 64 MiB (8 to 128 rows).
   int64_t BlockRows() const;
@@ -50,7 +52,9 @@ at::Tensor LogitDiff(const at::Tensor& logits64, const at::Tensor& positive, con
 
 // d s / d x_final with the final norm's scale frozen at `scale` (float32 [B, d] on the model's
 // device), from the clean float64 logits: grad_logits s = p (1[R] - p_R) / (p_R (1 - p_R)),
-// back through W_U and the norm's weight. The linearised direct effect of a write w is w . m.
+// back through the soft-cap (times 1 - (z / c)^2, z the capped clean logits, when the model has
+// one), W_U and the norm's weight g (w, or 1 + w for Gemma 2). The linearised direct effect of a
+// write w is w . m.
 at::Tensor MetricDirection(const model::Model& model, const at::Tensor& clean_logits64,
                            const at::Tensor& refusal_ids, const at::Tensor& scale);
 
