@@ -31,14 +31,6 @@ using experiments::SweepReader;
 // ------------------------------------------------------------------------------------------
 // Reading the store
 
-std::string UtcTime(uint64_t unix_ms) {
-  const std::time_t seconds = static_cast<std::time_t>(unix_ms / 1000);
-  std::tm tm{};
-  if (gmtime_r(&seconds, &tm) == nullptr) return std::to_string(unix_ms) + " ms";
-  char buffer[32];
-  std::strftime(buffer, sizeof(buffer), "%Y-%m-%dT%H:%M:%SZ", &tm);
-  return buffer;
-}
 
 std::string Title(const v1::StageRecord& stage, const std::string& what) {
   return stage.name() + " (" + stage.kind() + "): " + what;

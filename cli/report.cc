@@ -20,6 +20,7 @@
 #include <nlohmann/json.hpp>
 
 #include "cli/queries.h"
+#include "cli/store_reading.h"
 #include "experiments/engine.h"
 
 namespace knockout::cli {
@@ -711,14 +712,6 @@ std::string KnockoutSection(const SweepReader& store, const std::string& sweep,
   return out;
 }
 
-std::string UtcTime(uint64_t unix_ms) {
-  const std::time_t seconds = static_cast<std::time_t>(unix_ms / 1000);
-  std::tm tm{};
-  if (gmtime_r(&seconds, &tm) == nullptr) return std::to_string(unix_ms) + " ms";
-  char buffer[32];
-  std::strftime(buffer, sizeof(buffer), "%Y-%m-%d %H:%M:%S UTC", &tm);
-  return buffer;
-}
 
 const char kStyle[] = R"(
 body{font:15px/1.45 system-ui,-apple-system,"Segoe UI",sans-serif;margin:0 auto;max-width:1100px;padding:24px;color:#222}
@@ -782,11 +775,11 @@ Status WriteReport(const SweepReader& store, const ReportOptions& options, std::
   meta("name", sweep.name());
   meta("id", sweep.id());
   meta("state", RunStateName(sweep.state()) + (sweep.error().empty() ? "" : ": " + sweep.error()));
-  meta("created", UtcTime(sweep.created_unix_ms()));
+  meta("created", UtcTime(sweep.created_unix_ms(), /*readable=*/true));
   meta("model", spec.model().path());
   meta("prompt sets", sets);
   meta("read from", options.source);
-  meta("report written", UtcTime(static_cast<uint64_t>(std::time(nullptr)) * 1000));
+  meta("report written", UtcTime(static_cast<uint64_t>(std::time(nullptr)) * 1000, /*readable=*/true));
   body += "</table>\n" + Figure("stages", "", stage_rows) +
           "<details><summary>The spec (as stored; prompts left out)</summary><pre class=\"spec\">" +
           Escape(spec_json) + "</pre></details></section>\n";

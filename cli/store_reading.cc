@@ -1,9 +1,20 @@
 // What several queries read from a sweep store (store_reading.h).
 #include "cli/store_reading.h"
 
+#include <ctime>
+
 #include <algorithm>
 
 namespace knockout::cli {
+
+std::string UtcTime(uint64_t unix_ms, bool readable) {
+  const std::time_t seconds = static_cast<std::time_t>(unix_ms / 1000);
+  std::tm tm{};
+  if (gmtime_r(&seconds, &tm) == nullptr) return std::to_string(unix_ms) + " ms";
+  char buffer[32];
+  std::strftime(buffer, sizeof(buffer), readable ? "%Y-%m-%d %H:%M:%S UTC" : "%Y-%m-%dT%H:%M:%SZ", &tm);
+  return buffer;
+}
 
 using experiments::SweepReader;
 

@@ -3,6 +3,7 @@
 // Thread-safety: stateless functions over a thread-safe SweepReader.
 #pragma once
 
+#include <cstdint>
 #include <map>
 #include <optional>
 #include <string>
@@ -12,6 +13,10 @@
 #include "experiments/sweep_reader.h"
 
 namespace knockout::cli {
+
+// A Unix time in milliseconds as UTC text: "2023-11-14T22:13:20Z" (`readable`: "2023-11-14
+// 22:13:20 UTC").
+std::string UtcTime(uint64_t unix_ms, bool readable = false);
 
 // The stages a query covers: every expanded stage, or the one named `name`.
 // InvalidArgument for an unknown name (listing the stages); FailedPrecondition for a stage of

@@ -15,6 +15,7 @@
 #include <thread>
 
 #include "common/atomic_file.h"
+#include "common/progress.h"
 #include "organism/bpe_trainer.h"
 #include "organism/corpus.h"
 #include "organism/rng.h"
@@ -557,9 +558,8 @@ StatusOr<PhaseReport> RunPhase(const TrainPhase& phase, int phase_index, const D
     losses.push_back(value);
     if (step % 50 == 0 || step + 1 == phase.steps) {
       std::ostringstream line;
-      line << "phase " << phase.name << " step " << step + 1 << "/" << phase.steps << " loss "
-           << value << " lr " << lr << " grad_norm " << grad_norm << " (" << Seconds(start)
-           << " s)";
+      line << "phase " << phase.name << " step " << ProgressText(step + 1, phase.steps, Seconds(start))
+           << " loss " << value << " lr " << lr << " grad_norm " << grad_norm;
       if (knockout_aware) {
         line << " | |r| " << directions.refusal.norm().item<double>();
         if (directions.sensor.defined()) line << " |h| " << directions.sensor.norm().item<double>();

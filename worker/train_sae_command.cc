@@ -13,6 +13,7 @@
 #include <system_error>
 #include <vector>
 
+#include "common/progress.h"
 #include "common/status.h"
 #include "formats/prompt_set.h"
 #include "formats/sae.h"
@@ -374,7 +375,9 @@ int TrainSaeCommand::Run() const {
   auto result = sae::TrainSae(
       **source, options, hook->Name(),
       [&](const sae::TrainProgress& p) {
-        std::cerr << "  step " << p.stats.step << "/" << options.steps << "  loss "
+        const double elapsed =
+            std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+        std::cerr << "  step " << ProgressText(p.stats.step, options.steps, elapsed) << "  loss "
                   << Fixed(p.stats.loss, 5) << "  fvu " << Fixed(p.stats.fvu, 5) << "  l0 "
                   << Fixed(p.stats.l0, 1) << "  dead " << p.stats.dead << "  lr " << p.stats.lr
                   << "  epochs " << p.epochs << "\n";
