@@ -240,10 +240,11 @@ StatusOr<std::string> RankTensor(const v1::Target& target, int layer, const Dire
 }
 
 // Whether a target's units come from a ranking (neurons by top_k against a direction, SAE
-// latents by `select`).
+// latents by `select`). Neurons without units and without top_k are every neuron (`units: all`).
 bool IsRanked(const v1::Target& target) {
-  return (target.kind() == v1::Target::NEURONS || target.kind() == v1::Target::SAE_LATENTS) &&
-         target.units().empty() && target.from().empty();
+  if (!target.units().empty() || !target.from().empty()) return false;
+  if (target.kind() == v1::Target::NEURONS) return target.top_k() > 0;
+  return target.kind() == v1::Target::SAE_LATENTS;
 }
 
 // The unit name of a group of latents (TrialLabel.unit_name): L3F[12,856] for one layer,
@@ -503,7 +504,9 @@ StatusOr<std::vector<v1::Trial>> KnockoutTrials(const v1::KnockoutSweepStage& st
         case v1::Target::NEURONS:
           hook = l + ".mlp.hook_post", kind = "neuron";
           units.assign(target.units().begin(), target.units().end());
-          if (units.empty() && !rankings) {
+          if (units.empty() && target.top_k() == 0) {  // `units: all` (or none given)
+            for (int64_t n = 0; n < shape.intermediate_size; ++n) units.push_back(static_cast<int>(n));
+          } else if (units.empty() && !rankings) {
             for (uint32_t i = 0; i < target.top_k(); ++i) units.push_back(static_cast<int>(i));
           } else if (units.empty()) {
             KO_ASSIGN_OR_RETURN(std::string name, RankTensor(target, layer, directions, nullptr));

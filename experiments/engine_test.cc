@@ -11,6 +11,8 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <map>
+#include <set>
 
 namespace knockout::experiments {
 namespace {
@@ -310,6 +312,46 @@ stages:
     const std::string expected =
         (root.empty() ? (dir_ / "store").string() + "/checkpoints" : root) + "/" + *id + "/orth";
     EXPECT_EQ((*pending)[0].shard().output(), expected);
+  }
+}
+
+// A neurons target with no units and no top_k is every neuron of its layers (`units: all`), not a
+// ranking with nothing to rank (before, it planned a RANK shard of zero trials and failed at
+// submission looking for a direction it had never been given).
+TEST_F(EngineTest, NeuronsWithoutUnitsOrTopKAreEveryNeuron) {
+  const std::string yaml = R"(name: all-neurons
+model: {path: model}
+prompt_sets:
+  harmful: harmful.jsonl
+  harmless: harmless.jsonl
+shard_trials: 64
+stages:
+  - name: n
+    knockout_sweep:
+      prompt_sets: [harmful]
+      targets: [{kind: neurons, layers: [1, 2]}, {kind: neurons, layers: [3], units: all}]
+      ablations: [zero]
+      positions: [post_inst]
+)";
+  std::ofstream(dir_ / "neurons.yaml") << yaml;
+  auto parsed = LoadSpec((dir_ / "neurons.yaml").string());
+  ASSERT_TRUE(parsed.ok()) << parsed.status().ToString();
+  SweepEngine engine(sweeps_.get(), kShape);
+  bool resumed = false;
+  auto id = engine.Submit(parsed->spec, &resumed);
+  ASSERT_TRUE(id.ok()) << id.status().ToString();
+  auto pending = engine.Advance(*id);
+  ASSERT_TRUE(pending.ok()) << pending.status().ToString();
+  std::map<int, std::set<int>> units;  // layer -> neurons
+  for (const auto& record : *pending) {
+    EXPECT_NE(record.shard().kind(), v1::Shard::RANK);
+    for (const v1::Trial& trial : record.shard().trials()) {
+      units[trial.label().layer()].insert(trial.label().unit());
+    }
+  }
+  ASSERT_EQ(units.size(), 3u);
+  for (const auto& [layer, neurons] : units) {
+    EXPECT_EQ(static_cast<int64_t>(neurons.size()), kShape.intermediate_size) << "layer " << layer;
   }
 }
 
