@@ -7,7 +7,6 @@
 #include <atomic>
 #include <csignal>
 #include <filesystem>
-#include <iomanip>
 #include <iostream>
 #include <sstream>
 #include <thread>
@@ -85,7 +84,7 @@ StatusOr<std::unique_ptr<knockout::storage::Store>> OpenExisting(const std::stri
   return store;
 }
 
-int Validate(const std::string& path) {
+int Validate(const std::string& path, kc::OutputFormat format) {
   auto parsed = ke::LoadSpec(path);
   if (!parsed.ok()) return Fail(parsed.status());
   // What a submission carries: the model's shape and the prompts, read here (spec_inputs.h).
@@ -98,21 +97,28 @@ int Validate(const std::string& path) {
   if (!plan.ok()) return Fail(plan.status());
   auto id = ke::SweepIdFor(parsed->spec);
   if (!id.ok()) return Fail(id.status());
-  std::cout << path << ": ok — sweep " << parsed->spec.name() << " (id "
-            << *id << "), model " << parsed->spec.model().path() << " ("
-            << shape->num_layers << " layers, " << shape->num_heads << " heads)\n";
-  std::cout << std::left << std::setw(4) << "#" << std::setw(18) << "stage" << std::setw(20)
-            << "kind" << std::right << std::setw(8) << "shards" << std::setw(9) << "trials"
-            << std::setw(9) << "prompts" << "\n";
+  // The plan as a table: aligned for people, or csv / jsonl (one row per stage) for scripts.
+  kc::Table table;
+  table.name = "plan";
+  table.columns = {"#", "stage", "kind", "shards", "trials", "prompts"};
   uint64_t shards = 0, trials = 0;
   for (size_t i = 0; i < plan->size(); ++i) {
     const ke::StagePlan& p = (*plan)[i];
-    std::cout << std::left << std::setw(4) << i << std::setw(18) << p.name << std::setw(20) << p.kind
-              << std::right << std::setw(8) << p.shards << std::setw(9) << p.trials << std::setw(9)
-              << p.prompts << "\n";
+    table.rows.push_back({kc::Cell::Integer(static_cast<int64_t>(i)), kc::Cell::Text(p.name),
+                          kc::Cell::Text(p.kind), kc::Cell::Integer(static_cast<int64_t>(p.shards)),
+                          kc::Cell::Integer(static_cast<int64_t>(p.trials)),
+                          kc::Cell::Integer(static_cast<int64_t>(p.prompts))});
     shards += p.shards;
     trials += p.trials;
   }
+  if (format != kc::OutputFormat::kTable) {
+    kc::RenderTables({table}, format, std::cout);
+    return 0;
+  }
+  std::cout << path << ": ok — sweep " << parsed->spec.name() << " (id "
+            << *id << "), model " << parsed->spec.model().path() << " ("
+            << shape->num_layers << " layers, " << shape->num_heads << " heads)\n";
+  kc::RenderAligned(table, std::cout, "");
   std::cout << plan->size() << " stages, " << shards << " shards, " << trials << " trials\n";
   return 0;
 }
@@ -182,8 +188,10 @@ int main(int argc, char** argv) {
   };
 
   std::string spec_path;
+  std::string format = "table";  // --format of every table command
   auto* validate = app.add_subcommand("validate", "check a spec and its files; print stage and shard counts");
   validate->add_option("SPEC", spec_path, "sweep spec (YAML)")->required();
+  validate->add_option("--format", format, "table, csv or jsonl (the plan: one row per stage)");
 
   kc::LocalRunOptions run_options;
   bool no_summary = false;
@@ -215,7 +223,6 @@ int main(int argc, char** argv) {
 
   std::string sweep;
   bool watch = false;
-  std::string format = "table";  // --format of every table command
   auto* status = app.add_subcommand("status", "sweeps with their stages and progress");
   status->add_option("SWEEP", sweep, "sweep id or name");
   status->add_flag("--watch", watch,
@@ -309,7 +316,11 @@ int main(int argc, char** argv) {
     return 0;
   }
 
-  if (validate->parsed()) return Validate(spec_path);
+  if (validate->parsed()) {
+    auto validate_format = kc::ParseOutputFormat(format);
+    if (!validate_format.ok()) return Fail(validate_format.status());
+    return Validate(spec_path, *validate_format);
+  }
   if (run->parsed()) {
     auto parsed = ke::LoadSpec(spec_path);
     if (!parsed.ok()) return Fail(parsed.status());

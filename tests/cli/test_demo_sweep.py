@@ -7,6 +7,8 @@ an uninterrupted run.
 
 Usage: test_demo_sweep.py KNOCKOUT SPEC
 """
+import csv
+import io
 import json
 import math
 import os
@@ -173,6 +175,10 @@ def main():
     with tempfile.TemporaryDirectory(prefix="knockout-demo-") as workdir:
         out = run([knockout, "validate", spec]).stdout
         check("9 stages" in out, "validate counts 9 stages")
+        plan = list(csv.DictReader(io.StringIO(run([knockout, "validate", spec, "--format", "csv"]).stdout)))
+        check([r["stage"] for r in plan][:3] == ["refusal", "harm", "select"] and len(plan) == 9 and
+              plan[3]["kind"] == "knockout_sweep" and int(plan[3]["trials"]) == 48,
+              "validate --format csv: one row per stage (heads: 48 trials)")
 
         clean = os.path.join(workdir, "clean")
         out = run([knockout, "run", spec, "--store", clean]).stdout
