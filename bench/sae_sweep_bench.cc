@@ -32,6 +32,7 @@
 #include <string>
 #include <vector>
 
+#include "common/progress.h"
 #include "formats/prompt_set.h"
 #include "formats/sae.h"
 #include "bench/random_sae.h"
@@ -200,11 +201,15 @@ int main(int argc, char** argv) {
   ke::ExecutorOptions options;
   ke::ShardExecutor executor(*loaded, options);
   double best = 1e30;
+  const auto started = std::chrono::steady_clock::now();
   for (int r = 0; r < o.repeat + 1; ++r) {  // the first run loads and caches the SAEs: untimed
     const auto t0 = std::chrono::steady_clock::now();
     auto result = executor.Run(shard);
     if (!result.ok()) Fail(result.status().ToString());
     if (r > 0) best = std::min(best, Seconds(t0));
+    std::fprintf(stderr, "  run %s (%.3f s%s)\n",
+                 knockout::ProgressText(r + 1, o.repeat + 1, Seconds(started)).c_str(), Seconds(t0),
+                 r == 0 ? ", untimed: loads the SAEs" : "");
   }
   if (!temp.empty()) fs::remove_all(temp);
   rusage usage{};
