@@ -637,6 +637,44 @@ std::string LatentsSection(const SweepReader& store, const std::string& sweep,
                 *compensation,
                 "the strongest knockouts by |TE| (first ablation and prompt set of each); "
                 "C = TE - DE is what the rest of the model made up; backups in the table");
+  // The hydra itself: for the strongest downstream knockouts, the latents that rose to replace
+  // them, clean vs ablated activation (dormant ones, silent on the clean run, marked *).
+  std::vector<std::string> shown_units;
+  for (const Json& row : *compensation) {
+    const std::string unit = Text(row, "unit");
+    if (Text(row, "role") == "upstream" || unit.empty()) continue;
+    if (std::find(shown_units.begin(), shown_units.end(), unit) != shown_units.end()) continue;
+    shown_units.push_back(unit);
+    if (shown_units.size() == 3) break;
+  }
+  for (const std::string& unit : shown_units) {
+    BackupsQuery query;
+    query.sweep = sweep;
+    query.stage = stage;
+    query.unit = unit;
+    query.top = 8;
+    query.format = OutputFormat::kJsonl;
+    auto backups = Jsonl([&](std::ostream& o) { return PrintBackups(store, query, o); });
+    if (!backups.ok() || backups->empty()) continue;  // the stage stored no backups
+    // One trial and prompt set (the first): the same latents under another ablation are in the CSV.
+    const std::string trial = Text(backups->front(), "trial"), set = Text(backups->front(), "prompt_set");
+    std::vector<std::string> latents;
+    std::map<std::pair<std::string, std::string>, double> values;
+    for (const Json& row : *backups) {
+      if (Text(row, "trial") != trial || Text(row, "prompt_set") != set) continue;
+      const std::string name = Text(row, "backup") + (row.value("dormant", false) ? " *" : "");
+      latents.push_back(name);
+      values[{name, "clean"}] = Num(row, "clean");
+      values[{name, "ablated"}] = Num(row, "ablated");
+    }
+    out += Figure(stage + " backups of " + unit,
+                  Bars(latents, {"clean", "ablated"}, values, "latent activation"), *backups,
+                  "the latents that rose when " + unit + " was knocked out (" +
+                      Text(backups->front(), "ablation") + " @ " +
+                      Text(backups->front(), "positions") + " on " + set +
+                      "): mean activation on the clean and the ablated run; * dormant on the "
+                      "clean run");
+  }
   auto features = Jsonl([&](std::ostream& o) {
     return PrintFeatures(store, sweep, stage, o, OutputFormat::kJsonl);
   });

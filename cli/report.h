@@ -17,8 +17,9 @@
 //   - directions: the effect per layer per position (inst_last vs post_inst ...), and the cosine
 //     per layer of the refusal direction with the other extracted directions (harmfulness);
 //   - whole layers (attn_out, mlp_out), neurons: effect per layer / the strongest units;
-//   - SAE latents: upstream vs downstream knockouts with TE, DE, C and their backups (dormant ->
-//     active), the latents each target chose;
+//   - SAE latents: upstream vs downstream knockouts with TE, DE, C; for the strongest downstream
+//     ones, the latents that rose to replace them (clean vs ablated activation, dormant marked);
+//     the latents each target chose;
 //   - attribution screens: screen estimate vs verified TE (scatter), Spearman per group.
 // Thread-safety: stateless.
 #pragma once

@@ -175,6 +175,18 @@ def check_report(knockout, store, out_dir, check):
     cells = text.count('class="cell"')
     check(cells == 3 * len(rows), f"one hoverable cell per head and value ({cells})")
 
+    # The hydra: the backups that rose when a downstream latent was knocked out.
+    backups = {f: b for f, b in page.downloads.items() if f.startswith("fig-hydra-backups-of")}
+    check(len(backups) >= 1,
+          f"hydra: backups figures of the strongest downstream knockouts ({sorted(backups)})")
+    for figure, body in backups.items():
+        rows = list(csv.DictReader(io.StringIO(body)))
+        assert rows, figure
+        for r in rows:
+            assert abs(float(r["ablated"]) - float(r["clean"]) - float(r["rise"])) <= 1e-9 * max(
+                1.0, abs(float(r["rise"]))), (figure, r)
+    check(True, "backups: rise = ablated - clean in every row")
+
     # Refusal rates as `knockout results --stage generate` has them.
     rates = {(r["condition"], r["prompt_set"]): r["refusal_rate"]
              for r in jsonl(knockout, store, "results", "demo-hydra", "--stage", "generate")
