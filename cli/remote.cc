@@ -119,14 +119,10 @@ StatusOr<std::vector<v1::ShardRecord>> RemoteSweepReader::ListShards(const std::
 StatusOr<std::vector<v1::ResultRow>> RemoteSweepReader::Rows(const std::string& sweep,
                                                              uint32_t stage,
                                                              bool aggregates_only) const {
-  v1::QueryResultsRequest request;
-  request.set_sweep(sweep);
-  request.set_what(v1::QueryResultsRequest::ROWS);
-  request.set_stage(stage);
-  request.set_aggregates_only(aggregates_only);
   std::vector<v1::ResultRow> rows;
-  KO_RETURN_IF_ERROR(Query(request, [&](v1::QueryResultsChunk& chunk) {
-    for (auto& row : *chunk.mutable_rows()) rows.push_back(std::move(row));
+  KO_RETURN_IF_ERROR(ForEachRow(sweep, stage, aggregates_only, [&](v1::ResultRow& row) {
+    rows.push_back(std::move(row));
+    return true;
   }));
   return rows;
 }

@@ -21,6 +21,7 @@
 
 #include "cli/queries.h"
 #include "cli/store_reading.h"
+#include "cli/table.h"
 #include "experiments/engine.h"
 
 namespace knockout::cli {
@@ -126,16 +127,6 @@ std::vector<std::string> Columns(const Rows& rows) {
     }
   }
   return columns;
-}
-
-std::string CsvField(const std::string& text) {
-  if (text.find_first_of(",\"\r\n") == std::string::npos) return text;
-  std::string out = "\"";
-  for (char c : text) {
-    if (c == '"') out.push_back('"');
-    out.push_back(c);
-  }
-  return out + "\"";
 }
 
 std::string Csv(const Rows& rows) {
@@ -316,6 +307,18 @@ Axes AxesFor(const std::map<std::string, std::vector<Point>>& series, bool inclu
   return a;
 }
 
+// Five labelled y ticks with their grid lines.
+std::string YTicks(const Axes& a) {
+  std::ostringstream svg;
+  for (int i = 0; i <= 4; ++i) {
+    const double y = a.y0 + (a.y1 - a.y0) * i / 4;
+    svg << "<text class=\"tick\" x=\"" << a.left - 6 << "\" y=\"" << a.Y(y) + 4
+        << "\" text-anchor=\"end\">" << Fmt(y, 3) << "</text><line class=\"grid\" x1=\"" << a.left
+        << "\" x2=\"" << a.width - a.right << "\" y1=\"" << a.Y(y) << "\" y2=\"" << a.Y(y) << "\"/>";
+  }
+  return svg.str();
+}
+
 std::string Frame(const Axes& a, const std::string& xlabel, const std::string& ylabel,
                   bool integer_x) {
   std::ostringstream svg;
@@ -323,12 +326,7 @@ std::string Frame(const Axes& a, const std::string& xlabel, const std::string& y
       << "\" x2=\"" << a.width - a.right << "\" y2=\"" << a.height - a.bottom << "\"/>"
       << "<line class=\"axis-line\" x1=\"" << a.left << "\" y1=\"" << a.top << "\" x2=\"" << a.left
       << "\" y2=\"" << a.height - a.bottom << "\"/>";
-  for (int i = 0; i <= 4; ++i) {
-    const double y = a.y0 + (a.y1 - a.y0) * i / 4;
-    svg << "<text class=\"tick\" x=\"" << a.left - 6 << "\" y=\"" << a.Y(y) + 4
-        << "\" text-anchor=\"end\">" << Fmt(y, 3) << "</text><line class=\"grid\" x1=\"" << a.left
-        << "\" x2=\"" << a.width - a.right << "\" y1=\"" << a.Y(y) << "\" y2=\"" << a.Y(y) << "\"/>";
-  }
+  svg << YTicks(a);
   if (a.y0 < 0 && a.y1 > 0) {
     svg << "<line class=\"zero\" x1=\"" << a.left << "\" x2=\"" << a.width - a.right << "\" y1=\""
         << a.Y(0) << "\" y2=\"" << a.Y(0) << "\"/>";
@@ -427,12 +425,7 @@ std::string Bars(const std::vector<std::string>& categories, const std::vector<s
   svg << "<svg class=\"chart\" role=\"img\" viewBox=\"0 0 " << a.width << " " << a.height
       << "\" width=\"" << a.width << "\" height=\"" << a.height << "\"><title>" << Escape(ylabel)
       << "</title>";
-  for (int i = 0; i <= 4; ++i) {
-    const double y = a.y0 + (a.y1 - a.y0) * i / 4;
-    svg << "<text class=\"tick\" x=\"" << a.left - 6 << "\" y=\"" << a.Y(y) + 4
-        << "\" text-anchor=\"end\">" << Fmt(y, 3) << "</text><line class=\"grid\" x1=\"" << a.left
-        << "\" x2=\"" << a.width - a.right << "\" y1=\"" << a.Y(y) << "\" y2=\"" << a.Y(y) << "\"/>";
-  }
+  svg << YTicks(a);
   const double group = static_cast<double>(a.width - a.left - a.right) / std::max<size_t>(1, categories.size());
   const double bar = group * 0.8 / std::max<size_t>(1, series.size());
   for (size_t c = 0; c < categories.size(); ++c) {
@@ -623,7 +616,6 @@ std::string LatentsSection(const SweepReader& store, const std::string& sweep,
   // Upstream (harm sensors) vs downstream (refusal features): by the role the spec gave them.
   std::vector<std::string> units, kinds = {"te", "de", "c"};
   std::map<std::pair<std::string, std::string>, double> values;
-  Rows shown;
   for (const Json& row : *compensation) {
     const std::string unit = Text(row, "unit") + (Text(row, "role").empty() ? "" : " (" + Text(row, "role") + ")");
     if (units.size() >= 16 && std::find(units.begin(), units.end(), unit) == units.end()) continue;
@@ -631,7 +623,6 @@ std::string LatentsSection(const SweepReader& store, const std::string& sweep,
     for (const std::string& k : kinds) {
       if (!values.count({unit, k})) values[{unit, k}] = Num(row, k);
     }
-    shown.push_back(row);
   }
   out += Figure(stage + " latent TE DE C", Bars(units, kinds, values, "effect on the refusal score"),
                 *compensation,
@@ -710,6 +701,7 @@ std::string KnockoutSection(const SweepReader& store, const std::string& sweep,
   std::map<std::string, Rows> by_kind;
   for (const Json& row : results) by_kind[Text(row, "unit_kind")].push_back(row);
   std::string out;
+  bool latents_done = false;
   for (const auto& [kind, rows] : by_kind) {
     if (kind == "head") {
       out += HeadsSection(stage, rows, max_heatmaps);
@@ -734,9 +726,9 @@ std::string KnockoutSection(const SweepReader& store, const std::string& sweep,
           [](const Json& r) { return Text(r, "unit_kind") + " @ " + Text(r, "positions"); },
           [](const Json& r) { return Text(r, "ablation") + " on " + Text(r, "prompt_set"); });
     } else if (kind == "sae_latent" || kind == "sae_latents") {
-      if (out.find("SAE latents: knockouts") == std::string::npos) {
-        out += LatentsSection(store, sweep, stage, rows);
-      }
+      // One section for both kinds: it reads the stage's compensation, not these rows alone.
+      if (!latents_done) out += LatentsSection(store, sweep, stage, rows);
+      latents_done = true;
     } else {
       const std::string effect = EffectKey(rows);
       Rows sorted = rows;

@@ -94,11 +94,21 @@ static int g_table_width = 0;
 
 void SetTableWidth(int columns) { g_table_width = std::max(0, columns); }
 
-// The columns of `table` that fit in `width` characters (every one when width is 0).
-static std::vector<size_t> FittingColumns(const Table& table, const std::string& indent, int width) {
-  std::vector<size_t> keep(table.columns.size());
+// The columns of `table` that fit in `width` characters (every one when width is 0), and per
+// column the one text every row has ("" when the rows differ, are empty, or fewer than two):
+// what the note under the table names a left-out column with.
+struct Fit {
+  std::vector<size_t> keep;
+  std::vector<std::string> one_value;
+};
+
+static Fit FittingColumns(const Table& table, const std::string& indent, int width) {
+  Fit fit;
+  fit.keep.resize(table.columns.size());
+  fit.one_value.assign(table.columns.size(), "");
+  std::vector<size_t>& keep = fit.keep;
   for (size_t i = 0; i < keep.size(); ++i) keep[i] = i;
-  if (width <= 0) return keep;
+  if (width <= 0) return fit;
   std::vector<size_t> widths(table.columns.size(), 0);
   std::vector<bool> empty(table.columns.size(), true), constant(table.columns.size(), true);
   std::vector<std::string> first(table.columns.size());
@@ -114,6 +124,9 @@ static std::vector<size_t> FittingColumns(const Table& table, const std::string&
     }
   }
   if (table.rows.size() < 2) constant.assign(constant.size(), false);
+  for (size_t i = 0; i < constant.size(); ++i) {
+    if (constant[i]) fit.one_value[i] = first[i];
+  }
   auto total = [&] {
     size_t sum = indent.size();
     for (size_t i = 0; i < keep.size(); ++i) sum += widths[keep[i]] + (i ? 2 : 0);
@@ -127,11 +140,12 @@ static std::vector<size_t> FittingColumns(const Table& table, const std::string&
     }
   }
   while (keep.size() > 2 && total() > static_cast<size_t>(width)) keep.pop_back();
-  return keep;
+  return fit;
 }
 
 void RenderAligned(const Table& full, std::ostream& out, const std::string& indent) {
-  const std::vector<size_t> keep = FittingColumns(full, indent, g_table_width);
+  const Fit fit = FittingColumns(full, indent, g_table_width);
+  const std::vector<size_t>& keep = fit.keep;
   Table table;
   std::vector<std::string> hidden;
   for (size_t i = 0, k = 0; i < full.columns.size(); ++i) {
@@ -140,17 +154,7 @@ void RenderAligned(const Table& full, std::ostream& out, const std::string& inde
       ++k;
     } else {
       // A column with one value in every row is named with it.
-      std::string name = full.columns[i];
-      std::string value;
-      bool same = full.rows.size() > 1;
-      for (size_t r = 0; r < full.rows.size() && same; ++r) {
-        const std::string text =
-            i < full.rows[r].size() ? DisplayText(CellText(full.rows[r][i], /*exact=*/false)) : "";
-        if (r == 0) value = text;
-        same = text == value;
-      }
-      if (same && !value.empty()) name += "=" + value;
-      hidden.push_back(name);
+      hidden.push_back(full.columns[i] + (fit.one_value[i].empty() ? "" : "=" + fit.one_value[i]));
     }
   }
   for (const auto& full_row : full.rows) {
@@ -190,7 +194,7 @@ void RenderAligned(const Table& full, std::ostream& out, const std::string& inde
   }
 }
 
-static std::string CsvField(const std::string& text) {
+std::string CsvField(const std::string& text) {
   const bool quote = text.find_first_of(",\"\r\n") != std::string::npos ||
                      (!text.empty() && (text.front() == ' ' || text.back() == ' '));
   if (!quote) return text;

@@ -77,6 +77,10 @@ void SetTableWidth(int columns);
 
 void RenderTables(const std::vector<Table>& tables, OutputFormat format, std::ostream& out);
 
+// One CSV field, RFC 4180: quoted when it holds a comma, a quote or a line break, or starts or
+// ends with a space; quotes doubled.
+std::string CsvField(const std::string& text);
+
 // CSV (with the header line when `header`) or JSON lines of one table's rows: how a table
 // streamed in chunks is written (kTable renders aligned, header and all, as RenderTables does).
 void RenderRows(const Table& table, OutputFormat format, bool header, std::ostream& out);

@@ -157,8 +157,8 @@ StatusOr<std::vector<Message>> ScanRecords(const Store& store, Family family,
   return ScanRecords<Message>(store, family, label, prefix, [](const std::string&) { return true; });
 }
 
-// The u32 at the end of a key (a result row's prompt+1).
-uint32_t TrailingUint32(const std::string& key) {
+// The u32 at the end of a key (a result row's prompt+1, a label's trial, a shard key's shard).
+uint32_t TrailingUint32(std::string_view key) {
   if (key.size() < 4) return UINT32_MAX;
   uint32_t value = 0;
   for (size_t i = key.size() - 4; i < key.size(); ++i) {
@@ -205,17 +205,6 @@ Status PutLabels(const v1::Shard& shard, Store::Batch* batch) {
     batch->Put(Family::kResults, key, value);
   }
   return Status::Ok();
-}
-
-// The (stage, shard) a shards-family key ends with.
-std::pair<uint32_t, uint32_t> StageAndShard(std::string_view key) {
-  auto u32 = [&](size_t from) {
-    uint32_t value = 0;
-    for (size_t i = from; i < from + 4; ++i) value = (value << 8) | static_cast<uint8_t>(key[i]);
-    return value;
-  };
-  if (key.size() < 8) return {UINT32_MAX, UINT32_MAX};
-  return {u32(key.size() - 8), u32(key.size() - 4)};
 }
 
 constexpr char kIndexesKey[] = "sweep_store.indexes";
@@ -357,7 +346,7 @@ StatusOr<std::vector<uint32_t>> SweepStore::PendingIndices(const std::string& sw
   std::vector<uint32_t> indices;
   KO_RETURN_IF_ERROR(store_->ForEach(Family::kPending, StageKey(sweep, stage), "",
                                      [&](std::string_view key, std::string_view) {
-                                       indices.push_back(StageAndShard(key).second);
+                                       indices.push_back(TrailingUint32(key));
                                        return true;
                                      }));
   return indices;
@@ -772,13 +761,12 @@ Status SweepStore::FinishStage(const v1::SweepRecord& updated_sweep, const v1::S
 
 StatusOr<std::vector<v1::ResultRow>> SweepStore::Rows(const std::string& sweep, uint32_t stage,
                                                       bool aggregates_only) const {
-  // Aggregate rows (prompt+1 == 0) are interleaved with per-prompt rows in key order, so they
-  // are filtered by key before their values are parsed.
-  return ScanRecords<v1::ResultRow>(
-      *store_, Family::kResults, StageLabel(sweep, stage) + " rows",
-      ResultsPrefix(sweep, stage, kRowKind), [aggregates_only](const std::string& key) {
-        return !aggregates_only || TrailingUint32(key) == 0;
-      });
+  std::vector<v1::ResultRow> rows;
+  KO_RETURN_IF_ERROR(ForEachRow(sweep, stage, aggregates_only, [&](v1::ResultRow& row) {
+    rows.push_back(std::move(row));
+    return true;
+  }));
+  return rows;
 }
 
 Status SweepStore::ForEachRow(const std::string& sweep, uint32_t stage, bool aggregates_only,
@@ -788,7 +776,7 @@ Status SweepStore::ForEachRow(const std::string& sweep, uint32_t stage, bool agg
   KO_RETURN_IF_ERROR(store_->ForEach(
       Family::kResults, ResultsPrefix(sweep, stage, kRowKind), "",
       [&](std::string_view key, std::string_view value) {
-        if (aggregates_only && TrailingUint32(std::string(key)) != 0) return true;
+        if (aggregates_only && TrailingUint32(key) != 0) return true;
         v1::ResultRow row;
         if (!row.ParseFromArray(value.data(), static_cast<int>(value.size()))) {
           failed = Status::Corruption(KeyName(Family::kResults, label, std::string(key)) +
@@ -809,7 +797,7 @@ StatusOr<std::map<uint32_t, v1::TrialLabel>> SweepStore::TrialLabels(const std::
   KO_RETURN_IF_ERROR(store_->ForEach(
       Family::kResults, ResultsPrefix(sweep, stage, kLabelKind), "",
       [&](std::string_view key, std::string_view value) {
-        v1::TrialLabel& trial = labels[TrailingUint32(std::string(key))];
+        v1::TrialLabel& trial = labels[TrailingUint32(key)];
         if (!trial.ParseFromArray(value.data(), static_cast<int>(value.size()))) {
           failed = Status::Corruption(KeyName(Family::kResults, label, std::string(key)) +
                                       ": value does not parse as " + trial.GetTypeName());

@@ -251,12 +251,10 @@ Status Store::Sync() {
 StatusOr<std::vector<std::pair<std::string, std::string>>> Store::Scan(
     Family family, const std::string& prefix) const {
   std::vector<std::pair<std::string, std::string>> rows;
-  if (Handle(family) == nullptr) return rows;
-  std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions(), Handle(family)));
-  for (it->Seek(prefix); it->Valid() && it->key().starts_with(prefix); it->Next()) {
-    rows.emplace_back(it->key().ToString(), it->value().ToString());
-  }
-  if (!it->status().ok()) return Status::IOError(path_ + ": scan failed: " + it->status().ToString());
+  KO_RETURN_IF_ERROR(ForEach(family, prefix, "", [&](std::string_view key, std::string_view value) {
+    rows.emplace_back(key, value);
+    return true;
+  }));
   return rows;
 }
 
