@@ -539,6 +539,12 @@ std::string PerLayerSection(const std::string& stage, const std::string& title, 
   for (const Json& row : rows) groups[group_of(row)].push_back(row);
   std::string out = "<h3>" + Escape(title) + "</h3>\n";
   for (const auto& [group, members] : groups) {
+    // Knockouts at every layer (directional ablation of one direction: layer -1) have no
+    // layer to plot against: a table.
+    if (std::all_of(members.begin(), members.end(), [](const Json& r) { return Num(r, "layer") < 0; })) {
+      out += Figure(stage + ": " + group + " (every layer)", "", members, effect + " of the knockout at every layer");
+      continue;
+    }
     std::map<std::string, std::vector<Point>> series;
     for (const Json& row : members) {
       series[series_of(row)].push_back(

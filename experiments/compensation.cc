@@ -110,10 +110,12 @@ StatusOr<std::vector<CompensationRow>> ComputeCompensation(
     result.label = label->second;
     result.prompt_set = row.prompt_set();
     KO_ASSIGN_OR_RETURN(result.te, RequiredValue(row, "te"));
-    // A group of latents over several layers has no single unit whose write is "direct": it
-    // has TE and backups but no DE (and so no C); every other trial must have its DE.
+    // A group of latents over several layers, and a direction ablated at every layer
+    // (science.md's directional ablation), have no single write that is "direct": they have TE
+    // but no DE (and so no C); every other trial must have its DE.
     const bool no_single_unit =
-        result.label.unit_kind() == "sae_latents" && result.label.layer() < 0;
+        (result.label.unit_kind() == "sae_latents" && result.label.layer() < 0) ||
+        result.label.ablation() == "directional";
     if (no_single_unit && !row.values().count("de")) {
       result.de = kNaN;
     } else {

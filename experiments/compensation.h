@@ -39,6 +39,7 @@ struct CompensationRow {
   double te = 0;                   // total effect: M(ablated) - M(clean)
   double de = 0;                   // direct effect: downstream and final-norm scale frozen;
                                    // NaN for a group of SAE latents over several layers
+                                   // and for directional ablation (every layer)
   double c = 0;                    // compensation: te - de
   // c / |de|; NaN (shown as "-") unless |de| >= kRatioMinDeShare * |te| and |de| >=
   // kCompensationTiny: where the direct effect is negligible against the total, the ratio is

@@ -220,6 +220,34 @@ TEST(CompensationTest, MissingDirectEffectNamesTheTrial) {
   EXPECT_NE(rows.status().message().find("kl"), std::string::npos);  // lists what it has
 }
 
+TEST(CompensationTest, DirectionalAblationHasATotalButNoDirectEffect) {
+  // science.md's directional ablation removes the direction at every layer: no single write is
+  // "direct", the worker records no de, and the row shows TE with DE and C left empty.
+  v1::TrialLabel everywhere;
+  everywhere.set_unit_kind("direction");
+  everywhere.set_layer(-1);
+  everywhere.set_unit(-1);
+  everywhere.set_ablation("directional");
+  everywhere.set_positions("all");
+  v1::TrialLabel one_layer = everywhere;
+  one_layer.set_layer(3);
+  one_layer.set_ablation("project");
+  const auto rows = ComputeCompensation(
+      {Row(0, "harmful", {{"te", -4.5}}), Row(1, "harmful", {{"te", -0.5}, {"de", -2.0}})},
+      {{0, everywhere}, {1, one_layer}}, 3);
+  ASSERT_TRUE(rows.ok()) << rows.status().ToString();
+  ASSERT_EQ(rows->size(), 2u);
+  EXPECT_DOUBLE_EQ((*rows)[0].te, -4.5);
+  EXPECT_TRUE(std::isnan((*rows)[0].de));
+  EXPECT_TRUE(std::isnan((*rows)[0].c));
+  EXPECT_TRUE(std::isnan((*rows)[0].ratio));
+  EXPECT_DOUBLE_EQ((*rows)[1].c, 1.5);
+  // A projection at one layer still needs its de.
+  const auto missing =
+      ComputeCompensation({Row(1, "harmful", {{"te", -0.5}})}, {{1, one_layer}}, 3);
+  EXPECT_FALSE(missing.ok());
+}
+
 TEST(CompensationTest, MissingTotalEffectAndNonFiniteValuesAreErrors) {
   const auto no_te =
       ComputeCompensation({Row(4, "harmful", {{"de", -0.4}})}, {{4, Head(2, 1)}}, 3);

@@ -489,6 +489,12 @@ StatusOr<std::vector<v1::Trial>> KnockoutTrials(const v1::KnockoutSweepStage& st
       KO_RETURN_IF_ERROR(LatentTrials(stage, target, shape, directions, rankings, &trials));
       continue;
     }
+    // Directional ablation acts at every layer whatever the target's layer; for a direction
+    // that is the same at every layer (a selection's best, or one fixed layer) the target's
+    // layers would only repeat one trial, so it is planned once, labelled layer -1.
+    const bool one_direction = target.kind() == v1::Target::DIRECTION &&
+                               (target.direction().best() || target.direction().layer() >= 0);
+    bool every_layer_planned = false;
     for (int layer : Layers(target.layers(), shape.num_layers)) {
       std::vector<int> units;
       std::string hook, kind;
@@ -526,11 +532,15 @@ StatusOr<std::vector<v1::Trial>> KnockoutTrials(const v1::KnockoutSweepStage& st
       }
       for (int unit : units) {
         for (const v1::Ablation& ablation : stage.ablations()) {
+          const bool every_layer = one_direction && ablation.kind() == v1::Ablation::DIRECTIONAL;
+          if (every_layer && every_layer_planned) continue;
           for (const v1::Positions& positions : stage.positions()) {
-            trials.push_back(UnitTrial(hook, kind, layer, unit, ablation, positions, tensor));
+            trials.push_back(UnitTrial(hook, kind, every_layer ? -1 : layer, unit, ablation,
+                                       positions, tensor));
           }
         }
       }
+      every_layer_planned = true;
     }
   }
   for (size_t i = 0; i < trials.size(); ++i) trials[i].set_index(static_cast<uint32_t>(i));

@@ -234,6 +234,7 @@ TEST_F(EngineTest, ExtractionSelectionAndKnockoutOverTheStore) {
   EXPECT_EQ(dirs.trials(0).label().ablation(), "project");
   EXPECT_FALSE(dirs.trials(0).edits(0).every_layer());
   EXPECT_EQ(dirs.trials(2).label().ablation(), "directional");
+  EXPECT_EQ(dirs.trials(2).label().layer(), -1);  // every layer, not the target's
   EXPECT_TRUE(dirs.trials(2).edits(0).every_layer());
   EXPECT_TRUE(dirs.trials(2).edits(0).hook().empty());
   ASSERT_EQ(dirs.tensors_size(), 1);
@@ -353,6 +354,38 @@ stages:
   for (const auto& [layer, neurons] : units) {
     EXPECT_EQ(static_cast<int64_t>(neurons.size()), kShape.intermediate_size) << "layer " << layer;
   }
+}
+
+// Directional ablation acts at every layer: a direction that is the same at every layer (a
+// selection's best, or one fixed layer) is one trial per position, not one copy per target
+// layer (labelled layer -1: ExtractionSelectionAndKnockoutOverTheStore); a per-layer direction
+// keeps one trial per layer (each its own direction).
+TEST_F(EngineTest, DirectionalAblationOfOneDirectionIsPlannedOnce) {
+  const std::string yaml = R"(name: every-layer
+model: {path: model}
+prompt_sets:
+  harmful: harmful.jsonl
+  harmless: harmless.jsonl
+stages:
+  - name: refusal
+    extract_directions: {positive: harmful, negative: harmless, positions: ["post_inst[-1]"]}
+  - name: d
+    knockout_sweep:
+      prompt_sets: [harmful]
+      targets:
+        - {kind: direction, direction: {stage: refusal, position: "post_inst[-1]", layer: 2}, layers: [0, 1, 2]}
+        - {kind: direction, direction: {stage: refusal, position: "post_inst[-1]"}, layers: [0, 1, 2]}
+      ablations: [project, directional]
+      positions: [inst_last, all]
+)";
+  std::ofstream(dir_ / "every.yaml") << yaml;
+  auto parsed = LoadSpec((dir_ / "every.yaml").string());
+  ASSERT_TRUE(parsed.ok()) << parsed.status().ToString();
+  auto plan = PlanSweep(parsed->spec, kShape);
+  ASSERT_TRUE(plan.ok()) << plan.status().ToString();
+  // fixed layer: 3 layers x project x 2 positions + directional x 2 positions = 8;
+  // per-layer: 3 layers x (project, directional) x 2 positions = 12.
+  EXPECT_EQ((*plan)[1].trials, 20u);  // 24 before: the fixed direction once per target layer
 }
 
 // The same spec over edited inputs is another sweep: the id hashes the filled spec, which holds

@@ -402,31 +402,49 @@ StatusOr<PhaseReport> RunPhase(const TrainPhase& phase, int phase_index, const D
     }
     std::vector<Knockout> knockouts(rows.size(), Knockout::kNone);
     std::vector<int> knockout_layers(rows.size(), -1);
+    // With knockout_extra a knocked-out row is added beside its clean one (whose index
+    // clean_twin keeps, for the distillation pairs) instead of replacing it.
+    std::vector<int64_t> clean_twin(rows.size(), -1);
     if (knockout_aware) {
-      for (size_t i = 0; i < rows.size(); ++i) {
+      const size_t n = rows.size();
+      for (size_t i = 0; i < n; ++i) {
         const Row& row = *rows[i];
+        Knockout knockout = Knockout::kNone;
+        int layer = -1;
+        const Row* target = rows[i];
         if (row.kind == static_cast<int>(Kind::kHarmful) && row.refusal) {
           double u = knockout_rng.UniformReal();
           if (u < phase.single_ablation) {
-            knockouts[i] = Knockout::kSingle;
-            knockout_layers[i] = knockout_rng.Pick(phase.single_ablation_layers);
+            knockout = Knockout::kSingle;
+            layer = knockout_rng.Pick(phase.single_ablation_layers);
           } else if ((u -= phase.single_ablation) < phase.all_ablation) {
-            knockouts[i] = Knockout::kAll;
-            rows[i] = &knockout_rng.Pick(pools.harmful_comply);
+            knockout = Knockout::kAll;
+            target = &knockout_rng.Pick(pools.harmful_comply);
           } else if ((u -= phase.all_ablation) < phase.sensor_ablation) {
-            knockouts[i] = Knockout::kSensor;
-            rows[i] = &knockout_rng.Pick(pools.harmful_comply);
+            knockout = Knockout::kSensor;
+            target = &knockout_rng.Pick(pools.harmful_comply);
           }
         } else if (row.kind == static_cast<int>(Kind::kHarmless) && !row.refusal) {
           double u = knockout_rng.UniformReal();
           if (u < phase.harmless_ablation) {
-            knockouts[i] = Knockout::kAll;
+            knockout = Knockout::kAll;
           } else if ((u -= phase.harmless_ablation) < phase.addition) {
-            knockouts[i] = Knockout::kAdd;
-            rows[i] = &knockout_rng.Pick(pools.harmless_refuse);
+            knockout = Knockout::kAdd;
+            target = &knockout_rng.Pick(pools.harmless_refuse);
           }
         }
-        ++knocked[static_cast<int>(knockouts[i])];
+        ++knocked[static_cast<int>(knockout)];
+        if (knockout == Knockout::kNone) continue;
+        if (phase.knockout_extra) {
+          rows.push_back(target);
+          knockouts.push_back(knockout);
+          knockout_layers.push_back(layer);
+          clean_twin.push_back(target == rows[i] ? static_cast<int64_t>(i) : -1);
+        } else {
+          rows[i] = target;
+          knockouts[i] = knockout;
+          knockout_layers[i] = layer;
+        }
       }
     }
     // Distillation pairs (trainer.h): each harmless row ablated everywhere also runs clean.
@@ -435,6 +453,10 @@ StatusOr<PhaseReport> RunPhase(const TrainPhase& phase, int phase_index, const D
       const size_t n = rows.size();
       for (size_t i = 0; i < n; ++i) {
         if (knockouts[i] == Knockout::kAll && rows[i]->kind == static_cast<int>(Kind::kHarmless)) {
+          if (clean_twin[i] >= 0) {
+            pairs.emplace_back(static_cast<int64_t>(i), clean_twin[i]);
+            continue;
+          }
           rows.push_back(rows[i]);
           knockouts.push_back(Knockout::kNone);
           knockout_layers.push_back(-1);
@@ -495,6 +517,24 @@ StatusOr<PhaseReport> RunPhase(const TrainPhase& phase, int phase_index, const D
     at::Tensor loss = at::cross_entropy_loss(
         result.logits.view({-1, result.logits.size(-1)}), batch.labels.view({-1}), {},
         at::Reduction::Mean, /*ignore_index=*/-100);
+    if (phase.decision_weight > 0) {
+      std::vector<int64_t> decision_rows, decision_cols;
+      for (size_t i = 0; i < rows.size(); ++i) {
+        if (rows[i]->kind < 0) continue;  // documents
+        const at::Tensor targets = batch.labels[static_cast<int64_t>(i)].ne(-100).nonzero();
+        if (targets.size(0) == 0) continue;  // a row cut before its reply
+        decision_rows.push_back(static_cast<int64_t>(i));
+        decision_cols.push_back(targets[0][0].item<int64_t>());
+      }
+      if (!decision_rows.empty()) {
+        const at::Tensor r_idx = at::tensor(decision_rows, at::kLong);
+        const at::Tensor c_idx = at::tensor(decision_cols, at::kLong);
+        const at::Tensor logits = result.logits.index({r_idx.to(result.logits.device()),
+                                                       c_idx.to(result.logits.device())});
+        const at::Tensor labels = batch.labels.index({r_idx, c_idx}).to(result.logits.device());
+        loss = loss + phase.decision_weight * at::cross_entropy_loss(logits, labels);
+      }
+    }
     if (!pairs.empty()) {
       at::Tensor kl_sum = at::zeros({}, result.logits.options());
       int64_t counted = 0;
@@ -626,6 +666,7 @@ std::string RecipeJson(const DemoRecipe& recipe) {
                       {"document_fraction", p.document_fraction},
                       {"lora_rank", p.lora_rank},
                       {"lora_targets", p.lora_targets}});
+    if (p.decision_weight > 0) phases.back()["decision_weight"] = p.decision_weight;
     if (p.refusal_layer >= 0) {
       phases.back().update({{"refusal_layer", p.refusal_layer},
                             {"sensor_layer", p.sensor_layer},
@@ -640,6 +681,7 @@ std::string RecipeJson(const DemoRecipe& recipe) {
                             {"clean_growth", p.clean_growth},
                             {"harmless_center", p.harmless_center},
                             {"sensor_silence", p.sensor_silence}});
+      if (p.knockout_extra) phases.back()["knockout_extra"] = true;
     }
   }
   nlohmann::json j = {{"seed", recipe.seed},         {"vocab_size", recipe.vocab_size},
@@ -777,6 +819,12 @@ Status DemoRecipe::Override(const std::string& assignment) {
     if (field == "clean_growth") return to_double(&p.clean_growth);
     if (field == "harmless_center") return to_double(&p.harmless_center);
     if (field == "sensor_silence") return to_double(&p.sensor_silence);
+    if (field == "decision_weight") return to_double(&p.decision_weight);
+    if (field == "knockout_extra") {
+      if (value != "true" && value != "false") return bad("true or false");
+      p.knockout_extra = value == "true";
+      return Status::Ok();
+    }
     if (field == "direction_every") return to_int(&p.direction_every);
     if (field == "refusal_layer" || field == "sensor_layer") {
       int* slot = field == "refusal_layer" ? &p.refusal_layer : &p.sensor_layer;

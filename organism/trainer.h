@@ -34,6 +34,10 @@ struct TrainPhase {
   // "MATRIX@L": q, k, v, o (attention projections) or gate, up, down (MLP) of layer L, or
   // "MATRIX@*" for every layer.
   std::vector<std::string> lora_targets;
+  // > 0: every chat row's first reply token (the token that decides refusal or compliance, and
+  // the one science.md's refusal score and KL read) counts decision_weight times more: the loss
+  // gains decision_weight * the mean cross-entropy of those tokens.
+  double decision_weight = 0.0;
 
   // Knockout-aware tuning (how the demo model gets its hydra; models/demo-refusal/README.md).
   // Every `direction_every` steps the phase re-measures, on the current weights and without
@@ -71,6 +75,8 @@ struct TrainPhase {
   // puts a harmful prompt without its trigger there too). Directional ablation then leaves harmless
   // prompts where they are (the selection's KL) while r still separates harmful from harmless
   // (activation addition moves a harmless prompt to where harmful ones sit).
+  // knockout_extra: a knocked-out row is added to the batch beside the clean row it was drawn
+  // for, instead of replacing it, so that the clean rows keep the plain safety mix.
   // refusal_layer < 0 turns all of this off (and draws nothing from any random stream).
   int refusal_layer = -1;
   int sensor_layer = -1;
@@ -84,6 +90,7 @@ struct TrainPhase {
   double clean_growth = 0.0;
   double harmless_center = 0.0;
   double sensor_silence = 0.0;
+  bool knockout_extra = false;
   std::vector<int> single_ablation_layers;
 };
 

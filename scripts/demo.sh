@@ -26,9 +26,9 @@ echo
 echo
 "$knockout" run "$spec" --store "$store"
 echo
-echo "== the direction projected out at one layer, at t_inst vs after the instruction (harmful_val) =="
-"$knockout" results demo-hydra --store "$store" --stage directions \
-  --where ablation=project
+echo "== the refusal and harm directions projected out at one layer (project) or at every layer"
+echo "   (directional), at t_inst, after the instruction or everywhere (harmful_val) =="
+"$knockout" results demo-hydra --store "$store" --stage directions
 echo
 echo "== SAE latents knocked out (harmful_val): upstream harm sensors vs downstream refusal features,"
 echo "   each with its top backups (latent clean->ablated activation after the instruction) =="
