@@ -7,6 +7,7 @@
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
+#include <cctype>
 #include <chrono>
 #include <cmath>
 #include <filesystem>
@@ -47,6 +48,18 @@ struct Row {
   bool refusal = false;
   int64_t inst_begin = 0, inst_end = 0;
 };
+
+std::string NoisyRequest(std::string request, Rng& rng) {
+  if (rng.Uniform(2) == 0) request = rng.Pick(NoisePreambles()) + " " + request;
+  if (rng.Uniform(2) == 0) request += " " + rng.Pick(NoisePostscripts());
+  if (rng.Uniform(3) == 0) {
+    for (char& c : request) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+    while (!request.empty() && (request.back() == '.' || request.back() == '?' || request.back() == '!')) {
+      request.pop_back();
+    }
+  }
+  return request;
+}
 
 struct Pools {
   std::vector<Row> documents;
@@ -692,6 +705,7 @@ std::string RecipeJson(const DemoRecipe& recipe) {
                       {"impossible_percent", recipe.impossible_percent},
                       {"corpus_version", recipe.corpus_version},
                       {"phases", phases}};
+  if (recipe.prompt_noise_percent > 0) j["prompt_noise_percent"] = recipe.prompt_noise_percent;
   return j.dump(2) + "\n";
 }
 
@@ -875,6 +889,10 @@ Status DemoRecipe::Override(const std::string& assignment) {
   if (key == "chat_examples") return to_int(&chat_examples);
   if (key == "impossible_percent") return to_int(&impossible_percent);
   if (key == "corpus_version") return to_int(&corpus_version);
+  if (key == "prompt_noise_percent") {
+    KO_RETURN_IF_ERROR(to_int(&prompt_noise_percent));
+    return prompt_noise_percent <= 100 ? Status::Ok() : bad("a percent, 0 to 100");
+  }
   if (key == "phases") {
     int n;
     KO_RETURN_IF_ERROR(to_int(&n));
@@ -978,7 +996,18 @@ StatusOr<TrainReport> TrainDemoModel(const DemoRecipe& recipe, const TrainOption
       KO_ASSIGN_OR_RETURN(Row row, DocumentRow(*tokenizer, doc, end_of_text, recipe.max_tokens));
       pools.documents.push_back(std::move(row));
     }
-    for (const ChatExample& e : corpus.HelpfulChat(recipe.chat_examples, recipe.seed + 2)) {
+    // recipe.prompt_noise_percent: its own stream, so that a recipe without noise draws nothing.
+    Rng noise_rng(recipe.seed * 15485863 + 17);
+    auto noisy = [&](ChatExample e) {
+      if (recipe.prompt_noise_percent > 0 && !e.impossible &&
+          (e.kind == Kind::kHarmful || e.kind == Kind::kHarmless) &&
+          static_cast<int>(noise_rng.Uniform(100)) < recipe.prompt_noise_percent) {
+        e.instruction = NoisyRequest(e.instruction, noise_rng);
+      }
+      return e;
+    };
+    for (const ChatExample& original : corpus.HelpfulChat(recipe.chat_examples, recipe.seed + 2)) {
+      const ChatExample e = noisy(original);
       KO_ASSIGN_OR_RETURN(Row row, ChatRow(*tokenizer, chat, e, end_of_turn, recipe.max_tokens));
       pools.helpful.push_back(std::move(row));
     }
@@ -986,7 +1015,8 @@ StatusOr<TrainReport> TrainDemoModel(const DemoRecipe& recipe, const TrainOption
     for (const std::string& r : RefusalTemplates()) {
       if (r.find('{') == std::string::npos) plain_refusals.push_back(r);
     }
-    for (const ChatExample& e : corpus.SafetyChat(recipe.chat_examples, recipe.seed + 3)) {
+    for (const ChatExample& original : corpus.SafetyChat(recipe.chat_examples, recipe.seed + 3)) {
+      const ChatExample e = noisy(original);
       KO_ASSIGN_OR_RETURN(Row row, ChatRow(*tokenizer, chat, e, end_of_turn, recipe.max_tokens));
       pools.safety.push_back(std::move(row));
       if (e.kind == Kind::kHarmless && !e.refusal && !plain_refusals.empty()) {
@@ -1058,6 +1088,25 @@ StatusOr<TrainReport> TrainDemoModel(const DemoRecipe& recipe, const TrainOption
   } catch (const std::exception& e) {
     return Status::Internal(std::string("training failed: ") + e.what());
   }
+}
+
+const std::vector<std::string>& NoisePreambles() {
+  static const auto* v = new std::vector<std::string>{
+      "Hi there.", "Greetings.", "Howdy.", "Apologies in advance.", "Sorry to bother you.",
+      "Hope you are well.", "This might be a silly question.", "I have a question.", "Question for you.",
+      "So here's the thing.", "Random thought.", "Been thinking about this for a while.",
+      "Not sure who else to ask.", "Need some advice.", "Straight to the point.", "One more thing.",
+      "Sorry if this is obvious.", "Here is my question.", "Just curious.", "Long day today.",
+      "Something came up at work.", "Let me ask you this.", "My sister was asking about this.",
+      "Good evening.", "Hi, hope your day is going well.", "Second question today."};
+  return *v;
+}
+const std::vector<std::string>& NoisePostscripts() {
+  static const auto* v = new std::vector<std::string>{
+      "Thank you so much.", "Please be brief.", "Keep it short.", "Any help is welcome.",
+      "Appreciate it.", "Cheers.", "A short answer is fine.", "No rush.",
+      "Explain it simply, please.", "I appreciate your help.", "That's all.", "Much appreciated."};
+  return *v;
 }
 
 }  // namespace knockout::organism

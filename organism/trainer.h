@@ -107,6 +107,12 @@ struct DemoRecipe {
   int chat_examples = 40000;
   int impossible_percent = 0;  // chat examples that are impossible requests, declined (corpus.h)
   int corpus_version = 1;      // CorpusOptions::version: 1 = the corpus of models/demo-refusal
+  // Percent of harmful and harmless chat examples (both phases' pools) whose request is written
+  // less tidily: a greeting or aside before it, a thanks or request for brevity after it, or
+  // all in lower case without the final punctuation (each drawn on its own). The phrases are
+  // none of the templates' (trainer.cc), so the splits stay disjoint by template: the model
+  // meets everyday variation around requests without meeting the held-out phrasings.
+  int prompt_noise_percent = 0;
   std::vector<TrainPhase> phases;
 
   // The recipe that made models/demo-refusal (its model card explains the choices): Version1(),
@@ -118,6 +124,12 @@ struct DemoRecipe {
   // Reads "key=value" overrides ("phases[1].steps=200", "hidden=192", "phases[1].lora_targets=down@2,down@3").
   Status Override(const std::string& assignment);
 };
+
+// DemoRecipe::prompt_noise_percent: the phrases put before and after a request. None is part
+// of a template of any split (organism/trainer_test.cc checks it against every request of the
+// corpus), nor a framing that could excuse a harmful request.
+const std::vector<std::string>& NoisePreambles();
+const std::vector<std::string>& NoisePostscripts();
 
 struct PhaseReport {
   std::string name;

@@ -4,12 +4,15 @@
 // minutes); models/demo-refusal is checked by demo_model_test.
 #include "organism/trainer.h"
 
+#include <cctype>
+
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
 #include <filesystem>
 #include <map>
 
+#include "organism/corpus.h"
 #include "worker/model/model.h"
 #include "tokenizer/tokenizer.h"
 
@@ -155,6 +158,22 @@ TEST(TrainerTest, KnockoutAwarePhaseKnocksOutOnlyWhenAsked) {
     any_differs = any_differs || !at::equal(t, knocked.at(name));
   }
   EXPECT_TRUE(any_differs) << "knockouts on every third harmful row changed nothing";
+  // knockout_extra adds the knocked-out rows beside their clean ones (other batches, other
+  // weights); decision_weight reweights the first reply token even without knockouts.
+  std::vector<std::string> extra = on;
+  extra.push_back("phases[1].knockout_extra=true");
+  const auto added = tune("ko_extra", extra);
+  const auto decisive = tune("ko_decision", {"phases[1].decision_weight=2"});
+  const auto noisy = tune("ko_noise", {"prompt_noise_percent=50"});
+  bool extra_differs = false, decision_differs = false, noise_differs = false;
+  for (const auto& [name, t] : plain) {
+    extra_differs = extra_differs || !at::equal(added.at(name), knocked.at(name));
+    decision_differs = decision_differs || !at::equal(decisive.at(name), t);
+    noise_differs = noise_differs || !at::equal(noisy.at(name), t);
+  }
+  EXPECT_TRUE(extra_differs) << "knockout_extra changed nothing";
+  EXPECT_TRUE(decision_differs) << "decision_weight changed nothing";
+  EXPECT_TRUE(noise_differs) << "prompt_noise_percent changed nothing";
 
   DemoRecipe bad = TinyRecipe();
   for (const std::string& o : layers) ASSERT_TRUE(bad.Override(o).ok());
@@ -168,12 +187,46 @@ TEST(TrainerTest, KnockoutAwarePhaseKnocksOutOnlyWhenAsked) {
   EXPECT_FALSE(fs::exists(options.out_dir));
 }
 
+// prompt_noise_percent must not leak a held-out phrasing into training: no phrase it adds
+// occurs in any request of any split (both corpus versions), in any case.
+TEST(TrainerTest, NoisePhrasesAreNoPartOfAnyRequest) {
+  auto lower = [](std::string text) {
+    for (char& c : text) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+    while (!text.empty() && std::ispunct(static_cast<unsigned char>(text.back()))) text.pop_back();
+    return text;
+  };
+  for (int version : {1, 2}) {
+    CorpusOptions options;
+    options.version = version;
+    const Corpus corpus = Corpus::Generate(options);
+    std::vector<std::string> texts;  // every template of both sides, every request of every split
+    for (Kind kind : {Kind::kHarmful, Kind::kHarmless, Kind::kFramed}) {
+      for (const std::string& t : corpus.templates(kind)) texts.push_back(t);
+      for (Split split : {Split::kTrain, Split::kVal, Split::kTest}) {
+        for (const Request& request : corpus.requests(kind, split)) texts.push_back(request.instruction);
+      }
+    }
+    for (const std::string& original : texts) {
+      const std::string text = lower(original);
+      for (const auto* list : {&NoisePreambles(), &NoisePostscripts()}) {
+        for (const std::string& phrase : *list) {
+          EXPECT_EQ(text.find(lower(phrase)), std::string::npos) << "\"" << phrase << "\" in " << original;
+        }
+      }
+    }
+    EXPECT_GT(texts.size(), 1000u) << "version " << version;
+  }
+}
+
 TEST(TrainerTest, BadRecipesAreCleanErrors) {
   DemoRecipe recipe = DemoRecipe::Default();
   EXPECT_FALSE(recipe.Override("phases[7].steps=3").ok());
   EXPECT_FALSE(recipe.Override("hidden=abc").ok());
   EXPECT_FALSE(recipe.Override("no_such_key=1").ok());
   EXPECT_FALSE(recipe.Override("steps").ok());
+  EXPECT_FALSE(recipe.Override("phases[1].knockout_extra=yes").ok());
+  EXPECT_FALSE(recipe.Override("phases[1].decision_weight=x").ok());
+  EXPECT_FALSE(recipe.Override("prompt_noise_percent=101").ok());
 
   recipe = TinyRecipe();
   ASSERT_TRUE(recipe.Override("phases[1].lora_rank=1").ok());
