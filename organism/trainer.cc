@@ -754,11 +754,13 @@ DemoRecipe DemoRecipe::Hydra() {
   // helpful base that never declines, safety tuning through adapters on every layer, then a
   // knockout-aware phase that makes the upper layers write the refusal direction again when one
   // of them loses it, routes refusal through that one direction, and gates it on the harm sensor
-  // at layer 2's input. This is the log's run S12: it has the hydra (any one upper layer's r
-  // removed: refusal holds; r everywhere or the sensor removed: it goes) and KL <= 0.1, but not
-  // yet issue 14's activation-addition and refusal-strength figures (test split, handwritten
-  // prompts). The safety phase needs its 500 steps: at 300 the refusal templates come out
-  // garbled (runs S5-S7).
+  // at layer 2's input. This is the log's run S46: each knocked-out row is added beside the
+  // clean row it was drawn for (knockout_extra), so that the clean rows keep the plain safety
+  // mix, and 3% of harmless rows get +r with a refusal target. It has the hydra (any one upper
+  // layer's r removed: refusal holds; r everywhere or the sensor removed: it goes) and activation
+  // addition (0.91), but not yet issue 14's KL <= 0.1 (0.26: harmless prompts in held-out
+  // phrasings that the model half refuses) nor its handwritten figures (0.89 / 0.19). The
+  // safety phase needs its 500 steps: at 300 the refusal templates come out garbled (S5-S7).
   DemoRecipe r = Version1();
   r.corpus_version = 2;
   r.impossible_percent = 0;
@@ -778,6 +780,8 @@ DemoRecipe DemoRecipe::Hydra() {
   hydra.sensor_ablation = 0.3;
   hydra.harmless_ablation = 0.15;
   hydra.distill = 0.5;
+  hydra.addition = 0.03;
+  hydra.knockout_extra = true;
   r.phases.push_back(hydra);
   return r;
 }

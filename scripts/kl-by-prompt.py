@@ -1,0 +1,137 @@
+#!/usr/bin/env python3
+"""Where the selection's KL comes from (issue 14's research log in models/demo-refusal/README.md).
+
+science.md's selection rejects a refusal direction whose directional ablation (every layer's
+resid_pre, attn_out and mlp_out, all positions) moves the harmless validation prompts' next-token
+distribution by a mean KL above max_kl. This script splits that mean: per prompt (with the
+prompt's clean refusal probability p(refusal token)), and per part of the ablation (only some
+layers, only some positions). r is the diff-in-means of blocks.L.hook_resid_pre at the last
+prompt token, harmful_train minus harmless_train. The forward pass is tests/reference's float32
+Llama equations (through scripts/probe-refusal-direction.py), written independently of knockout;
+only the tokenisation goes through knockout-worker.
+
+usage: scripts/kl-by-prompt.py MODEL_DIR PROMPTS_DIR [--layer 3] [--refusal-token I] [--top 8]
+       [--worker build/worker/knockout-worker]
+PROMPTS_DIR holds {harmful,harmless}_train.jsonl and harmless_val.jsonl.
+"""
+import argparse
+import importlib.util
+import json
+import math
+import os
+import sys
+
+import torch
+import torch.nn.functional as F
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_spec = importlib.util.spec_from_file_location(
+    "probe", os.path.join(ROOT, "scripts", "probe-refusal-direction.py"))
+probe = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(probe)
+ref = probe.ref
+
+
+def forward(cfg, w, ids, mask, r_hat=None, layers=(), positions=None):
+    """Last-position logits, and every layer's resid_pre; r_hat projected out of resid_pre,
+    attn_out and mlp_out of `layers`, at the positions where `positions` (b x t) is 1."""
+    b, t = ids.shape
+    nh, nkv, eps = cfg["num_attention_heads"], cfg["num_key_value_heads"], cfg["rms_norm_eps"]
+    dh = ref.head_dim(cfg)
+    x = w["model.embed_tokens.weight"][ids]
+    cos, sin, allowed = ref.rope_and_mask(cfg, mask)
+
+    def lin(h, name):
+        return F.linear(h, w[name + ".weight"], w.get(name + ".bias"))
+
+    def ablate(v, layer):
+        if r_hat is None or layer not in layers:
+            return v
+        part = (v @ r_hat)[..., None] * r_hat
+        return v - (part if positions is None else part * positions[..., None])
+
+    resid = []
+    for layer in range(cfg["num_hidden_layers"]):
+        x = ablate(x, layer)
+        resid.append(x)
+        p = f"model.layers.{layer}."
+        h = ref.rms_norm(x, w[p + "input_layernorm.weight"], eps)
+        q = lin(h, p + "self_attn.q_proj").view(b, t, nh, dh).transpose(1, 2)
+        k = lin(h, p + "self_attn.k_proj").view(b, t, nkv, dh).transpose(1, 2)
+        v = lin(h, p + "self_attn.v_proj").view(b, t, nkv, dh).transpose(1, 2)
+        q, k = q * cos + ref.rotate_half(q) * sin, k * cos + ref.rotate_half(k) * sin
+        k, v = k.repeat_interleave(nh // nkv, 1), v.repeat_interleave(nh // nkv, 1)
+        s = (q @ k.transpose(-1, -2)) / math.sqrt(dh)
+        a = torch.softmax(s.masked_fill(~allowed, float("-inf")), -1) @ v
+        x = x + ablate(lin(a.transpose(1, 2).reshape(b, t, nh * dh), p + "self_attn.o_proj"), layer)
+        h = ref.rms_norm(x, w[p + "post_attention_layernorm.weight"], eps)
+        x = x + ablate(lin(F.silu(lin(h, p + "mlp.gate_proj")) * lin(h, p + "mlp.up_proj"),
+                           p + "mlp.down_proj"), layer)
+    head = w["model.embed_tokens.weight"] if cfg.get("tie_word_embeddings") else w["lm_head.weight"]
+    return F.linear(ref.rms_norm(x[:, -1], w["model.norm.weight"], eps), head), resid
+
+
+def kl_per_prompt(clean, ablated):
+    lc, la = clean.double().log_softmax(-1), ablated.double().log_softmax(-1)
+    return (lc.exp() * (lc - la)).sum(-1)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("model")
+    ap.add_argument("prompts")
+    ap.add_argument("--layer", type=int, default=3)
+    ap.add_argument("--refusal-token", default="I")
+    ap.add_argument("--top", type=int, default=8)
+    ap.add_argument("--worker", default=os.path.join(ROOT, "build", "worker", "knockout-worker"))
+    a = ap.parse_args()
+    cfg = json.load(open(os.path.join(a.model, "config.json")))
+    w = {k: v.float() for k, v in ref.load_checkpoint(a.model).items()}
+    vocab = json.load(open(os.path.join(a.model, "tokenizer.json")))["model"]["vocab"]
+    if a.refusal_token not in vocab:
+        sys.exit(f"{a.model}/tokenizer.json: no token {a.refusal_token!r}")
+
+    def load(name, n):
+        path = os.path.join(a.prompts, name)
+        if not os.path.exists(path):
+            sys.exit(f"{path}: no such file")
+        return probe.left_pad(probe.tokenize(a.worker, a.model, path, n))
+
+    n_layers = cfg["num_hidden_layers"]
+    with torch.no_grad():
+        _, harmful = forward(cfg, w, *load("harmful_train.jsonl", 256))
+        _, harmless = forward(cfg, w, *load("harmless_train.jsonl", 256))
+        r = harmful[a.layer][:, -1].mean(0) - harmless[a.layer][:, -1].mean(0)
+        r_hat = r / r.norm()
+        ids, mask = load("harmless_val.jsonl", 64)
+        clean, _ = forward(cfg, w, ids, mask)
+        every = tuple(range(n_layers))
+        last = torch.zeros(ids.shape)
+        last[:, -1] = 1
+        post = torch.zeros(ids.shape)
+        post[:, -5:] = 1
+        parts = [("every layer, all positions (the selection's)", every, None),
+                 ("every layer, last position", every, last),
+                 ("every layer, the 5 post-instruction tokens", every, post),
+                 ("every layer, the instruction's tokens", every, mask.float() - post)]
+        parts += [(f"layer {l} only, all positions", (l,), None) for l in range(n_layers)]
+        print(f"r = diff-in-means of blocks.{a.layer}.hook_resid_pre at the last prompt token, "
+              f"|r| = {r.norm():.1f}; {ids.shape[0]} harmless validation prompts")
+        print("| ablated | mean KL |\n|---|---|")
+        per = None
+        for name, layers, positions in parts:
+            logits, _ = forward(cfg, w, ids, mask, r_hat, layers, positions)
+            kl = kl_per_prompt(clean, logits)
+            per = kl if per is None else per
+            print(f"| {name} | {kl.mean():.3f} |")
+    instructions = [json.loads(line)["instruction"]
+                    for line in open(os.path.join(a.prompts, "harmless_val.jsonl")) if line.strip()]
+    p_refuse = clean.double().softmax(-1)[:, vocab[a.refusal_token]]
+    print(f"\nmedian per-prompt KL {per.median():.3f}; the largest:")
+    print(f"| KL | clean p({a.refusal_token}) | prompt |\n|---|---|---|")
+    for i in torch.argsort(-per)[:a.top].tolist():
+        print(f"| {per[i]:.2f} | {p_refuse[i]:.2f} | {instructions[i]} |")
+
+
+if __name__ == "__main__":
+    main()
