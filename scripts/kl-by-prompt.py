@@ -6,8 +6,8 @@ resid_pre, attn_out and mlp_out, all positions) moves the harmless validation pr
 distribution by a mean KL above max_kl. This script splits that mean: per prompt (with the
 prompt's clean refusal probability p(refusal token)), and per part of the ablation (only some
 layers, only some positions). r is the diff-in-means of blocks.L.hook_resid_pre at the last
-prompt token, harmful_train minus harmless_train. The forward pass is tests/reference's float32
-Llama equations (through scripts/probe-refusal-direction.py), written independently of knockout;
+prompt token, harmful_train minus harmless_train. The forward pass is scripts/probe-refusal-
+direction.py's (tests/reference's float32 Llama equations), written independently of knockout;
 only the tokenisation goes through knockout-worker.
 
 usage: scripts/kl-by-prompt.py MODEL_DIR PROMPTS_DIR [--layer 3] [--refusal-token I] [--top 8]
@@ -17,12 +17,10 @@ PROMPTS_DIR holds {harmful,harmless}_train.jsonl and harmless_val.jsonl.
 import argparse
 import importlib.util
 import json
-import math
 import os
 import sys
 
 import torch
-import torch.nn.functional as F
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _spec = importlib.util.spec_from_file_location(
@@ -30,45 +28,6 @@ _spec = importlib.util.spec_from_file_location(
 probe = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(probe)
 ref = probe.ref
-
-
-def forward(cfg, w, ids, mask, r_hat=None, layers=(), positions=None):
-    """Last-position logits, and every layer's resid_pre; r_hat projected out of resid_pre,
-    attn_out and mlp_out of `layers`, at the positions where `positions` (b x t) is 1."""
-    b, t = ids.shape
-    nh, nkv, eps = cfg["num_attention_heads"], cfg["num_key_value_heads"], cfg["rms_norm_eps"]
-    dh = ref.head_dim(cfg)
-    x = w["model.embed_tokens.weight"][ids]
-    cos, sin, allowed = ref.rope_and_mask(cfg, mask)
-
-    def lin(h, name):
-        return F.linear(h, w[name + ".weight"], w.get(name + ".bias"))
-
-    def ablate(v, layer):
-        if r_hat is None or layer not in layers:
-            return v
-        part = (v @ r_hat)[..., None] * r_hat
-        return v - (part if positions is None else part * positions[..., None])
-
-    resid = []
-    for layer in range(cfg["num_hidden_layers"]):
-        x = ablate(x, layer)
-        resid.append(x)
-        p = f"model.layers.{layer}."
-        h = ref.rms_norm(x, w[p + "input_layernorm.weight"], eps)
-        q = lin(h, p + "self_attn.q_proj").view(b, t, nh, dh).transpose(1, 2)
-        k = lin(h, p + "self_attn.k_proj").view(b, t, nkv, dh).transpose(1, 2)
-        v = lin(h, p + "self_attn.v_proj").view(b, t, nkv, dh).transpose(1, 2)
-        q, k = q * cos + ref.rotate_half(q) * sin, k * cos + ref.rotate_half(k) * sin
-        k, v = k.repeat_interleave(nh // nkv, 1), v.repeat_interleave(nh // nkv, 1)
-        s = (q @ k.transpose(-1, -2)) / math.sqrt(dh)
-        a = torch.softmax(s.masked_fill(~allowed, float("-inf")), -1) @ v
-        x = x + ablate(lin(a.transpose(1, 2).reshape(b, t, nh * dh), p + "self_attn.o_proj"), layer)
-        h = ref.rms_norm(x, w[p + "post_attention_layernorm.weight"], eps)
-        x = x + ablate(lin(F.silu(lin(h, p + "mlp.gate_proj")) * lin(h, p + "mlp.up_proj"),
-                           p + "mlp.down_proj"), layer)
-    head = w["model.embed_tokens.weight"] if cfg.get("tie_word_embeddings") else w["lm_head.weight"]
-    return F.linear(ref.rms_norm(x[:, -1], w["model.norm.weight"], eps), head), resid
 
 
 def kl_per_prompt(clean, ablated):
@@ -99,12 +58,12 @@ def main():
 
     n_layers = cfg["num_hidden_layers"]
     with torch.no_grad():
-        _, harmful = forward(cfg, w, *load("harmful_train.jsonl", 256))
-        _, harmless = forward(cfg, w, *load("harmless_train.jsonl", 256))
+        harmful, _ = probe.forward(cfg, w, *load("harmful_train.jsonl", 256))
+        harmless, _ = probe.forward(cfg, w, *load("harmless_train.jsonl", 256))
         r = harmful[a.layer][:, -1].mean(0) - harmless[a.layer][:, -1].mean(0)
         r_hat = r / r.norm()
         ids, mask = load("harmless_val.jsonl", 64)
-        clean, _ = forward(cfg, w, ids, mask)
+        _, clean = probe.forward(cfg, w, ids, mask)
         every = tuple(range(n_layers))
         last = torch.zeros(ids.shape)
         last[:, -1] = 1
@@ -120,7 +79,7 @@ def main():
         print("| ablated | mean KL |\n|---|---|")
         per = None
         for name, layers, positions in parts:
-            logits, _ = forward(cfg, w, ids, mask, r_hat, layers, positions)
+            _, logits = probe.forward(cfg, w, ids, mask, ablate=(r_hat, layers, positions))
             kl = kl_per_prompt(clean, logits)
             per = kl if per is None else per
             print(f"| {name} | {kl.mean():.3f} |")

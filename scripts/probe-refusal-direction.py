@@ -52,9 +52,12 @@ def left_pad(seqs):
     return ids, mask
 
 
-def run(cfg, w, ids, mask, add=None):
-    """resid_pre of every layer and the residual after the last one at the last column, and the
-    last column's logits. add=(layer, vector): x += vector at that layer's input, every column."""
+def forward(cfg, w, ids, mask, add=None, ablate=None):
+    """Every layer's resid_pre (whole tensors), the residual after the last layer, and the last
+    column's logits. add=(layer, vector): x += vector at that layer's input, every column.
+    ablate=(r_hat, layers, positions): r_hat projected out of resid_pre, attn_out and mlp_out of
+    those layers (science.md's directional ablation), at the columns where positions (b x t) is
+    1, or at every column if positions is None. Shared with scripts/kl-by-prompt.py."""
     b, t = ids.shape
     nh, nkv, eps = cfg["num_attention_heads"], cfg["num_key_value_heads"], cfg["rms_norm_eps"]
     dh = ref.head_dim(cfg)
@@ -64,11 +67,19 @@ def run(cfg, w, ids, mask, add=None):
     def lin(h, name):
         return F.linear(h, w[name + ".weight"], w.get(name + ".bias"))
 
+    def cut(v, layer):
+        if ablate is None or layer not in ablate[1]:
+            return v
+        r_hat, _, positions = ablate
+        part = (v @ r_hat)[..., None] * r_hat
+        return v - (part if positions is None else part * positions[..., None])
+
     seen = []
     for layer in range(cfg["num_hidden_layers"]):
         if add is not None and add[0] == layer:
             x = x + add[1]
-        seen.append(x[:, -1].clone())
+        x = cut(x, layer)
+        seen.append(x)
         p = f"model.layers.{layer}."
         h = ref.rms_norm(x, w[p + "input_layernorm.weight"], eps)
         q = lin(h, p + "self_attn.q_proj").view(b, t, nh, dh).transpose(1, 2)
@@ -78,12 +89,20 @@ def run(cfg, w, ids, mask, add=None):
         k, v = k.repeat_interleave(nh // nkv, 1), v.repeat_interleave(nh // nkv, 1)
         s = (q @ k.transpose(-1, -2)) / math.sqrt(dh)
         a = torch.softmax(s.masked_fill(~allowed, float("-inf")), -1) @ v
-        x = x + lin(a.transpose(1, 2).reshape(b, t, nh * dh), p + "self_attn.o_proj")
+        x = x + cut(lin(a.transpose(1, 2).reshape(b, t, nh * dh), p + "self_attn.o_proj"), layer)
         h = ref.rms_norm(x, w[p + "post_attention_layernorm.weight"], eps)
-        x = x + lin(F.silu(lin(h, p + "mlp.gate_proj")) * lin(h, p + "mlp.up_proj"), p + "mlp.down_proj")
-    seen.append(x[:, -1].clone())
+        x = x + cut(lin(F.silu(lin(h, p + "mlp.gate_proj")) * lin(h, p + "mlp.up_proj"),
+                        p + "mlp.down_proj"), layer)
+    seen.append(x)
     head = w["model.embed_tokens.weight"] if cfg.get("tie_word_embeddings") else w["lm_head.weight"]
     return seen, F.linear(ref.rms_norm(x[:, -1], w["model.norm.weight"], eps), head)
+
+
+def run(cfg, w, ids, mask, add=None):
+    """resid_pre of every layer and the residual after the last one at the last column, and the
+    last column's logits. add=(layer, vector): x += vector at that layer's input, every column."""
+    seen, logits = forward(cfg, w, ids, mask, add=add)
+    return [x[:, -1] for x in seen], logits
 
 
 def refusal_score(logits, token):
