@@ -27,7 +27,6 @@ _spec = importlib.util.spec_from_file_location(
     "probe", os.path.join(ROOT, "scripts", "probe-refusal-direction.py"))
 probe = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(probe)
-ref = probe.ref
 
 
 def kl_per_prompt(clean, ablated):
@@ -37,18 +36,10 @@ def kl_per_prompt(clean, ablated):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("model")
-    ap.add_argument("prompts")
-    ap.add_argument("--layer", type=int, default=3)
-    ap.add_argument("--refusal-token", default="I")
+    probe.add_common_args(ap)
     ap.add_argument("--top", type=int, default=8)
-    ap.add_argument("--worker", default=os.path.join(ROOT, "build", "worker", "knockout-worker"))
     a = ap.parse_args()
-    cfg = json.load(open(os.path.join(a.model, "config.json")))
-    w = {k: v.float() for k, v in ref.load_checkpoint(a.model).items()}
-    vocab = json.load(open(os.path.join(a.model, "tokenizer.json")))["model"]["vocab"]
-    if a.refusal_token not in vocab:
-        sys.exit(f"{a.model}/tokenizer.json: no token {a.refusal_token!r}")
+    cfg, w, token = probe.load_model(a.model, a.refusal_token)
 
     def load(name, n):
         path = os.path.join(a.prompts, name)
@@ -85,7 +76,7 @@ def main():
             print(f"| {name} | {kl.mean():.3f} |")
     instructions = [json.loads(line)["instruction"]
                     for line in open(os.path.join(a.prompts, "harmless_val.jsonl")) if line.strip()]
-    p_refuse = clean.double().softmax(-1)[:, vocab[a.refusal_token]]
+    p_refuse = clean.double().softmax(-1)[:, token]
     print(f"\nmedian per-prompt KL {per.median():.3f}; the largest:")
     print(f"| KL | clean p({a.refusal_token}) | prompt |\n|---|---|---|")
     for i in torch.argsort(-per)[:a.top].tolist():

@@ -105,6 +105,25 @@ def run(cfg, w, ids, mask, add=None):
     return [x[:, -1] for x in seen], logits
 
 
+def add_common_args(ap):
+    """MODEL_DIR PROMPTS_DIR [--layer] [--refusal-token] [--worker] (shared with kl-by-prompt.py)."""
+    ap.add_argument("model")
+    ap.add_argument("prompts")
+    ap.add_argument("--layer", type=int, default=3)
+    ap.add_argument("--refusal-token", default="I")
+    ap.add_argument("--worker", default=os.path.join(ROOT, "build", "worker", "knockout-worker"))
+
+
+def load_model(model, refusal_token):
+    """config.json, the float32 weights and the refusal token's id; exits naming what is missing."""
+    cfg = json.load(open(os.path.join(model, "config.json")))
+    w = {k: v.float() for k, v in ref.load_checkpoint(model).items()}
+    vocab = json.load(open(os.path.join(model, "tokenizer.json")))["model"]["vocab"]
+    if refusal_token not in vocab:
+        sys.exit(f"{model}/tokenizer.json: no token {refusal_token!r}")
+    return cfg, w, vocab[refusal_token]
+
+
 def refusal_score(logits, token):
     p = torch.softmax(logits.double(), -1)[:, token]
     return (torch.log(p) - torch.log1p(-p)).mean().item()
@@ -112,19 +131,10 @@ def refusal_score(logits, token):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("model")
-    ap.add_argument("prompts")
-    ap.add_argument("--layer", type=int, default=3)
-    ap.add_argument("--refusal-token", default="I")
-    ap.add_argument("--worker", default=os.path.join(ROOT, "build", "worker", "knockout-worker"))
+    add_common_args(ap)
     ap.add_argument("--prompts-per-set", type=int, default=64)
     a = ap.parse_args()
-    cfg = json.load(open(os.path.join(a.model, "config.json")))
-    w = {k: v.float() for k, v in ref.load_checkpoint(a.model).items()}
-    vocab = json.load(open(os.path.join(a.model, "tokenizer.json")))["model"]["vocab"]
-    if a.refusal_token not in vocab:
-        sys.exit(f"{a.model}/tokenizer.json: no token {a.refusal_token!r}")
-    token = vocab[a.refusal_token]
+    cfg, w, token = load_model(a.model, a.refusal_token)
     harmful = left_pad(tokenize(a.worker, a.model, os.path.join(a.prompts, "harmful_val.jsonl"), a.prompts_per_set))
     harmless = left_pad(tokenize(a.worker, a.model, os.path.join(a.prompts, "harmless_val.jsonl"), a.prompts_per_set))
     with torch.no_grad():
