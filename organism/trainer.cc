@@ -488,6 +488,22 @@ StatusOr<PhaseReport> RunPhase(const TrainPhase& phase, int phase_index, const D
       KO_ASSIGN_OR_RETURN(hooked, AddKnockouts(knockouts, knockout_layers, rows, directions, phase,
                                                batch.input_ids.size(1), n_layers, hooks));
     }
+    // Each row's first reply target (its column: the last prompt token, which predicts the
+    // reply's first token), -1 for a row cut before its reply; read by the direction terms and
+    // decision_weight. argmax returns the first maximum.
+    std::vector<int64_t> reply_start;
+    if (phase.decision_weight > 0 ||
+        (knockout_aware &&
+         (phase.clean_growth > 0 || phase.harmless_center > 0 || phase.sensor_silence > 0))) {
+      const at::Tensor targets = batch.labels.ne(-100);
+      const at::Tensor first = targets.to(at::kInt).argmax(1);
+      const at::Tensor any = targets.any(1);
+      reply_start.resize(rows.size());
+      for (size_t i = 0; i < rows.size(); ++i) {
+        const int64_t r = static_cast<int64_t>(i);
+        reply_start[i] = any[r].item<bool>() ? first[r].item<int64_t>() : -1;
+      }
+    }
     // The rows the direction terms read (trainer.h): for clean_growth the clean harmful rows
     // with a refusal target, for harmless_center the clean harmless rows with a compliant one,
     // for sensor_silence the rows with the sensor knocked out; each at its last prompt token
@@ -509,11 +525,9 @@ StatusOr<PhaseReport> RunPhase(const TrainPhase& phase, int phase_index, const D
                  : harmless && phase.harmless_center > 0 ? &center
                                                          : nullptr;
         }
-        if (!into) continue;
-        const at::Tensor targets = batch.labels[static_cast<int64_t>(i)].ne(-100).nonzero();
-        if (targets.size(0) == 0) continue;  // a row cut before its reply
+        if (!into || reply_start[i] < 0) continue;
         into->rows.push_back(static_cast<int64_t>(i));
-        into->cols.push_back(targets[0][0].item<int64_t>());
+        into->cols.push_back(reply_start[i]);
       }
       if (!growth.rows.empty() || !center.rows.empty() || !silence.rows.empty()) {
         hooks.Cache(km::HookPoint::ResidPre(phase.refusal_layer));
@@ -533,11 +547,9 @@ StatusOr<PhaseReport> RunPhase(const TrainPhase& phase, int phase_index, const D
     if (phase.decision_weight > 0) {
       std::vector<int64_t> decision_rows, decision_cols;
       for (size_t i = 0; i < rows.size(); ++i) {
-        if (rows[i]->kind < 0) continue;  // documents
-        const at::Tensor targets = batch.labels[static_cast<int64_t>(i)].ne(-100).nonzero();
-        if (targets.size(0) == 0) continue;  // a row cut before its reply
+        if (rows[i]->kind < 0 || reply_start[i] < 0) continue;  // documents, cut rows
         decision_rows.push_back(static_cast<int64_t>(i));
-        decision_cols.push_back(targets[0][0].item<int64_t>());
+        decision_cols.push_back(reply_start[i]);
       }
       if (!decision_rows.empty()) {
         const at::Tensor r_idx = at::tensor(decision_rows, at::kLong);

@@ -68,12 +68,12 @@ def main():
         print(f"r = diff-in-means of blocks.{a.layer}.hook_resid_pre at the last prompt token, "
               f"|r| = {r.norm():.1f}; {ids.shape[0]} harmless validation prompts")
         print("| ablated | mean KL |\n|---|---|")
-        per = None
+        per_part = []
         for name, layers, positions in parts:
             _, logits = probe.forward(cfg, w, ids, mask, ablate=(r_hat, layers, positions))
-            kl = kl_per_prompt(clean, logits)
-            per = kl if per is None else per
-            print(f"| {name} | {kl.mean():.3f} |")
+            per_part.append(kl_per_prompt(clean, logits))
+            print(f"| {name} | {per_part[-1].mean():.3f} |")
+        per = per_part[0]  # the selection's ablation, per prompt
     instructions = [json.loads(line)["instruction"]
                     for line in open(os.path.join(a.prompts, "harmless_val.jsonl")) if line.strip()]
     p_refuse = clean.double().softmax(-1)[:, token]
