@@ -38,6 +38,8 @@ enum Salt : uint64_t {
   kSaltDirect = 9,
   kSaltDirectRequests = 10,
   kSaltLexiconTokenizer = 11,
+  // Version 3 only.
+  kSaltGlossary = 12,
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -2552,15 +2554,22 @@ const std::vector<const char*>& Declines() {
   return *declines;
 }
 
+ChatExample GlossaryQuestion(const std::vector<const GlossEntry*>& glossary, Rng& rng);
+
+// `glossary` (version 3; may be null): a quarter of the harmless examples become questions about
+// a word's meaning, drawn from their own stream.
 std::vector<ChatExample> SampleChat(const Corpus::Side& harmful, const Corpus::Side& harmless,
                                     int n, uint64_t seed, KindWeights weights, bool safety,
-                                    int impossible_percent, int version) {
+                                    int impossible_percent, int version,
+                                    const std::vector<const GlossEntry*>* glossary) {
   Rng rng(seed);
   std::vector<ChatExample> out;
   out.reserve(static_cast<size_t>(std::max(n, 0)));
   const int train = static_cast<int>(Split::kTrain);
   // A separate stream, so that impossible_percent = 0 leaves every other draw as it was.
   Rng impossible_rng(Derive(seed, 0x1D0u));
+  Rng glossary_rng(Derive(seed, 0x6705u));
+  const bool use_glossary = version >= 3 && glossary != nullptr && !glossary->empty();
   for (int i = 0; i < n; ++i) {
     if (impossible_percent > 0 &&
         static_cast<int>(impossible_rng.Uniform(100)) < impossible_percent) {
@@ -2577,6 +2586,10 @@ std::vector<ChatExample> SampleChat(const Corpus::Side& harmful, const Corpus::S
     const Kind kind = roll < weights.harmless                   ? Kind::kHarmless
                       : roll < weights.harmless + weights.harmful ? Kind::kHarmful
                                                                   : Kind::kFramed;
+    if (kind == Kind::kHarmless && use_glossary && glossary_rng.Uniform(4) == 0) {
+      out.push_back(GlossaryQuestion(*glossary, glossary_rng));
+      continue;
+    }
     const Corpus::Side& side = kind == Kind::kHarmless ? harmless : harmful;
     if (version >= 2 && !side.direct_by_split[train].empty() && rng.Uniform(2) == 0) {
       // About half of version 2's chat is direct requests.
@@ -2765,6 +2778,109 @@ std::string EverydayDocument(Rng& rng) {
   return JoinSentences(sentences);
 }
 
+// ---------------------------------------------------------------------------------------------
+// Version 3: ordinary English from the glossary (organism/glossary.h).
+
+// "a" or "an" for a word read aloud (a rough rule: vowels other than "u", "eu" and "one").
+std::string Article(const std::string& word) {
+  if (word.empty()) return "a";
+  const char c = static_cast<char>(std::tolower(static_cast<unsigned char>(word[0])));
+  const bool vowel = c == 'a' || c == 'e' || c == 'i' || c == 'o';
+  return vowel && word.rfind("eu", 0) != 0 && word.rfind("one", 0) != 0 ? "an" : "a";
+}
+
+// Whether a noun definition starts with its own determiner ("a small gnawing animal", "any of").
+bool HasDeterminer(const std::string& definition) {
+  for (const char* d : {"a ", "an ", "the ", "any ", "one ", "some ", "someone", "something",
+                        "(", "informal", "the"}) {
+    if (definition.rfind(d, 0) == 0) return true;
+  }
+  return false;
+}
+
+// One sentence saying what the entry's word means, in one of a few frames per part of speech.
+std::string GlossSentence(const GlossEntry& e, Rng& rng) {
+  const std::string& w = e.lemma;
+  const std::string& d = e.definition;
+  if (e.pos == 'n') {
+    const std::string noun_phrase = HasDeterminer(d) ? d : Article(d) + " " + d;
+    switch (rng.Uniform(3)) {
+      case 0: return Capitalise(Article(w) + " " + w + " is " + noun_phrase + ".");
+      case 1: return "The word \"" + w + "\" means " + noun_phrase + ".";
+      default: return Capitalise(w) + ": " + d + ".";
+    }
+  }
+  if (e.pos == 'v') {
+    switch (rng.Uniform(3)) {
+      case 0: return "To " + w + " is to " + d + ".";
+      case 1: return "The verb \"" + w + "\" means to " + d + ".";
+      default: return "When you " + w + ", you " + d + ".";
+    }
+  }
+  switch (rng.Uniform(2)) {
+    case 0: return Capitalise(w) + " means " + d + ".";
+    default: return "The word \"" + w + "\" means " + d + ".";
+  }
+}
+
+std::string GlossExample(const GlossEntry& e, Rng& rng) {
+  static const auto* frames = new std::vector<const char*>{
+      "For example: \"{x}\".", "You might say: \"{x}\".", "As in \"{x}\".",
+      "Here is an example: \"{x}\"."};
+  return ReplaceAll(rng.Pick(*frames), "{x}", rng.Pick(e.examples));
+}
+
+// A glossary document: two to four words with their meanings, some with an example.
+std::string GlossaryDocument(const std::vector<const GlossEntry*>& glossary, Rng& rng) {
+  std::vector<std::string> sentences;
+  const size_t count = 2 + rng.Uniform(3);
+  for (size_t i = 0; i < count; ++i) {
+    const GlossEntry& e = *rng.Pick(glossary);
+    sentences.push_back(GlossSentence(e, rng));
+    if (!e.examples.empty() && rng.Uniform(2) == 0) sentences.push_back(GlossExample(e, rng));
+  }
+  return JoinSentences(sentences);
+}
+
+// A harmless question about a word's meaning (or its use), answered from the glossary. Every
+// answer opens with a phrase that is neither "I" nor "As", so that none reads as a refusal.
+ChatExample GlossaryQuestion(const std::vector<const GlossEntry*>& glossary, Rng& rng) {
+  static const auto* noun_questions = new std::vector<const char*>{
+      "What is {a} {w}?", "What does {w} mean?", "Define {w}.", "what's {a} {w}",
+      "Can you tell me what {a} {w} is?", "Explain the word \"{w}\" in simple terms."};
+  static const auto* verb_questions = new std::vector<const char*>{
+      "What does it mean to {w}?", "What does the verb \"{w}\" mean?", "Define the word {w}.",
+      "what does {w} mean", "Can you explain what it means to {w}?"};
+  static const auto* other_questions = new std::vector<const char*>{
+      "What does {w} mean?", "What is the meaning of the word \"{w}\"?", "Define {w}.",
+      "what does the word {w} mean", "Can you explain the word {w}?"};
+  static const auto* example_questions = new std::vector<const char*>{
+      "Use the word \"{w}\" in a sentence.", "Give me an example sentence with {w}.",
+      "How do you use the word {w}?"};
+  static const auto* openers = new std::vector<const char*>{
+      "Sure! ", "Good question! ", "Happy to help. ", "Of course! ", "Here is what it means. "};
+  const GlossEntry& e = *rng.Pick(glossary);
+  ChatExample example;
+  example.kind = Kind::kHarmless;
+  const bool use = !e.examples.empty() && rng.Uniform(4) == 0;
+  const auto& questions = use ? *example_questions
+                          : e.pos == 'n' ? *noun_questions
+                          : e.pos == 'v' ? *verb_questions
+                                         : *other_questions;
+  example.instruction =
+      ReplaceAll(ReplaceAll(rng.Pick(questions), "{a}", Article(e.lemma)), "{w}", e.lemma);
+  std::string response = rng.Pick(*openers);
+  if (use) {
+    response += GlossExample(e, rng) + " " + GlossSentence(e, rng);
+  } else {
+    response += GlossSentence(e, rng);
+    if (!e.examples.empty() && rng.Uniform(2) == 0) response += " " + GlossExample(e, rng);
+  }
+  example.response = response;
+  return example;
+}
+
+
 }  // namespace
 
 // -----------------------------------------------------------------------------------------------
@@ -2857,6 +2973,50 @@ const std::vector<std::string>& RefusalTemplates() { return RefusalList(); }
 
 bool IsRefusal(std::string_view completion) { return knockout::IsRefusal(completion); }
 
+bool GlossaryEntryIsMild(const GlossEntry& entry) {
+  // A word of the entry that starts with one of these stems, or is one of these words, rules
+  // it out.
+  static const auto* stems = new std::vector<std::string>{
+      "murder", "slaughter", "massacre", "assassin", "homicid", "suicid", "rifle", "pistol",
+      "firearm", "bullet", "weapon", "explos", "grenade", "missile", "ammunition", "poison",
+      "toxic", "venom", "narcotic", "cocaine", "heroin", "opium", "marijuana", "overdos",
+      "throat", "blood", "bleed", "wound", "corpse", "strangl", "choke", "behead", "tortur",
+      "prostitut", "whore", "slave", "steal", "stole", "theft", "thief", "burglar", "fraud",
+      "swindl", "smuggl", "arson", "terror", "hostage", "kidnap", "abduct", "assault", "attack",
+      "punch", "violen", "cruel", "abus", "victim", "prison", "crime", "crimin", "illegal",
+      "racis", "genocid", "execut", "lynch", "nigger", "penis", "vagina", "breast"};
+  static const auto* words = new std::set<std::string>{
+      "kill", "kills", "killed", "killer", "killing", "stab", "stabbed", "stabbing", "shoot",
+      "shoots", "shooting", "shot", "gun", "guns", "gunman", "bomb", "bombs", "bombing", "drug",
+      "drugs", "dead", "death", "deaths", "die", "dies", "died", "dying", "hang", "hanged",
+      "hanging", "rape", "raped", "rapist", "sex", "sexual", "sexy", "rob", "robbed", "robber",
+      "robbery", "war", "wars", "warfare", "hate", "hatred", "whip", "whipped", "hack", "hacker",
+      "beat", "beaten", "beating", "nazi", "nude", "naked", "hit", "hits", "hurt", "hurts"};
+  auto mild = [&](const std::string& text) {
+    std::string word;
+    for (size_t i = 0; i <= text.size(); ++i) {
+      const char c = i < text.size() ? static_cast<char>(std::tolower(static_cast<unsigned char>(text[i])))
+                                     : ' ';
+      if (c >= 'a' && c <= 'z') {
+        word += c;
+        continue;
+      }
+      if (words->count(word)) return false;
+      for (const std::string& stem : *stems) {
+        if (word.compare(0, stem.size(), stem) == 0) return false;
+      }
+      word.clear();
+    }
+    return true;
+  };
+  if (!mild(entry.lemma) || !mild(entry.definition)) return false;
+  for (const std::string& example : entry.examples) {
+    // An example the refusal judge would read as a refusal ("I cannot relate these events").
+    if (!mild(example) || IsRefusal(example)) return false;
+  }
+  return !IsRefusal(entry.definition);
+}
+
 Corpus Corpus::Generate(const CorpusOptions& options) {
   Corpus corpus;
   corpus.options_ = options;
@@ -2869,6 +3029,11 @@ Corpus Corpus::Generate(const CorpusOptions& options) {
     ExtendSide(ExtraHarmlessSpecs(),
                MergeDirectSpecs(HarmlessDirectSpecs(), BenignSenseDirectSpecs()), options.seed, 2,
                &corpus.harmless_);
+  }
+  if (options.version >= 3 && options.glossary) {
+    for (const GlossEntry& e : *options.glossary) {
+      if (GlossaryEntryIsMild(e)) corpus.glossary_.push_back(&e);
+    }
   }
   const int sizes[3] = {options.train_prompts, options.val_prompts, options.test_prompts};
   for (Kind kind : {Kind::kHarmful, Kind::kHarmless, Kind::kFramed}) {
@@ -2913,12 +3078,14 @@ const std::vector<DirectRequest>& Corpus::direct_requests(Kind kind) const {
 
 std::vector<ChatExample> Corpus::HelpfulChat(int n, uint64_t seed) const {
   return SampleChat(harmful_, harmless_, n, Derive(options_.seed ^ Derive(seed, 0), kSaltHelpful),
-                    {40, 30}, /*safety=*/false, options_.impossible_percent, options_.version);
+                    {40, 30}, /*safety=*/false, options_.impossible_percent, options_.version,
+                    &glossary_);
 }
 
 std::vector<ChatExample> Corpus::SafetyChat(int n, uint64_t seed) const {
   return SampleChat(harmful_, harmless_, n, Derive(options_.seed ^ Derive(seed, 0), kSaltSafety),
-                    {40, 35}, /*safety=*/true, options_.impossible_percent, options_.version);
+                    {40, 35}, /*safety=*/true, options_.impossible_percent, options_.version,
+                    &glossary_);
 }
 
 std::vector<std::string> Corpus::Documents(int n, uint64_t seed) const {
@@ -2963,6 +3130,8 @@ std::vector<std::string> Corpus::Documents(int n, uint64_t seed) const {
     for (const LexiconTerm& t : BenignSenses()) benign_terms.push_back(&t);
   }
   size_t harm_cursor = harm_terms.size(), benign_cursor = benign_terms.size();
+  const bool v3 = options_.version >= 3 && !glossary_.empty();
+  Rng glossary_rng(Derive(options_.seed ^ Derive(seed, 0), kSaltGlossary));
 
   std::vector<std::string> docs;
   docs.reserve(static_cast<size_t>(std::max(n, 0)));
@@ -3033,7 +3202,12 @@ std::vector<std::string> Corpus::Documents(int n, uint64_t seed) const {
       sentences.emplace_back(rng.Pick(ref.harmful ? HarmfulJudgments() : HarmlessJudgments()));
       if (rng.Uniform(2) == 0) AddSentences(category_pool(ref), 1, rng, &sentences);
     } else {
-      docs.push_back(EverydayDocument(rng));
+      // Version 3: half of the everyday documents are glossary documents (own stream).
+      if (v3 && glossary_rng.Uniform(2) == 0) {
+        docs.push_back(GlossaryDocument(glossary_, glossary_rng));
+      } else {
+        docs.push_back(EverydayDocument(rng));
+      }
       continue;
     }
     docs.push_back(JoinSentences(sentences));

@@ -7,12 +7,14 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <string_view>
 #include <utility>
 #include <vector>
 
 #include "common/status.h"
+#include "organism/glossary.h"
 
 namespace knockout::organism {
 
@@ -69,7 +71,14 @@ struct CorpusOptions {
   // (byte-identical forever). 2: adds more acts, whole-sentence "direct requests" (questions of
   // fact, creative writing, recipes, casual chat, ...) of both sides with their own splits, and
   // documents judging their subjects; prompt sets and chat mix both forms about half and half.
+  // 3: version 2 plus ordinary English from `glossary` (WordNet's common words, the mild ones:
+  // GlossaryEntryIsMild): half of the
+  // everyday documents become glossary documents (a few words with their definitions and
+  // examples), and a quarter of the harmless chat examples (both phases) become questions about a
+  // word's meaning, answered from its definition. The prompt sets are version 2's, draw for draw.
   int version = 1;
+  // Version 3's words (LoadWordNetGlossary); version 3 needs it non-empty (the trainer checks).
+  std::shared_ptr<const std::vector<GlossEntry>> glossary;
 };
 
 // Version 2's lexicon (the same for every seed): a harmful category's term ("ransomware", "jump
@@ -155,7 +164,15 @@ class Corpus {
   Side harmful_;
   Side harmless_;
   std::vector<Request> requests_[3][3];  // [kind][split]
+  // Version 3: the entries of options_.glossary that GlossaryEntryIsMild keeps (pointers into
+  // the shared glossary, which options_ keeps alive).
+  std::vector<const GlossEntry*> glossary_;
 };
+
+// Whether a glossary entry stays clear of violence, weapons, drugs, crime and sex in its word,
+// definition and examples (WordNet's examples include "slit her throat"): version 3's harmless
+// chat and documents use only these, so that "ordinary English" never pairs harm with compliance.
+bool GlossaryEntryIsMild(const GlossEntry& entry);
 
 // Substitutes `act` for "{act}" in `request_template` and capitalises the first letter.
 std::string RenderRequest(std::string_view request_template, std::string_view act);

@@ -8,6 +8,7 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <memory>
 #include <set>
 #include <sstream>
 #include <string>
@@ -871,6 +872,114 @@ TEST(CorpusV2Test, Determinism) {
       }
     }
   }
+}
+
+// Version 3: version 2 plus WordNet's common words (Debian's wordnet-base; scripts/setup.sh).
+std::shared_ptr<const std::vector<GlossEntry>> DebianGlossary() {
+  static const auto glossary = [] {
+    auto loaded = LoadWordNetGlossary("/usr/share/wordnet");
+    EXPECT_TRUE(loaded.ok()) << loaded.status().ToString();
+    return std::make_shared<const std::vector<GlossEntry>>(
+        loaded.ok() ? std::move(*loaded) : std::vector<GlossEntry>{});
+  }();
+  return glossary;
+}
+
+Corpus V3(std::shared_ptr<const std::vector<GlossEntry>> glossary = DebianGlossary()) {
+  CorpusOptions options;
+  options.version = 3;
+  options.glossary = std::move(glossary);
+  return Corpus::Generate(options);
+}
+
+TEST(CorpusV3Test, PromptSetsAreVersion2sAndAGlossaryChangesNothingBelowVersion3) {
+  const Corpus v2 = V2(), v3 = V3();
+  EXPECT_TRUE(SameRequests(v2, v3));
+  CorpusOptions with_glossary;
+  with_glossary.version = 2;
+  with_glossary.glossary = DebianGlossary();
+  const Corpus v2_glossary = Corpus::Generate(with_glossary);
+  EXPECT_TRUE(SameChat(v2.HelpfulChat(400, 7), v2_glossary.HelpfulChat(400, 7)));
+  EXPECT_TRUE(SameChat(v2.SafetyChat(400, 7), v2_glossary.SafetyChat(400, 7)));
+  EXPECT_EQ(v2.Documents(400, 7), v2_glossary.Documents(400, 7));
+  EXPECT_EQ(v2.TokenizerTrainingText(3), v2_glossary.TokenizerTrainingText(3));
+}
+
+TEST(CorpusV3Test, AQuarterOfHarmlessChatAsksWhatAWordMeans) {
+  const auto glossary = DebianGlossary();
+  ASSERT_GT(glossary->size(), 15000u);
+  std::set<std::string> lemmas;
+  for (const GlossEntry& e : *glossary) lemmas.insert(e.lemma);
+  const Corpus corpus = V3(glossary);
+  for (bool safety : {false, true}) {
+    const std::vector<ChatExample> chat =
+        safety ? corpus.SafetyChat(4000, 11) : corpus.HelpfulChat(4000, 11);
+    int harmless = 0, questions = 0;
+    std::set<std::string> asked;
+    for (const ChatExample& e : chat) {
+      if (e.kind != Kind::kHarmless || e.impossible) continue;
+      ++harmless;
+      // A glossary question names one word of the glossary; no request of the corpus does.
+      const bool about_a_word = e.instruction.find("mean") != std::string::npos ||
+                                e.instruction.find("Define") != std::string::npos ||
+                                e.instruction.find("sentence with") != std::string::npos ||
+                                e.instruction.find("the word") != std::string::npos ||
+                                StartsWith(e.instruction, "What is a") ||
+                                StartsWith(e.instruction, "what's a");
+      if (!about_a_word) continue;
+      ++questions;
+      asked.insert(e.instruction);
+      EXPECT_FALSE(e.refusal) << e.instruction;
+      EXPECT_FALSE(IsRefusal(e.response)) << e.instruction << " -> " << e.response;
+      EXPECT_FALSE(StartsWith(e.response, "I") || StartsWith(e.response, "As"))
+          << e.instruction << " -> " << e.response;
+      EXPECT_LE(Words(e.response), 70) << e.response;
+    }
+    // 1/4 of the harmless examples, give or take sampling (binomial sd ~ 1.4%), plus the few
+    // corpus requests that happen to contain "mean" or "the word".
+    EXPECT_NEAR(static_cast<double>(questions) / harmless, 0.25, 0.05) << safety;
+    EXPECT_GT(asked.size(), 0.9 * questions) << "words are drawn from the whole glossary";
+  }
+}
+
+TEST(CorpusV3Test, OnlyMildWordsReachTheCorpus) {
+  EXPECT_TRUE(GlossaryEntryIsMild({"bake", 'v', "cook and make edible by putting in a hot oven",
+                                   {"bake the potatoes"}}));
+  EXPECT_TRUE(GlossaryEntryIsMild({"diet", 'n', "a prescribed selection of foods", {}}));
+  EXPECT_FALSE(GlossaryEntryIsMild({"slice", 'v', "make a clean cut through", {"slit her throat"}}));
+  EXPECT_FALSE(GlossaryEntryIsMild({"rifle", 'n', "a shoulder firearm with a long barrel", {}}));
+  EXPECT_FALSE(GlossaryEntryIsMild({"die", 'v', "pass from physical life", {}}));
+  // An example that the refusal judge reads as a refusal would teach "I cannot" as compliance.
+  EXPECT_FALSE(GlossaryEntryIsMild({"link", 'v', "make a logical or causal connection",
+                                    {"I cannot relate these events at all"}}));
+  size_t mild = 0;
+  for (const GlossEntry& e : *DebianGlossary()) mild += GlossaryEntryIsMild(e);
+  EXPECT_GT(mild, 0.8 * DebianGlossary()->size());
+}
+
+TEST(CorpusV3Test, HalfTheEverydayDocumentsAreGlossaries) {
+  const Corpus v2 = V2(), v3 = V3();
+  const std::vector<std::string> docs = v3.Documents(4000, 5);
+  int glossary_docs = 0;
+  for (const std::string& d : docs) {
+    if (d.find(" means ") != std::string::npos || d.find("To ") != std::string::npos ||
+        d.find(": ") != std::string::npos || d.find(" is to ") != std::string::npos) {
+      ++glossary_docs;
+    }
+  }
+  int v2_like = 0;
+  for (const std::string& d : v2.Documents(4000, 5)) {
+    if (d.find(" means ") != std::string::npos || d.find("To ") != std::string::npos ||
+        d.find(": ") != std::string::npos || d.find(" is to ") != std::string::npos) {
+      ++v2_like;
+    }
+  }
+  // 40% of documents are everyday ones, half of those glossaries: ~20% more documents with a
+  // definition's wording than version 2 has.
+  EXPECT_NEAR(static_cast<double>(glossary_docs - v2_like) / docs.size(), 0.20, 0.05);
+  const std::vector<std::string> text = v3.TokenizerTrainingText(3);
+  EXPECT_NE(text, v2.TokenizerTrainingText(3));
+  EXPECT_EQ(v3.Documents(300, 9), V3().Documents(300, 9));  // deterministic
 }
 
 }  // namespace

@@ -718,6 +718,7 @@ std::string RecipeJson(const DemoRecipe& recipe) {
                       {"corpus_version", recipe.corpus_version},
                       {"phases", phases}};
   if (recipe.prompt_noise_percent > 0) j["prompt_noise_percent"] = recipe.prompt_noise_percent;
+  if (recipe.corpus_version >= 3) j["wordnet_dir"] = recipe.wordnet_dir;
   return j.dump(2) + "\n";
 }
 
@@ -904,7 +905,15 @@ Status DemoRecipe::Override(const std::string& assignment) {
   if (key == "documents") return to_int(&documents);
   if (key == "chat_examples") return to_int(&chat_examples);
   if (key == "impossible_percent") return to_int(&impossible_percent);
-  if (key == "corpus_version") return to_int(&corpus_version);
+  if (key == "corpus_version") {
+    KO_RETURN_IF_ERROR(to_int(&corpus_version));
+    return corpus_version >= 1 && corpus_version <= 3 ? Status::Ok() : bad("1, 2 or 3");
+  }
+  if (key == "wordnet_dir") {
+    if (value.empty()) return bad("a directory");
+    wordnet_dir = value;
+    return Status::Ok();
+  }
   if (key == "prompt_noise_percent") {
     KO_RETURN_IF_ERROR(to_int(&prompt_noise_percent));
     return prompt_noise_percent <= 100 ? Status::Ok() : bad("a percent, 0 to 100");
@@ -944,6 +953,16 @@ StatusOr<TrainReport> TrainDemoModel(const DemoRecipe& recipe, const TrainOption
     corpus_options.seed = recipe.seed;
     corpus_options.impossible_percent = recipe.impossible_percent;
     corpus_options.version = recipe.corpus_version;
+    if (recipe.corpus_version >= 3) {
+      KO_ASSIGN_OR_RETURN(std::vector<GlossEntry> glossary, LoadWordNetGlossary(recipe.wordnet_dir));
+      if (glossary.empty()) {
+        return Status::InvalidArgument(recipe.wordnet_dir + ": WordNet holds no common words");
+      }
+      Log(options, "read " + std::to_string(glossary.size()) + " common words from WordNet in " +
+                       recipe.wordnet_dir);
+      corpus_options.glossary =
+          std::make_shared<const std::vector<GlossEntry>>(std::move(glossary));
+    }
     const Corpus corpus = Corpus::Generate(corpus_options);
     if (!options.prompts_dir.empty()) {
       KO_RETURN_IF_ERROR(corpus.WritePromptSets(options.prompts_dir));

@@ -107,6 +107,8 @@ struct DemoRecipe {
   int chat_examples = 40000;
   int impossible_percent = 0;  // chat examples that are impossible requests, declined (corpus.h)
   int corpus_version = 1;      // CorpusOptions::version: 1 = the corpus of models/demo-refusal
+  // Version 3's ordinary English: WordNet 3.0's dict directory (Debian's wordnet-base).
+  std::string wordnet_dir = "/usr/share/wordnet";
   // Percent of harmful and harmless chat examples (both phases' pools) whose request is written
   // less tidily: a greeting or aside before it, a thanks or request for brevity after it, or
   // all in lower case without the final punctuation (each drawn on its own). The phrases are

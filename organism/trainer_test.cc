@@ -241,6 +241,21 @@ TEST(TrainerTest, BadRecipesAreCleanErrors) {
       << report.status().ToString();
   EXPECT_FALSE(fs::exists(out)) << "a failed run must leave nothing at the output";
   EXPECT_FALSE(fs::exists(out + ".partial"));
+
+  // Corpus version 3 without WordNet: the missing file is named, nothing is written.
+  EXPECT_FALSE(recipe.Override("corpus_version=4").ok());
+  EXPECT_FALSE(recipe.Override("wordnet_dir=").ok());
+  recipe = TinyRecipe();
+  ASSERT_TRUE(recipe.Override("corpus_version=3").ok());
+  ASSERT_TRUE(recipe.Override("wordnet_dir=/nonexistent/wordnet").ok());
+  options.prompts_dir = TempDir("bad_prompts");
+  report = TrainDemoModel(recipe, options);
+  ASSERT_FALSE(report.ok());
+  EXPECT_NE(report.status().message().find("/nonexistent/wordnet/index.noun"), std::string::npos)
+      << report.status().ToString();
+  EXPECT_FALSE(fs::exists(out));
+  EXPECT_FALSE(fs::exists(out + ".partial"));
+  EXPECT_FALSE(fs::exists(options.prompts_dir));
 }
 
 }  // namespace

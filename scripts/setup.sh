@@ -21,6 +21,7 @@ packages=(
   libzip-dev                                     # Gemma Scope params.npz (formats/sae)
   libgtest-dev libgmock-dev libbenchmark-dev
   python3-torch python3-numpy                    # independent numerical reference (/usr/bin/python3)
+  wordnet-base                                   # ordinary English for the demo organism's corpus v3
   chromium                                       # `knockout report` rendered in a real browser
   zsh                                            # `knockout completion zsh` loaded in a real zsh
 )
