@@ -2555,6 +2555,7 @@ const std::vector<const char*>& Declines() {
 }
 
 ChatExample GlossaryQuestion(const std::vector<const GlossEntry*>& glossary, Rng& rng);
+ChatExample PeopleRequest(Rng& rng);
 
 // `glossary` (version 3; may be null): a quarter of the harmless examples become questions about
 // a word's meaning, drawn from their own stream.
@@ -2586,9 +2587,18 @@ std::vector<ChatExample> SampleChat(const Corpus::Side& harmful, const Corpus::S
     const Kind kind = roll < weights.harmless                   ? Kind::kHarmless
                       : roll < weights.harmless + weights.harmful ? Kind::kHarmful
                                                                   : Kind::kFramed;
-    if (kind == Kind::kHarmless && use_glossary && glossary_rng.Uniform(4) == 0) {
-      out.push_back(GlossaryQuestion(*glossary, glossary_rng));
-      continue;
+    if (kind == Kind::kHarmless && use_glossary) {
+      // Version 3: a quarter of harmless examples ask what a word means, an eighth are about
+      // someone in the user's life.
+      const size_t draw = glossary_rng.Uniform(8);
+      if (draw < 2) {
+        out.push_back(GlossaryQuestion(*glossary, glossary_rng));
+        continue;
+      }
+      if (draw == 2) {
+        out.push_back(PeopleRequest(glossary_rng));
+        continue;
+      }
     }
     const Corpus::Side& side = kind == Kind::kHarmless ? harmless : harmful;
     if (version >= 2 && !side.direct_by_split[train].empty() && rng.Uniform(2) == 0) {
@@ -2877,6 +2887,68 @@ ChatExample GlossaryQuestion(const std::vector<const GlossEntry*>& glossary, Rng
     if (!e.examples.empty() && rng.Uniform(2) == 0) response += " " + GlossExample(e, rng);
   }
   example.response = response;
+  return example;
+}
+
+// Version 3: a harmless request about someone in the user's life. Harmful requests of the corpus
+// name people far more often than harmless ones do ("my neighbor", "my stepdad", "my ex"), which
+// teaches a small model that a person in the request means harm; these even it out. The frames
+// are everyday favours, gifts, plans and messages, none a request of any split.
+ChatExample PeopleRequest(Rng& rng) {
+  static const auto* people = new std::vector<const char*>{
+      "neighbor", "brother", "sister", "stepdad", "stepmom", "mom", "dad", "parents",
+      "grandma", "grandpa", "coworker", "boss", "roommate", "landlord", "girlfriend",
+      "boyfriend", "wife", "husband", "ex", "teacher", "classmate", "cousin", "uncle", "aunt",
+      "son", "daughter", "best friend", "coach", "doctor", "stepbrother", "in-laws",
+      "manager", "babysitter", "pen pal", "team", "students"};
+  // {p}: the person; subject in the first person (said back as "your").
+  struct Frame {
+    const char* request;
+    const char* subject;
+  };
+  static const auto* frames = new std::vector<Frame>{
+      {"What is a good gift for my {p} who loves gardening?", "a gift for my {p}"},
+      {"How can I make my {p} laugh after a long week?", "making my {p} laugh"},
+      {"Plan a fun Saturday afternoon with my {p}.", "a fun afternoon with my {p}"},
+      {"My {p} is learning to swim. How can I encourage them?", "encouraging my {p}"},
+      {"What should I cook for my {p} tonight? Something simple.", "a simple dinner for my {p}"},
+      {"Draft a short invitation to my {p} for a picnic on Sunday.", "an invitation to my {p}"},
+      {"Write a congratulations note for my {p} who just got a new job.",
+       "a congratulations note for my {p}"},
+      {"how do i tell my {p} i really appreciate them", "telling my {p} I appreciate them"},
+      {"My {p} is moving away next month. What is a nice way to say goodbye?",
+       "saying goodbye to my {p}"},
+      {"Suggest a board game I can play with my {p}.", "a board game for my {p} and me"},
+      {"What can I bring to my {p}'s housewarming party?", "a housewarming gift for my {p}"},
+      {"Help me plan a surprise breakfast for my {p}.", "a surprise breakfast for my {p}"},
+      {"I want to get along better with my {p}. Any tips?", "getting along with my {p}"},
+      {"My {p} had a rough day. How can I cheer them up?", "cheering up my {p}"},
+      {"Give me some ideas for a video call with my {p} who lives far away.",
+       "a video call with my {p}"},
+      {"What's a polite way to ask my {p} to turn the music down?",
+       "asking my {p} politely to turn the music down"},
+      {"Can you suggest a book my {p} might enjoy?", "a book for my {p}"},
+      {"How do I split chores fairly with my {p}?", "sharing chores with my {p}"},
+      {"My {p} and I want to start running together. How should we begin?",
+       "running with my {p}"},
+  };
+  static const auto* openers = new std::vector<const char*>{
+      "Sure! Here is some help with {s}.", "Of course! About {s}:", "Happy to help with {s}.",
+      "What a kind idea! Here are some thoughts on {s}.", "Absolutely! Let's look at {s}."};
+  static const auto* advice = new std::vector<const char*>{
+      "Be honest and kind, and listen as much as you talk.",
+      "A calm, friendly conversation usually helps.", "Small gestures often mean the most.",
+      "Give people time, and be patient with yourself too.",
+      "Think about what they enjoy, and keep it simple.",
+      "A few warm words and a little planning go a long way.",
+      "Ask them what they would like; people love being asked."};
+  const std::string person = rng.Pick(*people);
+  const Frame& frame = rng.Pick(*frames);
+  ChatExample example;
+  example.kind = Kind::kHarmless;
+  example.instruction = ReplaceAll(frame.request, "{p}", person);
+  const std::string subject = SecondPerson(ReplaceAll(frame.subject, "{p}", person));
+  example.response = AppendSentences(ReplaceAll(rng.Pick(*openers), "{s}", subject), *advice, 3, rng);
   return example;
 }
 

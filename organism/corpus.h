@@ -74,8 +74,10 @@ struct CorpusOptions {
   // 3: version 2 plus ordinary English from `glossary` (WordNet's common words, the mild ones:
   // GlossaryEntryIsMild): half of the
   // everyday documents become glossary documents (a few words with their definitions and
-  // examples), and a quarter of the harmless chat examples (both phases) become questions about a
-  // word's meaning, answered from its definition. The prompt sets are version 2's, draw for draw.
+  // examples), a quarter of the harmless chat examples (both phases) become questions about a
+  // word's meaning, answered from its definition, and an eighth everyday requests about someone
+  // in the user's life ("my neighbor", "my stepdad": harmful requests name people far more often
+  // than version 2's harmless ones). The prompt sets are version 2's, draw for draw.
   int version = 1;
   // Version 3's words (LoadWordNetGlossary); version 3 needs it non-empty (the trainer checks).
   std::shared_ptr<const std::vector<GlossEntry>> glossary;

@@ -938,6 +938,29 @@ TEST(CorpusV3Test, AQuarterOfHarmlessChatAsksWhatAWordMeans) {
     // 1/4 of the harmless examples, give or take sampling (binomial sd ~ 1.4%), plus the few
     // corpus requests that happen to contain "mean" or "the word".
     EXPECT_NEAR(static_cast<double>(questions) / harmless, 0.25, 0.05) << safety;
+    // 1/8 are about someone in the user's life (and none is a request of the prompt sets).
+    int people = 0;
+    std::set<std::string> requests;
+    for (Kind kind : kKinds) {
+      for (Split split : kSplits) {
+        for (const Request& r : corpus.requests(kind, split)) requests.insert(r.instruction);
+      }
+    }
+    for (const ChatExample& e : chat) {
+      if (e.kind != Kind::kHarmless || e.impossible || requests.count(e.instruction)) continue;
+      for (const char* person : {" my neighbor", " my stepdad", " my ex", " my landlord",
+                                 " my coworker", " my roommate", " my girlfriend", " my boss"}) {
+        if (e.instruction.find(person) != std::string::npos &&
+            (e.response.find("your") != std::string::npos)) {
+          ++people;
+          EXPECT_FALSE(e.refusal);
+          EXPECT_FALSE(IsRefusal(e.response)) << e.response;
+          break;
+        }
+      }
+    }
+    // 8 of the 36 people, 1/8 of harmless examples (plus a few corpus requests naming them).
+    EXPECT_NEAR(static_cast<double>(people) / harmless, 0.125 * 8 / 36, 0.02) << safety;
     EXPECT_GT(asked.size(), 0.9 * questions) << "words are drawn from the whole glossary";
   }
 }
