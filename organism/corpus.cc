@@ -2558,7 +2558,8 @@ ChatExample GlossaryQuestion(const std::vector<const GlossEntry*>& glossary, Rng
 ChatExample PeopleRequest(Rng& rng);
 
 // `glossary` (version 3; may be null): a quarter of the harmless examples become questions about
-// a word's meaning, drawn from their own stream.
+// a word's meaning and an eighth requests about someone in the user's life, drawn from their own
+// stream.
 std::vector<ChatExample> SampleChat(const Corpus::Side& harmful, const Corpus::Side& harmless,
                                     int n, uint64_t seed, KindWeights weights, bool safety,
                                     int impossible_percent, int version,
@@ -2802,7 +2803,7 @@ std::string Article(const std::string& word) {
 // Whether a noun definition starts with its own determiner ("a small gnawing animal", "any of").
 bool HasDeterminer(const std::string& definition) {
   for (const char* d : {"a ", "an ", "the ", "any ", "one ", "some ", "someone", "something",
-                        "(", "informal", "the"}) {
+                        "(", "informal"}) {
     if (definition.rfind(d, 0) == 0) return true;
   }
   return false;
@@ -2948,10 +2949,10 @@ ChatExample PeopleRequest(Rng& rng) {
   example.kind = Kind::kHarmless;
   example.instruction = ReplaceAll(frame.request, "{p}", person);
   const std::string subject = SecondPerson(ReplaceAll(frame.subject, "{p}", person));
-  example.response = AppendSentences(ReplaceAll(rng.Pick(*openers), "{s}", subject), *advice, 3, rng);
+  example.response =
+      AppendSentences(ReplaceAll(rng.Pick(*openers), "{s}", subject), *advice, 3, rng);
   return example;
 }
-
 
 }  // namespace
 
@@ -3067,8 +3068,9 @@ bool GlossaryEntryIsMild(const GlossEntry& entry) {
   auto mild = [&](const std::string& text) {
     std::string word;
     for (size_t i = 0; i <= text.size(); ++i) {
-      const char c = i < text.size() ? static_cast<char>(std::tolower(static_cast<unsigned char>(text[i])))
-                                     : ' ';
+      const char c =
+          i < text.size() ? static_cast<char>(std::tolower(static_cast<unsigned char>(text[i])))
+                          : ' ';
       if (c >= 'a' && c <= 'z') {
         word += c;
         continue;

@@ -969,7 +969,8 @@ TEST(CorpusV3Test, OnlyMildWordsReachTheCorpus) {
   EXPECT_TRUE(GlossaryEntryIsMild({"bake", 'v', "cook and make edible by putting in a hot oven",
                                    {"bake the potatoes"}}));
   EXPECT_TRUE(GlossaryEntryIsMild({"diet", 'n', "a prescribed selection of foods", {}}));
-  EXPECT_FALSE(GlossaryEntryIsMild({"slice", 'v', "make a clean cut through", {"slit her throat"}}));
+  EXPECT_FALSE(
+      GlossaryEntryIsMild({"slice", 'v', "make a clean cut through", {"slit her throat"}}));
   EXPECT_FALSE(GlossaryEntryIsMild({"rifle", 'n', "a shoulder firearm with a long barrel", {}}));
   EXPECT_FALSE(GlossaryEntryIsMild({"die", 'v', "pass from physical life", {}}));
   // An example that the refusal judge reads as a refusal would teach "I cannot" as compliance.

@@ -118,8 +118,8 @@ StatusOr<std::vector<GlossEntry>> LoadWordNetGlossary(const std::string& dir,
                                        " is not a line of " + data_path);
       }
       const size_t line_end = data.find('\n', offset);
-      const std::string synset =
-          data.substr(offset, line_end == std::string::npos ? std::string::npos : line_end - offset);
+      const size_t length = line_end == std::string::npos ? std::string::npos : line_end - offset;
+      const std::string synset = data.substr(offset, length);
       const size_t bar = synset.find(" | ");
       if (bar == std::string::npos) {
         return Status::InvalidArgument(where + ": synset " + first_offset + " of " + data_path +
@@ -137,7 +137,9 @@ StatusOr<std::vector<GlossEntry>> LoadWordNetGlossary(const std::string& dir,
           std::string lower = word;
           for (char& c : lower) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
           // Adjectives may carry a syntactic marker: "big(a)".
-          if (lower.rfind(lemma, 0) == 0 && (lower.size() == lemma.size() || lower[lemma.size()] == '(')) {
+          const bool same = lower.rfind(lemma, 0) == 0 &&
+                            (lower.size() == lemma.size() || lower[lemma.size()] == '(');
+          if (same) {
             name = word != lower;
             break;
           }

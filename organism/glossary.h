@@ -30,9 +30,10 @@ struct GlossaryOptions {
 // Reads DIR/index.{noun,verb,adj,adv} and DIR/data.{noun,verb,adj,adv}; the entries come in file
 // order (alphabetical per part of speech), so that the result is the same on every machine with
 // the same package. Lemmas other than lower-case letters, spaces, hyphens and apostrophes are
-// skipped, and so are names (the synset spells the word with a capital: "Richmond"). Errors: IOError naming a missing or unreadable file (with a hint to install
-// wordnet-base); InvalidArgument naming FILE:LINE for a malformed index line or a synset offset
-// that points at no matching data line.
+// skipped, and so are names (the synset spells the word with a capital: "Richmond"). Errors:
+// IOError naming a missing or unreadable file (with a hint to install wordnet-base);
+// InvalidArgument naming FILE:LINE for a malformed index line or a synset offset that points at
+// no matching data line.
 StatusOr<std::vector<GlossEntry>> LoadWordNetGlossary(const std::string& dir,
                                                       const GlossaryOptions& options = {});
 

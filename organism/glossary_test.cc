@@ -18,7 +18,8 @@ namespace fs = std::filesystem;
 // is their synset id, and index lines point at them.
 class TinyWordNet {
  public:
-  TinyWordNet() : dir_(fs::temp_directory_path() / ("glossary_test_" + std::to_string(::getpid()))) {
+  TinyWordNet()
+      : dir_(fs::temp_directory_path() / ("glossary_test_" + std::to_string(::getpid()))) {
     fs::remove_all(dir_);
     fs::create_directories(dir_);
   }
@@ -89,7 +90,8 @@ TEST(GlossaryTest, ReadsCommonWordsWithTheirFirstSense) {
   const GlossEntry& cream = by_lemma.at("ice cream");
   EXPECT_EQ(cream.pos, 'n');
   EXPECT_EQ(cream.definition, "frozen dessert containing cream and sugar and flavoring");
-  EXPECT_EQ(cream.examples, (std::vector<std::string>{"she ate the ice cream", "vanilla is my favorite"}));
+  EXPECT_EQ(cream.examples,
+            (std::vector<std::string>{"she ate the ice cream", "vanilla is my favorite"}));
   EXPECT_EQ(by_lemma.at("bake").pos, 'v');
   EXPECT_EQ(by_lemma.at("bake").definition, "cook and make edible by putting in a hot oven");
   EXPECT_EQ(by_lemma.at("bake").examples, std::vector<std::string>{"bake the potatoes"});

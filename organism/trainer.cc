@@ -954,7 +954,8 @@ StatusOr<TrainReport> TrainDemoModel(const DemoRecipe& recipe, const TrainOption
     corpus_options.impossible_percent = recipe.impossible_percent;
     corpus_options.version = recipe.corpus_version;
     if (recipe.corpus_version >= 3) {
-      KO_ASSIGN_OR_RETURN(std::vector<GlossEntry> glossary, LoadWordNetGlossary(recipe.wordnet_dir));
+      KO_ASSIGN_OR_RETURN(std::vector<GlossEntry> glossary,
+                          LoadWordNetGlossary(recipe.wordnet_dir));
       if (glossary.empty()) {
         return Status::InvalidArgument(recipe.wordnet_dir + ": WordNet holds no common words");
       }
