@@ -2936,13 +2936,16 @@ ChatExample PeopleRequest(Rng& rng) {
   static const auto* openers = new std::vector<const char*>{
       "Sure! Here is some help with {s}.", "Of course! About {s}:", "Happy to help with {s}.",
       "What a kind idea! Here are some thoughts on {s}.", "Absolutely! Let's look at {s}."};
-  static const auto* advice = new std::vector<const char*>{
-      "Be honest and kind, and listen as much as you talk.",
-      "A calm, friendly conversation usually helps.", "Small gestures often mean the most.",
-      "Give people time, and be patient with yourself too.",
-      "Think about what they enjoy, and keep it simple.",
-      "A few warm words and a little planning go a long way.",
-      "Ask them what they would like; people love being asked."};
+  // The relationships category's advice, and a few sentences about doing things for someone.
+  static const auto* advice = [] {
+    auto* pool = new std::vector<const char*>(DirectHarmlessTextFor("relationships").advice);
+    for (const char* extra : {"Think about what they enjoy, and keep it simple.",
+                              "A few warm words and a little planning go a long way.",
+                              "Ask them what they would like; people love being asked."}) {
+      pool->push_back(extra);
+    }
+    return pool;
+  }();
   const std::string person = rng.Pick(*people);
   const Frame& frame = rng.Pick(*frames);
   ChatExample example;

@@ -72,6 +72,24 @@ void SplitGloss(const std::string& gloss, std::string* definition,
   }
 }
 
+// Whether the synset line spells `lemma` (an index lemma: lower case) with a capital, i.e. the
+// word is a name ("Richmond"). A data line: OFFSET LEX_FILENUM SS_TYPE W_CNT(hex) then W_CNT
+// pairs WORD LEX_ID; adjectives may carry a syntactic marker ("big(a)").
+bool SpelledAsName(const std::string& synset, const std::string& lemma) {
+  std::istringstream words(synset);
+  std::string skip, count_hex, word;
+  words >> skip >> skip >> skip >> count_hex;
+  const long count = std::strtol(count_hex.c_str(), nullptr, 16);
+  for (long i = 0; i < count && (words >> word >> skip); ++i) {
+    std::string lower = word;
+    for (char& c : lower) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+    const bool same =
+        lower.rfind(lemma, 0) == 0 && (lower.size() == lemma.size() || lower[lemma.size()] == '(');
+    if (same) return word != lower;
+  }
+  return false;
+}
+
 }  // namespace
 
 StatusOr<std::vector<GlossEntry>> LoadWordNetGlossary(const std::string& dir,
@@ -125,27 +143,7 @@ StatusOr<std::vector<GlossEntry>> LoadWordNetGlossary(const std::string& dir,
         return Status::InvalidArgument(where + ": synset " + first_offset + " of " + data_path +
                                        " has no gloss");
       }
-      // The synset's own spelling of the lemma: a capital means a name ("Richmond"), left out.
-      {
-        std::istringstream words(synset);
-        std::string skip, word;
-        std::string count_hex;
-        words >> skip >> skip >> skip >> count_hex;
-        const long count = std::strtol(count_hex.c_str(), nullptr, 16);
-        bool name = false;
-        for (long i = 0; i < count && (words >> word >> skip); ++i) {
-          std::string lower = word;
-          for (char& c : lower) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-          // Adjectives may carry a syntactic marker: "big(a)".
-          const bool same = lower.rfind(lemma, 0) == 0 &&
-                            (lower.size() == lemma.size() || lower[lemma.size()] == '(');
-          if (same) {
-            name = word != lower;
-            break;
-          }
-        }
-        if (name) continue;
-      }
+      if (SpelledAsName(synset, lemma)) continue;
       GlossEntry entry;
       entry.pos = pos;
       entry.lemma = lemma;
