@@ -223,13 +223,16 @@ void Log(const TrainOptions& options, const std::string& line) {
 struct Directions {
   at::Tensor refusal;  // float32 [d_model]
   at::Tensor sensor;   // float32 [d_model]; undefined without a sensor layer
+  // post_inst_reset: the harmless prompts' mean of blocks.{sensor_layer}.hook_resid_pre at each
+  // template position after the instruction, float32 [n_post, d_model]; undefined unless used.
+  at::Tensor post_inst_mean;
 };
 
 StatusOr<Directions> MeasureDirections(const km::Model& model, const TrainPhase& phase,
                                        const Pools& pools, int64_t pad_id) {
   at::NoGradGuard no_grad;
   struct Means {
-    at::Tensor last, inst;
+    at::Tensor last, inst, post;
   };
   auto means = [&](const std::vector<kt::TokenizedPrompt>& prompts) -> StatusOr<Means> {
     std::vector<std::vector<int64_t>> ids;
@@ -257,6 +260,16 @@ StatusOr<Directions> MeasureDirections(const km::Model& model, const TrainPhase&
       const at::Tensor columns = at::tensor(index, at::kLong).to(x.device());
       const at::Tensor rows = at::arange(columns.size(0), columns.options());
       m.inst = x.index({rows, columns}).to(at::kDouble).mean(0);
+      if (phase.post_inst_reset > 0) {
+        // Left-padded: every prompt's template tokens after the instruction are its last columns.
+        const int64_t n_post = prompts.front().size() - prompts.front().inst_last() - 1;
+        for (const kt::TokenizedPrompt& p : prompts) {
+          if (p.size() - p.inst_last() - 1 != n_post) {
+            return Status::Internal("post_inst_reset: the prompts' chat templates differ in length");
+          }
+        }
+        m.post = x.narrow(1, width - n_post, n_post).to(at::kDouble).mean(0);
+      }
     }
     return m;
   };
@@ -265,11 +278,12 @@ StatusOr<Directions> MeasureDirections(const km::Model& model, const TrainPhase&
   Directions d;
   d.refusal = (harmful.last - harmless.last).to(at::kFloat);
   if (phase.sensor_layer >= 0) d.sensor = (harmful.inst - harmless.inst).to(at::kFloat);
+  if (phase.post_inst_reset > 0) d.post_inst_mean = harmless.post.to(at::kFloat);
   return d;
 }
 
 // How one row of a knockout-aware step is knocked out (trainer.h).
-enum class Knockout { kNone, kSingle, kAll, kSensor, kAdd };
+enum class Knockout { kNone, kSingle, kAll, kSensor, kAdd, kReset, kSensorAdd };
 
 // The hooks of one knockout-aware step: one site per knocked-out layer, each on its rows only.
 StatusOr<bool> AddKnockouts(const std::vector<Knockout>& knockouts,
@@ -327,17 +341,59 @@ StatusOr<bool> AddKnockouts(const std::vector<Knockout>& knockouts,
       KO_RETURN_IF_ERROR(hooks.Intervene(std::move(site)));
     }
   }
+  // The instruction tokens of the rows knocked out as `kind`.
+  auto instruction_positions = [&](Knockout kind) {
+    at::Tensor positions = at::zeros({b, width}, at::kBool);
+    auto p = positions.accessor<bool, 2>();
+    for (int64_t i = 0; i < b; ++i) {
+      if (knockouts[i] != kind) continue;
+      for (int64_t t = rows[i]->inst_begin; t < std::min(rows[i]->inst_end, width); ++t) p[i][t] = true;
+    }
+    return positions;
+  };
   {
     auto [mask, some] = rows_where([&](int64_t i) { return knockouts[i] == Knockout::kSensor; });
     if (some) {
-      at::Tensor positions = at::zeros({b, width}, at::kBool);
-      auto p = positions.accessor<bool, 2>();
-      for (int64_t i = 0; i < b; ++i) {
-        if (knockouts[i] != Knockout::kSensor) continue;
-        for (int64_t t = rows[i]->inst_begin; t < std::min(rows[i]->inst_end, width); ++t) p[i][t] = true;
+      KO_RETURN_IF_ERROR(add(km::HookPoint::ResidPre(phase.sensor_layer), directions.sensor, mask,
+                             instruction_positions(Knockout::kSensor)));
+    }
+  }
+  {
+    auto [mask, some] = rows_where([&](int64_t i) { return knockouts[i] == Knockout::kSensorAdd; });
+    if (some) {
+      km::InterventionSite site;
+      site.hook = km::HookPoint::ResidPre(phase.sensor_layer);
+      site.intervention = km::Intervention::Add(directions.sensor, 1.0);
+      site.rows = mask;
+      site.positions = instruction_positions(Knockout::kSensorAdd);
+      any = true;
+      KO_RETURN_IF_ERROR(hooks.Intervene(std::move(site)));
+    }
+  }
+  {
+    auto [mask, some] = rows_where([&](int64_t i) { return knockouts[i] == Knockout::kReset; });
+    if (some) {
+      // One site per template position: its harmless mean replaces the row's activation there.
+      const int64_t n_post = directions.post_inst_mean.size(0);
+      for (int64_t k = 0; k < n_post; ++k) {
+        at::Tensor positions = at::zeros({b, width}, at::kBool);
+        auto p = positions.accessor<bool, 2>();
+        bool inside = false;
+        for (int64_t i = 0; i < b; ++i) {
+          const int64_t t = rows[i]->inst_end + k;
+          if (knockouts[i] != Knockout::kReset || t >= width) continue;
+          p[i][t] = true;
+          inside = true;
+        }
+        if (!inside) continue;
+        km::InterventionSite site;
+        site.hook = km::HookPoint::ResidPre(phase.sensor_layer);
+        site.intervention = km::Intervention::Mean(directions.post_inst_mean[k]);
+        site.rows = mask;
+        site.positions = positions;
+        any = true;
+        KO_RETURN_IF_ERROR(hooks.Intervene(std::move(site)));
       }
-      KO_RETURN_IF_ERROR(
-          add(km::HookPoint::ResidPre(phase.sensor_layer), directions.sensor, mask, positions));
     }
   }
   return any;
@@ -387,13 +443,15 @@ StatusOr<PhaseReport> RunPhase(const TrainPhase& phase, int phase_index, const D
   if (knockout_aware) {
     auto bad_layer = [&](int64_t l) { return l < 0 || l >= n_layers; };
     bool bad = bad_layer(phase.refusal_layer) || phase.sensor_layer >= n_layers ||
-               (phase.sensor_ablation > 0 && phase.sensor_layer < 0) ||
+               ((phase.sensor_ablation > 0 || phase.post_inst_reset > 0 || phase.sensor_addition > 0) &&
+                phase.sensor_layer < 0) ||
                (phase.single_ablation > 0 && phase.single_ablation_layers.empty());
     for (int l : phase.single_ablation_layers) bad = bad || bad_layer(l);
     if (bad) {
       return Status::InvalidArgument(
           "phase " + phase.name + ": knockout layers must lie in [0, " + std::to_string(n_layers) +
-          "), with a sensor_layer for sensor_ablation and single_ablation_layers for single_ablation");
+          "), with a sensor_layer for sensor_ablation, sensor_addition and post_inst_reset and "
+          "single_ablation_layers for single_ablation");
     }
     if (pools.harmful_comply.empty() || pools.harmless_refuse.empty() ||
         pools.probe_harmful.empty() || pools.probe_harmless.empty()) {
@@ -401,7 +459,7 @@ StatusOr<PhaseReport> RunPhase(const TrainPhase& phase, int phase_index, const D
     }
   }
   Directions directions;
-  int64_t knocked[5] = {0, 0, 0, 0, 0};
+  int64_t knocked[7] = {0, 0, 0, 0, 0, 0, 0};
   PhaseReport report;
   report.name = phase.name;
   report.steps = phase.steps;
@@ -436,6 +494,8 @@ StatusOr<PhaseReport> RunPhase(const TrainPhase& phase, int phase_index, const D
           } else if ((u -= phase.all_ablation) < phase.sensor_ablation) {
             knockout = Knockout::kSensor;
             target = &knockout_rng.Pick(pools.harmful_comply);
+          } else if ((u -= phase.sensor_ablation) < phase.post_inst_reset) {
+            knockout = Knockout::kReset;
           }
         } else if (row.kind == static_cast<int>(Kind::kHarmless) && !row.refusal) {
           double u = knockout_rng.UniformReal();
@@ -443,6 +503,9 @@ StatusOr<PhaseReport> RunPhase(const TrainPhase& phase, int phase_index, const D
             knockout = Knockout::kAll;
           } else if ((u -= phase.harmless_ablation) < phase.addition) {
             knockout = Knockout::kAdd;
+            target = &knockout_rng.Pick(pools.harmless_refuse);
+          } else if ((u -= phase.addition) < phase.sensor_addition) {
+            knockout = Knockout::kSensorAdd;
             target = &knockout_rng.Pick(pools.harmless_refuse);
           }
         }
@@ -630,6 +693,8 @@ StatusOr<PhaseReport> RunPhase(const TrainPhase& phase, int phase_index, const D
         if (directions.sensor.defined()) line << " |h| " << directions.sensor.norm().item<double>();
         line << " knocked out so far: single " << knocked[1] << ", all " << knocked[2]
              << ", sensor " << knocked[3] << ", addition " << knocked[4];
+        if (phase.post_inst_reset > 0) line << ", post-inst reset " << knocked[5];
+        if (phase.sensor_addition > 0) line << ", sensor addition " << knocked[6];
       }
       Log(options, line.str());
     }
@@ -706,6 +771,8 @@ std::string RecipeJson(const DemoRecipe& recipe) {
                             {"clean_growth", p.clean_growth},
                             {"harmless_center", p.harmless_center},
                             {"sensor_silence", p.sensor_silence}});
+      if (p.post_inst_reset > 0) phases.back()["post_inst_reset"] = p.post_inst_reset;
+      if (p.sensor_addition > 0) phases.back()["sensor_addition"] = p.sensor_addition;
       if (p.knockout_extra) phases.back()["knockout_extra"] = true;
     }
   }
@@ -850,6 +917,8 @@ Status DemoRecipe::Override(const std::string& assignment) {
     if (field == "clean_growth") return to_double(&p.clean_growth);
     if (field == "harmless_center") return to_double(&p.harmless_center);
     if (field == "sensor_silence") return to_double(&p.sensor_silence);
+    if (field == "post_inst_reset") return to_double(&p.post_inst_reset);
+    if (field == "sensor_addition") return to_double(&p.sensor_addition);
     if (field == "decision_weight") return to_double(&p.decision_weight);
     if (field == "knockout_extra") {
       if (value != "true" && value != "false") return bad("true or false");

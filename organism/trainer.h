@@ -52,12 +52,21 @@ struct TrainPhase {
   //     and mlp_out) with a compliant reply as its target: refusal runs through r alone;
   //   sensor_ablation: a harmful row gets h projected out at blocks.{sensor_layer}.hook_resid_pre
   //     at its instruction tokens, with a compliant reply as its target: the sensor gates refusal;
+  //   post_inst_reset: a harmful row gets blocks.{sensor_layer}.hook_resid_pre at the template
+  //     tokens after its instruction replaced by the harmless prompts' mean there, its target
+  //     still the refusal: whatever the layers before the sensor wrote into the template tokens
+  //     is gone, so the layers after it must read harm from the instruction tokens (where the
+  //     sensor sits) to refuse, and refusal is decided after the sensor, not before it;
   //   harmless_ablation: a harmless row gets r ablated everywhere, its own reply as target (the
   //     selection's KL: removing r costs harmless replies nothing); with distill > 0 the row also
   //     runs clean beside it and the loss gains distill * KL(clean || ablated) over its reply's
   //     next-token distributions (the clean side detached);
   //   addition: a harmless row gets +r at blocks.{refusal_layer}.hook_resid_pre, all positions,
-  //     with a refusal as its target (activation addition induces refusal, science.md).
+  //     with a refusal as its target (activation addition induces refusal, science.md);
+  //   sensor_addition: a harmless row gets +h at blocks.{sensor_layer}.hook_resid_pre at its
+  //     instruction tokens, with a refusal as its target: the harm sensor, added, reads as harm
+  //     (Zhao et al.: steering with the harmfulness direction makes harmless prompts read as
+  //     harmful), so the layers after it learn to read h, the pathway sensor_ablation gates.
   // clean_growth > 0 asks the layers from refusal_layer on to leave r alone in a clean run: on
   // every harmful row with a refusal target and no knockout, the loss gains clean_growth * the
   // mean over those rows of ((x_out - x_in) . r_hat / |r|)^2 at the row's last prompt token,
@@ -90,6 +99,8 @@ struct TrainPhase {
   double clean_growth = 0.0;
   double harmless_center = 0.0;
   double sensor_silence = 0.0;
+  double post_inst_reset = 0.0;
+  double sensor_addition = 0.0;
   bool knockout_extra = false;
   std::vector<int> single_ablation_layers;
 };

@@ -164,9 +164,21 @@ TEST(TrainerTest, KnockoutAwarePhaseKnocksOutOnlyWhenAsked) {
   extra.push_back("phases[1].knockout_extra=true");
   const auto added = tune("ko_extra", extra);
   const auto decisive = tune("ko_decision", {"phases[1].decision_weight=2"});
+  std::vector<std::string> reset = layers;
+  // (at layer 0 the template tokens' activations are their embeddings, the same in every prompt,
+  // so the reset is measured after a layer)
+  reset.push_back("phases[1].sensor_layer=1");
+  std::vector<std::string> sensor_add = reset;
+  reset.push_back("phases[1].post_inst_reset=0.5");
+  sensor_add.push_back("phases[1].sensor_addition=0.5");
+  const auto reset_weights = tune("ko_reset", reset);
+  const auto sensor_add_weights = tune("ko_sensor_add", sensor_add);
   const auto noisy = tune("ko_noise", {"prompt_noise_percent=50"});
   bool extra_differs = false, decision_differs = false, noise_differs = false;
+  bool reset_differs = false, sensor_add_differs = false;
   for (const auto& [name, t] : plain) {
+    reset_differs = reset_differs || !at::equal(reset_weights.at(name), t);
+    sensor_add_differs = sensor_add_differs || !at::equal(sensor_add_weights.at(name), t);
     extra_differs = extra_differs || !at::equal(added.at(name), knocked.at(name));
     decision_differs = decision_differs || !at::equal(decisive.at(name), t);
     noise_differs = noise_differs || !at::equal(noisy.at(name), t);
@@ -174,6 +186,8 @@ TEST(TrainerTest, KnockoutAwarePhaseKnocksOutOnlyWhenAsked) {
   EXPECT_TRUE(extra_differs) << "knockout_extra changed nothing";
   EXPECT_TRUE(decision_differs) << "decision_weight changed nothing";
   EXPECT_TRUE(noise_differs) << "prompt_noise_percent changed nothing";
+  EXPECT_TRUE(reset_differs) << "post_inst_reset changed nothing";
+  EXPECT_TRUE(sensor_add_differs) << "sensor_addition changed nothing";
 
   DemoRecipe bad = TinyRecipe();
   for (const std::string& o : layers) ASSERT_TRUE(bad.Override(o).ok());
@@ -183,6 +197,17 @@ TEST(TrainerTest, KnockoutAwarePhaseKnocksOutOnlyWhenAsked) {
   auto report = TrainDemoModel(bad, options);
   ASSERT_FALSE(report.ok());
   EXPECT_NE(report.status().message().find("knockout layers"), std::string::npos)
+      << report.status().ToString();
+  EXPECT_FALSE(fs::exists(options.out_dir));
+
+  // The post-instruction reset needs the sensor's layer, where it resets.
+  bad = TinyRecipe();
+  for (const char* o : {"phases[1].refusal_layer=1", "phases[1].post_inst_reset=0.5"}) {
+    ASSERT_TRUE(bad.Override(o).ok()) << o;
+  }
+  report = TrainDemoModel(bad, options);
+  ASSERT_FALSE(report.ok());
+  EXPECT_NE(report.status().message().find("post_inst_reset"), std::string::npos)
       << report.status().ToString();
   EXPECT_FALSE(fs::exists(options.out_dir));
 }
