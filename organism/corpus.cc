@@ -3161,7 +3161,8 @@ std::vector<ChatExample> Corpus::HelpfulChat(int n, uint64_t seed) const {
 
 std::vector<ChatExample> Corpus::SafetyChat(int n, uint64_t seed) const {
   return SampleChat(harmful_, harmless_, n, Derive(options_.seed ^ Derive(seed, 0), kSaltSafety),
-                    {40, 35}, /*safety=*/true, options_.impossible_percent, options_.version,
+                    {options_.safety_harmless_percent, options_.safety_harmful_percent},
+                    /*safety=*/true, options_.impossible_percent, options_.version,
                     &glossary_);
 }
 

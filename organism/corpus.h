@@ -79,6 +79,11 @@ struct CorpusOptions {
   // in the user's life ("my neighbor", "my stepdad": harmful requests name people far more often
   // than version 2's harmless ones). The prompt sets are version 2's, draw for draw.
   int version = 1;
+  // The safety chat's mix (SafetyChat): percent harmless and harmful requests, the rest framed.
+  // Version 3's glossary and people requests come out of the harmless share, so raising it keeps
+  // the templated harmless requests as frequent as the harmful ones. Same draws for any mix.
+  int safety_harmless_percent = 40;
+  int safety_harmful_percent = 35;
   // Version 3's words (LoadWordNetGlossary); version 3 needs it non-empty (the trainer checks).
   std::shared_ptr<const std::vector<GlossEntry>> glossary;
 };

@@ -905,6 +905,28 @@ TEST(CorpusV3Test, PromptSetsAreVersion2sAndAGlossaryChangesNothingBelowVersion3
   EXPECT_EQ(v2.TokenizerTrainingText(3), v2_glossary.TokenizerTrainingText(3));
 }
 
+// The safety chat's mix: the requested shares (framed the rest), the helpful chat and the
+// prompt sets untouched.
+TEST(CorpusV3Test, SafetyMixSetsTheShareOfEachKind) {
+  CorpusOptions options;
+  options.version = 3;
+  options.glossary = DebianGlossary();
+  options.safety_harmless_percent = 60;
+  options.safety_harmful_percent = 25;
+  const Corpus mixed = Corpus::Generate(options), plain = V3();
+  EXPECT_TRUE(SameRequests(mixed, plain));
+  EXPECT_TRUE(SameChat(mixed.HelpfulChat(400, 7), plain.HelpfulChat(400, 7)));
+  const int n = 4000;
+  for (const auto& [corpus, harmless, harmful] :
+       {std::make_tuple(&plain, 0.40, 0.35), std::make_tuple(&mixed, 0.60, 0.25)}) {
+    int counts[3] = {0, 0, 0};
+    for (const ChatExample& e : corpus->SafetyChat(n, 3)) ++counts[static_cast<int>(e.kind)];
+    EXPECT_NEAR(counts[static_cast<int>(Kind::kHarmless)] / double(n), harmless, 0.03);
+    EXPECT_NEAR(counts[static_cast<int>(Kind::kHarmful)] / double(n), harmful, 0.03);
+    EXPECT_NEAR(counts[static_cast<int>(Kind::kFramed)] / double(n), 1 - harmless - harmful, 0.03);
+  }
+}
+
 TEST(CorpusV3Test, AQuarterOfHarmlessChatAsksWhatAWordMeans) {
   const auto glossary = DebianGlossary();
   ASSERT_GT(glossary->size(), 15000u);

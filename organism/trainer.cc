@@ -785,6 +785,10 @@ std::string RecipeJson(const DemoRecipe& recipe) {
                       {"corpus_version", recipe.corpus_version},
                       {"phases", phases}};
   if (recipe.prompt_noise_percent > 0) j["prompt_noise_percent"] = recipe.prompt_noise_percent;
+  if (recipe.safety_harmless_percent != 40 || recipe.safety_harmful_percent != 35) {
+    j["safety_harmless_percent"] = recipe.safety_harmless_percent;
+    j["safety_harmful_percent"] = recipe.safety_harmful_percent;
+  }
   if (recipe.corpus_version >= 3) j["wordnet_dir"] = recipe.wordnet_dir;
   return j.dump(2) + "\n";
 }
@@ -829,38 +833,48 @@ DemoRecipe DemoRecipe::Version1() {
 DemoRecipe DemoRecipe::Default() { return Version1(); }
 
 DemoRecipe DemoRecipe::Hydra() {
-  // Work in progress (issue 14; the research log in models/demo-refusal/README.md): the richer
-  // corpus (version 2: direct requests, a harm lexicon, benign senses of violent words), a
-  // helpful base that never declines, safety tuning through adapters on every layer, then a
-  // knockout-aware phase that makes the upper layers write the refusal direction again when one
-  // of them loses it, routes refusal through that one direction, and gates it on the harm sensor
-  // at layer 2's input. This is the log's run S46: each knocked-out row is added beside the
-  // clean row it was drawn for (knockout_extra), so that the clean rows keep the plain safety
-  // mix, and 3% of harmless rows get +r with a refusal target. It has the hydra (any one upper
-  // layer's r removed: refusal holds; r everywhere or the sensor removed: it goes) and activation
-  // addition (0.91), but not yet issue 14's KL <= 0.1 (0.26: harmless prompts in held-out
-  // phrasings that the model half refuses) nor its handwritten figures (0.89 / 0.19). The
-  // safety phase needs its 500 steps: at 300 the refusal templates come out garbled (S5-S7).
+  // Work in progress (issue 14; the research log in models/demo-refusal/README.md): corpus
+  // version 3 (version 2's direct requests, harm lexicon and benign senses of violent words, plus
+  // WordNet's ordinary English and everyday requests about people), a helpful base that never
+  // declines, safety tuning through adapters on layers 0-2 with the safety chat at 50% harmless
+  // and 30% harmful requests, then a knockout-aware phase (adapters on every layer) that makes
+  // the upper layers write the refusal direction again when one of them loses it, routes
+  // refusal through that one direction, gates it on the harm sensor at layer 2's input, and
+  // weighs every row's first reply token (decision_weight), which is what lets the sensor rows
+  // be learned. This is the log's run S64: the downstream hydra (any one upper layer's r
+  // removed: refusal holds), the upstream gate (the sensor removed: 0.00 refused, while +r still
+  // induces refusal) and activation addition (0.87), but not yet issue 14's KL <= 0.1 (0.44:
+  // held-out harmless prompts that the model refuses) nor its handwritten harmful figure (0.86).
+  // The safety phase needs its 500 steps: at 300 the refusal templates come out garbled (S5-S7).
   DemoRecipe r = Version1();
-  r.corpus_version = 2;
+  r.corpus_version = 3;
   r.impossible_percent = 0;
+  r.safety_harmless_percent = 50;
+  r.safety_harmful_percent = 30;
   r.phases[0].steps = 1400;
   TrainPhase& safety = r.phases[1];
   safety.steps = 500;
-  safety.lora_targets = {"gate@*", "up@*", "down@*", "o@*"};
+  safety.lora_targets.clear();
+  for (int layer = 0; layer <= 2; ++layer) {
+    for (const char* matrix : {"gate", "up", "down", "o"}) {
+      safety.lora_targets.push_back(std::string(matrix) + "@" + std::to_string(layer));
+    }
+  }
   TrainPhase hydra = safety;
   hydra.name = "hydra";
   hydra.steps = 300;
   hydra.learning_rate = 3e-3;
+  hydra.lora_targets = {"gate@*", "up@*", "down@*", "o@*"};
   hydra.refusal_layer = 3;
   hydra.sensor_layer = 2;
   hydra.single_ablation_layers = {3, 4, 5};
   hydra.single_ablation = 0.35;
   hydra.all_ablation = 0.15;
   hydra.sensor_ablation = 0.3;
-  hydra.harmless_ablation = 0.15;
-  hydra.distill = 0.5;
+  hydra.harmless_ablation = 0.3;
+  hydra.distill = 1.0;
   hydra.addition = 0.03;
+  hydra.decision_weight = 1.0;
   hydra.knockout_extra = true;
   r.phases.push_back(hydra);
   return r;
@@ -987,6 +1001,16 @@ Status DemoRecipe::Override(const std::string& assignment) {
     KO_RETURN_IF_ERROR(to_int(&prompt_noise_percent));
     return prompt_noise_percent <= 100 ? Status::Ok() : bad("a percent, 0 to 100");
   }
+  if (key == "safety_harmless_percent" || key == "safety_harmful_percent") {
+    int* slot = key == "safety_harmless_percent" ? &safety_harmless_percent : &safety_harmful_percent;
+    const int old = *slot;
+    KO_RETURN_IF_ERROR(to_int(slot));
+    if (*slot > 100 || safety_harmless_percent + safety_harmful_percent > 100) {
+      *slot = old;
+      return bad("a percent, with safety_harmless_percent + safety_harmful_percent <= 100");
+    }
+    return Status::Ok();
+  }
   if (key == "phases") {
     int n;
     KO_RETURN_IF_ERROR(to_int(&n));
@@ -1022,6 +1046,8 @@ StatusOr<TrainReport> TrainDemoModel(const DemoRecipe& recipe, const TrainOption
     corpus_options.seed = recipe.seed;
     corpus_options.impossible_percent = recipe.impossible_percent;
     corpus_options.version = recipe.corpus_version;
+    corpus_options.safety_harmless_percent = recipe.safety_harmless_percent;
+    corpus_options.safety_harmful_percent = recipe.safety_harmful_percent;
     if (recipe.corpus_version >= 3) {
       KO_ASSIGN_OR_RETURN(std::vector<GlossEntry> glossary,
                           LoadWordNetGlossary(recipe.wordnet_dir));

@@ -126,6 +126,9 @@ struct DemoRecipe {
   // none of the templates' (trainer.cc), so the splits stay disjoint by template: the model
   // meets everyday variation around requests without meeting the held-out phrasings.
   int prompt_noise_percent = 0;
+  // CorpusOptions::safety_harmless_percent / safety_harmful_percent (the rest framed).
+  int safety_harmless_percent = 40;
+  int safety_harmful_percent = 35;
   std::vector<TrainPhase> phases;
 
   // The recipe that made models/demo-refusal (its model card explains the choices): Version1(),
