@@ -1,15 +1,17 @@
 // Training smoke tests: a tiny recipe (a few dozen steps) lowers the loss and writes a checkpoint
 // that the runtime loads back; low-rank adapters change only the matrices they target; bad
-// recipes fail cleanly and leave nothing behind. The full recipe is not run here (it takes
-// minutes); models/demo-refusal is checked by demo_model_test.
+// recipes fail cleanly and leave nothing behind; `--recipe hydra` runs at toy size. The full
+// recipes are not run here (they take minutes); models/demo-refusal is checked by demo_model_test.
 #include "organism/trainer.h"
 
 #include <cctype>
 
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
 
 #include <filesystem>
+#include <fstream>
 #include <map>
 
 #include "organism/corpus.h"
@@ -75,6 +77,48 @@ TEST(TrainerTest, FewStepsLowerTheLossAndWriteALoadableCheckpoint) {
   ASSERT_TRUE(tokenizer.ok()) << tokenizer.status().ToString();
   EXPECT_EQ((*model)->config().vocab_size, (*tokenizer)->vocab_size());
   EXPECT_EQ((*model)->config().eos_token_ids.at(0), *(*tokenizer)->TokenToId("<|im_end|>"));
+}
+
+// `--recipe hydra` at toy sizes (its layers, phases and knockouts as they are, a few steps each):
+// every phase runs, the knockout-aware one knocks rows out, and recipe.json records the corpus
+// version, the safety mix and the knockout terms that make the recipe.
+TEST(TrainerTest, HydraRecipeRunsAtToySize) {
+  DemoRecipe recipe = DemoRecipe::Hydra();
+  for (const char* o : {"hidden=64", "heads=4", "intermediate=128", "vocab_size=600",
+                        "batch_size=8", "max_tokens=64", "documents=300", "chat_examples=300",
+                        "phases[0].steps=12", "phases[0].warmup_steps=2", "phases[1].steps=3",
+                        "phases[1].warmup_steps=1", "phases[2].steps=4", "phases[2].warmup_steps=1",
+                        "phases[2].direction_every=2"}) {
+    ASSERT_TRUE(recipe.Override(o).ok()) << o;
+  }
+  TrainOptions options;
+  options.out_dir = TempDir("hydra_smoke");
+  options.threads = 2;
+  std::vector<std::string> lines;
+  options.log = [&](const std::string& line) { lines.push_back(line); };
+  auto report = TrainDemoModel(recipe, options);
+  ASSERT_TRUE(report.ok()) << report.status().ToString();
+  ASSERT_EQ(report->phases.size(), 3u);
+  EXPECT_EQ(report->phases[2].name, "hydra");
+  bool knocked = false;
+  for (const std::string& line : lines) {
+    knocked = knocked || (line.rfind("phase hydra", 0) == 0 &&
+                          line.find("knocked out so far") != std::string::npos);
+  }
+  EXPECT_TRUE(knocked) << "the knockout-aware phase logged no knockouts";
+  std::ifstream in(fs::path(options.out_dir) / "recipe.json");
+  const nlohmann::json j = nlohmann::json::parse(in);
+  EXPECT_EQ(j.at("corpus_version"), 3);
+  EXPECT_EQ(j.at("safety_harmless_percent"), 50);
+  EXPECT_EQ(j.at("safety_harmful_percent"), 30);
+  const nlohmann::json& hydra = j.at("phases").at(2);
+  EXPECT_EQ(hydra.at("refusal_layer"), 3);
+  EXPECT_EQ(hydra.at("sensor_layer"), 2);
+  EXPECT_EQ(hydra.at("decision_weight"), 1.0);
+  EXPECT_EQ(j.at("phases").at(1).at("lora_targets").size(), 12u);  // gate, up, down, o of 0-2
+  auto model = model::Model::Load(options.out_dir, model::LoadOptions());
+  ASSERT_TRUE(model.ok()) << model.status().ToString();
+  EXPECT_EQ((*model)->config().num_layers, 6);
 }
 
 TEST(TrainerTest, AdaptersChangeOnlyTheirTargets) {
