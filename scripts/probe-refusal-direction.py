@@ -29,7 +29,9 @@ sys.path.insert(0, os.path.join(ROOT, "tests", "reference"))
 import hf_reference as ref  # noqa: E402
 
 
-def tokenize(worker, model, path, n):
+def tokenize_rows(worker, model, path, n):
+    """knockout-worker tokenize --chat --json's rows (ids, instruction_range, post_inst_range, ...)
+    for the first n instructions of a JSONL prompt set."""
     instructions = [json.loads(line)["instruction"] for line in open(path) if line.strip()][:n]
     with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as f:
         f.write("\n".join(instructions) + "\n")
@@ -39,7 +41,11 @@ def tokenize(worker, model, path, n):
                               "--json"], capture_output=True, text=True, check=True).stdout
     finally:
         os.unlink(name)
-    return [json.loads(line)["ids"] for line in out.splitlines() if line.strip()]
+    return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+
+def tokenize(worker, model, path, n):
+    return [row["ids"] for row in tokenize_rows(worker, model, path, n)]
 
 
 def left_pad(seqs):
@@ -52,12 +58,13 @@ def left_pad(seqs):
     return ids, mask
 
 
-def forward(cfg, w, ids, mask, add=None, ablate=None):
+def forward(cfg, w, ids, mask, add=None, ablate=None, edit=None):
     """Every layer's resid_pre (whole tensors), the residual after the last layer, and the last
     column's logits. add=(layer, vector): x += vector at that layer's input, every column.
     ablate=(r_hat, layers, positions): r_hat projected out of resid_pre, attn_out and mlp_out of
     those layers (science.md's directional ablation), at the columns where positions (b x t) is
-    1, or at every column if positions is None. Shared with scripts/kl-by-prompt.py."""
+    1, or at every column if positions is None. edit(layer, x) -> x: any change to a layer's
+    input, after add and ablate. Shared with scripts/kl-by-prompt.py and where-harm-is-read.py."""
     b, t = ids.shape
     nh, nkv, eps = cfg["num_attention_heads"], cfg["num_key_value_heads"], cfg["rms_norm_eps"]
     dh = ref.head_dim(cfg)
@@ -79,6 +86,8 @@ def forward(cfg, w, ids, mask, add=None, ablate=None):
         if add is not None and add[0] == layer:
             x = x + add[1]
         x = cut(x, layer)
+        if edit is not None:
+            x = edit(layer, x)
         seen.append(x)
         p = f"model.layers.{layer}."
         h = ref.rms_norm(x, w[p + "input_layernorm.weight"], eps)

@@ -20,20 +20,12 @@ PROMPTS_DIR holds harmful_val.jsonl and harmless_val.jsonl ({"instruction": ...}
 """
 import argparse
 import importlib.util
-import json
-import math
 import os
-import subprocess
 import sys
-import tempfile
 
 import torch
-import torch.nn.functional as F
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "tests", "reference"))
-import hf_reference as ref  # noqa: E402
-
 _spec = importlib.util.spec_from_file_location(
     "probe", os.path.join(ROOT, "scripts", "probe-refusal-direction.py"))
 probe = importlib.util.module_from_spec(_spec)
@@ -42,16 +34,7 @@ _spec.loader.exec_module(probe)
 
 def tokenize(worker, model, path, n):
     """Left-padded ids and mask, and 0/1 masks of the instruction's and the template's tokens."""
-    instructions = [json.loads(line)["instruction"] for line in open(path) if line.strip()][:n]
-    with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as f:
-        f.write("\n".join(instructions) + "\n")
-        name = f.name
-    try:
-        out = subprocess.run([worker, "tokenize", "--tokenizer", model, "--file", name, "--chat",
-                              "--json"], capture_output=True, text=True, check=True).stdout
-    finally:
-        os.unlink(name)
-    rows = [json.loads(line) for line in out.splitlines() if line.strip()]
+    rows = probe.tokenize_rows(worker, model, path, n)
     t = max(len(r["ids"]) for r in rows)
     ids = torch.zeros(len(rows), t, dtype=torch.long)
     mask = torch.zeros_like(ids)
@@ -73,37 +56,8 @@ def tokenize(worker, model, path, n):
 
 
 def forward(cfg, w, ids, mask, edit=None):
-    """Every layer's resid_pre and p(refusal token) at the last column; edit(layer, x) -> x
-    changes a layer's input."""
-    b, t = ids.shape
-    nh, nkv, eps = cfg["num_attention_heads"], cfg["num_key_value_heads"], cfg["rms_norm_eps"]
-    dh = ref.head_dim(cfg)
-    x = w["model.embed_tokens.weight"][ids]
-    cos, sin, allowed = ref.rope_and_mask(cfg, mask)
-
-    def lin(h, name):
-        return F.linear(h, w[name + ".weight"], w.get(name + ".bias"))
-
-    seen = []
-    for layer in range(cfg["num_hidden_layers"]):
-        if edit is not None:
-            x = edit(layer, x)
-        seen.append(x)
-        p = f"model.layers.{layer}."
-        h = ref.rms_norm(x, w[p + "input_layernorm.weight"], eps)
-        q = lin(h, p + "self_attn.q_proj").view(b, t, nh, dh).transpose(1, 2)
-        k = lin(h, p + "self_attn.k_proj").view(b, t, nkv, dh).transpose(1, 2)
-        v = lin(h, p + "self_attn.v_proj").view(b, t, nkv, dh).transpose(1, 2)
-        q, k = q * cos + ref.rotate_half(q) * sin, k * cos + ref.rotate_half(k) * sin
-        k, v = k.repeat_interleave(nh // nkv, 1), v.repeat_interleave(nh // nkv, 1)
-        s = (q @ k.transpose(-1, -2)) / math.sqrt(dh)
-        a = torch.softmax(s.masked_fill(~allowed, float("-inf")), -1) @ v
-        x = x + lin(a.transpose(1, 2).reshape(b, t, nh * dh), p + "self_attn.o_proj")
-        h = ref.rms_norm(x, w[p + "post_attention_layernorm.weight"], eps)
-        x = x + lin(F.silu(lin(h, p + "mlp.gate_proj")) * lin(h, p + "mlp.up_proj"),
-                    p + "mlp.down_proj")
-    head = w["model.embed_tokens.weight"] if cfg.get("tie_word_embeddings") else w["lm_head.weight"]
-    logits = F.linear(ref.rms_norm(x[:, -1], w["model.norm.weight"], eps), head)
+    """Every layer's resid_pre and the next-token distribution at the last column."""
+    seen, logits = probe.forward(cfg, w, ids, mask, edit=edit)
     return seen, torch.softmax(logits.double(), -1)
 
 
