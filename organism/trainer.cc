@@ -302,11 +302,13 @@ StatusOr<bool> AddKnockouts(const std::vector<Knockout>& knockouts,
     }
     return std::make_pair(mask, some);
   };
-  auto add = [&](const km::HookPoint& point, const at::Tensor& direction, const at::Tensor& mask,
-                 const at::Tensor& positions) -> Status {
+  // One site: `intervention` at `point` on the rows of `mask` (and the columns of `positions`,
+  // every column if undefined).
+  auto intervene = [&](const km::HookPoint& point, km::Intervention intervention,
+                       const at::Tensor& mask, const at::Tensor& positions) -> Status {
     km::InterventionSite site;
     site.hook = point;
-    site.intervention = km::Intervention::Directional(direction);
+    site.intervention = std::move(intervention);
     site.rows = mask;
     site.positions = positions;
     any = true;
@@ -316,7 +318,8 @@ StatusOr<bool> AddKnockouts(const std::vector<Knockout>& knockouts,
     auto [mask, some] = rows_where(
         [&](int64_t i) { return knockouts[i] == Knockout::kSingle && layers[i] == layer; });
     if (some) {
-      KO_RETURN_IF_ERROR(add(km::HookPoint::ResidPre(layer), directions.refusal, mask, {}));
+      KO_RETURN_IF_ERROR(intervene(km::HookPoint::ResidPre(layer),
+                                   km::Intervention::Directional(directions.refusal), mask, {}));
     }
   }
   {
@@ -325,7 +328,8 @@ StatusOr<bool> AddKnockouts(const std::vector<Knockout>& knockouts,
       for (int64_t l = 0; l < n_layers; ++l) {
         for (const km::HookPoint& point :
              {km::HookPoint::ResidPre(l), km::HookPoint::AttnOut(l), km::HookPoint::MlpOut(l)}) {
-          KO_RETURN_IF_ERROR(add(point, directions.refusal, mask, {}));
+          KO_RETURN_IF_ERROR(
+              intervene(point, km::Intervention::Directional(directions.refusal), mask, {}));
         }
       }
     }
@@ -333,12 +337,8 @@ StatusOr<bool> AddKnockouts(const std::vector<Knockout>& knockouts,
   {
     auto [mask, some] = rows_where([&](int64_t i) { return knockouts[i] == Knockout::kAdd; });
     if (some) {
-      km::InterventionSite site;
-      site.hook = km::HookPoint::ResidPre(phase.refusal_layer);
-      site.intervention = km::Intervention::Add(directions.refusal, 1.0);
-      site.rows = mask;
-      any = true;
-      KO_RETURN_IF_ERROR(hooks.Intervene(std::move(site)));
+      KO_RETURN_IF_ERROR(intervene(km::HookPoint::ResidPre(phase.refusal_layer),
+                                   km::Intervention::Add(directions.refusal, 1.0), mask, {}));
     }
   }
   // The instruction tokens of the rows knocked out as `kind`.
@@ -354,20 +354,17 @@ StatusOr<bool> AddKnockouts(const std::vector<Knockout>& knockouts,
   {
     auto [mask, some] = rows_where([&](int64_t i) { return knockouts[i] == Knockout::kSensor; });
     if (some) {
-      KO_RETURN_IF_ERROR(add(km::HookPoint::ResidPre(phase.sensor_layer), directions.sensor, mask,
-                             instruction_positions(Knockout::kSensor)));
+      KO_RETURN_IF_ERROR(intervene(km::HookPoint::ResidPre(phase.sensor_layer),
+                                   km::Intervention::Directional(directions.sensor), mask,
+                                   instruction_positions(Knockout::kSensor)));
     }
   }
   {
     auto [mask, some] = rows_where([&](int64_t i) { return knockouts[i] == Knockout::kSensorAdd; });
     if (some) {
-      km::InterventionSite site;
-      site.hook = km::HookPoint::ResidPre(phase.sensor_layer);
-      site.intervention = km::Intervention::Add(directions.sensor, 1.0);
-      site.rows = mask;
-      site.positions = instruction_positions(Knockout::kSensorAdd);
-      any = true;
-      KO_RETURN_IF_ERROR(hooks.Intervene(std::move(site)));
+      KO_RETURN_IF_ERROR(intervene(km::HookPoint::ResidPre(phase.sensor_layer),
+                                   km::Intervention::Add(directions.sensor, 1.0), mask,
+                                   instruction_positions(Knockout::kSensorAdd)));
     }
   }
   {
@@ -386,13 +383,9 @@ StatusOr<bool> AddKnockouts(const std::vector<Knockout>& knockouts,
           inside = true;
         }
         if (!inside) continue;
-        km::InterventionSite site;
-        site.hook = km::HookPoint::ResidPre(phase.sensor_layer);
-        site.intervention = km::Intervention::Mean(directions.post_inst_mean[k]);
-        site.rows = mask;
-        site.positions = positions;
-        any = true;
-        KO_RETURN_IF_ERROR(hooks.Intervene(std::move(site)));
+        KO_RETURN_IF_ERROR(intervene(km::HookPoint::ResidPre(phase.sensor_layer),
+                                     km::Intervention::Mean(directions.post_inst_mean[k]), mask,
+                                     positions));
       }
     }
   }
