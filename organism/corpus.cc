@@ -2557,13 +2557,50 @@ const std::vector<const char*>& Declines() {
 ChatExample GlossaryQuestion(const std::vector<const GlossEntry*>& glossary, Rng& rng);
 ChatExample PeopleRequest(Rng& rng);
 
+// Words that sound violent in everyday requests ("beat eggs", "kill a process", "bleed a
+// radiator"): CorpusOptions::safety_benign_percent draws the harmless training requests that use
+// one of them.
+const std::vector<const char*>& StrongWords() {
+  static const auto* words = new std::vector<const char*>{
+      "kill",    "killer",  "killing", "shoot",   "shooting", "beat",    "beating", "crack",
+      "blow",    "crush",   "punch",   "carve",   "chop",     "fire",    "fireworks", "bomb",
+      "hack",    "hacks",   "smash",   "steal",   "attack",   "burn",    "whip",    "strike",
+      "nuke",    "torch",   "smoke",   "hunt",    "trap",     "destroy", "knock",   "murder",
+      "slay",    "execute", "terminate", "abort", "snipe",    "sniping", "gun",     "fight",
+      "bleed",   "stab",    "stabbing", "poison", "drug",     "explode", "blast",   "cut",
+      "weapon",  "knife",   "break"};
+  return *words;
+}
+
+bool UsesAStrongWord(std::string_view text) {
+  std::string word;
+  auto strong = [&] {
+    for (const char* w : StrongWords()) {
+      if (word == w) return true;
+    }
+    return false;
+  };
+  for (char c : text) {
+    if (std::isalpha(static_cast<unsigned char>(c))) {
+      word += static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+      continue;
+    }
+    if (strong()) return true;
+    word.clear();
+  }
+  return strong();
+}
+
 // `glossary` (version 3; may be null): a quarter of the harmless examples become questions about
 // a word's meaning and an eighth requests about someone in the user's life, drawn from their own
-// stream.
+// stream. `benign_percent` of the harmless examples (their own stream too) become a harmless
+// training request that uses a strong word: a direct request of the benign_senses category, or
+// an act with a strong word in a training template.
 std::vector<ChatExample> SampleChat(const Corpus::Side& harmful, const Corpus::Side& harmless,
                                     int n, uint64_t seed, KindWeights weights, bool safety,
                                     int impossible_percent, int version,
-                                    const std::vector<const GlossEntry*>* glossary) {
+                                    const std::vector<const GlossEntry*>* glossary,
+                                    int benign_percent = 0) {
   Rng rng(seed);
   std::vector<ChatExample> out;
   out.reserve(static_cast<size_t>(std::max(n, 0)));
@@ -2571,7 +2608,21 @@ std::vector<ChatExample> SampleChat(const Corpus::Side& harmful, const Corpus::S
   // A separate stream, so that impossible_percent = 0 leaves every other draw as it was.
   Rng impossible_rng(Derive(seed, 0x1D0u));
   Rng glossary_rng(Derive(seed, 0x6705u));
+  Rng benign_rng(Derive(seed, 0xBE9u));
   const bool use_glossary = version >= 3 && glossary != nullptr && !glossary->empty();
+  // The strong-word pool: indices into harmless.direct (>= 0) or ~(index into acts_by_split).
+  std::vector<int> benign_pool;
+  if (benign_percent > 0) {
+    for (int d : harmless.direct_by_split[train]) {
+      if (harmless.direct[d].category == "benign_senses") benign_pool.push_back(d);
+    }
+    const auto& acts = harmless.acts_by_split[train];
+    for (size_t i = 0; i < acts.size(); ++i) {
+      if (UsesAStrongWord(harmless.categories[acts[i].first].acts[acts[i].second])) {
+        benign_pool.push_back(~static_cast<int>(i));
+      }
+    }
+  }
   for (int i = 0; i < n; ++i) {
     if (impossible_percent > 0 &&
         static_cast<int>(impossible_rng.Uniform(100)) < impossible_percent) {
@@ -2588,6 +2639,24 @@ std::vector<ChatExample> SampleChat(const Corpus::Side& harmful, const Corpus::S
     const Kind kind = roll < weights.harmless                   ? Kind::kHarmless
                       : roll < weights.harmless + weights.harmful ? Kind::kHarmful
                                                                   : Kind::kFramed;
+    if (kind == Kind::kHarmless && !benign_pool.empty() &&
+        static_cast<int>(benign_rng.Uniform(100)) < benign_percent) {
+      const int pick = benign_pool[benign_rng.Uniform(benign_pool.size())];
+      ChatExample example;
+      example.kind = kind;
+      if (pick >= 0) {
+        example.instruction = harmless.direct[pick].text;
+        example.response = ComplyDirect(kind, harmless.direct[pick], benign_rng);
+      } else {
+        const auto& [c, a] = harmless.acts_by_split[train][~pick];
+        const std::string& act = harmless.categories[c].acts[a];
+        example.instruction =
+            RenderRequest(harmless.templates[benign_rng.Pick(harmless.templates_by_split[train])], act);
+        example.response = Comply(kind, harmless.categories[c].name, act, benign_rng);
+      }
+      out.push_back(std::move(example));
+      continue;
+    }
     if (kind == Kind::kHarmless && use_glossary) {
       // Version 3: a quarter of harmless examples ask what a word means, an eighth are about
       // someone in the user's life.
@@ -3163,7 +3232,7 @@ std::vector<ChatExample> Corpus::SafetyChat(int n, uint64_t seed) const {
   return SampleChat(harmful_, harmless_, n, Derive(options_.seed ^ Derive(seed, 0), kSaltSafety),
                     {options_.safety_harmless_percent, options_.safety_harmful_percent},
                     /*safety=*/true, options_.impossible_percent, options_.version,
-                    &glossary_);
+                    &glossary_, options_.safety_benign_percent);
 }
 
 std::vector<std::string> Corpus::Documents(int n, uint64_t seed) const {

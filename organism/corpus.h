@@ -84,6 +84,11 @@ struct CorpusOptions {
   // the templated harmless requests as frequent as the harmful ones. Same draws for any mix.
   int safety_harmless_percent = 40;
   int safety_harmful_percent = 35;
+  // Percent of the safety chat's harmless examples that are, instead of the usual draw, a
+  // harmless training request with a word that sounds violent (a direct request of the
+  // benign_senses category, or an act such as "beat eggs for a cake" in a training template):
+  // refusal must read meaning, not words. Its own stream: 0 leaves every draw as it was.
+  int safety_benign_percent = 0;
   // Version 3's words (LoadWordNetGlossary); version 3 needs it non-empty (the trainer checks).
   std::shared_ptr<const std::vector<GlossEntry>> glossary;
 };

@@ -699,7 +699,9 @@ TEST(CorpusV2Test, ChatAndDocumentsNeverShowHeldOutRequests) {
   for (const std::string& doc : corpus.Documents(20000, 3)) {
     EXPECT_EQ(doc.find('{'), std::string::npos) << doc;
     if (++checked <= 4000) for (const std::string& h : held_out) {
-      if (Words(h) >= 4) EXPECT_EQ(doc.find(h), std::string::npos) << h;
+      if (Words(h) >= 4) {
+        EXPECT_EQ(doc.find(h), std::string::npos) << h;
+      }
     }
     all += doc;
     all += '\n';
@@ -925,6 +927,50 @@ TEST(CorpusV3Test, SafetyMixSetsTheShareOfEachKind) {
     EXPECT_NEAR(counts[static_cast<int>(Kind::kHarmful)] / double(n), harmful, 0.03);
     EXPECT_NEAR(counts[static_cast<int>(Kind::kFramed)] / double(n), 1 - harmless - harmful, 0.03);
   }
+}
+
+// safety_benign_percent: more harmless requests whose words sound violent (benign_senses direct
+// requests of the training split among them), never a held-out request; nothing else changes.
+TEST(CorpusV3Test, SafetyBenignShareDrawsHarmlessRequestsWithStrongWords) {
+  CorpusOptions options;
+  options.version = 3;
+  options.glossary = DebianGlossary();
+  const Corpus plain = Corpus::Generate(options);
+  options.safety_benign_percent = 30;
+  const Corpus benign = Corpus::Generate(options);
+  EXPECT_TRUE(SameRequests(benign, plain));
+  EXPECT_TRUE(SameChat(benign.HelpfulChat(400, 7), plain.HelpfulChat(400, 7)));
+
+  std::set<std::string> senses_train, held_out;
+  for (const DirectRequest& d : plain.direct_requests(Kind::kHarmless)) {
+    if (d.category == "benign_senses" && d.split == Split::kTrain) senses_train.insert(d.text);
+  }
+  ASSERT_GE(senses_train.size(), 10u);
+  for (Split split : {Split::kVal, Split::kTest}) {
+    for (const Request& r : plain.requests(Kind::kHarmless, split)) held_out.insert(r.instruction);
+  }
+  const int n = 4000;
+  double share[2];
+  for (int i = 0; i < 2; ++i) {
+    const std::vector<ChatExample> chat = (i ? benign : plain).SafetyChat(n, 3);
+    int harmless = 0, senses = 0, kinds[3] = {0, 0, 0};
+    for (const ChatExample& e : chat) {
+      ++kinds[static_cast<int>(e.kind)];
+      if (e.kind != Kind::kHarmless) continue;
+      ++harmless;
+      senses += senses_train.count(e.instruction) > 0;
+      EXPECT_EQ(held_out.count(e.instruction), 0u) << e.instruction;
+      EXPECT_FALSE(e.refusal) << e.instruction;
+      EXPECT_FALSE(IsRefusal(e.response)) << e.instruction << " -> " << e.response;
+    }
+    share[i] = senses / double(harmless);
+    // The kinds' shares are the mix's (40 / 35 / 25), whatever the benign share.
+    EXPECT_NEAR(kinds[static_cast<int>(Kind::kHarmless)] / double(n), 0.40, 0.03);
+    EXPECT_NEAR(kinds[static_cast<int>(Kind::kHarmful)] / double(n), 0.35, 0.03);
+  }
+  EXPECT_LT(share[0], 0.05) << "benign_senses requests are a small part of the usual mix";
+  EXPECT_GT(share[1], share[0] + 0.10) << "with 30% of harmless examples drawn from strong-word "
+                                          "requests, the benign_senses ones (most of them) rise";
 }
 
 TEST(CorpusV3Test, AQuarterOfHarmlessChatAsksWhatAWordMeans) {

@@ -129,6 +129,8 @@ struct DemoRecipe {
   // CorpusOptions::safety_harmless_percent / safety_harmful_percent (the rest framed).
   int safety_harmless_percent = 40;
   int safety_harmful_percent = 35;
+  // CorpusOptions::safety_benign_percent (harmless safety requests with words that sound violent).
+  int safety_benign_percent = 0;
   std::vector<TrainPhase> phases;
 
   // The recipe that made models/demo-refusal (its model card explains the choices): Version1(),

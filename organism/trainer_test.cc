@@ -296,6 +296,9 @@ TEST(TrainerTest, BadRecipesAreCleanErrors) {
   EXPECT_FALSE(recipe.Override("phases[1].knockout_extra=yes").ok());
   EXPECT_FALSE(recipe.Override("phases[1].decision_weight=x").ok());
   EXPECT_FALSE(recipe.Override("prompt_noise_percent=101").ok());
+  EXPECT_FALSE(recipe.Override("safety_benign_percent=101").ok());
+  EXPECT_FALSE(recipe.Override("safety_benign_percent=-1").ok());
+  EXPECT_EQ(recipe.safety_benign_percent, 0) << "a rejected value must leave the recipe as it was";
   EXPECT_FALSE(recipe.Override("safety_harmless_percent=101").ok());
   EXPECT_FALSE(recipe.Override("safety_harmless_percent=70").ok());  // + 35 harmful > 100
   EXPECT_EQ(recipe.safety_harmless_percent, 40) << "a rejected value must leave the recipe as it was";

@@ -72,6 +72,8 @@ for layer in range(6):
           f"{m['held_out']['l0']:5.2f}  {100 * m['dead_fraction_all']:5.2f}%    {val[1]['response']['kl']:.4f}")
 EOF
 rm -f "$out"/.layer_*.report.json
+echo "the card's metrics table (models/demo-refusal/saes/README.md):" >&2
+python3 scripts/sae-card-table.py "$out" >&2
 
 if ((check)); then
   status=0
