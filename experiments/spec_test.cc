@@ -112,7 +112,7 @@ TEST(SpecTest, DemoSpecParsesWithDefaults) {
 
   const auto& select = spec.stages(2).select_direction();
   EXPECT_EQ(select.candidates(), "refusal");
-  EXPECT_DOUBLE_EQ(select.max_kl(), 0.5);
+  EXPECT_DOUBLE_EQ(select.max_kl(), 0.7);
   EXPECT_DOUBLE_EQ(select.max_layer_fraction(), 0.8);
   EXPECT_DOUBLE_EQ(select.min_induce(), 0.0);
 

@@ -929,6 +929,29 @@ TEST(CorpusV3Test, SafetyMixSetsTheShareOfEachKind) {
   }
 }
 
+// The committed experiments/prompts/demo files are version 3's prompt sets at seed 42 (the
+// shipped hydra model's: `train-demo --recipe hydra --prompts-out` writes them), byte for byte.
+TEST(CorpusV3Test, CommittedDemoPromptSetsAreVersion3s) {
+  const std::string dir = ::testing::TempDir() + "/corpus_test_v3_sets";
+  std::filesystem::remove_all(dir);
+  ASSERT_TRUE(V3().WritePromptSets(dir).ok());
+  const std::string committed = std::string(KNOCKOUT_SOURCE_DIR) + "/experiments/prompts/demo/";
+  auto read = [](const std::string& path) {
+    std::ifstream in(path, std::ios::binary);
+    std::ostringstream out;
+    out << in.rdbuf();
+    return out.str();
+  };
+  for (Kind kind : kKinds) {
+    for (Split split : kSplits) {
+      const std::string name = std::string(KindName(kind)) + "_" + SplitName(split) + ".jsonl";
+      const std::string generated = read(dir + "/" + name);
+      EXPECT_FALSE(generated.empty()) << name;
+      EXPECT_EQ(generated, read(committed + name)) << name;
+    }
+  }
+}
+
 // safety_benign_percent: more harmless requests whose words sound violent (benign_senses direct
 // requests of the training split among them), never a held-out request; nothing else changes.
 TEST(CorpusV3Test, SafetyBenignShareDrawsHarmlessRequestsWithStrongWords) {

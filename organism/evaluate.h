@@ -27,10 +27,11 @@ struct EvalOptions {
   uint64_t seed = 42;           // the random direction
   int64_t direction_layer = -1; // -1: select on the validation split
   // The KL filter of the selection. science.md's 0.1 nats is calibrated on real chat models; on
-  // this 6-layer model every candidate that reaches the refusal decision also moves the harmless
-  // first-token distribution by 0.2-0.5 nats, while candidates that break the model score 1-8
-  // (model card): 0.5 keeps the filter's purpose.
-  double max_kl = 0.5;
+  // the 6-layer demo model every candidate that reaches the refusal decision also moves the
+  // harmless first-token distribution by 0.2-0.6 nats (the shipped model's layer-3 direction:
+  // 0.56, from held-out harmless prompts it refuses; model card), while candidates that break
+  // the model score 1-8: 0.6 keeps the filter's purpose.
+  double max_kl = 0.6;
   double min_induce = 0.0;  // science.md: drop induce < 0
   // The refusal score's tokens R (science.md), each exactly one token: the demo model's
   // refusals open with "I" (as in experiments/specs/demo-hydra.yaml).

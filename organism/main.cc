@@ -144,8 +144,8 @@ int main(int argc, char** argv) {
       ->check(CLI::PositiveNumber);
   train_demo_cmd->add_option("--threads", train_demo.threads)->check(CLI::NonNegativeNumber);
   train_demo_cmd->add_option("--recipe", train_demo.recipe,
-                             "v1 (default: models/demo-refusal) or hydra (issue 14's knockout-aware "
-                             "recipe, work in progress)")
+                             "v1 (default: issue 4's first model) or hydra (models/demo-refusal: "
+                             "issue 14's knockout-aware recipe)")
       ->check(CLI::IsMember({"v1", "hydra"}));
   train_demo_cmd->add_option("--phases-dir", train_demo.phases_dir,
                              "also save an f32 checkpoint after each phase but the last here");
@@ -163,7 +163,7 @@ int main(int argc, char** argv) {
       ->check(CLI::PositiveNumber);
   eval_demo_cmd->add_option("--layer", eval_demo.layer, "direction layer (default: selected)");
   eval_demo_cmd->add_option("--max-kl", eval_demo.max_kl,
-                            "KL filter of the selection (default 0.5; science.md uses 0.1 for "
+                            "KL filter of the selection (default 0.6; science.md uses 0.1 for "
                             "real models)");
   eval_demo_cmd->add_option("--handwritten", eval_demo.handwritten,
                             "also the refused fractions of DIR/{harmful,harmless}.jsonl "

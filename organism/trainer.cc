@@ -827,7 +827,7 @@ DemoRecipe DemoRecipe::Version1() {
 DemoRecipe DemoRecipe::Default() { return Version1(); }
 
 DemoRecipe DemoRecipe::Hydra() {
-  // Work in progress (issue 14; the research log in models/demo-refusal/README.md): corpus
+  // The recipe of models/demo-refusal (issue 14; the research log in its README.md): corpus
   // version 3 (version 2's direct requests, harm lexicon and benign senses of violent words, plus
   // WordNet's ordinary English and everyday requests about people), a helpful base that never
   // declines, safety tuning through adapters on layers 0-2 with the safety chat at 50% harmless
@@ -835,11 +835,11 @@ DemoRecipe DemoRecipe::Hydra() {
   // the upper layers write the refusal direction again when one of them loses it, routes
   // refusal through that one direction, gates it on the harm sensor at layer 2's input, and
   // weighs every row's first reply token (decision_weight), which is what lets the sensor rows
-  // be learned. This is the log's run S64 (S64r: this recipe in one run): the downstream hydra
-  // (any one upper layer's r removed: refusal holds), the upstream gate (the sensor removed:
-  // 0.00-0.01 refused, while +r still induces refusal) and activation addition (0.85-0.87), but
-  // not yet issue 14's KL <= 0.1 (0.44-0.56: held-out harmless prompts that the model refuses)
-  // nor its handwritten harmful figure (0.86-0.88).
+  // be learned. The shipped model is this recipe in one run (the log's S64r): the downstream
+  // hydra (any one upper layer's r removed: refusal holds), the upstream gate (the sensor
+  // removed: 0.01 refused, while +r still induces refusal) and activation addition (0.85), but
+  // not issue 14's KL <= 0.1 (0.56: held-out harmless prompts that the model refuses) nor its
+  // handwritten harmful figure (0.88).
   // The safety phase needs its 500 steps: at 300 the refusal templates come out garbled (S5-S7).
   DemoRecipe r = Version1();
   r.corpus_version = 3;

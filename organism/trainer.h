@@ -133,9 +133,9 @@ struct DemoRecipe {
   int safety_benign_percent = 0;
   std::vector<TrainPhase> phases;
 
-  // The recipe that made models/demo-refusal (its model card explains the choices): Version1(),
-  // issue 4's model. Hydra(): the knockout-aware recipe of issue 14, work in progress (the
-  // card's research log).
+  // Version1() (= Default()): issue 4's first model. Hydra(): the knockout-aware recipe of
+  // issue 14 that made models/demo-refusal (its model card explains the choices and logs the
+  // runs).
   static DemoRecipe Default();
   static DemoRecipe Version1();
   static DemoRecipe Hydra();

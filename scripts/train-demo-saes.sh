@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Trains the six SAEs shipped with the demo model (models/demo-refusal/saes/README.md): one TopK
-# SAE per layer at blocks.L.hook_resid_post, 1024 latents, k 32, on the demo's training prompt
+# SAE per layer at blocks.L.hook_resid_post, 1024 latents, k 64, on the demo's training prompt
 # sets and the model's own greedy answers to them, measured on held-out training prompts and the
 # validation sets. One thread: the files are then bit-identical to the shipped ones.
 #
@@ -42,7 +42,7 @@ train_layer() {
   "$worker" train-sae --model models/demo-refusal --hook "blocks.$1.hook_resid_post" \
     --prompts $p/harmful_train.jsonl $p/harmless_train.jsonl $p/framed_train.jsonl \
     --eval-prompts $p/harmful_val.jsonl $p/harmless_val.jsonl $p/framed_val.jsonl \
-    --arch topk --latents 1024 --k 32 --steps 2000 --batch-tokens 1024 --lr 0.002 \
+    --arch topk --latents 1024 --k 64 --steps 2000 --batch-tokens 1024 --lr 0.002 \
     --new-tokens 32 --holdout-every 10 --seed 0 --threads 1 \
     --out "$out/layer_$1" --overwrite --log-every 500 > "$out/.layer_$1.report.json"
 }

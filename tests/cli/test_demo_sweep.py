@@ -41,14 +41,14 @@ def check(condition, message):
 
 
 def science(knockout, store, workdir):
-    # Selection: the chosen candidate passes science.md's filters (KL bound 0.5 in the spec).
+    # Selection: the chosen candidate passes science.md's filters (KL bound 0.7 in the spec).
     candidates = [r for r in jsonl(knockout, store, "results", "demo-hydra", "--stage", "select")
                   if r["table"] == "candidates"]
     chosen = [r for r in candidates if r["chosen"]]
     check(len(candidates) == 30, f"30 candidates (6 layers x 5 positions), got {len(candidates)}")
     check(len(chosen) == 1, "one candidate chosen")
     c = chosen[0]
-    check(c["passed"] and c["layer"] < math.floor(0.8 * 6) and c["kl"] <= 0.5 and c["induce"] >= 0,
+    check(c["passed"] and c["layer"] < math.floor(0.8 * 6) and c["kl"] <= 0.7 and c["induce"] >= 0,
           f"chosen direction passes the filters: layer {c['layer']} {c['position']} "
           f"kl {c['kl']:.3f} induce {c['induce']:.3f} bypass {c['bypass']:.3f}")
     best_bypass = min(r["bypass"] for r in candidates if r["passed"])
@@ -119,6 +119,41 @@ def science(knockout, store, workdir):
           f"backups of {unit}: 5 rows, rise = ablated - clean")
     dormant = [b["dormant"] for b in backups]
     check(dormant == sorted(dormant, reverse=True), "dormant backups listed first")
+
+    # The demo model's hydra (issue 14), in the sweep's own rows. Refusal survives the selected
+    # direction projected out at any single layer from the selected one on (every position),
+    # but not the same direction ablated at every layer; the harm direction of an earlier layer
+    # projected out at t_inst alone removes it (the upstream sensor).
+    results = jsonl(knockout, store, "results", "demo-hydra", "--stage", "directions")
+    def score(direction, ablation, positions, layer=None):
+        rows = [r for r in results if r["direction"] == direction and r["ablation"] == ablation
+                and r["positions"] == positions and (layer is None or r["layer"] == layer)]
+        check(len(rows) == 1, f"one row for {direction} {ablation} {positions} layer {layer}")
+        return rows[0]["refusal_score"], rows[0]["clean_refusal_score"]
+    for layer in range(c["layer"], 6):
+        ablated, clean = score("select.best", "project", "all", layer)
+        check(ablated > 0 and ablated >= clean - 0.5,
+              f"r projected out at layer {layer} alone: refusal score {clean:.2f} -> {ablated:.2f} (held)")
+    ablated, clean = score("select.best", "directional", "all")
+    check(ablated < -2, f"r ablated at every layer: refusal score {clean:.2f} -> {ablated:.2f} (gone)")
+    sensors = {layer: score(f"harm@{layer}/inst_last", "project", "inst_last", layer)[0]
+               for layer in range(c["layer"])}
+    gate = min(sensors, key=sensors.get)
+    check(sensors[gate] < 0, f"the harm direction of layer {gate} projected out at t_inst alone: "
+          f"refusal score {clean:.2f} -> {sensors[gate]:.2f} (the trigger gone)")
+    # The same at the level of SAE latents: each downstream latent alone moves the refusal score
+    # less than the upstream sensors together, and some backups that were dormant (activation
+    # below 0.1 in the clean run) rise above 1 when a downstream latent is knocked out.
+    upstream_group = [r for r in hydra if r["role"] == "upstream" and "[" in r["unit"]][0]
+    downstream_singles = [r for r in singles if r["role"] == "downstream"]
+    check(all(abs(r["te"]) < abs(upstream_group["te"]) for r in downstream_singles),
+          f"every downstream latent alone (TE {min(r['te'] for r in downstream_singles):.2f} to "
+          f"{max(r['te'] for r in downstream_singles):.2f}) moves refusal less than the upstream "
+          f"sensors together ({upstream_group['te']:.2f})")
+    risen = [(r["unit"], b["backup"], round(b["clean"], 3), round(b["ablated"], 2)) for r in downstream_singles
+             for b in jsonl(knockout, store, "backups", "demo-hydra", "--stage", "hydra", "--unit", r["unit"], "--top", "5")
+             if b["clean"] < 0.1 and b["ablated"] > 1]
+    check(len(risen) >= 1, f"dormant backups rise when a downstream latent is knocked out: {risen}")
 
     # Harmfulness vs refusal directions: per-layer cosine reported.
     cosines = jsonl(knockout, store, "directions", "demo-hydra")
@@ -205,7 +240,7 @@ def main():
 
         bad = os.path.join(workdir, "bad.yaml")
         with open(bad, "w") as f:
-            f.write(open(spec).read().replace("max_kl: 0.5", "max_kl: [0.5]"))
+            f.write(open(spec).read().replace("max_kl: 0.7", "max_kl: [0.7]"))
         proc = run([knockout, "validate", bad], check=False)
         check(proc.returncode != 0 and "bad.yaml:" in proc.stderr and "max_kl" in proc.stderr,
               "a bad spec is a clear error naming file, line and field: " + proc.stderr.strip())
