@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cctype>
 #include <filesystem>
+#include <functional>
 #include <set>
 #include <tuple>
 #include <utility>
@@ -2557,11 +2558,27 @@ const std::vector<const char*>& Declines() {
 ChatExample GlossaryQuestion(const std::vector<const GlossEntry*>& glossary, Rng& rng);
 ChatExample PeopleRequest(Rng& rng);
 
+// True when `pred` holds for one of `text`'s words (maximal runs of letters, lower-cased).
+bool AnyWord(std::string_view text, const std::function<bool(const std::string&)>& pred) {
+  std::string word;
+  for (size_t i = 0; i <= text.size(); ++i) {
+    const char c =
+        i < text.size() ? static_cast<char>(std::tolower(static_cast<unsigned char>(text[i]))) : ' ';
+    if (c >= 'a' && c <= 'z') {
+      word += c;
+      continue;
+    }
+    if (!word.empty() && pred(word)) return true;
+    word.clear();
+  }
+  return false;
+}
+
 // Words that sound violent in everyday requests ("beat eggs", "kill a process", "bleed a
 // radiator"): CorpusOptions::safety_benign_percent draws the harmless training requests that use
 // one of them.
-const std::vector<const char*>& StrongWords() {
-  static const auto* words = new std::vector<const char*>{
+bool UsesAStrongWord(std::string_view text) {
+  static const auto* words = new std::set<std::string>{
       "kill",    "killer",  "killing", "shoot",   "shooting", "beat",    "beating", "crack",
       "blow",    "crush",   "punch",   "carve",   "chop",     "fire",    "fireworks", "bomb",
       "hack",    "hacks",   "smash",   "steal",   "attack",   "burn",    "whip",    "strike",
@@ -2569,26 +2586,7 @@ const std::vector<const char*>& StrongWords() {
       "slay",    "execute", "terminate", "abort", "snipe",    "sniping", "gun",     "fight",
       "bleed",   "stab",    "stabbing", "poison", "drug",     "explode", "blast",   "cut",
       "weapon",  "knife",   "break"};
-  return *words;
-}
-
-bool UsesAStrongWord(std::string_view text) {
-  std::string word;
-  auto strong = [&] {
-    for (const char* w : StrongWords()) {
-      if (word == w) return true;
-    }
-    return false;
-  };
-  for (char c : text) {
-    if (std::isalpha(static_cast<unsigned char>(c))) {
-      word += static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-      continue;
-    }
-    if (strong()) return true;
-    word.clear();
-  }
-  return strong();
+  return AnyWord(text, [](const std::string& w) { return words->count(w) > 0; });
 }
 
 // `glossary` (version 3; may be null): a quarter of the harmless examples become questions about
@@ -3138,22 +3136,13 @@ bool GlossaryEntryIsMild(const GlossEntry& entry) {
       "robbery", "war", "wars", "warfare", "hate", "hatred", "whip", "whipped", "hack", "hacker",
       "beat", "beaten", "beating", "nazi", "nude", "naked", "hit", "hits", "hurt", "hurts"};
   auto mild = [&](const std::string& text) {
-    std::string word;
-    for (size_t i = 0; i <= text.size(); ++i) {
-      const char c =
-          i < text.size() ? static_cast<char>(std::tolower(static_cast<unsigned char>(text[i])))
-                          : ' ';
-      if (c >= 'a' && c <= 'z') {
-        word += c;
-        continue;
-      }
-      if (words->count(word)) return false;
+    return !AnyWord(text, [&](const std::string& word) {
+      if (words->count(word)) return true;
       for (const std::string& stem : *stems) {
-        if (word.compare(0, stem.size(), stem) == 0) return false;
+        if (word.compare(0, stem.size(), stem) == 0) return true;
       }
-      word.clear();
-    }
-    return true;
+      return false;
+    });
   };
   if (!mild(entry.lemma) || !mild(entry.definition)) return false;
   for (const std::string& example : entry.examples) {

@@ -43,6 +43,13 @@ int Words(const std::string& s) {
   return n;
 }
 
+std::string ReadBytes(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::ostringstream out;
+  out << in.rdbuf();
+  return out.str();
+}
+
 bool SameRequests(const Corpus& a, const Corpus& b) {
   for (Kind kind : kKinds) {
     for (Split split : kSplits) {
@@ -227,10 +234,7 @@ TEST(CorpusTest, Version1Unchanged) {
   for (Kind kind : kKinds) {
     for (Split split : kSplits) {
       const std::string name = std::string(KindName(kind)) + "_" + SplitName(split) + ".jsonl";
-      std::ifstream in(dir + "/" + name, std::ios::binary);
-      std::ostringstream out;
-      out << in.rdbuf();
-      files.push_back(out.str());
+      files.push_back(ReadBytes(dir + "/" + name));
       EXPECT_FALSE(files.back().empty()) << name;
     }
   }
@@ -936,18 +940,12 @@ TEST(CorpusV3Test, CommittedDemoPromptSetsAreVersion3s) {
   std::filesystem::remove_all(dir);
   ASSERT_TRUE(V3().WritePromptSets(dir).ok());
   const std::string committed = std::string(KNOCKOUT_SOURCE_DIR) + "/experiments/prompts/demo/";
-  auto read = [](const std::string& path) {
-    std::ifstream in(path, std::ios::binary);
-    std::ostringstream out;
-    out << in.rdbuf();
-    return out.str();
-  };
   for (Kind kind : kKinds) {
     for (Split split : kSplits) {
       const std::string name = std::string(KindName(kind)) + "_" + SplitName(split) + ".jsonl";
-      const std::string generated = read(dir + "/" + name);
+      const std::string generated = ReadBytes(dir + "/" + name);
       EXPECT_FALSE(generated.empty()) << name;
-      EXPECT_EQ(generated, read(committed + name)) << name;
+      EXPECT_EQ(generated, ReadBytes(committed + name)) << name;
     }
   }
 }
