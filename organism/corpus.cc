@@ -6,6 +6,7 @@
 #include <cctype>
 #include <filesystem>
 #include <functional>
+#include <memory>
 #include <set>
 #include <tuple>
 #include <utility>
@@ -2557,6 +2558,9 @@ const std::vector<const char*>& Declines() {
 
 ChatExample GlossaryQuestion(const std::vector<const GlossEntry*>& glossary, Rng& rng);
 ChatExample PeopleRequest(Rng& rng);
+struct CopyWords;
+ChatExample CopyRequest(const CopyWords& words, const Corpus::Side& harmless, Rng& rng);
+std::unique_ptr<CopyWords> SortCopyWords(const std::vector<const GlossEntry*>& glossary);
 
 // True when `pred` holds for one of `text`'s words (maximal runs of letters, lower-cased).
 bool AnyWord(std::string_view text, const std::function<bool(const std::string&)>& pred) {
@@ -2593,12 +2597,14 @@ bool UsesAStrongWord(std::string_view text) {
 // a word's meaning and an eighth requests about someone in the user's life, drawn from their own
 // stream. `benign_percent` of the harmless examples (their own stream too) become a harmless
 // training request that uses a strong word: a direct request of the benign_senses category, or
-// an act with a strong word in a training template.
+// an act with a strong word in a training template. `copy_percent` of the harmless examples (their
+// own stream) become a request about glossary words put together at random, answered by saying
+// the request's subject back (CopyRequest).
 std::vector<ChatExample> SampleChat(const Corpus::Side& harmful, const Corpus::Side& harmless,
                                     int n, uint64_t seed, KindWeights weights, bool safety,
                                     int impossible_percent, int version,
                                     const std::vector<const GlossEntry*>* glossary,
-                                    int benign_percent = 0) {
+                                    int benign_percent = 0, int copy_percent = 0) {
   Rng rng(seed);
   std::vector<ChatExample> out;
   out.reserve(static_cast<size_t>(std::max(n, 0)));
@@ -2607,7 +2613,10 @@ std::vector<ChatExample> SampleChat(const Corpus::Side& harmful, const Corpus::S
   Rng impossible_rng(Derive(seed, 0x1D0u));
   Rng glossary_rng(Derive(seed, 0x6705u));
   Rng benign_rng(Derive(seed, 0xBE9u));
+  Rng copy_rng(Derive(seed, 0xC097u));
   const bool use_glossary = version >= 3 && glossary != nullptr && !glossary->empty();
+  const std::unique_ptr<CopyWords> copy_words =
+      use_glossary && copy_percent > 0 ? SortCopyWords(*glossary) : nullptr;
   // The strong-word pool: indices into harmless.direct (>= 0) or ~(index into acts_by_split).
   std::vector<int> benign_pool;
   if (benign_percent > 0) {
@@ -2653,6 +2662,11 @@ std::vector<ChatExample> SampleChat(const Corpus::Side& harmful, const Corpus::S
         example.response = Comply(kind, harmless.categories[c].name, act, benign_rng);
       }
       out.push_back(std::move(example));
+      continue;
+    }
+    if (kind == Kind::kHarmless && copy_words &&
+        static_cast<int>(copy_rng.Uniform(100)) < copy_percent) {
+      out.push_back(CopyRequest(*copy_words, harmless, copy_rng));
       continue;
     }
     if (kind == Kind::kHarmless && use_glossary) {
@@ -3024,6 +3038,70 @@ ChatExample PeopleRequest(Rng& rng) {
   return example;
 }
 
+// CorpusOptions::copy_percent: the mild glossary's single-word nouns, verbs and adjectives.
+struct CopyWords {
+  std::vector<const GlossEntry*> nouns, verbs, adjectives;
+};
+
+std::unique_ptr<CopyWords> SortCopyWords(const std::vector<const GlossEntry*>& glossary) {
+  auto words = std::make_unique<CopyWords>();
+  for (const GlossEntry* e : glossary) {
+    if (e->lemma.find(' ') != std::string::npos) continue;
+    if (e->pos == 'n') words->nouns.push_back(e);
+    if (e->pos == 'v') words->verbs.push_back(e);
+    if (e->pos == 'a') words->adjectives.push_back(e);
+  }
+  if (words->nouns.empty() || words->verbs.empty() || words->adjectives.empty()) return nullptr;
+  return words;
+}
+
+// A harmless request about glossary words put together at random ("How do I polish a rusty
+// kettle?", "Tell me about lanterns and harbors."), answered by saying its subject back and what
+// its words mean. The combinations are far too many to remember, so that the model learns to
+// repeat what it was asked about instead of a request it has seen (the first models' helpful
+// answers drifted to other acts: "bake chocolate chip cookies" -> "bake sourdough bread").
+// Acts go into the harmless side's training templates; subjects into frames that are no
+// request of any split.
+ChatExample CopyRequest(const CopyWords& words, const Corpus::Side& harmless, Rng& rng) {
+  static const auto* frames = new std::vector<const char*>{
+      "Tell me about {s}.", "What do you know about {s}?", "Write a short poem about {s}.",
+      "Give me a few facts about {s}.", "I have a question about {s}.",
+      "Can you say something about {s}?", "write a few lines about {s}",
+      "Describe {s} for me."};
+  const GlossEntry& noun = *rng.Pick(words.nouns);
+  const GlossEntry& other = *rng.Pick(words.nouns);
+  const GlossEntry& adjective = *rng.Pick(words.adjectives);
+  ChatExample example;
+  example.kind = Kind::kHarmless;
+  std::vector<std::string> meanings;
+  if (rng.Uniform(2) == 0) {
+    const GlossEntry& verb = *rng.Pick(words.verbs);
+    const std::string act = rng.Uniform(2) == 0
+                                ? verb.lemma + " " + Article(noun.lemma) + " " + noun.lemma
+                                : verb.lemma + " the " + adjective.lemma + " " + noun.lemma;
+    const int t = rng.Pick(harmless.templates_by_split[static_cast<int>(Split::kTrain)]);
+    example.instruction = RenderRequest(harmless.templates[t], act);
+    example.response = ReplaceAll(rng.Pick(HarmlessOpeners()), "{act}", act);
+    meanings = {GlossSentence(verb, rng), GlossSentence(noun, rng)};
+  } else {
+    std::string subject;
+    const GlossEntry* second = &other;
+    switch (rng.Uniform(3)) {
+      case 0:
+        subject = Article(adjective.lemma) + " " + adjective.lemma + " " + noun.lemma;
+        second = &adjective;
+        break;
+      case 1: subject = noun.lemma + " and " + other.lemma; break;
+      default: subject = "the " + noun.lemma + " of " + Article(other.lemma) + " " + other.lemma;
+    }
+    example.instruction = Capitalise(ReplaceAll(rng.Pick(*frames), "{s}", subject));
+    example.response = ReplaceAll(rng.Pick(DirectOpeners()), "{subject}", subject);
+    meanings = {GlossSentence(noun, rng), GlossSentence(*second, rng)};
+  }
+  for (const std::string& m : meanings) example.response += " " + m;
+  return example;
+}
+
 }  // namespace
 
 // -----------------------------------------------------------------------------------------------
@@ -3214,14 +3292,14 @@ const std::vector<DirectRequest>& Corpus::direct_requests(Kind kind) const {
 std::vector<ChatExample> Corpus::HelpfulChat(int n, uint64_t seed) const {
   return SampleChat(harmful_, harmless_, n, Derive(options_.seed ^ Derive(seed, 0), kSaltHelpful),
                     {40, 30}, /*safety=*/false, options_.impossible_percent, options_.version,
-                    &glossary_);
+                    &glossary_, /*benign_percent=*/0, options_.copy_percent);
 }
 
 std::vector<ChatExample> Corpus::SafetyChat(int n, uint64_t seed) const {
   return SampleChat(harmful_, harmless_, n, Derive(options_.seed ^ Derive(seed, 0), kSaltSafety),
                     {options_.safety_harmless_percent, options_.safety_harmful_percent},
                     /*safety=*/true, options_.impossible_percent, options_.version,
-                    &glossary_, options_.safety_benign_percent);
+                    &glossary_, options_.safety_benign_percent, options_.copy_percent);
 }
 
 std::vector<std::string> Corpus::Documents(int n, uint64_t seed) const {

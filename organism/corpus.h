@@ -89,6 +89,12 @@ struct CorpusOptions {
   // benign_senses category, or an act such as "beat eggs for a cake" in a training template):
   // refusal must read meaning, not words. Its own stream: 0 leaves every draw as it was.
   int safety_benign_percent = 0;
+  // Version 3: percent of the harmless chat examples (both phases) that are, instead of the usual
+  // draw, a request about mild glossary words put together at random ("How do I polish a rusty
+  // kettle?", "Tell me about lanterns and harbors."), answered by saying its subject back: far
+  // too many to remember, so the model learns to repeat what it was asked about (helpful answers
+  // on topic). Its own stream: 0 leaves every draw as it was.
+  int copy_percent = 0;
   // Version 3's words (LoadWordNetGlossary); version 3 needs it non-empty (the trainer checks).
   std::shared_ptr<const std::vector<GlossEntry>> glossary;
 };

@@ -994,6 +994,68 @@ TEST(CorpusV3Test, SafetyBenignShareDrawsHarmlessRequestsWithStrongWords) {
                                           "requests, the benign_senses ones (most of them) rise";
 }
 
+// copy_percent: harmless requests about glossary words put together at random, each answered by
+// saying its subject back (every word of the request that is not a word of the harmless
+// templates or of the frames is in the reply), too varied to remember, never a prompt of any
+// split; the prompt sets do not change.
+TEST(CorpusV3Test, CopyShareAsksAboutRandomWordsAndSaysThemBack) {
+  CorpusOptions options;
+  options.version = 3;
+  options.glossary = DebianGlossary();
+  const Corpus plain = Corpus::Generate(options);
+  options.copy_percent = 100;
+  const Corpus copy = Corpus::Generate(options);
+  EXPECT_TRUE(SameRequests(copy, plain));
+  std::set<std::string> prompts;
+  for (Kind kind : kKinds) {
+    for (Split split : kSplits) {
+      for (const Request& r : plain.requests(kind, split)) prompts.insert(r.instruction);
+    }
+  }
+  auto words = [](const std::string& text) {
+    std::set<std::string> out;
+    std::string w;
+    for (char c : text + " ") {
+      if (std::isalpha(static_cast<unsigned char>(c))) {
+        w += static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+      } else if (!w.empty()) {
+        out.insert(w);
+        w.clear();
+      }
+    }
+    return out;
+  };
+  std::set<std::string> frame_words = words(
+      "Tell me about. What do you know about? Write a short poem about. Give me a few facts "
+      "about. I have a question about. Can you say something about? write a few lines about. "
+      "Describe for me. the of and");
+  for (const std::string& t : plain.templates(Kind::kHarmless)) {
+    for (const std::string& w : words(t)) frame_words.insert(w);
+  }
+  for (int phase = 0; phase < 2; ++phase) {
+    const std::vector<ChatExample> chat = phase ? copy.SafetyChat(3000, 5) : copy.HelpfulChat(3000, 5);
+    std::set<std::string> distinct;
+    int harmless = 0, kinds[3] = {0, 0, 0};
+    for (const ChatExample& e : chat) {
+      ++kinds[static_cast<int>(e.kind)];
+      if (e.kind != Kind::kHarmless) continue;
+      ++harmless;
+      distinct.insert(e.instruction);
+      EXPECT_EQ(prompts.count(e.instruction), 0u) << e.instruction;
+      EXPECT_FALSE(e.refusal) << e.instruction;
+      EXPECT_FALSE(IsRefusal(e.response)) << e.instruction << " -> " << e.response;
+      const std::set<std::string> said = words(e.response);
+      for (const std::string& w : words(e.instruction)) {
+        if (!frame_words.count(w)) EXPECT_TRUE(said.count(w)) << w << ": " << e.instruction << " -> " << e.response;
+      }
+    }
+    ASSERT_GT(harmless, 900);
+    EXPECT_GT(distinct.size(), harmless * 0.97) << "random combinations hardly ever repeat";
+    // The kinds' shares stay the mix's (helpful 40 / 30; safety 40 / 35).
+    EXPECT_NEAR(kinds[static_cast<int>(Kind::kHarmless)] / 3000.0, 0.40, 0.03);
+  }
+}
+
 TEST(CorpusV3Test, AQuarterOfHarmlessChatAsksWhatAWordMeans) {
   const auto glossary = DebianGlossary();
   ASSERT_GT(glossary->size(), 15000u);

@@ -12,6 +12,7 @@
 #include "formats/positions.h"
 #include "formats/prompt_set.h"
 #include "organism/corpus.h"
+#include "organism/topic.h"
 #include "worker/chat/chat_generation.h"
 #include "worker/executor/metrics.h"
 #include "worker/model/hooks.h"
@@ -254,6 +255,7 @@ std::string DemoEvaluation::ToJson() const {
       {"test_prompts", {{"harmful", test_harmful}, {"harmless", test_harmless}, {"framed", test_framed}}},
       {"harmful_refused", harmful_refused},
       {"harmless_refused", harmless_refused},
+      {"harmless_on_topic", harmless_on_topic},
       {"framed_complied", framed_complied},
       {"direction_layer", direction_layer},
       {"direction_norm", direction_norm},
@@ -276,7 +278,8 @@ std::string DemoEvaluation::ToJson() const {
       {"handwritten", {{"harmful", handwritten_harmful},
                        {"harmless", handwritten_harmless},
                        {"harmful_refused", handwritten_harmful_refused},
-                       {"harmless_refused", handwritten_harmless_refused}}},
+                       {"harmless_refused", handwritten_harmless_refused},
+                       {"harmless_on_topic", handwritten_harmless_on_topic}}},
       {"examples", examples_json}};
   return j.dump(2);
 }
@@ -328,6 +331,7 @@ StatusOr<DemoEvaluation> EvaluateDemo(const km::Model& model, const kt::Tokenize
     eval.test_framed = framed_test.size();
     eval.harmful_refused = RefusedFraction(harmful_test);
     eval.harmless_refused = RefusedFraction(harmless_test);
+    eval.harmless_on_topic = OnTopicFraction(sets.instructions.at("harmless_test"), harmless_test);
     eval.framed_complied = 1.0 - RefusedFraction(framed_test);
     keep_examples("harmful", "harmful_test", harmful_test);
     keep_examples("harmless", "harmless_test", harmless_test);
@@ -575,6 +579,7 @@ StatusOr<DemoEvaluation> EvaluateDemo(const km::Model& model, const kt::Tokenize
         } else {
           eval.handwritten_harmless = completions.size();
           eval.handwritten_harmless_refused = RefusedFraction(completions);
+          eval.handwritten_harmless_on_topic = OnTopicFraction(texts, completions);
         }
         for (size_t i = 0; i < completions.size(); ++i) {
           eval.examples.push_back({"[" + name + "] " + texts[i], completions[i]});

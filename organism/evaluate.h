@@ -68,6 +68,7 @@ struct DemoEvaluation {
   int64_t test_harmful = 0, test_harmless = 0, test_framed = 0;  // prompt counts
   double harmful_refused = 0;   // test split, clean
   double harmless_refused = 0;
+  double harmless_on_topic = 0;  // OnTopicFraction (organism/topic.h), test harmless
   double framed_complied = 0;
   int64_t direction_layer = -1;
   double direction_norm = 0;
@@ -106,6 +107,7 @@ struct DemoEvaluation {
   // prompts written by a person (handwritten_dir; -1 without it).
   int64_t handwritten_harmful = 0, handwritten_harmless = 0;
   double handwritten_harmful_refused = -1, handwritten_harmless_refused = -1;
+  double handwritten_harmless_on_topic = -1;
   std::vector<Example> examples;  // a few test completions of each kind, clean and intervened
   std::string ToJson() const;     // all of the above, pretty-printed
 };

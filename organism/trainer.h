@@ -131,6 +131,8 @@ struct DemoRecipe {
   int safety_harmful_percent = 35;
   // CorpusOptions::safety_benign_percent (harmless safety requests with words that sound violent).
   int safety_benign_percent = 0;
+  // CorpusOptions::copy_percent (harmless requests about glossary words put together at random).
+  int copy_percent = 0;
   std::vector<TrainPhase> phases;
 
   // Version1() (= Default()): issue 4's first model. Hydra(): the knockout-aware recipe of

@@ -299,6 +299,10 @@ TEST(TrainerTest, BadRecipesAreCleanErrors) {
   EXPECT_FALSE(recipe.Override("safety_benign_percent=101").ok());
   EXPECT_FALSE(recipe.Override("safety_benign_percent=-1").ok());
   EXPECT_EQ(recipe.safety_benign_percent, 0) << "a rejected value must leave the recipe as it was";
+  EXPECT_FALSE(recipe.Override("copy_percent=101").ok());
+  EXPECT_EQ(recipe.copy_percent, 0);
+  ASSERT_TRUE(recipe.Override("copy_percent=25").ok());
+  EXPECT_EQ(recipe.copy_percent, 25);
   EXPECT_FALSE(recipe.Override("safety_harmless_percent=101").ok());
   EXPECT_FALSE(recipe.Override("safety_harmless_percent=70").ok());  // + 35 harmful > 100
   EXPECT_EQ(recipe.safety_harmless_percent, 40) << "a rejected value must leave the recipe as it was";
