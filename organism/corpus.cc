@@ -3059,7 +3059,8 @@ std::unique_ptr<CopyWords> SortCopyWords(const std::vector<const GlossEntry*>& g
 // kettle?", "Tell me about lanterns and harbors."), answered by saying its subject back and what
 // its words mean. The combinations are far too many to remember, so that the model learns to
 // repeat what it was asked about instead of a request it has seen (the first models' helpful
-// answers drifted to other acts: "bake chocolate chip cookies" -> "bake sourdough bread").
+// answers drifted to other acts: "bake chocolate chip cookies" -> "bake sourdough bread"). The
+// reply adds what one of its words means.
 // Acts go into the harmless side's training templates; subjects into frames that are no
 // request of any split.
 ChatExample CopyRequest(const CopyWords& words, const Corpus::Side& harmless, Rng& rng) {
@@ -3098,7 +3099,9 @@ ChatExample CopyRequest(const CopyWords& words, const Corpus::Side& harmless, Rn
     example.response = ReplaceAll(rng.Pick(DirectOpeners()), "{subject}", subject);
     meanings = {GlossSentence(noun, rng), GlossSentence(*second, rng)};
   }
-  for (const std::string& m : meanings) example.response += " " + m;
+  // The shorter of the two words' meanings: the replies stay as short as the corpus' others (the
+  // longest row of a batch sets its width, and with it the step's time).
+  example.response += " " + (meanings[1].size() < meanings[0].size() ? meanings[1] : meanings[0]);
   return example;
 }
 
