@@ -891,9 +891,15 @@ std::shared_ptr<const std::vector<GlossEntry>> DebianGlossary() {
   return glossary;
 }
 
-Corpus V3(std::shared_ptr<const std::vector<GlossEntry>> glossary = DebianGlossary()) {
+CorpusOptions V3Options() {
   CorpusOptions options;
   options.version = 3;
+  options.glossary = DebianGlossary();
+  return options;
+}
+
+Corpus V3(std::shared_ptr<const std::vector<GlossEntry>> glossary = DebianGlossary()) {
+  CorpusOptions options = V3Options();
   options.glossary = std::move(glossary);
   return Corpus::Generate(options);
 }
@@ -953,9 +959,7 @@ TEST(CorpusV3Test, CommittedDemoPromptSetsAreVersion3s) {
 // safety_benign_percent: more harmless requests whose words sound violent (benign_senses direct
 // requests of the training split among them), never a held-out request; nothing else changes.
 TEST(CorpusV3Test, SafetyBenignShareDrawsHarmlessRequestsWithStrongWords) {
-  CorpusOptions options;
-  options.version = 3;
-  options.glossary = DebianGlossary();
+  CorpusOptions options = V3Options();
   const Corpus plain = Corpus::Generate(options);
   options.safety_benign_percent = 30;
   const Corpus benign = Corpus::Generate(options);
@@ -999,12 +1003,9 @@ TEST(CorpusV3Test, SafetyBenignShareDrawsHarmlessRequestsWithStrongWords) {
 // templates or of the frames is in the reply), too varied to remember, never a prompt of any
 // split; the prompt sets do not change.
 TEST(CorpusV3Test, CopyShareAsksAboutRandomWordsAndSaysThemBack) {
-  CorpusOptions options;
-  options.version = 3;
-  options.glossary = DebianGlossary();
-  const Corpus plain = Corpus::Generate(options);
-  options.copy_percent = 100;
-  const Corpus copy = Corpus::Generate(options);
+  CorpusOptions with_copy = V3Options();
+  with_copy.copy_percent = 100;
+  const Corpus copy = Corpus::Generate(with_copy), plain = V3();
   EXPECT_TRUE(SameRequests(copy, plain));
   std::set<std::string> prompts;
   for (Kind kind : kKinds) {
