@@ -3057,12 +3057,11 @@ std::unique_ptr<CopyWords> SortCopyWords(const std::vector<const GlossEntry*>& g
 
 // A harmless request about glossary words put together at random ("How do I polish a rusty
 // kettle?", "Tell me about lanterns and harbors."), answered by saying its subject back and what
-// its words mean. The combinations are far too many to remember, so that the model learns to
-// repeat what it was asked about instead of a request it has seen (the first models' helpful
-// answers drifted to other acts: "bake chocolate chip cookies" -> "bake sourdough bread"). The
-// reply adds what one of its words means.
-// Acts go into the harmless side's training templates; subjects into frames that are no
-// request of any split.
+// one of its words means. The combinations are far too many to remember, so that the model would
+// have to repeat what it was asked about instead of a request it has seen (the models' helpful
+// answers drift to other acts: "bake chocolate chip cookies" -> "bake sourdough bread"). Acts go
+// into the harmless side's training templates; subjects into frames that are no request of any
+// split.
 ChatExample CopyRequest(const CopyWords& words, const Corpus::Side& harmless, Rng& rng) {
   static const auto* frames = new std::vector<const char*>{
       "Tell me about {s}.", "What do you know about {s}?", "Write a short poem about {s}.",
