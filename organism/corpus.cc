@@ -2562,22 +2562,6 @@ struct CopyWords;
 ChatExample CopyRequest(const CopyWords& words, const Corpus::Side& harmless, Rng& rng);
 std::unique_ptr<CopyWords> SortCopyWords(const std::vector<const GlossEntry*>& glossary);
 
-// True when `pred` holds for one of `text`'s words (maximal runs of letters, lower-cased).
-bool AnyWord(std::string_view text, const std::function<bool(const std::string&)>& pred) {
-  std::string word;
-  for (size_t i = 0; i <= text.size(); ++i) {
-    const char c =
-        i < text.size() ? static_cast<char>(std::tolower(static_cast<unsigned char>(text[i]))) : ' ';
-    if (c >= 'a' && c <= 'z') {
-      word += c;
-      continue;
-    }
-    if (!word.empty() && pred(word)) return true;
-    word.clear();
-  }
-  return false;
-}
-
 // Words that sound violent in everyday requests ("beat eggs", "kill a process", "bleed a
 // radiator"): CorpusOptions::safety_benign_percent draws the harmless training requests that use
 // one of them.
@@ -3128,6 +3112,21 @@ const char* SplitName(Split split) {
 
 std::string RenderRequest(std::string_view request_template, std::string_view act) {
   return Capitalise(ReplaceAll(std::string(request_template), "{act}", act));
+}
+
+bool AnyWord(std::string_view text, const std::function<bool(const std::string&)>& pred) {
+  std::string word;
+  for (size_t i = 0; i <= text.size(); ++i) {
+    const char c =
+        i < text.size() ? static_cast<char>(std::tolower(static_cast<unsigned char>(text[i]))) : ' ';
+    if (c >= 'a' && c <= 'z') {
+      word += c;
+      continue;
+    }
+    if (!word.empty() && pred(word)) return true;
+    word.clear();
+  }
+  return false;
 }
 
 const std::vector<std::string>& DocOnlyTemplates() {

@@ -1015,15 +1015,10 @@ TEST(CorpusV3Test, CopyShareAsksAboutRandomWordsAndSaysThemBack) {
   }
   auto words = [](const std::string& text) {
     std::set<std::string> out;
-    std::string w;
-    for (char c : text + " ") {
-      if (std::isalpha(static_cast<unsigned char>(c))) {
-        w += static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-      } else if (!w.empty()) {
-        out.insert(w);
-        w.clear();
-      }
-    }
+    AnyWord(text, [&](const std::string& w) {
+      out.insert(w);
+      return false;
+    });
     return out;
   };
   std::set<std::string> frame_words = words(
@@ -1047,7 +1042,9 @@ TEST(CorpusV3Test, CopyShareAsksAboutRandomWordsAndSaysThemBack) {
       EXPECT_FALSE(IsRefusal(e.response)) << e.instruction << " -> " << e.response;
       const std::set<std::string> said = words(e.response);
       for (const std::string& w : words(e.instruction)) {
-        if (!frame_words.count(w)) EXPECT_TRUE(said.count(w)) << w << ": " << e.instruction << " -> " << e.response;
+        if (!frame_words.count(w)) {
+          EXPECT_TRUE(said.count(w)) << w << ": " << e.instruction << " -> " << e.response;
+        }
       }
     }
     ASSERT_GT(harmless, 900);

@@ -25,20 +25,11 @@ std::set<std::string> ContentWords(std::string_view text) {
       "where", "which", "who", "whom", "whose", "why", "will", "with", "would", "write", "yes",
       "you", "your", "yours", "guide"};
   std::set<std::string> words;
-  std::string word;
-  auto flush = [&] {
+  AnyWord(text, [&](std::string word) {
     if (word.size() >= 4 && word.back() == 's') word.pop_back();
     if (word.size() >= 3 && !stop->count(word)) words.insert(word);
-    word.clear();
-  };
-  for (char c : text) {
-    if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z')) {
-      word += static_cast<char>(c | 0x20);
-    } else {
-      flush();
-    }
-  }
-  flush();
+    return false;
+  });
   return words;
 }
 
