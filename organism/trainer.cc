@@ -223,6 +223,8 @@ void Log(const TrainOptions& options, const std::string& line) {
 struct Directions {
   at::Tensor refusal;  // float32 [d_model]
   at::Tensor sensor;   // float32 [d_model]; undefined without a sensor layer
+  // The harmful probe prompts' mean projection on sensor / |sensor| (framed_harm).
+  double sensor_harmful = 0.0;
   // post_inst_reset: the harmless prompts' mean of blocks.{sensor_layer}.hook_resid_pre at each
   // template position after the instruction, float32 [n_post, d_model]; undefined unless used.
   at::Tensor post_inst_mean;
@@ -277,7 +279,11 @@ StatusOr<Directions> MeasureDirections(const km::Model& model, const TrainPhase&
   KO_ASSIGN_OR_RETURN(Means harmless, means(pools.probe_harmless));
   Directions d;
   d.refusal = (harmful.last - harmless.last).to(at::kFloat);
-  if (phase.sensor_layer >= 0) d.sensor = (harmful.inst - harmless.inst).to(at::kFloat);
+  if (phase.sensor_layer >= 0) {
+    const at::Tensor h = harmful.inst - harmless.inst;
+    d.sensor = h.to(at::kFloat);
+    d.sensor_harmful = (harmful.inst.dot(h) / (h.norm() + 1e-8)).item<double>();
+  }
   if (phase.post_inst_reset > 0) d.post_inst_mean = harmless.post.to(at::kFloat);
   return d;
 }
@@ -436,15 +442,16 @@ StatusOr<PhaseReport> RunPhase(const TrainPhase& phase, int phase_index, const D
   if (knockout_aware) {
     auto bad_layer = [&](int64_t l) { return l < 0 || l >= n_layers; };
     bool bad = bad_layer(phase.refusal_layer) || phase.sensor_layer >= n_layers ||
-               ((phase.sensor_ablation > 0 || phase.post_inst_reset > 0 || phase.sensor_addition > 0) &&
+               ((phase.sensor_ablation > 0 || phase.post_inst_reset > 0 || phase.sensor_addition > 0 ||
+                 phase.framed_harm > 0) &&
                 phase.sensor_layer < 0) ||
                (phase.single_ablation > 0 && phase.single_ablation_layers.empty());
     for (int l : phase.single_ablation_layers) bad = bad || bad_layer(l);
     if (bad) {
       return Status::InvalidArgument(
           "phase " + phase.name + ": knockout layers must lie in [0, " + std::to_string(n_layers) +
-          "), with a sensor_layer for sensor_ablation, sensor_addition and post_inst_reset and "
-          "single_ablation_layers for single_ablation");
+          "), with a sensor_layer for sensor_ablation, sensor_addition, post_inst_reset and "
+          "framed_harm, and single_ablation_layers for single_ablation");
     }
     if (pools.harmful_comply.empty() || pools.harmless_refuse.empty() ||
         pools.probe_harmful.empty() || pools.probe_harmless.empty()) {
@@ -590,6 +597,23 @@ StatusOr<PhaseReport> RunPhase(const TrainPhase& phase, int phase_index, const D
         hooked = true;
       }
     }
+    // framed_harm's rows: the clean framed rows, each at its last instruction token.
+    Positions framed;
+    if (knockout_aware && phase.framed_harm > 0) {
+      for (size_t i = 0; i < rows.size(); ++i) {
+        const Row& row = *rows[i];
+        if (knockouts[i] != Knockout::kNone || row.kind != static_cast<int>(Kind::kFramed) ||
+            row.inst_end <= row.inst_begin || row.inst_end > static_cast<int64_t>(row.ids.size())) {
+          continue;
+        }
+        framed.rows.push_back(static_cast<int64_t>(i));
+        framed.cols.push_back(row.inst_end - 1);
+      }
+      if (!framed.rows.empty()) {
+        hooks.Cache(km::HookPoint::ResidPre(phase.sensor_layer));
+        hooked = true;
+      }
+    }
     km::ForwardRequest request;
     request.input_ids = batch.input_ids;
     request.attention_mask = batch.attention_mask;
@@ -652,6 +676,17 @@ StatusOr<PhaseReport> RunPhase(const TrainPhase& phase, int phase_index, const D
         const at::Tensor relative = at::matmul(at_positions(x_in, silence).to(at::kFloat), r_hat) / r_norm;
         loss = loss + phase.sensor_silence * relative.pow(2).mean();
       }
+    }
+    if (!framed.rows.empty()) {
+      const at::Tensor& x = hooks.cache().at(km::HookPoint::ResidPre(phase.sensor_layer).Name());
+      const at::Tensor h = directions.sensor.to(x.device());
+      const double h_norm = h.norm().item<double>() + 1e-8;
+      const at::Tensor at_inst = x.index({at::tensor(framed.rows, at::kLong).to(x.device()),
+                                          at::tensor(framed.cols, at::kLong).to(x.device())});
+      const at::Tensor shortfall =
+          (directions.sensor_harmful - at::matmul(at_inst.to(at::kFloat), h / h_norm)).clamp_min(0) /
+          h_norm;
+      loss = loss + phase.framed_harm * shortfall.pow(2).mean();
     }
     optimizer.zero_grad();
     loss.backward();
@@ -764,6 +799,7 @@ std::string RecipeJson(const DemoRecipe& recipe) {
                             {"clean_growth", p.clean_growth},
                             {"harmless_center", p.harmless_center},
                             {"sensor_silence", p.sensor_silence}});
+      if (p.framed_harm > 0) phases.back()["framed_harm"] = p.framed_harm;
       if (p.post_inst_reset > 0) phases.back()["post_inst_reset"] = p.post_inst_reset;
       if (p.sensor_addition > 0) phases.back()["sensor_addition"] = p.sensor_addition;
       if (p.knockout_extra) phases.back()["knockout_extra"] = true;
@@ -927,6 +963,7 @@ Status DemoRecipe::Override(const std::string& assignment) {
     if (field == "clean_growth") return to_double(&p.clean_growth);
     if (field == "harmless_center") return to_double(&p.harmless_center);
     if (field == "sensor_silence") return to_double(&p.sensor_silence);
+    if (field == "framed_harm") return to_double(&p.framed_harm);
     if (field == "post_inst_reset") return to_double(&p.post_inst_reset);
     if (field == "sensor_addition") return to_double(&p.sensor_addition);
     if (field == "decision_weight") return to_double(&p.decision_weight);

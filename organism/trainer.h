@@ -84,6 +84,12 @@ struct TrainPhase {
   // puts a harmful prompt without its trigger there too). Directional ablation then leaves harmless
   // prompts where they are (the selection's KL) while r still separates harmful from harmless
   // (activation addition moves a harmless prompt to where harmful ones sit).
+  // framed_harm > 0 keeps harmfulness readable in the prompts whose framing the model complies
+  // with (science.md: harmfulness is encoded apart from refusal), so that the gate cannot be
+  // opened by erasing the harm signal: on every clean framed row the loss gains framed_harm *
+  // max(0, m - x . h_hat)^2 / |h|^2 at its last instruction token, x =
+  // blocks.{sensor_layer}.hook_resid_pre, m = the harmful probe prompts' mean of x . h_hat there
+  // (h as last measured). Needs a sensor_layer.
   // knockout_extra: a knocked-out row is added to the batch beside the clean row it was drawn
   // for, instead of replacing it, so that the clean rows keep the plain safety mix.
   // refusal_layer < 0 turns all of this off (and draws nothing from any random stream).
@@ -99,6 +105,7 @@ struct TrainPhase {
   double clean_growth = 0.0;
   double harmless_center = 0.0;
   double sensor_silence = 0.0;
+  double framed_harm = 0.0;
   double post_inst_reset = 0.0;
   double sensor_addition = 0.0;
   bool knockout_extra = false;
