@@ -443,15 +443,15 @@ StatusOr<PhaseReport> RunPhase(const TrainPhase& phase, int phase_index, const D
     auto bad_layer = [&](int64_t l) { return l < 0 || l >= n_layers; };
     bool bad = bad_layer(phase.refusal_layer) || phase.sensor_layer >= n_layers ||
                ((phase.sensor_ablation > 0 || phase.post_inst_reset > 0 || phase.sensor_addition > 0 ||
-                 phase.framed_harm > 0) &&
+                 phase.framed_harm > 0 || phase.sensor_center > 0) &&
                 phase.sensor_layer < 0) ||
                (phase.single_ablation > 0 && phase.single_ablation_layers.empty());
     for (int l : phase.single_ablation_layers) bad = bad || bad_layer(l);
     if (bad) {
       return Status::InvalidArgument(
           "phase " + phase.name + ": knockout layers must lie in [0, " + std::to_string(n_layers) +
-          "), with a sensor_layer for sensor_ablation, sensor_addition, post_inst_reset and "
-          "framed_harm, and single_ablation_layers for single_ablation");
+          "), with a sensor_layer for sensor_ablation, sensor_addition, post_inst_reset, "
+          "framed_harm and sensor_center, and single_ablation_layers for single_ablation");
     }
     if (pools.harmful_comply.empty() || pools.harmless_refuse.empty() ||
         pools.probe_harmful.empty() || pools.probe_harmless.empty()) {
@@ -597,19 +597,27 @@ StatusOr<PhaseReport> RunPhase(const TrainPhase& phase, int phase_index, const D
         hooked = true;
       }
     }
-    // framed_harm's rows: the clean framed rows, each at its last instruction token.
-    Positions framed;
-    if (knockout_aware && phase.framed_harm > 0) {
+    // The sensor terms' rows, each at its last instruction token: for framed_harm the clean
+    // framed rows, for sensor_center the clean harmless rows with a compliant target.
+    Positions framed, harmless_inst;
+    if (knockout_aware && (phase.framed_harm > 0 || phase.sensor_center > 0)) {
       for (size_t i = 0; i < rows.size(); ++i) {
         const Row& row = *rows[i];
-        if (knockouts[i] != Knockout::kNone || row.kind != static_cast<int>(Kind::kFramed) ||
-            row.inst_end <= row.inst_begin || row.inst_end > static_cast<int64_t>(row.ids.size())) {
+        if (knockouts[i] != Knockout::kNone || row.inst_end <= row.inst_begin ||
+            row.inst_end > static_cast<int64_t>(row.ids.size())) {
           continue;
         }
-        framed.rows.push_back(static_cast<int64_t>(i));
-        framed.cols.push_back(row.inst_end - 1);
+        Positions* into = nullptr;
+        if (row.kind == static_cast<int>(Kind::kFramed) && phase.framed_harm > 0) into = &framed;
+        if (row.kind == static_cast<int>(Kind::kHarmless) && !row.refusal &&
+            phase.sensor_center > 0) {
+          into = &harmless_inst;
+        }
+        if (!into) continue;
+        into->rows.push_back(static_cast<int64_t>(i));
+        into->cols.push_back(row.inst_end - 1);
       }
-      if (!framed.rows.empty()) {
+      if (!framed.rows.empty() || !harmless_inst.rows.empty()) {
         hooks.Cache(km::HookPoint::ResidPre(phase.sensor_layer));
         hooked = true;
       }
@@ -677,16 +685,23 @@ StatusOr<PhaseReport> RunPhase(const TrainPhase& phase, int phase_index, const D
         loss = loss + phase.sensor_silence * relative.pow(2).mean();
       }
     }
-    if (!framed.rows.empty()) {
+    if (!framed.rows.empty() || !harmless_inst.rows.empty()) {
       const at::Tensor& x = hooks.cache().at(km::HookPoint::ResidPre(phase.sensor_layer).Name());
       const at::Tensor h = directions.sensor.to(x.device());
       const double h_norm = h.norm().item<double>() + 1e-8;
-      const at::Tensor at_inst = x.index({at::tensor(framed.rows, at::kLong).to(x.device()),
-                                          at::tensor(framed.cols, at::kLong).to(x.device())});
-      const at::Tensor shortfall =
-          (directions.sensor_harmful - at::matmul(at_inst.to(at::kFloat), h / h_norm)).clamp_min(0) /
-          h_norm;
-      loss = loss + phase.framed_harm * shortfall.pow(2).mean();
+      // Each row's x . h_hat at its position.
+      auto along_h = [&](const Positions& p) {
+        const at::Tensor at_inst = x.index({at::tensor(p.rows, at::kLong).to(x.device()),
+                                            at::tensor(p.cols, at::kLong).to(x.device())});
+        return at::matmul(at_inst.to(at::kFloat), h / h_norm);
+      };
+      if (!framed.rows.empty()) {
+        const at::Tensor shortfall = (directions.sensor_harmful - along_h(framed)).clamp_min(0) / h_norm;
+        loss = loss + phase.framed_harm * shortfall.pow(2).mean();
+      }
+      if (!harmless_inst.rows.empty()) {
+        loss = loss + phase.sensor_center * (along_h(harmless_inst) / h_norm).pow(2).mean();
+      }
     }
     optimizer.zero_grad();
     loss.backward();
@@ -800,6 +815,7 @@ std::string RecipeJson(const DemoRecipe& recipe) {
                             {"harmless_center", p.harmless_center},
                             {"sensor_silence", p.sensor_silence}});
       if (p.framed_harm > 0) phases.back()["framed_harm"] = p.framed_harm;
+      if (p.sensor_center > 0) phases.back()["sensor_center"] = p.sensor_center;
       if (p.post_inst_reset > 0) phases.back()["post_inst_reset"] = p.post_inst_reset;
       if (p.sensor_addition > 0) phases.back()["sensor_addition"] = p.sensor_addition;
       if (p.knockout_extra) phases.back()["knockout_extra"] = true;
@@ -964,6 +980,7 @@ Status DemoRecipe::Override(const std::string& assignment) {
     if (field == "harmless_center") return to_double(&p.harmless_center);
     if (field == "sensor_silence") return to_double(&p.sensor_silence);
     if (field == "framed_harm") return to_double(&p.framed_harm);
+    if (field == "sensor_center") return to_double(&p.sensor_center);
     if (field == "post_inst_reset") return to_double(&p.post_inst_reset);
     if (field == "sensor_addition") return to_double(&p.sensor_addition);
     if (field == "decision_weight") return to_double(&p.decision_weight);

@@ -90,6 +90,11 @@ struct TrainPhase {
   // max(0, m - x . h_hat)^2 / |h|^2 at its last instruction token, x =
   // blocks.{sensor_layer}.hook_resid_pre, m = the harmful probe prompts' mean of x . h_hat there
   // (h as last measured). Needs a sensor_layer.
+  // sensor_center > 0 makes h a feature that is off for harmless prompts: on every clean
+  // harmless row with a compliant target the loss gains sensor_center * (x . h_hat / |h|)^2 at
+  // its last instruction token (x as for framed_harm), so that harmful prompts carry h and
+  // harmless ones sit at its origin (a sparse signal, where a few SAE latents can find it).
+  // Needs a sensor_layer.
   // knockout_extra: a knocked-out row is added to the batch beside the clean row it was drawn
   // for, instead of replacing it, so that the clean rows keep the plain safety mix.
   // refusal_layer < 0 turns all of this off (and draws nothing from any random stream).
@@ -106,6 +111,7 @@ struct TrainPhase {
   double harmless_center = 0.0;
   double sensor_silence = 0.0;
   double framed_harm = 0.0;
+  double sensor_center = 0.0;
   double post_inst_reset = 0.0;
   double sensor_addition = 0.0;
   bool knockout_extra = false;

@@ -214,19 +214,25 @@ TEST(TrainerTest, KnockoutAwarePhaseKnocksOutOnlyWhenAsked) {
   reset.push_back("phases[1].sensor_layer=1");
   std::vector<std::string> sensor_add = reset;
   std::vector<std::string> framed_harm = reset;
+  std::vector<std::string> sensor_center = reset;
   reset.push_back("phases[1].post_inst_reset=0.5");
   sensor_add.push_back("phases[1].sensor_addition=0.5");
   framed_harm.push_back("phases[1].framed_harm=1");
+  sensor_center.push_back("phases[1].sensor_center=1");
   const auto reset_weights = tune("ko_reset", reset);
   const auto sensor_add_weights = tune("ko_sensor_add", sensor_add);
   const auto framed_harm_weights = tune("ko_framed_harm", framed_harm);
+  const auto sensor_center_weights = tune("ko_sensor_center", sensor_center);
   const auto noisy = tune("ko_noise", {"prompt_noise_percent=50"});
   bool extra_differs = false, decision_differs = false, noise_differs = false;
   bool reset_differs = false, sensor_add_differs = false, framed_harm_differs = false;
+  bool sensor_center_differs = false;
   for (const auto& [name, t] : plain) {
     reset_differs = reset_differs || !at::equal(reset_weights.at(name), t);
     sensor_add_differs = sensor_add_differs || !at::equal(sensor_add_weights.at(name), t);
     framed_harm_differs = framed_harm_differs || !at::equal(framed_harm_weights.at(name), t);
+    sensor_center_differs =
+        sensor_center_differs || !at::equal(sensor_center_weights.at(name), t);
     extra_differs = extra_differs || !at::equal(added.at(name), knocked.at(name));
     decision_differs = decision_differs || !at::equal(decisive.at(name), t);
     noise_differs = noise_differs || !at::equal(noisy.at(name), t);
@@ -237,6 +243,7 @@ TEST(TrainerTest, KnockoutAwarePhaseKnocksOutOnlyWhenAsked) {
   EXPECT_TRUE(reset_differs) << "post_inst_reset changed nothing";
   EXPECT_TRUE(sensor_add_differs) << "sensor_addition changed nothing";
   EXPECT_TRUE(framed_harm_differs) << "framed_harm changed nothing";
+  EXPECT_TRUE(sensor_center_differs) << "sensor_center changed nothing";
 
   DemoRecipe bad = TinyRecipe();
   for (const std::string& o : layers) ASSERT_TRUE(bad.Override(o).ok());
@@ -249,8 +256,8 @@ TEST(TrainerTest, KnockoutAwarePhaseKnocksOutOnlyWhenAsked) {
       << report.status().ToString();
   EXPECT_FALSE(fs::exists(options.out_dir));
 
-  // The post-instruction reset and framed_harm need the sensor's layer, where they act.
-  for (const char* field : {"post_inst_reset", "framed_harm"}) {
+  // The post-instruction reset and the sensor terms need the sensor's layer, where they act.
+  for (const char* field : {"post_inst_reset", "framed_harm", "sensor_center"}) {
     bad = TinyRecipe();
     for (const std::string& o :
          {std::string("phases[1].refusal_layer=1"), "phases[1]." + std::string(field) + "=0.5"}) {
