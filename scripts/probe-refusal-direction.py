@@ -64,7 +64,8 @@ def forward(cfg, w, ids, mask, add=None, ablate=None, edit=None):
     ablate=(r_hat, layers, positions): r_hat projected out of resid_pre, attn_out and mlp_out of
     those layers (science.md's directional ablation), at the columns where positions (b x t) is
     1, or at every column if positions is None. edit(layer, x) -> x: any change to a layer's
-    input, after add and ablate. Shared with scripts/kl-by-prompt.py and where-harm-is-read.py."""
+    input, after add and ablate. Shared with scripts/kl-by-prompt.py, where-harm-is-read.py and
+    sensor-in-sae.py."""
     b, t = ids.shape
     nh, nkv, eps = cfg["num_attention_heads"], cfg["num_key_value_heads"], cfg["rms_norm_eps"]
     dh = ref.head_dim(cfg)
