@@ -94,7 +94,7 @@ struct TrainPhase {
   // harmless row with a compliant target the loss gains sensor_center * (x . h_hat / |h|)^2 at
   // its last instruction token (x as for framed_harm), so that harmful prompts carry h and
   // harmless ones sit at its origin (a sparse signal, where a few SAE latents can find it).
-  // Needs a sensor_layer.
+  // Needs a sensor_layer. Tried once (the model card's S83): the model shrinks h instead.
   // knockout_extra: a knocked-out row is added to the batch beside the clean row it was drawn
   // for, instead of replacing it, so that the clean rows keep the plain safety mix.
   // refusal_layer < 0 turns all of this off (and draws nothing from any random stream).
