@@ -12,8 +12,8 @@ h_hat splits over latents ((mean activation harmful - harmless) x W_dec[i] . h_h
 latents and the share that the top 3, 8, 16, 32 and 64 carry, and the share of the 3 latents
 with the largest activation difference (the demo sweep's upstream choice). A sensor that a few
 latents carry is one the demo sweep's latent knockouts can remove. The forward pass is
-scripts/probe-refusal-direction.py's (tests/reference's float32 Llama equations), the TopK
-encoder SAELens' (the k largest pre-activations, ReLU), both written independently of knockout;
+scripts/probe-refusal-direction.py's (tests/reference's float32 Llama equations), the SAE
+tests/reference's float64 Sae (SAELens' TopK), both written independently of knockout;
 only the tokenisation goes through knockout-worker.
 
 usage: scripts/sensor-in-sae.py MODEL_DIR PROMPTS_DIR [--layer 2] [--worker ...] [--top 12]
@@ -36,26 +36,29 @@ _spec.loader.exec_module(probe)
 ref = probe.ref
 
 
+_sae_spec = importlib.util.spec_from_file_location(
+    "sae_reference", os.path.join(ROOT, "tests", "reference", "test_sae_reference.py"))
+sae_reference = importlib.util.module_from_spec(_sae_spec)
+_sae_spec.loader.exec_module(sae_reference)
+
+
 def load_topk_sae(sae_dir):
+    """A SAELens TopK SAE as tests/reference's float64 Sae (its encoder and reconstruction)."""
     cfg_path = os.path.join(sae_dir, "cfg.json")
     cfg = json.load(open(cfg_path))
     if cfg.get("architecture") != "topk":
         sys.exit(f"{cfg_path}: architecture {cfg.get('architecture')!r}, this script reads topk")
+    norm = cfg.get("normalize_activations", "none")
+    if norm not in ("none", "constant_norm_rescale"):
+        sys.exit(f"{cfg_path}: normalize_activations {norm!r}, this script reads none or "
+                 "constant_norm_rescale")
     t = ref.load_safetensors(os.path.join(sae_dir, "sae_weights.safetensors"))
     missing = [k for k in ("W_enc", "b_enc", "W_dec", "b_dec") if k not in t]
     if missing:
         sys.exit(f"{sae_dir}/sae_weights.safetensors: no {', '.join(missing)}")
-    w_enc, b_enc, w_dec, b_dec = (t[k].float() for k in ("W_enc", "b_enc", "W_dec", "b_dec"))
-    k = int(cfg["k"])
-
-    def encode(x):
-        pre = (x - b_dec) @ w_enc + b_enc
-        top = pre.topk(k, dim=-1)
-        acts = torch.zeros_like(pre)
-        acts.scatter_(-1, top.indices, top.values.relu())
-        return acts
-
-    return encode, w_dec, b_dec
+    d_in, d_sae = t["W_enc"].shape
+    return sae_reference.Sae("topk", d_in, d_sae, t, cfg.get("apply_b_dec_to_input", True),
+                             norm=norm, k=int(cfg["k"]))
 
 
 def main():
@@ -88,15 +91,16 @@ def main():
     sae_dir = os.path.join(a.model, "saes", f"layer_{a.layer - 1}")
     have_sae = os.path.isdir(sae_dir)
     if have_sae:
-        encode, w_dec, b_dec = load_topk_sae(sae_dir)
+        sae = load_topk_sae(sae_dir)
+        w_dec = sae.t["W_dec"].float()
     print("| prompts | x . h_hat | reconstruction . h_hat | error . h_hat |")
     print("|---|---|---|---|")
     acts = {}
     for kind, v in x.items():
         row = f"| {kind} | {(v @ h_hat).mean():.2f} |"
         if have_sae:
-            acts[kind] = encode(v)
-            rec = acts[kind] @ w_dec + b_dec
+            acts[kind] = sae.encode(v.double()).float()
+            rec = sae.reconstruct(v.double()).float()
             row += f" {(rec @ h_hat).mean():.2f} | {((v - rec) @ h_hat).mean():.2f} |"
         else:
             row += " - | - |"
