@@ -34,9 +34,19 @@ def jsonl(knockout, store, *args):
     return [json.loads(line) for line in out.splitlines() if line.strip()]
 
 
+# The science checks run through: each failure is printed as it is found and the test fails
+# after the last of them, so that one run of a candidate model shows everything it misses. The
+# plumbing checks (validate, resumability) stop at the first failure.
+science_failures = None
+
+
 def check(condition, message):
     if not condition:
-        sys.exit("FAIL: " + message)
+        if science_failures is None:
+            sys.exit("FAIL: " + message)
+        science_failures.append(message)
+        print("FAIL:", message, flush=True)
+        return
     print("ok:", message)
 
 
@@ -204,6 +214,7 @@ def run_until(knockout, spec, store, marker, sig):
 
 
 def main():
+    global science_failures
     knockout, spec = sys.argv[1], sys.argv[2]
     # Where the report, its screenshot and Chromium's net log are kept (the build tree in ctest).
     report_dir = sys.argv[3] if len(sys.argv) > 3 else None
@@ -218,7 +229,11 @@ def main():
         clean = os.path.join(workdir, "clean")
         out = run([knockout, "run", spec, "--store", clean]).stdout
         check("== select ==" in out and "compensation" in out, "run prints selection and compensation")
+        science_failures = []
         science(knockout, clean, workdir)
+        failed, science_failures = science_failures, None
+        if failed:
+            sys.exit(f"FAIL: {len(failed)} science check(s): " + "; ".join(failed))
         report_check.check_report(knockout, clean, report_dir or os.path.join(workdir, "report"),
                                   check)
 
