@@ -1096,6 +1096,43 @@ StatusOr<TrainReport> TrainDemoModel(const DemoRecipe& recipe, const TrainOption
   if (recipe.heads < 1 || recipe.hidden % recipe.heads != 0 || (recipe.hidden / recipe.heads) % 2) {
     return Status::InvalidArgument("recipe: hidden must be a multiple of heads with an even head size");
   }
+  // Each knockout-aware chat row draws at most one knockout (TrainPhase), so the rates that share
+  // a draw are probabilities of disjoint events: checked before any phase runs, so that a recipe
+  // that asks for more than every row does not silently train on less (or fail after an hour).
+  for (size_t i = 0; i < recipe.phases.size(); ++i) {
+    const TrainPhase& p = recipe.phases[i];
+    if (p.refusal_layer < 0) continue;
+    const std::string where = "recipe phases[" + std::to_string(i) + "] (" + p.name + "): ";
+    auto text = [](double x) {
+      std::ostringstream out;
+      out << x;
+      return out.str();
+    };
+    const std::pair<const char*, double> rates[] = {
+        {"single_ablation", p.single_ablation}, {"all_ablation", p.all_ablation},
+        {"sensor_ablation", p.sensor_ablation}, {"post_inst_reset", p.post_inst_reset},
+        {"harmless_ablation", p.harmless_ablation}, {"addition", p.addition},
+        {"sensor_addition", p.sensor_addition}};
+    for (const auto& [field, rate] : rates) {
+      if (!(rate >= 0 && rate <= 1)) {
+        return Status::InvalidArgument(where + field + " is " + text(rate) +
+                                       ": a probability must lie in [0, 1]");
+      }
+    }
+    const double harmful =
+        p.single_ablation + p.all_ablation + p.sensor_ablation + p.post_inst_reset;
+    const double harmless = p.harmless_ablation + p.addition + p.sensor_addition;
+    if (harmful > 1 + 1e-9) {
+      return Status::InvalidArgument(
+          where + "single_ablation + all_ablation + sensor_ablation + post_inst_reset = " +
+          text(harmful) + ": a harmful row gets at most one knockout, so they must sum to <= 1");
+    }
+    if (harmless > 1 + 1e-9) {
+      return Status::InvalidArgument(
+          where + "harmless_ablation + addition + sensor_addition = " + text(harmless) +
+          ": a harmless row gets at most one knockout, so they must sum to <= 1");
+    }
+  }
   const int threads =
       options.threads > 0 ? options.threads : std::max(1u, std::thread::hardware_concurrency());
   at::set_num_threads(threads);

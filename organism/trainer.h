@@ -44,7 +44,9 @@ struct TrainPhase {
   // dropout, the refusal direction r (diff-in-means of blocks.{refusal_layer}.hook_resid_pre at
   // the last prompt token, harmful vs harmless training prompts) and the harm-sensor direction h
   // (the same at the last instruction token of blocks.{sensor_layer}.hook_resid_pre). Chat rows
-  // of the phase are then knocked out at random, each with its own probability:
+  // of the phase are then knocked out at random, each with its own probability (a row gets at
+  // most one: the harmful rows' four rates, and the harmless rows' three, must each sum to <= 1,
+  // which TrainDemoModel checks before training):
   //   single_ablation: a harmful row (refusal target) gets r projected out at blocks.L.hook_resid_pre
   //     of one layer L of `single_ablation_layers`, all positions; its target stays the refusal,
   //     so that the layers after any one knockout learn to write r again (redundancy);

@@ -256,6 +256,27 @@ TEST(TrainerTest, KnockoutAwarePhaseKnocksOutOnlyWhenAsked) {
       << report.status().ToString();
   EXPECT_FALSE(fs::exists(options.out_dir));
 
+  // The rates that share a row's draw are probabilities of disjoint knockouts: more than 1 in all
+  // (or one outside [0, 1]) is refused before any phase trains, naming the fields.
+  for (const auto& [overrides, named] :
+       std::vector<std::pair<std::vector<std::string>, std::string>>{
+           {{"phases[1].single_ablation=0.5", "phases[1].sensor_ablation=0.7"},
+            "single_ablation + all_ablation + sensor_ablation + post_inst_reset = 1.2"},
+           {{"phases[1].harmless_ablation=0.9", "phases[1].addition=0.15"},
+            "harmless_ablation + addition + sensor_addition = 1.05"},
+           {{"phases[1].addition=-0.1"}, "addition is -0.1"}}) {
+    bad = TinyRecipe();
+    for (const std::string& o : layers) ASSERT_TRUE(bad.Override(o).ok());
+    for (const std::string& o : overrides) ASSERT_TRUE(bad.Override(o).ok()) << o;
+    report = TrainDemoModel(bad, options);
+    ASSERT_FALSE(report.ok()) << named;
+    EXPECT_NE(report.status().message().find("phases[1] (" + bad.phases[1].name + ")"),
+              std::string::npos) << report.status().ToString();
+    EXPECT_NE(report.status().message().find(named), std::string::npos)
+        << report.status().ToString();
+    EXPECT_FALSE(fs::exists(options.out_dir));
+  }
+
   // The post-instruction reset and the sensor terms need the sensor's layer, where they act.
   for (const char* field : {"post_inst_reset", "framed_harm", "sensor_center"}) {
     bad = TinyRecipe();
