@@ -91,7 +91,9 @@ struct TrainPhase {
   // opened by erasing the harm signal: on every clean framed row the loss gains framed_harm *
   // max(0, m - x . h_hat)^2 / |h|^2 at its last instruction token, x =
   // blocks.{sensor_layer}.hook_resid_pre, m = the harmful probe prompts' mean of x . h_hat there
-  // (h as last measured). Needs a sensor_layer.
+  // (h as last measured). Needs a sensor_layer. In the model card's runs (S80-S91) it keeps the
+  // probe (0.99-1.00) but softens the gate where SAE latents read it: framed prompts then carry
+  // h and must still be complied with, so refusal no longer thresholds h alone.
   // sensor_center > 0 makes h a feature that is off for harmless prompts: on every clean
   // harmless row with a compliant target the loss gains sensor_center * (x . h_hat / |h|)^2 at
   // its last instruction token (x as for framed_harm), so that harmful prompts carry h and
