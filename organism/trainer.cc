@@ -404,7 +404,8 @@ StatusOr<PhaseReport> RunPhase(const TrainPhase& phase, int phase_index, const D
   const Clock::time_point start = Clock::now();
   // Each phase seeds its own dropout stream, so that a phase run from a saved f32 checkpoint of
   // the previous ones (--base) is the same computation as in one uninterrupted run.
-  at::manual_seed(recipe.seed * 1000 + phase_index);
+  const uint64_t seed = phase.seed >= 0 ? static_cast<uint64_t>(phase.seed) : recipe.seed;
+  at::manual_seed(seed * 1000 + phase_index);
   km::ModelWeights& weights = model.weights();
   std::vector<at::Tensor> parameters;
   std::vector<Adapter> adapters;
@@ -415,7 +416,7 @@ StatusOr<PhaseReport> RunPhase(const TrainPhase& phase, int phase_index, const D
   if (phase.lora_rank > 0) {
     for (at::Tensor* t : all_slots) *t = t->detach().set_requires_grad(false);
     KO_ASSIGN_OR_RETURN(adapters, MakeAdapters(phase, weights, model.config().num_layers,
-                                               recipe.seed + 1000 + phase_index));
+                                               seed + 1000 + phase_index));
     for (const Adapter& a : adapters) {
       parameters.push_back(a.a);
       parameters.push_back(a.b);
@@ -434,9 +435,9 @@ StatusOr<PhaseReport> RunPhase(const TrainPhase& phase, int phase_index, const D
                       .weight_decay(phase.weight_decay));
   const std::vector<Row>& chat =
       phase.data == TrainPhase::Data::kHelpful ? pools.helpful : pools.safety;
-  Rng rng(recipe.seed * 7919 + phase_index);
+  Rng rng(seed * 7919 + phase_index);
   // The knockouts' own stream, so that a phase without them draws exactly what it always did.
-  Rng knockout_rng(recipe.seed * 104729 + phase_index);
+  Rng knockout_rng(seed * 104729 + phase_index);
   const bool knockout_aware = phase.refusal_layer >= 0;
   const int64_t n_layers = model.config().num_layers;
   if (knockout_aware) {
@@ -800,6 +801,7 @@ std::string RecipeJson(const DemoRecipe& recipe) {
                       {"lora_rank", p.lora_rank},
                       {"lora_targets", p.lora_targets}});
     if (p.decision_weight > 0) phases.back()["decision_weight"] = p.decision_weight;
+    if (p.seed >= 0) phases.back()["seed"] = p.seed;
     if (p.refusal_layer >= 0) {
       phases.back().update({{"refusal_layer", p.refusal_layer},
                             {"sensor_layer", p.sensor_layer},
@@ -984,6 +986,7 @@ Status DemoRecipe::Override(const std::string& assignment) {
     if (field == "post_inst_reset") return to_double(&p.post_inst_reset);
     if (field == "sensor_addition") return to_double(&p.sensor_addition);
     if (field == "decision_weight") return to_double(&p.decision_weight);
+    if (field == "seed") return to_int(&p.seed);
     if (field == "knockout_extra") {
       if (value != "true" && value != "false") return bad("true or false");
       p.knockout_extra = value == "true";

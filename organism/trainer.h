@@ -38,6 +38,10 @@ struct TrainPhase {
   // the one science.md's refusal score and KL read) counts decision_weight times more: the loss
   // gains decision_weight * the mean cross-entropy of those tokens.
   double decision_weight = 0.0;
+  // The phase's own seed for its adapters' initialisation, dropout, sampling and knockout draws
+  // (-1: the recipe's seed). The phases before it, the corpus and the tokenizer keep the recipe's
+  // seed, so one phase can be spread over seeds on the same base (the model card's S95-).
+  int64_t seed = -1;
 
   // Knockout-aware tuning (how the demo model gets its hydra; models/demo-refusal/README.md).
   // Every `direction_every` steps the phase re-measures, on the current weights and without

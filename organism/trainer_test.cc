@@ -159,6 +159,44 @@ TEST(TrainerTest, AdaptersChangeOnlyTheirTargets) {
   }
 }
 
+// A phase's own seed (trainer.h) reseeds that phase alone: the recipe's seed written as the
+// phase's trains the same bytes, another seed other weights; recipe.json records it.
+TEST(TrainerTest, PhaseSeedReseedsOnlyItsPhase) {
+  const std::string base = TempDir("seed_base");
+  DemoRecipe recipe = TinyRecipe();
+  ASSERT_TRUE(recipe.Override("phases=1").ok());
+  TrainOptions options;
+  options.threads = 2;
+  options.out_dir = base;
+  ASSERT_TRUE(TrainDemoModel(recipe, options).ok());
+  options.base_dir = base;
+  options.first_phase = 1;
+  auto tune = [&](const std::string& name, const std::string& seed) {
+    DemoRecipe r = TinyRecipe();
+    if (!seed.empty()) EXPECT_TRUE(r.Override("phases[1].seed=" + seed).ok()) << seed;
+    options.out_dir = TempDir(name);
+    auto report = TrainDemoModel(r, options);
+    EXPECT_TRUE(report.ok()) << name << ": " << report.status().ToString();
+    return Weights(options.out_dir);
+  };
+  const auto plain = tune("seed_plain", "");
+  const auto same = tune("seed_same", std::to_string(TinyRecipe().seed));
+  const auto other = tune("seed_other", "7");
+  std::ifstream in(fs::path(options.out_dir) / "recipe.json");
+  const nlohmann::json j = nlohmann::json::parse(in);
+  EXPECT_EQ(j["phases"][1]["seed"], 7);
+  EXPECT_FALSE(j["phases"][0].contains("seed"));
+  ASSERT_EQ(plain.size(), other.size());
+  bool differs = false;
+  for (const auto& [name, t] : plain) {
+    EXPECT_TRUE(at::equal(t, same.at(name))) << name;
+    differs = differs || !at::equal(t, other.at(name));
+  }
+  EXPECT_TRUE(differs) << "phases[1].seed=7 trained the same weights as the recipe's seed";
+  DemoRecipe r = TinyRecipe();
+  EXPECT_FALSE(r.Override("phases[1].seed=-3").ok());
+}
+
 // The knockout-aware phase (trainer.h): with every probability at zero it is the plain phase bit
 // for bit (its draws come from a stream of its own and nothing is hooked); with every kind of
 // knockout on (and the KL term), the weights move differently; layers outside the model are
