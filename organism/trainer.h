@@ -40,7 +40,7 @@ struct TrainPhase {
   double decision_weight = 0.0;
   // The phase's own seed for its adapters' initialisation, dropout, sampling and knockout draws
   // (-1: the recipe's seed). The phases before it, the corpus and the tokenizer keep the recipe's
-  // seed, so one phase can be spread over seeds on the same base (the model card's S95-).
+  // seed, so one phase can be spread over seeds on the same base (the model card's S95-S100).
   int64_t seed = -1;
 
   // Knockout-aware tuning (how the demo model gets its hydra; models/demo-refusal/README.md).

@@ -51,6 +51,31 @@ std::map<std::string, at::Tensor> Weights(const std::string& dir) {
   return out;
 }
 
+// TinyRecipe's first phase trained into TempDir(name): the base that `Tune` resumes from.
+TrainOptions TinyBase(const std::string& name) {
+  DemoRecipe recipe = TinyRecipe();
+  EXPECT_TRUE(recipe.Override("phases=1").ok());
+  TrainOptions options;
+  options.threads = 2;
+  options.out_dir = TempDir(name);
+  EXPECT_TRUE(TrainDemoModel(recipe, options).ok());
+  options.base_dir = options.out_dir;
+  options.first_phase = 1;
+  return options;
+}
+
+// TinyRecipe's second phase with `overrides`, resumed from `base` (TinyBase) into TempDir(name);
+// returns its weights.
+std::map<std::string, at::Tensor> Tune(TrainOptions base, const std::string& name,
+                                       const std::vector<std::string>& overrides) {
+  DemoRecipe r = TinyRecipe();
+  for (const std::string& o : overrides) EXPECT_TRUE(r.Override(o).ok()) << o;
+  base.out_dir = TempDir(name);
+  auto report = TrainDemoModel(r, base);
+  EXPECT_TRUE(report.ok()) << name << ": " << report.status().ToString();
+  return Weights(base.out_dir);
+}
+
 TEST(TrainerTest, FewStepsLowerTheLossAndWriteALoadableCheckpoint) {
   const std::string out = TempDir("smoke");
   const std::string prompts = TempDir("smoke_prompts");
@@ -162,27 +187,11 @@ TEST(TrainerTest, AdaptersChangeOnlyTheirTargets) {
 // A phase's own seed (trainer.h) reseeds that phase alone: the recipe's seed written as the
 // phase's trains the same bytes, another seed other weights; recipe.json records it.
 TEST(TrainerTest, PhaseSeedReseedsOnlyItsPhase) {
-  const std::string base = TempDir("seed_base");
-  DemoRecipe recipe = TinyRecipe();
-  ASSERT_TRUE(recipe.Override("phases=1").ok());
-  TrainOptions options;
-  options.threads = 2;
-  options.out_dir = base;
-  ASSERT_TRUE(TrainDemoModel(recipe, options).ok());
-  options.base_dir = base;
-  options.first_phase = 1;
-  auto tune = [&](const std::string& name, const std::string& seed) {
-    DemoRecipe r = TinyRecipe();
-    if (!seed.empty()) EXPECT_TRUE(r.Override("phases[1].seed=" + seed).ok()) << seed;
-    options.out_dir = TempDir(name);
-    auto report = TrainDemoModel(r, options);
-    EXPECT_TRUE(report.ok()) << name << ": " << report.status().ToString();
-    return Weights(options.out_dir);
-  };
-  const auto plain = tune("seed_plain", "");
-  const auto same = tune("seed_same", std::to_string(TinyRecipe().seed));
-  const auto other = tune("seed_other", "7");
-  std::ifstream in(fs::path(options.out_dir) / "recipe.json");
+  const TrainOptions base = TinyBase("seed_base");
+  const auto plain = Tune(base, "seed_plain", {});
+  const auto same = Tune(base, "seed_same", {"phases[1].seed=" + std::to_string(TinyRecipe().seed)});
+  const auto other = Tune(base, "seed_other", {"phases[1].seed=7"});
+  std::ifstream in(fs::path(::testing::TempDir()) / "organism_seed_other" / "recipe.json");
   const nlohmann::json j = nlohmann::json::parse(in);
   EXPECT_EQ(j["phases"][1]["seed"], 7);
   EXPECT_FALSE(j["phases"][0].contains("seed"));
@@ -202,22 +211,9 @@ TEST(TrainerTest, PhaseSeedReseedsOnlyItsPhase) {
 // knockout on (and the KL term), the weights move differently; layers outside the model are
 // clean errors.
 TEST(TrainerTest, KnockoutAwarePhaseKnocksOutOnlyWhenAsked) {
-  const std::string base = TempDir("ko_base");
-  DemoRecipe recipe = TinyRecipe();
-  ASSERT_TRUE(recipe.Override("phases=1").ok());
-  TrainOptions options;
-  options.threads = 2;
-  options.out_dir = base;
-  ASSERT_TRUE(TrainDemoModel(recipe, options).ok());
-  options.base_dir = base;
-  options.first_phase = 1;
+  const TrainOptions base = TinyBase("ko_base");
   auto tune = [&](const std::string& name, const std::vector<std::string>& overrides) {
-    DemoRecipe r = TinyRecipe();
-    for (const std::string& o : overrides) EXPECT_TRUE(r.Override(o).ok()) << o;
-    options.out_dir = TempDir(name);
-    auto report = TrainDemoModel(r, options);
-    EXPECT_TRUE(report.ok()) << name << ": " << report.status().ToString();
-    return Weights(options.out_dir);
+    return Tune(base, name, overrides);
   };
   const auto plain = tune("ko_plain", {});
   const std::vector<std::string> layers = {"phases[1].refusal_layer=1", "phases[1].sensor_layer=0",
@@ -287,6 +283,7 @@ TEST(TrainerTest, KnockoutAwarePhaseKnocksOutOnlyWhenAsked) {
   for (const std::string& o : layers) ASSERT_TRUE(bad.Override(o).ok());
   ASSERT_TRUE(bad.Override("phases[1].single_ablation_layers=2").ok());
   ASSERT_TRUE(bad.Override("phases[1].single_ablation=0.5").ok());
+  TrainOptions options = base;
   options.out_dir = TempDir("ko_bad");
   auto report = TrainDemoModel(bad, options);
   ASSERT_FALSE(report.ok());
