@@ -79,5 +79,6 @@ def main(argv):
         span = dict(figs[0], **{k: [(min(v), max(v)) for v in agg[k]] for k in keys})
         print("| range | " + " | ".join(cells(span, lambda r: f"{r[0]:.3f}-{r[1]:.3f}")) + " |")
 
+
 if __name__ == "__main__":
     main(sys.argv[1:])
