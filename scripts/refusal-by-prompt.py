@@ -97,9 +97,11 @@ def main():
         cfg, w, token = probe.load_model(model, a.refusal_token)
         table[name] = {s: scores(cfg, w, token, a.worker, model, path, len(prompts))
                        for s, (path, prompts) in sets.items()}
-    if a.json:
-        with open(a.json, "w") as f:
+    if a.json:  # written whole or not at all
+        tmp = a.json + ".tmp"
+        with open(tmp, "w") as f:
             json.dump({"models": table, "prompts": {s: p for s, (_, p) in sets.items()}}, f)
+        os.replace(tmp, a.json)
     for s, (path, prompts) in sets.items():
         print(f"\n{path}: {len(prompts)} prompts; refusal score > 0 (first token refuses):")
         print("| " + " | ".join(names) + " |")
@@ -112,7 +114,8 @@ def main():
               " (mean over the checkpoints):")
         print("| " + " | ".join(names) + " | prompt |")
         print("|" + "---|" * (len(names) + 1))
-        order = sorted(range(len(prompts)), key=lambda i: statistics.mean(table[n][s][i] for n in names),
+        order = sorted(range(len(prompts)),
+                       key=lambda i: statistics.mean(table[n][s][i] for n in names),
                        reverse=(s == "harmless"))
         for i in order[:a.top]:
             print("| " + " | ".join(f"{table[n][s][i]:.1f}" for n in names) + f" | {prompts[i]} |")
