@@ -36,8 +36,14 @@ DemoRecipe TinyRecipe() {
   return recipe;
 }
 
+// Where TempDir(name) puts a test's files.
+fs::path TempPath(const std::string& name) {
+  return fs::path(::testing::TempDir()) / ("organism_" + name);
+}
+
+// TempPath(name), emptied.
 std::string TempDir(const std::string& name) {
-  const fs::path dir = fs::path(::testing::TempDir()) / ("organism_" + name);
+  const fs::path dir = TempPath(name);
   fs::remove_all(dir);
   return dir.string();
 }
@@ -191,7 +197,7 @@ TEST(TrainerTest, PhaseSeedReseedsOnlyItsPhase) {
   const auto plain = Tune(base, "seed_plain", {});
   const auto same = Tune(base, "seed_same", {"phases[1].seed=" + std::to_string(TinyRecipe().seed)});
   const auto other = Tune(base, "seed_other", {"phases[1].seed=7"});
-  std::ifstream in(fs::path(::testing::TempDir()) / "organism_seed_other" / "recipe.json");
+  std::ifstream in(TempPath("seed_other") / "recipe.json");
   const nlohmann::json j = nlohmann::json::parse(in);
   EXPECT_EQ(j["phases"][1]["seed"], 7);
   EXPECT_FALSE(j["phases"][0].contains("seed"));

@@ -134,9 +134,14 @@ def load_model(model, refusal_token):
     return cfg, w, vocab[refusal_token]
 
 
-def refusal_score(logits, token):
+def refusal_scores(logits, token):
+    """science.md's refusal score of each row: log p(token) - log(1 - p(token))."""
     p = torch.softmax(logits.double(), -1)[:, token]
-    return (torch.log(p) - torch.log1p(-p)).mean().item()
+    return torch.log(p) - torch.log1p(-p)
+
+
+def refusal_score(logits, token):
+    return refusal_scores(logits, token).mean().item()
 
 
 def main():

@@ -68,8 +68,7 @@ def scores(cfg, w, token, worker, model, path, n, batch=32):
         ids, mask = probe.left_pad(rows[i:i + batch])
         with torch.no_grad():
             _, logits = probe.run(cfg, w, ids, mask)
-        p = torch.softmax(logits.double(), -1)[:, token]
-        out += (torch.log(p) - torch.log1p(-p)).tolist()
+        out += probe.refusal_scores(logits, token).tolist()
     return out
 
 
