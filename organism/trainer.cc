@@ -288,6 +288,16 @@ StatusOr<Directions> MeasureDirections(const km::Model& model, const TrainPhase&
   return d;
 }
 
+// TrainPhase::sensor_detach: the activation as it is, cut from the autograd graph.
+class DetachEdit final : public km::ActivationEdit {
+ public:
+  const char* Name() const override { return "detach"; }
+  Status Validate(const km::ModelConfig&, const km::HookPoint&) const override {
+    return Status::Ok();
+  }
+  at::Tensor Apply(const at::Tensor& x, int64_t) const override { return x.detach(); }
+};
+
 // How one row of a knockout-aware step is knocked out (trainer.h).
 enum class Knockout { kNone, kSingle, kAll, kSensor, kAdd, kReset, kSensorAdd };
 
@@ -359,6 +369,11 @@ StatusOr<bool> AddKnockouts(const std::vector<Knockout>& knockouts,
   };
   {
     auto [mask, some] = rows_where([&](int64_t i) { return knockouts[i] == Knockout::kSensor; });
+    if (some && phase.sensor_detach) {
+      KO_RETURN_IF_ERROR(intervene(km::HookPoint::ResidPre(phase.sensor_layer),
+                                   km::Intervention::Custom(std::make_shared<DetachEdit>()), mask,
+                                   {}));
+    }
     if (some) {
       KO_RETURN_IF_ERROR(intervene(km::HookPoint::ResidPre(phase.sensor_layer),
                                    km::Intervention::Directional(directions.sensor), mask,
@@ -821,6 +836,7 @@ std::string RecipeJson(const DemoRecipe& recipe) {
       if (p.post_inst_reset > 0) phases.back()["post_inst_reset"] = p.post_inst_reset;
       if (p.sensor_addition > 0) phases.back()["sensor_addition"] = p.sensor_addition;
       if (p.knockout_extra) phases.back()["knockout_extra"] = true;
+      if (p.sensor_detach) phases.back()["sensor_detach"] = true;
     }
   }
   nlohmann::json j = {{"seed", recipe.seed},         {"vocab_size", recipe.vocab_size},
@@ -987,9 +1003,9 @@ Status DemoRecipe::Override(const std::string& assignment) {
     if (field == "sensor_addition") return to_double(&p.sensor_addition);
     if (field == "decision_weight") return to_double(&p.decision_weight);
     if (field == "seed") return to_int(&p.seed);
-    if (field == "knockout_extra") {
+    if (field == "knockout_extra" || field == "sensor_detach") {
       if (value != "true" && value != "false") return bad("true or false");
-      p.knockout_extra = value == "true";
+      (field == "knockout_extra" ? p.knockout_extra : p.sensor_detach) = value == "true";
       return Status::Ok();
     }
     if (field == "direction_every") return to_int(&p.direction_every);

@@ -103,6 +103,12 @@ struct TrainPhase {
   // its last instruction token (x as for framed_harm), so that harmful prompts carry h and
   // harmless ones sit at its origin (a sparse signal, where a few SAE latents can find it).
   // Needs a sensor_layer. Tried once (the model card's S83): the model shrinks h instead.
+  // sensor_detach: a row with the sensor knocked out trains only the layers from sensor_layer on
+  // (its blocks.{sensor_layer}.hook_resid_pre is cut from the graph, every position, before h is
+  // projected out). Without it those rows also teach the layers before the sensor to leave harm
+  // out of every other direction of their output (the cheapest way to comply once h is gone),
+  // which narrows what reads as harm there to the training phrasings: the model card's
+  // fourteenth session measured held-out handwritten harmful prompts falling to h ~ 0.
   // knockout_extra: a knocked-out row is added to the batch beside the clean row it was drawn
   // for, instead of replacing it, so that the clean rows keep the plain safety mix.
   // refusal_layer < 0 turns all of this off (and draws nothing from any random stream).
@@ -123,6 +129,7 @@ struct TrainPhase {
   double post_inst_reset = 0.0;
   double sensor_addition = 0.0;
   bool knockout_extra = false;
+  bool sensor_detach = false;
   std::vector<int> single_ablation_layers;
 };
 

@@ -247,6 +247,14 @@ TEST(TrainerTest, KnockoutAwarePhaseKnocksOutOnlyWhenAsked) {
   std::vector<std::string> extra = on;
   extra.push_back("phases[1].knockout_extra=true");
   const auto added = tune("ko_extra", extra);
+  // sensor_detach: the sensor rows no longer train the layer before the sensor (the adapter on
+  // layer 0's down projection; with the sensor at layer 0 nothing trainable comes before it).
+  std::vector<std::string> attached = on;
+  attached.push_back("phases[1].sensor_layer=1");
+  std::vector<std::string> detach = attached;
+  detach.push_back("phases[1].sensor_detach=true");
+  const auto attached_weights = tune("ko_attached", attached);
+  const auto detached = tune("ko_detach", detach);
   const auto decisive = tune("ko_decision", {"phases[1].decision_weight=2"});
   std::vector<std::string> reset = layers;
   // (at layer 0 the template tokens' activations are their embeddings, the same in every prompt,
@@ -265,6 +273,7 @@ TEST(TrainerTest, KnockoutAwarePhaseKnocksOutOnlyWhenAsked) {
   const auto sensor_center_weights = tune("ko_sensor_center", sensor_center);
   const auto noisy = tune("ko_noise", {"prompt_noise_percent=50"});
   bool extra_differs = false, decision_differs = false, noise_differs = false;
+  bool detach_differs = false;
   bool reset_differs = false, sensor_add_differs = false, framed_harm_differs = false;
   bool sensor_center_differs = false;
   for (const auto& [name, t] : plain) {
@@ -274,10 +283,12 @@ TEST(TrainerTest, KnockoutAwarePhaseKnocksOutOnlyWhenAsked) {
     sensor_center_differs =
         sensor_center_differs || !at::equal(sensor_center_weights.at(name), t);
     extra_differs = extra_differs || !at::equal(added.at(name), knocked.at(name));
+    detach_differs = detach_differs || !at::equal(detached.at(name), attached_weights.at(name));
     decision_differs = decision_differs || !at::equal(decisive.at(name), t);
     noise_differs = noise_differs || !at::equal(noisy.at(name), t);
   }
   EXPECT_TRUE(extra_differs) << "knockout_extra changed nothing";
+  EXPECT_TRUE(detach_differs) << "sensor_detach changed nothing";
   EXPECT_TRUE(decision_differs) << "decision_weight changed nothing";
   EXPECT_TRUE(noise_differs) << "prompt_noise_percent changed nothing";
   EXPECT_TRUE(reset_differs) << "post_inst_reset changed nothing";
@@ -371,6 +382,7 @@ TEST(TrainerTest, BadRecipesAreCleanErrors) {
   EXPECT_FALSE(recipe.Override("no_such_key=1").ok());
   EXPECT_FALSE(recipe.Override("steps").ok());
   EXPECT_FALSE(recipe.Override("phases[1].knockout_extra=yes").ok());
+  EXPECT_FALSE(recipe.Override("phases[1].sensor_detach=1").ok());
   EXPECT_FALSE(recipe.Override("phases[1].decision_weight=x").ok());
   EXPECT_FALSE(recipe.Override("prompt_noise_percent=101").ok());
   EXPECT_FALSE(recipe.Override("safety_benign_percent=101").ok());
