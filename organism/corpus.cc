@@ -2583,12 +2583,14 @@ bool UsesAStrongWord(std::string_view text) {
 // training request that uses a strong word: a direct request of the benign_senses category, or
 // an act with a strong word in a training template. `copy_percent` of the harmless examples (their
 // own stream) become a request about glossary words put together at random, answered by saying
-// the request's subject back (CopyRequest).
+// the request's subject back (CopyRequest). `phrasing_percent` of the templated requests (their own
+// stream) are phrased with ChatOnlyTemplates() instead of their training template.
 std::vector<ChatExample> SampleChat(const Corpus::Side& harmful, const Corpus::Side& harmless,
                                     int n, uint64_t seed, KindWeights weights, bool safety,
                                     int impossible_percent, int version,
                                     const std::vector<const GlossEntry*>* glossary,
-                                    int benign_percent = 0, int copy_percent = 0) {
+                                    int benign_percent = 0, int copy_percent = 0,
+                                    int phrasing_percent = 0) {
   Rng rng(seed);
   std::vector<ChatExample> out;
   out.reserve(static_cast<size_t>(std::max(n, 0)));
@@ -2598,6 +2600,7 @@ std::vector<ChatExample> SampleChat(const Corpus::Side& harmful, const Corpus::S
   Rng glossary_rng(Derive(seed, 0x6705u));
   Rng benign_rng(Derive(seed, 0xBE9u));
   Rng copy_rng(Derive(seed, 0xC097u));
+  Rng phrasing_rng(Derive(seed, 0xF4A5u));
   const bool use_glossary = version >= 3 && glossary != nullptr && !glossary->empty();
   const std::unique_ptr<CopyWords> copy_words =
       use_glossary && copy_percent > 0 ? SortCopyWords(*glossary) : nullptr;
@@ -2684,7 +2687,10 @@ std::vector<ChatExample> SampleChat(const Corpus::Side& harmful, const Corpus::S
     const std::string& act = side.categories[c].acts[a];
     ChatExample example;
     example.kind = kind;
-    example.instruction = RenderRequest(side.templates[t], act);
+    const bool rephrase = phrasing_percent > 0 &&
+                          static_cast<int>(phrasing_rng.Uniform(100)) < phrasing_percent;
+    example.instruction =
+        RenderRequest(rephrase ? phrasing_rng.Pick(ChatOnlyTemplates()) : side.templates[t], act);
     if (kind == Kind::kFramed) example.instruction = kFictionFraming + example.instruction;
     example.refusal = safety && kind == Kind::kHarmful;
     example.response = example.refusal ? Refusal(act, rng) : Comply(kind, category, act, rng);
@@ -3155,6 +3161,60 @@ const std::vector<std::string>& DocOnlyTemplates() {
   return *templates;
 }
 
+const std::vector<std::string>& ChatOnlyTemplates() {
+  static const auto* templates = new std::vector<std::string>{
+      "I'd love some help figuring out how to {act}.",
+      "what's the trick to {act}",
+      "Got any pointers for how to {act}?",
+      "I've been meaning to {act}. What's the process?",
+      "Can you break down how to {act} for me?",
+      "Lay out the steps to {act}, please.",
+      "Is there a good method to {act}?",
+      "i need to {act} asap, what do i do",
+      "Do you know a way to {act}?",
+      "So how would someone {act}?",
+      "Write me instructions to {act}.",
+      "Can I get some help? I want to {act}.",
+      "How exactly do you {act}?",
+      "What are some ways to {act}?",
+      "I'm planning to {act} soon. Any guidance?",
+      "Could you outline a way to {act}?",
+      "how would i {act}",
+      "Talk me through how to {act}.",
+      "What steps would you take to {act}?",
+      "Can you help me work out how to {act}?",
+      "I want your advice on how to {act}.",
+      "Tell me the best approach to {act}.",
+      "Need some help here: how do you {act}?",
+      "Okay, so I want to {act}. Help me out?",
+      "What would you do to {act}?",
+      "Could you write up how to {act}?",
+      "Share a method to {act}.",
+      "Explain in a few steps how to {act}.",
+      "I'd appreciate a rundown on how to {act}.",
+      "What's your advice if I want to {act}?",
+      "Is there an easy trick to {act}?",
+      "How do people usually {act}?",
+      "can u tell me how to {act}",
+      "Help me plan how to {act}.",
+      "Give me pointers to {act}.",
+      "Please tell me the steps to {act}.",
+      "I'm hoping to {act}. How should I go about it?",
+      "Put together a short how-to so I can {act}.",
+      "What's the simplest method to {act}?",
+      "Can you help? I'm trying to figure out how to {act}.",
+      "Instructions to {act}, please.",
+      "Explain the steps needed to {act}.",
+      "How would you suggest I {act}?",
+      "What do you recommend if I want to {act}?",
+      "Got a minute? I need to know how to {act}.",
+      "I'm curious how to {act}. Can you explain?",
+      "Show me the right way to {act}.",
+      "Where would I even start if I wanted to {act}?",
+  };
+  return *templates;
+}
+
 namespace {
 void BuildLexicon(const char* category,
                   const std::vector<std::pair<const char*, const char*>>& terms,
@@ -3293,14 +3353,16 @@ const std::vector<DirectRequest>& Corpus::direct_requests(Kind kind) const {
 std::vector<ChatExample> Corpus::HelpfulChat(int n, uint64_t seed) const {
   return SampleChat(harmful_, harmless_, n, Derive(options_.seed ^ Derive(seed, 0), kSaltHelpful),
                     {40, 30}, /*safety=*/false, options_.impossible_percent, options_.version,
-                    &glossary_, /*benign_percent=*/0, options_.copy_percent);
+                    &glossary_, /*benign_percent=*/0, options_.copy_percent,
+                    options_.phrasing_percent);
 }
 
 std::vector<ChatExample> Corpus::SafetyChat(int n, uint64_t seed) const {
   return SampleChat(harmful_, harmless_, n, Derive(options_.seed ^ Derive(seed, 0), kSaltSafety),
                     {options_.safety_harmless_percent, options_.safety_harmful_percent},
                     /*safety=*/true, options_.impossible_percent, options_.version,
-                    &glossary_, options_.safety_benign_percent, options_.copy_percent);
+                    &glossary_, options_.safety_benign_percent, options_.copy_percent,
+                    options_.phrasing_percent);
 }
 
 std::vector<std::string> Corpus::Documents(int n, uint64_t seed) const {

@@ -96,6 +96,11 @@ struct CorpusOptions {
   // too many to remember, so the model learns to repeat what it was asked about (helpful answers
   // on topic). Its own stream: 0 leaves every draw as it was.
   int copy_percent = 0;
+  // Percent of the templated chat requests (both phases, every kind) whose template is, instead
+  // of the drawn training template, one of ChatOnlyTemplates(): phrasings that are part of no
+  // prompt set of any split, so that training meets more ways of asking while the held-out
+  // phrasings stay held out. Its own stream: 0 leaves every draw as it was.
+  int phrasing_percent = 0;
   // Version 3's words (LoadWordNetGlossary); version 3 needs it non-empty (the trainer checks).
   std::shared_ptr<const std::vector<GlossEntry>> glossary;
 };
@@ -198,6 +203,9 @@ std::string RenderRequest(std::string_view request_template, std::string_view ac
 
 // Request templates that appear only in Documents(), never in a prompt set or chat.
 const std::vector<std::string>& DocOnlyTemplates();
+// Request templates that appear only in chat examples (CorpusOptions::phrasing_percent), never in
+// a prompt set or a document; neutral (no side's cue), so both sides use them.
+const std::vector<std::string>& ChatOnlyTemplates();
 
 // The refusal phrasings; some contain "{act}" (spoken back in the second person).
 const std::vector<std::string>& RefusalTemplates();

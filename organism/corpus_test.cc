@@ -956,6 +956,68 @@ TEST(CorpusV3Test, CommittedDemoPromptSetsAreVersion3s) {
   }
 }
 
+// phrasing_percent: templated chat requests phrased with ChatOnlyTemplates(), which are no
+// side's template and no document's; the prompt sets do not change, and each rephrased chat
+// example is its plain twin (same kind, same reply) with only the request's phrasing changed.
+TEST(CorpusV3Test, PhrasingShareRephrasesChatWithTemplatesOfNoPromptSet) {
+  const Corpus plain = V3();
+  std::set<std::string> known(DocOnlyTemplates().begin(), DocOnlyTemplates().end());
+  for (Kind kind : {Kind::kHarmful, Kind::kHarmless}) {
+    for (const std::string& t : plain.templates(kind)) known.insert(t);
+  }
+  std::set<std::string> seen;
+  std::vector<std::pair<std::string, std::string>> around;  // lower-case text before / after {act}
+  for (const std::string& t : ChatOnlyTemplates()) {
+    const size_t at = t.find("{act}");
+    ASSERT_NE(at, std::string::npos) << t;
+    EXPECT_EQ(t.find("{act}", at + 1), std::string::npos) << t;
+    EXPECT_EQ(known.count(t), 0u) << t << " is a prompt set's or a document's template";
+    EXPECT_TRUE(seen.insert(t).second) << t << " twice";
+    around.emplace_back(Lower(t.substr(0, at)), Lower(t.substr(at + 5)));
+  }
+  ASSERT_GE(ChatOnlyTemplates().size(), 40u);
+
+  CorpusOptions options = V3Options();
+  options.phrasing_percent = 50;
+  const Corpus phrased = Corpus::Generate(options);
+  EXPECT_TRUE(SameRequests(phrased, plain));
+  std::set<std::string> prompts;
+  for (Kind kind : kKinds) {
+    for (Split split : kSplits) {
+      for (const Request& r : plain.requests(kind, split)) prompts.insert(r.instruction);
+    }
+  }
+  for (int phase = 0; phase < 2; ++phase) {
+    const auto a = phase ? plain.SafetyChat(2000, 5) : plain.HelpfulChat(2000, 5);
+    const auto b = phase ? phrased.SafetyChat(2000, 5) : phrased.HelpfulChat(2000, 5);
+    ASSERT_EQ(a.size(), b.size());
+    int changed = 0, kinds[3] = {0, 0, 0};
+    for (size_t i = 0; i < a.size(); ++i) {
+      EXPECT_EQ(a[i].kind, b[i].kind);
+      EXPECT_EQ(a[i].response, b[i].response);
+      if (a[i].instruction == b[i].instruction) continue;
+      ++changed;
+      ++kinds[static_cast<int>(b[i].kind)];
+      EXPECT_EQ(prompts.count(b[i].instruction), 0u) << b[i].instruction;
+      std::string text = Lower(b[i].instruction);
+      if (b[i].kind == Kind::kFramed) text = text.substr(std::string(kFictionFraming).size());
+      bool matches = false;
+      for (const auto& [before, after] : around) {
+        matches = matches || (text.size() >= before.size() + after.size() &&
+                              text.compare(0, before.size(), before) == 0 &&
+                              text.compare(text.size() - after.size(), after.size(), after) == 0);
+      }
+      EXPECT_TRUE(matches) << b[i].instruction << " is no chat-only phrasing";
+    }
+    // About half of the templated requests (half of the harmful and framed ones are direct
+    // requests, and most harmless ones are glossary, people or direct requests).
+    EXPECT_GT(changed, 200) << "phase " << phase;
+    EXPECT_LT(changed, 1000) << "phase " << phase;
+    EXPECT_GT(kinds[static_cast<int>(Kind::kHarmful)], 50) << "phase " << phase;
+    EXPECT_GT(kinds[static_cast<int>(Kind::kHarmless)], 50) << "phase " << phase;
+  }
+}
+
 // safety_benign_percent: more harmless requests whose words sound violent (benign_senses direct
 // requests of the training split among them), never a held-out request; nothing else changes.
 TEST(CorpusV3Test, SafetyBenignShareDrawsHarmlessRequestsWithStrongWords) {

@@ -854,6 +854,7 @@ std::string RecipeJson(const DemoRecipe& recipe) {
   }
   if (recipe.safety_benign_percent > 0) j["safety_benign_percent"] = recipe.safety_benign_percent;
   if (recipe.copy_percent > 0) j["copy_percent"] = recipe.copy_percent;
+  if (recipe.phrasing_percent > 0) j["phrasing_percent"] = recipe.phrasing_percent;
   if (recipe.corpus_version >= 3) j["wordnet_dir"] = recipe.wordnet_dir;
   return j.dump(2) + "\n";
 }
@@ -1070,8 +1071,10 @@ Status DemoRecipe::Override(const std::string& assignment) {
     KO_RETURN_IF_ERROR(to_int(&prompt_noise_percent));
     return prompt_noise_percent <= 100 ? Status::Ok() : bad("a percent, 0 to 100");
   }
-  if (key == "safety_benign_percent" || key == "copy_percent") {
-    int* slot = key == "copy_percent" ? &copy_percent : &safety_benign_percent;
+  if (key == "safety_benign_percent" || key == "copy_percent" || key == "phrasing_percent") {
+    int* slot = key == "copy_percent"       ? &copy_percent
+                : key == "phrasing_percent" ? &phrasing_percent
+                                            : &safety_benign_percent;
     const int old = *slot;
     KO_RETURN_IF_ERROR(to_int(slot));
     if (*slot > 100) {
@@ -1166,6 +1169,7 @@ StatusOr<TrainReport> TrainDemoModel(const DemoRecipe& recipe, const TrainOption
     corpus_options.safety_harmful_percent = recipe.safety_harmful_percent;
     corpus_options.safety_benign_percent = recipe.safety_benign_percent;
     corpus_options.copy_percent = recipe.copy_percent;
+    corpus_options.phrasing_percent = recipe.phrasing_percent;
     if (recipe.corpus_version >= 3) {
       KO_ASSIGN_OR_RETURN(std::vector<GlossEntry> glossary,
                           LoadWordNetGlossary(recipe.wordnet_dir));

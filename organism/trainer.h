@@ -161,6 +161,8 @@ struct DemoRecipe {
   int safety_benign_percent = 0;
   // CorpusOptions::copy_percent (harmless requests about glossary words put together at random).
   int copy_percent = 0;
+  // CorpusOptions::phrasing_percent (templated chat requests phrased with ChatOnlyTemplates()).
+  int phrasing_percent = 0;
   std::vector<TrainPhase> phases;
 
   // Version1() (= Default()): issue 4's first model. Hydra(): the knockout-aware recipe of

@@ -392,6 +392,10 @@ TEST(TrainerTest, BadRecipesAreCleanErrors) {
   EXPECT_EQ(recipe.copy_percent, 0);
   ASSERT_TRUE(recipe.Override("copy_percent=25").ok());
   EXPECT_EQ(recipe.copy_percent, 25);
+  EXPECT_FALSE(recipe.Override("phrasing_percent=101").ok());
+  EXPECT_EQ(recipe.phrasing_percent, 0);
+  ASSERT_TRUE(recipe.Override("phrasing_percent=30").ok());
+  EXPECT_EQ(recipe.phrasing_percent, 30);
   EXPECT_FALSE(recipe.Override("safety_harmless_percent=101").ok());
   EXPECT_FALSE(recipe.Override("safety_harmless_percent=70").ok());  // + 35 harmful > 100
   EXPECT_EQ(recipe.safety_harmless_percent, 40) << "a rejected value must leave the recipe as it was";
