@@ -105,10 +105,9 @@ struct TrainPhase {
   // Needs a sensor_layer. Tried once (the model card's S83): the model shrinks h instead.
   // sensor_detach: a row with the sensor knocked out trains only the layers from sensor_layer on
   // (its blocks.{sensor_layer}.hook_resid_pre is cut from the graph, every position, before h is
-  // projected out). Without it those rows also teach the layers before the sensor to leave harm
-  // out of every other direction of their output (the cheapest way to comply once h is gone),
-  // which narrows what reads as harm there to the training phrasings: the model card's
-  // fourteenth session measured held-out handwritten harmful prompts falling to h ~ 0.
+  // projected out), so that those rows cannot teach the layers before the sensor to leave harm
+  // out of h's complement. Tried once (the model card's S116): the held-out prompts' h narrows
+  // all the same (the other rows train those layers too) and +r over-steers.
   // knockout_extra: a knocked-out row is added to the batch beside the clean row it was drawn
   // for, instead of replacing it, so that the clean rows keep the plain safety mix.
   // refusal_layer < 0 turns all of this off (and draws nothing from any random stream).
