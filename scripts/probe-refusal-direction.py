@@ -58,6 +58,12 @@ def left_pad(seqs):
     return ids, mask
 
 
+def inst_last_columns(rows, width):
+    """The column of each tokenize_rows row's last instruction token in a left-padded batch of
+    `width` columns (left_pad puts a row's token j at width - len + j)."""
+    return torch.tensor([width - len(r["ids"]) + r["inst_last"] for r in rows])
+
+
 def forward(cfg, w, ids, mask, add=None, ablate=None, edit=None):
     """Every layer's resid_pre (whole tensors), the residual after the last layer, and the last
     column's logits. add=(layer, vector): x += vector at that layer's input, every column.

@@ -82,10 +82,9 @@ def scores(cfg, w, token, worker, model, path, n, sensor_layer=None, batch=32):
             seen, logits = probe.forward(cfg, w, ids, mask)
         out += probe.refusal_scores(logits, token).tolist()
         if sensor_layer is not None:
-            width = ids.shape[1]  # left-padded: a row's column j sits at width - len + j
-            inst += [seen[sensor_layer][k, width - len(r["ids"]) + r["inst_last"]]
-                     for k, r in enumerate(chunk)]
-    return out, (torch.stack(inst) if sensor_layer is not None else None)
+            cols = probe.inst_last_columns(chunk, ids.shape[1])
+            inst.append(seen[sensor_layer][torch.arange(len(chunk)), cols])
+    return out, (torch.cat(inst) if sensor_layer is not None else None)
 
 
 def sensor_fractions(cfg, w, token, worker, model, layer, prompts_dir, sets_inst, n=256):
@@ -99,6 +98,12 @@ def sensor_fractions(cfg, w, token, worker, model, layer, prompts_dir, sets_inst
     h_hat = (means[0] - means[1]) / (means[0] - means[1]).norm()
     low, high = (means[1] @ h_hat).item(), (means[0] @ h_hat).item()
     return {s: (((x @ h_hat) - low) / (high - low)).tolist() for s, x in sets_inst.items()}
+
+
+def mean_place(places, refusal_scores, refused):
+    """The mean place on h of the prompts refused (score > 0) or complied with, "-" if none."""
+    x = [p for p, v in zip(places, refusal_scores) if (v > 0) == refused]
+    return f"{statistics.mean(x):.2f}" if x else "-"
 
 
 def main():
@@ -155,11 +160,8 @@ def main():
                   "1: harmful), prompts refused / complied with:")
             print("| " + " | ".join(names) + " |")
             print("|" + "---|" * len(names))
-
-            def mean_where(n, refused):
-                x = [f for f, v in zip(sensor[n][s], table[n][s]) if (v > 0) == refused]
-                return f"{statistics.mean(x):.2f}" if x else "-"
-            print("| " + " | ".join(f"{mean_where(n, True)} / {mean_where(n, False)}"
+            print("| " + " | ".join(f"{mean_place(sensor[n][s], table[n][s], True)} / "
+                                    f"{mean_place(sensor[n][s], table[n][s], False)}"
                                     for n in names) + " |")
         if a.top <= 0:
             continue

@@ -79,8 +79,7 @@ def main():
         ids, mask = probe.left_pad([r["ids"] for r in rows])
         with torch.no_grad():
             seen, _ = probe.forward(cfg, w, ids, mask)
-        t = ids.shape[1]
-        cols = torch.tensor([t - len(r["ids"]) + r["instruction_range"][1] - 1 for r in rows])
+        cols = probe.inst_last_columns(rows, ids.shape[1])
         return seen[a.layer][torch.arange(len(rows)), cols]
 
     x = {kind: at_inst(f"{kind}_train.jsonl") for kind in ("harmful", "harmless", "framed")}
